@@ -1,0 +1,57 @@
+"""One checkpoint format, written atomically and loaded without executing code.
+
+A checkpoint is a dict of plain types and tensors, so torch.load(weights_only=True) reads it:
+    model, optimizer, scheduler, scaler      state dicts
+    epoch, global_step, best_metric          ints / float
+    config                                   the run's resolved Config as a dict
+    labels                                   the 14 label names, in output order
+    normalization                            {"mean": float, "std": float} of the pixels
+    val_auc                                  {label: AUC or None} of that epoch
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+from pathlib import Path
+
+import torch
+
+from config import Config, PipelineError
+from fileio import write_atomic
+
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("model", "config", "labels", "normalization")
+
+
+def save_checkpoint(payload: dict, path: Path) -> None:
+    write_atomic(path, lambda tmp: torch.save({"format_version": FORMAT_VERSION, **payload}, tmp))
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"checkpoint {path} not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+        raise PipelineError(f"cannot load checkpoint {path} safely (weights_only=True): {err}") \
+            from None
+    missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
+    if missing:
+        raise PipelineError(f"{path} is not a checkpoint of this pipeline (lacks {missing})")
+    return checkpoint
+
+
+def config_from_checkpoint(checkpoint: dict) -> Config:
+    """The Config a checkpoint was trained with (fields added since then keep their defaults)."""
+    known = {f.name for f in dataclasses.fields(Config)}
+    return Config(**{k: v for k, v in checkpoint["config"].items() if k in known})
+
+
+def newest_checkpoint(models_dir: str | Path, name: str = "best.pth") -> Path:
+    candidates = sorted(Path(models_dir).glob(f"*/{name}"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise PipelineError(f"no {models_dir}/*/{name} found: run train.py first, "
+                            "or pass --checkpoint PATH")
+    return candidates[-1]

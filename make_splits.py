@@ -1,0 +1,70 @@
+"""Split the processed training rows by patient into train and val; the official valid set is test.
+
+    python make_splits.py [--val_fraction 0.1] [--seed 42]
+
+Reads  <data_dir>/processed/train.csv and valid.csv (written by preprocess.py).
+Writes <data_dir>/splits/train.csv and val.csv: a GroupShuffleSplit by patient_id, so no patient
+       has images on both sides (val is for model selection and early stopping);
+       <data_dir>/splits/test.csv: CheXpert's official valid.csv, never used for model selection.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+from sklearn.model_selection import GroupShuffleSplit
+
+from config import Config, PipelineError, run_cli
+from fileio import write_atomic, write_csv_atomic
+
+
+def split_by_patient(frame: pd.DataFrame, val_fraction: float, seed: int
+                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Hold out `val_fraction` of the patients (all their studies and images) as val."""
+    if frame["patient_id"].nunique() < 2:
+        raise PipelineError("need at least 2 patients in the training CSV to make a val split")
+    splitter = GroupShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
+    train_index, val_index = next(splitter.split(frame, groups=frame["patient_id"]))
+    train, val = frame.iloc[train_index], frame.iloc[val_index]
+    assert_no_patient_overlap(train, val)
+    return train, val
+
+
+def assert_no_patient_overlap(*frames: pd.DataFrame) -> None:
+    seen: set[str] = set()
+    for frame in frames:
+        patients = set(frame["patient_id"])
+        shared = seen & patients
+        if shared:
+            raise PipelineError(f"{len(shared)} patient(s) appear in two splits, e.g. "
+                                f"{sorted(shared)[:3]}: this would leak them into evaluation")
+        seen |= patients
+
+
+def read_processed(path) -> pd.DataFrame:
+    if not path.is_file():
+        raise PipelineError(f"{path} not found: run preprocess.py first (with the same --data_dir)")
+    return pd.read_csv(path, dtype=str, keep_default_na=False)  # strings round-trip exactly
+
+
+def main(cfg: Config) -> None:
+    processed, out_dir = cfg.processed_dir, cfg.splits_dir
+    train_rows = read_processed(processed / "train.csv")
+    train, val = split_by_patient(train_rows, cfg.val_fraction, cfg.seed)
+    official_valid = read_processed(processed / "valid.csv")
+    assert_no_patient_overlap(train, val, official_valid)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_csv_atomic(train, out_dir / "train.csv")
+    write_csv_atomic(val, out_dir / "val.csv")
+    # byte-for-byte copy: the test set is not touched by the split
+    write_atomic(out_dir / "test.csv", lambda tmp: shutil.copyfile(processed / "valid.csv", tmp))
+    print(f"make_splits: wrote {out_dir}/train.csv ({len(train):,} images, "
+          f"{train['patient_id'].nunique():,} patients), val.csv ({len(val):,} images, "
+          f"{val['patient_id'].nunique():,} patients), test.csv ({len(official_valid):,} images, "
+          "official valid); no patient in two splits")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,108 @@
+"""DenseNet121 backbone + GeM pooling + dropout + linear head, and loading ImageNet weights.
+
+    backbone (DenseNet121 features, 1024 x H/32 x W/32) -> ReLU -> GeM -> Dropout -> Linear(1024, 14)
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.error import URLError
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import DenseNet121_Weights, densenet121
+
+from config import LABELS, Config, PipelineError
+
+FEATURES = 1024  # channels of DenseNet121's last feature map
+
+
+class GeM(nn.Module):
+    """Generalized-mean pooling: (mean over H, W of x^p)^(1/p) with a learnable p.
+
+    p = 1 is average pooling and p -> infinity approaches max pooling; learning p lets the model
+    weigh small, bright findings (a nodule) more than a plain average would.
+    """
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6):
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(float(p)))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # float32 even under autocast: x^3 of large activations overflows fp16
+        x = x.float().clamp(min=self.eps).pow(self.p)
+        return F.adaptive_avg_pool2d(x, 1).flatten(1).pow(1.0 / self.p)
+
+
+class CheXpertNet(nn.Module):
+    def __init__(self, num_classes: int = len(LABELS), gem_p: float = 3.0, dropout: float = 0.2):
+        super().__init__()
+        self.backbone = densenet121(weights=None).features
+        self.pool = GeM(gem_p)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(FEATURES, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = F.relu(self.backbone(x))  # torchvision's DenseNet applies this ReLU too
+        return self.head(self.dropout(self.pool(features)))
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained from the first epoch: GeM's p and the linear head."""
+        return [*self.pool.parameters(), *self.head.parameters()]
+
+
+def build_model(cfg: Config, num_classes: int = len(LABELS)) -> CheXpertNet:
+    """The model for a config; ImageNet weights in the backbone when cfg.pretrained."""
+    model = CheXpertNet(num_classes, cfg.gem_p, cfg.dropout)
+    if cfg.pretrained:
+        model.backbone.load_state_dict(imagenet_backbone_state(cfg.pretrained_path))
+    return model
+
+
+# ---- ImageNet weights ------------------------------------------------------------------------------
+
+WEIGHTS = DenseNet121_Weights.IMAGENET1K_V1
+# Checkpoints saved by old torchvision name layers "norm.1"; current modules are "norm1".
+# torchvision remaps them the same way when it loads these weights itself.
+_OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+
+
+def hub_weights_path() -> Path:
+    """Where torchvision caches the ImageNet DenseNet121 file (under $TORCH_HOME)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(WEIGHTS.url).name
+
+
+def imagenet_backbone_state(path: str = "") -> dict[str, torch.Tensor]:
+    """ImageNet DenseNet121 `features.*` weights, from `path`, the torch hub cache or a download.
+
+    Never falls back to random weights: when none of those works, the error says what to do.
+    """
+    if path:
+        if not Path(path).is_file():
+            raise PipelineError(f"--pretrained_path {path} does not exist")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        try:  # reads the hub cache when the file is there, downloads it otherwise
+            state = torch.hub.load_state_dict_from_url(WEIGHTS.url, map_location="cpu",
+                                                       check_hash=True, weights_only=True)
+        except (URLError, OSError, RuntimeError) as err:
+            raise PipelineError(
+                f"ImageNet DenseNet121 weights are not in the torch hub cache ({hub_weights_path()}) "
+                f"and could not be downloaded ({err}). Either download {WEIGHTS.url} on a machine "
+                f"with internet and copy it to {hub_weights_path()} (or pass --pretrained_path FILE),"
+                " or train from random initialisation with --pretrained false.") from None
+    return backbone_state_from_imagenet(state)
+
+
+def backbone_state_from_imagenet(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A torchvision DenseNet121 state dict (old or new key names) -> our backbone's keys."""
+    renamed = {_OLD_KEY.sub(r"\1\2", key): value for key, value in state.items()}
+    features = {key.removeprefix("features."): value for key, value in renamed.items()
+                if key.startswith("features.")}
+    if not features:
+        raise PipelineError("the pretrained weights file holds no DenseNet121 'features.*' "
+                            "weights; is it torchvision's densenet121-a639ec97.pth?")
+    return features

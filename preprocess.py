@@ -1,0 +1,211 @@
+"""Validate CheXpert's CSVs, apply the uncertainty policy and compute the pixel mean/std.
+
+    python preprocess.py --data_root /path/to/CheXpert-v1.0-small [--uncertainty_policy U-Zeros]
+
+Reads  <data_root>/train.csv, <data_root>/valid.csv and (unless --check_images false) the images.
+Writes <data_dir>/processed/train.csv, valid.csv: CheXpert's columns with the 14 labels replaced
+       by the policy's 0/1 targets, plus "<label> (raw)" columns (1, 0, -1 or blank, so a later
+       policy change needs no new download), patient_id, study_id and image_path (absolute);
+       <data_dir>/processed/stats.json: pixel mean/std and row, patient and label counts;
+       <data_dir>/processed/missing_images.csv when --missing_images skip dropped rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from config import LABELS, META_COLUMNS, Config, PipelineError, run_cli
+from fileio import write_csv_atomic, write_text_atomic
+from imaging import read_grayscale
+from labels import apply_uncertainty_policy, find_bad_label_values, parse_raw_labels, raw_column
+
+# CheXpert's Path column starts with the release folder name; the data root *is* that folder.
+RELEASE_PREFIX = re.compile(r"^CheXpert-v1\.0(-small)?/")
+PATIENT_STUDY = re.compile(r"(patient\d+)/(study\d+)/")
+VIEW_VALUES = ("Frontal", "Lateral")
+STATS_SIDE = 256  # images are resized to this side before pixel statistics: equal weight each
+
+
+# ---- reading and validating one CSV -----------------------------------------------------------
+
+def read_chexpert_csv(path: Path) -> pd.DataFrame:
+    """Read a CheXpert CSV as strings (blank stays ""), accepting a UTF-8 BOM and CRLF ends."""
+    if not path.is_file():
+        raise PipelineError(f"{path} not found: --data_root must be the folder holding "
+                            "train.csv and valid.csv (for example .../CheXpert-v1.0-small)")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise PipelineError(f"{path} is not a UTF-8 text CSV file (binary content?)") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise PipelineError(f"{path} is not a readable CSV file: {err}") from None
+    return df
+
+
+def validate_columns(df: pd.DataFrame, path: Path) -> None:
+    missing = [c for c in (*META_COLUMNS, *LABELS) if c not in df.columns]
+    if missing:
+        raise PipelineError(f"{path} lacks required column(s) {missing}; found {list(df.columns)}."
+                            " Is this a CheXpert train.csv/valid.csv?")
+    if df.empty:
+        raise PipelineError(f"{path} has a header but no data rows")
+
+
+def validate_values(df: pd.DataFrame, path: Path) -> None:
+    count, examples = find_bad_label_values(df)
+    if count:
+        raise PipelineError(f"{path}: {count} label value(s) not in (1.0, 0.0, -1.0, blank): "
+                            + "; ".join(examples))
+    bad_view = ~df["Frontal/Lateral"].isin(VIEW_VALUES)
+    if bad_view.any():
+        line = int(np.flatnonzero(bad_view)[0]) + 2
+        raise PipelineError(f"{path} line {line}, column 'Frontal/Lateral': "
+                            f"{df['Frontal/Lateral'].iloc[line - 2]!r} is not Frontal or Lateral")
+    duplicated = df["Path"].duplicated(keep=False)
+    if duplicated.any():
+        lines = (np.flatnonzero(duplicated) + 2).tolist()
+        raise PipelineError(f"{path}: {int(duplicated.sum())} rows share a Path (lines "
+                            f"{lines[:10]}); each image must appear once. Remove the duplicates.")
+
+
+def relative_image_paths(df: pd.DataFrame, path: Path) -> pd.Series:
+    """CSV Path -> path relative to the data root, rejecting any that would leave it."""
+    relative = df["Path"].str.replace(RELEASE_PREFIX, "", regex=True)
+    absolute = relative.str.match(r"^([/\\]|[A-Za-z]:)")
+    escaping = relative.str.contains(r"(?:^|[/\\])\.\.(?:[/\\]|$)", regex=True)
+    bad = absolute | escaping
+    if bad.any():
+        lines = (np.flatnonzero(bad) + 2).tolist()
+        raise PipelineError(f"{path} line {lines[0]}, column 'Path': {df['Path'].iloc[lines[0] - 2]!r}"
+                            f" leaves the data root ({int(bad.sum())} such rows, lines {lines[:10]})."
+                            " Paths must be relative, like CheXpert-v1.0-small/train/...")
+    return relative
+
+
+def patient_and_study(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    ids = df["Path"].str.extract(PATIENT_STUDY)
+    unmatched = ids[0].isna()
+    if unmatched.any():
+        line = int(np.flatnonzero(unmatched)[0]) + 2
+        raise PipelineError(f"{path} line {line}, column 'Path': {df['Path'].iloc[line - 2]!r} has no "
+                            "patientNNNNN/studyN/ folders, so the patient cannot be identified")
+    return pd.DataFrame({"patient_id": ids[0], "study_id": ids[0] + "/" + ids[1]})
+
+
+# ---- turning a validated CSV into the processed table ------------------------------------------
+
+def process_csv(path: Path, cfg: Config) -> tuple[pd.DataFrame, dict]:
+    """Validate one CheXpert CSV and return the processed rows plus counts for stats.json."""
+    df = read_chexpert_csv(path)
+    validate_columns(df, path)
+    validate_values(df, path)
+    relative = relative_image_paths(df, path)
+    ids = patient_and_study(df, path)
+    counts = {"rows_in_csv": len(df)}
+    raw = parse_raw_labels(df)
+    targets = apply_uncertainty_policy(raw, cfg.uncertainty_policy)
+    out = pd.concat([df[list(META_COLUMNS)], targets,
+                     raw.astype("Int8").rename(columns=raw_column), ids], axis=1)
+    out["image_path"] = str(Path(cfg.data_root).resolve()) + "/" + relative
+    if cfg.frontal_only:
+        out = out[out["Frontal/Lateral"] == "Frontal"]
+    out.index = out.index + 2  # from here on, the index is the line number in the source CSV
+    counts["rows_after_view_filter"] = len(out)
+    return out, counts
+
+
+def check_images_exist(df: pd.DataFrame, path: Path, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split rows into (present, missing); stop with a report unless --missing_images skip."""
+    exists = np.fromiter((os.path.isfile(p) for p in tqdm(df["image_path"], desc=f"check {path.name}",
+                                                          unit="img", leave=False)),
+                         dtype=bool, count=len(df))
+    missing = df[~exists]
+    if len(missing) and cfg.missing_images == "error":
+        examples = "; ".join(f"line {line}: {p}" for line, p in missing["image_path"].head(5).items())
+        raise PipelineError(f"{path}: {len(missing)} image file(s) not found under "
+                            f"{cfg.data_root} ({examples}). Fix --data_root, or pass "
+                            "--missing_images skip to drop and count them, or --check_images false.")
+    return df[exists], missing
+
+
+def pixel_stats(paths: list[str], cfg: Config) -> tuple[float, float]:
+    """Mean and std of pixel values in [0, 1] over a seeded sample of training images."""
+    rng = np.random.default_rng(cfg.seed)
+    sample = rng.choice(len(paths), size=min(cfg.stats_sample, len(paths)), replace=False)
+    total = total_sq = 0.0
+    for index in tqdm(sample, desc="pixel mean/std", unit="img"):
+        image = read_grayscale(paths[index])
+        image = cv2.resize(image, (STATS_SIDE, STATS_SIDE), interpolation=cv2.INTER_AREA)
+        pixels = image.astype(np.float64) / 255.0
+        total += pixels.mean()
+        total_sq += (pixels ** 2).mean()
+    mean = total / len(sample)
+    return float(mean), float(np.sqrt(max(total_sq / len(sample) - mean ** 2, 0.0)))
+
+
+def label_counts(df: pd.DataFrame) -> dict:
+    counts = {}
+    for label in LABELS:
+        raw = df[raw_column(label)]
+        counts[label] = {"positive_target": int(df[label].sum()),
+                         "raw_positive": int((raw == 1).sum()), "raw_negative": int((raw == 0).sum()),
+                         "raw_uncertain": int((raw == -1).sum()), "raw_blank": int(raw.isna().sum())}
+    return counts
+
+
+def main(cfg: Config) -> None:
+    root = Path(cfg.data_root)
+    out_dir = cfg.processed_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stats: dict = {"data_root": str(root.resolve()), "uncertainty_policy": cfg.uncertainty_policy,
+                   "frontal_only": cfg.frontal_only}
+    tables = {}
+    for split in ("train", "valid"):
+        path = root / f"{split}.csv"
+        df, counts = process_csv(path, cfg)
+        if cfg.check_images:
+            df, missing = check_images_exist(df, path, cfg)
+            counts["missing_images_skipped"] = len(missing)
+            if len(missing):
+                missing_path = out_dir / f"missing_images_{split}.csv"
+                missing[["Path", "image_path"]].rename_axis("line").to_csv(missing_path)
+                print(f"warning: skipped {len(missing)} {split} rows whose image is missing; "
+                      f"listed in {missing_path}")
+        counts["rows_kept"] = len(df)
+        if df.empty:
+            raise PipelineError(f"{path}: no rows left after filtering (frontal_only="
+                                f"{cfg.frontal_only}, missing images skipped)")
+        counts["patients"] = int(df["patient_id"].nunique())
+        counts["studies"] = int(df["study_id"].nunique())
+        counts["labels"] = label_counts(df)
+        stats[split] = counts
+        tables[split] = df
+
+    if cfg.check_images:
+        stats["mean"], stats["std"] = pixel_stats(tables["train"]["image_path"].tolist(), cfg)
+        stats["stats_source"] = f"{min(cfg.stats_sample, len(tables['train']))} training images"
+    else:
+        print(f"warning: --check_images false: images not read; using the configured pixel "
+              f"mean/std ({cfg.fallback_mean}, {cfg.fallback_std}) instead of computing them")
+        stats["mean"], stats["std"] = cfg.fallback_mean, cfg.fallback_std
+        stats["stats_source"] = "fallback_mean/fallback_std from config (images not checked)"
+
+    for split, df in tables.items():
+        write_csv_atomic(df, out_dir / f"{split}.csv")
+    write_text_atomic(json.dumps(stats, indent=2), out_dir / "stats.json")
+    train = stats["train"]
+    print(f"preprocess: wrote {out_dir}/train.csv ({train['rows_kept']:,} of {train['rows_in_csv']:,} "
+          f"rows, {train['patients']:,} patients), valid.csv ({stats['valid']['rows_kept']:,} rows) "
+          f"and stats.json (mean {stats['mean']:.3f}, std {stats['std']:.3f}, {cfg.uncertainty_policy})")
+
+
+if __name__ == "__main__":
+    run_cli(main)
