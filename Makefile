@@ -7,7 +7,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
-RUN ?= $(shell date +%Y%m%d-%H%M%S)
+ifndef RUN
+RUN := $(shell date +%Y%m%d-%H%M%S)
+endif
 
 # The demo: synthetic phantoms, from random initialisation (no downloads), sized for a CPU.
 DEMO_DIR ?= data/demo

@@ -44,7 +44,7 @@ class CheXpertDataset(Dataset):
     def __init__(self, frame: pd.DataFrame, image_size: int, mean: float, std: float,
                  augment: bool, labels: tuple[str, ...] = LABELS):
         self.paths = frame["image_path"].tolist()
-        self.targets = torch.from_numpy(frame[list(labels)].to_numpy(dtype=np.float32))
+        self.targets = torch.tensor(frame[list(labels)].to_numpy(dtype=np.float32))
         self.image_size = image_size
         self.transform = build_transform(mean, std, augment)
 

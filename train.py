@@ -128,10 +128,12 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, cfg:
                                 "lower --lr_head/--lr_backbone or use --precision fp32")
         scaler.scale(loss * weight).backward()
         if step_now:
-            scaler.step(optimizer)
+            scale = scaler.get_scale()
+            scaler.step(optimizer)  # skipped by the scaler when fp16 gradients overflowed
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
+            if scaler.get_scale() >= scale:  # the step was taken: advance the schedule
+                scheduler.step()
         total_loss += loss.item() * len(images)
         seen += len(images)
         progress.set_postfix(loss=f"{total_loss / seen:.4f}",

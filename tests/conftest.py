@@ -1,0 +1,60 @@
+"""Shared test helpers: paths to ../shared/data (tests skip when it is absent) and tiny datasets."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from config import LABELS, META_COLUMNS  # noqa: E402
+
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def shared(relative: str) -> Path:
+    """A path under ../shared/data, or skip the test when that data is not present."""
+    path = SHARED_DATA / relative
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    return path
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """A CheXpert-schema CSV; missing cells are blank."""
+    header = [*META_COLUMNS, *LABELS]
+    lines = [",".join(header)]
+    for row in rows:
+        lines.append(",".join(str(row.get(column, "")) for column in header))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def make_root(tmp_path: Path, train_rows: list[dict], valid_rows: list[dict],
+              images: bool = True) -> Path:
+    """A CheXpert-v1.0-small folder with the given CSV rows and small gray JPEGs."""
+    root = tmp_path / "CheXpert-v1.0-small"
+    root.mkdir(parents=True)
+    write_csv(root / "train.csv", train_rows)
+    write_csv(root / "valid.csv", valid_rows)
+    if images:
+        rng = np.random.default_rng(0)
+        for row in train_rows + valid_rows:
+            target = root / row["Path"].split("/", 1)[1]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (80, 64), dtype=np.uint8)).save(target)
+    return root
+
+
+def row(split: str, patient: int, study: int = 1, view: str = "Frontal", **labels) -> dict:
+    kind = "frontal" if view == "Frontal" else "lateral"
+    values = {"Path": f"CheXpert-v1.0-small/{split}/patient{patient:05d}/study{study}/"
+                      f"view1_{kind}.jpg",
+              "Sex": "Female", "Age": "60", "Frontal/Lateral": view,
+              "AP/PA": "AP" if view == "Frontal" else ""}
+    values.update({label.replace("_", " "): value for label, value in labels.items()})
+    return values

@@ -1,0 +1,161 @@
+"""preprocess.py: CSV validation, the uncertainty policy, path handling and real-scale counts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from conftest import make_root, row, shared
+from config import LABELS, Config, PipelineError
+from labels import apply_uncertainty_policy, parse_raw_labels, raw_column
+import preprocess
+
+
+def run(root, tmp_path, **overrides):
+    cfg = Config(data_root=str(root), data_dir=str(tmp_path / "data"), **overrides)
+    preprocess.main(cfg)
+    out = cfg.processed_dir
+    return (pd.read_csv(out / "train.csv"), pd.read_csv(out / "valid.csv"),
+            json.loads((out / "stats.json").read_text()))
+
+
+def bad_input_root(tmp_path, csv_name):
+    """A data root whose train.csv is one of ../shared/data/bad-inputs/csv (valid.csv is fine)."""
+    source = shared(f"bad-inputs/csv/{csv_name}")
+    root = make_root(tmp_path, [row("train", 1)], [row("valid", 9)], images=False)
+    shutil.copyfile(source, root / "train.csv")
+    return root
+
+
+@pytest.mark.parametrize("csv_name, expected", [
+    ("header_only.csv", "no data rows"),
+    ("missing_column.csv", "lacks required column(s) ['Frontal/Lateral']"),
+    ("bad_label_values.csv", "line 2, column 'Cardiomegaly': '2.0'"),
+    ("path_traversal.csv", "line 2, column 'Path': 'CheXpert-v1.0-small/../../../../etc/passwd'"),
+    ("duplicate_rows.csv", "share a Path"),
+    ("not_csv.csv", "not a UTF-8 text CSV"),
+])
+def test_bad_csvs_give_clear_errors(tmp_path, csv_name, expected):
+    root = bad_input_root(tmp_path, csv_name)
+    with pytest.raises(PipelineError) as error:
+        run(root, tmp_path, check_images=False)
+    assert expected in str(error.value)
+    assert "train.csv" in str(error.value)  # the message names the file
+
+
+def test_bad_label_values_lists_every_kind(tmp_path):
+    root = bad_input_root(tmp_path, "bad_label_values.csv")
+    with pytest.raises(PipelineError) as error:
+        run(root, tmp_path, check_images=False)
+    for value in ("'2.0'", "'abc'", "'yes'"):
+        assert value in str(error.value)
+
+
+def test_absolute_path_is_rejected(tmp_path):
+    root = make_root(tmp_path, [row("train", 1), {**row("train", 2), "Path": "/etc/hostname"}],
+                     [row("valid", 9)], images=False)
+    with pytest.raises(PipelineError, match="line 3, column 'Path': '/etc/hostname' leaves"):
+        run(root, tmp_path, check_images=False)
+
+
+def test_missing_image_is_an_error_naming_file_and_line(tmp_path):
+    root = bad_input_root(tmp_path, "missing_image.csv")
+    with pytest.raises(PipelineError, match=r"line 2: .*patient99999.*--missing_images skip"):
+        run(root, tmp_path)
+
+
+def test_missing_images_can_be_skipped_and_counted(tmp_path):
+    train = [row("train", 1), row("train", 2), row("train", 3)]
+    root = make_root(tmp_path, train, [row("valid", 9)])
+    (root / "train/patient00002/study1/view1_frontal.jpg").unlink()
+    train_out, _, stats = run(root, tmp_path, missing_images="skip")
+    assert len(train_out) == 2 and stats["train"]["missing_images_skipped"] == 1
+    skipped = pd.read_csv(tmp_path / "data/processed/missing_images_train.csv")
+    assert skipped["Path"].tolist() == [train[1]["Path"]] and skipped["line"].tolist() == [3]
+
+
+def test_bom_and_crlf_parse(tmp_path):
+    root = bad_input_root(tmp_path, "bom_crlf.csv")
+    train, _, _ = run(root, tmp_path, check_images=False)
+    assert list(train.columns[:5]) == ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA"]
+    assert train["Path"].iloc[0].startswith("CheXpert-v1.0-small/train/patient00075")
+    assert not train["Support Devices"].isna().any()
+
+
+def test_policy_views_patients_and_raw_columns(tmp_path):
+    train = [row("train", 1, Cardiomegaly="-1.0", Edema="1.0"),
+             row("train", 1, study=2, view="Lateral", Cardiomegaly="1.0"),
+             row("train", 2, Cardiomegaly="0.0", Edema="-1.0")]
+    root = make_root(tmp_path, train, [row("valid", 9, Edema="1.0")])
+    ones, valid, stats = run(root, tmp_path)
+    assert ones["Path"].tolist() == [train[0]["Path"], train[2]["Path"]]  # lateral dropped
+    assert ones["patient_id"].tolist() == ["patient00001", "patient00002"]
+    assert ones["study_id"].tolist() == ["patient00001/study1", "patient00002/study1"]
+    assert ones["Cardiomegaly"].tolist() == [1, 0] and ones["Edema"].tolist() == [1, 1]
+    assert ones["Atelectasis"].tolist() == [0, 0]  # blank -> 0
+    assert ones[raw_column("Cardiomegaly")].tolist() == [-1, 0]
+    assert ones[raw_column("Atelectasis")].isna().all()  # blank stays blank in the raw column
+    assert ones["image_path"].iloc[0] == str(root.resolve() / "train/patient00001/study1/view1_frontal.jpg")
+    assert 0.3 < stats["mean"] < 0.7 and stats["train"]["patients"] == 2
+
+    zeros, _, _ = run(root, tmp_path, uncertainty_policy="U-Zeros")
+    assert zeros["Cardiomegaly"].tolist() == [0, 0] and zeros["Edema"].tolist() == [1, 0]
+
+    with_laterals, _, _ = run(root, tmp_path, frontal_only=False)
+    assert len(with_laterals) == 3
+
+
+def test_missing_data_root_names_what_to_pass(tmp_path):
+    with pytest.raises(PipelineError, match="--data_root must be the folder holding train.csv"):
+        run(tmp_path / "nowhere", tmp_path)
+
+
+def test_full_resolution_prefix_resolves(tmp_path):
+    source = shared("chexpert-fullres-sample/CheXpert-v1.0")
+    root = tmp_path / "CheXpert-v1.0"
+    shutil.copytree(source, root)
+    shutil.copyfile(root / "valid.csv", root / "train.csv")
+    train, valid, stats = run(root, tmp_path, stats_sample=2)
+    assert len(valid) == 2  # the lateral view is dropped
+    assert train["image_path"].map(lambda p: p.startswith(str(root.resolve()) + "/valid/")).all()
+    assert 0.2 < stats["mean"] < 0.8
+
+
+# ---- the real CheXpert train.csv (223,414 rows) -----------------------------------------------
+
+@pytest.fixture(scope="module")
+def real_labels():
+    return pd.read_csv(shared("chexpert-train-labels/train.csv.gz"), dtype=str,
+                       keep_default_na=False)
+
+
+def test_real_scale_counts(tmp_path, real_labels):
+    root = tmp_path / "CheXpert-v1.0-small"
+    root.mkdir()
+    real_labels.to_csv(root / "train.csv", index=False)
+    shutil.copyfile(shared("chexpert-fullres-sample/CheXpert-v1.0/valid.csv"), root / "valid.csv")
+    train, _, stats = run(root, tmp_path, check_images=False)
+    assert len(train) == 191_027 and train["patient_id"].nunique() == 64_534
+    assert stats["train"]["rows_in_csv"] == 223_414
+    assert not (train[list(LABELS)] == -1).any().any()
+    assert set(pd.unique(train[list(LABELS)].values.ravel())) == {0, 1}
+    rates = train[list(LABELS)].mean()  # published in ../shared/data/README.md
+    assert rates["Support Devices"] == pytest.approx(0.566, abs=5e-4)
+    assert rates["Pleural Other"] == pytest.approx(0.023, abs=5e-4)
+    assert stats["stats_source"].startswith("fallback")
+
+
+def test_uncertainty_policies_on_real_rows(real_labels):
+    raw = parse_raw_labels(real_labels)
+    ones = apply_uncertainty_policy(raw, "U-Ones")
+    zeros = apply_uncertainty_policy(raw, "U-Zeros")
+    uncertain = raw == -1
+    assert int(uncertain["Atelectasis"].sum()) == 33_739  # published count, all rows
+    assert (ones[uncertain] == 1).sum().sum() == uncertain.sum().sum()
+    assert (zeros[uncertain] == 0).sum().sum() == uncertain.sum().sum()
+    certain = raw.notna() & ~uncertain
+    assert (ones[certain] == raw[certain]).sum().sum() == certain.sum().sum()
+    assert (ones[raw.isna()] == 0).sum().sum() == raw.isna().sum().sum()
