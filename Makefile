@@ -14,8 +14,9 @@ endif
 # The demo: synthetic phantoms, from random initialisation (no downloads), sized for a CPU.
 DEMO_DIR ?= data/demo
 DEMO_ARGS := --data_root $(DEMO_DIR)/CheXpert-v1.0-small --data_dir $(DEMO_DIR) \
-	--pretrained false --image_size 128 --batch_size 32 --accumulation_steps 1 --epochs 5 \
-	--frozen_epochs 1 --lr_head 3e-3 --lr_backbone 1e-3 --warmup_steps 20
+	--models_dir models --pretrained false --image_size 96 --batch_size 16 \
+	--accumulation_steps 1 --epochs 8 --frozen_epochs 1 --lr_head 1e-3 --lr_backbone 1e-3 \
+	--warmup_steps 50
 
 .PHONY: install demo pipeline test clean
 

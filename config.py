@@ -205,7 +205,7 @@ def parse_args(argv: list[str] | None = None, defaults=None):
 
 def describe(cfg) -> str:
     """One line per field with its current value: the --help text of every script."""
-    lines = ["Options (any field of config.py; --field value or --field=value):"]
+    lines = ["Options (--field value or --field=value), with their current values:"]
     for f in dataclasses.fields(cfg):
         lines.append(f"  --{f.name:<20} {getattr(cfg, f.name)!r}")
     return "\n".join(lines)
