@@ -10,12 +10,13 @@ about real chest X-rays: never use it, or its numbers, for anything medical.
 
 Writes, in CheXpert's own layout and CSV schema:
     <out>/CheXpert-v1.0-small/train.csv, valid.csv   Path,Sex,Age,Frontal/Lateral,AP/PA + 14 labels
-    <out>/CheXpert-v1.0-small/{train,valid}/patientNNNNN/studyN/view1_frontal.jpg (+ view2_lateral.jpg)
+    <out>/CheXpert-v1.0-small/{train,valid}/patientNNNNN/studyN/view1_frontal.jpg, view2_lateral.jpg
     <out>/annotations.csv   Path,label,x0,y0,x1,y1: pixel box of every drawn finding (for Grad-CAM)
 
-As in CheXpert, train.csv labels are 1.0, 0.0, -1.0 (uncertain; here mostly the faintest traces)
-or blank (not mentioned), Lung Opacity is set whenever one of its sub-findings is, and valid.csv
-holds 0.0/1.0 only. Patients have 1-3 studies; valid patients are numbered after the train ones.
+As in CheXpert, train.csv labels are 1.0, 0.0, -1.0 (uncertain; mostly the faintest traces) or
+blank (not mentioned), Lung Opacity is set whenever one of its sub-findings is, and valid.csv holds
+0.0/1.0 only. Patients have 1 to --max_studies studies; valid patients are numbered after the
+train ones, and some findings persist across a patient's studies (so split by patient).
 Next step: python preprocess.py --data_root data/demo/CheXpert-v1.0-small
 """
 
@@ -44,7 +45,7 @@ class DemoConfig:
     height: int = 384  # px, image height
     lateral_fraction: float = 0.25  # fraction of studies that also get a lateral view
     uncertain_fraction: float = 0.15  # fraction of train positives labelled -1.0 (the faintest)
-    uncertain_negatives: float = 0.02  # fraction of train negatives labelled -1.0
+    uncertain_negatives: float = 0.01  # fraction of train negatives labelled -1.0
     blank_fraction: float = 0.6  # fraction of train negatives left blank ("not mentioned")
     jpeg_quality: int = 90  # JPEG quality, 0-100
 
@@ -62,8 +63,9 @@ PREVALENCE = {
 CHRONIC = ("Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Lesion", "Pleural Other", "Fracture")
 HEART_FAILURE = ("Edema", "Pleural Effusion")  # 1.8x likelier when the heart is enlarged
 OPACITY_CHILDREN = ("Lung Lesion", "Edema", "Consolidation", "Pneumonia", "Atelectasis")
-if set(PREVALENCE) != set(FINDINGS) or not {*CHRONIC, *HEART_FAILURE, *OPACITY_CHILDREN} <= set(FINDINGS):
-    raise ImportError("make_demo_data.py names a label that is not in config.LABELS")
+NAMED = {*PREVALENCE, *CHRONIC, *HEART_FAILURE, *OPACITY_CHILDREN}
+if set(PREVALENCE) != set(FINDINGS) or not NAMED <= set(LABELS):  # a typo would pass silently
+    raise ImportError("make_demo_data.py and config.LABELS disagree on the label names")
 
 
 class Finding(NamedTuple):
@@ -91,15 +93,15 @@ class Study(NamedTuple):
     patient: int
     study: int
     sex: str
-    age: int
-    ap_pa: str  # of the frontal view
+    age: int  # years
+    ap_pa: str  # projection of the frontal view
     lateral: bool  # whether the study also has a lateral view
-    anatomy: Anatomy
-    findings: dict  # label -> Finding, the traces drawn in this study's images
-    labels: dict  # label -> CSV value (1.0, 0.0, -1.0 or NaN = blank)
+    anatomy: Anatomy  # the patient's chest as changed by this study's findings
+    findings: dict  # label -> Finding: the traces drawn in this study's images
+    labels: dict  # label -> CSV value: 1.0, 0.0, -1.0 or NaN (blank)
 
 
-# ---- drawing helpers ------------------------------------------------------------------------
+# ---- drawing helpers ----------------------------------------------------------------------------
 
 class Film:
     """A float density image (brighter = denser) drawn in fractions of width (x) and height (y)."""
@@ -127,6 +129,9 @@ class Film:
 
     def circle(self, layer, x, y, r):  # r as a fraction of the width
         return self.ellipse(layer, x, y, r, r * self.w / self.h)
+
+    def rect(self, layer, x0, y0, x1, y1):
+        return self.poly(layer, [(x0, y0), (x1, y0), (x1, y1), (x0, y1)])
 
     def poly(self, layer, points, thickness=0):  # thickness 0 = filled polygon, else a polyline
         if thickness:
@@ -169,10 +174,11 @@ def lateral_x(anat: Anatomy, side: int, y: float) -> float:
 def lung_polygon(anat: Anatomy, side: int) -> np.ndarray:
     """Apex, lateral wall down to a sharp costophrenic angle, diaphragm dome, medial border."""
     lateral, medial, apex_x, cp = lung_frame(anat, side)
-    t = np.linspace(0, np.pi / 2, 24)
-    wall = np.stack([apex_x + (lateral - apex_x) * np.sin(t), cp - (cp - anat.apex_y) * np.cos(t)], 1)
-    u = np.linspace(0, 1, 24)[1:]
-    dome = np.stack([lateral + (medial - lateral) * u, cp - anat.dome_h * np.sin(np.pi * u**0.8)], 1)
+    t, u = np.linspace(0, np.pi / 2, 24), np.linspace(0, 1, 24)[1:]
+    wall = np.stack([apex_x + (lateral - apex_x) * np.sin(t),
+                     cp - (cp - anat.apex_y) * np.cos(t)], 1)
+    dome = np.stack([lateral + (medial - lateral) * u,
+                     cp - anat.dome_h * np.sin(np.pi * u**0.8)], 1)
     return np.concatenate([wall, dome, [(medial, anat.apex_y + 0.1)]])
 
 
@@ -183,7 +189,7 @@ def lung_point(anat: Anatomy, rng, side: int, y0: float, y1: float):
     return lateral + (medial - lateral) * rng.uniform(0.2, 0.7), y
 
 
-# ---- the normal chest ------------------------------------------------------------------------
+# ---- the chest itself ---------------------------------------------------------------------------
 
 def sample_anatomy(rng) -> Anatomy:
     u = rng.uniform
@@ -192,8 +198,8 @@ def sample_anatomy(rng) -> Anatomy:
                    mediastinum=u(0.065, 0.085), lung_dark=u(0.26, 0.34))
 
 
-def study_anatomy(anat: Anatomy, findings: dict, rng) -> Anatomy:
-    """The patient's anatomy as changed by findings whose trace is anatomical."""
+def apply_findings(anat: Anatomy, findings: dict, rng) -> Anatomy:
+    """The anatomy as changed by the findings whose trace is anatomical."""
     changes = {}
     if f := findings.get("Cardiomegaly"):
         changes["ctr"] = 0.55 + 0.1 * f.strength
@@ -207,26 +213,25 @@ def study_anatomy(anat: Anatomy, findings: dict, rng) -> Anatomy:
     return replace(anat, **changes)
 
 
-def draw_frontal_anatomy(film: Film, anat: Anatomy, rng) -> dict:
-    """Body, lungs with vessel markings, mediastinum, heart, spine, ribs and clavicles.
-
-    Returns the layers whose shape is itself a finding's trace: heart, mediastinum, fracture.
-    """
+def draw_soft_tissue(film: Film, anat: Anatomy, rng) -> dict:
+    """Body, lungs with vessel markings, mediastinum, heart, trachea; returns heart, mediastinum."""
     body = film.ellipse(film.layer(), 0.5, 0.7, anat.half_width + 0.1, 0.62)
     film.ellipse(body, 0.5, 0.22, 0.47, 0.1)  # shoulders
-    film.poly(body, [(0.39, 0), (0.61, 0), (0.61, 0.2), (0.39, 0.2)])  # neck
+    film.rect(body, 0.39, 0, 0.61, 0.2)  # neck
     film.add(body, 0.45, blur=0.02)
 
     m, cp = anat.mediastinum, anat.cp_y
-    mediastinum = film.poly(film.layer(), [(0.44, 0.08), (0.56, 0.08), (0.5 + m, 0.26),
-                                           (0.5 + 0.8 * m, 0.5), (0.5 - 0.8 * m, 0.5), (0.5 - m, 0.26)])
+    outline = [(0.44, 0.08), (0.56, 0.08), (0.5 + m, 0.26), (0.5 + 0.8 * m, 0.5),
+               (0.5 - 0.8 * m, 0.5), (0.5 - m, 0.26)]
+    mediastinum = film.poly(film.layer(), outline)
     film.circle(mediastinum, 0.5 + m, 0.27, 0.035)  # aortic knob
-    a = anat.ctr * anat.half_width  # heart half width, since ctr = heart width / thoracic width
-    heart = film.ellipse(film.layer(), 0.5 + a / 3, cp - 0.07, a, 0.05 + 0.35 * a, angle=-12)
-    heart[round((cp + 0.01) * film.h):] = 0  # a third right of the midline, sitting on the diaphragm
+    a = anat.ctr * anat.half_width  # heart half width, as ctr = heart width / thoracic width
+    heart = film.ellipse(film.layer(), 0.5 + a / 3, cp - 0.11, a, 0.05 + 0.35 * a, angle=-12)
+    heart[round((cp + 0.01) * film.h):] = 0  # a third right of the midline, on the diaphragm
     solid = np.maximum(film.blur(heart, 0.004), film.blur(mediastinum, 0.004))
     for side in (-1, 1):  # heart and mediastinum hide the lung behind them
-        film.lungs[side] = film.blur(film.poly(film.layer(), lung_polygon(anat, side)), 0.004) * (1 - solid)
+        lung = film.poly(film.layer(), lung_polygon(anat, side))
+        film.lungs[side] = film.blur(lung, 0.004) * (1 - solid)
     air = film.lungs[-1] + film.lungs[1]
     film.add(air, -anat.lung_dark, blur=0)
     film.add(solid, 0.05, blur=0)
@@ -239,55 +244,59 @@ def draw_frontal_anatomy(film: Film, anat: Anatomy, rng) -> dict:
     vessels = np.exp(-(smooth_noise(rng, film, 30) / 0.3) ** 2)  # zero crossings: branching lines
     film.markings = 0.08 * film.blur(vessels * air * (0.4 + hila), 0.002)
     film.img += film.markings
-
-    spine, plates, trachea = film.layer(), film.layer(), film.layer()
-    film.poly(spine, [(0.455, 0), (0.545, 0), (0.545, 1), (0.455, 1)])
-    for y in np.arange(0.1, 1, 0.045):  # vertebral end plates
-        film.poly(plates, [(0.455, y), (0.545, y)], thickness=film.thick(0.006))
-    film.poly(trachea, [(0.5, 0), (0.5, 0.31)], thickness=film.thick(0.04))
-    film.add(spine - 0.4 * plates, 0.09, blur=0.004)
+    trachea = film.poly(film.layer(), [(0.5, 0), (0.5, 0.31)], thickness=film.thick(0.04))
     film.add(trachea, -0.12, blur=0.008)
-    film.add(film.ellipse(film.layer(), 0.7, cp + 0.07, 0.06, 0.03), -0.15, blur=0.01)  # stomach gas
+    film.add(film.ellipse(film.layer(), 0.7, cp + 0.07, 0.06, 0.03), -0.15, blur=0.01)  # stomach
+    return {"heart": heart, "mediastinum": mediastinum}
 
+
+def draw_bones(film: Film, anat: Anatomy, rng) -> dict:
+    """Spine, clavicles and posterior ribs, one of them maybe broken; returns the fracture."""
+    spine = film.rect(film.layer(), 0.455, 0, 0.545, 1)
+    spine[np.arange(film.h) / film.h % 0.045 < 0.008] *= 0.6  # vertebral end plates
+    film.add(spine, 0.09, blur=0.004)
     bones, fracture = film.layer(), film.layer()
     u, width = np.linspace(0, 1, 20), film.thick(0.016)
     for side in (-1, 1):
-        film.poly(bones, [(0.5 + side * 0.05, 0.17), (0.5 + side * 0.2, 0.135), (0.5 + side * 0.36, 0.12)],
-                  thickness=film.thick(0.022))  # clavicle
-        for rib in range(9):  # posterior ribs: up from the spine, then curving down laterally
-            y0 = anat.apex_y + 0.01 + rib * (cp - anat.apex_y) / 9
-            pts = np.stack([0.5 + side * (0.04 + u * anat.half_width), y0 - 0.03 * np.sin(np.pi * u) + 0.08 * u**2], 1)
+        clavicle = [(0.5 + side * 0.05, 0.17), (0.5 + side * 0.2, 0.135), (0.5 + side * 0.36, 0.12)]
+        film.poly(bones, clavicle, thickness=film.thick(0.022))
+        for rib in range(9):  # up from the spine, then curving down to the lateral wall
+            y0 = anat.apex_y + 0.01 + rib * (anat.cp_y - anat.apex_y) / 9
+            x = 0.5 + side * (0.04 + u * anat.half_width)
+            pts = np.stack([x, y0 - 0.03 * np.sin(np.pi * u) + 0.08 * u**2], 1)
             if anat.broken_rib and anat.broken_rib[:2] == (side, rib):
                 strength, k = anat.broken_rib[2], int(rng.integers(9, 15))
-                step = 0.008 + 0.012 * strength  # the lateral fragment is displaced downwards
+                step = 0.02 + 0.015 * strength  # the lateral fragment is displaced downwards
                 film.poly(bones, pts[:k], thickness=width)
                 film.poly(bones, pts[k + 1:] + (0, step), thickness=width)
-                film.circle(fracture, *pts[k], 0.018 + 0.012 * strength)  # callus
+                dx, dy = (pts[k + 1] - pts[k - 1]) * (film.w, film.h)  # callus along the rib
+                film.ellipse(fracture, pts[k, 0], pts[k, 1] + step / 2, 0.045 + 0.015 * strength,
+                             0.025, angle=np.degrees(np.arctan2(dy, dx)))
             else:
                 film.poly(bones, pts, thickness=width)
     film.add(bones, 0.08)
-    parts = {"heart": heart, "mediastinum": mediastinum}
-    if anat.broken_rib:
-        parts["fracture"] = film.add(fracture, 0.08 + 0.08 * anat.broken_rib[2])
-    return parts
+    if not anat.broken_rib:
+        return {}
+    return {"fracture": film.add(fracture, 0.15 + 0.1 * anat.broken_rib[2], blur=0.005)}
 
 
-# ---- one drawing function per finding (frontal view) -----------------------------------------
+# ---- one drawing function per finding (frontal view) --------------------------------------------
 
 def lung_opacity(film: Film, anat: Anatomy, rng, f: Finding) -> np.ndarray:
     """One or two hazy, ill-defined patches in a lung."""
     haze = film.layer()
     for _ in range(rng.integers(1, 3)):
-        film.ellipse(haze, *lung_point(anat, rng, f.side, 0.25, 0.6), rng.uniform(0.06, 0.09), rng.uniform(0.05, 0.08))
-    return film.add(film.blur(haze, 0.03) * film.lungs[f.side], 0.1 + 0.1 * f.strength, blur=0)
+        x, y = lung_point(anat, rng, f.side, 0.25, 0.6)
+        film.ellipse(haze, x, y, rng.uniform(0.06, 0.09), rng.uniform(0.05, 0.08))
+    return film.add(film.blur(haze, 0.03) * film.lungs[f.side], 0.14 + 0.1 * f.strength, blur=0)
 
 
 def lung_lesion(film: Film, anat: Anatomy, rng, f: Finding) -> np.ndarray:
     """One or two round, well-defined nodules."""
     nodules = film.layer()
     for _ in range(rng.integers(1, 3)):
-        film.circle(nodules, *lung_point(anat, rng, f.side, 0.22, 0.62), 0.018 + 0.02 * f.strength)
-    return film.add(nodules, 0.18 + 0.14 * f.strength, blur=0.004)
+        film.circle(nodules, *lung_point(anat, rng, f.side, 0.22, 0.62), 0.028 + 0.02 * f.strength)
+    return film.add(nodules, 0.22 + 0.15 * f.strength, blur=0.004)
 
 
 def edema(film: Film, anat: Anatomy, rng, f: Finding) -> np.ndarray:
@@ -299,22 +308,22 @@ def edema(film: Film, anat: Anatomy, rng, f: Finding) -> np.ndarray:
         for y in np.linspace(cp - 0.2, cp - 0.05, 5) + rng.uniform(-0.01, 0.01, 5):
             x = lateral_x(anat, side, y) - side * 0.008
             film.poly(lines, [(x, y), (x - side * 0.05, y)], thickness=film.thick(0.008))
-    air = film.lungs[-1] + film.lungs[1]
     trace = film.blur(haze, 0.04) * (0.1 + 0.1 * f.strength) + lines * (0.12 + 0.1 * f.strength)
-    return film.add(trace * air, 1.0, blur=0.002)
+    return film.add(trace * (film.lungs[-1] + film.lungs[1]), 1.0, blur=0.002)
 
 
 def consolidation(film: Film, anat: Anatomy, rng, f: Finding) -> np.ndarray:
     """Dense lobar patch in a lower lung, crossed by dark air bronchograms."""
     patch, bronchi = film.layer(), film.layer()
-    x, y = lung_point(anat, rng, f.side, lung_frame(anat, f.side)[3] - 0.24, lung_frame(anat, f.side)[3] - 0.16)
+    cp = lung_frame(anat, f.side)[3]
+    x, y = lung_point(anat, rng, f.side, cp - 0.24, cp - 0.16)
     for _ in range(3):
         film.ellipse(patch, x + rng.uniform(-0.04, 0.04), y + rng.uniform(-0.03, 0.05),
                      rng.uniform(0.06, 0.09), rng.uniform(0.05, 0.08))
     for dx in (-0.04, 0.04):
         film.poly(bronchi, [(x, y - 0.05), (x + dx, y + 0.06)], thickness=film.thick(0.008))
     patch = film.blur(patch, 0.006) * film.lungs[f.side]
-    density = anat.lung_dark * (0.6 + 0.35 * f.strength)  # fills the air spaces: near soft tissue
+    density = anat.lung_dark * (0.75 + 0.25 * f.strength)  # fills the air spaces: near soft tissue
     return film.add(patch * (density - 0.1 * film.blur(bronchi, 0.003)), 1.0, blur=0)
 
 
@@ -323,18 +332,20 @@ def pneumonia(film: Film, anat: Anatomy, rng, f: Finding) -> np.ndarray:
     blotches = film.layer()
     x, y = lung_point(anat, rng, f.side, 0.3, 0.6)
     for _ in range(rng.integers(5, 9)):
-        film.circle(blotches, x + rng.normal(0, 0.04), y + rng.normal(0, 0.05), rng.uniform(0.015, 0.03))
-    return film.add(film.blur(blotches, 0.008) * film.lungs[f.side], 0.14 + 0.12 * f.strength, blur=0)
+        film.circle(blotches, x + rng.normal(0, 0.04), y + rng.normal(0, 0.05),
+                    rng.uniform(0.025, 0.04))
+    blotches = film.blur(blotches, 0.006) * film.lungs[f.side]
+    return film.add(blotches, 0.2 + 0.12 * f.strength, blur=0)
 
 
 def atelectasis(film: Film, anat: Anatomy, rng, f: Finding) -> np.ndarray:
-    """Plate-like band in a lower lung (the raised hemidiaphragm is done by study_anatomy)."""
+    """Plate-like band in a lower lung (apply_findings raises the hemidiaphragm)."""
     y = lung_frame(anat, f.side)[3] - rng.uniform(0.09, 0.14)
     x0 = lateral_x(anat, f.side, y) - f.side * 0.02
     x1 = x0 - f.side * rng.uniform(0.14, 0.2)
     band = film.poly(film.layer(), [(x0, y), (x1, y + rng.uniform(-0.025, 0.025))],
-                     thickness=film.thick(0.01 + 0.006 * f.strength))
-    return film.add(band * film.lungs[f.side], 0.2 + 0.12 * f.strength)
+                     thickness=film.thick(0.014 + 0.008 * f.strength))
+    return film.add(band * film.lungs[f.side], 0.25 + 0.12 * f.strength)
 
 
 def pneumothorax(film: Film, anat: Anatomy, rng, f: Finding) -> np.ndarray:
@@ -342,7 +353,7 @@ def pneumothorax(film: Film, anat: Anatomy, rng, f: Finding) -> np.ndarray:
     _, medial, _, cp = lung_frame(anat, f.side)
     hilum = np.array([medial, 0.5 * (anat.apex_y + cp)])
     lung = lung_polygon(anat, f.side)
-    collapsed = hilum + (0.85 - 0.12 * f.strength) * (lung - hilum)  # lung shrunk towards its hilum
+    collapsed = hilum + (0.85 - 0.12 * f.strength) * (lung - hilum)  # shrunk towards the hilum
     pocket = np.clip(film.poly(film.layer(), lung) - film.poly(film.layer(), collapsed), 0, 1)
     pocket[round(hilum[1] * film.h):] = 0  # only the apex and the upper lateral part
     line = film.poly(film.layer(), collapsed, thickness=film.thick(0.008))
@@ -356,12 +367,12 @@ def pneumothorax(film: Film, anat: Anatomy, rng, f: Finding) -> np.ndarray:
 def pleural_effusion(film: Film, anat: Anatomy, rng, f: Finding) -> np.ndarray:
     """Homogeneous fluid at a lung base: meniscus rising along the wall, angle blunted."""
     lateral, medial, _, cp = lung_frame(anat, f.side)
-    level = cp - 0.05 - 0.12 * f.strength
-    u = np.linspace(0, 1, 20)
-    top = np.stack([lateral + (medial - lateral) * u, level - 0.05 * (1 - u) ** 2], 1)
-    outline = np.concatenate([[(lateral + f.side * 0.02, level - 0.05)], top, [(medial, 1), (lateral + f.side * 0.02, 1)]])
-    fluid = film.poly(film.layer(), outline) * film.lungs[f.side]
-    return film.add(fluid, anat.lung_dark * (0.7 + 0.25 * f.strength), blur=0.004)
+    level, u = cp - 0.05 - 0.12 * f.strength, np.linspace(0, 1, 20)
+    meniscus = np.stack([lateral + (medial - lateral) * u, level - 0.05 * (1 - u) ** 2], 1)
+    wall = lateral + f.side * 0.02
+    fluid = film.poly(film.layer(), [(wall, level - 0.05), *meniscus, (medial, 1), (wall, 1)])
+    density = anat.lung_dark * (0.7 + 0.25 * f.strength)  # replaces the air: near soft tissue
+    return film.add(fluid * film.lungs[f.side], density, blur=0.004)
 
 
 def pleural_other(film: Film, anat: Anatomy, rng, f: Finding) -> np.ndarray:
@@ -369,8 +380,8 @@ def pleural_other(film: Film, anat: Anatomy, rng, f: Finding) -> np.ndarray:
     plaques = film.layer()
     for y in rng.uniform(0.3, 0.6, rng.integers(1, 3)):
         x = lateral_x(anat, f.side, y) - f.side * 0.008
-        film.ellipse(plaques, x, y, 0.012 + 0.01 * f.strength, 0.05 + 0.04 * f.strength)
-    return film.add(plaques, 0.18 + 0.12 * f.strength)
+        film.ellipse(plaques, x, y, 0.02 + 0.012 * f.strength, 0.07 + 0.04 * f.strength)
+    return film.add(plaques, 0.25 + 0.12 * f.strength)
 
 
 def support_devices(film: Film, anat: Anatomy, rng, f: Finding) -> np.ndarray:
@@ -383,8 +394,9 @@ def support_devices(film: Film, anat: Anatomy, rng, f: Finding) -> np.ndarray:
         film.poly(metal, [(0.18, 0.13), (0.35, 0.16), (0.45, 0.22), (0.47, 0.42)], thickness=width)
     if "pacemaker" in kinds:
         x, y = rng.uniform(0.7, 0.78), rng.uniform(0.17, 0.22)
-        film.poly(metal, [(x - 0.05, y - 0.03), (x + 0.05, y - 0.03), (x + 0.05, y + 0.03), (x - 0.05, y + 0.03)])
-        film.poly(metal, [(x - 0.03, y), (0.6, 0.27), (0.52, 0.38), (0.56, anat.cp_y - 0.08)], thickness=film.thick(0.008))
+        film.rect(metal, x - 0.05, y - 0.03, x + 0.05, y + 0.03)
+        lead = [(x - 0.03, y), (0.6, 0.27), (0.52, 0.38), (0.56, anat.cp_y - 0.08)]
+        film.poly(metal, lead, thickness=film.thick(0.008))
     return film.add(metal, 0.35 + 0.25 * f.strength, blur=0.002)
 
 
@@ -395,12 +407,13 @@ FRONTAL_TRACES = {
     "Pleural Other": pleural_other, "Support Devices": support_devices,
 }
 # Findings drawn by the anatomy itself; their box is that part's.
-ANATOMY_TRACES = {"Cardiomegaly": "heart", "Enlarged Cardiomediastinum": "mediastinum", "Fracture": "fracture"}
+ANATOMY_TRACES = {"Cardiomegaly": "heart", "Enlarged Cardiomediastinum": "mediastinum",
+                  "Fracture": "fracture"}
 
 
 def render_frontal(film: Film, anat: Anatomy, findings: dict, rng) -> dict:
     """Draw a frontal film; return label -> trace layer of every finding drawn."""
-    parts = draw_frontal_anatomy(film, anat, rng)
+    parts = {**draw_soft_tissue(film, anat, rng), **draw_bones(film, anat, rng)}
     return {label: parts[ANATOMY_TRACES[label]] if label in ANATOMY_TRACES
             else FRONTAL_TRACES[label](film, anat, rng, f) for label, f in findings.items()}
 
@@ -408,54 +421,55 @@ def render_frontal(film: Film, anat: Anatomy, findings: dict, rng) -> dict:
 def render_lateral(film: Film, anat: Anatomy, findings: dict, rng) -> dict:
     """Side view, patient facing the viewer's left: spine behind, heart in front, one lung field.
 
-    Only heart size, posterior effusion and devices show on it; labels are the study's.
+    Only heart size, posterior effusion and devices show here; the labels are the study's.
     """
     body = film.ellipse(film.layer(), 0.5, 0.68, 0.4, 0.6)
-    film.poly(body, [(0.35, 0), (0.7, 0), (0.75, 0.2), (0.3, 0.2)])  # neck and shoulders
-    film.add(body, 0.45, blur=0.02)
+    film.add(film.poly(body, [(0.35, 0), (0.7, 0), (0.75, 0.2), (0.3, 0.2)]), 0.45, blur=0.02)
     cp, u = anat.cp_y, np.linspace(0, 1, 24)
     base = cp - 0.04 + 0.1 * u  # the diaphragm slopes down to the posterior sulcus
     top = np.stack([0.2 + 0.6 * u, base - (base - anat.apex_y) * np.sin(np.pi * u) ** 0.5], 1)
     floor = np.stack([0.8 - 0.6 * u, base[::-1] - 0.07 * np.sin(np.pi * u)], 1)
-    r = 0.12 * anat.ctr / 0.42  # heart radius scales with the frontal cardiothoracic ratio
-    heart = film.ellipse(film.layer(), 0.2 + r, cp - 0.12, r, r * 1.1)
-    heart = film.blur(heart, 0.004)
-    film.lungs[1] = film.blur(film.poly(film.layer(), np.concatenate([top, floor])), 0.004) * (1 - heart)
-    film.add(film.lungs[1], -anat.lung_dark, blur=0)
+    r = 0.12 * anat.ctr / 0.42  # the heart grows with the frontal cardiothoracic ratio
+    heart = film.blur(film.ellipse(film.layer(), 0.2 + r, cp - 0.12, r, r * 1.1), 0.004)
+    lung = film.blur(film.poly(film.layer(), np.concatenate([top, floor])), 0.004) * (1 - heart)
+    film.add(lung, -anat.lung_dark, blur=0)
     film.add(heart, 0.05, blur=0)
-    bones = film.poly(film.layer(), [(0.16, 0.2), (0.13, 0.55)], thickness=film.thick(0.02))  # sternum
+    sternum = [(0.16, 0.2), (0.13, 0.55)]
+    bones = film.poly(film.layer(), sternum, thickness=film.thick(0.02))
     for y in np.arange(0.08, 1, 0.05):  # vertebral bodies
-        film.poly(bones, [(0.77, y), (0.87, y), (0.87, y + 0.038), (0.77, y + 0.038)])
+        film.rect(bones, 0.77, y, 0.87, y + 0.038)
     film.add(bones, 0.12)
 
-    traces = {}
-    if "Cardiomegaly" in findings:
-        traces["Cardiomegaly"] = heart
+    traces = {"Cardiomegaly": heart} if "Cardiomegaly" in findings else {}
     if f := findings.get("Pleural Effusion"):  # fluid collects in the posterior costophrenic sulcus
         level = cp - 0.03 - 0.1 * f.strength
-        fluid = film.poly(film.layer(), [(0.5, 1), (0.5, level + 0.04), (0.65, level + 0.01), (0.85, level - 0.03), (0.85, 1)])
-        traces["Pleural Effusion"] = film.add(fluid * film.lungs[1], anat.lung_dark * (0.7 + 0.25 * f.strength))
+        fluid = film.poly(film.layer(), [(0.5, 1), (0.5, level + 0.04), (0.65, level + 0.01),
+                                         (0.85, level - 0.03), (0.85, 1)])
+        density = anat.lung_dark * (0.7 + 0.25 * f.strength)
+        traces["Pleural Effusion"] = film.add(fluid * lung, density)
     if f := findings.get("Support Devices"):
-        metal = film.poly(film.layer(), [(0.45, 0), (0.44, 0.15), (0.42, 0.3)], thickness=film.thick(0.01))
-        film.poly(metal, [(0.18, 0.2), (0.26, 0.2), (0.26, 0.25), (0.18, 0.25)])
+        tube = [(0.45, 0), (0.44, 0.15), (0.42, 0.3)]
+        metal = film.poly(film.layer(), tube, thickness=film.thick(0.01))
+        film.rect(metal, 0.18, 0.2, 0.26, 0.25)  # pacemaker
         traces["Support Devices"] = film.add(metal, 0.35 + 0.25 * f.strength, blur=0.002)
     return traces
 
 
-# ---- exposure and annotation boxes -----------------------------------------------------------
+# ---- exposure and annotation boxes --------------------------------------------------------------
 
 def expose(film: Film, rng) -> tuple[np.ndarray, np.ndarray]:
-    """Random pose and exposure, then noise, as 8-bit; returns the image and the pose matrix.
+    """Random pose, exposure and noise, as 8-bit; returns the image and the 2x3 pose matrix.
 
     The pose (rotation, scale, shift) keeps a model from relying on exact pixel positions.
     """
     w, h = film.w, film.h
     pose = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-5, 5), rng.uniform(0.92, 1.06))
     pose[:, 2] += rng.uniform(-0.04, 0.04, 2) * (w, h)
-    img = cv2.warpAffine(film.img, pose, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    img = cv2.warpAffine(film.img, pose, (w, h), borderMode=cv2.BORDER_REPLICATE)
     img += 0.04 * smooth_noise(rng, film, 3)  # uneven exposure
-    img = np.clip(img * rng.uniform(0.85, 1.15) + rng.uniform(-0.05, 0.05), 0, 1) ** rng.uniform(0.8, 1.25)
-    img += rng.normal(0, rng.uniform(0.005, 0.02)) * rng.standard_normal(img.shape, dtype=np.float32)
+    img = np.clip(img * rng.uniform(0.85, 1.15) + rng.uniform(-0.05, 0.05), 0, 1)
+    img = img ** rng.uniform(0.8, 1.25)  # contrast curve
+    img += rng.uniform(0.005, 0.02) * rng.standard_normal(img.shape, dtype=np.float32)
     img = cv2.GaussianBlur(img, (0, 0), 0.6)
     return np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8), pose
 
@@ -463,16 +477,16 @@ def expose(film: Film, rng) -> tuple[np.ndarray, np.ndarray]:
 def trace_box(trace: np.ndarray, pose: np.ndarray, film: Film) -> tuple[int, int, int, int] | None:
     """Pixel box (x0, y0, x1, y1) of where a trace is at least 30% of its peak, after the pose."""
     ys, xs = np.nonzero(trace > 0.3 * trace.max())
-    if len(xs) == 0:  # the trace fell entirely outside the lungs (possible at odd image sizes)
+    if len(xs) == 0:  # nothing of the trace is left inside the lungs (possible at odd sizes)
         return None
     corners = np.array([[x, y, 1.0] for x in (xs.min(), xs.max()) for y in (ys.min(), ys.max())])
-    moved = corners @ pose.T
-    low = np.clip(moved.min(0), 0, (film.w - 1, film.h - 1))
-    high = np.clip(moved.max(0), 0, (film.w - 1, film.h - 1))
-    return int(low[0]), int(low[1]), int(round(high[0])), int(round(high[1]))
+    corners = corners @ pose.T
+    x0, y0 = np.clip(corners.min(0), 0, (film.w - 1, film.h - 1)).round().astype(int)
+    x1, y1 = np.clip(corners.max(0), 0, (film.w - 1, film.h - 1)).round().astype(int)
+    return int(x0), int(y0), int(x1), int(y1)
 
 
-# ---- patients, studies and CheXpert-style labels ---------------------------------------------
+# ---- patients, studies and CheXpert-style labels ------------------------------------------------
 
 def draw_findings(rng, labels, found: dict) -> dict:
     """Add each label with its prevalence (heart-failure findings likelier with Cardiomegaly)."""
@@ -488,18 +502,19 @@ def csv_labels(findings: dict, split: str, cfg: DemoConfig, rng) -> dict:
     """Label values as CheXpert writes them: 1.0/0.0/-1.0/blank (NaN) in train, 0.0/1.0 in valid."""
     values = {}
     for label in FINDINGS:
-        f = findings.get(label)
+        f, r = findings.get(label), rng.random()
         if split == "valid":
             values[label] = float(f is not None)
         elif f is not None:  # the report hedges about the faintest traces
             values[label] = -1.0 if f.strength < cfg.uncertain_fraction else 1.0
+        elif r < cfg.uncertain_negatives:
+            values[label] = -1.0
         else:
-            r = rng.random()
-            values[label] = (-1.0 if r < cfg.uncertain_negatives
-                             else np.nan if r < cfg.uncertain_negatives + cfg.blank_fraction else 0.0)
+            values[label] = np.nan if r < cfg.uncertain_negatives + cfg.blank_fraction else 0.0
     # CheXpert's hierarchy: each sub-finding is also a Lung Opacity (positive beats uncertain).
     family = [values[label] for label in ("Lung Opacity", *OPACITY_CHILDREN)]
-    values["Lung Opacity"] = 1.0 if 1.0 in family else -1.0 if -1.0 in family else values["Lung Opacity"]
+    if 1.0 in family or -1.0 in family:
+        values["Lung Opacity"] = 1.0 if 1.0 in family else -1.0
     abnormal = any(values[label] in (1.0, -1.0) for label in FINDINGS if label != "Support Devices")
     values["No Finding"] = 1.0 if not abnormal else 0.0 if split == "valid" else np.nan
     return values
@@ -511,14 +526,18 @@ def plan_studies(cfg: DemoConfig, rng) -> list[Study]:
     studies = []
     for patient in range(1, cfg.patients + cfg.valid_patients + 1):
         split = "train" if patient <= cfg.patients else "valid"
-        anat, sex, age = sample_anatomy(rng), str(rng.choice(["Male", "Female"])), int(rng.integers(18, 89))
+        sex, age = str(rng.choice(["Male", "Female"])), int(rng.integers(18, 89))
         chronic = draw_findings(rng, CHRONIC, {})
+        anat = apply_findings(sample_anatomy(rng), chronic, rng)  # same heart, rib, ... each study
         for study in range(1, int(rng.integers(1, cfg.max_studies + 1)) + 1):
             findings = draw_findings(rng, acute, chronic)
+            new = {label: f for label, f in findings.items() if label not in CHRONIC}
             # portable (AP) films are the rule in intensive care, where patients carry devices
-            ap_pa = "AP" if rng.random() < (0.85 if "Support Devices" in findings else 0.5) else "PA"
+            p_ap = 0.85 if "Support Devices" in findings else 0.5
+            ap_pa = "AP" if rng.random() < p_ap else "PA"
+            lateral = bool(rng.random() < cfg.lateral_fraction)
             studies.append(Study(split, patient, study, sex, min(90, age + study - 1), ap_pa,
-                                 bool(rng.random() < cfg.lateral_fraction), anat, findings,
+                                 lateral, apply_findings(anat, new, rng), findings,
                                  csv_labels(findings, split, cfg, rng)))
     return studies
 
@@ -526,56 +545,59 @@ def plan_studies(cfg: DemoConfig, rng) -> list[Study]:
 def check_config(cfg: DemoConfig) -> None:
     if min(cfg.patients, cfg.valid_patients, cfg.max_studies) < 1:
         raise ConfigError("--patients, --valid_patients and --max_studies must be at least 1")
-    if cfg.patients + cfg.valid_patients > 99999:
-        raise ConfigError("at most 99,999 patients in all (CheXpert's five-digit patient ids)")
     if min(cfg.width, cfg.height) < 64:
         raise ConfigError("--width and --height must be at least 64 px")
     for name in ("lateral_fraction", "uncertain_fraction", "uncertain_negatives", "blank_fraction"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise ConfigError(f"--{name} must be between 0 and 1, got {getattr(cfg, name)}")
     if cfg.uncertain_negatives + cfg.blank_fraction > 1.0:
-        raise ConfigError("--uncertain_negatives + --blank_fraction must not exceed 1")
-    if not 0 <= cfg.jpeg_quality <= 100:
-        raise ConfigError(f"--jpeg_quality must be between 0 and 100, got {cfg.jpeg_quality}")
+        raise ConfigError("--uncertain_negatives + --blank_fraction must be at most 1")
 
 
-# ---- main ------------------------------------------------------------------------------------
+# ---- main ---------------------------------------------------------------------------------------
+
+def make_image(s: Study, view: str, cfg: DemoConfig, rng) -> tuple[np.ndarray, dict]:
+    """One 8-bit film of a study, and the pixel box of each finding drawn on it."""
+    film = Film(cfg.width, cfg.height)
+    render = render_frontal if view == "Frontal" else render_lateral
+    traces = render(film, s.anatomy, s.findings, rng)
+    img, pose = expose(film, rng)
+    boxes = {label: trace_box(trace, pose, film) for label, trace in traces.items()}
+    return img, {label: box for label, box in boxes.items() if box is not None}
+
 
 def main(cfg: DemoConfig) -> None:
     check_config(cfg)
     out = Path(cfg.out)
     root = out / "CheXpert-v1.0-small"
     if (root / "train.csv").exists() and not (out / "annotations.csv").exists():
-        raise PipelineError(f"{root} holds a train.csv this script did not write (the real CheXpert?); "
-                            "choose another --out")
+        raise PipelineError(f"{root} holds a train.csv this script did not write (the real "
+                            "CheXpert?); choose another --out")
     rng = np.random.default_rng(cfg.seed)
-    studies = plan_studies(cfg, rng)
-    images = [(s, view) for s in studies for view in (("frontal", "lateral") if s.lateral else ("frontal",))]
-    rows, boxes = {"train": [], "valid": []}, []
-    for s, view in tqdm(images, desc="make_demo_data", unit="img"):
-        name = "view1_frontal.jpg" if view == "frontal" else "view2_lateral.jpg"
-        rel = f"CheXpert-v1.0-small/{s.split}/patient{s.patient:05d}/study{s.study}/{name}"
-        film = Film(cfg.width, cfg.height)
-        if view == "frontal":
-            traces = render_frontal(film, study_anatomy(s.anatomy, s.findings, rng), s.findings, rng)
-            ap_pa = s.ap_pa
-        else:
-            traces = render_lateral(film, study_anatomy(s.anatomy, s.findings, rng), s.findings, rng)
-            ap_pa = "LL" if rng.random() < 0.1 else ""  # CheXpert leaves AP/PA blank on most laterals
-        img, pose = expose(film, rng)
-        (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        if not cv2.imwrite(str(out / rel), img, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality]):
-            raise PipelineError(f"could not write {out / rel}")
-        rows[s.split].append([rel, s.sex, s.age, view.capitalize(), ap_pa, *(s.labels[label] for label in LABELS)])
-        for label, trace in traces.items():
-            if (box := trace_box(trace, pose, film)) is not None:
-                boxes.append((rel, label, *box))
+    views = [(s, view) for s in plan_studies(cfg, rng)
+             for view in (("Frontal", "Lateral") if s.lateral else ("Frontal",))]
+    rows, annotations = {"train": [], "valid": []}, []
+    for s, view in tqdm(views, desc="make_demo_data", unit="img"):
+        name = "view1_frontal.jpg" if view == "Frontal" else "view2_lateral.jpg"
+        path = f"CheXpert-v1.0-small/{s.split}/patient{s.patient:05d}/study{s.study}/{name}"
+        img, boxes = make_image(s, view, cfg, rng)
+        (out / path).parent.mkdir(parents=True, exist_ok=True)
+        if not cv2.imwrite(str(out / path), img, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality]):
+            raise PipelineError(f"could not write {out / path}")
+        ap_pa = s.ap_pa if view == "Frontal" else "LL" if rng.random() < 0.1 else ""  # mostly blank
+        labels = [s.labels[label] for label in LABELS]
+        rows[s.split].append([path, s.sex, s.age, view, ap_pa, *labels])
+        annotations += [(path, label, *box) for label, box in boxes.items()]
 
     for split, split_rows in rows.items():
-        pd.DataFrame(split_rows, columns=[*META_COLUMNS, *LABELS]).to_csv(root / f"{split}.csv", index=False)
-    pd.DataFrame(boxes, columns=["Path", "label", "x0", "y0", "x1", "y1"]).to_csv(out / "annotations.csv", index=False)
-    print(f"make_demo_data: wrote {len(rows['train']):,} train + {len(rows['valid']):,} valid images "
-          f"({cfg.patients:,} + {cfg.valid_patients:,} patients) to {root}, boxes to {out / 'annotations.csv'}")
+        frame = pd.DataFrame(split_rows, columns=[*META_COLUMNS, *LABELS])
+        frame.to_csv(root / f"{split}.csv", index=False)
+    pd.DataFrame(annotations, columns=["Path", "label", "x0", "y0", "x1", "y1"]).to_csv(
+        out / "annotations.csv", index=False)
+    n_train, n_valid = len(rows["train"]), len(rows["valid"])
+    print(f"make_demo_data: wrote {n_train:,} train + {n_valid:,} valid images "
+          f"({cfg.patients:,} + {cfg.valid_patients:,} patients) to {root}, "
+          f"finding boxes to {out / 'annotations.csv'}")
 
 
 if __name__ == "__main__":

@@ -148,6 +148,26 @@ def validation_metrics(model, loader, criterion, cfg, device, dtype, desc) -> di
     return {"val_loss": loss, "val_auc": aucs, "val_mean_auc": mean_auc(aucs)}
 
 
+def epoch_row(epoch: int, frozen: bool, train_loss: float, val: dict, optimizer,
+              images_per_s: float, seconds: float) -> dict:
+    """One metrics.csv row: losses, val AUCs, learning rates at the epoch's end, speed."""
+    lrs = {group["name"]: group["lr"] for group in optimizer.param_groups}
+    return {"epoch": epoch, "phase": "frozen" if frozen else "fine-tune",
+            "train_loss": train_loss, "val_loss": val["val_loss"],
+            "val_mean_auc": val["val_mean_auc"], "lr_head": lrs["head"],
+            "lr_backbone": 0.0 if frozen else lrs["backbone"], "images_per_s": images_per_s,
+            "epoch_seconds": seconds,
+            **{f"auc {label}": auc for label, auc in val["val_auc"].items()}}
+
+
+def epoch_line(row: dict, epochs: int, is_best: bool) -> str:
+    auc = "n/a" if row["val_mean_auc"] is None else f"{row['val_mean_auc']:.4f}"
+    return (f"epoch {row['epoch']}/{epochs} {row['phase']:<9} train_loss {row['train_loss']:.4f}  "
+            f"val_loss {row['val_loss']:.4f}  val_mean_auc {auc}{' (best)' if is_best else ''}  "
+            f"lr head {row['lr_head']:.1e} backbone {row['lr_backbone']:.1e}  "
+            f"{row['images_per_s']:.1f} img/s  {row['epoch_seconds']:.0f} s")
+
+
 # ---- main ----------------------------------------------------------------------------------------
 
 def main(cfg: Config) -> None:
@@ -184,22 +204,17 @@ def main(cfg: Config) -> None:
     history, best = [], None
     for epoch in range(1, cfg.epochs + 1):
         frozen = epoch <= cfg.frozen_epochs
-        phase = "frozen" if frozen else "fine-tune"
         set_backbone_frozen(model, frozen)
         start = time.perf_counter()
-        lrs = {group["name"]: group["lr"] for group in optimizer.param_groups}
         train_loss, images_per_s = train_one_epoch(
             model, train_loader, criterion, optimizer, scheduler, scaler, cfg, device, dtype,
-            frozen, desc=f"epoch {epoch}/{cfg.epochs} {phase}")
+            frozen, desc=f"epoch {epoch}/{cfg.epochs} {'frozen' if frozen else 'fine-tune'}")
         val = validation_metrics(model, val_loader, criterion, cfg, device, dtype, "validate")
-        is_best = val["val_mean_auc"] is not None and (best is None or val["val_mean_auc"] > best)
-        best = val["val_mean_auc"] if is_best else best
-        history.append({"epoch": epoch, "phase": phase, "train_loss": train_loss,
-                        "val_loss": val["val_loss"], "val_mean_auc": val["val_mean_auc"],
-                        "lr_backbone": lrs["backbone"] if not frozen else 0.0,
-                        "lr_head": lrs["head"], "images_per_s": images_per_s,
-                        "epoch_seconds": time.perf_counter() - start,
-                        **{f"auc {label}": auc for label, auc in val["val_auc"].items()}})
+        row = epoch_row(epoch, frozen, train_loss, val, optimizer, images_per_s,
+                        time.perf_counter() - start)
+        is_best = row["val_mean_auc"] is not None and (best is None or row["val_mean_auc"] > best)
+        best = row["val_mean_auc"] if is_best else best
+        history.append(row)
         write_csv_atomic(pd.DataFrame(history), run_dir / "metrics.csv")
 
         checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -210,11 +225,7 @@ def main(cfg: Config) -> None:
         save_checkpoint(checkpoint, run_dir / "last.pth")
         if is_best or (epoch == 1 and best is None):
             save_checkpoint(checkpoint, run_dir / "best.pth")
-        auc_text = "n/a" if val["val_mean_auc"] is None else f"{val['val_mean_auc']:.4f}"
-        print(f"epoch {epoch}/{cfg.epochs} {phase:<9} train_loss {train_loss:.4f}  val_loss "
-              f"{val['val_loss']:.4f}  val_mean_auc {auc_text}{' (best)' if is_best else ''}  "
-              f"lr {lrs['head']:.2e}/{lrs['backbone']:.2e}  {images_per_s:.1f} img/s  "
-              f"{time.perf_counter() - start:.0f} s", flush=True)
+        print(epoch_line(row, cfg.epochs, is_best), flush=True)
 
     best_text = "n/a" if best is None else f"{best:.4f}"
     print(f"train: wrote {run_dir}/best.pth (val mean AUC {best_text}), last.pth, metrics.csv, "

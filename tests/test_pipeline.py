@@ -83,8 +83,8 @@ def test_a_second_run_with_the_same_name_is_refused(real_chain):
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    stdout = run_script("make_demo_data.py", "--out", str(out), "--patients", "60",
-                        "--valid_patients", "20", "--width", "160", "--height", "192")
+    stdout = run_script("make_demo_data.py", "--out", str(out), "--patients", "200",
+                        "--valid_patients", "40", "--width", "160", "--height", "192")
     assert "make_demo_data: wrote" in stdout
     return out / "CheXpert-v1.0-small"
 
@@ -109,10 +109,16 @@ def test_demo_data_has_the_chexpert_layout_and_schema(demo_root):
     assert {"Path", "label", "x0", "y0", "x1", "y1"} <= set(annotations.columns)
 
 
-def test_demo_chain_end_to_end(demo_root, tmp_path):
-    outputs = run_chain(demo_root, tmp_path)
-    report = check_run_folder(tmp_path / "models" / "run", epochs=2)
-    assert report["split"] == "test" and report["mean_auc"] is not None
-    assert "Report card: test split" in outputs["evaluate"]
+def test_demo_chain_end_to_end_learns(demo_root, tmp_path):
+    """8 short epochs at 64 px from random weights (~1 min): far above chance on the test split."""
+    outputs = run_chain(demo_root, tmp_path, "--epochs", "8", "--warmup_steps", "20",
+                        "--lr_head", "1e-3", "--lr_backbone", "1e-3")
+    report = check_run_folder(tmp_path / "models" / "run", epochs=8)
+    assert report["split"] == "test" and "Report card: test split" in outputs["evaluate"]
     epoch_lines = [l for l in outputs["train"].splitlines() if l.startswith("epoch ")]
-    assert len(epoch_lines) == 2 and "val_mean_auc" in epoch_lines[0] and "img/s" in epoch_lines[0]
+    assert len(epoch_lines) == 8 and "val_mean_auc" in epoch_lines[0] and "img/s" in epoch_lines[0]
+    metrics = pd.read_csv(tmp_path / "models" / "run" / "metrics.csv")
+    assert metrics["train_loss"].iloc[-1] < 0.9 * metrics["train_loss"].iloc[1]
+    aucs = [auc for auc in report["auc"].values() if auc is not None]
+    # measured: mean 0.68, Support Devices 1.00; chance is 0.5
+    assert report["mean_auc"] > 0.6 and max(aucs) > 0.9
