@@ -216,8 +216,16 @@ def run_cli(main, argv: list[str] | None = None, defaults=None) -> None:
     try:
         main(parse_args(argv, defaults))
     except (ConfigError, PipelineError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_without_worker_traceback(str(err))}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _without_worker_traceback(message: str) -> str:
+    """A DataLoader worker's error arrives wrapped in its traceback: keep only its own message."""
+    if "Original Traceback" not in message:
+        return message
+    last_line = message.strip().splitlines()[-1]  # "module.ErrorClass: the message"
+    return last_line.split(": ", 1)[-1]
 
 
 class PipelineError(RuntimeError):

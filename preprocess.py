@@ -130,7 +130,7 @@ def check_images_exist(df: pd.DataFrame, path: Path, cfg: Config) -> tuple[pd.Da
     missing = df[~exists]
     if len(missing) and cfg.missing_images == "error":
         examples = "; ".join(f"line {line}: {p}" for line, p in missing["image_path"].head(5).items())
-        raise PipelineError(f"{path}: {len(missing)} image file(s) not found under "
+        raise PipelineError(f"{path}, column 'Path': {len(missing)} image file(s) not found under "
                             f"{cfg.data_root} ({examples}). Fix --data_root, or pass "
                             "--missing_images skip to drop and count them, or --check_images false.")
     return df[exists], missing

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -122,3 +123,18 @@ def test_demo_chain_end_to_end_learns(demo_root, tmp_path):
     aucs = [auc for auc in report["auc"].values() if auc is not None]
     # measured: mean 0.68, Support Devices 1.00; chance is 0.5
     assert report["mean_auc"] > 0.6 and max(aucs) > 0.9
+
+
+def test_unreadable_image_during_training_is_one_clear_line(real_chain, tmp_path):
+    source, _ = real_chain
+    shutil.copytree(source / "data", tmp_path / "data")
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    split = pd.read_csv(tmp_path / "data/splits/train.csv")
+    split.loc[3, "image_path"] = str(broken)
+    split.to_csv(tmp_path / "data/splits/train.csv", index=False)
+    result = subprocess.run([sys.executable, "train.py", "--data_dir", str(tmp_path / "data"),
+                             "--models_dir", str(tmp_path / "models"), *TINY], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"error: cannot read image {broken}" in result.stderr
