@@ -31,6 +31,7 @@ demo: install
 	$(PY) make_demo_data.py --out $(DEMO_DIR)
 	$(PY) preprocess.py $(DEMO_ARGS) $(ARGS)
 	$(PY) make_splits.py $(DEMO_ARGS) $(ARGS)
+	$(PY) cache.py $(DEMO_ARGS) $(ARGS)
 	$(PY) train.py $(DEMO_ARGS) --run_name demo-$(RUN) $(ARGS)
 	$(PY) evaluate.py $(DEMO_ARGS) --run_name demo-$(RUN) $(ARGS)
 
@@ -38,6 +39,7 @@ pipeline: install
 	@test -n "$(DATA_ROOT)" || { echo "usage: make pipeline DATA_ROOT=/path/to/CheXpert-v1.0-small [ARGS='--epochs 3']"; exit 2; }
 	$(PY) preprocess.py --data_root $(DATA_ROOT) $(ARGS)
 	$(PY) make_splits.py $(ARGS)
+	$(PY) cache.py $(ARGS)
 	$(PY) train.py --run_name $(RUN) $(ARGS)
 	$(PY) evaluate.py --run_name $(RUN) $(ARGS)
 

@@ -86,6 +86,11 @@ class Config:
     channels_last: bool = True  # NHWC memory format: faster convolutions on CPU and tensor cores
     num_workers: int = -1  # DataLoader worker processes; -1 = chosen from the CPU count
 
+    # ---- image cache (cache.py) ------------------------------------------------------------------
+    crop_margin: float = 0.0625  # images are resized to image_size x (1 + margin), then cropped
+    use_cache: bool = True  # read <data_dir>/cache/<side>px when it holds the images (cache.py)
+    cache_on_error: str = "stop"  # unreadable image while caching: stop, or exclude it everywhere
+
     # ---- evaluation (evaluate.py) -------------------------------------------------------------
     checkpoint: str = ""  # checkpoint to evaluate; empty = run_name's best.pth, else the newest
 
@@ -96,6 +101,11 @@ class Config:
     @property
     def splits_dir(self) -> Path:
         return Path(self.data_dir) / "splits"
+
+    @property
+    def stored_side(self) -> int:
+        """Side in pixels of the square image before cropping (and of the cached images)."""
+        return self.image_size + round(self.image_size * self.crop_margin)
 
     @property
     def run_dir(self) -> Path:
@@ -109,6 +119,7 @@ def validate(cfg: Config) -> Config:
         "missing_images": ("error", "skip"),
         "device": ("auto", "cpu", "cuda", "mps"),
         "precision": ("auto", "fp16", "bf16", "fp32"),
+        "cache_on_error": ("stop", "exclude"),
     }
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
@@ -119,6 +130,8 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"--{name} must be at least 1, got {getattr(cfg, name)}")
     if not 0.0 < cfg.val_fraction < 1.0:
         raise ConfigError(f"--val_fraction must be between 0 and 1, got {cfg.val_fraction}")
+    if not 0.0 <= cfg.crop_margin <= 0.5:
+        raise ConfigError(f"--crop_margin must be between 0 and 0.5, got {cfg.crop_margin}")
     if not 0 <= cfg.frozen_epochs <= cfg.epochs:
         raise ConfigError(f"--frozen_epochs must be between 0 and --epochs ({cfg.epochs})")
     return cfg

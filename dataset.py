@@ -6,6 +6,7 @@ pixel mean/std (grayscale replicated to 3 channels, as ImageNet-pretrained backb
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -15,8 +16,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from cache import cache_folder
 from config import LABELS, Config, PipelineError
-from imaging import read_grayscale, resize_square
+from imaging import decode_square
 
 # ---- transforms and dataset ---------------------------------------------------------------------
 
@@ -24,37 +26,114 @@ def _gray_to_three_channels(image: torch.Tensor) -> torch.Tensor:
     return image.expand(3, -1, -1)  # module-level, so "spawn" DataLoader workers can pickle it
 
 
-def build_transform(mean: float, std: float, augment: bool) -> v2.Compose:
-    """uint8 1 x H x W tensor -> normalised float 3 x H x W tensor.
+def build_transform(image_size: int, mean: float, std: float, augment: bool) -> v2.Compose:
+    """uint8 1 x side x side tensor -> normalised float 3 x image_size x image_size tensor.
 
-    Augmentation is a small random affine only. No horizontal flip: the heart sits on the
-    patient's left, and Cardiomegaly and device findings depend on that side.
+    Training: a small random affine, then a random image_size crop of the slightly larger image;
+    evaluation: the centre crop. No horizontal flip: the heart sits on the patient's left, and
+    Cardiomegaly and device findings depend on that side.
     """
-    steps = []
     if augment:
-        steps.append(v2.RandomAffine(degrees=7, translate=(0.04, 0.04), scale=(0.95, 1.05)))
+        steps = [v2.RandomAffine(degrees=7, translate=(0.03, 0.03), scale=(0.95, 1.05)),
+                 v2.RandomCrop(image_size)]
+    else:
+        steps = [v2.CenterCrop(image_size)]
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize([mean], [std]),
               v2.Lambda(_gray_to_three_channels)]
     return v2.Compose(steps)
 
 
-class CheXpertDataset(Dataset):
-    """Rows of a processed/split CSV: `image_path` plus the 14 label columns as 0/1 targets."""
+class ImageCache:
+    """Read-only view of a cache.py folder: image_path -> side x side uint8 array.
 
-    def __init__(self, frame: pd.DataFrame, image_size: int, mean: float, std: float,
-                 augment: bool, labels: tuple[str, ...] = LABELS):
+    The memory map is opened lazily in each process, so DataLoader workers share the page cache
+    and memory does not grow with the dataset.
+    """
+
+    def __init__(self, folder: Path):
+        meta = json.loads((folder / "meta.json").read_text())
+        self.folder, self.side, self.count = folder, int(meta["side"]), int(meta["n_images"])
+        index = pd.read_csv(folder / "index.csv")
+        self.rows = dict(zip(index["image_path"], index["row"]))
+        errors = folder / "errors.csv"
+        self.unreadable = set(pd.read_csv(errors)["image_path"]) if errors.is_file() else set()
+        self._images: np.memmap | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_images": None}  # never pickle the mapped array into workers
+
+    def image(self, path: str) -> np.ndarray:
+        if self._images is None:
+            self._images = np.memmap(self.folder / "images.u8", dtype=np.uint8, mode="r",
+                                     shape=(self.count, self.side, self.side))
+        return np.array(self._images[self.rows[path]])  # a writable copy of one image
+
+
+def open_cache(data_dir: str, side: int, paths: list[str], enabled: bool = True
+               ) -> ImageCache | None:
+    """The cache for these images at this side, or None (then images are decoded on the fly)."""
+    folder = cache_folder(data_dir, side)
+    if not enabled or not (folder / "meta.json").is_file():
+        return None
+    if not json.loads((folder / "meta.json").read_text()).get("complete"):
+        print(f"warning: {folder} is incomplete (run cache.py to finish it); decoding images")
+        return None
+    cache = ImageCache(folder)
+    missing = sum(path not in cache.rows for path in paths)
+    if missing:
+        print(f"warning: {folder} lacks {missing} of these images (run cache.py again); "
+              "decoding images instead")
+        return None
+    return cache
+
+
+def drop_unreadable(frame: pd.DataFrame, cache: ImageCache | None, name: str) -> pd.DataFrame:
+    """Leave out the images cache.py could not read (--cache_on_error exclude), saying so."""
+    if cache is None or not cache.unreadable:
+        return frame
+    keep = ~frame["image_path"].isin(cache.unreadable)
+    if not keep.all():
+        print(f"{name}: leaving out {int((~keep).sum())} unreadable image(s) listed in "
+              f"{cache.folder / 'errors.csv'}")
+    return frame[keep]
+
+
+class CheXpertDataset(Dataset):
+    """Rows of a processed/split CSV: `image_path` plus the label columns as 0/1 targets.
+
+    Each image is the side x side uint8 square from the cache when one is given, else decoded
+    and resized the same way (imaging.decode_square), so both give identical tensors.
+    """
+
+    def __init__(self, frame: pd.DataFrame, image_size: int, side: int, mean: float, std: float,
+                 augment: bool, labels: tuple[str, ...] = LABELS, cache: ImageCache | None = None):
         self.paths = frame["image_path"].tolist()
         self.targets = torch.tensor(frame[list(labels)].to_numpy(dtype=np.float32))
-        self.image_size = image_size
-        self.transform = build_transform(mean, std, augment)
+        self.side, self.cache = side, cache
+        self.transform = build_transform(image_size, mean, std, augment)
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def square(self, index: int) -> np.ndarray:
+        if self.cache is not None:
+            return self.cache.image(self.paths[index])
+        return decode_square(self.paths[index], self.side)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = read_grayscale(self.paths[index], size_hint=self.image_size)
-        image = torch.from_numpy(resize_square(image, self.image_size))[None]
+        image = torch.from_numpy(self.square(index))[None]
         return self.transform(image), self.targets[index]
+
+
+def make_dataset(frame: pd.DataFrame, model_cfg: Config, data_dir: str, normalization: dict,
+                 augment: bool, name: str, labels: tuple[str, ...] = LABELS,
+                 use_cache: bool = True) -> CheXpertDataset:
+    """A split's dataset at the model's image size, read from the cache when there is one."""
+    side = model_cfg.stored_side
+    cache = open_cache(data_dir, side, frame["image_path"].tolist(), use_cache)
+    frame = drop_unreadable(frame, cache, name)
+    return CheXpertDataset(frame, model_cfg.image_size, side, normalization["mean"],
+                           normalization["std"], augment, labels, cache)
 
 
 # ---- split files and loaders ----------------------------------------------------------------------

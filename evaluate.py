@@ -18,7 +18,7 @@ import torch
 
 from checkpoints import config_from_checkpoint, load_checkpoint, newest_checkpoint
 from config import Config, run_cli
-from dataset import CheXpertDataset, make_loader, read_split
+from dataset import make_dataset, make_loader, read_split
 from engine import autocast_dtype, choose_device, predict_logits, prepare_model
 from fileio import write_csv_atomic, write_text_atomic
 from metrics import format_markdown, format_report_card, mean_auc, per_class_auc, report_rows
@@ -39,15 +39,14 @@ def evaluate_split(model, split: str, checkpoint: dict, trained: Config, cfg: Co
                    device: torch.device) -> dict:
     labels = tuple(checkpoint["labels"])
     frame = read_split(cfg.splits_dir / f"{split}.csv", labels)
-    norm = checkpoint["normalization"]
-    data = CheXpertDataset(frame, trained.image_size, norm["mean"], norm["std"], augment=False,
-                           labels=labels)
+    data = make_dataset(frame, trained, cfg.data_dir, checkpoint["normalization"], augment=False,
+                        name=split, labels=labels, use_cache=cfg.use_cache)
     loader = make_loader(data, cfg, train=False, device=device)
     logits, targets = predict_logits(model, loader, device, autocast_dtype(cfg.precision, device),
                                      cfg.channels_last, desc=f"evaluate {split}")
     targets = targets.numpy()
     aucs = per_class_auc(targets, torch.sigmoid(logits).numpy(), labels)
-    return {"split": split, "n_images": len(frame), "n_patients": int(frame["patient_id"].nunique()),
+    return {"split": split, "n_images": len(data), "n_patients": int(frame["patient_id"].nunique()),
             "auc": aucs, "mean_auc": mean_auc(aucs), "rows": report_rows(aucs, targets, labels)}
 
 

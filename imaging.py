@@ -70,3 +70,8 @@ def resize_square(image: np.ndarray, side: int) -> np.ndarray:
     shrinking = image.shape[0] * image.shape[1] > side * side
     return cv2.resize(image, (side, side),
                       interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def decode_square(path: str | Path, side: int) -> np.ndarray:
+    """The side x side uint8 image that both the cache and on-the-fly loading start from."""
+    return resize_square(read_grayscale(path, size_hint=side), side)

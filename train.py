@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from checkpoints import save_checkpoint
 from config import LABELS, Config, PipelineError, run_cli
-from dataset import CheXpertDataset, make_loader, read_split
+from dataset import make_dataset, make_loader, read_split
 from engine import (autocast, autocast_dtype, choose_device, predict_logits, prepare_model,
                     seed_everything, to_device)
 from fileio import write_csv_atomic, write_text_atomic
@@ -182,10 +182,10 @@ def main(cfg: Config) -> None:
 
     model = prepare_model(build_model(cfg), device, cfg)
     run_dir = prepare_run_dir(cfg, device)
-    train_data = CheXpertDataset(train_frame, cfg.image_size, stats["mean"], stats["std"],
-                                 augment=cfg.augment)
-    val_data = CheXpertDataset(val_frame, cfg.image_size, stats["mean"], stats["std"],
-                               augment=False)
+    train_data = make_dataset(train_frame, cfg, cfg.data_dir, stats, cfg.augment, "train",
+                              use_cache=cfg.use_cache)
+    val_data = make_dataset(val_frame, cfg, cfg.data_dir, stats, False, "val",
+                            use_cache=cfg.use_cache)
     train_loader = make_loader(train_data, cfg, train=True, device=device)
     val_loader = make_loader(val_data, cfg, train=False, device=device)
 
@@ -197,8 +197,9 @@ def main(cfg: Config) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(
         step, cfg.warmup_steps, cfg.epochs * steps_per_epoch))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    print(f"train: {len(train_data):,} train / {len(val_data):,} val images on {device} "
-          f"({dtype or torch.float32}), effective batch {cfg.batch_size * cfg.accumulation_steps}, "
+    source = "the image cache" if train_data.cache else "images decoded on the fly"
+    print(f"train: {len(train_data):,} train / {len(val_data):,} val images ({source}) on {device}"
+          f" ({dtype or torch.float32}), effective batch {cfg.batch_size * cfg.accumulation_steps}, "
           f"{steps_per_epoch} optimizer steps per epoch, run folder {run_dir}")
 
     history, best = [], None

@@ -61,7 +61,7 @@ def test_full_resolution_jpeg_decodes_reduced_but_large_enough():
 def test_dataset_item_is_normalised_three_channel(tmp_path):
     Image.fromarray(np.full((90, 70), 128, np.uint8)).save(tmp_path / "a.jpg")
     frame = pd.DataFrame({"image_path": [str(tmp_path / "a.jpg")], **{l: [1] for l in LABELS}})
-    image, target = CheXpertDataset(frame, 48, mean=0.5, std=0.25, augment=False)[0]
+    image, target = CheXpertDataset(frame, 48, 51, mean=0.5, std=0.25, augment=False)[0]
     assert image.shape == (3, 48, 48) and image.dtype == torch.float32
     assert torch.allclose(image, torch.full_like(image, (128 / 255 - 0.5) / 0.25), atol=0.02)
     assert target.shape == (14,) and target.sum() == 14
@@ -71,4 +71,4 @@ def test_unreadable_image_in_dataset_names_it(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
     frame = pd.DataFrame({"image_path": [str(tmp_path / "bad.jpg")], **{l: [0] for l in LABELS}})
     with pytest.raises(ImageReadError, match="bad.jpg"):
-        CheXpertDataset(frame, 32, 0.5, 0.25, augment=True)[0]
+        CheXpertDataset(frame, 32, 34, 0.5, 0.25, augment=True)[0]

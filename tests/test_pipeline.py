@@ -26,13 +26,18 @@ def run_script(script: str, *args: str) -> str:
     return result.stdout
 
 
-def run_chain(data_root, tmp_path, *extra: str) -> dict:
+def run_chain(data_root, tmp_path, *extra: str, cached: bool = False) -> dict:
+    """The README's chain; with the image cache when `cached`, else decoding JPEGs on the fly."""
     common = ["--data_root", str(data_root), "--data_dir", str(tmp_path / "data"),
               "--models_dir", str(tmp_path / "models"), *TINY, *extra]
     outputs = {"preprocess": run_script("preprocess.py", *common),
-               "make_splits": run_script("make_splits.py", *common),
-               "train": run_script("train.py", *common, "--run_name", "run"),
-               "evaluate": run_script("evaluate.py", *common)}  # newest run by default
+               "make_splits": run_script("make_splits.py", *common)}
+    if cached:
+        outputs["cache"] = run_script("cache.py", *common)
+    outputs["train"] = run_script("train.py", *common, "--run_name", "run")
+    outputs["evaluate"] = run_script("evaluate.py", *common)  # the newest run by default
+    source = "(the image cache)" if cached else "(images decoded on the fly)"
+    assert source in outputs["train"]
     for stage, stdout in outputs.items():
         assert f"{stage}: wrote" in stdout  # one line saying what was written where
     return outputs
@@ -56,7 +61,7 @@ def check_run_folder(run_dir, epochs: int) -> dict:
 @pytest.fixture(scope="module")
 def real_chain(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("real")
-    return tmp_path, run_chain(shared("nih-cxr-small/CheXpert-v1.0-small"), tmp_path)
+    return tmp_path, run_chain(shared("nih-cxr-small/CheXpert-v1.0-small"), tmp_path, cached=True)
 
 
 def test_real_xray_chain(real_chain):
@@ -134,7 +139,7 @@ def test_unreadable_image_during_training_is_one_clear_line(real_chain, tmp_path
     split.loc[3, "image_path"] = str(broken)
     split.to_csv(tmp_path / "data/splits/train.csv", index=False)
     result = subprocess.run([sys.executable, "train.py", "--data_dir", str(tmp_path / "data"),
-                             "--models_dir", str(tmp_path / "models"), *TINY], cwd=ROOT,
-                            capture_output=True, text=True)
+                             "--models_dir", str(tmp_path / "models"), *TINY,
+                             "--use_cache", "false"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"error: cannot read image {broken}" in result.stderr

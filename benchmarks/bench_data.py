@@ -1,0 +1,143 @@
+"""Images per second of three ways to feed training, with 0, 1 and 2 DataLoader workers.
+
+    python benchmarks/bench_data.py [--image_size 224]
+
+On the 467 real JPEGs of ../shared/data/nih-cxr-small (320 px) and the 3 full-resolution
+CheXpert images of ../shared/data/chexpert-fullres-sample (2,000-2,800 px, each read 40 times):
+  baseline  PIL open -> convert("RGB") -> torchvision Resize + ToTensor + Normalize (what most
+            CheXpert repositories do)
+  decode    this project without a cache: grayscale decode (reduced-size JPEG decoding), OpenCV
+            area resize, augmentation on uint8
+  cache     this project reading the memory-mapped cache written by cache.py
+It also times a DenseNet121 training step on this machine, the rate the loader has to beat.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import cache  # noqa: E402
+import preprocess  # noqa: E402
+from config import LABELS, Config, apply_overrides  # noqa: E402
+from dataset import make_dataset  # noqa: E402
+from engine import prepare_model  # noqa: E402
+from model_architecture import CheXpertNet  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+NIH = SHARED / "nih-cxr-small" / "CheXpert-v1.0-small"
+FULLRES = SHARED / "chexpert-fullres-sample" / "CheXpert-v1.0"
+WORKERS = (0, 1, 2)
+BATCH = 16
+
+
+class BaselineDataset(Dataset):
+    """The common pattern: RGB PIL image through torchvision's PIL transforms."""
+
+    def __init__(self, paths: list[str], image_size: int):
+        self.paths = paths
+        self.transform = transforms.Compose([
+            transforms.Resize((image_size, image_size)), transforms.ToTensor(),
+            transforms.Normalize([0.5] * 3, [0.25] * 3)])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        return self.transform(Image.open(self.paths[index]).convert("RGB")), torch.zeros(14)
+
+
+def images_per_second(dataset: Dataset, workers: int) -> float:
+    loader = DataLoader(dataset, batch_size=BATCH, shuffle=False, num_workers=workers,
+                        persistent_workers=False, prefetch_factor=4 if workers else None)
+    start, seen = time.perf_counter(), 0
+    for images, _ in loader:
+        seen += len(images)
+    return seen / (time.perf_counter() - start)
+
+
+def prepare(data_root: Path, folder: Path, image_size: int, repeat: int):
+    """Preprocess and cache every image (frontal and lateral) of a data root, `repeat` times.
+
+    The benchmark needs no patient split, so its split files simply list all images.
+    """
+    root = folder / "root"
+    shutil.copytree(data_root, root)
+    if not (root / "train.csv").is_file():  # the full-resolution sample has only valid.csv
+        shutil.copyfile(root / "valid.csv", root / "train.csv")
+    cfg = Config(data_root=str(root), data_dir=str(folder), image_size=image_size,
+                 frontal_only=False, stats_sample=10)
+    preprocess.main(cfg)
+    cfg.splits_dir.mkdir(parents=True)
+    for split in ("train", "val", "test"):
+        shutil.copyfile(cfg.processed_dir / "train.csv", cfg.splits_dir / f"{split}.csv")
+    cache.main(cfg)
+    frame = pd.read_csv(cfg.splits_dir / "train.csv")
+    return pd.concat([frame] * repeat, ignore_index=True), cfg
+
+
+def training_step_rate(image_size: int) -> float:
+    """Images per second one DenseNet121 training step consumes here (bf16, channels_last)."""
+    cfg = Config(channels_last=True)
+    model = prepare_model(CheXpertNet(len(LABELS)), torch.device("cpu"), cfg)
+    optimizer = torch.optim.AdamW(model.parameters())
+    images = torch.randn(BATCH, 3, image_size, image_size).to(memory_format=torch.channels_last)
+    targets = torch.ones(BATCH, len(LABELS))
+    for step in range(4):
+        if step == 1:
+            start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(images).float(),
+                                                                        targets)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return 3 * BATCH / (time.perf_counter() - start)
+
+
+def main() -> None:
+    if not NIH.is_dir():
+        sys.exit(f"{NIH} not found: this benchmark needs ../shared/data")
+    image_size = apply_overrides(Config(), sys.argv[1:]).image_size if sys.argv[1:] else 224
+    norm = {"mean": 0.5, "std": 0.25}
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, data_root, repeat in (("nih-cxr-small 320 px", NIH, 1),
+                                        ("full-resolution CheXpert", FULLRES, 40)):
+            frame, cfg = prepare(data_root, Path(tmp) / name, image_size, repeat)
+            datasets = {
+                "baseline": BaselineDataset(frame["image_path"].tolist(), image_size),
+                "decode": make_dataset(frame, cfg, cfg.data_dir, norm, True, name,
+                                       use_cache=False),
+                "cache": make_dataset(frame, cfg, cfg.data_dir, norm, True, name),
+            }
+            for method, dataset in datasets.items():
+                for workers in WORKERS:
+                    rate = images_per_second(dataset, workers)
+                    results.append({"images": name, "method": method, "workers": workers,
+                                    "images_per_s": rate})
+            shutil.rmtree(Path(tmp) / name)
+    table = pd.DataFrame(results)
+    table["vs_baseline"] = table["images_per_s"] / table.groupby(["images", "workers"])[
+        "images_per_s"].transform(lambda s: s.iloc[0])
+    print(f"\nData loading at image_size {image_size}, batch {BATCH} ({torch.get_num_threads()} "
+          "torch threads):")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:,.1f}"))
+    print(f"\nDenseNet121 training step here consumes {training_step_rate(image_size):.1f} "
+          f"images/s at {image_size} px (bf16, channels_last)")
+
+
+if __name__ == "__main__":
+    main()
