@@ -39,8 +39,8 @@ def evaluate_split(model, split: str, checkpoint: dict, trained: Config, cfg: Co
                    device: torch.device) -> dict:
     labels = tuple(checkpoint["labels"])
     frame = read_split(cfg.splits_dir / f"{split}.csv", labels)
-    data = make_dataset(frame, trained, cfg.data_dir, checkpoint["normalization"], augment=False,
-                        name=split, labels=labels, use_cache=cfg.use_cache)
+    data = make_dataset(frame, trained, cfg.data_dir, augment=False, name=split, labels=labels,
+                        use_cache=cfg.use_cache)
     loader = make_loader(data, cfg, train=False, device=device)
     logits, targets = predict_logits(model, loader, device, autocast_dtype(cfg.precision, device),
                                      cfg.channels_last, desc=f"evaluate {split}")

@@ -38,15 +38,30 @@ class GeM(nn.Module):
 
 
 class CheXpertNet(nn.Module):
-    def __init__(self, num_classes: int = len(LABELS), gem_p: float = 3.0, dropout: float = 0.2):
+    """Takes grayscale radiographs as they come from the loader: B x 1 x H x W uint8 (0-255).
+
+    Normalisation with the training set's pixel mean/std (stored as buffers, so they travel in
+    every checkpoint) and the copy to 3 channels for the ImageNet backbone happen here, on the
+    device. Float input in [0, 1] with 1 or 3 channels is accepted too.
+    """
+
+    def __init__(self, num_classes: int = len(LABELS), gem_p: float = 3.0, dropout: float = 0.2,
+                 pixel_mean: float = 0.5, pixel_std: float = 0.25):
         super().__init__()
+        self.register_buffer("pixel_mean", torch.tensor(float(pixel_mean)))
+        self.register_buffer("pixel_std", torch.tensor(float(pixel_std)))
         self.backbone = densenet121(weights=None).features
         self.pool = GeM(gem_p)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(FEATURES, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = F.relu(self.backbone(x))  # torchvision's DenseNet applies this ReLU too
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        x = (x - self.pixel_mean) / self.pixel_std
+        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = F.relu(self.backbone(self.normalize(images)))  # torchvision applies this ReLU
         return self.head(self.dropout(self.pool(features)))
 
     def head_parameters(self) -> list[nn.Parameter]:
@@ -54,9 +69,14 @@ class CheXpertNet(nn.Module):
         return [*self.pool.parameters(), *self.head.parameters()]
 
 
-def build_model(cfg: Config, num_classes: int = len(LABELS)) -> CheXpertNet:
-    """The model for a config; ImageNet weights in the backbone when cfg.pretrained."""
-    model = CheXpertNet(num_classes, cfg.gem_p, cfg.dropout)
+def build_model(cfg: Config, normalization: dict | None = None,
+                num_classes: int = len(LABELS)) -> CheXpertNet:
+    """The model for a config; ImageNet weights in the backbone when cfg.pretrained.
+
+    `normalization` is the {"mean", "std"} of the training pixels (stats.json).
+    """
+    norm = normalization or {"mean": cfg.fallback_mean, "std": cfg.fallback_std}
+    model = CheXpertNet(num_classes, cfg.gem_p, cfg.dropout, norm["mean"], norm["std"])
     if cfg.pretrained:
         model.backbone.load_state_dict(imagenet_backbone_state(cfg.pretrained_path))
     return model

@@ -180,12 +180,11 @@ def main(cfg: Config) -> None:
     train_frame = read_split(cfg.splits_dir / "train.csv")
     val_frame = read_split(cfg.splits_dir / "val.csv")
 
-    model = prepare_model(build_model(cfg), device, cfg)
+    model = prepare_model(build_model(cfg, stats), device, cfg)
     run_dir = prepare_run_dir(cfg, device)
-    train_data = make_dataset(train_frame, cfg, cfg.data_dir, stats, cfg.augment, "train",
+    train_data = make_dataset(train_frame, cfg, cfg.data_dir, cfg.augment, "train",
                               use_cache=cfg.use_cache)
-    val_data = make_dataset(val_frame, cfg, cfg.data_dir, stats, False, "val",
-                            use_cache=cfg.use_cache)
+    val_data = make_dataset(val_frame, cfg, cfg.data_dir, False, "val", use_cache=cfg.use_cache)
     train_loader = make_loader(train_data, cfg, train=True, device=device)
     val_loader = make_loader(val_data, cfg, train=False, device=device)
 

@@ -111,7 +111,6 @@ def main() -> None:
     if not NIH.is_dir():
         sys.exit(f"{NIH} not found: this benchmark needs ../shared/data")
     image_size = apply_overrides(Config(), sys.argv[1:]).image_size if sys.argv[1:] else 224
-    norm = {"mean": 0.5, "std": 0.25}
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, data_root, repeat in (("nih-cxr-small 320 px", NIH, 1),
@@ -119,9 +118,8 @@ def main() -> None:
             frame, cfg = prepare(data_root, Path(tmp) / name, image_size, repeat)
             datasets = {
                 "baseline": BaselineDataset(frame["image_path"].tolist(), image_size),
-                "decode": make_dataset(frame, cfg, cfg.data_dir, norm, True, name,
-                                       use_cache=False),
-                "cache": make_dataset(frame, cfg, cfg.data_dir, norm, True, name),
+                "decode": make_dataset(frame, cfg, cfg.data_dir, True, name, use_cache=False),
+                "cache": make_dataset(frame, cfg, cfg.data_dir, True, name),
             }
             for method, dataset in datasets.items():
                 for workers in WORKERS:

@@ -42,9 +42,8 @@ def test_cached_and_decoded_images_give_identical_tensors(cfg, capsys):
     meta = json.loads((folder(cfg) / "meta.json").read_text())
     assert meta["complete"] and meta["side"] == 34 and meta["n_images"] == 14
     frame = split(cfg)
-    cached = make_dataset(frame, cfg, cfg.data_dir, {"mean": 0.5, "std": 0.2}, True, "train")
-    decoded = make_dataset(frame, cfg, cfg.data_dir, {"mean": 0.5, "std": 0.2}, True, "train",
-                           use_cache=False)
+    cached = make_dataset(frame, cfg, cfg.data_dir, True, "train")
+    decoded = make_dataset(frame, cfg, cfg.data_dir, True, "train", use_cache=False)
     assert cached.cache is not None and decoded.cache is None
     for index in range(len(frame)):
         for dataset in (cached, decoded):  # the same random augmentation for both
@@ -52,7 +51,8 @@ def test_cached_and_decoded_images_give_identical_tensors(cfg, capsys):
             image, target = dataset[index]
             if dataset is cached:
                 first = image
-        assert torch.equal(first, image) and first.shape == (3, 32, 32)
+        assert torch.equal(first, image) and first.shape == (1, 32, 32)
+        assert first.dtype == torch.uint8
 
 
 def test_cache_is_reused_then_rebuilt_when_the_sources_change(cfg, capsys):
@@ -95,7 +95,7 @@ def test_unreadable_images_are_reported_then_stop_or_are_excluded(cfg, capsys):
     assert errors["image_path"].tolist() == [broken] and "cannot read image" in errors["reason"][0]
 
     cache.main(Config(**{**cfg.__dict__, "cache_on_error": "exclude"}))
-    data = make_dataset(frame, cfg, cfg.data_dir, {"mean": 0.5, "std": 0.2}, False, "train")
+    data = make_dataset(frame, cfg, cfg.data_dir, False, "train")
     assert len(data) == len(frame) - 1 and broken not in data.paths
     assert "leaving out 1 unreadable image(s)" in capsys.readouterr().out
 

@@ -58,17 +58,34 @@ def test_full_resolution_jpeg_decodes_reduced_but_large_enough():
     assert min(full.shape) > 1500 and 320 <= min(reduced.shape) < min(full.shape) / 2
 
 
-def test_dataset_item_is_normalised_three_channel(tmp_path):
-    Image.fromarray(np.full((90, 70), 128, np.uint8)).save(tmp_path / "a.jpg")
-    frame = pd.DataFrame({"image_path": [str(tmp_path / "a.jpg")], **{l: [1] for l in LABELS}})
-    image, target = CheXpertDataset(frame, 48, 51, mean=0.5, std=0.25, augment=False)[0]
-    assert image.shape == (3, 48, 48) and image.dtype == torch.float32
-    assert torch.allclose(image, torch.full_like(image, (128 / 255 - 0.5) / 0.25), atol=0.02)
+def test_dataset_items_are_uint8_centre_or_random_views(tmp_path):
+    gradient = np.tile(np.arange(0, 250, 2.5, dtype=np.uint8), (100, 1))  # left dark, right light
+    Image.fromarray(gradient).save(tmp_path / "a.png")
+    frame = pd.DataFrame({"image_path": [str(tmp_path / "a.png")], **{l: [1] for l in LABELS}})
+    image, target = CheXpertDataset(frame, 48, 51, augment=False)[0]
+    assert image.shape == (1, 48, 48) and image.dtype == torch.uint8
     assert target.shape == (14,) and target.sum() == 14
+    assert image[0, :, 0].float().mean() < 30 and image[0, :, -1].float().mean() > 170
+    torch.manual_seed(0)
+    augmented = [CheXpertDataset(frame, 48, 51, augment=True)[0][0] for _ in range(5)]
+    assert all(a.shape == (1, 48, 48) for a in augmented)
+    assert len({a.float().sum().item() for a in augmented}) == 5  # each one different
+    # never flipped: the left side stays the dark side
+    assert all(a[0, :, :8].float().mean() < a[0, :, -8:].float().mean() for a in augmented)
+
+
+def test_model_normalises_uint8_on_the_device():
+    from model_architecture import CheXpertNet
+    model = CheXpertNet(pixel_mean=0.4, pixel_std=0.2)
+    pixels = torch.full((2, 1, 8, 8), 153, dtype=torch.uint8)
+    normalised = model.normalize(pixels)
+    assert normalised.shape == (2, 3, 8, 8)
+    assert torch.allclose(normalised, torch.full_like(normalised, (0.6 - 0.4) / 0.2))
+    assert {"pixel_mean", "pixel_std"} <= set(model.state_dict())  # saved with the weights
 
 
 def test_unreadable_image_in_dataset_names_it(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
     frame = pd.DataFrame({"image_path": [str(tmp_path / "bad.jpg")], **{l: [0] for l in LABELS}})
     with pytest.raises(ImageReadError, match="bad.jpg"):
-        CheXpertDataset(frame, 32, 34, 0.5, 0.25, augment=True)[0]
+        CheXpertDataset(frame, 32, 34, augment=True)[0]
