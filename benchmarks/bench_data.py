@@ -6,7 +6,8 @@ On the 467 real JPEGs of ../shared/data/nih-cxr-small (320 px) and the 3 full-re
 CheXpert images of ../shared/data/chexpert-fullres-sample (2,000-2,800 px, 16 copies of each),
 three timed passes after an untimed one that starts the workers and warms the file cache:
   baseline  PIL open -> convert("RGB") -> torchvision Resize + ToTensor + Normalize (what most
-            CheXpert repositories do)
+            CheXpert repositories do); "baseline+affine" adds RandomAffine, the augmentation
+            our training path applies (ratios are given against the plain baseline)
   decode    this project without a cache: grayscale decode (OpenCV, reduced-size JPEG decoding),
             area resize, augmentation on uint8
   cache     this project reading the memory-mapped cache written by cache.py
@@ -45,12 +46,17 @@ BATCH = 16
 
 
 class BaselineDataset(Dataset):
-    """The common pattern: RGB PIL image through torchvision's PIL transforms."""
+    """The common pattern: RGB PIL image through torchvision's PIL transforms.
 
-    def __init__(self, paths: list[str], image_size: int):
+    With `augment`, the same small affine our training path applies, the torchvision way.
+    """
+
+    def __init__(self, paths: list[str], image_size: int, augment: bool = False):
         self.paths = paths
+        augmentation = [transforms.RandomAffine(degrees=7, translate=(0.03, 0.03),
+                                                scale=(0.95, 1.05))] if augment else []
         self.transform = transforms.Compose([
-            transforms.Resize((image_size, image_size)), transforms.ToTensor(),
+            transforms.Resize((image_size, image_size)), *augmentation, transforms.ToTensor(),
             transforms.Normalize([0.5] * 3, [0.25] * 3)])
 
     def __len__(self) -> int:
@@ -123,6 +129,8 @@ def main() -> None:
             frame, cfg = prepare(data_root, Path(tmp) / name, image_size, repeat)
             datasets = {
                 "baseline": BaselineDataset(frame["image_path"].tolist(), image_size),
+                "baseline+affine": BaselineDataset(frame["image_path"].tolist(), image_size,
+                                                   augment=True),
                 "decode": make_dataset(frame, cfg, cfg.data_dir, True, name, use_cache=False),
                 "cache": make_dataset(frame, cfg, cfg.data_dir, True, name),
             }
