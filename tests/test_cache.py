@@ -11,7 +11,7 @@ import torch
 
 from conftest import make_root, row
 from config import Config, PipelineError
-from dataset import CheXpertDataset, make_dataset, open_cache
+from dataset import make_dataset, open_cache
 import cache
 import make_splits
 import preprocess
