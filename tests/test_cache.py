@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import numpy as np
 import pandas as pd
@@ -103,3 +104,14 @@ def test_unreadable_images_are_reported_then_stop_or_are_excluded(cfg, capsys):
 def test_missing_splits_name_the_script_to_run(tmp_path):
     with pytest.raises(PipelineError, match="run make_splits.py first"):
         cache.main(Config(data_dir=str(tmp_path)))
+
+
+def test_workers_get_the_path_of_the_cache_not_its_pixels(cfg):
+    cache.main(cfg)
+    data = make_dataset(split(cfg), cfg, cfg.data_dir, True, "train")
+    data[0]  # maps the file in this process
+    path_bytes = sum(len(path) for path in data.cache.rows)
+    # what a DataLoader worker receives: paths and the index, no pixels, so worker memory
+    # does not grow with the image data
+    assert len(pickle.dumps(data)) < 2 * path_bytes + 2048
+    assert pickle.loads(pickle.dumps(data)).cache._images is None
