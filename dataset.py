@@ -131,9 +131,22 @@ class CheXpertDataset(Dataset):
         return decode_square(self.paths[index], self.side)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images, targets = self.__getitems__([index])
+        return images[0], targets[0]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A whole batch (DataLoader calls this): the views go straight into one uint8 array,
+        with no per-image tensors to collate, which roughly halves the cost of a cached batch."""
         view = random_view if self.augment else centre_view
-        image = view(self.square(index), self.image_size)
-        return torch.from_numpy(image)[None], self.targets[index]
+        images = np.empty((len(indices), 1, self.image_size, self.image_size), dtype=np.uint8)
+        for slot, index in enumerate(indices):
+            images[slot, 0] = view(self.square(index), self.image_size)
+        return torch.from_numpy(images), self.targets[indices]
+
+
+def keep_batch(batch):
+    """collate_fn for CheXpertDataset: __getitems__ already returns the stacked batch."""
+    return batch
 
 
 def make_dataset(frame: pd.DataFrame, model_cfg: Config, data_dir: str, augment: bool,
@@ -185,4 +198,5 @@ def make_loader(dataset: Dataset, cfg: Config, train: bool, device: torch.device
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
         generator=torch.Generator().manual_seed(cfg.seed),
+        collate_fn=keep_batch if isinstance(dataset, CheXpertDataset) else None,
     )

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 import cache  # noqa: E402
 import preprocess  # noqa: E402
 from config import LABELS, Config, apply_overrides  # noqa: E402
-from dataset import make_dataset  # noqa: E402
+from dataset import CheXpertDataset, keep_batch, make_dataset  # noqa: E402
 from engine import prepare_model  # noqa: E402
 from model_architecture import CheXpertNet  # noqa: E402
 
@@ -69,7 +69,8 @@ class BaselineDataset(Dataset):
 def images_per_second(dataset: Dataset, workers: int, passes: int = 3) -> float:
     """Steady-state rate: one untimed pass starts the workers and warms the file cache."""
     loader = DataLoader(dataset, batch_size=BATCH, shuffle=False, num_workers=workers,
-                        persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+                        persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
+                        collate_fn=keep_batch if isinstance(dataset, CheXpertDataset) else None)
     for _ in loader:
         pass
     start, seen = time.perf_counter(), 0

@@ -115,3 +115,14 @@ def test_workers_get_the_path_of_the_cache_not_its_pixels(cfg):
     # does not grow with the image data
     assert len(pickle.dumps(data)) < 2 * path_bytes + 2048
     assert pickle.loads(pickle.dumps(data)).cache._images is None
+
+
+def test_a_batch_equals_its_items_one_by_one(cfg):
+    data = make_dataset(split(cfg), cfg, cfg.data_dir, True, "train", use_cache=False)
+    torch.manual_seed(5)
+    images, targets = data.__getitems__([3, 0, 7])  # what the DataLoader asks for
+    torch.manual_seed(5)
+    items = [data[index] for index in (3, 0, 7)]
+    assert torch.equal(images, torch.stack([image for image, _ in items]))
+    assert torch.equal(targets, torch.stack([target for _, target in items]))
+    assert images.dtype == torch.uint8 and images.shape == (3, 1, 32, 32)
