@@ -56,12 +56,16 @@ def fingerprint(paths: list[str], side: int) -> dict:
     return {"version": CACHE_VERSION, "side": side, "n_images": len(paths), "sources_sha256": digest}
 
 
-def stale_reason(folder: Path, wanted: dict) -> str | None:
-    """Why an existing cache folder cannot be reused (None: it can be reused or resumed)."""
-    meta_path = folder / "meta.json"
-    if not meta_path.is_file():
+def read_meta(folder: Path) -> dict | None:
+    """What a cache folder was built from (meta.json), or None when there is no cache."""
+    path = folder / "meta.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def stale_reason(meta: dict | None, wanted: dict) -> str | None:
+    """Why an existing cache cannot be reused (None: it can be reused or resumed)."""
+    if meta is None:
         return "no cache yet"
-    meta = json.loads(meta_path.read_text())
     for key, what in (("version", "preprocessing version"), ("side", "image size"),
                       ("sources_sha256", "list of source images")):
         if meta.get(key) != wanted[key]:
@@ -137,9 +141,10 @@ def main(cfg: Config) -> None:
     paths = source_paths(cfg)
     folder = cache_folder(cfg.data_dir, cfg.stored_side)
     wanted = fingerprint(paths, cfg.stored_side)
-    reason = stale_reason(folder, wanted)
+    meta = read_meta(folder)
+    reason = stale_reason(meta, wanted)
     meta_path = folder / "meta.json"
-    if reason is None and json.loads(meta_path.read_text()).get("complete"):
+    if reason is None and meta.get("complete"):
         print(f"cache: {folder} already holds these {len(paths):,} images at {wanted['side']} px; "
               "reusing it")
         return

@@ -5,7 +5,8 @@ A checkpoint is a dict of plain types and tensors, so torch.load(weights_only=Tr
     epoch, global_step, best_metric          ints / float
     config                                   the run's resolved Config as a dict
     labels                                   the 14 label names, in output order
-    normalization                            {"mean": float, "std": float} of the pixels
+    normalization                            {"mean": float, "std": float} of the pixels (a
+                                             readable copy: the model's buffers hold them too)
     val_auc                                  {label: AUC or None} of that epoch
 """
 

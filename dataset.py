@@ -1,12 +1,11 @@
-"""Images and labels for training and evaluation: robust image reading, transforms, loaders.
+"""Images and labels for training and evaluation: augmentation, the image cache, loaders.
 
-Every image becomes a 3 x image_size x image_size float tensor normalised with the dataset's
-pixel mean/std (grayscale replicated to 3 channels, as ImageNet-pretrained backbones expect).
+Every image becomes a uint8 1 x image_size x image_size tensor; the model normalises it with
+the training pixel mean/std and copies it to 3 channels on the device (model_architecture.py).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cache import cache_folder
+from cache import cache_folder, read_meta
 from config import LABELS, Config, PipelineError
 from imaging import decode_square
 
@@ -58,8 +57,7 @@ class ImageCache:
     and memory does not grow with the dataset.
     """
 
-    def __init__(self, folder: Path):
-        meta = json.loads((folder / "meta.json").read_text())
+    def __init__(self, folder: Path, meta: dict):
         self.folder, self.side, self.count = folder, int(meta["side"]), int(meta["n_images"])
         index = pd.read_csv(folder / "index.csv")
         self.rows = dict(zip(index["image_path"], index["row"]))
@@ -81,12 +79,13 @@ def open_cache(data_dir: str, side: int, paths: list[str], enabled: bool = True
                ) -> ImageCache | None:
     """The cache for these images at this side, or None (then images are decoded on the fly)."""
     folder = cache_folder(data_dir, side)
-    if not enabled or not (folder / "meta.json").is_file():
+    meta = read_meta(folder) if enabled else None
+    if meta is None:
         return None
-    if not json.loads((folder / "meta.json").read_text()).get("complete"):
+    if not meta.get("complete"):
         print(f"warning: {folder} is incomplete (run cache.py to finish it); decoding images")
         return None
-    cache = ImageCache(folder)
+    cache = ImageCache(folder, meta)
     missing = sum(path not in cache.rows for path in paths)
     if missing:
         print(f"warning: {folder} lacks {missing} of these images (run cache.py again); "

@@ -17,14 +17,13 @@ import os
 import re
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from config import LABELS, META_COLUMNS, Config, PipelineError, run_cli
 from fileio import write_csv_atomic, write_text_atomic
-from imaging import read_grayscale
+from imaging import decode_square
 from labels import apply_uncertainty_policy, find_bad_label_values, parse_raw_labels, raw_column
 
 # CheXpert's Path column starts with the release folder name; the data root *is* that folder.
@@ -142,9 +141,7 @@ def pixel_stats(paths: list[str], cfg: Config) -> tuple[float, float]:
     sample = rng.choice(len(paths), size=min(cfg.stats_sample, len(paths)), replace=False)
     total = total_sq = 0.0
     for index in tqdm(sample, desc="pixel mean/std", unit="img"):
-        image = read_grayscale(paths[index])
-        image = cv2.resize(image, (STATS_SIDE, STATS_SIDE), interpolation=cv2.INTER_AREA)
-        pixels = image.astype(np.float64) / 255.0
+        pixels = decode_square(paths[index], STATS_SIDE).astype(np.float64) / 255.0
         total += pixels.mean()
         total_sq += (pixels ** 2).mean()
     mean = total / len(sample)
