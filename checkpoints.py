@@ -20,6 +20,7 @@ import torch
 
 from config import Config, PipelineError
 from fileio import write_atomic
+from model_architecture import CheXpertNet
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("model", "config", "labels", "normalization")
@@ -48,6 +49,18 @@ def config_from_checkpoint(checkpoint: dict) -> Config:
     """The Config a checkpoint was trained with (fields added since then keep their defaults)."""
     known = {f.name for f in dataclasses.fields(Config)}
     return Config(**{k: v for k, v in checkpoint["config"].items() if k in known})
+
+
+def model_from_checkpoint(checkpoint: dict) -> tuple[CheXpertNet, Config]:
+    """The trained model (on the CPU, eval mode) and its Config, rebuilt from the checkpoint alone.
+
+    Architecture, labels and pixel statistics come from the checkpoint, never from current
+    defaults, so evaluate.py, predict.py, export.py and app.py all see the model that was trained.
+    """
+    trained = config_from_checkpoint(checkpoint)
+    model = CheXpertNet(len(checkpoint["labels"]), trained.gem_p, trained.dropout)
+    model.load_state_dict(checkpoint["model"])
+    return model.eval(), trained
 
 
 def newest_checkpoint(models_dir: str | Path, name: str = "best.pth") -> Path:

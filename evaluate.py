@@ -16,23 +16,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from checkpoints import config_from_checkpoint, load_checkpoint, newest_checkpoint
+from checkpoints import load_checkpoint, model_from_checkpoint, newest_checkpoint
 from config import Config, run_cli
 from dataset import make_dataset, make_loader, read_split
 from engine import autocast_dtype, choose_device, predict_logits, prepare_model
 from fileio import write_csv_atomic, write_text_atomic
 from metrics import format_markdown, format_report_card, mean_auc, per_class_auc, report_rows
-from model_architecture import CheXpertNet
 
 SPLITS = ("val", "test")
-
-
-def load_model(checkpoint: dict, device: torch.device, cfg: Config) -> tuple[CheXpertNet, Config]:
-    """The trained model, rebuilt from the checkpoint's config (never from current defaults)."""
-    trained = config_from_checkpoint(checkpoint)
-    model = CheXpertNet(len(checkpoint["labels"]), trained.gem_p, trained.dropout)
-    model.load_state_dict(checkpoint["model"])
-    return prepare_model(model, device, cfg), trained
 
 
 def evaluate_split(model, split: str, checkpoint: dict, trained: Config, cfg: Config,
@@ -73,7 +64,8 @@ def main(cfg: Config) -> None:
     path = checkpoint_to_evaluate(cfg)
     checkpoint = load_checkpoint(path)
     device = choose_device(cfg.device)
-    model, trained = load_model(checkpoint, device, cfg)
+    model, trained = model_from_checkpoint(checkpoint)
+    model = prepare_model(model, device, cfg)
     for split in SPLITS:
         result = {"checkpoint": str(path), "epoch": checkpoint.get("epoch"),
                   **evaluate_split(model, split, checkpoint, trained, cfg, device)}
