@@ -78,13 +78,20 @@ class Config:
     lr_head: float = 1e-3  # AdamW learning rate of GeM + head, per optimizer step
     lr_backbone: float = 1e-4  # AdamW learning rate of the backbone once unfrozen
     weight_decay: float = 1e-5  # AdamW decoupled weight decay
-    warmup_steps: int = 100  # optimizer steps of linear LR warm-up at the start of each phase
+    warmup_steps: int = 100  # optimizer steps of linear LR warm-up at the start of training
+    lr_schedule: str = "cosine"  # after warm-up: cosine (decay to 0 at the last step) | constant
+    grad_clip_norm: float = 0.0  # clip the gradient norm to this (after fp16 unscaling); 0 = off
     max_pos_weight: float = 50.0  # cap on the per-class BCE positive weight (neg/pos count)
     augment: bool = True  # light random affine (rotate/shift/scale) on training images only
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | mps
     precision: str = "auto"  # auto (fp16 on cuda, bf16 on cpu) | fp16 | bf16 | fp32
     channels_last: bool = True  # NHWC memory format: faster convolutions on CPU and tensor cores
     num_workers: int = -1  # DataLoader worker processes; -1 = chosen from the CPU count
+    max_nonfinite_steps: int = 5  # stop after this many optimizer steps in a row skipped for NaN/inf
+    checkpoint_every_steps: int = 500  # also write last.pth every N optimizer steps; 0 = epochs only
+    early_stopping_patience: int = 3  # stop after N epochs without a better val mean AUC; 0 = off
+    deterministic: bool = False  # bitwise-reproducible kernels (slower on GPU); resume is exact
+    resume: str = ""  # continue a run: path to its last.pth, or "auto" (--run_name's, else newest)
 
     # ---- image cache (cache.py) ------------------------------------------------------------------
     crop_margin: float = 0.0625  # images are resized to image_size x (1 + margin), then cropped
@@ -93,6 +100,21 @@ class Config:
 
     # ---- evaluation (evaluate.py) -------------------------------------------------------------
     checkpoint: str = ""  # checkpoint to evaluate; empty = run_name's best.pth, else the newest
+
+    # ---- Inference (predict.py, export.py, app.py) -----------------------------------------------
+    inputs: tuple[str, ...] = ()  # images, folders (searched recursively) and CSVs of paths; a,b,c
+    output: str = ""  # predict.py: CSV (default predictions.csv); export.py: .onnx (model.onnx)
+    gradcam: tuple[str, ...] = ()  # labels to draw Grad-CAM overlays of, e.g. Cardiomegaly,Edema
+    gradcam_dir: str = ""  # folder of the overlay PNGs; empty = <output stem>_gradcam/ beside it
+    bootstrap_resamples: int = 1000  # patient bootstrap resamples of the AUC intervals; 0 = none
+    ci_level: float = 0.95  # coverage of the percentile intervals (0.95 = 95 %)
+    target_sensitivity: float = 0.9  # second operating point: highest val threshold reaching it
+    study_aggregation: str = "max"  # a study's prediction from its images': max | mean
+    calibration_bins: int = 10  # equal-width probability bins of the ECE and reliability diagrams
+    temperature_scaling: bool = False  # fit one temperature on val logits (BCE), apply everywhere
+    tta: bool = False  # test-time augmentation: mean logits of 4 views (shifts, zoom; no flips)
+    compare: str = ""  # "RUN_A,RUN_B" (CLI: --compare RUN_A RUN_B): paired AUC differences B - A
+    compare_split: str = "test"  # split of --compare: val | test
 
     @property
     def processed_dir(self) -> Path:
@@ -120,6 +142,9 @@ def validate(cfg: Config) -> Config:
         "device": ("auto", "cpu", "cuda", "mps"),
         "precision": ("auto", "fp16", "bf16", "fp32"),
         "cache_on_error": ("stop", "exclude"),
+        "lr_schedule": ("cosine", "constant"),
+        "study_aggregation": ("max", "mean"),
+        "compare_split": ("val", "test"),
     }
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
@@ -128,12 +153,27 @@ def validate(cfg: Config) -> Config:
     for name in positive:
         if getattr(cfg, name) < 1:
             raise ConfigError(f"--{name} must be at least 1, got {getattr(cfg, name)}")
+    non_negative = ("warmup_steps", "grad_clip_norm", "checkpoint_every_steps",
+                    "early_stopping_patience")
+    for name in non_negative:
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"--{name} must be 0 or more, got {getattr(cfg, name)}")
+    if cfg.max_nonfinite_steps < 1:
+        raise ConfigError("--max_nonfinite_steps must be at least 1")
     if not 0.0 < cfg.val_fraction < 1.0:
         raise ConfigError(f"--val_fraction must be between 0 and 1, got {cfg.val_fraction}")
     if not 0.0 <= cfg.crop_margin <= 0.5:
         raise ConfigError(f"--crop_margin must be between 0 and 0.5, got {cfg.crop_margin}")
     if not 0 <= cfg.frozen_epochs <= cfg.epochs:
         raise ConfigError(f"--frozen_epochs must be between 0 and --epochs ({cfg.epochs})")
+    if not 0.0 < cfg.ci_level < 1.0:
+        raise ConfigError(f"--ci_level must be between 0 and 1, got {cfg.ci_level}")
+    if not 0.0 < cfg.target_sensitivity <= 1.0:
+        raise ConfigError(f"--target_sensitivity must be in (0, 1], got {cfg.target_sensitivity}")
+    if cfg.bootstrap_resamples < 0:
+        raise ConfigError(f"--bootstrap_resamples must be 0 or more, got {cfg.bootstrap_resamples}")
+    if cfg.calibration_bins < 1:
+        raise ConfigError(f"--calibration_bins must be at least 1, got {cfg.calibration_bins}")
     return cfg
 
 
@@ -148,8 +188,13 @@ _FALSE = {"false", "0", "no", "off"}
 
 
 def _convert(name: str, text: str, field_type: typing.Any):
-    """Convert a command-line string to a field's type (bool, int, float, str, Optional[...])."""
+    """Convert a command-line string to a field's type (bool, int, float, str, Optional[...],
+    tuple[str, ...] from comma-separated items)."""
     origin = typing.get_origin(field_type)
+    if origin is tuple:
+        item_type = typing.get_args(field_type)[0]
+        return tuple(_convert(name, item.strip(), item_type) for item in text.split(",")
+                     if item.strip())
     if origin in (typing.Union, types.UnionType):
         inner = [t for t in typing.get_args(field_type) if t is not type(None)]
         if text.lower() in {"none", "null", ""}:
@@ -184,6 +229,11 @@ def _split_arguments(argv: list[str]) -> list[tuple[str, str]]:
             raise ConfigError(f"{arg} needs a value")
         pairs.append((name, value))
     return pairs
+
+
+def given_fields(argv: list[str]) -> set[str]:
+    """The field names a command line sets explicitly (train.py --resume checks them)."""
+    return {name for name, _ in _split_arguments(argv)}
 
 
 def apply_overrides(cfg, argv: list[str]):

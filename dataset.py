@@ -6,14 +6,16 @@ the training pixel mean/std and copies it to 3 channels on the device (model_arc
 
 from __future__ import annotations
 
+import math
 import os
+import signal
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cache import cache_folder, read_meta
 from config import LABELS, Config, PipelineError
@@ -26,15 +28,14 @@ MAX_SCALE_CHANGE = 0.05  # +-5 % zoom
 MAX_SHIFT = 0.03  # +-3 % of image_size, on top of the crop position inside the margin
 
 
-def random_view(square: np.ndarray, size: int) -> np.ndarray:
+def random_view(square: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     """Training augmentation on uint8: random rotation, zoom and crop position in one warp.
 
     One cv2.warpAffine on 8-bit pixels costs a fraction of a millisecond, far less than the same
-    affine on float tensors. Random numbers come from torch, which DataLoader seeds per worker.
-    No horizontal flip: the heart sits on the patient's left, and Cardiomegaly and device
-    findings depend on that side.
+    affine on float tensors. No horizontal flip: the heart sits on the patient's left, and
+    Cardiomegaly and device findings depend on that side.
     """
-    rotation, scale, shift_x, shift_y = (torch.rand(4) * 2 - 1).tolist()
+    rotation, scale, shift_x, shift_y = rng.uniform(-1.0, 1.0, 4).tolist()
     side = square.shape[0]
     reach = (side - size) / 2 + MAX_SHIFT * size
     cx, cy = side / 2 + shift_x * reach, side / 2 + shift_y * reach
@@ -108,7 +109,11 @@ def drop_unreadable(frame: pd.DataFrame, cache: ImageCache | None, name: str) ->
 class CheXpertDataset(Dataset):
     """Rows of a processed/split CSV: `image_path` plus the label columns as 0/1 targets.
 
-    An item is (uint8 1 x image_size x image_size tensor, float targets). Pixels stay 8-bit until
+    An item is (uint8 1 x image_size x image_size tensor, float targets); a target of NaN is a
+    masked label that the loss ignores. Items are asked for by index, or by the
+    (index, epoch, real) triples of EpochSampler: then the augmentation of an image comes from
+    (seed, epoch, index) alone, the same in any worker and after a resume, and real=False (the
+    padding of a distributed epoch) masks all of the item's labels. Pixels stay 8-bit until
     they reach the device, where the model normalises them: a batch crosses from the workers
     in a twelfth of the bytes of normalised 3-channel float32. Each image starts as the
     side x side square from the cache when one is given, else decoded and resized the same way
@@ -116,10 +121,12 @@ class CheXpertDataset(Dataset):
     """
 
     def __init__(self, frame: pd.DataFrame, image_size: int, side: int, augment: bool,
-                 labels: tuple[str, ...] = LABELS, cache: ImageCache | None = None):
+                 labels: tuple[str, ...] = LABELS, cache: ImageCache | None = None,
+                 seed: int = 0):
         self.paths = frame["image_path"].tolist()
         self.targets = torch.tensor(frame[list(labels)].to_numpy(dtype=np.float32))
         self.image_size, self.side, self.augment, self.cache = image_size, side, augment, cache
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -133,14 +140,23 @@ class CheXpertDataset(Dataset):
         images, targets = self.__getitems__([index])
         return images[0], targets[0]
 
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def view(self, index: int, epoch: int | None) -> np.ndarray:
+        if not self.augment:
+            return centre_view(self.square(index), self.image_size)
+        # Without an epoch (a plain index), DataLoader's per-worker torch seed picks the view.
+        seed = [self.seed, epoch, index] if epoch is not None else int(torch.randint(2**62, ()))
+        return random_view(self.square(index), self.image_size, np.random.default_rng(seed))
+
+    def __getitems__(self, items: list) -> tuple[torch.Tensor, torch.Tensor]:
         """A whole batch (DataLoader calls this): the views go straight into one uint8 array,
         with no per-image tensors to collate, which roughly halves the cost of a cached batch."""
-        view = random_view if self.augment else centre_view
-        images = np.empty((len(indices), 1, self.image_size, self.image_size), dtype=np.uint8)
-        for slot, index in enumerate(indices):
-            images[slot, 0] = view(self.square(index), self.image_size)
-        return torch.from_numpy(images), self.targets[indices]
+        triples = [item if isinstance(item, tuple) else (item, None, True) for item in items]
+        images = np.empty((len(items), 1, self.image_size, self.image_size), dtype=np.uint8)
+        for slot, (index, epoch, _) in enumerate(triples):
+            images[slot, 0] = self.view(index, epoch)
+        targets = self.targets[[index for index, _, _ in triples]]
+        targets[[not real for _, _, real in triples]] = float("nan")  # padding: all labels masked
+        return torch.from_numpy(images), targets
 
 
 def keep_batch(batch):
@@ -155,7 +171,58 @@ def make_dataset(frame: pd.DataFrame, model_cfg: Config, data_dir: str, augment:
     side = model_cfg.stored_side
     cache = open_cache(data_dir, side, frame["image_path"].tolist(), use_cache)
     frame = drop_unreadable(frame, cache, name)
-    return CheXpertDataset(frame, model_cfg.image_size, side, augment, labels, cache)
+    return CheXpertDataset(frame, model_cfg.image_size, side, augment, labels, cache,
+                           seed=model_cfg.seed)
+
+
+# ---- sampling -------------------------------------------------------------------------------------
+
+class EpochSampler(Sampler):
+    """The training order: this process's share of a permutation drawn from (seed, epoch).
+
+    The order depends on nothing else (not on workers or earlier epochs), so `set_epoch(epoch,
+    start)` resumes an interrupted epoch at the same image with the same augmentations. With
+    world_size > 1 (DDP), process `rank` takes every world_size-th image; the permutation is first
+    padded to a multiple of world_size with repeats marked real=False, whose labels the dataset
+    masks, so every image counts exactly once per epoch and every process runs the same number
+    of batches (DDP's collective calls need that). torch's DistributedSampler pads with real
+    duplicates instead, and cannot start mid-epoch.
+    """
+
+    def __init__(self, n_items: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.n_items, self.seed, self.rank, self.world_size = n_items, seed, rank, world_size
+        self.num_samples = math.ceil(n_items / world_size)  # per process
+        self.epoch, self.start = 1, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Iterate epoch `epoch` (1-based) from this process's `start`-th sample on."""
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+    def __iter__(self):
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n_items)
+        padding = self.num_samples * self.world_size - self.n_items
+        order = np.concatenate([order, order[:padding]])
+        real = np.arange(len(order)) < self.n_items
+        mine, mine_real = order[self.rank::self.world_size], real[self.rank::self.world_size]
+        for position in range(self.start, self.num_samples):
+            yield int(mine[position]), self.epoch, bool(mine_real[position])
+
+
+class ShardSampler(Sampler):
+    """Evaluation under DDP: process `rank` takes items rank, rank + world_size, ... (no padding,
+    so gathering every process's predictions gives each image exactly once)."""
+
+    def __init__(self, n_items: int, rank: int = 0, world_size: int = 1):
+        self.indices = range(rank, n_items, world_size)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)
 
 
 # ---- split files and loaders ----------------------------------------------------------------------
@@ -186,13 +253,25 @@ def default_workers(requested: int) -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
-def make_loader(dataset: Dataset, cfg: Config, train: bool, device: torch.device) -> DataLoader:
+def ignore_stop_signals(_worker_id: int) -> None:
+    """Workers leave Ctrl-C and SIGTERM to the main process, which stops cleanly and shuts them
+    down; a worker killed by the terminal's Ctrl-C would otherwise crash the main process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def make_loader(dataset: Dataset, cfg: Config, train: bool, device: torch.device,
+                sampler: Sampler | None = None) -> DataLoader:
+    """Batches of `dataset`; the order comes from `sampler` when given (train.py passes an
+    EpochSampler), else shuffled for training and in file order otherwise."""
     workers = default_workers(cfg.num_workers)
     return DataLoader(
         dataset,
         batch_size=cfg.batch_size,
-        shuffle=train,
+        shuffle=train and sampler is None,
+        sampler=sampler,
         num_workers=workers,
+        worker_init_fn=ignore_stop_signals,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,

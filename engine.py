@@ -7,6 +7,7 @@ Device and precision are chosen once: `auto` takes cuda, then mps, then cpu; aut
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 
 import numpy as np
@@ -52,6 +53,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # seeds CUDA too
 
 
+def set_deterministic(enabled: bool) -> None:
+    """Bitwise-reproducible kernels (--deterministic true), or the fastest ones (cuDNN autotuning)."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
+    torch.use_deterministic_algorithms(enabled)
+    torch.backends.cudnn.benchmark = not enabled
+
+
 def prepare_model(model: nn.Module, device: torch.device, cfg: Config) -> nn.Module:
     model = model.to(device)
     if cfg.channels_last:
@@ -66,12 +75,12 @@ def to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device,
-                   dtype: torch.dtype | None, channels_last: bool, desc: str
+                   dtype: torch.dtype | None, channels_last: bool, desc: str, show: bool = True
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """float32 logits and targets (on the CPU) for every image of a loader, in loader order."""
     model.eval()
     outputs, targets = [], []
-    for images, labels in tqdm(loader, desc=desc, unit="batch", leave=False):
+    for images, labels in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not show):
         with autocast(device, dtype):
             logits = model(to_device(images, device, channels_last))
         outputs.append(logits.float().cpu())

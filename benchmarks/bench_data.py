@@ -2,7 +2,8 @@
 
     python benchmarks/bench_data.py [--image_size 224]
 
-On the 467 real JPEGs of ../shared/data/nih-cxr-small (320 px) and the 3 full-resolution
+On the 467 real JPEGs of ../shared/data/nih-cxr-small (320 px, listed 4 times, so a pass is
+long enough to time the worker pipeline rather than its start-up) and the 3 full-resolution
 CheXpert images of ../shared/data/chexpert-fullres-sample (2,000-2,800 px, 16 copies of each),
 three timed passes after an untimed one that starts the workers and warms the file cache:
   baseline  PIL open -> convert("RGB") -> torchvision Resize + ToTensor + Normalize (what most
@@ -11,7 +12,9 @@ three timed passes after an untimed one that starts the workers and warms the fi
   decode    this project without a cache: grayscale decode (OpenCV, reduced-size JPEG decoding),
             area resize, augmentation on uint8
   cache     this project reading the memory-mapped cache written by cache.py
-It also times a DenseNet121 training step on this machine, the rate the loader has to beat.
+It also times a DenseNet121 training step on this machine, the rate the loader has to beat,
+and reports the anonymous (heap) memory the cached pass adds to the loading process: the
+memory map's pages are file-backed, shared and reclaimable, so they are not counted there.
 """
 
 from __future__ import annotations
@@ -80,6 +83,22 @@ def images_per_second(dataset: Dataset, workers: int, passes: int = 3) -> float:
     return seen / (time.perf_counter() - start)
 
 
+def anonymous_memory_mb() -> float:
+    """RssAnon of this process (Linux): heap memory, excluding file-backed pages such as a memmap."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def heap_growth_over_a_pass(dataset: Dataset) -> float:
+    """MB of heap a single-process pass over every item adds (0 if the cache is memory-mapped)."""
+    before = anonymous_memory_mb()
+    for _ in DataLoader(dataset, batch_size=BATCH, collate_fn=keep_batch):
+        pass
+    return anonymous_memory_mb() - before
+
+
 def prepare(data_root: Path, folder: Path, image_size: int, repeat: int):
     """Preprocess and cache every image (frontal and lateral) of a data root, `repeat` times.
 
@@ -98,6 +117,10 @@ def prepare(data_root: Path, folder: Path, image_size: int, repeat: int):
     cache.main(cfg)
     frame = pd.read_csv(cfg.splits_dir / "train.csv")
     return pd.concat([frame] * repeat, ignore_index=True), cfg
+
+
+def cfg_cache_mb(cfg: Config) -> float:
+    return (cache.cache_folder(cfg.data_dir, cfg.stored_side) / "images.u8").stat().st_size / 2**20
 
 
 def training_step_rate(image_size: int) -> float:
@@ -123,9 +146,9 @@ def main() -> None:
     if not NIH.is_dir():
         sys.exit(f"{NIH} not found: this benchmark needs ../shared/data")
     image_size = apply_overrides(Config(), sys.argv[1:]).image_size if sys.argv[1:] else 224
-    results = []
+    results, memory = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, data_root, repeat in (("nih-cxr-small 320 px", NIH, 1),
+        for name, data_root, repeat in (("nih-cxr-small 320 px", NIH, 4),
                                         ("full-resolution CheXpert", FULLRES, 16)):
             frame, cfg = prepare(data_root, Path(tmp) / name, image_size, repeat)
             datasets = {
@@ -135,6 +158,10 @@ def main() -> None:
                 "decode": make_dataset(frame, cfg, cfg.data_dir, True, name, use_cache=False),
                 "cache": make_dataset(frame, cfg, cfg.data_dir, True, name),
             }
+            growth = heap_growth_over_a_pass(datasets["cache"])
+            memory.append(f"{name}: {growth:+.1f} MB heap after a pass over {len(frame)} items "
+                          f"({frame['image_path'].nunique()} distinct images, cache file "
+                          f"{cfg_cache_mb(cfg):.1f} MB)")
             for method, dataset in datasets.items():
                 for workers in WORKERS:
                     rate = images_per_second(dataset, workers)
@@ -147,6 +174,7 @@ def main() -> None:
     print(f"\nData loading at image_size {image_size}, batch {BATCH} ({torch.get_num_threads()} "
           "torch threads):")
     print(table.to_string(index=False, float_format=lambda v: f"{v:,.1f}"))
+    print("\nMemory of the cached path (RssAnon, single process):\n  " + "\n  ".join(memory))
     print(f"\nDenseNet121 training step here consumes {training_step_rate(image_size):.1f} "
           f"images/s at {image_size} px (bf16, channels_last)")
 

@@ -58,3 +58,43 @@ def row(split: str, patient: int, study: int = 1, view: str = "Frontal", **label
               "AP/PA": "AP" if view == "Frontal" else ""}
     values.update({label.replace("_", " "): value for label, value in labels.items()})
     return values
+
+
+def tiny_checkpoint(path: Path, image_size: int = 64, seed: int = 0) -> Path:
+    """A random-weight checkpoint of this pipeline's format (for inference, export and GUI tests)."""
+    import dataclasses
+
+    import torch
+
+    from checkpoints import save_checkpoint
+    from config import Config
+    from model_architecture import CheXpertNet
+
+    torch.manual_seed(seed)
+    cfg = Config(image_size=image_size, pretrained=False)
+    model = CheXpertNet(len(LABELS), cfg.gem_p, cfg.dropout, pixel_mean=0.5, pixel_std=0.25)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint({"model": model.state_dict(), "config": dataclasses.asdict(cfg),
+                     "labels": list(LABELS), "normalization": {"mean": 0.5, "std": 0.25},
+                     "epoch": 0}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_args(tmp_path_factory):
+    """A 40-patient dataset, preprocessed and split: (the options that point at it, models dir)."""
+    import make_splits
+    import preprocess
+    from config import Config
+
+    tmp = tmp_path_factory.mktemp("split-data")
+    rng = np.random.default_rng(3)
+    labels = ("Atelectasis", "Cardiomegaly", "Edema", "Pleural_Effusion")
+    train = [row("train", p, **{k: float(rng.integers(0, 2)) for k in labels}) for p in range(40)]
+    valid = [row("valid", 100 + p, **{k: float(p % 2) for k in labels}) for p in range(6)]
+    root = make_root(tmp, train, valid)
+    cfg = Config(data_root=str(root), data_dir=str(tmp / "data"), val_fraction=0.2,
+                 stats_sample=10)
+    preprocess.main(cfg)
+    make_splits.main(cfg)
+    return ["--data_dir", cfg.data_dir, "--models_dir", str(tmp / "models")], tmp / "models"

@@ -13,7 +13,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from config import Config
 from labels import positive_class_weights
 from model_architecture import CheXpertNet
-from train import accumulation_plan, set_backbone_frozen, train_one_epoch, warmup_cosine
+from config import PipelineError
+from train import (MaskedBCE, Progress, Trainer, accumulation_plan, lr_multiplier, masked_bce,
+                   set_backbone_frozen, train_one_epoch)
 
 
 def test_accumulation_plan_weights_groups_including_the_last_partial_one():
@@ -23,15 +25,17 @@ def test_accumulation_plan_weights_groups_including_the_last_partial_one():
     assert sum(step for _, step in accumulation_plan(100, 16, 2)) == 4  # ceil(7 / 2)
 
 
-def run_epoch(model, images, targets, batch_size, steps, dtype=None, scaler=None, frozen=True):
-    cfg = Config(batch_size=batch_size, accumulation_steps=steps, channels_last=False)
+def run_epoch(model, images, targets, batch_size, steps, dtype=None, scaler=None, frozen=True,
+              criterion=None, **cfg_changes):
+    cfg = Config(batch_size=batch_size, accumulation_steps=steps, channels_last=False,
+                 **cfg_changes)
     loader = DataLoader(TensorDataset(images, targets), batch_size=batch_size)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)
-    criterion = nn.BCEWithLogitsLoss(pos_weight=torch.full((14,), 2.0))
-    return train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, cfg,
-                           torch.device("cpu"), dtype, frozen, desc="test")
+    trainer = Trainer(model, model, criterion or MaskedBCE(torch.full((14,), 2.0)), optimizer,
+                      scheduler, scaler or torch.amp.GradScaler("cpu", enabled=False), cfg,
+                      torch.device("cpu"), dtype)
+    return train_one_epoch(trainer, loader, Progress(), frozen, desc="test"), trainer
 
 
 def tiny_model(seed=0):
@@ -39,17 +43,67 @@ def tiny_model(seed=0):
     return CheXpertNet(14, gem_p=3.0, dropout=0.0)
 
 
+def masked_targets(n, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    targets = torch.randint(0, 2, (n, 14), generator=generator).float()
+    targets[torch.rand(n, 14, generator=generator) < 0.3] = float("nan")  # masked (ignored)
+    return targets
+
+
+def accumulated_gradients(model, images, targets, batch_size, steps):
+    """Gradients after the first optimizer-step group of each size, as train_one_epoch weighs
+    them; returns one {name: grad} per group."""
+    criterion = MaskedBCE(torch.full((14,), 2.0))
+    plan, groups, start = accumulation_plan(len(images), batch_size, steps), [], 0
+    for weight, step_now in plan:
+        end = min(start + batch_size, len(images))
+        (criterion(model(images[start:end]), targets[start:end]) * weight).backward()
+        start = end
+        if step_now:
+            groups.append({n: p.grad.clone() for n, p in model.named_parameters()})
+            model.zero_grad()
+    return groups
+
+
+def test_accumulated_gradient_equals_the_large_batch_gradient_with_masks_and_a_partial_group():
+    torch.manual_seed(1)
+    images, targets = torch.rand(7, 1, 32, 32), masked_targets(7)
+    model = tiny_model().eval()  # fp32, dropout off, BatchNorm on its running statistics
+    accumulated = accumulated_gradients(model, images, targets, batch_size=2, steps=2)
+    large = accumulated_gradients(model, images, targets, batch_size=4, steps=1)
+    # micro-batches 2+2 | 2+1 against batches 4 | 3: the last group is the partial one
+    assert len(accumulated) == len(large) == 2
+    for group_a, group_b in zip(accumulated, large):
+        for name, grad in group_a.items():
+            assert torch.allclose(grad, group_b[name], atol=1e-5, rtol=1e-4), name
+    assert accumulated[0]["backbone.conv0.weight"].abs().sum() > 0  # the backbone is included
+
+
+def test_masked_labels_add_nothing_to_the_loss():
+    logits, targets = torch.randn(4, 14), masked_targets(4)
+    full = masked_bce(logits, torch.nan_to_num(targets, nan=1.0))
+    observed = ~torch.isnan(targets)
+    changed = logits.clone()
+    changed[~observed] += 100.0  # masked logits may be anything
+    assert torch.equal(masked_bce(logits, targets), masked_bce(changed, targets))
+    assert masked_bce(logits, targets) < full
+    plain = torch.nn.BCEWithLogitsLoss()(logits, torch.nan_to_num(targets, nan=0.0))
+    assert torch.isclose(masked_bce(logits, torch.nan_to_num(targets, nan=0.0)), plain)
+
+
 def test_accumulated_steps_equal_large_batch_steps_in_fp32():
     torch.manual_seed(1)
-    images, targets = torch.randn(10, 3, 32, 32), torch.randint(0, 2, (10, 14)).float()
+    images, targets = torch.randn(10, 3, 32, 32), masked_targets(10)
     small, large = tiny_model(), tiny_model()
     set_backbone_frozen(small, True)  # frozen BatchNorm: batch size cannot change the result
     set_backbone_frozen(large, True)
-    run_epoch(small, images, targets, batch_size=4, steps=2)  # groups of 8 and 2 images
+    (progress, trainer), _ = run_epoch(small, images, targets, batch_size=4, steps=2), None
     run_epoch(large, images, targets, batch_size=8, steps=1)  # the same groups, one batch each
     for (name, a), b in zip(small.named_parameters(), large.parameters()):
         assert torch.allclose(a, b, atol=1e-5), name
     assert not torch.equal(small.head.weight, tiny_model().head.weight)  # it did train
+    # the schedule advanced once per optimizer step (2 groups), not per micro-batch (3)
+    assert trainer.scheduler.last_epoch == 2 and progress.global_step == 2
 
 
 def test_frozen_epoch_leaves_backbone_and_its_batchnorm_untouched():
@@ -69,20 +123,19 @@ def test_fp16_autocast_with_grad_scaler_trains_on_cpu():
     model = tiny_model()
     set_backbone_frozen(model, False)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
-    loss, images_per_s = run_epoch(model, torch.randn(8, 3, 32, 32), torch.ones(8, 14),
-                                   batch_size=4, steps=2, dtype=torch.float16, scaler=scaler,
-                                   frozen=False)
-    assert np.isfinite(loss) and images_per_s > 0
+    progress, _ = run_epoch(model, torch.randn(8, 3, 32, 32), torch.ones(8, 14), batch_size=4,
+                            steps=2, dtype=torch.float16, scaler=scaler, frozen=False)
+    assert np.isfinite(progress.loss_sum) and progress.seen == 8
     assert scaler.get_scale() > 0 and scaler.is_enabled()
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_warmup_then_cosine_schedule():
-    values = [warmup_cosine(step, warmup_steps=4, total_steps=14) for step in range(14)]
+    values = [lr_multiplier(step, warmup_steps=4, total_steps=14) for step in range(14)]
     assert values[:4] == [0.25, 0.5, 0.75, 1.0]
     assert values[4] == pytest.approx(1.0) and values[9] == pytest.approx(0.5)
     assert all(a >= b for a, b in zip(values[3:], values[4:]))  # decays monotonically
-    assert warmup_cosine(14, 4, 14) == pytest.approx(0.0)
+    assert lr_multiplier(14, 4, 14) == pytest.approx(0.0)
 
 
 def test_positive_class_weights_are_neg_over_pos_and_capped():
@@ -91,3 +144,59 @@ def test_positive_class_weights_are_neg_over_pos_and_capped():
     targets[:1, 1] = 1  # 99 / 1 = 99 -> capped at 50
     weights = positive_class_weights(targets, max_weight=50.0)  # class 2 has no positives -> 1
     assert weights.tolist() == [4.0, 50.0, 1.0]
+
+
+def test_constant_schedule_after_warm_up():
+    assert [lr_multiplier(s, 2, 10, "constant") for s in range(5)] == [0.5, 1.0, 1.0, 1.0, 1.0]
+
+
+class NaNOnBatches(nn.Module):
+    """BCE whose loss is NaN on chosen micro-batches (by call order)."""
+
+    def __init__(self, bad_calls):
+        super().__init__()
+        self.bad_calls, self.calls = set(bad_calls), 0
+
+    def forward(self, logits, targets):
+        loss = masked_bce(logits, targets)
+        self.calls += 1
+        return loss * float("nan") if self.calls in self.bad_calls else loss
+
+
+@pytest.mark.parametrize("dtype", [None, torch.float16])
+def test_a_nonfinite_loss_skips_its_step_and_is_counted(dtype, capsys):
+    model = tiny_model()
+    set_backbone_frozen(model, True)
+    head_before = model.head.weight.detach().clone()
+    scaler = torch.amp.GradScaler("cpu", enabled=dtype is not None)
+    # 3 optimizer steps of one micro-batch: the second one's loss is NaN
+    progress, trainer = run_epoch(model, torch.randn(6, 1, 32, 32), torch.ones(6, 14),
+                                  batch_size=2, steps=1, dtype=dtype, scaler=scaler,
+                                  criterion=NaNOnBatches({2}))
+    assert progress.nonfinite_total == 1 and progress.nonfinite_in_a_row == 0
+    assert progress.global_step == 3 and trainer.scheduler.last_epoch <= 2
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert not torch.equal(model.head.weight, head_before)  # the other steps were taken
+    assert "non-finite loss" in capsys.readouterr().out
+
+
+def test_too_many_nonfinite_steps_in_a_row_stop_the_run():
+    model = tiny_model()
+    set_backbone_frozen(model, True)
+    head_before = model.head.weight.detach().clone()
+    with pytest.raises(PipelineError, match="3 optimizer steps in a row"):
+        run_epoch(model, torch.randn(8, 1, 32, 32), torch.ones(8, 14), batch_size=2, steps=1,
+                  criterion=NaNOnBatches({1, 2, 3}), max_nonfinite_steps=3)
+    assert torch.equal(model.head.weight, head_before)  # no NaN reached the weights
+
+
+def test_gradient_clipping_applies_to_unscaled_fp16_gradients():
+    model = tiny_model()
+    set_backbone_frozen(model, True)
+    before = [p.detach().clone() for p in model.head_parameters()]
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    run_epoch(model, torch.randn(4, 1, 32, 32), torch.ones(4, 14), batch_size=4, steps=1,
+              dtype=torch.float16, scaler=scaler, grad_clip_norm=1e-3)
+    # plain SGD with lr 1: the update is minus the clipped gradient, whose norm is the clip
+    moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.head_parameters(), before)])
+    assert moved.norm().item() == pytest.approx(1e-3, rel=0.02)
