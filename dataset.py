@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 from pathlib import Path
 
 import cv2
@@ -253,11 +252,13 @@ def default_workers(requested: int) -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
-def ignore_stop_signals(_worker_id: int) -> None:
-    """Workers leave Ctrl-C and SIGTERM to the main process, which stops cleanly and shuts them
-    down; a worker killed by the terminal's Ctrl-C would otherwise crash the main process."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def own_process_group(_worker_id: int) -> None:
+    """Move a DataLoader worker out of the terminal's process group: Ctrl-C (and a SIGTERM sent
+    to the whole group) then reaches only the main process, which finishes its optimizer step,
+    saves and shuts the workers down itself. Workers keep the default signal handlers, so
+    Python's exit can still terminate them."""
+    if hasattr(os, "setpgrp"):
+        os.setpgrp()
 
 
 def make_loader(dataset: Dataset, cfg: Config, train: bool, device: torch.device,
@@ -271,7 +272,7 @@ def make_loader(dataset: Dataset, cfg: Config, train: bool, device: torch.device
         shuffle=train and sampler is None,
         sampler=sampler,
         num_workers=workers,
-        worker_init_fn=ignore_stop_signals,
+        worker_init_fn=own_process_group,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
