@@ -59,7 +59,12 @@ def model_from_checkpoint(checkpoint: dict) -> tuple[CheXpertNet, Config]:
     """
     trained = config_from_checkpoint(checkpoint)
     model = CheXpertNet(len(checkpoint["labels"]), trained.gem_p, trained.dropout)
-    model.load_state_dict(checkpoint["model"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as err:
+        detail = [line.strip() for line in str(err).splitlines() if line.strip()][-1]
+        raise PipelineError(f"the checkpoint's weights do not fit this version's model (saved by "
+                            f"an older version?): {detail[:300]}") from None
     return model.eval(), trained
 
 

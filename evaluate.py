@@ -1,55 +1,164 @@
-"""Per-class AUC report card of a checkpoint on the val and test splits.
+"""Evaluation report of a checkpoint on the val and test splits, or a comparison of two runs.
 
-    python evaluate.py [--checkpoint models/RUN/best.pth]
+    python evaluate.py [--checkpoint models/RUN/best.pth] [--temperature_scaling true] [--tta true]
+    python evaluate.py --compare RUN_A RUN_B [--compare_split test]
 
-Reads  the checkpoint (default: the newest models/*/best.pth) and <data_dir>/splits/val.csv,
-       test.csv. The model is rebuilt from the checkpoint's own config, labels and pixel stats.
-Writes models/<run>/eval_<split>.json ({split, checkpoint, n_images, auc, mean_auc, ...}),
-       eval_<split>.md and eval_<split>.csv next to the checkpoint, and prints the report card.
+Reads  the checkpoint (default: --run_name's best.pth, else the newest models/*/best.pth) and
+       <data_dir>/splits/val.csv, test.csv. The model is rebuilt from the checkpoint's own config,
+       labels and pixel stats.
+Writes next to the checkpoint:
+       thresholds.json             operating points chosen on val (Youden's J and the threshold
+                                   reaching --target_sensitivity), and the fitted temperature
+       eval_<split>.json/.md/.csv  per class: AUC with a patient-bootstrap interval, AUPRC,
+                                   prevalence, study-level AUC, ECE, the val thresholds' sensitivity,
+                                   specificity, PPV, NPV, F1; the means over all classes and over
+                                   the competition five
+       roc_<split>.png, pr_<split>.png, reliability_<split>.png   (embedded in eval_<split>.md)
+With --compare RUN_A RUN_B (a run folder under --models_dir, or a checkpoint path): per-class AUC
+differences B - A with paired patient-bootstrap intervals on --compare_split, printed and written
+to <B's folder>/compare_<split>_vs_<A>.{csv,md}.
 """
 
 from __future__ import annotations
 
-import json
+import itertools
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
+from bootstrap import bootstrap_auc_matrix, draw_resamples
+from calibration import fit_temperature, per_class_ece, scaled_probs
 from checkpoints import load_checkpoint, model_from_checkpoint, newest_checkpoint
-from config import Config, run_cli
+from compare import format_comparison, format_comparison_markdown, paired_auc_differences
+from config import Config, ConfigError, PipelineError, run_cli
 from dataset import make_dataset, make_loader, read_split
 from engine import autocast_dtype, choose_device, predict_logits, prepare_model
 from fileio import write_csv_atomic, write_text_atomic
-from metrics import format_markdown, format_report_card, mean_auc, per_class_auc, report_rows
+from metrics import aggregate_studies, summarise
+from operating_points import choose_thresholds, operating_point_table, thresholds_payload, \
+    write_thresholds
+from plots import pr_grid, reliability_grid, roc_grid
+from report import print_report, write_reports
+from tta import TTAModel
 
-SPLITS = ("val", "test")
+SPLITS = ("val", "test")  # val first: it fits the temperature and the thresholds
 
 
-def evaluate_split(model, split: str, checkpoint: dict, trained: Config, cfg: Config,
-                   device: torch.device) -> dict:
+@dataclass
+class Predictions:
+    """A split's predictions, aligned row by row with the split rows that were predicted."""
+
+    frame: pd.DataFrame
+    logits: np.ndarray  # (images, classes) float64
+    targets: np.ndarray  # (images, classes) 0/1
+    labels: tuple[str, ...]
+
+
+# ---- predictions --------------------------------------------------------------------------------
+
+def check_finite(logits: np.ndarray, checkpoint: Path, split: str) -> None:
+    bad = ~np.isfinite(logits)
+    if bad.any():
+        raise PipelineError(f"checkpoint {checkpoint} gives NaN/inf predictions for "
+                            f"{int(bad.any(axis=1).sum())} image(s) of the {split} split: its "
+                            "weights are broken (diverged training?); use an earlier checkpoint")
+
+
+def load_model(path: Path, cfg: Config, device: torch.device):
+    """(model ready for inference, wrapped for TTA when --tta, its checkpoint, its trained Config)."""
+    checkpoint = load_checkpoint(path)
+    try:
+        model, trained = model_from_checkpoint(checkpoint)
+    except PipelineError as err:
+        raise PipelineError(f"checkpoint {path}: {err}; evaluate it with the code it was "
+                            "trained with") from None
+    model = prepare_model(model, device, cfg)
+    return (TTAModel(model) if cfg.tta else model), checkpoint, trained
+
+
+def predict_split(model, split: str, path: Path, checkpoint: dict, trained: Config, cfg: Config,
+                  device: torch.device) -> Predictions:
     labels = tuple(checkpoint["labels"])
     frame = read_split(cfg.splits_dir / f"{split}.csv", labels)
     data = make_dataset(frame, trained, cfg.data_dir, augment=False, name=split, labels=labels,
                         use_cache=cfg.use_cache)
+    frame = frame[frame["image_path"].isin(set(data.paths))].reset_index(drop=True)
     loader = make_loader(data, cfg, train=False, device=device)
-    logits, targets = predict_logits(model, loader, device, autocast_dtype(cfg.precision, device),
-                                     cfg.channels_last, desc=f"evaluate {split}")
-    targets = targets.numpy()
-    aucs = per_class_auc(targets, torch.sigmoid(logits).numpy(), labels)
-    return {"split": split, "n_images": len(data), "n_patients": int(frame["patient_id"].nunique()),
-            "auc": aucs, "mean_auc": mean_auc(aucs), "rows": report_rows(aucs, targets, labels)}
+    try:
+        logits, targets = predict_logits(model, loader, device,
+                                         autocast_dtype(cfg.precision, device),
+                                         cfg.channels_last, desc=f"evaluate {split}")
+    except PipelineError as err:  # add which checkpoint was being evaluated
+        raise PipelineError(f"evaluating {path} on the {split} split: {err}") from None
+    check_finite(logits.numpy(), path, split)
+    return Predictions(frame, logits.double().numpy(), targets.double().numpy(), labels)
 
 
-def write_reports(result: dict, out_dir: Path) -> None:
-    split = result["split"]
-    summary = {key: value for key, value in result.items() if key != "rows"}
-    write_text_atomic(json.dumps(summary, indent=2), out_dir / f"eval_{split}.json")
-    title = (f"# Report card: {split} split\n\n{result['n_images']} images, "
-             f"{result['n_patients']} patients; checkpoint `{result['checkpoint']}`\n\n")
-    write_text_atomic(title + format_markdown(result["rows"]) + "\n", out_dir / f"eval_{split}.md")
-    write_csv_atomic(pd.DataFrame(result["rows"]), out_dir / f"eval_{split}.csv")
+# ---- statistics of one split ----------------------------------------------------------------------
 
+def bootstrap_matrix(probs: np.ndarray, targets: np.ndarray, patient_ids: pd.Series, cfg: Config
+                     ) -> tuple[np.ndarray | None, str]:
+    """Per-resample AUCs of a patient bootstrap, or None and why there are no intervals."""
+    if cfg.bootstrap_resamples == 0:
+        return None, "no interval: --bootstrap_resamples 0"
+    if patient_ids.nunique() < 2:
+        return None, "n/a: one patient in this split, no patient bootstrap"
+    resamples = draw_resamples(patient_ids, cfg.bootstrap_resamples, cfg.seed)
+    return bootstrap_auc_matrix(probs, targets, resamples), ""
+
+
+def summarise_level(probs: np.ndarray, targets: np.ndarray, patient_ids: pd.Series,
+                    labels: tuple[str, ...], cfg: Config) -> dict:
+    matrix, note = bootstrap_matrix(probs, targets, patient_ids, cfg)
+    return summarise(probs, targets, labels, matrix, cfg.ci_level, note)
+
+
+def evaluate_predictions(preds: Predictions, thresholds: dict, temperature: float | None,
+                         cfg: Config) -> dict:
+    """Image- and study-level metrics, calibration and operating points of one split."""
+    labels, targets = preds.labels, preds.targets
+    probs = scaled_probs(preds.logits, temperature)
+    studies, study_probs, study_targets = aggregate_studies(preds.frame, probs, targets,
+                                                            cfg.study_aggregation)
+    image = summarise_level(probs, targets, preds.frame["patient_id"], labels, cfg)
+    study = summarise_level(study_probs, study_targets, studies["patient_id"], labels, cfg)
+    calibration = {"bins": cfg.calibration_bins, "temperature": temperature,
+                   "ece": per_class_ece(targets, probs, labels, cfg.calibration_bins),
+                   "ece_before_scaling": per_class_ece(targets, scaled_probs(preds.logits, None),
+                                                       labels, cfg.calibration_bins)
+                   if temperature is not None else None}
+    calibration["mean_ece"] = float(np.mean(list(calibration["ece"].values())))
+    return {"n_images": len(preds.frame), "n_patients": int(preds.frame["patient_id"].nunique()),
+            "n_studies": len(studies),
+            "auc": {label: image["classes"][label]["auc"] for label in labels},
+            "mean_auc": image["means"]["all"]["auc"],
+            "image": image, "study": {"aggregation": cfg.study_aggregation, **study},
+            "calibration": calibration,
+            "operating_points": operating_point_table(targets, probs, labels, thresholds),
+            "bootstrap": {"resamples": cfg.bootstrap_resamples, "level": cfg.ci_level,
+                          "seed": cfg.seed, "unit": "patient"},
+            "tta": cfg.tta}
+
+
+def draw_plots(preds: Predictions, result: dict, cfg: Config, out_dir: Path) -> dict[str, str]:
+    """The split's three figures; returns their file names (relative to out_dir)."""
+    split, labels = result["split"], preds.labels
+    probs = scaled_probs(preds.logits, result["calibration"]["temperature"])
+    names = {kind: f"{kind}_{split}.png" for kind in ("roc", "pr", "reliability")}
+    roc_grid(preds.targets, probs, labels, out_dir / names["roc"], f"ROC curves, {split} split")
+    pr_grid(preds.targets, probs, labels, out_dir / names["pr"],
+            f"Precision-recall curves, {split} split")
+    reliability_grid(preds.targets, probs, labels, result["calibration"]["ece"],
+                     cfg.calibration_bins, out_dir / names["reliability"],
+                     f"Reliability diagrams, {split} split")
+    return names
+
+
+# ---- the two modes --------------------------------------------------------------------------------
 
 def checkpoint_to_evaluate(cfg: Config) -> Path:
     """--checkpoint, else --run_name's best.pth, else the newest run's best.pth."""
@@ -60,21 +169,128 @@ def checkpoint_to_evaluate(cfg: Config) -> Path:
     return newest_checkpoint(cfg.models_dir)
 
 
-def main(cfg: Config) -> None:
+def fit_on_val(val: Predictions, path: Path, cfg: Config) -> tuple[dict, float | None]:
+    """Temperature (when --temperature_scaling) and thresholds from the val split; thresholds.json."""
+    temperature = fit_temperature(val.logits, val.targets) if cfg.temperature_scaling else None
+    thresholds = choose_thresholds(val.targets, scaled_probs(val.logits, temperature), val.labels,
+                                   cfg.target_sensitivity)
+    write_thresholds(thresholds_payload(path, val.labels, thresholds, cfg.target_sensitivity,
+                                        temperature), path.parent / "thresholds.json")
+    return thresholds, temperature
+
+
+def evaluate_checkpoint(cfg: Config) -> None:
     path = checkpoint_to_evaluate(cfg)
-    checkpoint = load_checkpoint(path)
     device = choose_device(cfg.device)
-    model, trained = model_from_checkpoint(checkpoint)
-    model = prepare_model(model, device, cfg)
+    model, checkpoint, trained = load_model(path, cfg, device)
+    thresholds, temperature = None, None
     for split in SPLITS:
-        result = {"checkpoint": str(path), "epoch": checkpoint.get("epoch"),
-                  **evaluate_split(model, split, checkpoint, trained, cfg, device)}
-        write_reports(result, path.parent)
-        print(f"\nReport card: {split} split ({result['n_images']} images, "
-              f"{result['n_patients']} patients), checkpoint {path}")
-        print(format_report_card(result["rows"]))
-    print(f"\nevaluate: wrote {path.parent}/eval_{{{','.join(SPLITS)}}}.{{json,md,csv}}")
+        preds = predict_split(model, split, path, checkpoint, trained, cfg, device)
+        if thresholds is None:  # the val split, first
+            thresholds, temperature = fit_on_val(preds, path, cfg)
+        result = {"split": split, "checkpoint": str(path), "epoch": checkpoint.get("epoch"),
+                  **evaluate_predictions(preds, thresholds, temperature, cfg)}
+        plots = draw_plots(preds, result, cfg, path.parent)
+        write_reports(result, plots, cfg, path.parent)
+        print_report(result, path, cfg)
+    print(f"\nevaluate: wrote {path.parent}/thresholds.json, "
+          f"eval_{{{','.join(SPLITS)}}}.{{json,md,csv}}, {{roc,pr,reliability}}_*.png")
+
+
+def resolve_run(text: str, cfg: Config) -> Path:
+    """A checkpoint file, a run folder (its best.pth), or a run name under --models_dir."""
+    for candidate in (Path(text), Path(cfg.models_dir) / text):
+        if candidate.is_file():
+            return candidate
+        if (candidate / "best.pth").is_file():
+            return candidate / "best.pth"
+    raise PipelineError(f"--compare: {text!r} is neither a checkpoint file nor a run folder "
+                        f"holding best.pth (looked in . and {cfg.models_dir}/)")
+
+
+def run_label(path: Path) -> str:
+    """models/run-a/best.pth -> run-a; models/run-a/last.pth -> run-a-last."""
+    return path.parent.name if path.name == "best.pth" else f"{path.parent.name}-{path.stem}"
+
+
+def aligned(a: Predictions, b: Predictions) -> tuple[Predictions, Predictions]:
+    """Both runs' predictions on the images both predicted, in one order (image sizes differ, so
+    an image left out of one size's cache may still be in the other's)."""
+    if a.labels != b.labels:
+        raise PipelineError(f"--compare: the two checkpoints predict different labels "
+                            f"({list(a.labels)} vs {list(b.labels)})")
+    common = a.frame["image_path"][a.frame["image_path"].isin(set(b.frame["image_path"]))]
+    if len(common) < max(len(a.frame), len(b.frame)):
+        print(f"compare: {len(common)} images predicted by both runs are compared")
+
+    def subset(p: Predictions) -> Predictions:
+        rows = p.frame.reset_index(drop=True).reset_index().set_index("image_path")
+        order = rows.loc[common.to_numpy(), "index"].to_numpy()
+        return Predictions(p.frame.iloc[order].reset_index(drop=True), p.logits[order],
+                           p.targets[order], p.labels)
+    return subset(a), subset(b)
+
+
+def compare_runs(cfg: Config) -> None:
+    names = [name for name in cfg.compare.split(",") if name]
+    if len(names) != 2:
+        raise ConfigError(f"--compare takes two runs, --compare RUN_A RUN_B; got {cfg.compare!r}")
+    paths = [resolve_run(name, cfg) for name in names]
+    device = choose_device(cfg.device)
+    split = cfg.compare_split
+    models = [load_model(path, cfg, device) for path in paths]  # both load before predicting
+    a, b = aligned(*[predict_split(model, split, path, checkpoint, trained, cfg, device)
+                     for path, (model, checkpoint, trained) in zip(paths, models)])
+    rows = paired_auc_differences(scaled_probs(a.logits, None), scaled_probs(b.logits, None),
+                                  a.targets, a.frame["patient_id"], a.labels,
+                                  cfg.bootstrap_resamples, cfg.ci_level, cfg.seed)
+    description = [f"AUC of B - A on the {split} split ({len(a.frame)} images, "
+                   f"{a.frame['patient_id'].nunique()} patients), {cfg.bootstrap_resamples} "
+                   f"paired patient-bootstrap resamples (seed {cfg.seed})",
+                   f"A = {paths[0]}", f"B = {paths[1]}"]
+    print("\n" + "\n  ".join(description) + "\n" + format_comparison(rows, cfg.ci_level))
+    write_comparison(rows, description, paths, split, cfg)
+
+
+def write_comparison(rows: list[dict], description: list[str], paths: list[Path], split: str,
+                     cfg: Config) -> None:
+    """compare_<split>_vs_<A>.csv and .md in B's folder (B is usually the change being tried)."""
+    out = paths[1].parent / f"compare_{split}_vs_{run_label(paths[0])}"
+    write_csv_atomic(pd.DataFrame(rows), out.with_suffix(".csv"))
+    markdown = "\n".join([
+        f"# Comparison: {run_label(paths[1])} (B) vs {run_label(paths[0])} (A)", "",
+        description[0], "", *(f"- {line}" for line in description[1:]), "",
+        format_comparison_markdown(rows, cfg.ci_level), "",
+        "An interval that excludes 0 means the difference is unlikely to be resampling noise "
+        "(verdict `B better` / `A better`).", ""])
+    write_text_atomic(markdown, out.with_suffix(".md"))
+    print(f"\nevaluate: wrote {out}.csv, {out.name}.md")
+
+
+def main(cfg: Config) -> None:
+    if cfg.compare:
+        compare_runs(cfg)
+    else:
+        evaluate_checkpoint(cfg)
+
+
+def join_compare_values(argv: list[str]) -> list[str]:
+    """`--compare A B` gives two values; config overrides take one, so it becomes --compare=A,B.
+
+    Any other count is left as it is, for the usual one-line error ("--compare takes two runs" or
+    "unexpected argument").
+    """
+    joined, i = [], 0
+    while i < len(argv):
+        values = list(itertools.takewhile(lambda arg: not arg.startswith("--"), argv[i + 1:]))
+        if argv[i] == "--compare" and len(values) == 2:
+            joined.append("--compare=" + ",".join(values))
+            i += 3
+        else:
+            joined.append(argv[i])
+            i += 1
+    return joined
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, join_compare_values(sys.argv[1:]))

@@ -1,14 +1,36 @@
-"""Per-class ROC AUC and the report card printed by evaluate.py."""
+"""Per-class metrics of a split and the report card printed by evaluate.py.
+
+AUC with a patient-bootstrap interval (bootstrap.py), AUPRC and prevalence per class, the means
+over all evaluable classes and over CheXpert's five competition observations, and the study-level
+view (a study's images aggregated into one prediction). Label columns are addressed by name.
+"""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
+import pandas as pd
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from bootstrap import Interval, mean_over, no_interval, percentile_interval
+from config import PipelineError
 
 # Status words of the report card, highest band first (AUC lower bound, word).
 STATUS_BANDS = ((0.85, "Excellent"), (0.80, "Good"), (0.70, "Fair"), (0.0, "Challenging"))
+
+# The five observations the CheXpert competition ranks models on.
+COMPETITION_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema",
+                      "Pleural Effusion")
+
+# The means of the report card: (key, title prefix, labels it averages; None = every label).
+MEANS = (("all", "AVERAGE", None), ("competition", "COMPETITION 5", COMPETITION_LABELS))
+
+STUDY_KEYS = ("patient_id", "study_id")  # study_id is unique only within a patient
+
+
+def has_both_values(y: np.ndarray) -> bool:
+    return y.min() != y.max()
 
 
 def per_class_auc(targets: np.ndarray, probs: np.ndarray, labels: tuple[str, ...]
@@ -17,11 +39,18 @@ def per_class_auc(targets: np.ndarray, probs: np.ndarray, labels: tuple[str, ...
     aucs: dict[str, float | None] = {}
     for column, label in enumerate(labels):
         y = targets[:, column]
-        if y.min() == y.max():  # all negative or all positive: AUC is undefined
-            aucs[label] = None
-        else:
+        if has_both_values(y):
             aucs[label] = float(roc_auc_score(y, probs[:, column]))
+        else:  # all negative or all positive: AUC is undefined
+            aucs[label] = None
     return aucs
+
+
+def per_class_auprc(targets: np.ndarray, probs: np.ndarray, labels: tuple[str, ...]
+                    ) -> dict[str, float | None]:
+    """Average precision (area under the PR curve); None where AUC is undefined too."""
+    return {label: float(average_precision_score(targets[:, c], probs[:, c]))
+            if has_both_values(targets[:, c]) else None for c, label in enumerate(labels)}
 
 
 def mean_auc(aucs: dict[str, float | None]) -> float | None:
@@ -39,44 +68,181 @@ def undefined_note(targets: np.ndarray, column: int) -> str:
     return f"n/a: every image in this split is {value}"
 
 
-def report_rows(aucs: dict[str, float | None], targets: np.ndarray,
-                labels: tuple[str, ...]) -> list[dict]:
-    """Report card rows: classes by AUC (best first), then the n/a ones, then the average."""
-    rows = []
+# ---- one split (or its studies): classes and means with intervals -------------------------------
+
+def class_intervals(aucs: dict[str, float | None], matrix: np.ndarray | None, level: float,
+                    labels: tuple[str, ...], note: str) -> dict[str, Interval]:
+    """The bootstrap interval of every class; `note` says why there are none when matrix is None."""
+    intervals = {}
+    for column, label in enumerate(labels):
+        if aucs[label] is None:
+            intervals[label] = no_interval("n/a: AUC undefined")
+        elif matrix is None:
+            intervals[label] = no_interval(note)
+        else:
+            intervals[label] = percentile_interval(matrix[:, column], level)
+    return intervals
+
+
+def mean_summaries(aucs: dict, auprcs: dict, prevalences: dict, matrix: np.ndarray | None,
+                   level: float, labels: tuple[str, ...], note: str) -> dict[str, dict]:
+    """The means over all evaluable classes and over the competition five, each with its interval.
+
+    A resample enters a mean's interval only if every class of that mean has both label values in
+    it, so each resampled mean averages the same classes as the point estimate.
+    """
+    means = {}
+    for key, title, subset in MEANS:
+        members = [label for label in labels if (subset is None or label in subset)
+                   and aucs[label] is not None]
+        columns = [labels.index(label) for label in members]
+        wanted = len(labels) if subset is None else sum(label in labels for label in subset)
+        if wanted == 0:  # labels other than CheXpert's (tests, other datasets): no such mean
+            continue
+        if not members:
+            interval = no_interval("n/a: no evaluable class")
+        elif matrix is None:
+            interval = no_interval(note)
+        else:
+            interval = percentile_interval(mean_over(matrix, columns), level)
+        means[key] = {
+            "name": title, "title": f"{title} ({len(members)} of {wanted} classes)",
+            "classes": members,
+            "auc": float(np.mean([aucs[m] for m in members])) if members else None,
+            "auprc": float(np.mean([auprcs[m] for m in members])) if members else None,
+            "prevalence": float(np.mean([prevalences[m] for m in members])) if members else None,
+            "ci": interval.as_dict()}
+    return means
+
+
+def summarise(probs: np.ndarray, targets: np.ndarray, labels: tuple[str, ...],
+              matrix: np.ndarray | None, level: float, note: str = "") -> dict:
+    """Per-class AUC (+ interval from the bootstrap `matrix`), AUPRC, prevalence; and the means.
+
+    `matrix` is bootstrap.bootstrap_auc_matrix of these predictions, or None (then `note` says why
+    there are no intervals).
+    """
+    aucs = per_class_auc(targets, probs, labels)
+    auprcs = per_class_auprc(targets, probs, labels)
+    prevalences = {label: float(targets[:, c].mean()) for c, label in enumerate(labels)}
+    intervals = class_intervals(aucs, matrix, level, labels, note)
+    classes = {}
     for column, label in enumerate(labels):
         auc = aucs[label]
-        rows.append({"pathology": label, "auc": auc, "positives": int(targets[:, column].sum()),
-                     "status": status(auc) if auc is not None else undefined_note(targets, column)})
+        classes[label] = {"auc": auc, "ci": intervals[label].as_dict(), "auprc": auprcs[label],
+                          "prevalence": prevalences[label],
+                          "positives": int(targets[:, column].sum()),
+                          "status": status(auc) if auc is not None
+                          else undefined_note(targets, column)}
+    return {"n": len(targets), "classes": classes,
+            "means": mean_summaries(aucs, auprcs, prevalences, matrix, level, labels, note)}
+
+
+# ---- study level -------------------------------------------------------------------------------
+
+def aggregate_studies(frame: pd.DataFrame, probs: np.ndarray, targets: np.ndarray, how: str
+                      ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """One row per study, grouped by (patient_id, study_id), in order of first appearance.
+
+    A study's prediction is the max or mean of its images' predictions (`how`); its target is the
+    max over its images (positive if any image is labelled positive).
+    """
+    missing = [key for key in STUDY_KEYS if key not in frame.columns]
+    if missing:
+        raise PipelineError(f"the split lacks column(s) {missing}: re-run make_splits.py "
+                            "with this version of the code")
+    keys = frame[list(STUDY_KEYS)].astype(str).reset_index(drop=True)
+    group = keys.groupby(list(STUDY_KEYS), sort=False).ngroup().to_numpy()
+    study_probs = pd.DataFrame(probs).groupby(group).agg(how).to_numpy()
+    study_targets = pd.DataFrame(targets).groupby(group).max().to_numpy()
+    studies = keys.groupby(group).first().reset_index(drop=True)
+    studies["n_images"] = np.bincount(group)
+    return studies, study_probs, study_targets
+
+
+# ---- report card ---------------------------------------------------------------------------------
+
+def report_rows(image: dict, study: dict | None = None) -> list[dict]:
+    """Report card rows: classes by AUC (best first), then the n/a ones, then the means.
+
+    `image` and `study` are summarise() results of the images and of the studies.
+    """
+    rows = []
+    for label, values in image["classes"].items():
+        study_auc = study["classes"][label]["auc"] if study else None
+        rows.append({"pathology": label, "auc": values["auc"], "ci_low": values["ci"]["low"],
+                     "ci_high": values["ci"]["high"], "auprc": values["auprc"],
+                     "prevalence": values["prevalence"], "positives": values["positives"],
+                     "study_auc": study_auc, "status": values["status"]})
     rows.sort(key=lambda row: -row["auc"] if row["auc"] is not None else math.inf)
-    evaluable = sum(auc is not None for auc in aucs.values())
-    rows.append({"pathology": f"AVERAGE ({evaluable} of {len(labels)} classes)",
-                 "auc": mean_auc(aucs), "positives": None, "status": ""})
+    for key, mean in image["means"].items():
+        study_auc = study["means"][key]["auc"] if study else None
+        rows.append({"pathology": mean["title"], "auc": mean["auc"], "ci_low": mean["ci"]["low"],
+                     "ci_high": mean["ci"]["high"], "auprc": mean["auprc"],
+                     "prevalence": mean["prevalence"], "positives": None,
+                     "study_auc": study_auc, "status": mean["ci"]["note"]})
     return rows
 
 
-def _auc_text(auc: float | None) -> str:
-    return "n/a" if auc is None else f"{auc:.4f}"
+def number_text(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def format_report_card(rows: list[dict]) -> str:
-    """Plain-text table for the terminal."""
-    width = max(len(row["pathology"]) for row in rows)
-    lines = [f"{'Pathology':<{width}}  {'AUC':>6}  {'Pos':>5}  Status", "-" * (width + 30)]
-    for row in rows:
-        if row["positives"] is None:
-            lines.append("-" * (width + 30))
-        positives = "" if row["positives"] is None else row["positives"]
-        lines.append(f"{row['pathology']:<{width}}  {_auc_text(row['auc']):>6}  {positives:>5}  "
-                     f"{row['status']}")
+def interval_text(low: float | None, high: float | None, signed: bool = False) -> str:
+    if low is None:
+        return "n/a"
+    sign = "+" if signed else ""
+    return f"[{low:{sign}.3f}, {high:{sign}.3f}]"
+
+
+HEADER = ("Pathology", "AUC", "95% CI", "AUPRC", "Prev", "Pos", "Study AUC", "Status")
+STUDY_COLUMN = HEADER.index("Study AUC")
+
+
+def _header(ci_level: float, study_column: bool) -> list[str]:
+    header = list(HEADER)
+    header[2] = f"{ci_level:.0%} CI"
+    return header if study_column else header[:STUDY_COLUMN] + header[STUDY_COLUMN + 1:]
+
+
+def _cells(row: dict, study_column: bool) -> list[str]:
+    positives = "" if row["positives"] is None else str(row["positives"])
+    cells = [row["pathology"], number_text(row["auc"]),
+             interval_text(row["ci_low"], row["ci_high"]), number_text(row["auprc"]),
+             number_text(row["prevalence"], 3), positives, number_text(row["study_auc"]),
+             row["status"]]
+    return cells if study_column else cells[:STUDY_COLUMN] + cells[STUDY_COLUMN + 1:]
+
+
+def format_report_card(rows: list[dict], ci_level: float = 0.95, study_column: bool = True
+                       ) -> str:
+    """Plain-text table for the terminal; a rule separates the classes from the means."""
+    header = _header(ci_level, study_column)
+    cells = [_cells(row, study_column) for row in rows]
+    widths = [max(len(line[i]) for line in [header, *cells]) for i in range(len(header) - 1)]
+
+    def line(values: list[str]) -> str:
+        first = f"{values[0]:<{widths[0]}}"
+        rest = "  ".join(f"{value:>{width}}" for value, width in zip(values[1:-1], widths[1:]))
+        return f"{first}  {rest}  {values[-1]}".rstrip()
+
+    rule = "-" * (sum(widths) + 2 * len(widths) + 8)
+    lines = [line(header), rule]
+    first_mean = next((i for i, row in enumerate(rows) if row["positives"] is None), len(rows))
+    for index, values in enumerate(cells):
+        if index == first_mean:
+            lines.append(rule)
+        lines.append(line(values))
     return "\n".join(lines)
 
 
-def format_markdown(rows: list[dict]) -> str:
-    lines = ["| Pathology | AUC | Positives | Status |", "| :--- | ---: | ---: | :--- |"]
+def format_markdown(rows: list[dict], ci_level: float = 0.95, study_column: bool = True) -> str:
+    header = _header(ci_level, study_column)
+    lines = ["| " + " | ".join(header) + " |",
+             "| :--- | " + "---: | " * (len(header) - 2) + ":--- |"]
     for row in rows:
-        positives = "" if row["positives"] is None else row["positives"]
-        name, auc = row["pathology"], _auc_text(row["auc"])
-        if row["positives"] is None:
-            name, auc = f"**{name}**", f"**{auc}**"
-        lines.append(f"| {name} | {auc} | {positives} | {row['status']} |")
+        cells = _cells(row, study_column)
+        if row["positives"] is None:  # a mean: bold name and AUC
+            cells[0], cells[1] = f"**{cells[0]}**", f"**{cells[1]}**"
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

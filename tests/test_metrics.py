@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
-from metrics import format_markdown, format_report_card, mean_auc, per_class_auc, report_rows
+from metrics import format_markdown, format_report_card, mean_auc, per_class_auc, \
+    per_class_auprc, report_rows, summarise
 
 LABELS = ("A", "B", "C")
 
@@ -19,18 +20,25 @@ def test_auc_matches_sklearn_and_single_valued_classes_are_na():
     assert aucs["B"] is None and aucs["C"] is None
     assert mean_auc(aucs) == 0.75  # n/a classes are left out of the mean
     assert mean_auc({"A": None}) is None
+    auprcs = per_class_auprc(targets, probs, LABELS)
+    assert auprcs["A"] == pytest.approx(average_precision_score(targets[:, 0], probs[:, 0]))
+    assert auprcs["B"] is None
 
-    rows = report_rows(aucs, targets, LABELS)
+    summary = summarise(probs, targets, LABELS, None, 0.95, "no bootstrap")
+    rows = report_rows(summary)
     assert [r["pathology"] for r in rows] == ["A", "B", "C", "AVERAGE (1 of 3 classes)"]
     assert rows[1]["status"] == "n/a: every image in this split is negative"
     assert rows[2]["status"] == "n/a: every image in this split is positive"
+    assert rows[0]["prevalence"] == 0.5 and rows[0]["positives"] == 2
     text, markdown = format_report_card(rows), format_markdown(rows)
-    assert "0.7500" in text and "n/a" in text and "| **AVERAGE (1 of 3 classes)** | **0.7500** |" in markdown
+    assert "0.7500" in text and "n/a" in text
+    assert "| **AVERAGE (1 of 3 classes)** | **0.7500** | n/a |" in markdown
+    assert "Study AUC" in text and "Study AUC" not in format_markdown(rows, study_column=False)
 
 
 def test_rows_are_sorted_best_first_with_status_words():
     targets = np.array([[0, 0], [1, 1], [0, 0], [1, 1]], dtype=float)
     probs = np.array([[0.1, 0.6], [0.9, 0.4], [0.2, 0.5], [0.8, 0.7]])
-    rows = report_rows(per_class_auc(targets, probs, ("A", "B")), targets, ("A", "B"))
+    rows = report_rows(summarise(probs, targets, ("A", "B"), None, 0.95))
     assert [(r["pathology"], r["status"]) for r in rows[:2]] == [("A", "Excellent"),
                                                                  ("B", "Challenging")]

@@ -55,7 +55,22 @@ def check_run_folder(run_dir, epochs: int) -> dict:
     report = json.loads((run_dir / "eval_test.json").read_text())
     assert {"split", "checkpoint", "n_images", "auc", "mean_auc"} <= set(report)
     assert list(report["auc"]) == list(LABELS)
+    check_evaluation_outputs(run_dir)
     return report
+
+
+def check_evaluation_outputs(run_dir) -> None:
+    """The figures, the Markdown report linking them, and thresholds.json for predict.py."""
+    markdown = (run_dir / "eval_test.md").read_text()
+    for kind in ("roc", "pr", "reliability"):
+        figure = run_dir / f"{kind}_test.png"
+        assert figure.read_bytes()[:4] == b"\x89PNG" and f"]({figure.name})" in markdown
+    thresholds = json.loads((run_dir / "thresholds.json").read_text())
+    assert thresholds["checkpoint"].endswith("best.pth") and thresholds["split"] == "val"
+    assert thresholds["method"] == "youden" and thresholds["labels"] == list(LABELS)
+    assert set(thresholds["thresholds"]) == set(LABELS) and thresholds["temperature"] is None
+    assert thresholds["target_sensitivity"]["value"] == 0.9
+    assert all(value is None or 0.0 <= value <= 1.0 for value in thresholds["thresholds"].values())
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +143,29 @@ def test_demo_chain_end_to_end_learns(demo_root, tmp_path):
     aucs = [auc for auc in report["auc"].values() if auc is not None]
     # measured: mean 0.68, Support Devices 1.00; chance is 0.5
     assert report["mean_auc"] > 0.6 and max(aucs) > 0.9
+    mean = report["image"]["means"]["all"]
+    assert mean["ci"]["low"] <= report["mean_auc"] <= mean["ci"]["high"]
+    assert "95% CI" in outputs["evaluate"] and "COMPETITION 5" in outputs["evaluate"]
+    check_compare_and_broken_checkpoint(tmp_path)
+
+
+def check_compare_and_broken_checkpoint(tmp_path) -> None:
+    """--compare of a run with itself gives 0 everywhere; NaN weights: one line naming the file."""
+    common = ["--data_dir", str(tmp_path / "data"), "--models_dir", str(tmp_path / "models"),
+              "--num_workers", "1", "--bootstrap_resamples", "200"]
+    stdout = run_script("evaluate.py", *common, "--compare", "run", "run")
+    assert "B - A" in stdout and "evaluate: wrote" in stdout
+    table = pd.read_csv(tmp_path / "models" / "run" / "compare_test_vs_run.csv")
+    assert (table["difference"].dropna() == 0).all() and (table["ci_low"].dropna() == 0).all()
+    checkpoint = torch.load(tmp_path / "models" / "run" / "best.pth", weights_only=True)
+    checkpoint["model"]["head.bias"].fill_(float("nan"))
+    broken = tmp_path / "models" / "broken" / "best.pth"
+    broken.parent.mkdir()
+    torch.save(checkpoint, broken)
+    result = subprocess.run([sys.executable, "evaluate.py", *common, "--checkpoint", str(broken)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert str(broken) in result.stderr and "NaN" in result.stderr
 
 
 def test_unreadable_image_during_training_is_one_clear_line(real_chain, tmp_path):

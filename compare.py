@@ -1,0 +1,108 @@
+"""Paired comparison of two models on the same images: per-class AUC differences B - A.
+
+Both models are scored on the *same* bootstrap resamples of patients, so the interval of the
+difference accounts for the two AUCs being measured on the same images (their errors are
+correlated, and the paired interval is much narrower than two separate intervals suggest). An
+interval that excludes 0 says the difference is unlikely to be resampling noise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from bootstrap import bootstrap_auc_matrix, draw_resamples, mean_over, no_interval, \
+    percentile_interval
+from metrics import MEANS, interval_text, per_class_auc
+
+
+def verdict(low: float | None, high: float | None) -> str:
+    if low is None:
+        return "n/a"
+    if low > 0:
+        return "B better"
+    if high < 0:
+        return "A better"
+    return "no clear difference"
+
+
+def _row(name: str, auc_a: float | None, auc_b: float | None, differences: np.ndarray | None,
+         level: float, note: str) -> dict:
+    if auc_a is None:
+        interval = no_interval("n/a: AUC undefined (one label value)")
+    elif differences is None:
+        interval = no_interval(note)
+    else:
+        interval = percentile_interval(differences, level)
+    return {"pathology": name, "auc_a": auc_a, "auc_b": auc_b,
+            "difference": None if auc_a is None else auc_b - auc_a,
+            "ci_low": interval.low, "ci_high": interval.high,
+            "resamples_used": interval.used, "verdict": verdict(interval.low, interval.high),
+            "note": interval.note}
+
+
+def paired_auc_differences(probs_a: np.ndarray, probs_b: np.ndarray, targets: np.ndarray,
+                           patient_ids: pd.Series, labels: tuple[str, ...], n_resamples: int,
+                           level: float, seed: int) -> list[dict]:
+    """One row per class, then the means: AUC of A and B, B - A, and its paired interval."""
+    aucs_a = per_class_auc(targets, probs_a, labels)
+    aucs_b = per_class_auc(targets, probs_b, labels)
+    differences, note = None, ""
+    if n_resamples == 0:
+        note = "no interval: --bootstrap_resamples 0"
+    elif pd.Series(patient_ids).nunique() < 2:
+        note = "n/a: one patient in this split, no patient bootstrap"
+    else:
+        resamples = draw_resamples(patient_ids, n_resamples, seed)  # the same for both models
+        differences = (bootstrap_auc_matrix(probs_b, targets, resamples)
+                       - bootstrap_auc_matrix(probs_a, targets, resamples))
+    rows = [_row(label, aucs_a[label], aucs_b[label],
+                 None if differences is None else differences[:, c], level, note)
+            for c, label in enumerate(labels)]
+    for _, title, subset in MEANS:
+        if subset is not None and not set(subset) & set(labels):
+            continue  # labels other than CheXpert's: no competition mean
+        members = [c for c, label in enumerate(labels)
+                   if (subset is None or label in subset) and aucs_a[label] is not None]
+        mean_a = float(np.mean([aucs_a[labels[c]] for c in members])) if members else None
+        mean_b = float(np.mean([aucs_b[labels[c]] for c in members])) if members else None
+        diff = None if differences is None or not members else mean_over(differences, members)
+        rows.append(_row(f"{title} ({len(members)} classes)", mean_a, mean_b, diff, level, note))
+    return rows
+
+
+def _number(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+def _cells(row: dict) -> list[str]:
+    return [row["pathology"], _number(row["auc_a"]), _number(row["auc_b"]),
+            _number(row["difference"], signed=True),
+            interval_text(row["ci_low"], row["ci_high"], signed=True), row["verdict"]]
+
+
+def comparison_header(level: float) -> list[str]:
+    return ["Pathology", "AUC A", "AUC B", "B - A", f"{level:.0%} CI (paired)", "Verdict"]
+
+
+def format_comparison(rows: list[dict], level: float) -> str:
+    """Plain-text table for the terminal."""
+    header = comparison_header(level)
+    cells = [_cells(row) for row in rows]
+    widths = [max(len(line[i]) for line in [header, *cells]) for i in range(len(header))]
+    lines = ["  ".join(f"{v:<{w}}" if i in (0, 5) else f"{v:>{w}}"
+                       for i, (v, w) in enumerate(zip(line, widths))).rstrip()
+             for line in [header, *cells]]
+    rule = "-" * len(lines[0])
+    n_classes = next((i for i, row in enumerate(rows) if row["pathology"].startswith(
+        tuple(title for _, title, _ in MEANS))), len(rows))  # the means come last
+    return "\n".join([lines[0], rule, *lines[1:n_classes + 1], rule, *lines[n_classes + 1:]])
+
+
+def format_comparison_markdown(rows: list[dict], level: float) -> str:
+    header = comparison_header(level)
+    lines = ["| " + " | ".join(header) + " |", "| :--- | ---: | ---: | ---: | ---: | :--- |"]
+    lines += ["| " + " | ".join(_cells(row)) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,107 @@
+"""Operating points: decision thresholds chosen on the val split, applied unchanged elsewhere.
+
+Two thresholds per class, both on the probability scale (after temperature scaling when it was
+fitted), an image being called positive when its probability is >= the threshold:
+    youden               maximises Youden's J = sensitivity + specificity - 1 on val
+    target sensitivity   the highest threshold whose val sensitivity reaches the target (0.9)
+
+They are written to <checkpoint folder>/thresholds.json, which predict.py reads:
+    {"checkpoint": path, "split": "val", "method": "youden", "labels": [...],
+     "thresholds": {label: float or null}, "target_sensitivity": {"value": 0.9,
+     "thresholds": {label: float or null}}, "temperature": float or null}
+null marks a class that cannot be evaluated on val (one label value).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, roc_curve
+
+from fileio import write_text_atomic
+from metrics import has_both_values
+
+METHODS = ("youden", "target_sensitivity")
+
+
+def _finite_threshold(threshold: float, probs: np.ndarray) -> float:
+    """roc_curve's first threshold is +inf (nothing positive); JSON needs a number: just above
+    the highest score has the same effect (capped at 1.0: readers expect a probability)."""
+    if np.isfinite(threshold):
+        return float(threshold)
+    return min(float(np.nextafter(probs.max(), np.inf)), 1.0)
+
+
+def youden_threshold(targets: np.ndarray, probs: np.ndarray) -> float | None:
+    """Threshold maximising sensitivity + specificity - 1 (the highest one among ties)."""
+    if not has_both_values(targets):
+        return None
+    fpr, tpr, thresholds = roc_curve(targets, probs)
+    return _finite_threshold(thresholds[np.argmax(tpr - fpr)], probs)
+
+
+def sensitivity_threshold(targets: np.ndarray, probs: np.ndarray, target: float) -> float | None:
+    """The highest threshold with sensitivity >= target (so specificity is as high as it can be)."""
+    if not has_both_values(targets):
+        return None
+    _, tpr, thresholds = roc_curve(targets, probs, drop_intermediate=False)
+    return _finite_threshold(thresholds[np.argmax(tpr >= target)], probs)
+
+
+def choose_thresholds(targets: np.ndarray, probs: np.ndarray, labels: tuple[str, ...],
+                      target_sensitivity: float) -> dict[str, dict[str, float | None]]:
+    """{"youden": {label: threshold}, "target_sensitivity": {label: threshold}} on one split."""
+    return {
+        "youden": {label: youden_threshold(targets[:, c], probs[:, c])
+                   for c, label in enumerate(labels)},
+        "target_sensitivity": {label: sensitivity_threshold(targets[:, c], probs[:, c],
+                                                            target_sensitivity)
+                               for c, label in enumerate(labels)},
+    }
+
+
+def _ratio(numerator: int, denominator: int) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+def metrics_at(targets: np.ndarray, probs: np.ndarray, threshold: float) -> dict:
+    """Sensitivity, specificity, PPV, NPV and F1 of calling probs >= threshold positive.
+
+    A ratio with an empty denominator (no predicted positives for PPV, ...) is None.
+    """
+    predicted = (probs >= threshold).astype(int)
+    tn, fp, fn, tp = confusion_matrix(targets.astype(int), predicted, labels=[0, 1]).ravel()
+    tn, fp, fn, tp = int(tn), int(fp), int(fn), int(tp)
+    return {"threshold": float(threshold), "sensitivity": _ratio(tp, tp + fn),
+            "specificity": _ratio(tn, tn + fp), "ppv": _ratio(tp, tp + fp),
+            "npv": _ratio(tn, tn + fn), "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+            "tp": tp, "fp": fp, "tn": tn, "fn": fn}
+
+
+def operating_point_table(targets: np.ndarray, probs: np.ndarray, labels: tuple[str, ...],
+                          thresholds: dict[str, dict[str, float | None]]) -> list[dict]:
+    """One row per class and method: the val thresholds applied to this split's predictions."""
+    rows = []
+    for method in METHODS:
+        for column, label in enumerate(labels):
+            threshold = thresholds[method][label]
+            values = (metrics_at(targets[:, column], probs[:, column], threshold)
+                      if threshold is not None else {"threshold": None})
+            rows.append({"pathology": label, "method": method, **values})
+    return rows
+
+
+def thresholds_payload(checkpoint: Path, labels: tuple[str, ...], thresholds: dict,
+                       target_sensitivity: float, temperature: float | None) -> dict:
+    """The thresholds.json contract (see the module docstring)."""
+    return {"checkpoint": str(checkpoint), "split": "val", "method": "youden",
+            "labels": list(labels), "thresholds": thresholds["youden"],
+            "target_sensitivity": {"value": target_sensitivity,
+                                   "thresholds": thresholds["target_sensitivity"]},
+            "temperature": temperature}
+
+
+def write_thresholds(payload: dict, path: Path) -> None:
+    write_text_atomic(json.dumps(payload, indent=2) + "\n", path)

@@ -1,0 +1,136 @@
+"""The written and printed evaluation report of one split (evaluate.py computes the numbers).
+
+    eval_<split>.md     report card, study level, operating points, calibration, linked figures
+    eval_<split>.csv    one row per class (image and study AUC, ECE, both operating points), means
+    eval_<split>.json   every number of the result dict, plus the figure names
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from config import Config
+from fileio import write_csv_atomic, write_text_atomic
+from metrics import format_markdown, format_report_card, interval_text, number_text, report_rows
+
+
+def operating_points_markdown(rows: list[dict], target: float) -> str:
+    names = {"youden": "Youden", "target_sensitivity": f"sensitivity >= {target:g}"}
+    lines = ["| Pathology | Threshold (val) | Method | Sensitivity | Specificity | PPV | NPV | F1 |",
+             "| :--- | ---: | :--- | ---: | ---: | ---: | ---: | ---: |"]
+    for row in sorted(rows, key=lambda r: r["pathology"]):
+        if row["threshold"] is None:
+            lines.append(f"| {row['pathology']} | n/a | {names[row['method']]} | "
+                         "n/a: one label value on val | | | | |")
+            continue
+        values = [number_text(row[key], 3) for key in ("sensitivity", "specificity", "ppv",
+                                                        "npv", "f1")]
+        lines.append(f"| {row['pathology']} | {row['threshold']:.4f} | {names[row['method']]} | "
+                     + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
+def calibration_markdown(calibration: dict) -> str:
+    before = calibration["ece_before_scaling"]
+    header = "| Pathology | ECE |" + (" ECE before scaling |" if before else "")
+    lines = [header, "| :--- | ---: |" + (" ---: |" if before else "")]
+    for label, ece in calibration["ece"].items():
+        lines.append(f"| {label} | {ece:.4f} |" + (f" {before[label]:.4f} |" if before else ""))
+    lines.append(f"| **mean** | **{calibration['mean_ece']:.4f}** |"
+                 + (f" {np.mean(list(before.values())):.4f} |" if before else ""))
+    return "\n".join(lines)
+
+
+def dropped_resamples_text(summary: dict) -> str:
+    """Which classes lost resamples (a class with one label value in them), for the report."""
+    dropped = [f"{label} {values['ci']['resamples_dropped']}"
+               for label, values in summary["classes"].items()
+               if values["ci"]["resamples_dropped"]]
+    return ("Resamples left out of a class's interval because the class had one label value in "
+            f"them: {', '.join(dropped)}." if dropped else "")
+
+
+def markdown_report(result: dict, plots: dict[str, str], cfg: Config) -> str:
+    split, calibration = result["split"], result["calibration"]
+    temperature = calibration["temperature"]
+    boot = result["bootstrap"]
+    study = result["study"]
+    lines = [
+        f"# Evaluation report: {split} split", "",
+        f"{result['n_images']} images, {result['n_studies']} studies, {result['n_patients']} "
+        f"patients; checkpoint `{result['checkpoint']}` (epoch {result['epoch']}).", "",
+        f"Intervals: {boot['level']:.0%} percentile intervals over {boot['resamples']} bootstrap "
+        f"resamples of patients (seed {boot['seed']}; every image of a drawn patient is taken). "
+        f"Temperature: {'none' if temperature is None else f'{temperature:.4f} (fitted on val)'}. "
+        f"Test-time augmentation: {'on' if result['tta'] else 'off'}. "
+        f"Study AUC: a study's prediction is the {study['aggregation']} over its images.", "",
+        "## Report card (images)", "",
+        format_markdown(report_rows(result["image"], study), cfg.ci_level), "",
+        dropped_resamples_text(result["image"]), "",
+        f"## Study level ({result['n_studies']} studies, {study['aggregation']} over images)", "",
+        format_markdown(report_rows(study), cfg.ci_level, study_column=False), "",
+        "## Operating points (thresholds chosen on the val split)", "",
+        operating_points_markdown(result["operating_points"], cfg.target_sensitivity), "",
+        f"## Calibration ({calibration['bins']} bins)", "",
+        calibration_markdown(calibration), "",
+        f"![Reliability diagrams]({plots['reliability']})", "",
+        "## ROC and precision-recall curves", "",
+        f"![ROC curves]({plots['roc']})", "",
+        f"![Precision-recall curves]({plots['pr']})", ""]
+    return "\n".join(lines)
+
+
+def csv_rows(result: dict) -> list[dict]:
+    """One row per class (image level, study AUC, ECE, operating points), then the means."""
+    rows = []
+    points = {(row["pathology"], row["method"]): row for row in result["operating_points"]}
+    for label, values in result["image"]["classes"].items():
+        study = result["study"]["classes"][label]
+        row = {"pathology": label, "auc": values["auc"], "ci_low": values["ci"]["low"],
+               "ci_high": values["ci"]["high"], "auprc": values["auprc"],
+               "prevalence": values["prevalence"], "positives": values["positives"],
+               "study_auc": study["auc"], "study_ci_low": study["ci"]["low"],
+               "study_ci_high": study["ci"]["high"], "ece": result["calibration"]["ece"][label],
+               "status": values["status"]}
+        for method in ("youden", "target_sensitivity"):
+            point = points[(label, method)]
+            for key in ("threshold", "sensitivity", "specificity", "ppv", "npv", "f1"):
+                row[f"{method}_{key}"] = point.get(key)
+        rows.append(row)
+    for key, mean in result["image"]["means"].items():
+        rows.append({"pathology": mean["title"], "auc": mean["auc"], "ci_low": mean["ci"]["low"],
+                     "ci_high": mean["ci"]["high"], "auprc": mean["auprc"],
+                     "prevalence": mean["prevalence"],
+                     "study_auc": result["study"]["means"][key]["auc"],
+                     "study_ci_low": result["study"]["means"][key]["ci"]["low"],
+                     "study_ci_high": result["study"]["means"][key]["ci"]["high"],
+                     "status": mean["ci"]["note"]})
+    return rows
+
+
+def write_reports(result: dict, plots: dict[str, str], cfg: Config, out_dir: Path) -> None:
+    split = result["split"]
+    write_text_atomic(json.dumps({**result, "plots": plots}, indent=2) + "\n",
+                      out_dir / f"eval_{split}.json")
+    write_text_atomic(markdown_report(result, plots, cfg), out_dir / f"eval_{split}.md")
+    table = pd.DataFrame(csv_rows(result)).astype({"positives": "Int64"})  # blank for the means
+    write_csv_atomic(table, out_dir / f"eval_{split}.csv")
+
+
+def print_report(result: dict, path: Path, cfg: Config) -> None:
+    print(f"\nReport card: {result['split']} split ({result['n_images']} images, "
+          f"{result['n_studies']} studies, {result['n_patients']} patients), checkpoint {path}")
+    print(format_report_card(report_rows(result["image"], result["study"]), cfg.ci_level))
+    means = [f"{mean['name']} {number_text(mean['auc'])} "
+             f"{interval_text(mean['ci']['low'], mean['ci']['high'])}"
+             for mean in result["study"]["means"].values()]
+    print(f"study level ({result['n_studies']} studies, {result['study']['aggregation']} over "
+          f"images): {', '.join(means)}")
+    calibration = result["calibration"]
+    temperature = calibration["temperature"]
+    print(f"mean ECE {calibration['mean_ece']:.4f} ({calibration['bins']} bins"
+          + (f", temperature {temperature:.3f})" if temperature is not None else ")"))

@@ -1,0 +1,346 @@
+"""Statistics of evaluate.py against references: scikit-learn on explicit resamples, hand cases.
+
+Patient bootstrap (weighted AUC, intervals, dropped resamples), paired comparison, operating
+points, calibration (ECE, temperature scaling), study aggregation, the thresholds.json contract,
+degenerate splits, and the report files written from synthetic predictions (no model needed).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from bootstrap import Resamples, bootstrap_auc_matrix, draw_resamples, weighted_aucs
+from calibration import expected_calibration_error, fit_temperature, reliability_bins, sigmoid
+from compare import format_comparison, paired_auc_differences
+from config import LABELS, Config, ConfigError, PipelineError, parse_args
+from evaluate import Predictions, bootstrap_matrix, check_finite, evaluate_predictions, \
+    join_compare_values
+from metrics import COMPETITION_LABELS, aggregate_studies, summarise
+from operating_points import choose_thresholds, metrics_at, operating_point_table, \
+    sensitivity_threshold, thresholds_payload, write_thresholds, youden_threshold
+from plots import pr_grid, reliability_grid, roc_grid
+from report import write_reports
+from tta import TTAModel, shifted_view
+
+
+def synthetic(n_images: int, n_patients: int, n_classes: int, seed: int = 0, ties: bool = False):
+    """Patient ids, 0/1 targets and scores that separate them moderately."""
+    rng = np.random.default_rng(seed)
+    patients = rng.integers(0, n_patients, n_images)
+    targets = (rng.random((n_images, n_classes)) < 0.3).astype(float)
+    scores = sigmoid(rng.normal(size=(n_images, n_classes)) + 1.2 * targets)
+    return patients, targets, np.round(scores, 1) if ties else scores
+
+
+def repeated_rows(resamples: Resamples, b: int) -> np.ndarray:
+    """Resample b built explicitly: every image repeated as often as its patient was drawn."""
+    repeats = resamples.counts[b, resamples.patient_of_image].astype(int)
+    return np.repeat(np.arange(len(repeats)), repeats)
+
+
+# ---- patient bootstrap ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_weighted_auc_equals_roc_auc_score_on_explicit_resamples(ties):
+    patients, targets, scores = synthetic(300, 40, 3, ties=ties)
+    resamples = draw_resamples(patients, 25, seed=1)
+    matrix = bootstrap_auc_matrix(scores, targets, resamples)
+    for b in range(25):
+        rows = repeated_rows(resamples, b)
+        for c in range(3):
+            expected = roc_auc_score(targets[rows, c], scores[rows, c])
+            assert matrix[b, c] == pytest.approx(expected, abs=1e-12)
+
+
+def test_weighted_auc_hand_computed_on_four_patients():
+    # one image per patient: scores 0.9 (pos), 0.3 (neg), 0.3 (pos), 0.1 (neg)
+    scores, targets = np.array([0.9, 0.3, 0.3, 0.1]), np.array([1, 0, 1, 0])
+    counts = np.array([[1, 1, 1, 1],   # wins 1 + 1 + 0.5 (tie) + 1 over 2 x 2 pairs = 0.875
+                       [0, 2, 1, 1],   # pos 0.3 vs neg 0.3 (x2, ties) and 0.1: 2 / 3
+                       [2, 0, 0, 1],   # every positive above the negative: 1
+                       [1, 0, 1, 0]],  # no negative drawn: undefined
+                      dtype=float)
+    aucs = weighted_aucs(scores, targets, np.arange(4), counts)
+    assert aucs[:3] == pytest.approx([0.875, 2 / 3, 1.0])
+    assert np.isnan(aucs[3])
+
+
+def test_resamples_draw_patients_with_all_their_images():
+    resamples = draw_resamples(np.array(["p2", "p1", "p2", "p3"]), 50, seed=3)
+    assert resamples.counts.shape == (50, 3) and (resamples.counts.sum(axis=1) == 3).all()
+    assert list(resamples.patient_of_image) == [1, 0, 1, 2]  # both p2 images share one weight
+    again = draw_resamples(np.array(["p2", "p1", "p2", "p3"]), 50, seed=3)
+    assert (again.counts == resamples.counts).all()  # seeded
+
+
+def test_intervals_contain_the_point_estimate_and_count_dropped_resamples():
+    patients, targets, scores = synthetic(400, 80, 5, seed=2)
+    targets[:, 4] = 0
+    targets[patients == 7, 4] = 1  # one positive patient: many resamples lack it
+    resamples = draw_resamples(patients, 300, seed=0)
+    labels = ("A", "B", "C", "D", "E")
+    summary = summarise(scores, targets, labels, bootstrap_auc_matrix(scores, targets, resamples),
+                        0.95)
+    for label in labels:
+        values = summary["classes"][label]
+        assert values["ci"]["low"] - 1e-12 <= values["auc"] <= values["ci"]["high"] + 1e-12
+        assert values["ci"]["resamples_used"] + values["ci"]["resamples_dropped"] == 300
+    assert summary["classes"]["E"]["ci"]["resamples_dropped"] > 50
+    assert summary["classes"]["A"]["ci"]["resamples_dropped"] == 0
+    mean = summary["means"]["all"]
+    assert mean["auc"] == pytest.approx(np.mean([summary["classes"][lb]["auc"] for lb in labels]))
+    assert mean["ci"]["low"] <= mean["auc"] <= mean["ci"]["high"]
+    # the mean drops every resample in which any of its classes (here E) is undefined
+    assert mean["ci"]["resamples_dropped"] == summary["classes"]["E"]["ci"]["resamples_dropped"]
+
+
+def test_competition_mean_covers_the_five_observations():
+    patients, targets, scores = synthetic(300, 60, len(LABELS), seed=4)
+    summary = summarise(scores, targets, LABELS, None, 0.95, note="none asked")
+    competition = summary["means"]["competition"]
+    assert competition["classes"] == [label for label in LABELS if label in COMPETITION_LABELS]
+    assert competition["title"] == "COMPETITION 5 (5 of 5 classes)"
+    assert competition["ci"]["low"] is None and competition["ci"]["note"] == "none asked"
+
+
+def test_paired_comparison_of_a_model_with_itself_is_exactly_zero():
+    patients, targets, scores = synthetic(300, 50, 4, seed=5)
+    labels = ("A", "B", "C", "D")
+    rows = paired_auc_differences(scores, scores, targets, pd.Series(patients), labels, 200,
+                                  0.95, seed=0)
+    assert len(rows) == 4 + 1  # classes, then the mean (no competition five among A-D)
+    for row in rows:
+        assert row["difference"] == 0.0 and row["ci_low"] == 0.0 and row["ci_high"] == 0.0
+        assert row["verdict"] == "no clear difference"
+
+
+def test_paired_comparison_detects_a_better_model():
+    patients, targets, scores = synthetic(600, 150, 2, seed=6)
+    noise = np.random.default_rng(0).normal(size=scores.shape)
+    better = sigmoid(3 * targets + noise)  # B separates the classes far better than A
+    rows = paired_auc_differences(scores, better, targets, pd.Series(patients), ("A", "B"), 300,
+                                  0.95, seed=0)
+    for row in rows:
+        assert row["difference"] > 0 and row["ci_low"] > 0 and row["verdict"] == "B better"
+    text = format_comparison(rows, 0.95)
+    assert "B better" in text and "AVERAGE (2 classes)" in text
+
+
+# ---- operating points -------------------------------------------------------------------------
+
+def test_youden_threshold_and_metrics_on_a_hand_case():
+    targets = np.array([0, 0, 0, 1, 1])
+    probs = np.array([0.1, 0.2, 0.6, 0.5, 0.9])
+    # J at 0.9: 0.5 - 0 = 0.5; at 0.6: 0.5 - 1/3; at 0.5: 1 - 1/3 = 0.67 (the maximum)
+    assert youden_threshold(targets, probs) == 0.5
+    values = metrics_at(targets, probs, 0.5)  # calls 0.6, 0.5 and 0.9 positive
+    assert (values["tp"], values["fp"], values["tn"], values["fn"]) == (2, 1, 2, 0)
+    assert values["sensitivity"] == 1.0 and values["specificity"] == pytest.approx(2 / 3)
+    assert values["ppv"] == pytest.approx(2 / 3) and values["npv"] == 1.0
+    assert values["f1"] == pytest.approx(0.8)
+    # a model no better than chance anywhere: Youden's J is 0 at best, nothing is called positive
+    assert youden_threshold(targets, 1 - probs) == pytest.approx(0.9, abs=1e-9)
+    assert youden_threshold(np.array([0, 1]), np.array([1.0, 0.0])) == 1.0  # still a probability
+    nothing = metrics_at(targets, probs, 0.95)
+    assert nothing["ppv"] is None and nothing["sensitivity"] == 0.0  # no predicted positives
+
+
+def test_target_sensitivity_is_reached_on_val_with_the_highest_threshold():
+    _, targets, scores = synthetic(500, 100, 1, seed=7)
+    y, p = targets[:, 0], scores[:, 0]
+    threshold = sensitivity_threshold(y, p, 0.9)
+    assert metrics_at(y, p, threshold)["sensitivity"] >= 0.9
+    next_higher = p[p > threshold].min()
+    assert metrics_at(y, p, next_higher)["sensitivity"] < 0.9
+
+
+def test_thresholds_json_contract(tmp_path):
+    targets = np.array([[0, 0], [1, 0], [0, 0], [1, 0]], dtype=float)  # B: one value only
+    probs = np.array([[0.2, 0.1], [0.7, 0.2], [0.4, 0.3], [0.9, 0.4]])
+    thresholds = choose_thresholds(targets, probs, ("A", "B"), 0.9)
+    assert thresholds["youden"]["B"] is None and thresholds["target_sensitivity"]["B"] is None
+    write_thresholds(thresholds_payload(tmp_path / "best.pth", ("A", "B"), thresholds, 0.9, None),
+                     tmp_path / "thresholds.json")
+    payload = json.loads((tmp_path / "thresholds.json").read_text())
+    assert payload == {"checkpoint": str(tmp_path / "best.pth"), "split": "val",
+                       "method": "youden", "labels": ["A", "B"],
+                       "thresholds": {"A": 0.7, "B": None},
+                       "target_sensitivity": {"value": 0.9, "thresholds": {"A": 0.7, "B": None}},
+                       "temperature": None}
+    rows = operating_point_table(targets, probs, ("A", "B"), thresholds)
+    assert [row["threshold"] for row in rows] == [0.7, None, 0.7, None]
+
+
+# ---- calibration ------------------------------------------------------------------------------
+
+def test_ece_of_a_calibrated_model_is_near_zero_and_a_hand_case():
+    rng = np.random.default_rng(0)
+    probs = rng.random(200_000)
+    assert expected_calibration_error(rng.random(200_000) < probs, probs, 10) < 0.01
+    # bins: [0, .1): p .05 seen 0 -> gap .05; [.1, .2): p .15 seen 1/2 -> gap .35 (2 images);
+    # [.9, 1]: p .95 seen 1 -> gap .05. ECE = (.05 + 2 x .35 + .05) / 4 = 0.2
+    probs, targets = np.array([0.05, 0.15, 0.15, 0.95]), np.array([0, 1, 0, 1])
+    assert expected_calibration_error(targets, probs, 10) == pytest.approx(0.2)
+    bins = reliability_bins(targets, probs, 10)
+    assert bins["count"].tolist() == [1, 2, 0, 0, 0, 0, 0, 0, 0, 1]
+    assert expected_calibration_error(np.array([1.0]), np.array([1.0]), 10) == 0.0  # p = 1 binned
+
+
+def test_temperature_scaling_recovers_a_known_temperature():
+    rng = np.random.default_rng(1)
+    true_logits = rng.normal(scale=2.0, size=(20_000, 3))
+    targets = (rng.random(true_logits.shape) < sigmoid(true_logits)).astype(float)
+    assert fit_temperature(true_logits * 2.5, targets) == pytest.approx(2.5, rel=0.05)
+    assert fit_temperature(true_logits, targets) == pytest.approx(1.0, rel=0.05)
+
+
+# ---- study level --------------------------------------------------------------------------------
+
+def test_study_aggregation_groups_by_patient_and_study():
+    frame = pd.DataFrame({"patient_id": ["p1", "p1", "p1", "p2", "p2"],
+                          "study_id": ["s1", "s1", "s2", "s1", "s1"]})  # s1 in two patients
+    probs = np.array([[0.2], [0.6], [0.3], [0.9], [0.1]])
+    targets = np.array([[0], [1], [0], [0], [0]], dtype=float)
+    studies, top, labels = aggregate_studies(frame, probs, targets, "max")
+    assert studies[["patient_id", "study_id"]].values.tolist() == [["p1", "s1"], ["p1", "s2"],
+                                                                   ["p2", "s1"]]
+    assert studies["n_images"].tolist() == [2, 1, 2]
+    assert top[:, 0].tolist() == [0.6, 0.3, 0.9] and labels[:, 0].tolist() == [1, 0, 0]
+    _, mean, _ = aggregate_studies(frame, probs, targets, "mean")
+    assert mean[:, 0] == pytest.approx([0.4, 0.3, 0.5])
+    with pytest.raises(PipelineError, match="study_id"):
+        aggregate_studies(frame[["patient_id"]], probs, targets, "max")
+
+
+# ---- degenerate splits --------------------------------------------------------------------------
+
+def test_one_label_value_and_one_patient_give_notes_not_crashes():
+    cfg = Config(bootstrap_resamples=100)
+    targets = np.array([[0, 1], [1, 1], [0, 1], [1, 1]], dtype=float)  # B: every image positive
+    probs = np.array([[0.1, 0.5], [0.8, 0.6], [0.3, 0.2], [0.7, 0.9]])
+    one_patient = pd.Series(["p1"] * 4)
+    matrix, note = bootstrap_matrix(probs, targets, one_patient, cfg)
+    assert matrix is None and "one patient" in note
+    summary = summarise(probs, targets, ("A", "B"), matrix, 0.95, note)
+    assert summary["classes"]["A"]["auc"] == 1.0 and summary["classes"]["A"]["ci"]["low"] is None
+    assert "one patient" in summary["classes"]["A"]["ci"]["note"]
+    assert summary["classes"]["B"]["auc"] is None
+    assert summary["classes"]["B"]["status"] == "n/a: every image in this split is positive"
+    assert summary["means"]["all"]["title"] == "AVERAGE (1 of 2 classes)"
+    rows = paired_auc_differences(probs, probs, targets, one_patient, ("A", "B"), 100, 0.95, 0)
+    assert rows[0]["verdict"] == "n/a" and "one patient" in rows[0]["note"]
+    assert rows[1]["difference"] is None
+    assert bootstrap_matrix(probs, targets, pd.Series(["p1", "p2"] * 2),
+                            Config(bootstrap_resamples=0))[1].startswith("no interval")
+
+
+def test_nan_predictions_are_an_error_naming_the_checkpoint(tmp_path):
+    logits = np.zeros((3, 2))
+    check_finite(logits, tmp_path / "best.pth", "val")  # finite: fine
+    logits[1, 0] = np.nan
+    with pytest.raises(PipelineError, match=f"checkpoint {tmp_path / 'best.pth'} gives NaN/inf"):
+        check_finite(logits, tmp_path / "best.pth", "val")
+
+
+# ---- the report of one split, from synthetic predictions ---------------------------------------
+
+def synthetic_predictions(seed: int, n_images: int = 240) -> Predictions:
+    rng = np.random.default_rng(seed)
+    patients = rng.integers(0, 60, n_images)
+    frame = pd.DataFrame({"patient_id": [f"patient{p:05d}" for p in patients],
+                          "study_id": [f"study{s}" for s in rng.integers(1, 3, n_images)]})
+    calibrated = rng.normal(loc=-1.0, scale=2.0, size=(n_images, len(LABELS)))
+    targets = (rng.random(calibrated.shape) < sigmoid(calibrated)).astype(float)
+    targets[:, LABELS.index("Fracture")] = 0  # a class with one label value
+    return Predictions(frame, 2.0 * calibrated, targets, LABELS)  # over-confident: T = 2
+
+
+def test_report_of_a_split_is_written_with_thresholds_from_val(tmp_path):
+    cfg = Config(bootstrap_resamples=200, temperature_scaling=True, study_aggregation="mean")
+    val, test = synthetic_predictions(0), synthetic_predictions(1)
+    temperature = fit_temperature(val.logits, val.targets)
+    assert temperature == pytest.approx(2.0, rel=0.25)
+    thresholds = choose_thresholds(val.targets, sigmoid(val.logits / temperature), LABELS, 0.9)
+    result = {"split": "test", "checkpoint": "models/x/best.pth", "epoch": 3,
+              **evaluate_predictions(test, thresholds, temperature, cfg)}
+    assert result["n_studies"] < result["n_images"] and result["study"]["aggregation"] == "mean"
+    assert result["auc"]["Fracture"] is None and result["mean_auc"] is not None
+    assert result["calibration"]["temperature"] == temperature
+    assert np.mean(list(result["calibration"]["ece"].values())) < \
+        np.mean(list(result["calibration"]["ece_before_scaling"].values()))
+    plots = {kind: f"{kind}_test.png" for kind in ("roc", "pr", "reliability")}
+    write_reports(result, plots, cfg, tmp_path)
+    markdown = (tmp_path / "eval_test.md").read_text()
+    for name in plots.values():
+        assert f"]({name})" in markdown  # relative links to the figures
+    assert "## Study level" in markdown and "## Operating points" in markdown
+    assert "COMPETITION 5 (5 of 5 classes)" in markdown and "ECE before scaling" in markdown
+    table = pd.read_csv(tmp_path / "eval_test.csv")
+    assert list(table["pathology"][:len(LABELS)]) == list(LABELS)
+    assert {"ci_low", "auprc", "prevalence", "study_auc", "ece", "youden_threshold",
+            "target_sensitivity_ppv"} <= set(table.columns)
+    saved = json.loads((tmp_path / "eval_test.json").read_text())
+    assert saved["image"]["means"]["all"]["ci"]["resamples_used"] > 0
+
+
+def test_figures_are_written_with_a_not_evaluable_class(tmp_path):
+    _, targets, scores = synthetic(120, 30, 3, seed=8)
+    targets[:, 2] = 0
+    labels = ("A", "B", "C")
+    roc_grid(targets, scores, labels, tmp_path / "roc.png", "ROC")
+    pr_grid(targets, scores, labels, tmp_path / "pr.png", "PR")
+    reliability_grid(targets, scores, labels, {"A": 0.1, "B": 0.2, "C": 0.3}, 10,
+                     tmp_path / "reliability.png", "Reliability")
+    for name in ("roc.png", "pr.png", "reliability.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- command line, config, test-time augmentation ----------------------------------------------
+
+def test_compare_takes_two_values_on_the_command_line():
+    argv = join_compare_values(["--data_dir", "d", "--compare", "run-a", "models/b/best.pth",
+                                "--compare_split", "val"])
+    assert argv == ["--data_dir", "d", "--compare=run-a,models/b/best.pth",
+                    "--compare_split", "val"]
+    cfg = parse_args(argv)
+    assert (cfg.compare, cfg.compare_split) == ("run-a,models/b/best.pth", "val")
+    assert join_compare_values(["--compare=a,b"]) == ["--compare=a,b"]
+    assert parse_args(join_compare_values(["--compare", "a"])).compare == "a"  # main says why
+    with pytest.raises(ConfigError, match="unexpected argument 'b'"):
+        parse_args(join_compare_values(["--compare", "a", "b", "c"]))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--study_aggregation", "median"], "not one of max, mean"),
+    (["--ci_level", "95"], "--ci_level must be between 0 and 1"),
+    (["--target_sensitivity", "0"], "--target_sensitivity must be in"),
+    (["--calibration_bins", "0"], "--calibration_bins must be at least 1"),
+    (["--compare_split", "train"], "not one of val, test"),
+])
+def test_evaluation_fields_are_validated(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_args(argv)
+
+
+def test_tta_averages_fixed_views_without_flipping():
+    images = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8)
+    x = images.float() / 255
+    assert torch.equal(shifted_view(x, 0.0, 0.0, 1.0), x)
+    shifted = shifted_view(x, 0.25, 0.0, 1.0)  # a quarter of the side: 8 pixels to the right
+    assert torch.allclose(shifted[..., 8:], x[..., :-8], atol=1e-5)
+    assert (shifted[..., :8] == 0).all()  # black border comes in, as in training
+
+    def model(batch):
+        return batch.mean(dim=(1, 2, 3)).unsqueeze(1)
+
+    wrapper = TTAModel(model)
+    out = wrapper(images)
+    views = [model(shifted_view(x, *view)) for view in wrapper.views]
+    assert out.shape == (2, 1) and torch.allclose(out, torch.stack(views).mean(0))
+    assert torch.allclose(TTAModel(model, views=((0.0, 0.0, 1.0),))(images), model(x))
