@@ -20,7 +20,7 @@ import torch
 
 from config import Config, PipelineError
 from fileio import write_atomic
-from model_architecture import CheXpertNet
+from model_architecture import CheXpertNet, multiclass_of
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("model", "config", "labels", "normalization")
@@ -47,8 +47,10 @@ def load_checkpoint(path: str | Path) -> dict:
 
 def config_from_checkpoint(checkpoint: dict) -> Config:
     """The Config a checkpoint was trained with (fields added since then keep their defaults)."""
-    known = {f.name for f in dataclasses.fields(Config)}
-    return Config(**{k: v for k, v in checkpoint["config"].items() if k in known})
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    values = {k: tuple(v) if isinstance(v, list) else v  # JSON-like storage turns tuples to lists
+              for k, v in checkpoint["config"].items() if k in fields}
+    return Config(**values)
 
 
 def model_from_checkpoint(checkpoint: dict) -> tuple[CheXpertNet, Config]:
@@ -58,7 +60,8 @@ def model_from_checkpoint(checkpoint: dict) -> tuple[CheXpertNet, Config]:
     defaults, so evaluate.py, predict.py, export.py and app.py all see the model that was trained.
     """
     trained = config_from_checkpoint(checkpoint)
-    model = CheXpertNet(len(checkpoint["labels"]), trained.gem_p, trained.dropout)
+    model = CheXpertNet(len(checkpoint["labels"]), trained.gem_p, trained.dropout,
+                        multiclass=multiclass_of(trained))
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as err:

@@ -39,7 +39,10 @@ LABELS: tuple[str, ...] = (
 # CheXpert's metadata columns, kept unchanged in every processed and split CSV.
 META_COLUMNS: tuple[str, ...] = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")
 
-UNCERTAINTY_POLICIES = ("U-Ones", "U-Zeros")
+# How an uncertain (-1) label is trained (labels.training_targets): as positive, as negative,
+# masked out of the loss, as a third class, or as a soft positive / negative target.
+UNCERTAINTY_POLICIES = ("U-Ones", "U-Zeros", "U-Ignore", "U-MultiClass", "U-Ones-LSR",
+                        "U-Zeros-LSR")
 
 
 @dataclass
@@ -52,7 +55,8 @@ class Config:
 
     # ---- preprocessing (preprocess.py) -----------------------------------------------------
     frontal_only: bool = True  # keep only Frontal/Lateral == "Frontal" rows
-    uncertainty_policy: str = "U-Ones"  # U-Ones (-1 -> 1) or U-Zeros (-1 -> 0); blank -> 0 always
+    uncertainty_policy: str = "U-Ones"  # training policy of uncertain (-1) labels, see labels.py
+    uncertainty_policy_by_class: tuple[str, ...] = ()  # exceptions: Edema=U-Ones,Atelectasis=U-Ignore
     check_images: bool = True  # check every image file exists (and compute mean/std from them)
     missing_images: str = "error"  # error = stop at the first report; skip = drop, count, report
     stats_sample: int = 1000  # images (seeded sample) used to compute the pixel mean/std

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from cache import cache_folder, read_meta
 from config import LABELS, Config, PipelineError
 from imaging import decode_square
+from labels import training_targets
 
 # ---- transforms and dataset ---------------------------------------------------------------------
 
@@ -121,9 +122,11 @@ class CheXpertDataset(Dataset):
 
     def __init__(self, frame: pd.DataFrame, image_size: int, side: int, augment: bool,
                  labels: tuple[str, ...] = LABELS, cache: ImageCache | None = None,
-                 seed: int = 0):
+                 seed: int = 0, targets: np.ndarray | None = None):
         self.paths = frame["image_path"].tolist()
-        self.targets = torch.tensor(frame[list(labels)].to_numpy(dtype=np.float32))
+        if targets is None:  # the binary label columns (evaluation targets)
+            targets = frame[list(labels)].to_numpy(dtype=np.float32)
+        self.targets = torch.tensor(targets)
         self.image_size, self.side, self.augment, self.cache = image_size, side, augment, cache
         self.seed = seed
 
@@ -165,13 +168,19 @@ def keep_batch(batch):
 
 def make_dataset(frame: pd.DataFrame, model_cfg: Config, data_dir: str, augment: bool,
                  name: str, labels: tuple[str, ...] = LABELS,
-                 use_cache: bool = True) -> CheXpertDataset:
-    """A split's dataset at the model's image size, read from the cache when there is one."""
+                 use_cache: bool = True, policies: dict[str, str] | None = None
+                 ) -> CheXpertDataset:
+    """A split's dataset at the model's image size, read from the cache when there is one.
+
+    Targets are the binary label columns, or with `policies` (train.py's training split) the
+    raw columns under those uncertainty policies (labels.training_targets).
+    """
     side = model_cfg.stored_side
     cache = open_cache(data_dir, side, frame["image_path"].tolist(), use_cache)
     frame = drop_unreadable(frame, cache, name)
+    targets = training_targets(frame, policies, model_cfg.seed) if policies else None
     return CheXpertDataset(frame, model_cfg.image_size, side, augment, labels, cache,
-                           seed=model_cfg.seed)
+                           seed=model_cfg.seed, targets=targets)
 
 
 # ---- sampling -------------------------------------------------------------------------------------

@@ -9,9 +9,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from config import LABELS
+from config import LABELS, UNCERTAINTY_POLICIES, ConfigError
 
 POSITIVE, NEGATIVE, UNCERTAIN = 1.0, 0.0, -1.0
+MULTICLASS_UNCERTAIN = 2.0  # class index of "uncertain" in a U-MultiClass target (0 neg, 1 pos)
+# Label smoothing regularisation (Pham et al. 2021): an uncertain label becomes a soft target
+# drawn once, uniformly in this range.
+LSR_RANGES = {"U-Ones-LSR": (0.55, 0.85), "U-Zeros-LSR": (0.0, 0.30)}
 
 # Spellings of the four raw values accepted in a CSV cell (after stripping spaces).
 RAW_VALUES = {"1.0": POSITIVE, "1": POSITIVE, "0.0": NEGATIVE, "0": NEGATIVE,
@@ -50,24 +54,82 @@ def parse_raw_labels(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def apply_uncertainty_policy(raw: pd.DataFrame, policy: str) -> pd.DataFrame:
-    """Binary (0/1, int8) training targets from raw labels.
+    """Binary (0/1, int8) targets from raw labels: the label columns of the processed CSVs.
 
     U-Ones: uncertain -> 1 (the CheXpert paper's best policy for Atelectasis and Edema);
-    U-Zeros: uncertain -> 0. Blank (not mentioned) is a negative under both: CheXpert's labeler
-    leaves a finding blank when the report does not mention it.
+    U-Zeros (and U-Zeros-LSR): uncertain -> 0; the other policies, which have no binary form,
+    store U-Ones. These columns are what the val split is scored against; training re-derives
+    its own targets from the raw columns (training_targets), so one preprocessing serves every
+    policy and runs with different policies are scored on the same labels. Blank (not
+    mentioned) is negative: CheXpert's labeler leaves a finding blank when the report does not
+    mention it.
     """
-    uncertain_value = {"U-Ones": POSITIVE, "U-Zeros": NEGATIVE}[policy]
+    uncertain_value = NEGATIVE if policy in ("U-Zeros", "U-Zeros-LSR") else POSITIVE
     targets = raw[list(LABELS)].replace(UNCERTAIN, uncertain_value)
     return targets.fillna(NEGATIVE).astype(np.int8)  # blank means "not mentioned": negative
+
+
+def class_policies(default: str, by_class: tuple[str, ...] = ()) -> dict[str, str]:
+    """The training policy of every label: `default`, except "Label=Policy" entries of
+    `by_class` (e.g. ("Atelectasis=U-Ones", "Cardiomegaly=U-MultiClass"))."""
+    policies = dict.fromkeys(LABELS, default)
+    for entry in by_class:
+        label, _, policy = (part.strip() for part in entry.partition("="))
+        if label not in LABELS:
+            raise ConfigError(f"--uncertainty_policy_by_class: unknown label {label!r} in "
+                              f"{entry!r}; labels are {', '.join(LABELS)}")
+        if policy not in UNCERTAINTY_POLICIES:
+            raise ConfigError(f"--uncertainty_policy_by_class: {entry!r}: policy must be one of "
+                              f"{', '.join(UNCERTAINTY_POLICIES)}")
+        policies[label] = policy
+    return policies
+
+
+def multiclass_flags(policies: dict[str, str]) -> tuple[bool, ...]:
+    """Which labels get a 3-way (negative / positive / uncertain) output: U-MultiClass ones."""
+    return tuple(policies[label] == "U-MultiClass" for label in LABELS)
+
+
+def training_targets(frame: pd.DataFrame, policies: dict[str, str], seed: int) -> np.ndarray:
+    """Float32 training targets (rows x labels) from the raw columns kept by preprocess.py.
+
+    Blank (not mentioned) is negative under every policy. An uncertain (-1) label becomes:
+    U-Ones 1, U-Zeros 0, U-Ignore NaN (masked out of the loss), U-MultiClass 2 (the third
+    class of a 3-way output), U-Ones-LSR / U-Zeros-LSR a soft target drawn uniformly in
+    [0.55, 0.85] / [0, 0.30], seeded per (seed, label), so it is the same in every epoch and run.
+    """
+    missing = [raw_column(label) for label in LABELS if raw_column(label) not in frame.columns]
+    if missing:
+        raise ConfigError(f"the split CSV lacks {missing[:2]}...: re-run preprocess.py and "
+                          "make_splits.py with this version of the code")
+    targets = np.empty((len(frame), len(LABELS)), dtype=np.float32)
+    for column, label in enumerate(LABELS):
+        raw = frame[raw_column(label)].to_numpy(dtype=np.float64, na_value=np.nan)
+        values = np.where(raw == POSITIVE, 1.0, 0.0)  # blank and negative -> 0
+        uncertain = raw == UNCERTAIN
+        policy = policies[label]
+        if policy in LSR_RANGES:
+            low, high = LSR_RANGES[policy]
+            soft = np.random.default_rng([seed, column]).uniform(low, high, len(raw))
+            values = np.where(uncertain, soft, values)
+        else:
+            replacement = {"U-Ones": 1.0, "U-Zeros": 0.0, "U-Ignore": np.nan,
+                           "U-MultiClass": MULTICLASS_UNCERTAIN}[policy]
+            values = np.where(uncertain, replacement, values)
+        targets[:, column] = values
+    return targets
 
 
 def positive_class_weights(targets: np.ndarray, max_weight: float) -> np.ndarray:
     """Per-class BCE pos_weight = negatives / positives, so rare findings are not ignored.
 
-    Capped at `max_weight` (a class with 3 positives in 10,000 would otherwise get a weight of
-    3,000 and dominate every gradient); a class with no positives gets 1.
+    A target above 0.5 (up to 1) counts as positive, one below 0.5 as negative; masked (NaN)
+    and U-MultiClass uncertain (2) targets count as neither. Capped at `max_weight` (a class
+    with 3 positives in 10,000 would otherwise get a weight of 3,000 and dominate every
+    gradient); a class with no positives gets 1.
     """
-    positives = targets.sum(axis=0)
-    negatives = len(targets) - positives
+    with np.errstate(invalid="ignore"):
+        positives = ((targets > 0.5) & (targets <= 1.0)).sum(axis=0)
+        negatives = ((targets >= 0.0) & (targets < 0.5)).sum(axis=0)
     weights = np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0)
     return np.clip(weights, 1.0 / max_weight, max_weight).astype(np.float32)

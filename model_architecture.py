@@ -1,6 +1,10 @@
 """DenseNet121 backbone + GeM pooling + dropout + linear head, and loading ImageNet weights.
 
     backbone (DenseNet121 features, 1024 x H/32 x W/32) -> ReLU -> GeM -> Dropout -> Linear(1024, 14)
+
+Under the U-MultiClass policy a label gets three outputs (negative, positive, uncertain) instead
+of one; the model still returns one logit per label, log p(pos) - log p(neg): the softmax
+restricted to positive and negative, as the CheXpert paper scores U-MultiClass.
 """
 
 from __future__ import annotations
@@ -37,6 +41,13 @@ class GeM(nn.Module):
         return F.adaptive_avg_pool2d(x, 1).flatten(1).pow(1.0 / self.p)
 
 
+def output_starts(multiclass: tuple[bool, ...]) -> torch.Tensor:
+    """Index of each label's first output: one logit per binary label, three (negative,
+    positive, uncertain) per U-MultiClass label, in label order."""
+    widths = torch.tensor([3 if flag else 1 for flag in multiclass])
+    return torch.cumsum(widths, 0) - widths
+
+
 class CheXpertNet(nn.Module):
     """Takes grayscale radiographs as they come from the loader: B x 1 x H x W uint8 (0-255).
 
@@ -46,27 +57,47 @@ class CheXpertNet(nn.Module):
     """
 
     def __init__(self, num_classes: int = len(LABELS), gem_p: float = 3.0, dropout: float = 0.2,
-                 pixel_mean: float = 0.5, pixel_std: float = 0.25):
+                 pixel_mean: float = 0.5, pixel_std: float = 0.25,
+                 multiclass: tuple[bool, ...] | None = None):
         super().__init__()
         self.register_buffer("pixel_mean", torch.tensor(float(pixel_mean)))
         self.register_buffer("pixel_std", torch.tensor(float(pixel_std)))
         self.backbone = densenet121(weights=None).features
         self.pool = GeM(gem_p)
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(FEATURES, num_classes)
+        multiclass = tuple(multiclass or (False,) * num_classes)
+        self.multiclass = multiclass if any(multiclass) else None
+        self.register_buffer("output_start", output_starts(multiclass), persistent=False)
+        self.head = nn.Linear(FEATURES, num_classes + 2 * sum(multiclass))
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
         x = (x - self.pixel_mean) / self.pixel_std
         return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, raw: bool = False) -> torch.Tensor:
+        """One logit per label; `raw` gives the head's outputs as they are (training losses)."""
         features = F.relu(self.backbone(self.normalize(images)))  # torchvision applies this ReLU
-        return self.head(self.dropout(self.pool(features)))
+        outputs = self.head(self.dropout(self.pool(features)))
+        return outputs if raw else self.label_logits(outputs)
+
+    def label_logits(self, outputs: torch.Tensor) -> torch.Tensor:
+        if self.multiclass is None:
+            return outputs
+        mask = torch.tensor(self.multiclass, device=outputs.device)
+        single = outputs[:, self.output_start]  # the binary logit, or a 3-way label's "negative"
+        positive = outputs[:, (self.output_start + 1).clamp(max=outputs.shape[1] - 1)]
+        return torch.where(mask, positive - single, single)
 
     def head_parameters(self) -> list[nn.Parameter]:
         """Parameters trained from the first epoch: GeM's p and the linear head."""
         return [*self.pool.parameters(), *self.head.parameters()]
+
+
+def multiclass_of(cfg: Config) -> tuple[bool, ...]:
+    """Which labels have a 3-way output under the config's uncertainty policies."""
+    from labels import class_policies, multiclass_flags  # labels imports pandas: only when needed
+    return multiclass_flags(class_policies(cfg.uncertainty_policy, cfg.uncertainty_policy_by_class))
 
 
 def build_model(cfg: Config, normalization: dict | None = None,
@@ -76,7 +107,8 @@ def build_model(cfg: Config, normalization: dict | None = None,
     `normalization` is the {"mean", "std"} of the training pixels (stats.json).
     """
     norm = normalization or {"mean": cfg.fallback_mean, "std": cfg.fallback_std}
-    model = CheXpertNet(num_classes, cfg.gem_p, cfg.dropout, norm["mean"], norm["std"])
+    model = CheXpertNet(num_classes, cfg.gem_p, cfg.dropout, norm["mean"], norm["std"],
+                        multiclass_of(cfg))
     if cfg.pretrained:
         model.backbone.load_state_dict(imagenet_backbone_state(cfg.pretrained_path))
     return model

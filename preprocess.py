@@ -1,11 +1,13 @@
-"""Validate CheXpert's CSVs, apply the uncertainty policy and compute the pixel mean/std.
+"""Validate CheXpert's CSVs, keep the raw labels with 0/1 targets, compute the pixel mean/std.
 
-    python preprocess.py --data_root /path/to/CheXpert-v1.0-small [--uncertainty_policy U-Zeros]
+    python preprocess.py --data_root /path/to/CheXpert-v1.0-small
 
 Reads  <data_root>/train.csv, <data_root>/valid.csv and (unless --check_images false) the images.
 Writes <data_dir>/processed/train.csv, valid.csv: CheXpert's columns with the 14 labels replaced
-       by the policy's 0/1 targets, plus "<label> (raw)" columns (1, 0, -1 or blank, so a later
-       policy change needs no new download), patient_id, study_id and image_path (absolute);
+       by 0/1 targets (uncertain -> 1; -> 0 under U-Zeros/U-Zeros-LSR), the targets the val
+       split is scored against, plus "<label> (raw)" columns (1, 0, -1 or blank), from which
+       train.py derives its training targets under any policy (no re-preprocessing), and
+       patient_id, study_id and image_path (absolute);
        <data_dir>/processed/stats.json: pixel mean/std and row, patient and label counts;
        <data_dir>/processed/missing_images.csv when --missing_images skip dropped rows.
 """

@@ -43,16 +43,17 @@ from distributed import (World, all_gather, any_rank, barrier, broadcast, close_
 from engine import (autocast, autocast_dtype, choose_device, predict_logits, prepare_model,
                     seed_everything, set_deterministic, to_device)
 from fileio import write_csv_atomic, write_text_atomic
-from labels import positive_class_weights
+from labels import class_policies, multiclass_flags, positive_class_weights
 from metrics import mean_auc, per_class_auc
-from model_architecture import CheXpertNet, build_model
+from model_architecture import CheXpertNet, build_model, output_starts
 
 # Fields a resumed run must share with its checkpoint: they shape the data, model or optimisation.
 # Any other field (paths, epochs, workers, device, checkpoint cadence...) may change on resume.
-FIXED_ON_RESUME = ("frontal_only", "uncertainty_policy", "seed", "gem_p", "dropout", "image_size",
-                   "crop_margin", "batch_size", "accumulation_steps", "frozen_epochs", "lr_head",
-                   "lr_backbone", "weight_decay", "warmup_steps", "lr_schedule", "grad_clip_norm",
-                   "max_pos_weight", "augment", "precision")
+FIXED_ON_RESUME = ("frontal_only", "uncertainty_policy", "uncertainty_policy_by_class", "seed",
+                   "gem_p", "dropout", "image_size", "crop_margin", "batch_size",
+                   "accumulation_steps", "frozen_epochs", "lr_head", "lr_backbone", "weight_decay",
+                   "warmup_steps", "lr_schedule", "grad_clip_norm", "max_pos_weight", "augment",
+                   "precision")
 
 
 # ---- setup -------------------------------------------------------------------------------------
@@ -147,13 +148,40 @@ def masked_bce(logits: torch.Tensor, targets: torch.Tensor,
     return torch.where(observed, losses, 0.0).sum() / targets.numel()
 
 
+def multiclass_loss(outputs: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None,
+                    starts: torch.Tensor, multiclass: torch.Tensor) -> torch.Tensor:
+    """masked_bce for the binary labels plus cross-entropy over (negative, positive, uncertain)
+    for the U-MultiClass ones (target 0, 1 or 2), both summed and divided by images x labels."""
+    observed = ~torch.isnan(targets)
+    safe = torch.where(observed, targets, 0.0)
+    bce = F.binary_cross_entropy_with_logits(outputs[:, starts], safe, pos_weight=pos_weight,
+                                             reduction="none")
+    total = torch.where(observed & ~multiclass, bce, 0.0).sum()
+    three = outputs[:, starts[multiclass, None] + torch.arange(3, device=outputs.device)]
+    cross = F.cross_entropy(three.reshape(-1, 3), safe[:, multiclass].long().reshape(-1),
+                            reduction="none").reshape(len(outputs), -1)
+    total = total + torch.where(observed[:, multiclass], cross, 0.0).sum()
+    return total / targets.numel()
+
+
 class MaskedBCE(nn.Module):
-    def __init__(self, pos_weight: torch.Tensor | None = None):
+    """The training loss: masked_bce, or multiclass_loss when some labels are U-MultiClass (then
+    it takes the model's raw outputs, CheXpertNet.forward(images, raw=True))."""
+
+    def __init__(self, pos_weight: torch.Tensor | None = None,
+                 multiclass: tuple[bool, ...] | None = None):
         super().__init__()
         self.register_buffer("pos_weight", pos_weight)
+        self.multiclass = multiclass if multiclass and any(multiclass) else None
+        if self.multiclass:
+            self.register_buffer("starts", output_starts(multiclass))
+            self.register_buffer("multiclass_mask", torch.tensor(multiclass))
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return masked_bce(logits, targets, self.pos_weight)
+    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.multiclass is None:
+            return masked_bce(outputs, targets, self.pos_weight)
+        return multiclass_loss(outputs, targets, self.pos_weight, self.starts,
+                               self.multiclass_mask)
 
 
 # ---- RNG state, stop signals -----------------------------------------------------------------------
@@ -309,7 +337,7 @@ def train_one_epoch(trainer: Trainer, loader, progress: Progress, frozen: bool, 
         sync = step_now or not world.distributed
         with contextlib.nullcontext() if sync else trainer.net.no_sync():
             with autocast(trainer.device, trainer.dtype):
-                logits = trainer.net(images)
+                logits = trainer.net(images, raw=True)
             loss = trainer.criterion(logits.float(), targets)
             # Backward even when the loss is not finite: every DDP process must take part in
             # the gradient all-reduce; the step is skipped below.
@@ -354,8 +382,9 @@ def validation_metrics(trainer: Trainer, loader, desc: str) -> dict | None:
     if not trainer.world.is_main:
         return None
     logits, targets = merge_shards(shards, trainer.world.size)
-    with torch.no_grad():
-        loss = float(trainer.criterion(logits.to(trainer.device), targets.to(trainer.device)))
+    with torch.no_grad():  # binary loss on the label logits, whatever the training policy
+        loss = float(masked_bce(logits.to(trainer.device), targets.to(trainer.device),
+                                trainer.criterion.pos_weight))
     aucs = per_class_auc(targets.numpy(), torch.sigmoid(logits).numpy(), LABELS)
     return {"val_loss": loss, "val_auc": aucs, "val_mean_auc": mean_auc(aucs),
             "n_val": len(targets)}
@@ -556,8 +585,9 @@ def run(cfg: Config, given: set[str], world: World, stop: StopSignals) -> None:
 
     train_frame = read_split(cfg.splits_dir / "train.csv")
     val_frame = read_split(cfg.splits_dir / "val.csv")
+    policies = class_policies(cfg.uncertainty_policy, cfg.uncertainty_policy_by_class)
     train_data = make_dataset(train_frame, cfg, cfg.data_dir, cfg.augment, "train",
-                              use_cache=cfg.use_cache)
+                              use_cache=cfg.use_cache, policies=policies)
     val_data = make_dataset(val_frame, cfg, cfg.data_dir, False, "val", use_cache=cfg.use_cache)
     sampler = EpochSampler(len(train_data), cfg.seed, world.rank, world.size)
     train_loader = make_loader(train_data, cfg, train=True, device=device, sampler=sampler)
@@ -573,7 +603,8 @@ def run(cfg: Config, given: set[str], world: World, stop: StopSignals) -> None:
         sampler.num_samples, cfg.batch_size, cfg.accumulation_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(
         step, cfg.warmup_steps, cfg.epochs * steps_per_epoch, cfg.lr_schedule))
-    trainer = Trainer(model, model, MaskedBCE(torch.from_numpy(pos_weight)).to(device), optimizer,
+    criterion = MaskedBCE(torch.from_numpy(pos_weight), multiclass_flags(policies)).to(device)
+    trainer = Trainer(model, model, criterion, optimizer,
                       scheduler, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
                       cfg, device, dtype, world, stop)
     state, progress = RunState(history=[]), Progress()
