@@ -104,12 +104,6 @@ class Config:
 
     # ---- evaluation (evaluate.py) -------------------------------------------------------------
     checkpoint: str = ""  # checkpoint to evaluate; empty = run_name's best.pth, else the newest
-
-    # ---- Inference (predict.py, export.py, app.py) -----------------------------------------------
-    inputs: tuple[str, ...] = ()  # images, folders (searched recursively) and CSVs of paths; a,b,c
-    output: str = ""  # predict.py: CSV (default predictions.csv); export.py: .onnx (model.onnx)
-    gradcam: tuple[str, ...] = ()  # labels to draw Grad-CAM overlays of, e.g. Cardiomegaly,Edema
-    gradcam_dir: str = ""  # folder of the overlay PNGs; empty = <output stem>_gradcam/ beside it
     bootstrap_resamples: int = 1000  # patient bootstrap resamples of the AUC intervals; 0 = none
     ci_level: float = 0.95  # coverage of the percentile intervals (0.95 = 95 %)
     target_sensitivity: float = 0.9  # second operating point: highest val threshold reaching it
@@ -119,6 +113,12 @@ class Config:
     tta: bool = False  # test-time augmentation: mean logits of 4 views (shifts, zoom; no flips)
     compare: str = ""  # "RUN_A,RUN_B" (CLI: --compare RUN_A RUN_B): paired AUC differences B - A
     compare_split: str = "test"  # split of --compare: val | test
+
+    # ---- inference (predict.py, export.py, app.py) -----------------------------------------------
+    inputs: tuple[str, ...] = ()  # images, folders (searched recursively) and CSVs of paths; a,b,c
+    output: str = ""  # predict.py: CSV (default predictions.csv); export.py: .onnx (model.onnx)
+    gradcam: tuple[str, ...] = ()  # labels to draw Grad-CAM overlays of, e.g. Cardiomegaly,Edema
+    gradcam_dir: str = ""  # folder of the overlay PNGs; empty = <output stem>_gradcam/ beside it
 
     @property
     def processed_dir(self) -> Path:
