@@ -20,7 +20,7 @@ import torch
 
 from config import Config, PipelineError
 from fileio import write_atomic
-from model_architecture import CheXpertNet, multiclass_of
+from model_architecture import CheXpertNet, fusion_of, multiclass_of
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("model", "config", "labels", "normalization")
@@ -61,7 +61,7 @@ def model_from_checkpoint(checkpoint: dict) -> tuple[CheXpertNet, Config]:
     """
     trained = config_from_checkpoint(checkpoint)
     model = CheXpertNet(len(checkpoint["labels"]), trained.gem_p, trained.dropout,
-                        multiclass=multiclass_of(trained))
+                        multiclass=multiclass_of(trained), fusion=fusion_of(trained))
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as err:

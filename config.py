@@ -87,6 +87,9 @@ class Config:
     grad_clip_norm: float = 0.0  # clip the gradient norm to this (after fp16 unscaling); 0 = off
     max_pos_weight: float = 50.0  # cap on the per-class BCE positive weight (neg/pos count)
     augment: bool = True  # light random affine (rotate/shift/scale) on training images only
+    view_mode: str = "frontal"  # frontal: one image per item | study: a study's views, fused
+    view_fusion: str = "mean"  # study mode: mean | max | attention over the views' GeM features
+    max_views: int = 3  # study mode: views per study, frontal first (the rest are left out)
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | mps
     precision: str = "auto"  # auto (fp16 on cuda, bf16 on cpu) | fp16 | bf16 | fp32
     channels_last: bool = True  # NHWC memory format: faster convolutions on CPU and tensor cores
@@ -113,6 +116,10 @@ class Config:
     tta: bool = False  # test-time augmentation: mean logits of 4 views (shifts, zoom; no flips)
     compare: str = ""  # "RUN_A,RUN_B" (CLI: --compare RUN_A RUN_B): paired AUC differences B - A
     compare_split: str = "test"  # split of --compare: val | test
+
+    # ---- ablation (ablate.py) ---------------------------------------------------------------------
+    # The configurations themselves, --ablation "NAME: --field value ..." ..., are read by ablate.py.
+    ablation_name: str = ""  # models/ablation-<name>/, runs <name>-<configuration>; empty = timestamp
 
     # ---- inference (predict.py, export.py, app.py) -----------------------------------------------
     inputs: tuple[str, ...] = ()  # images, folders (searched recursively) and CSVs of paths; a,b,c
@@ -147,13 +154,16 @@ def validate(cfg: Config) -> Config:
         "precision": ("auto", "fp16", "bf16", "fp32"),
         "cache_on_error": ("stop", "exclude"),
         "lr_schedule": ("cosine", "constant"),
+        "view_mode": ("frontal", "study"),
+        "view_fusion": ("mean", "max", "attention"),
         "study_aggregation": ("max", "mean"),
         "compare_split": ("val", "test"),
     }
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise ConfigError(f"--{name} {getattr(cfg, name)!r} is not one of {', '.join(allowed)}")
-    positive = ("image_size", "batch_size", "accumulation_steps", "epochs", "stats_sample")
+    positive = ("image_size", "batch_size", "accumulation_steps", "epochs", "stats_sample",
+                "max_views")
     for name in positive:
         if getattr(cfg, name) < 1:
             raise ConfigError(f"--{name} must be at least 1, got {getattr(cfg, name)}")

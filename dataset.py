@@ -179,8 +179,57 @@ def make_dataset(frame: pd.DataFrame, model_cfg: Config, data_dir: str, augment:
     cache = open_cache(data_dir, side, frame["image_path"].tolist(), use_cache)
     frame = drop_unreadable(frame, cache, name)
     targets = training_targets(frame, policies, model_cfg.seed) if policies else None
-    return CheXpertDataset(frame, model_cfg.image_size, side, augment, labels, cache,
-                           seed=model_cfg.seed, targets=targets)
+    images = CheXpertDataset(frame, model_cfg.image_size, side, augment, labels, cache,
+                             seed=model_cfg.seed, targets=targets)
+    if model_cfg.view_mode == "study":
+        return StudyDataset(frame, images, model_cfg.max_views, name)
+    return images
+
+
+class StudyDataset(Dataset):
+    """Studies as items (view_mode study): up to max_views images of a study, frontal first.
+
+    An item is ((V x 1 x S x S uint8 views, V bool "present" mask), targets); CheXpert labels
+    belong to the study, so its first image's targets are the study's. Each view is augmented
+    on its own, from (seed, epoch, image). `paths` holds each study's first image, in the order
+    the studies first appear in the frame, so evaluation can line its rows up with the items.
+    """
+
+    def __init__(self, frame: pd.DataFrame, images: CheXpertDataset, max_views: int, name: str):
+        self.images, self.max_views = images, max_views
+        frontal_last = (frame.get("Frontal/Lateral", pd.Series("Frontal", index=frame.index))
+                        != "Frontal").to_numpy()
+        groups = frame.reset_index(drop=True).groupby(["patient_id", "study_id"], sort=False)
+        self.studies = [sorted(rows, key=lambda row: (frontal_last[row], row))
+                        for rows in groups.indices.values()]
+        dropped = sum(max(0, len(rows) - max_views) for rows in self.studies)
+        if dropped:
+            print(f"{name}: {dropped} view(s) beyond --max_views {max_views} left out")
+        self.studies = [rows[:max_views] for rows in self.studies]
+        first = [rows[0] for rows in self.studies]
+        self.paths = [images.paths[row] for row in first]
+        self.targets = images.targets[first]
+        self.cache = images.cache
+
+    def __len__(self) -> int:
+        return len(self.studies)
+
+    def __getitem__(self, index: int):
+        (views, present), targets = self.__getitems__([index])
+        return (views[0], present[0]), targets[0]
+
+    def __getitems__(self, items: list):
+        triples = [item if isinstance(item, tuple) else (item, None, True) for item in items]
+        size = self.images.image_size
+        views = np.zeros((len(items), self.max_views, 1, size, size), dtype=np.uint8)
+        present = np.zeros((len(items), self.max_views), dtype=bool)
+        for slot, (index, epoch, _) in enumerate(triples):
+            for view, row in enumerate(self.studies[index]):
+                views[slot, view, 0] = self.images.view(row, epoch)
+                present[slot, view] = True
+        targets = self.targets[[index for index, _, _ in triples]]
+        targets[[not real for _, _, real in triples]] = float("nan")
+        return (torch.from_numpy(views), torch.from_numpy(present)), targets
 
 
 # ---- sampling -------------------------------------------------------------------------------------
@@ -286,5 +335,5 @@ def make_loader(dataset: Dataset, cfg: Config, train: bool, device: torch.device
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
         generator=torch.Generator().manual_seed(cfg.seed),
-        collate_fn=keep_batch if isinstance(dataset, CheXpertDataset) else None,
+        collate_fn=keep_batch if isinstance(dataset, (CheXpertDataset, StudyDataset)) else None,
     )

@@ -68,7 +68,11 @@ def prepare_model(model: nn.Module, device: torch.device, cfg: Config) -> nn.Mod
     return model
 
 
-def to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+def to_device(images, device: torch.device, channels_last: bool):
+    """A batch on the device: a B x 1 x H x W tensor, or a study batch (B x V x 1 x H x W views,
+    B x V mask), which the model flattens itself."""
+    if isinstance(images, (tuple, list)):
+        return tuple(part.to(device, non_blocking=True) for part in images)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     return images.to(device, non_blocking=True, memory_format=memory_format)
 

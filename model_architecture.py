@@ -2,6 +2,10 @@
 
     backbone (DenseNet121 features, 1024 x H/32 x W/32) -> ReLU -> GeM -> Dropout -> Linear(1024, 14)
 
+In study mode (view_mode study) the input is a study's views, B x V x 1 x H x W with a B x V mask
+of the views present: the backbone and GeM run on each present view, and the pooled features
+are fused (mean, max, or attention weights learned from the features) before dropout and head.
+
 Under the U-MultiClass policy a label gets three outputs (negative, positive, uncertain) instead
 of one; the model still returns one logit per label, log p(pos) - log p(neg): the softmax
 restricted to positive and negative, as the CheXpert paper scores U-MultiClass.
@@ -58,7 +62,7 @@ class CheXpertNet(nn.Module):
 
     def __init__(self, num_classes: int = len(LABELS), gem_p: float = 3.0, dropout: float = 0.2,
                  pixel_mean: float = 0.5, pixel_std: float = 0.25,
-                 multiclass: tuple[bool, ...] | None = None):
+                 multiclass: tuple[bool, ...] | None = None, fusion: str = "mean"):
         super().__init__()
         self.register_buffer("pixel_mean", torch.tensor(float(pixel_mean)))
         self.register_buffer("pixel_std", torch.tensor(float(pixel_std)))
@@ -69,17 +73,54 @@ class CheXpertNet(nn.Module):
         self.multiclass = multiclass if any(multiclass) else None
         self.register_buffer("output_start", output_starts(multiclass), persistent=False)
         self.head = nn.Linear(FEATURES, num_classes + 2 * sum(multiclass))
+        self.fusion = fusion
+        # attention fusion: one score per view from its features, softmax over the study's views
+        self.view_attention = nn.Linear(FEATURES, 1) if fusion == "attention" else None
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
         x = (x - self.pixel_mean) / self.pixel_std
         return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
-    def forward(self, images: torch.Tensor, raw: bool = False) -> torch.Tensor:
-        """One logit per label; `raw` gives the head's outputs as they are (training losses)."""
-        features = F.relu(self.backbone(self.normalize(images)))  # torchvision applies this ReLU
-        outputs = self.head(self.dropout(self.pool(features)))
+    def forward(self, images, raw: bool = False) -> torch.Tensor:
+        """One logit per label; `raw` gives the head's outputs as they are (training losses).
+
+        `images` is a B x 1 x H x W batch, or a study batch: (B x V x 1 x H x W views, B x V mask).
+        """
+        if isinstance(images, (tuple, list)):
+            features = self.study_features(*images)
+        else:
+            features = self.image_features(images)
+        outputs = self.head(self.dropout(features))
         return outputs if raw else self.label_logits(outputs)
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """GeM-pooled backbone features, B x 1024."""
+        x = self.normalize(images)
+        if self.backbone.conv0.weight.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.pool(F.relu(self.backbone(x)))  # torchvision applies this ReLU too
+
+    def study_features(self, views: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """Each present view through backbone and GeM (padding never reaches BatchNorm), then
+        the study's features fused over its views."""
+        batch, slots = present.shape
+        flat = present.flatten()
+        features = self.image_features(views.flatten(0, 1)[flat])
+        per_view = features.new_zeros(batch * slots, features.shape[1])
+        per_view[flat] = features
+        return self.fuse(per_view.view(batch, slots, -1), present)
+
+    def fuse(self, features: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """B x V x 1024 features of the views present -> B x 1024; absent views never count."""
+        if self.fusion == "max":
+            return features.masked_fill(~present[..., None], float("-inf")).amax(dim=1)
+        if self.fusion == "attention":
+            scores = self.view_attention(features).squeeze(-1).float()
+            weights = torch.softmax(scores.masked_fill(~present, float("-inf")), dim=1)
+            return (weights[..., None] * features).sum(dim=1)
+        weights = present.float()
+        return (features * weights[..., None]).sum(dim=1) / weights.sum(dim=1, keepdim=True)
 
     def label_logits(self, outputs: torch.Tensor) -> torch.Tensor:
         if self.multiclass is None:
@@ -90,14 +131,20 @@ class CheXpertNet(nn.Module):
         return torch.where(mask, positive - single, single)
 
     def head_parameters(self) -> list[nn.Parameter]:
-        """Parameters trained from the first epoch: GeM's p and the linear head."""
-        return [*self.pool.parameters(), *self.head.parameters()]
+        """Parameters trained from the first epoch: GeM's p, the view attention, the head."""
+        attention = self.view_attention.parameters() if self.view_attention is not None else []
+        return [*self.pool.parameters(), *attention, *self.head.parameters()]
 
 
 def multiclass_of(cfg: Config) -> tuple[bool, ...]:
     """Which labels have a 3-way output under the config's uncertainty policies."""
     from labels import class_policies, multiclass_flags  # labels imports pandas: only when needed
     return multiclass_flags(class_policies(cfg.uncertainty_policy, cfg.uncertainty_policy_by_class))
+
+
+def fusion_of(cfg: Config) -> str:
+    """The view fusion of a config: only study mode fuses views (and so has fusion weights)."""
+    return cfg.view_fusion if cfg.view_mode == "study" else "mean"
 
 
 def build_model(cfg: Config, normalization: dict | None = None,
@@ -108,7 +155,7 @@ def build_model(cfg: Config, normalization: dict | None = None,
     """
     norm = normalization or {"mean": cfg.fallback_mean, "std": cfg.fallback_std}
     model = CheXpertNet(num_classes, cfg.gem_p, cfg.dropout, norm["mean"], norm["std"],
-                        multiclass_of(cfg))
+                        multiclass_of(cfg), fusion_of(cfg))
     if cfg.pretrained:
         model.backbone.load_state_dict(imagenet_backbone_state(cfg.pretrained_path))
     return model

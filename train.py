@@ -53,7 +53,7 @@ FIXED_ON_RESUME = ("frontal_only", "uncertainty_policy", "uncertainty_policy_by_
                    "gem_p", "dropout", "image_size", "crop_margin", "batch_size",
                    "accumulation_steps", "frozen_epochs", "lr_head", "lr_backbone", "weight_decay",
                    "warmup_steps", "lr_schedule", "grad_clip_norm", "max_pos_weight", "augment",
-                   "precision")
+                   "precision", "view_mode", "view_fusion", "max_views")
 
 
 # ---- setup -------------------------------------------------------------------------------------
@@ -343,10 +343,10 @@ def train_one_epoch(trainer: Trainer, loader, progress: Progress, frozen: bool, 
             # the gradient all-reduce; the step is skipped below.
             scaler.scale(loss * weight).backward()
         if torch.isfinite(loss):
-            progress.loss_sum += loss.item() * len(images)
+            progress.loss_sum += loss.item() * len(targets)
         else:
             loss_finite = False
-        progress.seen += len(images)
+        progress.seen += len(targets)
         progress.batches_done += 1
         if not step_now:
             continue
@@ -623,7 +623,8 @@ def run(cfg: Config, given: set[str], world: World, stop: StopSignals) -> None:
         source = "the image cache" if train_data.cache else "images decoded on the fly"
         where = (f"resuming {resume_from} at epoch {progress.epoch}, batch {progress.batches_done}"
                  if checkpoint is not None else f"run folder {run_dir}")
-        print(f"train: {len(train_data):,} train / {len(val_data):,} val images ({source}) on "
+        unit = "studies" if cfg.view_mode == "study" else "images"
+        print(f"train: {len(train_data):,} train / {len(val_data):,} val {unit} ({source}) on "
               f"{device} ({dtype or torch.float32}) x {world.size} process(es), effective batch "
               f"{world.size * cfg.batch_size * cfg.accumulation_steps}, {steps_per_epoch} optimizer "
               f"steps per epoch; {where}", flush=True)

@@ -1,0 +1,88 @@
+"""Study mode: a study's frontal and lateral views through the shared backbone, fused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import make_splits
+import preprocess
+from checkpoints import model_from_checkpoint
+from config import LABELS, Config
+from conftest import make_root, row
+from dataset import StudyDataset, make_dataset, read_split
+from model_architecture import CheXpertNet
+
+
+@pytest.fixture(scope="module")
+def study_data(tmp_path_factory):
+    """30 patients, one study each; every other study also has a lateral view."""
+    tmp = tmp_path_factory.mktemp("views")
+    rng = np.random.default_rng(5)
+    train, valid = [], []
+    for patient in range(30):
+        labels = {k: float(rng.integers(0, 2)) for k in ("Cardiomegaly", "Pleural_Effusion")}
+        train.append(row("train", patient, **labels))
+        if patient % 2:
+            lateral = row("train", patient, view="Lateral", **labels)
+            lateral["Path"] = lateral["Path"].replace("view1_lateral", "view2_lateral")
+            train.append(lateral)
+    for patient in range(6):
+        valid.append(row("valid", 100 + patient, Cardiomegaly=float(patient % 2)))
+    root = make_root(tmp, train, valid)
+    cfg = Config(data_root=str(root), data_dir=str(tmp / "data"), models_dir=str(tmp / "models"),
+                 frontal_only=False, val_fraction=0.2, stats_sample=10, image_size=32,
+                 view_mode="study", max_views=2, pretrained=False, num_workers=0)
+    preprocess.main(cfg)
+    make_splits.main(cfg)
+    return cfg
+
+
+def test_study_items_hold_frontal_first_with_a_mask(study_data):
+    frame = read_split(study_data.splits_dir / "train.csv")
+    data = make_dataset(frame, study_data, study_data.data_dir, False, "train")
+    assert isinstance(data, StudyDataset)
+    assert len(data) == frame.groupby(["patient_id", "study_id"]).ngroups < len(frame)
+    (views, present), targets = data.__getitems__(list(range(len(data))))
+    assert views.shape == (len(data), 2, 1, 32, 32) and views.dtype == torch.uint8
+    counts = frame.groupby(["patient_id", "study_id"], sort=False).size().to_numpy()
+    assert present.sum(1).tolist() == counts.tolist()
+    assert not views[~present].any()  # absent views are empty
+    first = frame.drop_duplicates(["patient_id", "study_id"])
+    assert data.paths == first["image_path"].tolist()  # one row per study, in frame order
+    assert (first["Frontal/Lateral"] == "Frontal").all()
+    assert torch.equal(targets, torch.tensor(first[list(LABELS)].to_numpy(np.float32)))
+
+
+@pytest.mark.parametrize("fusion", ["mean", "max", "attention"])
+def test_fusion_ignores_absent_views_and_view_order(fusion):
+    torch.manual_seed(0)
+    model = CheXpertNet(len(LABELS), dropout=0.0, fusion=fusion).eval()
+    a, b = (torch.randint(0, 256, (1, 1, 32, 32), dtype=torch.uint8) for _ in range(2))
+    empty = torch.zeros_like(a)
+    with torch.no_grad():
+        single = model(a)
+        padded = model((torch.stack([a, empty], 1), torch.tensor([[True, False]])))
+        both = model((torch.stack([a, b], 1), torch.tensor([[True, True]])))
+        swapped = model((torch.stack([b, a], 1), torch.tensor([[True, True]])))
+    assert torch.allclose(single, padded, atol=1e-5)  # one view = the single-image model
+    assert torch.allclose(both, swapped, atol=1e-5)  # the views' order does not matter
+    assert not torch.allclose(both, single, atol=1e-4)  # the second view counts
+
+
+def test_study_mode_trains_evaluates_and_rebuilds_from_the_checkpoint(study_data):
+    import evaluate
+    import train
+    cfg = Config(**{**study_data.__dict__, "run_name": "study", "view_fusion": "attention",
+                    "epochs": 1, "frozen_epochs": 0, "batch_size": 4,
+                    "early_stopping_patience": 0, "bootstrap_resamples": 50})
+    train.main(cfg)
+    checkpoint = torch.load(cfg.run_dir / "best.pth", weights_only=True)
+    model, trained = model_from_checkpoint(checkpoint)
+    assert trained.view_mode == "study" and model.view_attention is not None
+    evaluate.main(cfg)
+    import json
+    report = json.loads((cfg.run_dir / "eval_val.json").read_text())
+    n_studies = read_split(cfg.splits_dir / "val.csv").groupby(["patient_id", "study_id"]).ngroups
+    assert report["n_images"] == n_studies
