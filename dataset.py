@@ -166,6 +166,16 @@ def keep_batch(batch):
     return batch
 
 
+def frontal_rows(frame: pd.DataFrame, name: str) -> pd.DataFrame:
+    """view_mode frontal: the frontal images only (the data may hold laterals for study mode)."""
+    if "Frontal/Lateral" not in frame.columns:
+        return frame
+    frontal = frame["Frontal/Lateral"] == "Frontal"
+    if not frontal.all():
+        print(f"{name}: leaving out {int((~frontal).sum())} lateral image(s) (view_mode frontal)")
+    return frame[frontal]
+
+
 def make_dataset(frame: pd.DataFrame, model_cfg: Config, data_dir: str, augment: bool,
                  name: str, labels: tuple[str, ...] = LABELS,
                  use_cache: bool = True, policies: dict[str, str] | None = None
@@ -176,6 +186,8 @@ def make_dataset(frame: pd.DataFrame, model_cfg: Config, data_dir: str, augment:
     raw columns under those uncertainty policies (labels.training_targets).
     """
     side = model_cfg.stored_side
+    if model_cfg.view_mode == "frontal":
+        frame = frontal_rows(frame, name)
     cache = open_cache(data_dir, side, frame["image_path"].tolist(), use_cache)
     frame = drop_unreadable(frame, cache, name)
     targets = training_targets(frame, policies, model_cfg.seed) if policies else None

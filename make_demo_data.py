@@ -556,11 +556,27 @@ def check_config(cfg: DemoConfig) -> None:
 
 # ---- main ---------------------------------------------------------------------------------------
 
+# Findings that, below this strength, show only on the lateral film of a study that has one:
+# a small effusion fills the posterior costophrenic sulcus (seen on the lateral view) before it
+# blunts the lateral angle of the frontal view. This gives study mode (view fusion) something
+# to find that a frontal-only model cannot see.
+LATERAL_ONLY_BELOW = {"Pleural Effusion": 0.5}
+
+
+def frontal_findings(s: Study) -> dict:
+    if not s.lateral:
+        return s.findings
+    return {label: f for label, f in s.findings.items()
+            if f.strength >= LATERAL_ONLY_BELOW.get(label, 0.0)}
+
+
 def make_image(s: Study, view: str, cfg: DemoConfig, rng) -> tuple[np.ndarray, dict]:
     """One 8-bit film of a study, and the pixel box of each finding drawn on it."""
     film = Film(cfg.width, cfg.height)
-    render = render_frontal if view == "Frontal" else render_lateral
-    traces = render(film, s.anatomy, s.findings, rng)
+    if view == "Frontal":
+        traces = render_frontal(film, s.anatomy, frontal_findings(s), rng)
+    else:
+        traces = render_lateral(film, s.anatomy, s.findings, rng)
     img, pose = expose(film, rng)
     boxes = {label: trace_box(trace, pose, film) for label, trace in traces.items()}
     return img, {label: box for label, box in boxes.items() if box is not None}

@@ -86,3 +86,13 @@ def test_study_mode_trains_evaluates_and_rebuilds_from_the_checkpoint(study_data
     report = json.loads((cfg.run_dir / "eval_val.json").read_text())
     n_studies = read_split(cfg.splits_dir / "val.csv").groupby(["patient_id", "study_id"]).ngroups
     assert report["n_images"] == n_studies
+
+
+def test_frontal_mode_leaves_the_lateral_images_out(study_data, capsys):
+    import dataclasses
+    frame = read_split(study_data.splits_dir / "train.csv")
+    cfg = dataclasses.replace(study_data, view_mode="frontal")
+    data = make_dataset(frame, cfg, cfg.data_dir, False, "train")
+    lateral = int((frame["Frontal/Lateral"] == "Lateral").sum())
+    assert lateral > 0 and len(data) == len(frame) - lateral
+    assert f"leaving out {lateral} lateral image(s)" in capsys.readouterr().out
