@@ -1,0 +1,492 @@
+r"""Several configurations trained on the same data, seed and budget, in one comparison table.
+
+    python ablate.py --data_dir data/demo --ablation "u-ones: --uncertainty_policy U-Ones" \
+        "u-zeros: --uncertainty_policy U-Zeros" "lsr: --uncertainty_policy U-Ones-LSR" \
+        [--ablation_name NAME] [any --field value, applied to every configuration]
+
+A configuration is "NAME: --field value ...": a name (letters, digits, . _ -) and the options in
+which it differs from the others; the first one is the baseline. Every other option is shared.
+The seed, the epochs and the data are the same for all (a configuration may not change them).
+For each configuration, train.py runs as models/<ablation_name>-<NAME>/ (its output streamed
+here and appended to <NAME>.log), then evaluate.py on its best.pth. A configuration whose run
+already holds a finished training, best.pth and eval_test.json is skipped, and an interrupted
+run is resumed, so re-running the same command (with the same --ablation_name) continues.
+
+Reads  <data_dir>/splits/*.csv (through train.py and evaluate.py), each run's eval_test.json.
+Writes models/ablation-<name>/ablation.csv   one row per configuration: test mean AUC over all
+                                             evaluable observations and over the competition
+                                             five, with patient-bootstrap intervals; the
+                                             per-observation AUCs; and B - baseline with a
+                                             paired patient-bootstrap interval
+       models/ablation-<name>/ablation.md    the same as Markdown tables, with the commands
+       models/ablation-<name>/<NAME>.log     the output of train.py and evaluate.py
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from calibration import scaled_probs
+from checkpoints import config_from_checkpoint, load_checkpoint
+from compare import paired_auc_differences
+from config import Config, ConfigError, PipelineError, apply_overrides, given_fields, run_cli, \
+    validate
+from engine import choose_device
+from evaluate import Predictions, aligned, load_model, predict_split
+from fileio import write_csv_atomic, write_text_atomic
+from metrics import MEANS, interval_text, number_text
+from train import FIXED_ON_RESUME  # the fields that shape a run's data, model and optimisation
+
+ROOT = Path(__file__).resolve().parent
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+SPLIT = "test"  # the table's split: never used to select anything
+
+# Options every configuration shares: the budget, the data and the yardstick. A configuration
+# may repeat the shared value, not change it.
+SAME_FOR_ALL = ("seed", "epochs", "data_dir", "data_root", "models_dir", "bootstrap_resamples",
+                "ci_level")
+# Options ablate.py sets itself, for every run.
+SET_BY_ABLATE = ("run_name", "resume", "checkpoint", "compare", "ablation_name")
+# Column-name stem of each mean of metrics.MEANS.
+MEAN_COLUMNS = {"all": "mean_auc", "competition": "competition_auc"}
+
+
+@dataclass
+class Configuration:
+    name: str
+    options: list[str]  # the train.py options in which it differs from the shared ones
+    cfg: Config | None = None  # shared options, then its own: what its run trains and evaluates
+
+    @property
+    def options_text(self) -> str:
+        return shlex.join(self.options) or "(shared options only)"
+
+
+# ---- command line --------------------------------------------------------------------------------
+
+def split_ablation_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the values of every --ablation, the other options for the Config parser).
+
+    `--ablation "a: --dropout 0" "b: --dropout 0.5"` takes the values up to the next --option, as
+    evaluate.py does for --compare; `--ablation=SPEC` gives one.
+    """
+    specs, rest, i = [], [], 0
+    while i < len(argv):
+        if argv[i] == "--ablation":
+            i += 1
+            while i < len(argv) and not argv[i].startswith("--"):
+                specs.append(argv[i])
+                i += 1
+        elif argv[i].startswith("--ablation="):
+            specs.append(argv[i].split("=", 1)[1])
+            i += 1
+        else:
+            rest.append(argv[i])
+            i += 1
+    return specs, rest
+
+
+def parse_configuration(spec: str) -> Configuration:
+    """"NAME: --field value ..." (or a bare NAME: the shared options only)."""
+    name, _, options = spec.partition(":")
+    name = name.strip()
+    if not NAME.fullmatch(name):
+        raise ConfigError(f"--ablation {spec!r}: a configuration is \"NAME: --field value ...\" "
+                          "with a NAME of letters, digits, '.', '_' or '-'")
+    try:
+        words = shlex.split(options)
+    except ValueError as err:
+        raise ConfigError(f"--ablation {spec!r}: {err}") from None
+    return Configuration(name, words)
+
+
+def resolve_configurations(specs: list[str], shared: Config, shared_argv: list[str]
+                           ) -> list[Configuration]:
+    """Parse and check every configuration before anything trains; the first is the baseline."""
+    if len(specs) < 2:
+        raise ConfigError("ablate.py compares at least two configurations: --ablation "
+                          "\"NAME: --field value ...\" \"NAME2: --field value ...\"")
+    taken = sorted(given_fields(shared_argv) & set(SET_BY_ABLATE) - {"ablation_name"})
+    if taken:
+        raise ConfigError(f"--{taken[0]}: ablate.py sets it for every run (runs are named "
+                          "<ablation_name>-<configuration>); leave it out")
+    configurations = [parse_configuration(spec) for spec in specs]
+    names = [c.name for c in configurations]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"--ablation: configuration name(s) {', '.join(repeated)} appear twice")
+    for configuration in configurations:
+        where = f"--ablation {configuration.name!r}"
+        try:
+            own = given_fields(configuration.options)
+            cfg = validate(apply_overrides(shared, configuration.options))
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+        owned = sorted(own & set(SET_BY_ABLATE))
+        if owned:
+            raise ConfigError(f"{where} sets --{owned[0]}: ablate.py sets it for every run")
+        for field in sorted(own & set(SAME_FOR_ALL)):
+            if getattr(cfg, field) != getattr(shared, field):
+                raise ConfigError(
+                    f"{where} sets --{field} {getattr(cfg, field)}: every configuration has the "
+                    f"same seed, epochs, data and bootstrap (here --{field} "
+                    f"{getattr(shared, field)}); set it once, outside --ablation")
+        configuration.cfg = cfg
+    return configurations
+
+
+def ablation_name(cfg: Config) -> str:
+    name = cfg.ablation_name or time.strftime("%Y%m%d-%H%M%S")
+    if not NAME.fullmatch(name):
+        raise ConfigError(f"--ablation_name {name!r}: use letters, digits, '.', '_' or '-'")
+    return name
+
+
+def run_dir_of(configuration: Configuration, name: str) -> Path:
+    return Path(configuration.cfg.models_dir) / f"{name}-{configuration.name}"
+
+
+# ---- one configuration: train, evaluate ---------------------------------------------------------
+
+class Stopped(Exception):
+    """A child was stopped by Ctrl-C / SIGTERM (it saved its state): ablate.py stops too."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
+
+
+def stream(command: list[str], log_path: Path) -> int:
+    """Run `command`, echoing its output (progress bars included) and appending it to log_path.
+
+    The child runs in its own session and ablate.py forwards Ctrl-C / SIGTERM to it, exactly
+    once each: train.py then saves last.pth and stops, and a re-run resumes it.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    with open(log_path, "ab") as log, \
+            subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             start_new_session=True) as child:
+        def forward(signum, frame):
+            child.send_signal(signum)
+
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while chunk := child.stdout.read1(1 << 16):
+                log.write(chunk)
+                sys.stdout.write(decoder.decode(chunk))
+                sys.stdout.flush()
+            return child.wait()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def run_step(script: str, options: list[str], configuration: Configuration, log_path: Path
+             ) -> None:
+    command = [sys.executable, str(ROOT / script), *options]
+    print(f"ablate: $ python {script} {shlex.join(options)}", flush=True)
+    code = stream(command, log_path)
+    if code in (130, 143) or code < 0:
+        raise Stopped(128 - code if code < 0 else code)
+    if code != 0:
+        raise PipelineError(f"{script} failed for configuration {configuration.name!r} (exit "
+                            f"{code}); its output is above and in {log_path}")
+
+
+def training_finished(run_dir: Path, cfg: Config) -> bool:
+    """last.pth is at an epoch's end and no epoch is left (all done, or stopped early)."""
+    if not (run_dir / "last.pth").is_file():
+        return False
+    checkpoint = load_checkpoint(run_dir / "last.pth")
+    patience = cfg.early_stopping_patience
+    return checkpoint.get("in_epoch") is None and (
+        checkpoint["epoch"] >= cfg.epochs
+        or bool(patience) and checkpoint.get("epochs_without_improvement", 0) >= patience)
+
+
+def check_existing_run(run_dir: Path, configuration: Configuration) -> None:
+    """A run folder left by an earlier launch must hold what this configuration asks."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return
+    saved = config_from_checkpoint({"config": json.loads(path.read_text())})
+    cfg = configuration.cfg
+    differ = [name for name in (*FIXED_ON_RESUME, "epochs", "pretrained")
+              if getattr(saved, name) != getattr(cfg, name)]
+    if Path(saved.data_dir).resolve() != Path(cfg.data_dir).resolve():
+        differ.append("data_dir")
+    if differ:
+        was = ", ".join(f"--{name} {getattr(saved, name)}" for name in differ)
+        asked = ", ".join(f"--{name} {getattr(cfg, name)}" for name in differ)
+        raise PipelineError(f"{run_dir} was trained with {was}, configuration "
+                            f"{configuration.name!r} now asks {asked}: choose another "
+                            "--ablation_name (or delete that run folder)")
+
+
+def evaluated(run_dir: Path) -> bool:
+    """eval_test.json exists and reports best.pth (not a manual evaluation of last.pth)."""
+    path = run_dir / f"eval_{SPLIT}.json"
+    if not path.is_file():
+        return False
+    return Path(json.loads(path.read_text()).get("checkpoint", "")).name == "best.pth"
+
+
+def train_and_evaluate(configuration: Configuration, shared_argv: list[str], name: str,
+                       out_dir: Path, position: str) -> None:
+    run_dir = run_dir_of(configuration, name)
+    title = f"ablate: [{position}] {configuration.name}"
+    check_existing_run(run_dir, configuration)
+    finished = (run_dir / "best.pth").is_file() and training_finished(run_dir, configuration.cfg)
+    if finished and evaluated(run_dir):
+        print(f"{title}: {run_dir} already holds its trained and evaluated run: skipped "
+              f"(delete its eval_{SPLIT}.json to evaluate it again)", flush=True)
+        return
+    options = [*shared_argv, *configuration.options, "--ablation_name", name]
+    log_path = out_dir / f"{configuration.name}.log"
+    if finished:
+        print(f"{title}: {run_dir} is trained; evaluating it", flush=True)
+    else:
+        resume = (run_dir / "last.pth").is_file()
+        print(f"{title}: {configuration.options_text} -> {run_dir}"
+              + (" (resuming its interrupted run)" if resume else ""), flush=True)
+        run_step("train.py", [*options, "--run_name", run_dir.name,
+                              *(["--resume", "auto"] if resume else [])], configuration, log_path)
+    run_step("evaluate.py", [*options, "--checkpoint", str(run_dir / "best.pth")], configuration,
+             log_path)
+
+
+# ---- the table ---------------------------------------------------------------------------------
+
+def test_predictions(configuration: Configuration, run_dir: Path) -> Predictions:
+    """The run's best.pth predictions on the test split (as evaluate.py --compare makes them)."""
+    cfg, path = configuration.cfg, run_dir / "best.pth"
+    device = choose_device(cfg.device)
+    model, checkpoint, trained = load_model(path, cfg, device)
+    return predict_split(model, SPLIT, path, checkpoint, trained, cfg, device)
+
+
+def paired_differences(baseline: Predictions, other: Predictions, cfg: Config) -> list[dict]:
+    """compare.py's rows of other - baseline: per class, then the means (paired intervals)."""
+    a, b = aligned(baseline, other)
+    return paired_auc_differences(scaled_probs(a.logits, None), scaled_probs(b.logits, None),
+                                  a.targets, a.frame["patient_id"], a.labels,
+                                  cfg.bootstrap_resamples, cfg.ci_level, cfg.seed)
+
+
+def verdict_text(verdict: str) -> str:
+    """compare.py's verdict of B - A, said of a configuration against the baseline."""
+    return {"B better": "better", "A better": "worse"}.get(verdict, verdict)
+
+
+def mean_rows(differences: list[dict]) -> dict[str, dict]:
+    """The rows of the means in compare.py's rows, by metrics.MEANS key."""
+    return {key: row for key, title, _ in MEANS for row in differences
+            if row["pathology"].startswith(f"{title} (")}
+
+
+def table_row(configuration: Configuration, run_dir: Path, report: dict,
+              differences: list[dict] | None, labels: tuple[str, ...]) -> dict:
+    """One configuration: its test AUCs with intervals, and its paired difference to the baseline
+    (`differences` is None for the baseline itself)."""
+    row = {"configuration": configuration.name, "options": shlex.join(configuration.options),
+           "run": str(run_dir), "baseline": differences is None,
+           "n_images": report["n_images"], "n_patients": report["n_patients"]}
+    means = report["image"]["means"]
+    paired = mean_rows(differences or [])
+    for key, stem in MEAN_COLUMNS.items():
+        mean = means.get(key, {"auc": None, "ci": {"low": None, "high": None}})
+        diff = paired.get(key, {})
+        row.update({stem: mean["auc"], f"{stem}_ci_low": mean["ci"]["low"],
+                    f"{stem}_ci_high": mean["ci"]["high"],
+                    f"diff_{stem}": diff.get("difference"),
+                    f"diff_{stem}_ci_low": diff.get("ci_low"),
+                    f"diff_{stem}_ci_high": diff.get("ci_high"),
+                    f"diff_{stem}_verdict": verdict_text(diff["verdict"]) if diff else None})
+    by_class = {r["pathology"]: r for r in differences or []}
+    for label in labels:
+        diff = by_class.get(label, {})
+        row.update({f"auc {label}": report["image"]["classes"][label]["auc"],
+                    f"diff {label}": diff.get("difference"),
+                    f"diff {label} ci_low": diff.get("ci_low"),
+                    f"diff {label} ci_high": diff.get("ci_high")})
+    return row
+
+
+def auc_cell(auc, low, high) -> str:
+    return "n/a" if auc is None else f"{number_text(auc)} {interval_text(low, high)}"
+
+
+def diff_cell(row: dict, stem: str) -> str:
+    if row["baseline"]:
+        return "baseline"
+    diff = row[f"diff_{stem}"]
+    if diff is None:
+        return "n/a"
+    low, high = row[f"diff_{stem}_ci_low"], row[f"diff_{stem}_ci_high"]
+    return f"{diff:+.4f} {interval_text(low, high, signed=True)}"
+
+
+def summary_header(level: float) -> list[str]:
+    ci = f"[{level:.0%} CI]"
+    return ["Configuration", f"Mean AUC {ci}", f"Comp-5 AUC {ci}",
+            f"Mean - baseline [paired {level:.0%} CI]",
+            f"Comp-5 - baseline [paired {level:.0%} CI]", "Verdict (mean)"]
+
+
+def summary_cells(row: dict) -> list[str]:
+    return [row["configuration"],
+            auc_cell(row["mean_auc"], row["mean_auc_ci_low"], row["mean_auc_ci_high"]),
+            auc_cell(row["competition_auc"], row["competition_auc_ci_low"],
+                     row["competition_auc_ci_high"]),
+            diff_cell(row, "mean_auc"), diff_cell(row, "competition_auc"),
+            "" if row["baseline"] else row["diff_mean_auc_verdict"] or "n/a"]
+
+
+def format_summary(rows: list[dict], level: float) -> str:
+    """Plain-text table for the terminal."""
+    lines = [summary_header(level), *[summary_cells(row) for row in rows]]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    text = ["  ".join(f"{v:<{w}}" if i in (0, len(widths) - 1) else f"{v:>{w}}"
+                      for i, (v, w) in enumerate(zip(line, widths))).rstrip() for line in lines]
+    return "\n".join([text[0], "-" * len(text[0]), *text[1:]])
+
+
+def markdown_table(header: list[str], cells: list[list[str]], left: tuple[int, ...] = (0,)
+                   ) -> str:
+    """Numbers right-aligned, the `left` columns (names, text) left-aligned."""
+    align = [":---" if i in left else "---:" for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    return "\n".join(lines + ["| " + " | ".join(line) + " |" for line in cells])
+
+
+def per_class_markdown(rows: list[dict], labels: tuple[str, ...]) -> str:
+    """Observations down, configurations across: AUC, and for the others B - baseline."""
+    header = ["Observation", *[f"{r['configuration']}" + (" (baseline)" if r["baseline"] else "")
+                               for r in rows]]
+    cells = []
+    for label in labels:
+        line = [label]
+        for row in rows:
+            auc, diff = row[f"auc {label}"], row[f"diff {label}"]
+            text = number_text(auc)
+            if not row["baseline"] and diff is not None:
+                interval = interval_text(row[f"diff {label} ci_low"], row[f"diff {label} ci_high"],
+                                         signed=True)
+                text += f" ({diff:+.4f} {interval})"
+            line.append(text)
+        cells.append(line)
+    return markdown_table(header, cells)
+
+
+def markdown_report(rows: list[dict], configurations: list[Configuration], name: str,
+                    command: str, report: dict, labels: tuple[str, ...], cfg: Config) -> str:
+    means = report["image"]["means"]
+    counted = "; ".join(f"{m['name'].lower()}: {len(m['classes'])} evaluable observations"
+                        for m in means.values())
+    level = f"{cfg.ci_level:.0%}"
+    lines = [
+        f"# Ablation {name}", "",
+        f"Every configuration was trained on `{cfg.data_dir}` with seed {cfg.seed} for "
+        f"{cfg.epochs} epoch{'s' * (cfg.epochs != 1)} and evaluated on the {SPLIT} split "
+        f"({report['n_images']} images, {report['n_patients']} patients; {counted}). The first "
+        "configuration is the baseline.",
+        "", f"Command: `{command}`", "",
+        markdown_table(["Configuration", "Options", "Run"],
+                       [[c.name, f"`{c.options_text}`", f"`{r['run']}`"]
+                        for c, r in zip(configurations, rows)], left=(0, 1, 2)), "",
+        f"## Mean AUC ({SPLIT} split)", "",
+        markdown_table(summary_header(cfg.ci_level), [summary_cells(r) for r in rows],
+                       left=(0, 5)), "",
+        f"Intervals: the AUC intervals are {level} percentile intervals over "
+        f"{cfg.bootstrap_resamples} bootstrap resamples of the {SPLIT} patients (each patient's "
+        "images together). A difference's interval is *paired*: both models are scored on the "
+        "same resampled patients, so it is narrower than the two AUC intervals suggest, and one "
+        "that excludes 0 (`better` / `worse`) is unlikely to come from which patients happen to "
+        "be in the test split. It does not cover training noise: each configuration was trained "
+        "once, with one seed, so a small difference may still come from the seed.", "",
+        f"## Per observation ({SPLIT} split): AUC, and for the others the difference to the "
+        f"baseline [paired {level} CI]", "",
+        per_class_markdown(rows, labels), ""]
+    return "\n".join(lines)
+
+
+def build_table(configurations: list[Configuration], name: str) -> tuple[list[dict], dict,
+                                                                          tuple[str, ...]]:
+    """(rows, the baseline's report, labels) from the runs' eval_test.json and predictions."""
+    reports = {c.name: json.loads((run_dir_of(c, name) / f"eval_{SPLIT}.json").read_text())
+               for c in configurations}
+    baseline, *others = configurations
+    print(f"ablate: paired differences to {baseline.name} on the {SPLIT} split", flush=True)
+    base_preds = test_predictions(baseline, run_dir_of(baseline, name))
+    labels = base_preds.labels
+    rows = [table_row(baseline, run_dir_of(baseline, name), reports[baseline.name], None, labels)]
+    for configuration in others:
+        preds = test_predictions(configuration, run_dir_of(configuration, name))
+        differences = paired_differences(base_preds, preds, baseline.cfg)
+        rows.append(table_row(configuration, run_dir_of(configuration, name),
+                              reports[configuration.name], differences, labels))
+    return rows, reports[baseline.name], labels
+
+
+# ---- main ----------------------------------------------------------------------------------------
+
+def main(cfg: Config, specs: list[str], shared_argv: list[str]) -> None:
+    configurations = resolve_configurations(specs, cfg, shared_argv)
+    name = ablation_name(cfg)
+    shared_argv = without_option(shared_argv, "ablation_name")
+    command = shlex.join(["python", "ablate.py", *shared_argv, "--ablation",
+                          *[f"{c.name}: {shlex.join(c.options)}".rstrip() for c in configurations],
+                          "--ablation_name", name])
+    out_dir = Path(cfg.models_dir) / f"ablation-{name}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    print(f"ablate: {len(configurations)} configurations, seed {cfg.seed}, {cfg.epochs} epochs, "
+          f"data {cfg.data_dir}; runs {cfg.models_dir}/{name}-<configuration>", flush=True)
+    try:
+        for index, configuration in enumerate(configurations, 1):
+            train_and_evaluate(configuration, shared_argv, name, out_dir,
+                               f"{index}/{len(configurations)}")
+    except Stopped as stopped:
+        print(f"\nablate: stopped; finished configurations are kept and an interrupted run "
+              f"resumes from its last.pth. Continue with:\n  {command}", flush=True)
+        raise SystemExit(stopped.code) from None
+    rows, report, labels = build_table(configurations, name)
+    write_csv_atomic(pd.DataFrame(rows), out_dir / "ablation.csv")
+    write_text_atomic(markdown_report(rows, configurations, name, command, report, labels, cfg),
+                      out_dir / "ablation.md")
+    print(f"\nAblation {name}: {SPLIT} split ({report['n_images']} images, "
+          f"{report['n_patients']} patients), baseline {configurations[0].name}")
+    print(format_summary(rows, cfg.ci_level))
+    print(f"\nablate: wrote {out_dir}/ablation.csv, ablation.md ({len(rows)} configurations; "
+          f"per-observation AUCs in both, logs in {out_dir}/<configuration>.log)")
+
+
+def without_option(argv: list[str], field: str) -> list[str]:
+    """argv without `--field value` / `--field=value` (ablate.py passes its own)."""
+    kept, i = [], 0
+    while i < len(argv):
+        if argv[i] == f"--{field}":
+            i += 2
+        elif argv[i].startswith(f"--{field}="):
+            i += 1
+        else:
+            kept.append(argv[i])
+            i += 1
+    return kept
+
+
+if __name__ == "__main__":
+    ablation_specs, options = split_ablation_args(sys.argv[1:])
+    if options[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+    run_cli(lambda cfg: main(cfg, ablation_specs, options), options)

@@ -1,0 +1,184 @@
+"""ablate.py: configurations parsed and checked, the table from eval reports and predictions, and
+one small ablation run end to end (then re-run: finished configurations are skipped)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import ablate
+from bootstrap import bootstrap_auc_matrix, draw_resamples
+from config import Config, ConfigError, PipelineError, parse_args
+from conftest import ROOT
+from evaluate import Predictions
+from metrics import summarise
+
+LABELS = ("Atelectasis", "Cardiomegaly", "Edema", "Fracture")
+
+
+def configurations(specs, shared_argv=()):
+    shared = parse_args(list(shared_argv))
+    return ablate.resolve_configurations(list(specs), shared, list(shared_argv))
+
+
+# ---- command line ------------------------------------------------------------------------------
+
+def test_ablation_values_are_taken_out_of_the_config_options():
+    specs, rest = ablate.split_ablation_args(
+        ["--data_dir", "d", "--ablation", "a: --dropout 0", "b: --dropout 0.5", "--epochs", "3",
+         "--ablation=c: --gem_p 1", "--ablation_name", "x"])
+    assert specs == ["a: --dropout 0", "b: --dropout 0.5", "c: --gem_p 1"]
+    assert rest == ["--data_dir", "d", "--epochs", "3", "--ablation_name", "x"]
+    assert parse_args(rest).ablation_name == "x"
+    assert ablate.without_option(rest, "ablation_name") == ["--data_dir", "d", "--epochs", "3"]
+
+
+def test_configurations_have_a_name_and_the_options_that_differ():
+    by_class = "by-class: --uncertainty_policy_by_class 'Edema=U-Zeros, Atelectasis=U-Zeros'"
+    found = configurations(["base", "drop: --dropout 0.5 --gem_p=1", by_class], ["--epochs", "3"])
+    assert [c.name for c in found] == ["base", "drop", "by-class"]
+    assert found[0].options == [] and found[0].options_text == "(shared options only)"
+    assert found[1].options == ["--dropout", "0.5", "--gem_p=1"]
+    assert (found[1].cfg.dropout, found[1].cfg.gem_p, found[1].cfg.epochs) == (0.5, 1.0, 3)
+    assert found[2].cfg.uncertainty_policy_by_class == ("Edema=U-Zeros", "Atelectasis=U-Zeros")
+    assert found[0].cfg.dropout == Config().dropout  # the shared options only
+    # repeating a shared value is allowed: the budget stays equal
+    assert configurations(["a: --seed 7", "b:"], ["--seed", "7"])[0].cfg.seed == 7
+
+
+@pytest.mark.parametrize("specs, shared, message", [
+    (["a: --dropout 0"], [], "at least two configurations"),
+    (["a: --dropout 0", "a: --dropout 0.5"], [], "name(s) a appear twice"),
+    (["a:", "b: --seed 1"], [], "'b' sets --seed 1"),
+    (["a:", "b: --epochs 9"], ["--epochs", "3"], "'b' sets --epochs 9"),
+    (["a:", "b: --data_dir other"], [], "'b' sets --data_dir other"),
+    (["a:", "b: --bootstrap_resamples 10"], [], "sets --bootstrap_resamples"),
+    (["a:", "b: --run_name r"], [], "'b' sets --run_name: ablate.py sets it"),
+    (["a:", "b: --dropot 0.5"], [], "'b': unknown option --dropot"),
+    (["a:", "b: --epochs"], [], "--epochs needs a value"),
+    (["a:", "b c: --dropout 0"], [], "with a NAME of letters"),
+    (["a:", "b:"], ["--resume", "auto"], "--resume: ablate.py sets it"),
+])
+def test_bad_configurations_are_refused_before_training(specs, shared, message):
+    with pytest.raises(ConfigError) as error:
+        configurations(specs, shared)
+    assert message in str(error.value)
+
+
+# ---- the table, from fake reports and predictions ----------------------------------------------
+
+def fake_predictions(rng, noise: float) -> Predictions:
+    """60 patients x 2 images; scores = targets + noise (less noise, better model)."""
+    patients = np.repeat(np.arange(60), 2)
+    targets = rng.integers(0, 2, (len(patients), len(LABELS))).astype(float)
+    targets[:, 3] = 0.0  # Fracture: one label value, no AUC
+    logits = (targets - 0.5) * 2 + rng.normal(0, noise, targets.shape)
+    frame = pd.DataFrame({"image_path": [f"img{i}.png" for i in range(len(patients))],
+                          "patient_id": [f"p{p}" for p in patients]})
+    return Predictions(frame, logits, targets, LABELS)
+
+
+def fake_report(preds: Predictions, cfg: Config) -> dict:
+    """What ablate.py reads of an eval_test.json."""
+    probs = 1 / (1 + np.exp(-preds.logits))
+    matrix = bootstrap_auc_matrix(probs, preds.targets, draw_resamples(
+        preds.frame["patient_id"], cfg.bootstrap_resamples, cfg.seed))
+    image = summarise(probs, preds.targets, LABELS, matrix, cfg.ci_level)
+    return json.loads(json.dumps({"n_images": len(preds.frame), "n_patients": 60,
+                                  "image": image}))
+
+
+def test_table_has_intervals_and_paired_differences_to_the_baseline(tmp_path):
+    cfg = Config(bootstrap_resamples=200)
+    rng = np.random.default_rng(0)
+    base = fake_predictions(rng, noise=2.0)
+    better = Predictions(base.frame, base.targets * 2 - 1 + rng.normal(0, 0.5, base.targets.shape),
+                         base.targets, LABELS)
+    found = configurations(["base: --dropout 0.2", "better: --dropout 0.5"])
+    rows = [ablate.table_row(found[0], tmp_path / "x-base", fake_report(base, cfg), None, LABELS),
+            ablate.table_row(found[1], tmp_path / "x-better", fake_report(better, cfg),
+                             ablate.paired_differences(base, better, cfg), LABELS)]
+    first, second = rows
+    assert first["baseline"] and first["diff_mean_auc"] is None
+    assert first["mean_auc_ci_low"] <= first["mean_auc"] <= first["mean_auc_ci_high"]
+    assert second["diff_mean_auc"] == pytest.approx(second["mean_auc"] - first["mean_auc"])
+    assert 0 < second["diff_mean_auc_ci_low"] <= second["diff_mean_auc_ci_high"]
+    assert second["diff_mean_auc_verdict"] == "better"
+    assert second["diff_competition_auc_verdict"] == "better"  # 3 evaluable of the five
+    assert first["auc Fracture"] is None and second["diff Fracture"] is None
+    assert second["diff Edema"] == pytest.approx(second["auc Edema"] - first["auc Edema"])
+
+    text = ablate.format_summary(rows, cfg.ci_level)
+    assert "baseline" in text.splitlines()[2] and "better" in text.splitlines()[3]
+    markdown = ablate.markdown_report(rows, found, "x", "python ablate.py ...",
+                                      fake_report(base, cfg), LABELS, cfg)
+    assert "| base | `--dropout 0.2` |" in markdown and "*paired*" in markdown
+    assert "| Fracture | n/a | n/a |" in markdown
+    assert markdown.count("\n| better |") == 2  # in the configurations and the summary tables
+
+
+def test_a_model_against_itself_differs_by_exactly_zero():
+    preds = fake_predictions(np.random.default_rng(1), noise=1.0)
+    rows = ablate.paired_differences(preds, preds, Config(bootstrap_resamples=50))
+    means = ablate.mean_rows(rows)
+    assert set(means) == {"all", "competition"}
+    assert means["all"]["difference"] == 0 and means["all"]["ci_low"] == 0
+    assert ablate.verdict_text(means["all"]["verdict"]) == "no clear difference"
+
+
+# ---- end to end ----------------------------------------------------------------------------------
+
+SHARED = ["--epochs", "1", "--frozen_epochs", "1", "--image_size", "32", "--pretrained", "false",
+          "--num_workers", "0", "--bootstrap_resamples", "100", "--ablation_name", "tiny"]
+SPECS = ["no-dropout: --dropout 0.0", "dropout: --dropout 0.5"]
+
+
+def test_two_configurations_end_to_end_then_resumed(data_args, monkeypatch, capsys):
+    options, models = data_args
+    out = models / "ablation-tiny"
+    result = subprocess.run([sys.executable, "ablate.py", *options, *SHARED, "--ablation", *SPECS],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    stdout = result.stdout
+    assert "train: wrote" in stdout and "evaluate: wrote" in stdout  # the children's output
+    table = pd.read_csv(out / "ablation.csv")
+    assert table["configuration"].tolist() == ["no-dropout", "dropout"]
+    assert table["run"].tolist() == [str(models / "tiny-no-dropout"), str(models / "tiny-dropout")]
+    assert pd.isna(table.loc[0, "diff_mean_auc"]) and np.isfinite(table.loc[1, "diff_mean_auc"])
+    assert table.loc[1, "diff_mean_auc_ci_low"] <= table.loc[1, "diff_mean_auc_ci_high"]
+    for column in ("mean_auc", "mean_auc_ci_low", "competition_auc", "auc Edema"):
+        assert table[column].notna().all(), column
+    markdown = (out / "ablation.md").read_text()
+    assert "| no-dropout |" in markdown and "| dropout |" in markdown
+    assert (out / "dropout.log").read_text().count("train: wrote") == 1
+    assert f"ablate: wrote {out}/ablation.csv, ablation.md" in stdout.splitlines()[-1]
+
+    # re-run (in this process, the child scripts recorded instead of run): the first is skipped;
+    # the second, trained but not evaluated, is only evaluated
+    report = models / "tiny-dropout" / "eval_test.json"
+    saved = report.read_text()
+    report.unlink()
+    launched = []
+
+    def fake_step(script, step_options, configuration, log_path):
+        launched.append((script, configuration.name))
+        report.write_text(saved)
+
+    monkeypatch.setattr(ablate, "run_step", fake_step)
+    specs, rest = ablate.split_ablation_args([*options, *SHARED, "--ablation", *SPECS])
+    ablate.main(parse_args(rest), specs, rest)
+    again = capsys.readouterr().out
+    assert launched == [("evaluate.py", "dropout")]
+    assert "[1/2] no-dropout: " in again and "already holds its trained and evaluated run" in again
+    assert "[2/2] dropout: " in again and "is trained; evaluating it" in again
+    assert pd.read_csv(out / "ablation.csv")["diff_mean_auc"].equals(table["diff_mean_auc"])
+
+    # the same ablation name with another setting for a trained configuration is refused
+    changed = configurations(["dropout: --dropout 0.3", "b:"], [*options, *SHARED])[0]
+    with pytest.raises(PipelineError, match="was trained with --dropout 0.5"):
+        ablate.check_existing_run(models / "tiny-dropout", changed)
