@@ -1,4 +1,5 @@
-"""Reading radiographs from disk as 8-bit grayscale arrays, whatever their file's pixel mode.
+"""Reading radiographs as 8-bit grayscale arrays, whatever their format (JPEG, PNG, TIFF, DICOM)
+or pixel mode.
 
 Kept free of torch so that CSV-only stages start quickly.
 """
@@ -26,6 +27,16 @@ class ImageReadError(PipelineError):
 
 # ---- reading one image --------------------------------------------------------------------------
 
+def _stretch(array: np.ndarray) -> np.ndarray:
+    """Values from the array's own min..max to 0..1 (a flat image becomes 0)."""
+    low, high = float(array.min()), float(array.max())
+    return (array - low) / (high - low) if high > low else np.zeros_like(array, dtype=np.float64)
+
+
+def _to_uint8(unit: np.ndarray) -> np.ndarray:
+    return np.round(unit * 255.0).astype(np.uint8)
+
+
 def _to_uint8_gray(img: Image.Image) -> np.ndarray:
     """Any PIL mode -> 8-bit grayscale array.
 
@@ -34,10 +45,7 @@ def _to_uint8_gray(img: Image.Image) -> np.ndarray:
     would leave a nearly black image.
     """
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(img, dtype=np.float64)
-        low, high = float(array.min()), float(array.max())
-        scaled = (array - low) / (high - low) if high > low else np.zeros_like(array)
-        return np.round(scaled * 255.0).astype(np.uint8)
+        return _to_uint8(_stretch(np.asarray(img, dtype=np.float64)))
     if img.mode != "L":
         img = img.convert("L")  # RGB, RGBA (alpha dropped), CMYK, P, LA, 1
     return np.asarray(img, dtype=np.uint8)
@@ -65,6 +73,97 @@ def _fast_jpeg(data: bytes, img: Image.Image, size_hint: int | None) -> np.ndarr
     return cv2.imdecode(np.frombuffer(data, np.uint8), REDUCED_GRAYSCALE[factor])
 
 
+# ---- DICOM --------------------------------------------------------------------------------------
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+DICOM_MAGIC_OFFSET, DICOM_MAGIC = 128, b"DICM"  # after the 128-byte preamble of a Part 10 file
+
+
+def is_dicom(data: bytes, name: str | Path = "") -> bool:
+    """A DICOM file by its 'DICM' marker at byte 128, or by its suffix (files without preamble)."""
+    return (data[DICOM_MAGIC_OFFSET:DICOM_MAGIC_OFFSET + 4] == DICOM_MAGIC
+            or Path(name).suffix.lower() in DICOM_SUFFIXES)
+
+
+def _dicom_gray(data: bytes) -> np.ndarray:
+    """A DICOM radiograph as 8-bit grayscale, shown the way a viewer shows it (bright = dense).
+
+    Rescale / Modality LUT first (stored values -> physical units), then the VOI LUT or window
+    the file asks for (pydicom implements both per the standard), then the image's own
+    min..max stretched to 0..255 as for 16-bit PNGs. MONOCHROME1 stores dense as dark: it is
+    inverted so that it matches MONOCHROME2 and the JPEGs the model was trained on.
+    """
+    import pydicom  # imported here: only DICOM inputs pay its import time (CSV stages never do)
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    ds = pydicom.dcmread(io.BytesIO(data), force=True)  # force: files without the preamble
+    if "PixelData" not in ds:
+        raise ValueError("the DICOM file holds no pixel data")
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if rows * columns * frames > 2 * Image.MAX_IMAGE_PIXELS:  # the limit PIL enforces on others
+        raise ValueError(f"{columns} x {rows} x {frames} px could be a decompression bomb "
+                         "attack; refusing to decode it")
+    if frames != 1:
+        raise ValueError(f"multi-frame DICOM ({frames} frames) is not a single radiograph")
+    pixels = ds.pixel_array
+    if int(ds.get("SamplesPerPixel", 1)) != 1:  # colour (secondary capture): pydicom gives RGB
+        if pixels.dtype != np.uint8:
+            raise ValueError(f"{pixels.dtype} colour pixels are not supported")
+        return cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2GRAY)
+    unit = _stretch(apply_voi_lut(apply_modality_lut(pixels, ds), ds).astype(np.float64))
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+        unit = 1.0 - unit
+    return _to_uint8(unit)
+
+
+def _read_dicom(data: bytes, name: str | Path) -> np.ndarray:
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return _dicom_gray(data)
+    # pydicom reports a damaged or unsupported file with any of these (a missing Rows tag is an
+    # AttributeError, compressed pixels without a decoder a RuntimeError, ...)
+    except (InvalidDicomError, AttributeError, KeyError, TypeError, ValueError, OSError,
+            NotImplementedError, RuntimeError, EOFError) as err:
+        raise ImageReadError(f"cannot read DICOM image {name}: {err}") from None
+
+
+def _read_other(data: bytes, name: str | Path, size_hint: int | None) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            array = _fast_jpeg(data, img, size_hint)
+            if array is None:
+                if size_hint and img.format == "JPEG":
+                    img.draft("L", (size_hint, size_hint))
+                array = _to_uint8_gray(img)
+        return array
+    except UnidentifiedImageError:  # PIL's message names only its in-memory file object
+        why = "the file is empty (0 bytes)" if not data else \
+            f"not an image, or damaged ({len(data):,} bytes)"
+        raise ImageReadError(f"cannot read image {name}: cannot identify an image format: "
+                             f"{why}") from None
+    except (Image.DecompressionBombError, OSError, ValueError) as err:
+        raise ImageReadError(f"cannot read image {name}: {err}") from None
+
+
+# ---- any file -----------------------------------------------------------------------------------
+
+def decode_grayscale(data: bytes, name: str | Path, size_hint: int | None = None) -> np.ndarray:
+    """The bytes of an image file (JPEG, PNG, TIFF, ... or DICOM) as an 8-bit grayscale H x W
+    array, or raise ImageReadError naming it (`name` is its path or upload name)."""
+    if is_dicom(data, name):
+        array = _read_dicom(data, name)
+    else:
+        array = _read_other(data, name, size_hint)
+    height, width = array.shape
+    if min(height, width) < MIN_SIDE or max(height, width) / min(height, width) > MAX_ASPECT:
+        raise ImageReadError(f"image {name} is {width} x {height} px: too small or too elongated "
+                             f"to be a chest radiograph (need sides >= {MIN_SIDE} px, aspect <= "
+                             f"{MAX_ASPECT:g})")
+    return array
+
+
 def read_grayscale(path: str | Path, size_hint: int | None = None) -> np.ndarray:
     """Read an image file as an 8-bit grayscale H x W array, or raise ImageReadError naming it.
 
@@ -73,22 +172,11 @@ def read_grayscale(path: str | Path, size_hint: int | None = None) -> np.ndarray
     """
     try:
         data = Path(path).read_bytes()
-        with Image.open(io.BytesIO(data)) as img:
-            array = _fast_jpeg(data, img, size_hint)
-            if array is None:
-                if size_hint and img.format == "JPEG":
-                    img.draft("L", (size_hint, size_hint))
-                array = _to_uint8_gray(img)
     except FileNotFoundError:
         raise ImageReadError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as err:
+    except OSError as err:  # a folder, no permission, ...
         raise ImageReadError(f"cannot read image {path}: {err}") from None
-    height, width = array.shape
-    if min(height, width) < MIN_SIDE or max(height, width) / min(height, width) > MAX_ASPECT:
-        raise ImageReadError(f"image {path} is {width} x {height} px: too small or too elongated "
-                             f"to be a chest radiograph (need sides >= {MIN_SIDE} px, aspect <= "
-                             f"{MAX_ASPECT:g})")
-    return array
+    return decode_grayscale(data, path, size_hint)
 
 
 def resize_square(image: np.ndarray, side: int) -> np.ndarray:
@@ -101,3 +189,8 @@ def resize_square(image: np.ndarray, side: int) -> np.ndarray:
 def decode_square(path: str | Path, side: int) -> np.ndarray:
     """The side x side uint8 image that both the cache and on-the-fly loading start from."""
     return resize_square(read_grayscale(path, size_hint=side), side)
+
+
+def decode_square_bytes(data: bytes, name: str, side: int) -> np.ndarray:
+    """decode_square for a file already in memory (an upload in app.py)."""
+    return resize_square(decode_grayscale(data, name, size_hint=side), side)

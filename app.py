@@ -1,0 +1,163 @@
+"""Web GUI: upload chest X-rays, see the findings, their threshold decisions and Grad-CAM.
+
+    streamlit run app.py        (then open http://localhost:8501)
+
+The checkpoint is picked in the sidebar among models/*/best.pth or typed as a path; the
+environment variable CHEXPERT_CHECKPOINT fills that path in. Uploads (JPEG, PNG, DICOM) are
+decoded in memory and predicted exactly as predict.py predicts files (inference.py): one image
+gets its findings, most probable first, with confidence bars and decisions, and a Grad-CAM
+overlay for the finding chosen; a batch also gets a results table and its CSV. An upload that
+cannot be read shows why. A research demo of a model trained on CheXpert labels, not a
+medical device.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from config import Config, PipelineError
+from heatmaps import overlay_of
+from inference import Predictions, Predictor, Upload, findings_of, load_predictor, \
+    predict_sources
+
+CHECKPOINT_ENV = "CHEXPERT_CHECKPOINT"  # a checkpoint path to start with
+UPLOAD_TYPES = ["jpg", "jpeg", "png", "dcm", "dicom"]
+BATCH_SIZE = 8
+PROBABILITY = st.column_config.ProgressColumn("probability", min_value=0.0, max_value=1.0,
+                                              format="percent")
+
+
+# ---- cached work: the model once per checkpoint file, predictions once per upload set ----------
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the model ...")
+def cached_predictor(path: str, modified: float) -> Predictor:
+    """`modified` (the file's mtime) makes a rewritten checkpoint load anew."""
+    return load_predictor(path, Config(num_workers=0))
+
+
+@st.cache_data(max_entries=8, show_spinner="Reading the radiographs ...")
+def cached_predictions(path: str, modified: float, names: tuple[str, ...],
+                       contents: tuple[bytes, ...]) -> Predictions:
+    uploads = [Upload(name, data) for name, data in zip(names, contents)]
+    return predict_sources(cached_predictor(path, modified), uploads, BATCH_SIZE, num_workers=0,
+                           progress=False)
+
+
+@st.cache_data(max_entries=32, show_spinner="Computing the Grad-CAM heatmap ...")
+def cached_overlay(path: str, modified: float, name: str, data: bytes, label: str):
+    return overlay_of(cached_predictor(path, modified), Upload(name, data), label)
+
+
+# ---- page parts ------------------------------------------------------------------------------------
+
+def checkpoint_choice() -> str:
+    """Sidebar: a found run's best.pth, or a typed path (which wins when filled in)."""
+    found = sorted(str(p) for p in Path(Config().models_dir).glob("*/best.pth"))
+    with st.sidebar:
+        st.header("Model")
+        picked = st.selectbox("Trained runs", found) if found else None
+        if not found:
+            st.caption("No models/*/best.pth yet: train.py writes them.")
+        typed = st.text_input("or a checkpoint path", value=os.environ.get(CHECKPOINT_ENV, ""))
+    return typed.strip() or picked or ""
+
+
+def load(path: str) -> tuple[Predictor, float] | None:
+    """The predictor of a checkpoint path, or None after showing why it cannot be used."""
+    if not Path(path).is_file():
+        st.error(f"Checkpoint {path} not found.")
+        return None
+    modified = Path(path).stat().st_mtime
+    try:
+        return cached_predictor(path, modified), modified
+    except PipelineError as err:
+        st.error(f"Cannot use checkpoint {path}: {err}")
+        return None
+
+
+def describe_model(predictor: Predictor) -> None:
+    with st.sidebar:
+        st.caption(f"{len(predictor.labels)} findings, {predictor.image_size} px input, "
+                   f"on {predictor.device.type}. Thresholds: {predictor.thresholds.source}.")
+        for warning in predictor.thresholds.warnings:
+            st.warning(warning)
+
+
+def show_batch(table: pd.DataFrame, predictor: Predictor) -> None:
+    """Every image's probabilities as bars, its positive findings, and the CSV to download."""
+    st.subheader(f"{len(table)} radiographs")
+    shown = table[["path", *predictor.labels]].copy()
+    flags = table[[f"{label} positive" for label in predictor.labels]].to_numpy()
+    shown.insert(1, "positive findings", ["; ".join(l for l, f in zip(predictor.labels, row) if f)
+                                          for row in flags])
+    columns = {label: st.column_config.ProgressColumn(label, min_value=0.0, max_value=1.0,
+                                                      format="percent")
+               for label in predictor.labels}
+    st.dataframe(shown, hide_index=True, column_config={"path": "image", **columns})
+    st.download_button("Download the results (CSV)", table.to_csv(index=False),
+                       file_name="predictions.csv", mime="text/csv")
+
+
+def show_image(predictor: Predictor, row: pd.Series, upload: Upload, path: str,
+               modified: float) -> None:
+    """One radiograph: its findings as a sorted table, and the heatmap of the finding chosen."""
+    findings = findings_of(row, predictor)
+    left, right = st.columns([3, 2])
+    with left:
+        st.subheader(upload.name)
+        st.dataframe(findings, hide_index=True, column_config={
+            "probability": PROBABILITY,
+            "threshold": st.column_config.NumberColumn("threshold", format="%.3f"),
+        })
+    with right:
+        label = st.selectbox("Grad-CAM heatmap for", findings["finding"].tolist())
+        picture = cached_overlay(path, modified, upload.name, upload.data, label)
+        probability = float(row[label])
+        st.image(picture, caption=f"{label}: probability {probability:.1%}. Red marks where the "
+                                  "evidence for it lies.", width="stretch")
+
+
+def main() -> None:
+    st.set_page_config(page_title="Chest X-ray findings", layout="wide")
+    st.title("Chest X-ray findings")
+    st.caption("DenseNet121 trained on CheXpert's 14 observations. A research demo, "
+               "not a medical device.")
+    path = checkpoint_choice()
+    loaded = load(path) if path else None
+    if loaded is None:
+        if not path:
+            st.info("Choose a checkpoint in the sidebar.")
+        return
+    predictor, modified = loaded
+    describe_model(predictor)
+    files = st.file_uploader("Chest X-rays (JPEG, PNG or DICOM)", type=UPLOAD_TYPES,
+                             accept_multiple_files=True)
+    if not files:
+        st.info("Upload one or more radiographs.")
+        return
+    uploads = [Upload(f.name, f.getvalue()) for f in files]
+    try:
+        result = cached_predictions(path, modified, tuple(u.name for u in uploads),
+                                    tuple(u.data for u in uploads))
+    except PipelineError as err:
+        st.error(str(err))
+        return
+    for reason in result.errors["reason"]:
+        st.error(f"Skipped: {reason}")
+    if result.table.empty:
+        return
+    if len(result.table) > 1:
+        show_batch(result.table, predictor)
+    row_number = 0
+    if len(result.table) > 1:
+        row_number = st.selectbox("Radiograph", range(len(result.table)),
+                                  format_func=lambda i: result.table["path"].iloc[i])
+    show_image(predictor, result.table.iloc[row_number], uploads[result.positions[row_number]],
+               path, modified)
+
+
+main()

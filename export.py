@@ -1,0 +1,131 @@
+"""Export a checkpoint to ONNX and TorchScript, to serve the model without this code.
+
+    python export.py --checkpoint models/RUN/best.pth --output model.onnx
+
+Reads  the checkpoint (default: --run_name's best.pth, else the newest models/*/best.pth) and
+       thresholds.json beside it, when there is one.
+Writes --output (default model.onnx; ONNX opset 17), <stem>.pt beside it (TorchScript) and
+       <stem>.json (labels, input shape, thresholds, temperature, checkpoint).
+Both models take one input, "images": uint8 N x 1 x S x S grayscale pixels, S = the checkpoint's
+image_size, built like predict.py builds them (imaging.decode_square to the stored side, then
+dataset.centre_view); pixel normalisation happens inside. They return "probabilities" (float32
+N x labels: sigmoid(logits / temperature), the temperature from thresholds.json, else 1) and
+"logits". The batch size N is free. The export runs in fp32 on the CPU, and is checked: the
+summary line gives the largest difference between onnxruntime's and PyTorch's probabilities.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from checkpoints import load_checkpoint, model_from_checkpoint
+from config import Config, PipelineError, run_cli
+from fileio import write_atomic, write_text_atomic
+from inference import read_thresholds
+from predict import checkpoint_to_use
+
+OPSET = 17
+INPUT, OUTPUTS = "images", ("probabilities", "logits")
+
+
+class ServingModel(nn.Module):
+    """The trained model plus its temperature: uint8 images -> (probabilities, logits)."""
+
+    def __init__(self, model: nn.Module, temperature: float | None):
+        super().__init__()
+        self.model = model
+        self.register_buffer("temperature", torch.tensor(float(temperature or 1.0)))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(images)
+        return torch.sigmoid(logits / self.temperature), logits
+
+
+def example_input(image_size: int, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (batch, 1, image_size, image_size), dtype=torch.uint8,
+                         generator=generator)
+
+
+@contextlib.contextmanager
+def quiet_tracing():
+    """Tracing warns that CheXpertNet's branches on the input (uint8 or float, 1 or 3 channels)
+    are fixed at export: that is what we want, the exported input is always uint8 x 1 channel.
+    torch also warns that both tracing exporters are deprecated (see export_onnx)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", message=".*torch.jit.trace.* is deprecated.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+        yield
+
+
+def export_onnx(model: ServingModel, example: torch.Tensor, path: Path) -> None:
+    # dynamo=False: the TorchScript-based exporter works offline with what requirements.txt
+    # installs; torch's newer default (dynamo) needs the onnxscript package as well.
+    write_atomic(path, lambda tmp: torch.onnx.export(
+        model, (example,), str(tmp), input_names=[INPUT], output_names=list(OUTPUTS),
+        dynamic_axes={name: {0: "batch"} for name in (INPUT, *OUTPUTS)}, opset_version=OPSET,
+        dynamo=False))
+
+
+def export_torchscript(model: ServingModel, example: torch.Tensor, path: Path) -> None:
+    traced = torch.jit.trace(model, example)
+    write_atomic(path, lambda tmp: traced.save(str(tmp)))
+
+
+def onnx_difference(model: ServingModel, path: Path, image_size: int) -> float:
+    """Largest |onnxruntime - PyTorch| probability on fresh random images (another batch size
+    than the traced one, so the free batch axis is checked too)."""
+    import onnxruntime
+
+    images = example_input(image_size, batch=3, seed=1)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    exported = session.run([OUTPUTS[0]], {INPUT: images.numpy()})[0]
+    with torch.no_grad():
+        expected = model(images)[0].numpy()
+    return float(np.abs(exported - expected).max())
+
+
+def main(cfg: Config) -> None:
+    path = checkpoint_to_use(cfg)
+    checkpoint = load_checkpoint(path)
+    model, trained = model_from_checkpoint(checkpoint)
+    labels = list(checkpoint["labels"])
+    thresholds = read_thresholds(path, labels)
+    for warning in thresholds.warnings:
+        print(f"warning: {warning}")
+    serving = ServingModel(model, thresholds.temperature).eval()
+    output = Path(cfg.output or "model.onnx")
+    if output.suffix.lower() != ".onnx":
+        raise PipelineError(f"--output {output} should end in .onnx (the TorchScript and JSON "
+                            "files are written beside it with the same stem)")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    example = example_input(trained.image_size)
+    with quiet_tracing():
+        export_onnx(serving, example, output)
+        export_torchscript(serving, example, output.with_suffix(".pt"))
+    spec = {"checkpoint": str(path), "labels": labels,
+            "input": {"name": INPUT, "dtype": "uint8",
+                      "shape": ["batch", 1, trained.image_size, trained.image_size],
+                      "preprocessing": f"grayscale, resized to {trained.stored_side} x "
+                                       f"{trained.stored_side} px (area interpolation when "
+                                       f"shrinking), centre crop {trained.image_size} px"},
+            "outputs": list(OUTPUTS), "thresholds": thresholds.values,
+            "thresholds_source": thresholds.source, "temperature": thresholds.temperature}
+    write_text_atomic(json.dumps(spec, indent=2), output.with_suffix(".json"))
+    difference = onnx_difference(serving, output, trained.image_size)
+    print(f"export: wrote {output}, {output.with_suffix('.pt')} and {output.with_suffix('.json')}"
+          f" from {path} (input uint8 N x 1 x {trained.image_size} x {trained.image_size}; "
+          f"largest |onnxruntime - PyTorch| probability difference {difference:.1e})")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,317 @@
+"""Predictions for new radiographs from a checkpoint: shared by predict.py, app.py and export.py.
+
+Everything the model needs (labels, image size, pixel statistics, architecture) comes from the
+checkpoint; the decision thresholds and the temperature come from thresholds.json beside it
+(evaluate.py writes it), else every class is flagged at probability 0.5, with a warning. Images
+go through the decoding and centre view of evaluation (imaging.decode_square, then
+dataset.centre_view), so a file gets the probabilities evaluate.py would give it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, NamedTuple, Sequence, Union
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from checkpoints import load_checkpoint, model_from_checkpoint
+from config import Config, PipelineError
+from dataset import centre_view, default_workers, keep_batch
+from engine import autocast, autocast_dtype, choose_device, prepare_model, to_device
+from imaging import ImageReadError, decode_grayscale, decode_square, decode_square_bytes, \
+    read_grayscale
+
+DEFAULT_THRESHOLD = 0.5  # probability at which a class is flagged when no threshold is stored
+THRESHOLDS_FILE = "thresholds.json"  # beside the checkpoint; written by evaluate.py
+
+
+# ---- thresholds stored with the checkpoint ----------------------------------------------------------
+
+@dataclass
+class Thresholds:
+    """Per-label decision thresholds on the probability, and the logits' temperature."""
+    values: dict[str, float]  # label -> probability at or above which the class is positive
+    temperature: float | None  # logits are divided by it before the sigmoid; None = 1
+    source: str  # the file they come from, or a note that they are the 0.5 default
+    warnings: list[str]  # what the user should know (a missing file, classes left at 0.5)
+
+
+def default_thresholds(labels: Sequence[str], why: str) -> Thresholds:
+    return Thresholds({label: DEFAULT_THRESHOLD for label in labels}, None,
+                      f"{DEFAULT_THRESHOLD} for every class (default)", [why])
+
+
+def _probability(value, path: Path, key: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise PipelineError(f"{path}: {key} = {value!r} is not a probability between 0 and 1; "
+                            "re-run evaluate.py to rewrite the file")
+    return float(value)
+
+
+def _temperature(value, path: Path) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise PipelineError(f"{path}: temperature = {value!r} is not a positive number; "
+                            "re-run evaluate.py to rewrite the file")
+    return float(value)
+
+
+def read_thresholds(checkpoint_path: str | Path, labels: Sequence[str]) -> Thresholds:
+    """thresholds.json beside the checkpoint: {"checkpoint", "labels", "thresholds": {label:
+    float or null}, "temperature": float or null, ...} (evaluate.py's Youden thresholds on val).
+
+    A missing file, a file made for another checkpoint file of the run folder, or a null
+    threshold gives 0.5 for those classes with a warning; a malformed file is an error.
+    """
+    checkpoint_path = Path(checkpoint_path)
+    path = checkpoint_path.parent / THRESHOLDS_FILE
+    if not path.is_file():
+        return default_thresholds(labels, f"{path} not found (evaluate.py writes it): positives "
+                                          f"are flagged at probability >= {DEFAULT_THRESHOLD}")
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PipelineError(f"{path} is not valid JSON ({err}); re-run evaluate.py or delete "
+                            "it") from None
+    if not isinstance(stored, dict) or not isinstance(stored.get("thresholds"), dict):
+        raise PipelineError(f"{path} lacks a 'thresholds' object of label -> probability; "
+                            "re-run evaluate.py")
+    made_for = Path(str(stored.get("checkpoint") or "")).name
+    if made_for and made_for != checkpoint_path.name:
+        return default_thresholds(labels, f"{path} was computed for {made_for}, not "
+                                          f"{checkpoint_path.name}: positives are flagged at "
+                                          f"probability >= {DEFAULT_THRESHOLD}")
+    unknown = sorted(set(stored["thresholds"]) - set(labels))
+    if unknown:
+        raise PipelineError(f"{path} holds thresholds for {unknown}, which checkpoint "
+                            f"{checkpoint_path} does not predict: it belongs to another model")
+    values, unset = {}, []
+    for label in labels:
+        value = _probability(stored["thresholds"].get(label), path, f"thresholds[{label!r}]")
+        if value is None:
+            unset.append(label)
+        values[label] = DEFAULT_THRESHOLD if value is None else value
+    warnings = [f"{path} has no threshold for {', '.join(unset)} (too few positives in the val "
+                f"split?): {DEFAULT_THRESHOLD} is used for them"] if unset else []
+    return Thresholds(values, _temperature(stored.get("temperature"), path), str(path), warnings)
+
+
+# ---- the model of a checkpoint ------------------------------------------------------------------
+
+@dataclass
+class Predictor:
+    """A checkpoint ready to predict: the model on its device, its labels, geometry, thresholds."""
+    model: torch.nn.Module
+    labels: tuple[str, ...]
+    image_size: int  # side of the square the model sees
+    side: int  # images are resized to side x side, then centre-cropped to image_size
+    thresholds: Thresholds
+    device: torch.device
+    dtype: torch.dtype | None  # autocast dtype; None = fp32
+    channels_last: bool
+    checkpoint: Path
+
+
+def load_predictor(path: str | Path, cfg: Config) -> Predictor:
+    """The checkpoint's model on --device with --precision; all else from the checkpoint."""
+    path = Path(path)
+    checkpoint = load_checkpoint(path)
+    try:
+        model, trained = model_from_checkpoint(checkpoint)
+    except RuntimeError as err:  # load_state_dict: missing/unexpected keys, other shapes
+        raise PipelineError(f"checkpoint {path} does not fit this code's model: {err}") from None
+    device = choose_device(cfg.device)
+    labels = tuple(checkpoint["labels"])
+    return Predictor(prepare_model(model, device, cfg), labels, trained.image_size,
+                     trained.stored_side, read_thresholds(path, labels), device,
+                     autocast_dtype(cfg.precision, device), cfg.channels_last, path)
+
+
+def find_label(name: str, labels: Sequence[str]) -> str:
+    """A label by name, ignoring case ("cardiomegaly"); an unknown name lists the valid ones."""
+    matches = [label for label in labels if label.lower() == name.strip().lower()]
+    if not matches:
+        raise PipelineError(f"unknown finding {name!r}; the checkpoint predicts: "
+                            f"{', '.join(labels)}")
+    return matches[0]
+
+
+# ---- images: files on disk or uploads in memory ----------------------------------------------------
+
+class Upload(NamedTuple):
+    """An image file already in memory (an upload in app.py): its name and its bytes."""
+    name: str
+    data: bytes
+
+
+Source = Union[str, Upload]  # a path, or an upload
+
+
+def source_name(source: Source) -> str:
+    return source.name if isinstance(source, Upload) else str(source)
+
+
+def model_view(source: Source, image_size: int, side: int) -> np.ndarray:
+    """The uint8 image_size x image_size centre view the model sees, as evaluation builds it."""
+    if isinstance(source, Upload):
+        square = decode_square_bytes(source.data, source.name, side)
+    else:
+        square = decode_square(source, side)
+    return centre_view(square, image_size)
+
+
+def radiograph(source: Source) -> np.ndarray:
+    """The whole image as 8-bit grayscale, for drawing heatmaps on."""
+    if isinstance(source, Upload):
+        return decode_grayscale(source.data, source.name)
+    return read_grayscale(source)
+
+
+class Batch(NamedTuple):
+    images: torch.Tensor  # uint8 n x 1 x size x size: the images of the batch that could be read
+    indices: list[int]  # their positions in the list of sources
+    errors: list[tuple[int, str]]  # (position, reason) of those that could not
+
+
+class RadiographFiles(Dataset):
+    """Sources as batches of model views; an unreadable file is reported, not raised, so the
+    rest of its batch and of the run is still predicted."""
+
+    def __init__(self, sources: Sequence[Source], image_size: int, side: int):
+        self.sources, self.image_size, self.side = list(sources), image_size, side
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, index: int) -> Batch:
+        return self.__getitems__([index])
+
+    def __getitems__(self, indices: list[int]) -> Batch:
+        """A whole batch (DataLoader calls this), written straight into one uint8 array."""
+        views, good, errors = [], [], []
+        for index in indices:
+            try:
+                views.append(model_view(self.sources[index], self.image_size, self.side))
+                good.append(index)
+            except ImageReadError as err:
+                errors.append((index, str(err)))
+        images = np.empty((len(views), 1, self.image_size, self.image_size), dtype=np.uint8)
+        for slot, view in enumerate(views):
+            images[slot, 0] = view
+        return Batch(torch.from_numpy(images), good, errors)
+
+
+def yield_to_the_model(_worker_id: int) -> None:
+    """Workers run at a lower CPU priority: decoding takes about a millisecond an image against
+    tens for the model on a CPU, and with 4 batches prefetched a worker can wait for idle
+    cycles instead of taking them from the model's threads (which share the same cores)."""
+    os.nice(5)
+
+
+def make_loader(data: RadiographFiles, batch_size: int, num_workers: int,
+                device: torch.device) -> DataLoader:
+    """Batches in input order; workers decode the next batches while the model runs (none for
+    a single batch, where starting a worker would cost more than it saves)."""
+    workers = default_workers(num_workers) if math.ceil(len(data) / batch_size) > 1 else 0
+    return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers,
+                      collate_fn=keep_batch, pin_memory=device.type == "cuda",
+                      worker_init_fn=yield_to_the_model if device.type == "cpu" else None,
+                      prefetch_factor=4 if workers > 0 else None)
+
+
+# ---- predicting ------------------------------------------------------------------------------------
+
+class Predictions(NamedTuple):
+    table: pd.DataFrame  # path, one probability column per label, one "<label> positive" 0/1
+    errors: pd.DataFrame  # path, reason: the files that could not be read
+    positions: list[int]  # the position in the sources of each row of `table`
+
+
+def flag_column(label: str) -> str:
+    return f"{label} positive"
+
+
+@torch.no_grad()
+def batch_logits(predictor: Predictor, images: torch.Tensor) -> torch.Tensor:
+    """float32 logits (on the CPU) of a uint8 batch, with the predictor's device and precision."""
+    with autocast(predictor.device, predictor.dtype):
+        logits = predictor.model(to_device(images, predictor.device, predictor.channels_last))
+    return logits.float().cpu()
+
+
+def to_probabilities(logits: torch.Tensor, temperature: float | None) -> np.ndarray:
+    """sigmoid(logits / temperature): the temperature (from calibration on val) only softens or
+    sharpens the probabilities; it never changes their order, so AUCs are the same."""
+    return torch.sigmoid(logits / temperature if temperature else logits).numpy()
+
+
+def results_table(names: list[str], probabilities: np.ndarray, predictor: Predictor
+                  ) -> pd.DataFrame:
+    """One row per image: path, the probability of each label, and its 0/1 decision."""
+    table = pd.DataFrame(probabilities.astype(np.float64).reshape(len(names), -1),
+                         columns=list(predictor.labels))
+    table.insert(0, "path", names)
+    for label in predictor.labels:
+        threshold = predictor.thresholds.values[label]
+        table[flag_column(label)] = (table[label] >= threshold).astype(int)
+    return table
+
+
+# receives (position in the sources, label, Grad-CAM map over the model view with values 0..1)
+HeatmapCallback = Callable[[int, str, np.ndarray], None]
+
+
+def predict_sources(predictor: Predictor, sources: Sequence[Source], batch_size: int = 16,
+                    num_workers: int = 0, progress: bool = True,
+                    heatmap_labels: Sequence[str] = (),
+                    on_heatmap: HeatmapCallback | None = None) -> Predictions:
+    """Probabilities and decisions of every readable source, in input order, and the reasons
+    of the unreadable ones. With heatmap_labels, Grad-CAM maps of those labels for every image
+    are handed to on_heatmap(position, label, map over the model view, values 0..1)."""
+    if heatmap_labels:
+        from heatmaps import grad_cam  # imported here: only heatmap runs need pytorch_grad_cam
+    data = RadiographFiles(sources, predictor.image_size, predictor.side)
+    positions, rows, errors = [], [], []
+    bar = tqdm(total=len(data), desc="predict", unit="img", disable=not progress)
+    for batch in make_loader(data, batch_size, num_workers, predictor.device):
+        errors += [(source_name(sources[i]), reason) for i, reason in batch.errors]
+        if batch.indices:
+            rows.append(batch_logits(predictor, batch.images))
+            positions += batch.indices
+            for label in heatmap_labels:
+                maps = grad_cam(predictor, batch.images, label)
+                for position, cam in zip(batch.indices, maps):
+                    on_heatmap(position, label, cam)
+        bar.update(len(batch.indices) + len(batch.errors))
+    bar.close()
+    logits = torch.cat(rows) if rows else torch.empty((0, len(predictor.labels)))
+    if not torch.isfinite(logits).all():
+        raise PipelineError(f"the model of {predictor.checkpoint} produced NaN/inf outputs: its "
+                            "weights are broken (diverged training?); use an earlier checkpoint")
+    probabilities = to_probabilities(logits, predictor.thresholds.temperature)
+    names = [source_name(sources[i]) for i in positions]
+    return Predictions(results_table(names, probabilities, predictor),
+                       pd.DataFrame(errors, columns=["path", "reason"]), positions)
+
+
+def findings_of(table_row: pd.Series, predictor: Predictor) -> pd.DataFrame:
+    """One image's findings, most probable first: finding, probability, threshold, decision."""
+    frame = pd.DataFrame({
+        "finding": list(predictor.labels),
+        "probability": [float(table_row[label]) for label in predictor.labels],
+        "threshold": [predictor.thresholds.values[label] for label in predictor.labels],
+    })
+    frame["decision"] = np.where(frame["probability"] >= frame["threshold"], "positive",
+                                 "negative")
+    return frame.sort_values("probability", ascending=False, kind="stable").reset_index(drop=True)

@@ -1,0 +1,188 @@
+"""Predict the 14 findings of new radiographs with a trained checkpoint.
+
+    python predict.py --checkpoint models/RUN/best.pth --inputs scans/,extra.dcm \
+        --output predictions.csv [--gradcam Cardiomegaly,Edema]
+
+Reads  --inputs: image files (JPEG, PNG 8/16-bit, DICOM, ...), folders (searched recursively
+       for image files and DICOM files without a suffix) and CSVs of paths (an `image_path`
+       column, as in this pipeline's CSVs, or CheXpert's `Path` column, relative to the CSV's
+       folder), separated by commas; the checkpoint (default: --run_name's best.pth, else the
+       newest models/*/best.pth) and thresholds.json beside it (written by evaluate.py; when
+       absent every class is flagged at 0.5, with a warning).
+Writes --output (default predictions.csv): path, the probability of each of the checkpoint's
+       labels and a 0/1 "<label> positive" column per label (probability >= its threshold);
+       <output stem>_errors.csv beside it: path, reason of every file that could not be read
+       (corrupt, empty, not an image, decompression bomb, ...), the others are still predicted;
+       with --gradcam, one Grad-CAM overlay PNG per image and label in --gradcam_dir (default
+       <output stem>_gradcam/).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import cv2
+import pandas as pd
+
+from checkpoints import newest_checkpoint
+from config import Config, PipelineError, run_cli
+from fileio import write_csv_atomic
+from inference import Predictor, find_label, load_predictor, predict_sources, radiograph
+from imaging import DICOM_MAGIC, DICOM_MAGIC_OFFSET, ImageReadError
+from preprocess import RELEASE_PREFIX
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".tif", ".tiff", ".bmp")
+PATH_COLUMNS = ("image_path", "Path")  # a CSV's path column, in order of preference
+
+
+# ---- inputs ----------------------------------------------------------------------------------------
+
+def has_dicom_marker(path: Path) -> bool:
+    """DICOM files from a PACS export often have no suffix: recognise them by their marker."""
+    with open(path, "rb") as handle:
+        return handle.read(DICOM_MAGIC_OFFSET + 4)[DICOM_MAGIC_OFFSET:] == DICOM_MAGIC
+
+
+def images_in_folder(folder: Path) -> tuple[list[str], int]:
+    """Image files under a folder, recursively and sorted; and how many other files it holds."""
+    images, others = [], 0
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if path.name.startswith("."):  # .DS_Store, editor swap files
+            continue
+        if path.suffix.lower() in IMAGE_SUFFIXES or (not path.suffix and has_dicom_marker(path)):
+            images.append(str(path))
+        else:
+            others += 1
+    return images, others
+
+
+def paths_from_csv(path: Path) -> list[str]:
+    """The image paths of a CSV's `image_path` or `Path` column.
+
+    `image_path` is taken as written (this pipeline's CSVs hold absolute paths). `Path` follows
+    CheXpert: relative to the CSV's folder, with CheXpert's CheXpert-v1.0(-small)/ prefix
+    standing for that folder, as preprocess.py reads it.
+    """
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise PipelineError(f"cannot read {path} as a CSV of image paths: {err}") from None
+    column = next((c for c in PATH_COLUMNS if c in frame.columns), None)
+    if column is None:
+        raise PipelineError(f"{path} has no {' or '.join(PATH_COLUMNS)} column (its columns: "
+                            f"{', '.join(map(str, frame.columns))})")
+    blank = frame[column].str.strip() == ""
+    if blank.any():
+        lines = (blank[blank].index + 2).tolist()
+        raise PipelineError(f"{path} line {lines[0]}, column {column!r} is empty "
+                            f"({int(blank.sum())} such rows, lines {lines[:10]})")
+    if column == "image_path":
+        return frame[column].tolist()
+    return [value if Path(value).is_absolute()
+            else str(path.parent / RELEASE_PREFIX.sub("", value)) for value in frame[column]]
+
+
+def collect_inputs(inputs: tuple[str, ...]) -> list[str]:
+    """Every image path the --inputs name, in the order given (folders sorted)."""
+    if not inputs:
+        raise PipelineError("no --inputs: pass image files, folders or CSVs of paths, "
+                            "e.g. --inputs scans/,extra.dcm")
+    paths = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            images, others = images_in_folder(path)
+            if others:
+                print(f"{path}: left out {others} file(s) that are not images by their suffix "
+                      f"({', '.join(IMAGE_SUFFIXES)}) nor DICOM")
+            paths += images
+        elif path.suffix.lower() == ".csv":
+            if not path.is_file():
+                raise PipelineError(f"--inputs {item}: no such CSV")
+            paths += paths_from_csv(path)
+        elif path.exists():
+            paths.append(item)
+        else:
+            raise PipelineError(f"--inputs {item}: no such file or folder")
+    if not paths:
+        raise PipelineError(f"--inputs {','.join(inputs)} hold no image files")
+    return paths
+
+
+# ---- outputs ---------------------------------------------------------------------------------------
+
+def checkpoint_to_use(cfg: Config) -> Path:
+    """--checkpoint, else --run_name's best.pth, else the newest run's best.pth."""
+    if cfg.checkpoint:
+        return Path(cfg.checkpoint)
+    if cfg.run_name:
+        return cfg.run_dir / "best.pth"
+    return newest_checkpoint(cfg.models_dir)
+
+
+def output_paths(cfg: Config) -> tuple[Path, Path, Path]:
+    """The predictions CSV, the errors CSV beside it and the Grad-CAM folder."""
+    output = Path(cfg.output or "predictions.csv")
+    gradcam_dir = Path(cfg.gradcam_dir) if cfg.gradcam_dir else \
+        output.with_name(f"{output.stem}_gradcam")
+    return output, output.with_name(f"{output.stem}_errors.csv"), gradcam_dir
+
+
+def overlay_name(path: str, root: str, label: str) -> str:
+    """'patient00001_study1_view1_frontal_Pleural-Effusion.png': the image's path under the
+    inputs' common folder, flattened, so that CheXpert's many view1_frontal.jpg stay apart."""
+    relative = os.path.relpath(os.path.abspath(path), root)
+    stem = re.sub(r"[^\w.-]+", "_", os.path.splitext(relative)[0].replace(os.sep, "_"))
+    return f"{stem}_{label.replace(' ', '-')}.png"
+
+
+def overlay_writer(predictor: Predictor, paths: list[str], folder: Path):
+    """on_heatmap callback of predict_sources: saves each overlay as a PNG in `folder`."""
+    from heatmaps import overlay  # imported here: only --gradcam needs pytorch_grad_cam
+
+    folder.mkdir(parents=True, exist_ok=True)
+    parents = [os.path.dirname(os.path.abspath(p)) for p in paths]
+    root = os.path.commonpath(parents)
+
+    def write(position: int, label: str, cam) -> None:
+        try:
+            image = radiograph(paths[position])
+        except ImageReadError:  # changed since it was predicted: nothing to draw on
+            return
+        picture = overlay(image, cam, predictor.side)
+        target = folder / overlay_name(paths[position], root, label)
+        if not cv2.imwrite(str(target), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
+            raise PipelineError(f"could not write {target}")
+
+    return write
+
+
+def main(cfg: Config) -> None:
+    paths = collect_inputs(cfg.inputs)
+    checkpoint = checkpoint_to_use(cfg)
+    predictor = load_predictor(checkpoint, cfg)
+    for warning in predictor.thresholds.warnings:
+        print(f"warning: {warning}")
+    labels = [find_label(name, predictor.labels) for name in cfg.gradcam]
+    output, errors_path, gradcam_dir = output_paths(cfg)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    on_heatmap = overlay_writer(predictor, paths, gradcam_dir) if labels else None
+    result = predict_sources(predictor, paths, cfg.batch_size, cfg.num_workers,
+                             heatmap_labels=labels, on_heatmap=on_heatmap)
+    write_csv_atomic(result.table, output)
+    write_csv_atomic(result.errors, errors_path)
+    for reason in result.errors["reason"]:
+        print(f"skipped: {reason}")
+    if result.table.empty:
+        raise PipelineError(f"none of the {len(paths)} images could be read; reasons in "
+                            f"{errors_path}")
+    heatmaps = f", Grad-CAM overlays of {', '.join(labels)} in {gradcam_dir}/" if labels else ""
+    print(f"predict: wrote {len(result.table)} predictions of {checkpoint} to {output} "
+          f"(thresholds: {predictor.thresholds.source}), {len(result.errors)} unreadable "
+          f"file(s) to {errors_path}{heatmaps}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

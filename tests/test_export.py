@@ -1,0 +1,77 @@
+"""export.py: ONNX and TorchScript files that give PyTorch's probabilities."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+
+import export
+from checkpoints import load_checkpoint, model_from_checkpoint
+from conftest import shared, tiny_checkpoint
+from config import LABELS, Config, PipelineError
+from inference import RadiographFiles
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A 64 px checkpoint with a stored temperature, exported once for every test here."""
+    folder = tmp_path_factory.mktemp("export")
+    checkpoint = tiny_checkpoint(folder / "run" / "best.pth")
+    (folder / "run" / "thresholds.json").write_text(json.dumps({
+        "checkpoint": str(checkpoint), "split": "val", "method": "youden", "labels": list(LABELS),
+        "thresholds": {label: 0.4 for label in LABELS}, "temperature": 1.5}))
+    output = folder / "out" / "model.onnx"
+    export.main(Config(checkpoint=str(checkpoint), output=str(output)))
+    return checkpoint, output
+
+
+def pytorch_probabilities(checkpoint, images: torch.Tensor) -> np.ndarray:
+    model, _ = model_from_checkpoint(load_checkpoint(checkpoint))
+    with torch.no_grad():
+        return torch.sigmoid(model(images) / 1.5).numpy()
+
+
+def real_images(side: int, size: int) -> torch.Tensor:
+    """Five real radiographs as predict.py feeds them (uint8 N x 1 x size x size)."""
+    names = ("gray16_xray.png", "rgba_xray.png", "cmyk_xray.jpg", "xray_monochrome1.dcm",
+             "xray_monochrome2.dcm")
+    data = RadiographFiles([str(shared(f"bad-inputs/images/{n}")) for n in names], size, side)
+    return data.__getitems__(list(range(len(names)))).images
+
+
+def test_onnxruntime_matches_pytorch(exported):
+    checkpoint, output = exported
+    images = real_images(Config(image_size=64).stored_side, 64)
+    session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    assert session.get_inputs()[0].type == "tensor(uint8)"
+    for batch in (images, images[:1]):  # the batch axis is free
+        onnx_probabilities, logits = session.run(None, {"images": batch.numpy()})
+        expected = pytorch_probabilities(checkpoint, batch)
+        assert onnx_probabilities.shape == (len(batch), len(LABELS))
+        assert np.abs(onnx_probabilities - expected).max() < 1e-4
+        assert np.allclose(1 / (1 + np.exp(-logits / 1.5)), onnx_probabilities, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.load.* is deprecated:FutureWarning")
+def test_torchscript_and_description_beside_it(exported):
+    checkpoint, output = exported
+    images = real_images(Config(image_size=64).stored_side, 64)
+    scripted = torch.jit.load(str(output.with_suffix(".pt")))
+    with torch.no_grad():
+        probabilities, _ = scripted(images)
+    assert np.abs(probabilities.numpy() - pytorch_probabilities(checkpoint, images)).max() < 1e-4
+    spec = json.loads(output.with_suffix(".json").read_text())
+    assert spec["labels"] == list(LABELS) and spec["temperature"] == 1.5
+    assert spec["input"]["dtype"] == "uint8" and spec["input"]["shape"] == ["batch", 1, 64, 64]
+    assert spec["thresholds"]["Edema"] == 0.4
+
+
+def test_output_must_be_an_onnx_file(exported):
+    checkpoint, output = exported
+    with pytest.raises(PipelineError, match="should end in .onnx"):
+        export.main(Config(checkpoint=str(checkpoint), output=str(output.with_suffix(".bin"))))

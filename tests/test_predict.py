@@ -1,0 +1,265 @@
+"""predict.py: inputs of every kind, unreadable files listed, thresholds, DICOM, Grad-CAM."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from conftest import ROOT, shared, tiny_checkpoint
+from config import LABELS, Config, PipelineError
+from dataset import CheXpertDataset
+from inference import (RadiographFiles, Upload, batch_logits, load_predictor, predict_sources,
+                       read_thresholds)
+
+GOOD = ("gray16_xray.png", "rgba_xray.png", "cmyk_xray.jpg", "xray_monochrome1.dcm",
+        "xray_monochrome2.dcm")
+BAD = {"truncated.jpg": "truncated", "empty.jpg": "cannot identify",
+       "not_an_image.jpg": "cannot identify", "decompression_bomb.png": "decompression bomb",
+       "one_pixel.png": "1 x 1 px", "extreme_aspect.png": "3000 x 12 px"}
+CPU = Config(device="cpu", num_workers=0)
+
+
+def run_predict(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "predict.py", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "run" / "best.pth")
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoint):
+    return load_predictor(checkpoint, CPU)
+
+
+def test_folder_of_good_and_bad_files(checkpoint, tmp_path):
+    """Every readable image is predicted, every unreadable one listed with its reason."""
+    images = tmp_path / "scans"
+    (images / "nested").mkdir(parents=True)
+    for name in GOOD:
+        shutil.copy(shared(f"bad-inputs/images/{name}"), images / "nested" / name)
+    for name in BAD:
+        shutil.copy(shared(f"bad-inputs/images/{name}"), images / name)
+    (images / "notes.txt").write_text("not an image, by its suffix: left out")
+    output = tmp_path / "out" / "predictions.csv"
+    result = run_predict("--checkpoint", str(checkpoint), "--inputs", str(images),
+                         "--output", str(output), "--device", "cpu", "--batch_size", "4")
+    assert result.returncode == 0, result.stderr
+    assert "thresholds.json not found" in result.stdout  # the 0.5 default is announced
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"predict: wrote 5 predictions of {checkpoint} to {output}")
+    assert "6 unreadable file(s)" in last and "Traceback" not in result.stderr
+
+    table = pd.read_csv(output)
+    assert list(table.columns) == ["path", *LABELS, *[f"{label} positive" for label in LABELS]]
+    assert sorted(table["path"].map(lambda p: p.rsplit("/", 1)[-1])) == sorted(GOOD)
+    probabilities = table[list(LABELS)].to_numpy()
+    assert ((probabilities >= 0) & (probabilities <= 1)).all()
+    flags = table[[f"{label} positive" for label in LABELS]].to_numpy()
+    assert (flags == (probabilities >= 0.5)).all()
+
+    errors = pd.read_csv(output.with_name("predictions_errors.csv"))
+    assert list(errors.columns) == ["path", "reason"]
+    reasons = {path.rsplit("/", 1)[-1]: reason for path, reason in errors.itertuples(index=False)}
+    assert set(reasons) == set(BAD)
+    for name, words in BAD.items():
+        assert words in reasons[name] and name in reasons[name]
+
+
+def test_monochrome1_and_monochrome2_give_the_same_prediction(predictor):
+    paths = [str(shared(f"bad-inputs/images/xray_monochrome{k}.dcm")) for k in (1, 2)]
+    table = predict_sources(predictor, paths, progress=False).table
+    one, two = table[list(LABELS)].to_numpy()
+    assert np.array_equal(one, two)
+    # and the same as the 16-bit PNG copy of that X-ray: DICOM windowing kept the anatomy
+    png = predict_sources(predictor, [str(shared("bad-inputs/images/gray16_xray.png"))],
+                          progress=False).table[list(LABELS)].to_numpy()[0]
+    assert np.abs(png - two).max() < 0.02
+
+
+def test_inference_tensors_equal_evaluation_tensors(predictor, tmp_path):
+    """predict.py's views are exactly those evaluate.py gives the model, file or upload."""
+    paths = [str(shared(f"nih-cxr-small/CheXpert-v1.0-small/valid/{p}"))
+             for p in ("patient00001/study1/view1_frontal.jpg",)] + \
+            [str(shared(f"bad-inputs/images/{name}")) for name in GOOD]
+    frame = pd.DataFrame({"image_path": paths, **{label: 0 for label in LABELS}})
+    evaluation = CheXpertDataset(frame, predictor.image_size, predictor.side, augment=False)
+    expected, _ = evaluation.__getitems__(list(range(len(paths))))
+    files = RadiographFiles(paths, predictor.image_size, predictor.side)
+    uploads = RadiographFiles([Upload(p.rsplit("/", 1)[-1], open(p, "rb").read()) for p in paths],
+                              predictor.image_size, predictor.side)
+    for data in (files, uploads):
+        batch = data.__getitems__(list(range(len(paths))))
+        assert batch.errors == [] and torch.equal(batch.images, expected)
+    probabilities = predict_sources(predictor, paths, progress=False).table[list(LABELS)]
+    assert np.allclose(probabilities.to_numpy(),
+                       torch.sigmoid(batch_logits(predictor, expected)).numpy())
+
+
+def write_thresholds(folder, **fields) -> None:
+    stored = {"checkpoint": str(folder / "best.pth"), "split": "val", "method": "youden",
+              "labels": list(LABELS), "thresholds": {label: 0.3 for label in LABELS},
+              "target_sensitivity": {"value": 0.9, "thresholds": {l: 0.1 for l in LABELS}},
+              "temperature": None}
+    stored.update(fields)
+    (folder / "thresholds.json").write_text(json.dumps(stored))
+
+
+def test_stored_thresholds_and_temperature_are_used(checkpoint, tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(checkpoint.parent, folder)
+    values = {label: 0.3 for label in LABELS} | {"Edema": None, "Fracture": 0.0}
+    write_thresholds(folder, thresholds=values, temperature=2.0)
+    predictor = load_predictor(folder / "best.pth", CPU)
+    assert predictor.thresholds.temperature == 2.0
+    assert predictor.thresholds.values["Edema"] == 0.5  # null: the default, with a warning
+    assert any("no threshold for Edema" in w for w in predictor.thresholds.warnings)
+    path = str(shared("bad-inputs/images/gray16_xray.png"))
+    table = predict_sources(predictor, [path], progress=False).table
+    logits = batch_logits(predictor, RadiographFiles([path], 64, predictor.side)[0].images)
+    assert np.allclose(table[list(LABELS)].to_numpy(), torch.sigmoid(logits / 2.0).numpy())
+    assert table["Fracture positive"][0] == 1  # threshold 0: always positive
+    assert table["Edema positive"][0] == int(table["Edema"][0] >= 0.5)
+
+
+def test_thresholds_of_another_checkpoint_or_malformed(checkpoint, tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    write_thresholds(folder, checkpoint=str(folder / "last.pth"))
+    thresholds = read_thresholds(folder / "best.pth", LABELS)
+    assert set(thresholds.values.values()) == {0.5} and "computed for last.pth" in \
+        thresholds.warnings[0]
+    write_thresholds(folder, thresholds={"Cardiomegaly": 1.7})
+    with pytest.raises(PipelineError, match=r"thresholds\['Cardiomegaly'\] = 1.7"):
+        read_thresholds(folder / "best.pth", LABELS)
+    (folder / "thresholds.json").write_text("{not json")
+    with pytest.raises(PipelineError, match="thresholds.json is not valid JSON"):
+        read_thresholds(folder / "best.pth", LABELS)
+
+
+def run_in_process(capsys, *args: str) -> tuple[int, str, str]:
+    """predict.py's command line without a new interpreter: (exit code, stdout, stderr)."""
+    import predict
+    from config import run_cli
+
+    try:
+        run_cli(predict.main, list(args))
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_csv_of_paths_and_clear_errors(checkpoint, tmp_path, capsys):
+    root = tmp_path / "CheXpert-v1.0-small"
+    (root / "valid" / "patient1" / "study1").mkdir(parents=True)
+    image = root / "valid" / "patient1" / "study1" / "view1_frontal.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 64), np.uint8)).save(image)
+    pd.DataFrame({"Path": ["CheXpert-v1.0-small/valid/patient1/study1/view1_frontal.png",
+                           "CheXpert-v1.0-small/valid/patient9/study1/view1_frontal.png"]}
+                 ).to_csv(root / "valid.csv", index=False)
+    output = tmp_path / "p.csv"
+    common = ("--checkpoint", str(checkpoint), "--output", str(output), "--device", "cpu")
+    code, out, err = run_in_process(capsys, *common, "--inputs", str(root / "valid.csv"))
+    assert code == 0, err
+    assert pd.read_csv(output)["path"].tolist() == [str(image)]
+    errors = pd.read_csv(tmp_path / "p_errors.csv")
+    assert errors["reason"][0].startswith("image not found") and "patient9" in errors["path"][0]
+
+    (tmp_path / "other.csv").write_text("file,label\na.jpg,1\n")
+    for inputs, gradcam, message in [
+            (str(tmp_path / "other.csv"), "", "has no image_path or Path column (its columns: "
+                                              "file, label)"),
+            (str(image), "Heart", "unknown finding 'Heart'; the checkpoint predicts: No Finding"),
+            (str(tmp_path / "missing.jpg"), "", "no such file or folder"),
+            (str(tmp_path / "empty_folder"), "", "hold no image files")]:
+        (tmp_path / "empty_folder").mkdir(exist_ok=True)
+        code, out, err = run_in_process(capsys, *common, "--inputs", inputs, "--gradcam", gradcam)
+        assert code == 2 and err.startswith("error: ") and message in err, err
+
+
+# ---- Grad-CAM on a demo model that learned where the findings are ----------------------------------
+
+# Demo phantoms at 160 x 192 px, a 96 px model (3 x 3 Grad-CAM cells) trained from random weights
+# as tests/test_pipeline.py does, briefly: about a minute and a half on 2 CPU cores.
+CAM_LABEL = "Support Devices"  # tubes, lines and pacemakers: the trace the demo model learns first
+CAM_MARGIN = 0.05  # of the image's width / height, around the annotated box
+DEMO_TRAINING = ["--pretrained", "false", "--image_size", "96", "--batch_size", "16",
+                 "--accumulation_steps", "1", "--epochs", "6", "--frozen_epochs", "1",
+                 "--warmup_steps", "10", "--lr_head", "1e-3", "--lr_backbone", "1e-3",
+                 "--num_workers", "1"]
+
+
+def run_script(script: str, *args: str) -> str:
+    result = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, f"{script} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture(scope="session")
+def demo_model(tmp_path_factory):
+    """(checkpoint, demo folder): the README's chain on a small demo dataset."""
+    out = tmp_path_factory.mktemp("cam")
+    run_script("make_demo_data.py", "--out", str(out / "demo"), "--patients", "250",
+               "--valid_patients", "60", "--width", "160", "--height", "192")
+    common = ["--data_root", str(out / "demo" / "CheXpert-v1.0-small"), "--data_dir",
+              str(out / "data"), "--models_dir", str(out / "models"), *DEMO_TRAINING]
+    for script in ("preprocess.py", "make_splits.py"):
+        run_script(script, *common)
+    run_script("train.py", *common, "--run_name", "cam")
+    return out / "models" / "cam" / "best.pth", out / "demo"
+
+
+def test_gradcam_peak_falls_on_the_planted_finding(demo_model, tmp_path):
+    from heatmaps import peak
+
+    checkpoint, demo = demo_model
+    boxes = pd.read_csv(demo / "annotations.csv")
+    boxes = boxes[(boxes["label"] == CAM_LABEL) & boxes["Path"].str.contains("/valid/")
+                  & boxes["Path"].str.endswith("frontal.jpg")].reset_index(drop=True)
+    paths = [str(demo / path) for path in boxes["Path"]]
+    predictor = load_predictor(checkpoint, CPU)
+    maps = {}
+    predict_sources(predictor, paths, progress=False, heatmap_labels=[CAM_LABEL],
+                    on_heatmap=lambda position, label, cam: maps.__setitem__(position, cam))
+    width, height = 160, 192
+    peaks = [peak(maps[position], predictor.side, height, width) for position in range(len(paths))]
+
+    def inside(position: int, box) -> bool:
+        (x, y), dx, dy = peaks[position], CAM_MARGIN * width, CAM_MARGIN * height
+        return box.x0 - dx <= x <= box.x1 + dx and box.y0 - dy <= y <= box.y1 + dy
+
+    own = np.mean([inside(i, box) for i, box in boxes.iterrows()])
+    # control: devices differ between images (a tube, a line, a pacemaker), so a map that only
+    # marked a typical place would hit other images' boxes as often as its own
+    others = np.mean([inside(i, box) for i in range(len(boxes))
+                      for j, box in boxes.iterrows() if j != i])
+    # measured: own 0.86, others 0.53 of 29 images
+    assert len(boxes) >= 15 and own >= 0.6 and own - others >= 0.15, (own, others, len(boxes))
+
+    # the same through predict.py: one overlay PNG per image, on the whole radiograph
+    output = tmp_path / "predictions.csv"
+    result = run_predict("--checkpoint", str(checkpoint), "--inputs", ",".join(paths[:3]),
+                         "--output", str(output), "--gradcam", "support devices,Cardiomegaly",
+                         "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "Grad-CAM overlays of Support Devices, Cardiomegaly in" in result.stdout
+    overlays = sorted((tmp_path / "predictions_gradcam").glob("*.png"))
+    assert len(overlays) == 6
+    assert all("view1_frontal_" in o.name for o in overlays)  # study folders kept in the name
+    assert {o.name.rsplit("_", 1)[1] for o in overlays} == {"Support-Devices.png",
+                                                          "Cardiomegaly.png"}
+    picture = np.asarray(Image.open(overlays[0]))
+    assert picture.shape == (192, 160, 3) and picture.std() > 10
