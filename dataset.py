@@ -106,6 +106,15 @@ def drop_unreadable(frame: pd.DataFrame, cache: ImageCache | None, name: str) ->
     return frame[keep]
 
 
+def batch_tensor(shape: tuple[int, ...]) -> torch.Tensor:
+    """An empty uint8 batch; in a DataLoader worker, allocated in shared memory right away (as
+    torch's default_collate does), so sending it to the main process copies nothing."""
+    batch = torch.empty(shape, dtype=torch.uint8)
+    if torch.utils.data.get_worker_info() is not None:
+        batch.share_memory_()
+    return batch
+
+
 class CheXpertDataset(Dataset):
     """Rows of a processed/split CSV: `image_path` plus the label columns as 0/1 targets.
 
@@ -153,12 +162,13 @@ class CheXpertDataset(Dataset):
         """A whole batch (DataLoader calls this): the views go straight into one uint8 array,
         with no per-image tensors to collate, which roughly halves the cost of a cached batch."""
         triples = [item if isinstance(item, tuple) else (item, None, True) for item in items]
-        images = np.empty((len(items), 1, self.image_size, self.image_size), dtype=np.uint8)
+        batch = batch_tensor((len(items), 1, self.image_size, self.image_size))
+        images = batch.numpy()
         for slot, (index, epoch, _) in enumerate(triples):
             images[slot, 0] = self.view(index, epoch)
         targets = self.targets[[index for index, _, _ in triples]]
         targets[[not real for _, _, real in triples]] = float("nan")  # padding: all labels masked
-        return torch.from_numpy(images), targets
+        return batch, targets
 
 
 def keep_batch(batch):
