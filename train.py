@@ -443,22 +443,22 @@ def assert_finite(model: nn.Module, path: Path) -> None:
                             "Resume from the previous checkpoint with lower learning rates")
 
 
-def save_training_state(trainer: Trainer, state: RunState, progress: Progress | None,
+def save_training_state(trainer: Trainer, state: RunState, progress: Progress,
                         epochs_done: int, stats: dict, paths: list[Path]) -> None:
     """Write the full training state to each path (rank 0; every rank must call this, since the
-    RNG states of all processes are collected). `progress` is None at an epoch's end."""
+    RNG states of all processes are collected). At an epoch's end `progress` is the next
+    epoch's, with no batch done."""
     rng = all_gather(trainer.world, rng_state())
     if not trainer.world.is_main:
         return
-    in_epoch = None if progress is None else {
+    in_epoch = None if not progress.batches_done else {
         "epoch": progress.epoch, "batches_done": progress.batches_done,
         "loss_sum": progress.loss_sum, "seen": progress.seen}
     payload = {
         "model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict(), "scaler": trainer.scaler.state_dict(),
         "epoch": epochs_done, "in_epoch": in_epoch,
-        "global_step": progress.global_step if progress else None,
-        "nonfinite_total": progress.nonfinite_total if progress else None,
+        "global_step": progress.global_step, "nonfinite_total": progress.nonfinite_total,
         "best_metric": state.best, "epochs_without_improvement": state.epochs_without_improvement,
         "history": state.history, "rng": rng, "world_size": trainer.world.size,
         "config": dataclasses.asdict(trainer.cfg), "labels": list(LABELS),
@@ -660,7 +660,7 @@ def run(cfg: Config, given: set[str], world: World, stop: StopSignals) -> None:
             else [last]
         progress = Progress(epoch=epoch + 1, global_step=progress.global_step,
                             nonfinite_total=progress.nonfinite_total)
-        save_training_state(trainer, state, None, epoch, stats, paths)
+        save_training_state(trainer, state, progress, epoch, stats, paths)
         if stop.received is not None:
             announce_stop(progress, last, world)
             raise TrainingStopped(stop.received)

@@ -77,6 +77,8 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(data_args
     stdout = run_train(data_args, "--run_name", "killed", "--resume", "auto")
     assert "resuming" in stdout and "train: wrote" in stdout
     assert_same_weights(weights(last), reference)
+    final = torch.load(last, weights_only=True)  # 2 epochs x 4 optimizer steps, counted on
+    assert final["in_epoch"] is None and final["epoch"] == 2 and final["global_step"] == 8
     assert_same_weights(weights(data_args[1] / "killed" / "best.pth"),
                         weights(data_args[1] / "reference" / "best.pth"))
 
