@@ -562,6 +562,8 @@ def main(cfg: Config, given: set[str] | None = None) -> None:
         with StopSignals() as stop:
             run(cfg, {f.name for f in dataclasses.fields(Config)} if given is None else given,
                 world, stop)
+        barrier(world)  # leave together: a process tearing down gloo while another still
+        # writes the checkpoint can abort ("terminate called without an active exception")
     except TrainingStopped as stopped:
         raise SystemExit(128 + stopped.signum) from None
     finally:
