@@ -6,9 +6,10 @@ The checkpoint is picked in the sidebar among models/*/best.pth or typed as a pa
 environment variable CHEXPERT_CHECKPOINT fills that path in. Uploads (JPEG, PNG, DICOM) are
 decoded in memory and predicted exactly as predict.py predicts files (inference.py): one image
 gets its findings, most probable first, with confidence bars and decisions, and a Grad-CAM
-overlay for the finding chosen; a batch also gets a results table and its CSV. An upload that
-cannot be read shows why. A research demo of a model trained on CheXpert labels, not a
-medical device.
+overlay for the finding chosen; a batch also gets a results table and its CSV, and with a
+study-mode checkpoint (view_mode study) the findings of the uploads fused as one study's views.
+An upload that cannot be read shows why. A research demo of a model trained on CheXpert labels,
+not a medical device.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import streamlit as st
 
 from config import Config, PipelineError
 from heatmaps import overlay_of
-from inference import Predictions, Predictor, Upload, findings_of, load_predictor, \
-    predict_sources
+from inference import Predictions, Predictor, Upload, findings_of, frontal_first, \
+    load_predictor, predict_sources, predict_studies
 
 CHECKPOINT_ENV = "CHEXPERT_CHECKPOINT"  # a checkpoint path to start with
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "dcm", "dicom"]
@@ -45,6 +46,18 @@ def cached_predictions(path: str, modified: float, names: tuple[str, ...],
     uploads = [Upload(name, data) for name, data in zip(names, contents)]
     return predict_sources(cached_predictor(path, modified), uploads, BATCH_SIZE, num_workers=0,
                            progress=False)
+
+
+@st.cache_data(max_entries=8, show_spinner="Fusing the views ...")
+def cached_study(path: str, modified: float, names: tuple[str, ...],
+                 contents: tuple[bytes, ...]) -> tuple[Predictions, list[str]]:
+    """A study-mode model's prediction for the uploads as one study; and the views left out."""
+    predictor = cached_predictor(path, modified)
+    uploads = [Upload(name, data) for name, data in zip(names, contents)]
+    taken, rest = frontal_first(names, predictor.max_views)
+    result = predict_studies(predictor, uploads, [taken], ["the uploads"], BATCH_SIZE,
+                             num_workers=0, progress=False)
+    return result, [names[i] for i in rest]
 
 
 @st.cache_data(max_entries=32, show_spinner="Computing the Grad-CAM heatmap ...")
@@ -121,6 +134,23 @@ def show_image(predictor: Predictor, row: pd.Series, upload: Upload, path: str,
                                   "evidence for it lies.", width="stretch")
 
 
+def show_study(path: str, modified: float, uploads: list[Upload], predictor: Predictor) -> None:
+    """Study-mode models: the uploads taken as the views of one study, fused as in training."""
+    result, left_out = cached_study(path, modified, tuple(u.name for u in uploads),
+                                    tuple(u.data for u in uploads))
+    if result.table.empty:
+        return
+    row = result.table.iloc[0]
+    st.subheader("The uploads as one study")
+    st.caption(f"This model fuses a study's views ({predictor.max_views} at most, frontal first): "
+               f"{row['views']}." + (f" Left out: {', '.join(left_out)}." if left_out else "")
+               + " The findings of each radiograph on its own are below.")
+    st.dataframe(findings_of(row, predictor), hide_index=True, column_config={
+        "probability": PROBABILITY,
+        "threshold": st.column_config.NumberColumn("threshold", format="%.3f"),
+    })
+
+
 def main() -> None:
     st.set_page_config(page_title="Chest X-ray findings", layout="wide")
     st.title("Chest X-ray findings")
@@ -150,6 +180,8 @@ def main() -> None:
         st.error(f"Skipped: {reason}")
     if result.table.empty:
         return
+    if predictor.view_mode == "study" and len(result.table) > 1:
+        show_study(path, modified, uploads, predictor)
     if len(result.table) > 1:
         show_batch(result.table, predictor)
     row_number = 0

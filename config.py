@@ -126,6 +126,9 @@ class Config:
     output: str = ""  # predict.py: CSV (default predictions.csv); export.py: .onnx (model.onnx)
     gradcam: tuple[str, ...] = ()  # labels to draw Grad-CAM overlays of, e.g. Cardiomegaly,Edema
     gradcam_dir: str = ""  # folder of the overlay PNGs; empty = <output stem>_gradcam/ beside it
+    # study-mode checkpoints in predict.py: folder = the images of one folder are one study's
+    # views (CheXpert's patient/study/viewN_frontal.jpg layout) | image = each image on its own
+    study_grouping: str = "folder"
 
     @property
     def processed_dir(self) -> Path:
@@ -157,6 +160,7 @@ def validate(cfg: Config) -> Config:
         "view_mode": ("frontal", "study"),
         "view_fusion": ("mean", "max", "attention"),
         "study_aggregation": ("max", "mean"),
+        "study_grouping": ("folder", "image"),
         "compare_split": ("val", "test"),
     }
     for name, allowed in choices.items():

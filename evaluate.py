@@ -77,9 +77,6 @@ def load_model(path: Path, cfg: Config, device: torch.device):
         raise PipelineError(f"checkpoint {path}: {err}; evaluate it with the code it was "
                             "trained with") from None
     model = prepare_model(model, device, cfg)
-    if cfg.tta and trained.view_mode == "study":
-        raise PipelineError(f"--tta true works on single images; {path} fuses a study's views "
-                            "(view_mode study): evaluate it without --tta")
     return (TTAModel(model) if cfg.tta else model), checkpoint, trained
 
 

@@ -121,6 +121,8 @@ class Predictor:
     dtype: torch.dtype | None  # autocast dtype; None = fp32
     channels_last: bool
     checkpoint: Path
+    view_mode: str = "frontal"  # study: the model fuses a study's views (predict_studies)
+    max_views: int = 1  # study mode: views fused per study at most
 
 
 def load_predictor(path: str | Path, cfg: Config) -> Predictor:
@@ -135,7 +137,8 @@ def load_predictor(path: str | Path, cfg: Config) -> Predictor:
     labels = tuple(checkpoint["labels"])
     return Predictor(prepare_model(model, device, cfg), labels, trained.image_size,
                      trained.stored_side, read_thresholds(path, labels), device,
-                     autocast_dtype(cfg.precision, device), cfg.channels_last, path)
+                     autocast_dtype(cfg.precision, device), cfg.channels_last, path,
+                     trained.view_mode, trained.max_views)
 
 
 def find_label(name: str, labels: Sequence[str]) -> str:
@@ -212,6 +215,48 @@ class RadiographFiles(Dataset):
         return Batch(torch.from_numpy(images), good, errors)
 
 
+class StudyBatch(NamedTuple):
+    views: tuple[torch.Tensor, torch.Tensor]  # uint8 n x V x 1 x size x size, bool n x V present
+    indices: list[int]  # the studies of the batch with at least one readable view
+    errors: list[tuple[int, str]]  # (source position, reason) of the views that could not be read
+    sources: list[list[int]]  # per study of `indices`: the source positions of its views, in slots
+
+
+class StudyFiles(Dataset):
+    """Studies (lists of source positions, at most max_views each) as batches of fused-model
+    input, as StudyDataset builds it in training: the views in slots, a mask of those present.
+    An unreadable view is reported and its study predicted from the views that could be read."""
+
+    def __init__(self, sources: Sequence[Source], studies: Sequence[Sequence[int]],
+                 image_size: int, side: int, max_views: int):
+        self.files = RadiographFiles(sources, image_size, side)
+        self.studies, self.max_views = [list(views) for views in studies], max_views
+
+    def __len__(self) -> int:
+        return len(self.studies)
+
+    def __getitem__(self, index: int) -> StudyBatch:
+        return self.__getitems__([index])
+
+    def __getitems__(self, indices: list[int]) -> StudyBatch:
+        size = self.files.image_size
+        views = np.zeros((len(indices), self.max_views, 1, size, size), dtype=np.uint8)
+        present = np.zeros((len(indices), self.max_views), dtype=bool)
+        good, errors, sources = [], [], []
+        for study in indices:
+            read = self.files.__getitems__(self.studies[study])
+            errors += read.errors
+            if not read.indices:
+                continue
+            slot = len(good)
+            views[slot, :len(read.indices)] = read.images.numpy()
+            present[slot, :len(read.indices)] = True
+            good.append(study)
+            sources.append(read.indices)
+        batch = (torch.from_numpy(views[:len(good)]), torch.from_numpy(present[:len(good)]))
+        return StudyBatch(batch, good, errors, sources)
+
+
 def yield_to_the_model(_worker_id: int) -> None:
     """Workers run at a lower CPU priority: decoding takes about a millisecond an image against
     tens for the model on a CPU, and with 4 batches prefetched a worker can wait for idle
@@ -219,7 +264,7 @@ def yield_to_the_model(_worker_id: int) -> None:
     os.nice(5)
 
 
-def make_loader(data: RadiographFiles, batch_size: int, num_workers: int,
+def make_loader(data: RadiographFiles | StudyFiles, batch_size: int, num_workers: int,
                 device: torch.device) -> DataLoader:
     """Batches in input order; workers decode the next batches while the model runs (none for
     a single batch, where starting a worker would cost more than it saves)."""
@@ -235,7 +280,7 @@ def make_loader(data: RadiographFiles, batch_size: int, num_workers: int,
 class Predictions(NamedTuple):
     table: pd.DataFrame  # path, one probability column per label, one "<label> positive" 0/1
     errors: pd.DataFrame  # path, reason: the files that could not be read
-    positions: list[int]  # the position in the sources of each row of `table`
+    positions: list[int]  # each row's position in the sources (its study's, predict_studies)
 
 
 def flag_column(label: str) -> str:
@@ -243,8 +288,9 @@ def flag_column(label: str) -> str:
 
 
 @torch.no_grad()
-def batch_logits(predictor: Predictor, images: torch.Tensor) -> torch.Tensor:
-    """float32 logits (on the CPU) of a uint8 batch, with the predictor's device and precision."""
+def batch_logits(predictor: Predictor, images) -> torch.Tensor:
+    """float32 logits (on the CPU) of a uint8 batch, or of a study batch (views, present), with
+    the predictor's device and precision."""
     with autocast(predictor.device, predictor.dtype):
         logits = predictor.model(to_device(images, predictor.device, predictor.channels_last))
     return logits.float().cpu()
@@ -295,14 +341,70 @@ def predict_sources(predictor: Predictor, sources: Sequence[Source], batch_size:
                     on_heatmap(position, label, cam)
         bar.update(len(batch.indices) + len(batch.errors))
     bar.close()
+    names = [source_name(sources[i]) for i in positions]
+    return Predictions(results_table(names, finite_probabilities(rows, predictor), predictor),
+                       pd.DataFrame(errors, columns=["path", "reason"]), positions)
+
+
+def finite_probabilities(rows: list[torch.Tensor], predictor: Predictor) -> np.ndarray:
+    """The probabilities of the batches' logits; a NaN/inf output is an error (broken weights)."""
     logits = torch.cat(rows) if rows else torch.empty((0, len(predictor.labels)))
     if not torch.isfinite(logits).all():
         raise PipelineError(f"the model of {predictor.checkpoint} produced NaN/inf outputs: its "
                             "weights are broken (diverged training?); use an earlier checkpoint")
-    probabilities = to_probabilities(logits, predictor.thresholds.temperature)
-    names = [source_name(sources[i]) for i in positions]
-    return Predictions(results_table(names, probabilities, predictor),
-                       pd.DataFrame(errors, columns=["path", "reason"]), positions)
+    return to_probabilities(logits, predictor.thresholds.temperature)
+
+
+def predict_studies(predictor: Predictor, sources: Sequence[Source],
+                    studies: Sequence[Sequence[int]], names: Sequence[str], batch_size: int = 16,
+                    num_workers: int = 0, progress: bool = True,
+                    heatmap_labels: Sequence[str] = (),
+                    on_heatmap: HeatmapCallback | None = None) -> Predictions:
+    """Study-mode checkpoints: one prediction per study from its views fused (view_mode study).
+
+    `studies` lists the source positions of each study's views (at most predictor.max_views),
+    `names` each study's name. The table has a row per study with a readable view: study, the
+    views used (paths joined by "; "), their number, probabilities and decisions; `positions`
+    holds the row's study index. Grad-CAM maps are drawn per view, each view's as a one-view
+    study (what that film alone shows), and handed to on_heatmap(source position, label, map).
+    """
+    if heatmap_labels:
+        from heatmaps import grad_cam  # imported here: only heatmap runs need pytorch_grad_cam
+    data = StudyFiles(sources, studies, predictor.image_size, predictor.side,
+                      predictor.max_views)
+    done, rows, errors, used = [], [], [], []
+    bar = tqdm(total=sum(map(len, studies)), desc="predict", unit="img", disable=not progress)
+    for batch in make_loader(data, batch_size, num_workers, predictor.device):
+        errors += [(source_name(sources[i]), reason) for i, reason in batch.errors]
+        if batch.indices:
+            rows.append(batch_logits(predictor, batch.views))
+            done += batch.indices
+            used += batch.sources
+            for label in heatmap_labels:
+                images, present = batch.views
+                maps = grad_cam(predictor, images[present], label)
+                for position, cam in zip(sum(batch.sources, []), maps):
+                    on_heatmap(position, label, cam)
+        bar.update(sum(map(len, batch.sources)) + len(batch.errors))
+    bar.close()
+    table = results_table([names[i] for i in done], finite_probabilities(rows, predictor),
+                          predictor)
+    table = table.rename(columns={"path": "study"})
+    table.insert(1, "views", ["; ".join(source_name(sources[i]) for i in views) for views in used])
+    table.insert(2, "n_views", [len(views) for views in used])
+    return Predictions(table, pd.DataFrame(errors, columns=["path", "reason"]), done)
+
+
+def is_lateral(name: str) -> bool:
+    """CheXpert names its films view1_frontal.jpg, view2_lateral.jpg."""
+    return "lateral" in Path(name).stem.lower()
+
+
+def frontal_first(names: Sequence[str], max_views: int) -> tuple[list[int], list[int]]:
+    """(positions of the views a study model takes, frontal films first as in training; those
+    left out beyond max_views)."""
+    order = sorted(range(len(names)), key=lambda i: (is_lateral(names[i]), names[i]))
+    return order[:max_views], order[max_views:]
 
 
 def findings_of(table_row: pd.Series, predictor: Predictor) -> pd.DataFrame:

@@ -11,6 +11,10 @@ Reads  --inputs: image files (JPEG, PNG 8/16-bit, DICOM, ...), folders (searched
        absent every class is flagged at 0.5, with a warning).
 Writes --output (default predictions.csv): path, the probability of each of the checkpoint's
        labels and a 0/1 "<label> positive" column per label (probability >= its threshold);
+       a study-mode checkpoint (view_mode study) predicts studies instead: with --study_grouping
+       folder (default) the images of one folder are one study's views (CheXpert's layout), fused
+       as in training, and a row holds study (the folder), views (their paths), n_views and the
+       same columns; --study_grouping image makes every image a study of its own;
        <output stem>_errors.csv beside it: path, reason of every file that could not be read
        (corrupt, empty, not an image, decompression bomb, ...), the others are still predicted;
        with --gradcam, one Grad-CAM overlay PNG per image and label in --gradcam_dir (default
@@ -29,7 +33,8 @@ import pandas as pd
 from checkpoints import newest_checkpoint
 from config import Config, PipelineError, run_cli
 from fileio import write_csv_atomic
-from inference import Predictor, find_label, load_predictor, predict_sources, radiograph
+from inference import Predictor, find_label, frontal_first, load_predictor, predict_sources, \
+    predict_studies, radiograph
 from imaging import DICOM_MAGIC, DICOM_MAGIC_OFFSET, ImageReadError
 from preprocess import RELEASE_PREFIX
 
@@ -111,6 +116,41 @@ def collect_inputs(inputs: tuple[str, ...]) -> list[str]:
     return paths
 
 
+# ---- studies (study-mode checkpoints) -----------------------------------------------------------
+
+def group_studies(paths: list[str], grouping: str, max_views: int
+                  ) -> tuple[list[list[int]], list[str], list[str]]:
+    """(each study's positions in `paths`, its name, the paths left out as views beyond max_views).
+
+    grouping "folder": the images of one folder are the views of one study, named by the folder
+    (CheXpert's patientNNNNN/studyN/viewN_*.jpg); "image": each image is a study of its own.
+    Frontal films come first, as in training, so the views left out are laterals.
+    """
+    if grouping == "image":
+        return [[i] for i in range(len(paths))], list(paths), []
+    folders: dict[str, list[int]] = {}
+    for position, path in enumerate(paths):
+        folders.setdefault(os.path.dirname(os.path.abspath(path)), []).append(position)
+    studies, left_out = [], []
+    for views in folders.values():
+        taken, rest = frontal_first([paths[i] for i in views], max_views)
+        studies.append([views[i] for i in taken])
+        left_out += [paths[views[i]] for i in rest]
+    return studies, list(folders), left_out
+
+
+def run_studies(predictor: Predictor, paths: list[str], cfg: Config, labels: list[str],
+                gradcam_dir: Path):
+    """predict_studies over the inputs grouped by --study_grouping; says what it left out."""
+    studies, names, left_out = group_studies(paths, cfg.study_grouping, predictor.max_views)
+    if left_out:
+        print(f"left out {len(left_out)} view(s) beyond the model's max_views "
+              f"{predictor.max_views} per study (laterals first), e.g. {left_out[0]}")
+    on_heatmap = overlay_writer(predictor, paths, gradcam_dir) if labels else None
+    return predict_studies(predictor, paths, studies, names, cfg.batch_size, cfg.num_workers,
+                           heatmap_labels=labels, on_heatmap=on_heatmap)
+
+
 # ---- outputs ---------------------------------------------------------------------------------------
 
 def checkpoint_to_use(cfg: Config) -> Path:
@@ -168,9 +208,12 @@ def main(cfg: Config) -> None:
     labels = [find_label(name, predictor.labels) for name in cfg.gradcam]
     output, errors_path, gradcam_dir = output_paths(cfg)
     output.parent.mkdir(parents=True, exist_ok=True)
-    on_heatmap = overlay_writer(predictor, paths, gradcam_dir) if labels else None
-    result = predict_sources(predictor, paths, cfg.batch_size, cfg.num_workers,
-                             heatmap_labels=labels, on_heatmap=on_heatmap)
+    if predictor.view_mode == "study":
+        result = run_studies(predictor, paths, cfg, labels, gradcam_dir)
+    else:
+        on_heatmap = overlay_writer(predictor, paths, gradcam_dir) if labels else None
+        result = predict_sources(predictor, paths, cfg.batch_size, cfg.num_workers,
+                                 heatmap_labels=labels, on_heatmap=on_heatmap)
     write_csv_atomic(result.table, output)
     write_csv_atomic(result.errors, errors_path)
     for reason in result.errors["reason"]:
@@ -179,7 +222,8 @@ def main(cfg: Config) -> None:
         raise PipelineError(f"none of the {len(paths)} images could be read; reasons in "
                             f"{errors_path}")
     heatmaps = f", Grad-CAM overlays of {', '.join(labels)} in {gradcam_dir}/" if labels else ""
-    print(f"predict: wrote {len(result.table)} predictions of {checkpoint} to {output} "
+    unit = "study predictions" if predictor.view_mode == "study" else "predictions"
+    print(f"predict: wrote {len(result.table)} {unit} of {checkpoint} to {output} "
           f"(thresholds: {predictor.thresholds.source}), {len(result.errors)} unreadable "
           f"file(s) to {errors_path}{heatmaps}")
 

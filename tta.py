@@ -31,14 +31,26 @@ def shifted_view(images: torch.Tensor, shift_x: float, shift_y: float, zoom: flo
 
 
 class TTAModel(nn.Module):
-    """Wraps a model: the mean of its logits over VIEWS of each image (uint8 or float input)."""
+    """Wraps a model: the mean of its logits over VIEWS of each image (uint8 or float input).
+
+    A study batch (B x V x 1 x H x W views, B x V mask) gets each augmentation applied to all of
+    a study's films alike, and the fused logits averaged.
+    """
 
     def __init__(self, model: nn.Module, views: tuple = VIEWS):
         super().__init__()
         self.model, self.views = model, views
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        views = torch.cat([shifted_view(x, *view) for view in self.views])  # one forward pass
-        logits = self.model(views).float().reshape(len(self.views), len(images), -1)
-        return logits.mean(dim=0)
+    def forward(self, images) -> torch.Tensor:
+        study = isinstance(images, (tuple, list))
+        films, present = images if study else (images, None)
+        x = films.float() / 255.0 if films.dtype == torch.uint8 else films.float()
+        flat = x.flatten(0, 1) if study else x
+        # every augmentation of every film in one forward pass
+        views = torch.cat([shifted_view(flat, *view) for view in self.views])
+        if study:
+            views = views.view(len(self.views) * len(films), *films.shape[1:])
+            logits = self.model((views, present.repeat(len(self.views), 1)))
+        else:
+            logits = self.model(views)
+        return logits.float().reshape(len(self.views), len(films), -1).mean(dim=0)

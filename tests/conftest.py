@@ -60,8 +60,9 @@ def row(split: str, patient: int, study: int = 1, view: str = "Frontal", **label
     return values
 
 
-def tiny_checkpoint(path: Path, image_size: int = 64, seed: int = 0) -> Path:
-    """A random-weight checkpoint of this pipeline's format (for inference, export and GUI tests)."""
+def tiny_checkpoint(path: Path, image_size: int = 64, seed: int = 0, **fields) -> Path:
+    """A random-weight checkpoint of this pipeline's format (for inference, export and GUI tests);
+    `fields` set Config fields, e.g. view_mode="study"."""
     import dataclasses
 
     import torch
@@ -71,8 +72,11 @@ def tiny_checkpoint(path: Path, image_size: int = 64, seed: int = 0) -> Path:
     from model_architecture import CheXpertNet
 
     torch.manual_seed(seed)
-    cfg = Config(image_size=image_size, pretrained=False)
-    model = CheXpertNet(len(LABELS), cfg.gem_p, cfg.dropout, pixel_mean=0.5, pixel_std=0.25)
+    from model_architecture import fusion_of
+
+    cfg = Config(image_size=image_size, pretrained=False, **fields)
+    model = CheXpertNet(len(LABELS), cfg.gem_p, cfg.dropout, pixel_mean=0.5, pixel_std=0.25,
+                        fusion=fusion_of(cfg))
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint({"model": model.state_dict(), "config": dataclasses.asdict(cfg),
                      "labels": list(LABELS), "normalization": {"mean": 0.5, "std": 0.25},

@@ -95,6 +95,23 @@ def test_a_broken_checkpoint_is_a_message(app, tmp_path):
     assert any("not found" in error.value for error in app.error)
 
 
+def test_a_study_model_fuses_the_uploads_as_one_study(tmp_path, monkeypatch):
+    study = tiny_checkpoint(tmp_path / "study" / "best.pth", view_mode="study",
+                            view_fusion="attention", max_views=2)
+    monkeypatch.setenv("CHEXPERT_CHECKPOINT", str(study))
+    monkeypatch.chdir(ROOT)
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    upload(at, "gray16_xray.png", "xray_monochrome2.dcm", "rgba_xray.png")
+    assert [header.value for header in at.subheader][0] == "The uploads as one study"
+    caption = [c.value for c in at.caption if "fuses a study's views" in c.value][0]
+    assert "gray16_xray.png; rgba_xray.png" in caption and "Left out: xray_monochrome2.dcm" in caption
+    fused = at.dataframe[0].value
+    assert sorted(fused["finding"]) == sorted(LABELS) and fused["probability"].between(0, 1).all()
+    assert at.dataframe[1].value["path"].tolist() == ["gray16_xray.png", "xray_monochrome2.dcm",
+                                                      "rgba_xray.png"]  # each on its own too
+
+
 # ---- a real browser --------------------------------------------------------------------------------
 
 def free_port() -> int:

@@ -130,6 +130,23 @@ def test_demo_data_has_the_chexpert_layout_and_schema(demo_root):
     assert {"Path", "label", "x0", "y0", "x1", "y1"} <= set(annotations.columns)
 
 
+def test_small_effusions_show_only_on_the_lateral_film(demo_root):
+    """The lateral film has evidence of its own (what study mode can use): in studies with a
+    lateral view, a small effusion is drawn there only; without one, on the frontal film."""
+    train = pd.read_csv(demo_root / "train.csv")
+    train["study"] = train["Path"].str.rsplit("/", n=1).str[0]
+    boxes = pd.read_csv(demo_root.parent / "annotations.csv")
+    boxes = boxes[boxes["label"] == "Pleural Effusion"]
+    study = boxes["Path"].str.rsplit("/", n=1).str[0]
+    on_frontal = set(study[boxes["Path"].str.endswith("frontal.jpg")])
+    on_lateral = set(study[boxes["Path"].str.endswith("lateral.jpg")])
+    with_lateral = set(train.loc[train["Frontal/Lateral"] == "Lateral", "study"])
+    positive = set(train.loc[train["Pleural Effusion"].isin([1.0, -1.0]), "study"])
+    lateral_only = (positive & with_lateral & on_lateral) - on_frontal
+    assert len(lateral_only) >= 0.25 * len(positive & with_lateral) > 0
+    assert len((positive - with_lateral) & on_frontal) >= 0.9 * len(positive - with_lateral)
+
+
 def test_demo_chain_end_to_end_learns(demo_root, tmp_path):
     """8 short epochs at 64 px from random weights (~1 min): far above chance on the test split."""
     outputs = run_chain(demo_root, tmp_path, "--epochs", "8", "--warmup_steps", "20",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -71,13 +73,20 @@ def test_fusion_ignores_absent_views_and_view_order(fusion):
     assert not torch.allclose(both, single, atol=1e-4)  # the second view counts
 
 
-def test_study_mode_trains_evaluates_and_rebuilds_from_the_checkpoint(study_data):
-    import evaluate
+@pytest.fixture(scope="module")
+def study_run(study_data):
+    """A study-mode model with attention fusion, trained for one epoch on study_data."""
     import train
     cfg = Config(**{**study_data.__dict__, "run_name": "study", "view_fusion": "attention",
                     "epochs": 1, "frozen_epochs": 0, "batch_size": 4,
                     "early_stopping_patience": 0, "bootstrap_resamples": 50})
     train.main(cfg)
+    return cfg
+
+
+def test_study_mode_trains_evaluates_and_rebuilds_from_the_checkpoint(study_run):
+    import evaluate
+    cfg = study_run
     checkpoint = torch.load(cfg.run_dir / "best.pth", weights_only=True)
     model, trained = model_from_checkpoint(checkpoint)
     assert trained.view_mode == "study" and model.view_attention is not None
@@ -96,3 +105,88 @@ def test_frontal_mode_leaves_the_lateral_images_out(study_data, capsys):
     lateral = int((frame["Frontal/Lateral"] == "Lateral").sum())
     assert lateral > 0 and len(data) == len(frame) - lateral
     assert f"leaving out {lateral} lateral image(s)" in capsys.readouterr().out
+
+
+def test_tta_shifts_every_view_of_a_study_alike(study_run):
+    """TTA in study mode: each augmentation applied to all of a study's films, fused logits
+    averaged; evaluate.py --tta true scores the val studies."""
+    import dataclasses
+    import json
+
+    import evaluate
+    from tta import TTAModel, shifted_view
+    torch.manual_seed(0)
+    model = CheXpertNet(len(LABELS), dropout=0.0, fusion="attention").eval()
+    views = torch.randint(0, 256, (3, 2, 1, 32, 32), dtype=torch.uint8)
+    present = torch.tensor([[True, True], [True, False], [True, True]])
+    x = views.float() / 255
+    with torch.no_grad():
+        out = TTAModel(model)((views, present))
+        each = [model((shifted_view(x.flatten(0, 1), *view).view_as(x), present))
+                for view in TTAModel(model).views]
+    assert torch.allclose(out, torch.stack(each).mean(0), atol=1e-5)
+
+    cfg = dataclasses.replace(study_run, tta=True)
+    evaluate.main(cfg)
+    report = json.loads((cfg.run_dir / "eval_val.json").read_text())
+    assert report["tta"] is True
+    assert report["n_images"] == read_split(cfg.splits_dir / "val.csv").groupby(
+        ["patient_id", "study_id"]).ngroups
+
+
+def test_predict_fuses_the_views_of_each_study_folder(study_run, tmp_path, capsys):
+    """predict.py on CheXpert's folder layout: one row per study, its views fused as in training
+    (equal to the model on the evaluation tensors of that study); an unreadable view is listed
+    and its study predicted from the other view."""
+    import shutil
+
+    import pandas as pd
+
+    import predict
+    from inference import load_predictor, predict_sources
+    cfg = study_run
+    frame = read_split(cfg.splits_dir / "train.csv")
+    data = make_dataset(frame, cfg, cfg.data_dir, False, "train")
+    model, _ = model_from_checkpoint(torch.load(cfg.run_dir / "best.pth", weights_only=True))
+    (views, present), _ = data.__getitems__(list(range(len(data))))
+    with torch.no_grad():
+        expected = torch.sigmoid(model((views, present))).numpy()
+
+    output = tmp_path / "pred.csv"
+    predict.main(Config(**{**cfg.__dict__, "inputs": (str(cfg.data_root),),
+                           "output": str(output), "device": "cpu", "precision": "fp32"}))
+    assert "study predictions" in capsys.readouterr().out
+    table = pd.read_csv(output)
+    assert list(table.columns[:3]) == ["study", "views", "n_views"]
+    folders = [str(Path(path).parent) for path in data.paths]
+    table = table.set_index("study").loc[folders]  # also: every training study is there
+    assert table["n_views"].tolist() == present.sum(1).tolist()
+    assert np.allclose(table[list(LABELS)].to_numpy(), expected, atol=1e-5)
+
+    # a study with a lateral film that cannot be read: predicted from its frontal film alone
+    two = next(i for i in range(len(data)) if present[i].sum() == 2)
+    study = tmp_path / "scans" / "patient_x" / "study1"
+    study.mkdir(parents=True)
+    shutil.copy(data.paths[two], study / "view1_frontal.jpg")
+    (study / "view2_lateral.jpg").write_bytes(b"")
+    predictor = load_predictor(cfg.run_dir / "best.pth", Config(device="cpu", precision="fp32",
+                                                               num_workers=0))
+    single = predict_sources(predictor, [str(study / "view1_frontal.jpg")], progress=False)
+    predict.main(Config(**{**cfg.__dict__, "inputs": (str(tmp_path / "scans"),),
+                           "output": str(output), "device": "cpu", "precision": "fp32"}))
+    table = pd.read_csv(output)
+    assert table["n_views"].tolist() == [1] and table["study"].tolist() == [str(study)]
+    assert np.allclose(table[list(LABELS)].to_numpy(), single.table[list(LABELS)].to_numpy(),
+                       atol=1e-5)
+    errors = pd.read_csv(tmp_path / "pred_errors.csv")
+    assert errors["path"].tolist() == [str(study / "view2_lateral.jpg")]
+
+
+def test_studies_are_grouped_by_folder_frontal_first():
+    from predict import group_studies
+    paths = ["p1/s1/view2_lateral.jpg", "p1/s1/view1_frontal.jpg", "p2/s1/view1_frontal.jpg",
+             "p1/s1/view3_lateral.jpg"]
+    studies, names, left_out = group_studies(paths, "folder", max_views=2)
+    assert studies == [[1, 0], [2]] and left_out == ["p1/s1/view3_lateral.jpg"]
+    assert [Path(name).name for name in names] == ["s1", "s1"] and names[0] != names[1]
+    assert group_studies(paths, "image", max_views=2) == ([[0], [1], [2], [3]], paths, [])
