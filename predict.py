@@ -136,7 +136,8 @@ def group_studies(paths: list[str], grouping: str, max_views: int
         taken, rest = frontal_first([paths[i] for i in views], max_views)
         studies.append([views[i] for i in taken])
         left_out += [paths[views[i]] for i in rest]
-    return studies, list(folders), left_out
+    names = [os.path.dirname(paths[views[0]]) for views in folders.values()]  # as given
+    return studies, names, left_out
 
 
 def run_studies(predictor: Predictor, paths: list[str], cfg: Config, labels: list[str],
