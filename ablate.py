@@ -11,6 +11,8 @@ For each configuration, train.py runs as models/<ablation_name>-<NAME>/ (its out
 here and appended to <NAME>.log), then evaluate.py on its best.pth. A configuration whose run
 already holds a finished training, best.pth and eval_test.json is skipped, and an interrupted
 run is resumed, so re-running the same command (with the same --ablation_name) continues.
+When any configuration is a study-mode model (--view_mode study), every row is scored per study,
+a frontal run's images aggregated to studies as its report's study level does.
 
 Reads  <data_dir>/splits/*.csv (through train.py and evaluate.py), each run's eval_test.json.
 Writes models/ablation-<name>/ablation.csv   one row per configuration: test mean AUC over all
@@ -37,13 +39,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from calibration import scaled_probs
 from checkpoints import config_from_checkpoint, load_checkpoint
-from compare import paired_auc_differences
 from config import Config, ConfigError, PipelineError, apply_overrides, given_fields, run_cli, \
     validate
 from engine import choose_device
-from evaluate import Predictions, aligned, load_model, predict_split
+from evaluate import Predictions, load_model, paired_differences, predict_split
 from fileio import write_csv_atomic, write_text_atomic
 from metrics import MEANS, interval_text, number_text
 from train import FIXED_ON_RESUME  # the fields that shape a run's data, model and optimisation
@@ -276,12 +276,17 @@ def test_predictions(configuration: Configuration, run_dir: Path) -> Predictions
     return predict_split(model, SPLIT, path, checkpoint, trained, cfg, device)
 
 
-def paired_differences(baseline: Predictions, other: Predictions, cfg: Config) -> list[dict]:
-    """compare.py's rows of other - baseline: per class, then the means (paired intervals)."""
-    a, b = aligned(baseline, other)
-    return paired_auc_differences(scaled_probs(a.logits, None), scaled_probs(b.logits, None),
-                                  a.targets, a.frame["patient_id"], a.labels,
-                                  cfg.bootstrap_resamples, cfg.ci_level, cfg.seed)
+def table_level(configurations: list[Configuration]) -> str:
+    """The unit every row is scored on: "study" when any configuration predicts studies (an image
+    model's images then aggregated as its report's study level does), else "image"."""
+    return "study" if any(c.cfg.view_mode == "study" for c in configurations) else "image"
+
+
+def split_text(report: dict, level: str) -> str:
+    """'278 images, 120 patients' or '229 studies, 120 patients' (the baseline's report)."""
+    if level == "study":
+        return f"{report['n_studies']} studies, {report['n_patients']} patients"
+    return f"{report['n_images']} images, {report['n_patients']} patients"
 
 
 def verdict_text(verdict: str) -> str:
@@ -296,13 +301,14 @@ def mean_rows(differences: list[dict]) -> dict[str, dict]:
 
 
 def table_row(configuration: Configuration, run_dir: Path, report: dict,
-              differences: list[dict] | None, labels: tuple[str, ...]) -> dict:
-    """One configuration: its test AUCs with intervals, and its paired difference to the baseline
-    (`differences` is None for the baseline itself)."""
+              differences: list[dict] | None, labels: tuple[str, ...], level: str) -> dict:
+    """One configuration: its test AUCs at `level` with intervals, and its paired difference to
+    the baseline (`differences` is None for the baseline itself)."""
     row = {"configuration": configuration.name, "options": shlex.join(configuration.options),
-           "run": str(run_dir), "baseline": differences is None,
-           "n_images": report["n_images"], "n_patients": report["n_patients"]}
-    means = report["image"]["means"]
+           "run": str(run_dir), "baseline": differences is None, "level": level,
+           "n_images": report["n_images"], "n_studies": report["n_studies"],
+           "n_patients": report["n_patients"]}
+    means = report[level]["means"]
     paired = mean_rows(differences or [])
     for key, stem in MEAN_COLUMNS.items():
         mean = means.get(key, {"auc": None, "ci": {"low": None, "high": None}})
@@ -316,7 +322,7 @@ def table_row(configuration: Configuration, run_dir: Path, report: dict,
     by_class = {r["pathology"]: r for r in differences or []}
     for label in labels:
         diff = by_class.get(label, {})
-        row.update({f"auc {label}": report["image"]["classes"][label]["auc"],
+        row.update({f"auc {label}": report[level]["classes"][label]["auc"],
                     f"diff {label}": diff.get("difference"),
                     f"diff {label} ci_low": diff.get("ci_low"),
                     f"diff {label} ci_high": diff.get("ci_high")})
@@ -391,7 +397,8 @@ def per_class_markdown(rows: list[dict], labels: tuple[str, ...]) -> str:
 
 def markdown_report(rows: list[dict], configurations: list[Configuration], name: str,
                     command: str, report: dict, labels: tuple[str, ...], cfg: Config) -> str:
-    means = report["image"]["means"]
+    level_name = rows[0]["level"]
+    means = report[level_name]["means"]
     counted = "; ".join(f"{m['name'].lower()}: {len(m['classes'])} evaluable observations"
                         for m in means.values())
     level = f"{cfg.ci_level:.0%}"
@@ -399,8 +406,11 @@ def markdown_report(rows: list[dict], configurations: list[Configuration], name:
         f"# Ablation {name}", "",
         f"Every configuration was trained on `{cfg.data_dir}` with seed {cfg.seed} for "
         f"{cfg.epochs} epoch{'s' * (cfg.epochs != 1)} and evaluated on the {SPLIT} split "
-        f"({report['n_images']} images, {report['n_patients']} patients; {counted}). The first "
-        "configuration is the baseline.",
+        f"({split_text(report, level_name)}; {counted}). The first configuration is the "
+        "baseline." + (" Every configuration is scored per study, as at least one predicts "
+                       "studies: an image model's study prediction is the "
+                       f"{cfg.study_aggregation} over the study's images."
+                       if level_name == "study" else ""),
         "", f"Command: `{command}`", "",
         markdown_table(["Configuration", "Options", "Run"],
                        [[c.name, f"`{c.options_text}`", f"`{r['run']}`"]
@@ -428,14 +438,17 @@ def build_table(configurations: list[Configuration], name: str) -> tuple[list[di
                for c in configurations}
     baseline, *others = configurations
     print(f"ablate: paired differences to {baseline.name} on the {SPLIT} split", flush=True)
+    level = table_level(configurations)
     base_preds = test_predictions(baseline, run_dir_of(baseline, name))
     labels = base_preds.labels
-    rows = [table_row(baseline, run_dir_of(baseline, name), reports[baseline.name], None, labels)]
+    rows = [table_row(baseline, run_dir_of(baseline, name), reports[baseline.name], None, labels,
+                      level)]
     for configuration in others:
         preds = test_predictions(configuration, run_dir_of(configuration, name))
-        differences = paired_differences(base_preds, preds, baseline.cfg)
+        differences, _ = paired_differences(base_preds, preds, baseline.cfg,
+                                            per_study=level == "study")
         rows.append(table_row(configuration, run_dir_of(configuration, name),
-                              reports[configuration.name], differences, labels))
+                              reports[configuration.name], differences, labels, level))
     return rows, reports[baseline.name], labels
 
 
@@ -464,8 +477,8 @@ def main(cfg: Config, specs: list[str], shared_argv: list[str]) -> None:
     write_csv_atomic(pd.DataFrame(rows), out_dir / "ablation.csv")
     write_text_atomic(markdown_report(rows, configurations, name, command, report, labels, cfg),
                       out_dir / "ablation.md")
-    print(f"\nAblation {name}: {SPLIT} split ({report['n_images']} images, "
-          f"{report['n_patients']} patients), baseline {configurations[0].name}")
+    print(f"\nAblation {name}: {SPLIT} split ({split_text(report, rows[0]['level'])}), "
+          f"baseline {configurations[0].name}")
     print(format_summary(rows, cfg.ci_level))
     print(f"\nablate: wrote {out_dir}/ablation.csv, ablation.md ({len(rows)} configurations; "
           f"per-observation AUCs in both, logs in {out_dir}/<configuration>.log)")

@@ -91,7 +91,7 @@ class Config:
     view_fusion: str = "mean"  # study mode: mean | max | attention over the views' GeM features
     max_views: int = 3  # study mode: views per study, frontal first (the rest are left out)
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | mps
-    precision: str = "auto"  # auto (fp16 on cuda, bf16 on cpu) | fp16 | bf16 | fp32
+    precision: str = "auto"  # auto (cuda fp16; cpu bf16 if native, else fp32) | fp16 | bf16 | fp32
     channels_last: bool = True  # NHWC memory format: faster convolutions on CPU and tensor cores
     num_workers: int = -1  # DataLoader worker processes; -1 = chosen from the CPU count
     max_nonfinite_steps: int = 5  # stop after this many optimizer steps in a row skipped for NaN/inf

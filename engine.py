@@ -1,7 +1,9 @@
 """Device and precision choice, and batched prediction: shared by train.py and evaluate.py.
 
 Device and precision are chosen once: `auto` takes cuda, then mps, then cpu; autocast runs fp16
-(with a GradScaler in training) on CUDA and bf16 on the CPU, where fp16 matmuls are slow.
+(with a GradScaler in training) on CUDA, and on the CPU bf16 where the CPU computes it natively
+(AVX512-BF16, AMX or Arm BF16), else fp32: without that support bf16 is emulated and several times
+slower than fp32, and fp16 matmuls are slow on every CPU.
 """
 
 from __future__ import annotations
@@ -34,10 +36,24 @@ def choose_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU, the check PyTorch's own compiler makes.
+
+    Measured on a 2-core AVX2 EPYC without it: DenseNet121 training at 96 px, 2.3 img/s under bf16
+    autocast against 20 img/s in fp32; with it (AVX512-BF16), bf16 is 3-5x faster than fp32.
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN: ask about the ISA directly
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for a --precision value; None means plain fp32."""
     if precision == "auto":
-        return {"cuda": torch.float16, "cpu": torch.bfloat16}.get(device.type)
+        if device.type == "cpu":
+            return torch.bfloat16 if cpu_has_native_bf16() else None
+        return {"cuda": torch.float16}.get(device.type)
     return PRECISIONS[precision]
 
 

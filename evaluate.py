@@ -38,7 +38,7 @@ from config import Config, ConfigError, PipelineError, run_cli
 from dataset import make_dataset, make_loader, read_split
 from engine import autocast_dtype, choose_device, predict_logits, prepare_model
 from fileio import write_csv_atomic, write_text_atomic
-from metrics import aggregate_studies, summarise
+from metrics import STUDY_KEYS, aggregate_studies, summarise
 from operating_points import choose_thresholds, operating_point_table, thresholds_payload, \
     write_thresholds
 from plots import pr_grid, reliability_grid, roc_grid
@@ -53,9 +53,15 @@ class Predictions:
     """A split's predictions, aligned row by row with the split rows that were predicted."""
 
     frame: pd.DataFrame
-    logits: np.ndarray  # (images, classes) float64
-    targets: np.ndarray  # (images, classes) 0/1
+    logits: np.ndarray  # (rows, classes) float64
+    targets: np.ndarray  # (rows, classes) 0/1
     labels: tuple[str, ...]
+    per_study: bool = False  # a study-mode model: one row per study (its first image's row)
+    n_images: int | None = None  # the images behind the rows (None: one image per row)
+
+    @property
+    def image_count(self) -> int:
+        return len(self.frame) if self.n_images is None else self.n_images
 
 
 # ---- predictions --------------------------------------------------------------------------------
@@ -86,7 +92,8 @@ def predict_split(model, split: str, path: Path, checkpoint: dict, trained: Conf
     frame = read_split(cfg.splits_dir / f"{split}.csv", labels)
     data = make_dataset(frame, trained, cfg.data_dir, augment=False, name=split, labels=labels,
                         use_cache=cfg.use_cache)
-    frame = frame[frame["image_path"].isin(set(data.paths))].reset_index(drop=True)
+    # The split's rows in the dataset's order (a study model: each study's first image's row).
+    frame = frame.iloc[pd.Index(frame["image_path"]).get_indexer(data.paths)].reset_index(drop=True)
     loader = make_loader(data, cfg, train=False, device=device)
     try:
         logits, targets = predict_logits(model, loader, device,
@@ -95,7 +102,10 @@ def predict_split(model, split: str, path: Path, checkpoint: dict, trained: Conf
     except PipelineError as err:  # add which checkpoint was being evaluated
         raise PipelineError(f"evaluating {path} on the {split} split: {err}") from None
     check_finite(logits.numpy(), path, split)
-    return Predictions(frame, logits.double().numpy(), targets.double().numpy(), labels)
+    per_study = trained.view_mode == "study"
+    return Predictions(frame, logits.double().numpy(), targets.double().numpy(), labels,
+                       per_study=per_study,
+                       n_images=sum(map(len, data.studies)) if per_study else None)
 
 
 # ---- statistics of one split ----------------------------------------------------------------------
@@ -132,8 +142,9 @@ def evaluate_predictions(preds: Predictions, thresholds: dict, temperature: floa
                                                        labels, cfg.calibration_bins)
                    if temperature is not None else None}
     calibration["mean_ece"] = float(np.mean(list(calibration["ece"].values())))
-    return {"n_images": len(preds.frame), "n_patients": int(preds.frame["patient_id"].nunique()),
+    return {"n_images": preds.image_count, "n_patients": int(preds.frame["patient_id"].nunique()),
             "n_studies": len(studies),
+            "unit": "study" if preds.per_study else "image",  # what one prediction is of
             "auc": {label: image["classes"][label]["auc"] for label in labels},
             "mean_auc": image["means"]["all"]["auc"],
             "image": image, "study": {"aggregation": cfg.study_aggregation, **study},
@@ -213,22 +224,60 @@ def run_label(path: Path) -> str:
     return path.parent.name if path.name == "best.pth" else f"{path.parent.name}-{path.stem}"
 
 
-def aligned(a: Predictions, b: Predictions) -> tuple[Predictions, Predictions]:
-    """Both runs' predictions on the images both predicted, in one order (image sizes differ, so
-    an image left out of one size's cache may still be in the other's)."""
+@dataclass
+class Paired:
+    """Two runs' probabilities on the rows both predicted, in one order."""
+
+    frame: pd.DataFrame  # image_path or (patient_id, study_id), and patient_id
+    probs_a: np.ndarray
+    probs_b: np.ndarray
+    targets: np.ndarray
+    unit: str  # "images" or "studies"
+
+
+def study_rows(p: Predictions, aggregation: str) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """(study keys, probabilities, targets): a study model's rows as they are, an image model's
+    images aggregated to studies as the report's study level does (--study_aggregation)."""
+    probs = scaled_probs(p.logits, None)
+    if p.per_study:
+        return p.frame[list(STUDY_KEYS)].astype(str).reset_index(drop=True), probs, p.targets
+    studies, probs, targets = aggregate_studies(p.frame, probs, p.targets, aggregation)
+    return studies[list(STUDY_KEYS)], probs, targets
+
+
+def paired(a: Predictions, b: Predictions, aggregation: str, per_study: bool = False) -> Paired:
+    """Both runs on the same rows: images, or studies when `per_study` or either run predicts
+    studies (an image model's images are then aggregated to studies, so both are scored on the
+    same unit)."""
     if a.labels != b.labels:
         raise PipelineError(f"--compare: the two checkpoints predict different labels "
                             f"({list(a.labels)} vs {list(b.labels)})")
-    common = a.frame["image_path"][a.frame["image_path"].isin(set(b.frame["image_path"]))]
-    if len(common) < max(len(a.frame), len(b.frame)):
-        print(f"compare: {len(common)} images predicted by both runs are compared")
+    if per_study or a.per_study or b.per_study:
+        unit, keys = "studies", list(STUDY_KEYS)
+        (frame_a, probs_a, targets_a), (frame_b, probs_b, _) = (study_rows(p, aggregation)
+                                                                 for p in (a, b))
+    else:
+        unit, keys = "images", ["image_path"]
+        frame_a, probs_a, targets_a = a.frame, scaled_probs(a.logits, None), a.targets
+        frame_b, probs_b = b.frame, scaled_probs(b.logits, None)
+    index_a = pd.MultiIndex.from_frame(frame_a[keys].reset_index(drop=True))
+    index_b = pd.MultiIndex.from_frame(frame_b[keys].reset_index(drop=True))
+    common = index_a[index_a.isin(index_b)]
+    if len(common) < max(len(index_a), len(index_b)):
+        print(f"compare: {len(common)} {unit} predicted by both runs are compared")
+    rows_a, rows_b = index_a.get_indexer(common), index_b.get_indexer(common)
+    frame = frame_a.iloc[rows_a].reset_index(drop=True)
+    return Paired(frame, probs_a[rows_a], probs_b[rows_b], targets_a[rows_a], unit)
 
-    def subset(p: Predictions) -> Predictions:
-        rows = p.frame.reset_index(drop=True).reset_index().set_index("image_path")
-        order = rows.loc[common.to_numpy(), "index"].to_numpy()
-        return Predictions(p.frame.iloc[order].reset_index(drop=True), p.logits[order],
-                           p.targets[order], p.labels)
-    return subset(a), subset(b)
+
+def paired_differences(a: Predictions, b: Predictions, cfg: Config, per_study: bool = False
+                       ) -> tuple[list[dict], Paired]:
+    """compare.py's rows of B - A (per class, then the means, with paired intervals)."""
+    both = paired(a, b, cfg.study_aggregation, per_study)
+    rows = paired_auc_differences(both.probs_a, both.probs_b, both.targets,
+                                  both.frame["patient_id"], a.labels, cfg.bootstrap_resamples,
+                                  cfg.ci_level, cfg.seed)
+    return rows, both
 
 
 def compare_runs(cfg: Config) -> None:
@@ -239,13 +288,11 @@ def compare_runs(cfg: Config) -> None:
     device = choose_device(cfg.device)
     split = cfg.compare_split
     models = [load_model(path, cfg, device) for path in paths]  # both load before predicting
-    a, b = aligned(*[predict_split(model, split, path, checkpoint, trained, cfg, device)
-                     for path, (model, checkpoint, trained) in zip(paths, models)])
-    rows = paired_auc_differences(scaled_probs(a.logits, None), scaled_probs(b.logits, None),
-                                  a.targets, a.frame["patient_id"], a.labels,
-                                  cfg.bootstrap_resamples, cfg.ci_level, cfg.seed)
-    description = [f"AUC of B - A on the {split} split ({len(a.frame)} images, "
-                   f"{a.frame['patient_id'].nunique()} patients), {cfg.bootstrap_resamples} "
+    rows, both = paired_differences(
+        *[predict_split(model, split, path, checkpoint, trained, cfg, device)
+          for path, (model, checkpoint, trained) in zip(paths, models)], cfg)
+    description = [f"AUC of B - A on the {split} split ({len(both.frame)} {both.unit}, "
+                   f"{both.frame['patient_id'].nunique()} patients), {cfg.bootstrap_resamples} "
                    f"paired patient-bootstrap resamples (seed {cfg.seed})",
                    f"A = {paths[0]}", f"B = {paths[1]}"]
     print("\n" + "\n  ".join(description) + "\n" + format_comparison(rows, cfg.ci_level))

@@ -54,6 +54,24 @@ def dropped_resamples_text(summary: dict) -> str:
             f"them: {', '.join(dropped)}." if dropped else "")
 
 
+def per_study(result: dict) -> bool:
+    """A study-mode model's report: one prediction per study, its views fused by the model."""
+    return result.get("unit") == "study"
+
+
+def study_unit_text(result: dict) -> str:
+    return ("views fused by the model" if per_study(result)
+            else f"{result['study']['aggregation']} over images")
+
+
+def study_text(result: dict) -> str:
+    if per_study(result):
+        return ("Study-mode model: each prediction is of a study, its views fused by the model, "
+                "so the report card is already per study.")
+    aggregation = result["study"]["aggregation"]
+    return f"Study AUC: a study's prediction is the {aggregation} over its images."
+
+
 def markdown_report(result: dict, plots: dict[str, str], cfg: Config) -> str:
     split, calibration = result["split"], result["calibration"]
     temperature = calibration["temperature"]
@@ -66,12 +84,11 @@ def markdown_report(result: dict, plots: dict[str, str], cfg: Config) -> str:
         f"Intervals: {boot['level']:.0%} percentile intervals over {boot['resamples']} bootstrap "
         f"resamples of patients (seed {boot['seed']}; every image of a drawn patient is taken). "
         f"Temperature: {'none' if temperature is None else f'{temperature:.4f} (fitted on val)'}. "
-        f"Test-time augmentation: {'on' if result['tta'] else 'off'}. "
-        f"Study AUC: a study's prediction is the {study['aggregation']} over its images.", "",
-        "## Report card (images)", "",
+        f"Test-time augmentation: {'on' if result['tta'] else 'off'}. " + study_text(result), "",
+        f"## Report card ({'studies' if per_study(result) else 'images'})", "",
         format_markdown(report_rows(result["image"], study), cfg.ci_level), "",
         dropped_resamples_text(result["image"]), "",
-        f"## Study level ({result['n_studies']} studies, {study['aggregation']} over images)", "",
+        f"## Study level ({result['n_studies']} studies, {study_unit_text(result)})", "",
         format_markdown(report_rows(study), cfg.ci_level, study_column=False), "",
         "## Operating points (thresholds chosen on the val split)", "",
         operating_points_markdown(result["operating_points"], cfg.target_sensitivity), "",
@@ -128,8 +145,8 @@ def print_report(result: dict, path: Path, cfg: Config) -> None:
     means = [f"{mean['name']} {number_text(mean['auc'])} "
              f"{interval_text(mean['ci']['low'], mean['ci']['high'])}"
              for mean in result["study"]["means"].values()]
-    print(f"study level ({result['n_studies']} studies, {result['study']['aggregation']} over "
-          f"images): {', '.join(means)}")
+    print(f"study level ({result['n_studies']} studies, {study_unit_text(result)}): "
+          f"{', '.join(means)}")
     calibration = result["calibration"]
     temperature = calibration["temperature"]
     print(f"mean ECE {calibration['mean_ece']:.4f} ({calibration['bins']} bins"

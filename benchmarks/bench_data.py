@@ -38,7 +38,7 @@ import cache  # noqa: E402
 import preprocess  # noqa: E402
 from config import LABELS, Config, apply_overrides  # noqa: E402
 from dataset import CheXpertDataset, keep_batch, make_dataset  # noqa: E402
-from engine import prepare_model  # noqa: E402
+from engine import autocast, autocast_dtype, prepare_model  # noqa: E402
 from model_architecture import CheXpertNet  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -124,7 +124,8 @@ def cfg_cache_mb(cfg: Config) -> float:
 
 
 def training_step_rate(image_size: int) -> float:
-    """Images per second one DenseNet121 training step consumes here (bf16, channels_last)."""
+    """Images per second one DenseNet121 training step consumes here (channels_last, the
+    precision train.py's --precision auto takes on this CPU)."""
     cfg = Config(channels_last=True)
     model = prepare_model(CheXpertNet(len(LABELS)), torch.device("cpu"), cfg)
     optimizer = torch.optim.AdamW(model.parameters())
@@ -133,7 +134,7 @@ def training_step_rate(image_size: int) -> float:
     for step in range(4):
         if step == 1:
             start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast(torch.device("cpu"), autocast_dtype("auto", torch.device("cpu"))):
             loss = torch.nn.functional.binary_cross_entropy_with_logits(model(images).float(),
                                                                         targets)
         loss.backward()
@@ -176,7 +177,12 @@ def main() -> None:
     print(table.to_string(index=False, float_format=lambda v: f"{v:,.1f}"))
     print("\nMemory of the cached path (RssAnon, single process):\n  " + "\n  ".join(memory))
     print(f"\nDenseNet121 training step here consumes {training_step_rate(image_size):.1f} "
-          f"images/s at {image_size} px (bf16, channels_last)")
+          f"images/s at {image_size} px ({precision_name()}, channels_last)")
+
+
+def precision_name() -> str:
+    dtype = autocast_dtype("auto", torch.device("cpu"))
+    return "fp32: this CPU has no native bf16" if dtype is None else "bf16"
 
 
 if __name__ == "__main__":

@@ -6,11 +6,13 @@ On the 467 real JPEGs of ../shared/data/nih-cxr-small (320 px), with a random-in
 checkpoint at --image_size built here (the weights do not change the speed):
   predict   predict.main, all it does after the imports: collecting the folder, loading the
             checkpoint, decoding in DataLoader workers, the model, writing the CSV
-  compute   the same model, device, precision (bf16 autocast on a CPU), channels_last and batch
-            size on the same images already decoded in memory: the rate predict.py cannot beat
+  compute   the same model, device, precision (--precision auto: bf16 where the CPU has it
+            natively, else fp32), channels_last and batch size on the same images already
+            decoded in memory: the rate predict.py cannot beat
 Each is timed after an untimed warm-up pass (file cache, lazy initialisation), three times,
-alternating (so that other load on the machine hits both alike); the figure is the best pass. The ratio predict / compute is the share of the model's speed that
-reaches the user (goal: at least 0.9).
+alternating (so that other load on the machine hits both alike); the figure is the best pass.
+The ratio predict / compute is the share of the model's speed that reaches the user (goal: at
+least 0.9).
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
     python benchmarks/bench_train.py [--image_size 224] [--batch_size 16] [--batches 12]
 
 Same model (DenseNet121 + GeM + head, fine-tuning: every layer trains), batch and image size:
-  compute  the training step alone on in-memory uint8 batches (bf16 autocast, channels_last,
-           AdamW, masked BCE): the ceiling of any data pipeline
+  compute  the training step alone on in-memory uint8 batches (precision auto: bf16 autocast
+           where the CPU has native bf16, else fp32; channels_last, AdamW, masked BCE): the
+           ceiling of any data pipeline
   real     train.py's train_one_epoch over the 404 real JPEGs of ../shared/data/nih-cxr-small,
            read from the image cache (cache.py) by the default DataLoader workers, with
            augmentation, the EpochSampler order and the accumulation/skip/clip logic
@@ -36,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from config import LABELS, Config, apply_overrides  # noqa: E402
-from engine import prepare_model, to_device  # noqa: E402
+from engine import autocast, autocast_dtype, prepare_model, to_device  # noqa: E402
 from model_architecture import CheXpertNet  # noqa: E402
 
 NIH = ROOT.parent / "shared" / "data" / "nih-cxr-small" / "CheXpert-v1.0-small"
@@ -60,7 +61,7 @@ def compute_only(cfg: Config, batches: int) -> float:
     for step in range(WARMUP + batches):
         if step == WARMUP:
             start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast(torch.device("cpu"), autocast_dtype("auto", torch.device("cpu"))):
             logits = model(to_device(images, torch.device("cpu"), True))
         criterion(logits.float(), targets).backward()
         optimizer.step()
@@ -78,7 +79,8 @@ def real_loop(cfg: Config, batches: int) -> float:
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     trainer = Trainer(model, model, MaskedBCE(), optimizer, scheduler,
-                      torch.amp.GradScaler("cpu", enabled=False), cfg, device, torch.bfloat16)
+                      torch.amp.GradScaler("cpu", enabled=False), cfg, device,
+                      autocast_dtype("auto", device))
     data = make_dataset(frame.head(batches * cfg.batch_size), cfg, cfg.data_dir, True, "train")
     assert data.cache is not None, "the benchmark expects the image cache"
     sampler = EpochSampler(len(data), cfg.seed)
@@ -163,7 +165,8 @@ def main() -> None:
     table = pd.DataFrame(rows).set_index("mode")
     compute, real, naive = (table.loc[m, "images_per_s"] for m in ("compute", "real", "naive"))
     print(f"\nDenseNet121 training at {cfg.image_size} px, batch {cfg.batch_size}, {batches} timed "
-          f"batches, {torch.get_num_threads()} torch threads:")
+          f"batches, {torch.get_num_threads()} torch threads, compute and real in "
+          f"{autocast_dtype('auto', torch.device('cpu')) or 'fp32'}:")
     print(table.to_string(float_format=lambda v: f"{v:,.1f}"))
     print(f"real / compute = {real / compute:.2f} (goal >= 0.9); real / naive = "
           f"{real / naive:.2f} (goal >= 2)")

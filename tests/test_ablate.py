@@ -79,7 +79,8 @@ def fake_predictions(rng, noise: float) -> Predictions:
     targets[:, 3] = 0.0  # Fracture: one label value, no AUC
     logits = (targets - 0.5) * 2 + rng.normal(0, noise, targets.shape)
     frame = pd.DataFrame({"image_path": [f"img{i}.png" for i in range(len(patients))],
-                          "patient_id": [f"p{p}" for p in patients]})
+                          "patient_id": [f"p{p}" for p in patients],
+                          "study_id": ["study1"] * len(patients)})  # a patient's 2 images: 1 study
     return Predictions(frame, logits, targets, LABELS)
 
 
@@ -89,8 +90,8 @@ def fake_report(preds: Predictions, cfg: Config) -> dict:
     matrix = bootstrap_auc_matrix(probs, preds.targets, draw_resamples(
         preds.frame["patient_id"], cfg.bootstrap_resamples, cfg.seed))
     image = summarise(probs, preds.targets, LABELS, matrix, cfg.ci_level)
-    return json.loads(json.dumps({"n_images": len(preds.frame), "n_patients": 60,
-                                  "image": image}))
+    return json.loads(json.dumps({"n_images": len(preds.frame), "n_studies": 60,
+                                  "n_patients": 60, "image": image}))
 
 
 def test_table_has_intervals_and_paired_differences_to_the_baseline(tmp_path):
@@ -100,9 +101,11 @@ def test_table_has_intervals_and_paired_differences_to_the_baseline(tmp_path):
     better = Predictions(base.frame, base.targets * 2 - 1 + rng.normal(0, 0.5, base.targets.shape),
                          base.targets, LABELS)
     found = configurations(["base: --dropout 0.2", "better: --dropout 0.5"])
-    rows = [ablate.table_row(found[0], tmp_path / "x-base", fake_report(base, cfg), None, LABELS),
+    differences, _ = ablate.paired_differences(base, better, cfg)
+    rows = [ablate.table_row(found[0], tmp_path / "x-base", fake_report(base, cfg), None, LABELS,
+                             "image"),
             ablate.table_row(found[1], tmp_path / "x-better", fake_report(better, cfg),
-                             ablate.paired_differences(base, better, cfg), LABELS)]
+                             differences, LABELS, "image")]
     first, second = rows
     assert first["baseline"] and first["diff_mean_auc"] is None
     assert first["mean_auc_ci_low"] <= first["mean_auc"] <= first["mean_auc_ci_high"]
@@ -124,11 +127,53 @@ def test_table_has_intervals_and_paired_differences_to_the_baseline(tmp_path):
 
 def test_a_model_against_itself_differs_by_exactly_zero():
     preds = fake_predictions(np.random.default_rng(1), noise=1.0)
-    rows = ablate.paired_differences(preds, preds, Config(bootstrap_resamples=50))
+    rows, _ = ablate.paired_differences(preds, preds, Config(bootstrap_resamples=50))
     means = ablate.mean_rows(rows)
     assert set(means) == {"all", "competition"}
     assert means["all"]["difference"] == 0 and means["all"]["ci_low"] == 0
     assert ablate.verdict_text(means["all"]["verdict"]) == "no clear difference"
+
+
+def as_study_model(preds: Predictions) -> Predictions:
+    """What a study-mode run gives: one row per study (its first image's), here the max over the
+    study's image logits, so it ranks studies exactly as the image model's study level does."""
+    first = preds.frame.groupby(["patient_id", "study_id"], sort=False).head(1).index
+    logits = pd.DataFrame(preds.logits).groupby(preds.frame["patient_id"], sort=False).max()
+    return Predictions(preds.frame.loc[first].reset_index(drop=True), logits.to_numpy(),
+                       preds.targets[first], LABELS, per_study=True, n_images=len(preds.frame))
+
+
+def test_an_image_model_is_compared_with_a_study_model_per_study():
+    """A frontal run (one row per image) against a study run (one row per study): both are scored
+    on the 60 studies, the image model's images aggregated by max, so equal rankings differ by 0
+    and the pairing is never image-against-study."""
+    cfg = Config(bootstrap_resamples=50)
+    images = fake_predictions(np.random.default_rng(2), noise=1.0)
+    studies = as_study_model(images)
+    rows, both = ablate.paired_differences(images, studies, cfg)
+    assert both.unit == "studies" and len(both.frame) == 60
+    np.testing.assert_array_equal(both.probs_a, both.probs_b)
+    assert ablate.mean_rows(rows)["all"]["difference"] == 0
+    # a study table scores two image models per study too
+    _, both = ablate.paired_differences(images, images, cfg, per_study=True)
+    assert both.unit == "studies" and len(both.frame) == 60
+    _, both = ablate.paired_differences(images, images, cfg)
+    assert both.unit == "images" and len(both.frame) == 120
+
+
+def test_a_study_table_reads_the_study_level_of_each_report(tmp_path):
+    cfg = Config(bootstrap_resamples=50)
+    images = fake_predictions(np.random.default_rng(3), noise=1.0)
+    report = fake_report(images, cfg)
+    report["study"] = json.loads(json.dumps(report["image"]))
+    report["study"]["means"]["all"]["auc"] = 0.5  # tell the levels apart
+    found = configurations(["frontal: --view_mode frontal", "study: --view_mode study"])
+    assert ablate.table_level(found) == "study"
+    assert ablate.table_level(found[:1]) == "image"
+    row = ablate.table_row(found[0], tmp_path / "x-frontal", report, None, LABELS, "study")
+    assert row["mean_auc"] == 0.5
+    assert ablate.split_text(report, "study") == "60 studies, 60 patients"
+    assert ablate.split_text(report, "image") == "120 images, 60 patients"
 
 
 # ---- end to end ----------------------------------------------------------------------------------

@@ -200,3 +200,21 @@ def test_gradient_clipping_applies_to_unscaled_fp16_gradients():
     # plain SGD with lr 1: the update is minus the clipped gradient, whose norm is the clip
     moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.head_parameters(), before)])
     assert moved.norm().item() == pytest.approx(1e-3, rel=0.02)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_takes_bf16_on_a_cpu_only_where_it_is_native(native, monkeypatch):
+    """Emulated bf16 is several times slower than fp32 (an AVX2 CPU), so auto falls back to fp32
+    there; explicit choices are kept."""
+    import engine
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    assert engine.autocast_dtype("auto", cpu) is (torch.bfloat16 if native else None)
+    assert engine.autocast_dtype("auto", torch.device("cuda")) is torch.float16
+    assert engine.autocast_dtype("bf16", cpu) is torch.bfloat16
+    assert engine.autocast_dtype("fp32", cpu) is None
+
+
+def test_the_native_bf16_check_answers_on_this_cpu():
+    import engine
+    assert isinstance(engine.cpu_has_native_bf16(), bool)

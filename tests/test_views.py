@@ -91,10 +91,21 @@ def test_study_mode_trains_evaluates_and_rebuilds_from_the_checkpoint(study_run)
     model, trained = model_from_checkpoint(checkpoint)
     assert trained.view_mode == "study" and model.view_attention is not None
     evaluate.main(cfg)
+    import dataclasses
     import json
+
+    import pandas as pd
     report = json.loads((cfg.run_dir / "eval_val.json").read_text())
-    n_studies = read_split(cfg.splits_dir / "val.csv").groupby(["patient_id", "study_id"]).ngroups
-    assert report["n_images"] == n_studies
+    sizes = read_split(cfg.splits_dir / "val.csv").groupby(["patient_id", "study_id"]).size()
+    assert report["n_studies"] == len(sizes) < report["n_images"]  # some studies have 2 views
+    assert report["n_images"] == int(sizes.clip(upper=trained.max_views).sum())
+    assert report["unit"] == "study"
+    assert "## Report card (studies)" in (cfg.run_dir / "eval_val.md").read_text()
+    # --compare with itself: scored per study, identical
+    evaluate.main(dataclasses.replace(cfg, compare="study,study"))
+    table = pd.read_csv(cfg.run_dir / "compare_test_vs_study.csv")
+    assert (table["difference"].dropna() == 0).all()
+    assert "studies" in (cfg.run_dir / "compare_test_vs_study.md").read_text()
 
 
 def test_frontal_mode_leaves_the_lateral_images_out(study_data, capsys):
@@ -130,7 +141,7 @@ def test_tta_shifts_every_view_of_a_study_alike(study_run):
     evaluate.main(cfg)
     report = json.loads((cfg.run_dir / "eval_val.json").read_text())
     assert report["tta"] is True
-    assert report["n_images"] == read_split(cfg.splits_dir / "val.csv").groupby(
+    assert report["n_studies"] == read_split(cfg.splits_dir / "val.csv").groupby(
         ["patient_id", "study_id"]).ngroups
 
 
