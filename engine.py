@@ -9,6 +9,7 @@ slower than fp32, and fp16 matmuls are slow on every CPU.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 
@@ -36,11 +37,12 @@ def choose_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@functools.cache  # asked by every autocast_dtype call; the CPU does not change
 def cpu_has_native_bf16() -> bool:
     """Whether oneDNN runs bf16 natively on this CPU, the check PyTorch's own compiler makes.
 
-    Measured on a 2-core AVX2 EPYC without it: DenseNet121 training at 96 px, 2.3 img/s under bf16
-    autocast against 20 img/s in fp32; with it (AVX512-BF16), bf16 is 3-5x faster than fp32.
+    Measured on a 2-core AVX2 EPYC without it: DenseNet121 training at 96 px, 2.1 img/s under bf16
+    autocast against 21.1 img/s in fp32 (benchmarks/bench_precision.py); with it (AVX512-BF16), bf16 is 3-5x faster than fp32.
     """
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

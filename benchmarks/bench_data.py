@@ -131,10 +131,11 @@ def training_step_rate(image_size: int) -> float:
     optimizer = torch.optim.AdamW(model.parameters())
     images = torch.randn(BATCH, 3, image_size, image_size).to(memory_format=torch.channels_last)
     targets = torch.ones(BATCH, len(LABELS))
+    dtype = autocast_dtype("auto", torch.device("cpu"))
     for step in range(4):
         if step == 1:
             start = time.perf_counter()
-        with autocast(torch.device("cpu"), autocast_dtype("auto", torch.device("cpu"))):
+        with autocast(torch.device("cpu"), dtype):
             loss = torch.nn.functional.binary_cross_entropy_with_logits(model(images).float(),
                                                                         targets)
         loss.backward()

@@ -58,10 +58,11 @@ def compute_only(cfg: Config, batches: int) -> float:
     images = torch.randint(0, 256, (cfg.batch_size, 1, cfg.image_size, cfg.image_size),
                            dtype=torch.uint8)
     targets = torch.randint(0, 2, (cfg.batch_size, len(LABELS))).float()
+    dtype = autocast_dtype("auto", torch.device("cpu"))
     for step in range(WARMUP + batches):
         if step == WARMUP:
             start = time.perf_counter()
-        with autocast(torch.device("cpu"), autocast_dtype("auto", torch.device("cpu"))):
+        with autocast(torch.device("cpu"), dtype):
             logits = model(to_device(images, torch.device("cpu"), True))
         criterion(logits.float(), targets).backward()
         optimizer.step()
