@@ -42,6 +42,7 @@ import pandas as pd
 from checkpoints import config_from_checkpoint, load_checkpoint
 from config import Config, ConfigError, PipelineError, apply_overrides, given_fields, run_cli, \
     validate
+from dataset import check_data_options
 from engine import choose_device
 from evaluate import Predictions, load_model, paired_differences, predict_split
 from fileio import write_csv_atomic, write_text_atomic
@@ -131,6 +132,10 @@ def resolve_configurations(specs: list[str], shared: Config, shared_argv: list[s
         try:
             own = given_fields(configuration.options)
             cfg = validate(apply_overrides(shared, configuration.options))
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+        try:  # an option only preprocess.py / make_splits.py read would change nothing here
+            check_data_options(cfg, own | given_fields(shared_argv), "ablate.py")
         except ConfigError as err:
             raise ConfigError(f"{where}: {err}") from None
         owned = sorted(own & set(SET_BY_ABLATE))

@@ -1,9 +1,14 @@
 """Web GUI: upload chest X-rays, see the findings, their threshold decisions and Grad-CAM.
 
     streamlit run app.py        (then open http://localhost:8501)
+    streamlit run app.py -- --tta true [--checkpoint models/RUN/best.pth] [--device cpu]
 
 The checkpoint is picked in the sidebar among models/*/best.pth or typed as a path; the
-environment variable CHEXPERT_CHECKPOINT fills that path in. Uploads (JPEG, PNG, DICOM) are
+environment variable CHEXPERT_CHECKPOINT (or --checkpoint after `--`) fills that path in. Its
+thresholds.json must have been fitted for these weights and with the test-time augmentation the
+sidebar asks for (--tta sets its default), else the app refuses and names evaluate.py
+(--allow_threshold_mismatch true goes on with a warning). A frontal-only model warns about uploads
+that look lateral (DICOM header or file name). Uploads (JPEG, PNG, DICOM) are
 decoded in memory and predicted exactly as predict.py predicts files (inference.py): one image
 gets its findings, most probable first, with confidence bars and decisions, and a Grad-CAM
 overlay for the finding chosen; a batch also gets a results table and its CSV, and with a
@@ -15,15 +20,16 @@ not a medical device.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from config import Config, PipelineError
+from config import Config, ConfigError, PipelineError, parse_args
 from heatmaps import overlay_of
-from inference import Predictions, Predictor, Upload, findings_of, frontal_first, \
-    load_predictor, predict_sources, predict_studies
+from inference import THRESHOLDS_FILE, Predictions, Predictor, Upload, film_view, findings_of, \
+    frontal_first, lateral_warning, load_predictor, predict_sources, predict_studies
 
 CHECKPOINT_ENV = "CHEXPERT_CHECKPOINT"  # a checkpoint path to start with
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "dcm", "dicom"]
@@ -32,37 +38,52 @@ PROBABILITY = st.column_config.ProgressColumn("probability", min_value=0.0, max_
                                               format="percent")
 
 
-# ---- cached work: the model once per checkpoint file, predictions once per upload set ----------
+def app_options() -> Config:
+    """The command line after `streamlit run app.py --` (none under other runners, e.g. tests)."""
+    argv = sys.argv[1:] if Path(sys.argv[0]).name == "app.py" else []
+    return parse_args(argv)
+
+
+# ---- cached work: the model once per predictor, predictions once per upload set ------------------
+# `key` = (checkpoint mtime, thresholds.json mtime or None, TTA, allow mismatch): rewriting either
+# file, or asking for other TTA, loads the predictor anew.
+
+def predictor_key(path: str, tta: bool, allow_mismatch: bool) -> tuple:
+    thresholds = Path(path).parent / THRESHOLDS_FILE
+    return (Path(path).stat().st_mtime, thresholds.stat().st_mtime if thresholds.is_file()
+            else None, tta, allow_mismatch)
+
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model ...")
-def cached_predictor(path: str, modified: float) -> Predictor:
-    """`modified` (the file's mtime) makes a rewritten checkpoint load anew."""
-    return load_predictor(path, Config(num_workers=0))
+def cached_predictor(path: str, key: tuple) -> Predictor:
+    _, _, tta, allow_mismatch = key
+    return load_predictor(path, Config(num_workers=0, device=OPTIONS.device, tta=tta,
+                                       allow_threshold_mismatch=allow_mismatch))
 
 
 @st.cache_data(max_entries=8, show_spinner="Reading the radiographs ...")
-def cached_predictions(path: str, modified: float, names: tuple[str, ...],
+def cached_predictions(path: str, key: tuple, names: tuple[str, ...],
                        contents: tuple[bytes, ...]) -> Predictions:
     uploads = [Upload(name, data) for name, data in zip(names, contents)]
-    return predict_sources(cached_predictor(path, modified), uploads, BATCH_SIZE, num_workers=0,
+    return predict_sources(cached_predictor(path, key), uploads, BATCH_SIZE, num_workers=0,
                            progress=False)
 
 
 @st.cache_data(max_entries=8, show_spinner="Fusing the views ...")
-def cached_study(path: str, modified: float, names: tuple[str, ...],
+def cached_study(path: str, key: tuple, names: tuple[str, ...],
                  contents: tuple[bytes, ...]) -> tuple[Predictions, list[str]]:
     """A study-mode model's prediction for the uploads as one study; and the views left out."""
-    predictor = cached_predictor(path, modified)
+    predictor = cached_predictor(path, key)
     uploads = [Upload(name, data) for name, data in zip(names, contents)]
-    taken, rest = frontal_first(names, predictor.max_views)
+    taken, rest = frontal_first(names, predictor.max_views, [film_view(u) for u in uploads])
     result = predict_studies(predictor, uploads, [taken], ["the uploads"], BATCH_SIZE,
                              num_workers=0, progress=False)
     return result, [names[i] for i in rest]
 
 
 @st.cache_data(max_entries=32, show_spinner="Computing the Grad-CAM heatmap ...")
-def cached_overlay(path: str, modified: float, name: str, data: bytes, label: str):
-    return overlay_of(cached_predictor(path, modified), Upload(name, data), label)
+def cached_overlay(path: str, key: tuple, name: str, data: bytes, label: str):
+    return overlay_of(cached_predictor(path, key), Upload(name, data), label)
 
 
 # ---- page parts ------------------------------------------------------------------------------------
@@ -75,18 +96,22 @@ def checkpoint_choice() -> str:
         picked = st.selectbox("Trained runs", found) if found else None
         if not found:
             st.caption("No models/*/best.pth yet: train.py writes them.")
-        typed = st.text_input("or a checkpoint path", value=os.environ.get(CHECKPOINT_ENV, ""))
+        typed = st.text_input("or a checkpoint path",
+                              value=os.environ.get(CHECKPOINT_ENV, OPTIONS.checkpoint))
+        st.checkbox("Test-time augmentation", value=OPTIONS.tta, key="tta",
+                    help="Must match how evaluate.py fitted thresholds.json (its --tta).")
     return typed.strip() or picked or ""
 
 
-def load(path: str) -> tuple[Predictor, float] | None:
+def load(path: str) -> tuple[Predictor, tuple] | None:
     """The predictor of a checkpoint path, or None after showing why it cannot be used."""
     if not Path(path).is_file():
         st.error(f"Checkpoint {path} not found.")
         return None
-    modified = Path(path).stat().st_mtime
+    key = predictor_key(path, st.session_state.get("tta", OPTIONS.tta),
+                        OPTIONS.allow_threshold_mismatch)
     try:
-        return cached_predictor(path, modified), modified
+        return cached_predictor(path, key), key
     except PipelineError as err:
         st.error(f"Cannot use checkpoint {path}: {err}")
         return None
@@ -94,9 +119,11 @@ def load(path: str) -> tuple[Predictor, float] | None:
 
 def describe_model(predictor: Predictor) -> None:
     with st.sidebar:
-        st.caption(f"{len(predictor.labels)} findings, {predictor.image_size} px input, "
-                   f"on {predictor.device.type}. Thresholds: {predictor.thresholds.source}.")
-        for warning in predictor.thresholds.warnings:
+        st.caption(f"{len(predictor.labels)} findings, {predictor.image_size} px input "
+                   f"({predictor.view_mode} films), on {predictor.device.type}"
+                   f"{', test-time augmentation' if predictor.tta else ''}. Thresholds and "
+                   f"{predictor.thresholds.method} calibration: {predictor.thresholds.source}.")
+        for warning in predictor.warnings:
             st.warning(warning)
 
 
@@ -116,7 +143,7 @@ def show_batch(table: pd.DataFrame, predictor: Predictor) -> None:
 
 
 def show_image(predictor: Predictor, row: pd.Series, upload: Upload, path: str,
-               modified: float) -> None:
+               key: tuple) -> None:
     """One radiograph: its findings as a sorted table, and the heatmap of the finding chosen."""
     findings = findings_of(row, predictor)
     left, right = st.columns([3, 2])
@@ -128,15 +155,15 @@ def show_image(predictor: Predictor, row: pd.Series, upload: Upload, path: str,
         })
     with right:
         label = st.selectbox("Grad-CAM heatmap for", findings["finding"].tolist())
-        picture = cached_overlay(path, modified, upload.name, upload.data, label)
+        picture = cached_overlay(path, key, upload.name, upload.data, label)
         probability = float(row[label])
         st.image(picture, caption=f"{label}: probability {probability:.1%}. Red marks where the "
                                   "evidence for it lies.", width="stretch")
 
 
-def show_study(path: str, modified: float, uploads: list[Upload], predictor: Predictor) -> None:
+def show_study(path: str, key: tuple, uploads: list[Upload], predictor: Predictor) -> None:
     """Study-mode models: the uploads taken as the views of one study, fused as in training."""
-    result, left_out = cached_study(path, modified, tuple(u.name for u in uploads),
+    result, left_out = cached_study(path, key, tuple(u.name for u in uploads),
                                     tuple(u.data for u in uploads))
     if result.table.empty:
         return
@@ -162,7 +189,7 @@ def main() -> None:
         if not path:
             st.info("Choose a checkpoint in the sidebar.")
         return
-    predictor, modified = loaded
+    predictor, key = loaded
     describe_model(predictor)
     files = st.file_uploader("Chest X-rays (JPEG, PNG or DICOM)", type=UPLOAD_TYPES,
                              accept_multiple_files=True)
@@ -171,7 +198,7 @@ def main() -> None:
         return
     uploads = [Upload(f.name, f.getvalue()) for f in files]
     try:
-        result = cached_predictions(path, modified, tuple(u.name for u in uploads),
+        result = cached_predictions(path, key, tuple(u.name for u in uploads),
                                     tuple(u.data for u in uploads))
     except PipelineError as err:
         st.error(str(err))
@@ -180,8 +207,11 @@ def main() -> None:
         st.error(f"Skipped: {reason}")
     if result.table.empty:
         return
+    warning = lateral_warning(result.table, predictor)
+    if warning:
+        st.warning(warning)
     if predictor.view_mode == "study" and len(result.table) > 1:
-        show_study(path, modified, uploads, predictor)
+        show_study(path, key, uploads, predictor)
     if len(result.table) > 1:
         show_batch(result.table, predictor)
     row_number = 0
@@ -189,7 +219,12 @@ def main() -> None:
         row_number = st.selectbox("Radiograph", range(len(result.table)),
                                   format_func=lambda i: result.table["path"].iloc[i])
     show_image(predictor, result.table.iloc[row_number], uploads[result.positions[row_number]],
-               path, modified)
+               path, key)
 
 
+try:
+    OPTIONS = app_options()
+except ConfigError as error:  # a bad option after `streamlit run app.py --`
+    st.error(f"app.py: {error}")
+    st.stop()
 main()

@@ -6,8 +6,20 @@ replacement and takes all their images: an image's weight in a resample is how m
 patient was drawn. The AUC of a resample is then a *weighted* AUC, computed for all resamples at
 once (weighted_aucs) instead of building the repeated rows and calling roc_auc_score each time.
 
-A resample in which a class has only one label value has no AUC for that class: it is dropped
-for that class (and for any mean that includes the class) and counted.
+Two kinds of resamples, so that no interval is conditional on a rare patient being drawn:
+- per class, a *stratified* patient bootstrap (as pROC's default for one AUC, at the patient
+  level): the patients with a positive label of that class and those with only negative labels
+  are resampled separately, so every resample holds the same number of positive patients and the
+  AUC is always defined. A plain bootstrap drops every resample without the class's positives:
+  with one positive patient that is 37 % of them, and the interval describes only the rest.
+- for the means over classes, one plain patient draw shared by every class (a mean needs all its
+  classes measured on the same patients). Only classes with at least `min_positives` positives and
+  negatives enter a mean (metrics.py), so a resample that draws none of a member's positive
+  patients is rare (below e^-10 when they belong to 10 patients); any resample in which a class
+  has one label value is still dropped for that class, and for the means it belongs to, and
+  counted in the report.
+
+Masked labels (NaN: uncertain in the reference standard) take no part in a class's AUC.
 """
 
 from __future__ import annotations
@@ -47,6 +59,31 @@ def draw_resamples(patient_ids: pd.Series | np.ndarray, n_resamples: int, seed: 
     return Resamples(counts.reshape(n_resamples, n_patients).astype(float), codes, n_patients)
 
 
+def stratified_counts(strata: list[np.ndarray], n_patients: int, n_resamples: int,
+                      rng: np.random.Generator) -> np.ndarray:
+    """(resamples, patients) draw counts: each stratum's patients (codes) drawn with replacement
+    as many times as the stratum has patients, independently of the other strata."""
+    counts = np.zeros(n_resamples * n_patients)
+    offsets = np.arange(n_resamples)[:, None] * n_patients
+    for members in strata:
+        if len(members):
+            picked = members[rng.integers(0, len(members), (n_resamples, len(members)))]
+            counts += np.bincount((picked + offsets).ravel(), minlength=n_resamples * n_patients)
+    return counts.reshape(n_resamples, n_patients)
+
+
+def class_strata(targets: np.ndarray, patient_of_image: np.ndarray, n_patients: int
+                 ) -> list[np.ndarray]:
+    """A class's two strata of patients: those with a positive label, and those with only
+    negative ones. Patients whose labels of this class are all masked take no part in it."""
+    observed = ~np.isnan(targets)
+    positive = np.zeros(n_patients, dtype=bool)
+    positive[patient_of_image[observed & (targets > 0.5)]] = True
+    negative = np.zeros(n_patients, dtype=bool)
+    negative[patient_of_image[observed & (targets <= 0.5)]] = True
+    return [np.flatnonzero(positive), np.flatnonzero(negative & ~positive)]
+
+
 def _group_matrix(groups: np.ndarray, patients: np.ndarray, mask: np.ndarray, n_groups: int,
                   n_patients: int) -> sparse.csr_matrix:
     """(score groups x patients) counts of the masked images: entry (g, p) = images of patient p
@@ -70,9 +107,12 @@ def weighted_aucs(scores: np.ndarray, targets: np.ndarray, patient_of_image: np.
     where Wpos[g], Wneg[g] are the resample's weights of positive / negative images whose score is
     the g-th smallest distinct score, and an image's weight is its patient's draw count.
     """
+    observed = ~np.isnan(targets)  # masked labels take no part
+    scores, targets, patient_of_image = (scores[observed], targets[observed],
+                                         patient_of_image[observed])
     unique, groups = np.unique(scores, return_inverse=True)
     n_groups, n_patients = len(unique), counts.shape[1]
-    positive = targets.astype(bool)
+    positive = targets > 0.5
     pos = _group_matrix(groups, patient_of_image, positive, n_groups, n_patients)
     neg = _group_matrix(groups, patient_of_image, ~positive, n_groups, n_patients)
     aucs = np.empty(len(counts))
@@ -90,9 +130,39 @@ def weighted_aucs(scores: np.ndarray, targets: np.ndarray, patient_of_image: np.
 
 def bootstrap_auc_matrix(probs: np.ndarray, targets: np.ndarray, resamples: Resamples
                          ) -> np.ndarray:
-    """(resamples, classes) AUCs; NaN where a class has one label value in a resample."""
+    """(resamples, classes) AUCs on shared resamples; NaN where a class has one label value in
+    a resample."""
     return np.stack([weighted_aucs(probs[:, c], targets[:, c], resamples.patient_of_image,
                                    resamples.counts) for c in range(targets.shape[1])], axis=1)
+
+
+def stratified_auc_matrix(probs: np.ndarray, targets: np.ndarray, patient_ids, n_resamples: int,
+                          seed: int) -> np.ndarray:
+    """(resamples, classes) AUCs, each class on its own stratified resamples (class_strata),
+    drawn from (seed, class): two models scored on the same targets get the same resamples."""
+    codes, n_patients = patient_codes(patient_ids)
+    columns = []
+    for c in range(targets.shape[1]):
+        strata = class_strata(targets[:, c], codes, n_patients)
+        counts = stratified_counts(strata, n_patients, n_resamples,
+                                   np.random.default_rng([seed, c]))
+        columns.append(weighted_aucs(probs[:, c], targets[:, c], codes, counts))
+    return np.stack(columns, axis=1)
+
+
+@dataclass
+class BootstrapAUCs:
+    """The per-resample AUCs behind a report's intervals."""
+
+    per_class: np.ndarray  # (resamples, classes): stratified per class, for class intervals
+    joint: np.ndarray  # (resamples, classes): one shared patient draw, for the means
+
+
+def bootstrap_aucs(probs: np.ndarray, targets: np.ndarray, patient_ids, n_resamples: int,
+                   seed: int) -> BootstrapAUCs:
+    joint = bootstrap_auc_matrix(probs, targets, draw_resamples(patient_ids, n_resamples, seed))
+    return BootstrapAUCs(stratified_auc_matrix(probs, targets, patient_ids, n_resamples, seed),
+                         joint)
 
 
 @dataclass

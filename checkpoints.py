@@ -7,12 +7,17 @@ A checkpoint is a dict of plain types and tensors, so torch.load(weights_only=Tr
     labels                                   the 14 label names, in output order
     normalization                            {"mean": float, "std": float} of the pixels (a
                                              readable copy: the model's buffers hold them too)
+    pos_weight                               {label: BCE positive weight} of the training split;
+                                             the model's logit_offset buffer holds log of it
+    data                                     what the data were built with (stats.json and
+                                             splits.json settings), not the command line
     val_auc                                  {label: AUC or None} of that epoch
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import pickle
 from pathlib import Path
 
@@ -53,6 +58,28 @@ def config_from_checkpoint(checkpoint: dict) -> Config:
     return Config(**values)
 
 
+def model_id(checkpoint: dict) -> str:
+    """A fingerprint of the weights (every tensor of the model's state, by name): what
+    thresholds.json is bound to. A resumed run that rewrites best.pth, or a thresholds.json
+    copied from another run, no longer matches; renaming or copying the file changes nothing."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(checkpoint["model"].items()):
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def checkpoint_warnings(checkpoint: dict) -> list[str]:
+    """What a user should know before trusting a checkpoint's probabilities."""
+    if "logit_offset" in checkpoint["model"]:
+        return []
+    return ["this checkpoint predates the removal of the positive-weight offset: its "
+            "probabilities of rare findings are inflated (odds x pos_weight, up to x50) unless "
+            "evaluate.py's per-class calibration corrects them. Train it again with this version "
+            "for probabilities that mean what they say"]
+
+
 def model_from_checkpoint(checkpoint: dict) -> tuple[CheXpertNet, Config]:
     """The trained model (on the CPU, eval mode) and its Config, rebuilt from the checkpoint alone.
 
@@ -62,8 +89,10 @@ def model_from_checkpoint(checkpoint: dict) -> tuple[CheXpertNet, Config]:
     trained = config_from_checkpoint(checkpoint)
     model = CheXpertNet(len(checkpoint["labels"]), trained.gem_p, trained.dropout,
                         multiclass=multiclass_of(trained), fusion=fusion_of(trained))
+    state = dict(checkpoint["model"])
+    state.setdefault("logit_offset", model.logit_offset)  # older runs: no offset (warned)
     try:
-        model.load_state_dict(checkpoint["model"])
+        model.load_state_dict(state)
     except RuntimeError as err:
         detail = [line.strip() for line in str(err).splitlines() if line.strip()][-1]
         raise PipelineError(f"the checkpoint's weights do not fit this version's model (saved by "

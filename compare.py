@@ -3,7 +3,10 @@
 Both models are scored on the *same* bootstrap resamples of patients, so the interval of the
 difference accounts for the two AUCs being measured on the same images (their errors are
 correlated, and the paired interval is much narrower than two separate intervals suggest). An
-interval that excludes 0 says the difference is unlikely to be resampling noise.
+interval that excludes 0 says the difference is unlikely to be resampling noise. As in a report,
+a class's resamples are stratified by its positive patients and the means share one plain draw
+of patients over the classes with at least `min_positives` positives and negatives
+(bootstrap.py); masked (NaN) labels take no part.
 """
 
 from __future__ import annotations
@@ -11,9 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from bootstrap import bootstrap_auc_matrix, draw_resamples, mean_over, no_interval, \
-    percentile_interval
-from metrics import MEANS, interval_text, per_class_auc
+from bootstrap import bootstrap_aucs, mean_over, no_interval, percentile_interval
+from metrics import MEANS, interval_text, mean_exclusions, per_class_auc
 
 
 def verdict(low: float | None, high: float | None) -> str:
@@ -43,30 +45,35 @@ def _row(name: str, auc_a: float | None, auc_b: float | None, differences: np.nd
 
 def paired_auc_differences(probs_a: np.ndarray, probs_b: np.ndarray, targets: np.ndarray,
                            patient_ids: pd.Series, labels: tuple[str, ...], n_resamples: int,
-                           level: float, seed: int) -> list[dict]:
-    """One row per class, then the means: AUC of A and B, B - A, and its paired interval."""
+                           level: float, seed: int, min_positives: int = 10) -> list[dict]:
+    """One row per class, then the means: AUC of A and B, B - A, and its paired interval.
+
+    `probs_*` are any scores that rank the rows as the probabilities do (logits will do).
+    """
     aucs_a = per_class_auc(targets, probs_a, labels)
     aucs_b = per_class_auc(targets, probs_b, labels)
-    differences, note = None, ""
+    excluded = mean_exclusions(targets, labels, aucs_a, min_positives)
+    per_class = joint = None
+    note = ""
     if n_resamples == 0:
         note = "no interval: --bootstrap_resamples 0"
     elif pd.Series(patient_ids).nunique() < 2:
         note = "n/a: one patient in this split, no patient bootstrap"
-    else:
-        resamples = draw_resamples(patient_ids, n_resamples, seed)  # the same for both models
-        differences = (bootstrap_auc_matrix(probs_b, targets, resamples)
-                       - bootstrap_auc_matrix(probs_a, targets, resamples))
+    else:  # the same resamples for both models: they are drawn from the seed and the targets
+        boot_a, boot_b = (bootstrap_aucs(probs, targets, patient_ids, n_resamples, seed)
+                          for probs in (probs_a, probs_b))
+        per_class, joint = boot_b.per_class - boot_a.per_class, boot_b.joint - boot_a.joint
     rows = [_row(label, aucs_a[label], aucs_b[label],
-                 None if differences is None else differences[:, c], level, note)
+                 None if per_class is None else per_class[:, c], level, note)
             for c, label in enumerate(labels)]
     for _, title, subset in MEANS:
         if subset is not None and not set(subset) & set(labels):
             continue  # labels other than CheXpert's: no competition mean
         members = [c for c, label in enumerate(labels)
-                   if (subset is None or label in subset) and aucs_a[label] is not None]
+                   if (subset is None or label in subset) and label not in excluded]
         mean_a = float(np.mean([aucs_a[labels[c]] for c in members])) if members else None
         mean_b = float(np.mean([aucs_b[labels[c]] for c in members])) if members else None
-        diff = None if differences is None or not members else mean_over(differences, members)
+        diff = None if joint is None or not members else mean_over(joint, members)
         rows.append(_row(f"{title} ({len(members)} classes)", mean_a, mean_b, diff, level, note))
     return rows
 

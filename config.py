@@ -39,6 +39,15 @@ LABELS: tuple[str, ...] = (
 # CheXpert's metadata columns, kept unchanged in every processed and split CSV.
 META_COLUMNS: tuple[str, ...] = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")
 
+# Fields that only the data-building scripts read, and which script: train.py, evaluate.py and
+# ablate.py refuse them when they differ from what the data in --data_dir were built with (an
+# ablation "views: --frontal_only false" would otherwise train on the same data and report no
+# difference).
+DATA_FIELDS = {"data_root": "preprocess.py", "frontal_only": "preprocess.py",
+               "check_images": "preprocess.py", "missing_images": "preprocess.py",
+               "stats_sample": "preprocess.py", "fallback_mean": "preprocess.py",
+               "fallback_std": "preprocess.py", "val_fraction": "make_splits.py"}
+
 # How an uncertain (-1) label is trained (labels.training_targets): as positive, as negative,
 # masked out of the loss, as a third class, or as a soft positive / negative target.
 UNCERTAINTY_POLICIES = ("U-Ones", "U-Zeros", "U-Ignore", "U-MultiClass", "U-Ones-LSR",
@@ -104,6 +113,7 @@ class Config:
     crop_margin: float = 0.0625  # images are resized to image_size x (1 + margin), then cropped
     use_cache: bool = True  # read <data_dir>/cache/<side>px when it holds the images (cache.py)
     cache_on_error: str = "stop"  # unreadable image while caching: stop, or exclude it everywhere
+    cache_retry_errors: bool = False  # cache.py: decode the images in errors.csv again (fixed?)
 
     # ---- evaluation (evaluate.py) -------------------------------------------------------------
     checkpoint: str = ""  # checkpoint to evaluate; empty = run_name's best.pth, else the newest
@@ -112,7 +122,11 @@ class Config:
     target_sensitivity: float = 0.9  # second operating point: highest val threshold reaching it
     study_aggregation: str = "max"  # a study's prediction from its images': max | mean
     calibration_bins: int = 10  # equal-width probability bins of the ECE and reliability diagrams
-    temperature_scaling: bool = False  # fit one temperature on val logits (BCE), apply everywhere
+    # per-class calibration fitted on val (uncertain masked), stored with the thresholds and
+    # applied by every consumer: platt (scale and bias) | temperature (scale) | none
+    calibration: str = "platt"
+    min_positives: int = 10  # a class enters the means with at least this many positives and
+    # negatives in the split (fewer: its AUC is shown, but left out of the means)
     tta: bool = False  # test-time augmentation: mean logits of 4 views (shifts, zoom; no flips)
     compare: str = ""  # "RUN_A,RUN_B" (CLI: --compare RUN_A RUN_B): paired AUC differences B - A
     compare_split: str = "test"  # split of --compare: val | test
@@ -129,6 +143,9 @@ class Config:
     # study-mode checkpoints in predict.py: folder = the images of one folder are one study's
     # views (CheXpert's patient/study/viewN_frontal.jpg layout) | image = each image on its own
     study_grouping: str = "folder"
+    # predict.py / app.py: go on (with a warning) when thresholds.json was made for other weights
+    # or with other --tta; false = refuse and say to run evaluate.py
+    allow_threshold_mismatch: bool = False
 
     @property
     def processed_dir(self) -> Path:
@@ -162,12 +179,13 @@ def validate(cfg: Config) -> Config:
         "study_aggregation": ("max", "mean"),
         "study_grouping": ("folder", "image"),
         "compare_split": ("val", "test"),
+        "calibration": ("platt", "temperature", "none"),
     }
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise ConfigError(f"--{name} {getattr(cfg, name)!r} is not one of {', '.join(allowed)}")
     positive = ("image_size", "batch_size", "accumulation_steps", "epochs", "stats_sample",
-                "max_views")
+                "max_views", "min_positives")
     for name in positive:
         if getattr(cfg, name) < 1:
             raise ConfigError(f"--{name} must be at least 1, got {getattr(cfg, name)}")

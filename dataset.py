@@ -6,6 +6,8 @@ the training pixel mean/std and copies it to 3 channels on the device (model_arc
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 from pathlib import Path
@@ -16,10 +18,10 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from cache import cache_folder, read_meta
-from config import LABELS, Config, PipelineError
+from cache import cache_folder, changed_images, outdated_reason, read_meta
+from config import DATA_FIELDS, LABELS, Config, ConfigError, PipelineError
 from imaging import decode_square
-from labels import training_targets
+from labels import evaluation_targets, training_targets
 
 # ---- transforms and dataset ---------------------------------------------------------------------
 
@@ -58,9 +60,10 @@ class ImageCache:
     and memory does not grow with the dataset.
     """
 
-    def __init__(self, folder: Path, meta: dict):
+    def __init__(self, folder: Path, meta: dict, index: pd.DataFrame | None = None):
         self.folder, self.side, self.count = folder, int(meta["side"]), int(meta["n_images"])
-        index = pd.read_csv(folder / "index.csv")
+        if index is None:  # open_cache passes the index.csv it has read already
+            index = pd.read_csv(folder / "index.csv")
         self.rows = dict(zip(index["image_path"], index["row"]))
         errors = folder / "errors.csv"
         self.unreadable = set(pd.read_csv(errors)["image_path"]) if errors.is_file() else set()
@@ -86,11 +89,22 @@ def open_cache(data_dir: str, side: int, paths: list[str], enabled: bool = True
     if not meta.get("complete"):
         print(f"warning: {folder} is incomplete (run cache.py to finish it); decoding images")
         return None
-    cache = ImageCache(folder, meta)
+    outdated = outdated_reason(meta)  # e.g. built by an older cache.py, or another OpenCV
+    if outdated:
+        print(f"warning: {folder} cannot be used: {outdated} (run cache.py to rebuild it); "
+              "decoding images instead")
+        return None
+    index = pd.read_csv(folder / "index.csv")
+    cache = ImageCache(folder, meta, index)
     missing = sum(path not in cache.rows for path in paths)
     if missing:
         print(f"warning: {folder} lacks {missing} of these images (run cache.py again); "
               "decoding images instead")
+        return None
+    changed = changed_images(index, paths)  # one os.stat per image: a replaced file is found
+    if changed:
+        print(f"warning: {len(changed)} of these images changed since {folder} was built, e.g. "
+              f"{changed[0]} (run cache.py to update it); decoding images instead")
         return None
     return cache
 
@@ -133,7 +147,7 @@ class CheXpertDataset(Dataset):
                  labels: tuple[str, ...] = LABELS, cache: ImageCache | None = None,
                  seed: int = 0, targets: np.ndarray | None = None):
         self.paths = frame["image_path"].tolist()
-        if targets is None:  # the binary label columns (evaluation targets)
+        if targets is None:  # the binary label columns
             targets = frame[list(labels)].to_numpy(dtype=np.float32)
         self.targets = torch.tensor(targets)
         self.image_size, self.side, self.augment, self.cache = image_size, side, augment, cache
@@ -192,15 +206,17 @@ def make_dataset(frame: pd.DataFrame, model_cfg: Config, data_dir: str, augment:
                  ) -> CheXpertDataset:
     """A split's dataset at the model's image size, read from the cache when there is one.
 
-    Targets are the binary label columns, or with `policies` (train.py's training split) the
-    raw columns under those uncertainty policies (labels.training_targets).
+    Targets are the reference standard every split is scored against (labels.evaluation_targets:
+    uncertain masked as NaN, whatever the policy), or with `policies` (train.py's training split)
+    the raw columns under those uncertainty policies (labels.training_targets).
     """
     side = model_cfg.stored_side
     if model_cfg.view_mode == "frontal":
         frame = frontal_rows(frame, name)
     cache = open_cache(data_dir, side, frame["image_path"].tolist(), use_cache)
     frame = drop_unreadable(frame, cache, name)
-    targets = training_targets(frame, policies, model_cfg.seed) if policies else None
+    targets = (training_targets(frame, policies, model_cfg.seed) if policies
+               else evaluation_targets(frame, labels).astype(np.float32))
     images = CheXpertDataset(frame, model_cfg.image_size, side, augment, labels, cache,
                              seed=model_cfg.seed, targets=targets)
     if model_cfg.view_mode == "study":
@@ -323,6 +339,38 @@ def read_split(path: Path, labels: tuple[str, ...] = LABELS) -> pd.DataFrame:
     if frame.empty:
         raise PipelineError(f"{path} has no rows")
     return frame
+
+
+def data_settings(cfg: Config) -> dict:
+    """What the data in --data_dir were built with: preprocess.py's settings (stats.json) and
+    make_splits.py's (splits.json); a field an older version did not record is absent."""
+    settings = {}
+    for path, key in ((cfg.processed_dir / "stats.json", "settings"),
+                      (cfg.splits_dir / "splits.json", "settings")):
+        if path.is_file():
+            settings.update(json.loads(path.read_text()).get(key, {}))
+    return settings
+
+
+def check_data_options(cfg: Config, given: set[str], script: str) -> Config:
+    """Refuse a data-building option (config.DATA_FIELDS) given on the command line of `script`
+    when it differs from what the data were built with; return cfg holding the data's own values
+    (so a checkpoint records what the data were built with, not the command line)."""
+    settings = data_settings(cfg)
+    for name in sorted(given & set(DATA_FIELDS)):
+        value, built = getattr(cfg, name), settings.get(name)
+        same = built is not None and (Path(value).resolve() == Path(built).resolve()
+                                      if name == "data_root" else value == built)
+        if not same:
+            reads = DATA_FIELDS[name]
+            was = f"were built with --{name} {built}" if built is not None else \
+                f"do not record --{name} (made by an older version)"
+            raise ConfigError(
+                f"--{name} is read by {reads}, not {script}: the data in {cfg.data_dir} {was}. "
+                f"To use --{name} {value}, run {reads} (and the scripts after it) with it and "
+                f"another --data_dir, then point {script} at that --data_dir")
+    known = {name: settings[name] for name in DATA_FIELDS if name in settings}
+    return dataclasses.replace(cfg, **known)
 
 
 def default_workers(requested: int) -> int:

@@ -1,18 +1,24 @@
 """Evaluation report of a checkpoint on the val and test splits, or a comparison of two runs.
 
-    python evaluate.py [--checkpoint models/RUN/best.pth] [--temperature_scaling true] [--tta true]
+    python evaluate.py [--checkpoint models/RUN/best.pth] [--calibration platt] [--tta true]
     python evaluate.py --compare RUN_A RUN_B [--compare_split test]
 
 Reads  the checkpoint (default: --run_name's best.pth, else the newest models/*/best.pth) and
        <data_dir>/splits/val.csv, test.csv. The model is rebuilt from the checkpoint's own config,
-       labels and pixel stats.
+       labels, pixel stats and positive-weight offset.
+Every split is scored against its raw labels with uncertain (-1) masked, whatever the training
+policy (CheXpert's test split, labelled by radiologists, has none). The val split fits each class's
+calibration map (--calibration) and the thresholds; test is only scored.
 Writes next to the checkpoint:
-       thresholds.json             operating points chosen on val (Youden's J and the threshold
-                                   reaching --target_sensitivity), and the fitted temperature
+       thresholds.json             the calibration and the operating points chosen on val
+                                   (Youden's J and the threshold reaching --target_sensitivity),
+                                   bound to the checkpoint's weights (model_id) and saying how
+                                   the scores were made (TTA, view mode)
        eval_<split>.json/.md/.csv  per class: AUC with a patient-bootstrap interval, AUPRC,
-                                   prevalence, study-level AUC, ECE, the val thresholds' sensitivity,
-                                   specificity, PPV, NPV, F1; the means over all classes and over
-                                   the competition five
+                                   prevalence, masked labels, study-level AUC, ECE, the val
+                                   thresholds' sensitivity, specificity, PPV, NPV, F1; the means
+                                   over the classes with at least --min_positives positives
+                                   and negatives, over all and over the competition five
        roc_<split>.png, pr_<split>.png, reliability_<split>.png   (embedded in eval_<split>.md)
 With --compare RUN_A RUN_B (a run folder under --models_dir, or a checkpoint path): per-class AUC
 differences B - A with paired patient-bootstrap intervals on --compare_split, printed and written
@@ -30,14 +36,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bootstrap import bootstrap_auc_matrix, draw_resamples
-from calibration import fit_temperature, per_class_ece, scaled_probs
-from checkpoints import load_checkpoint, model_from_checkpoint, newest_checkpoint
+from bootstrap import BootstrapAUCs, bootstrap_aucs
+from calibration import calibrated_logits, fit_calibration, mean_ece, per_class_ece, sigmoid
+from checkpoints import checkpoint_warnings, load_checkpoint, model_from_checkpoint, model_id, \
+    newest_checkpoint
 from compare import format_comparison, format_comparison_markdown, paired_auc_differences
-from config import Config, ConfigError, PipelineError, run_cli
-from dataset import make_dataset, make_loader, read_split
+from config import Config, ConfigError, PipelineError, given_fields, run_cli
+from dataset import check_data_options, make_dataset, make_loader, read_split
 from engine import autocast_dtype, choose_device, predict_logits, prepare_model
 from fileio import write_csv_atomic, write_text_atomic
+from labels import masked_counts
 from metrics import STUDY_KEYS, aggregate_studies, summarise
 from operating_points import choose_thresholds, operating_point_table, thresholds_payload, \
     write_thresholds
@@ -45,7 +53,7 @@ from plots import pr_grid, reliability_grid, roc_grid
 from report import print_report, write_reports
 from tta import TTAModel
 
-SPLITS = ("val", "test")  # val first: it fits the temperature and the thresholds
+SPLITS = ("val", "test")  # val first: it fits the calibration and the thresholds
 
 
 @dataclass
@@ -53,8 +61,8 @@ class Predictions:
     """A split's predictions, aligned row by row with the split rows that were predicted."""
 
     frame: pd.DataFrame
-    logits: np.ndarray  # (rows, classes) float64
-    targets: np.ndarray  # (rows, classes) 0/1
+    logits: np.ndarray  # (rows, classes) float64, the positive-weight offset removed
+    targets: np.ndarray  # (rows, classes) 0/1, NaN where the label is uncertain (masked)
     labels: tuple[str, ...]
     per_study: bool = False  # a study-mode model: one row per study (its first image's row)
     n_images: int | None = None  # the images behind the rows (None: one image per row)
@@ -82,6 +90,8 @@ def load_model(path: Path, cfg: Config, device: torch.device):
     except PipelineError as err:
         raise PipelineError(f"checkpoint {path}: {err}; evaluate it with the code it was "
                             "trained with") from None
+    for warning in checkpoint_warnings(checkpoint):
+        print(f"warning: {path}: {warning}", file=sys.stderr)
     model = prepare_model(model, device, cfg)
     return (TTAModel(model) if cfg.tta else model), checkpoint, trained
 
@@ -110,55 +120,69 @@ def predict_split(model, split: str, path: Path, checkpoint: dict, trained: Conf
 
 # ---- statistics of one split ----------------------------------------------------------------------
 
-def bootstrap_matrix(probs: np.ndarray, targets: np.ndarray, patient_ids: pd.Series, cfg: Config
-                     ) -> tuple[np.ndarray | None, str]:
-    """Per-resample AUCs of a patient bootstrap, or None and why there are no intervals."""
+def bootstrap_matrix(scores: np.ndarray, targets: np.ndarray, patient_ids: pd.Series, cfg: Config
+                     ) -> tuple[BootstrapAUCs | None, str]:
+    """Per-resample AUCs of the patient bootstrap, or None and why there are no intervals."""
     if cfg.bootstrap_resamples == 0:
         return None, "no interval: --bootstrap_resamples 0"
     if patient_ids.nunique() < 2:
         return None, "n/a: one patient in this split, no patient bootstrap"
-    resamples = draw_resamples(patient_ids, cfg.bootstrap_resamples, cfg.seed)
-    return bootstrap_auc_matrix(probs, targets, resamples), ""
+    return bootstrap_aucs(scores, targets, patient_ids, cfg.bootstrap_resamples, cfg.seed), ""
 
 
-def summarise_level(probs: np.ndarray, targets: np.ndarray, patient_ids: pd.Series,
+def summarise_level(scores: np.ndarray, targets: np.ndarray, patient_ids: pd.Series,
                     labels: tuple[str, ...], cfg: Config) -> dict:
-    matrix, note = bootstrap_matrix(probs, targets, patient_ids, cfg)
-    return summarise(probs, targets, labels, matrix, cfg.ci_level, note)
+    boot, note = bootstrap_matrix(scores, targets, patient_ids, cfg)
+    return summarise(scores, targets, labels, boot, cfg.ci_level, note, cfg.min_positives)
 
 
-def evaluate_predictions(preds: Predictions, thresholds: dict, temperature: float | None,
-                         cfg: Config) -> dict:
-    """Image- and study-level metrics, calibration and operating points of one split."""
+def calibration_summary(preds: Predictions, calibration: dict, probs: np.ndarray, cfg: Config
+                        ) -> dict:
+    """ECE per class after the calibration map and before it (the model's own probabilities,
+    positive-weight offset removed), with the map itself."""
+    labels, targets, bins = preds.labels, preds.targets, cfg.calibration_bins
+    ece = per_class_ece(targets, probs, labels, bins)
+    before = per_class_ece(targets, sigmoid(preds.logits), labels, bins)
+    return {"bins": bins, "method": calibration["method"], "fitted_on": "val",
+            "parameters": calibration["parameters"], "ece": ece, "mean_ece": mean_ece(ece),
+            "ece_uncalibrated": before, "mean_ece_uncalibrated": mean_ece(before)}
+
+
+def evaluate_predictions(preds: Predictions, thresholds: dict, calibration: dict, cfg: Config
+                         ) -> dict:
+    """Image- and study-level metrics, calibration and operating points of one split.
+
+    `calibration` is {"method", "parameters"} fitted on val. AUCs rank the calibrated logits
+    (float64: no sigmoid saturating into ties), which order the images as the probabilities do.
+    """
     labels, targets = preds.labels, preds.targets
-    probs = scaled_probs(preds.logits, temperature)
+    scores = calibrated_logits(preds.logits, calibration["parameters"], labels)
+    probs = sigmoid(scores)
     studies, study_probs, study_targets = aggregate_studies(preds.frame, probs, targets,
                                                             cfg.study_aggregation)
-    image = summarise_level(probs, targets, preds.frame["patient_id"], labels, cfg)
+    image = summarise_level(scores, targets, preds.frame["patient_id"], labels, cfg)
     study = summarise_level(study_probs, study_targets, studies["patient_id"], labels, cfg)
-    calibration = {"bins": cfg.calibration_bins, "temperature": temperature,
-                   "ece": per_class_ece(targets, probs, labels, cfg.calibration_bins),
-                   "ece_before_scaling": per_class_ece(targets, scaled_probs(preds.logits, None),
-                                                       labels, cfg.calibration_bins)
-                   if temperature is not None else None}
-    calibration["mean_ece"] = float(np.mean(list(calibration["ece"].values())))
     return {"n_images": preds.image_count, "n_patients": int(preds.frame["patient_id"].nunique()),
             "n_studies": len(studies),
             "unit": "study" if preds.per_study else "image",  # what one prediction is of
+            "reference": "raw labels, uncertain (-1) masked",
+            "masked_uncertain": masked_counts(targets, labels),
             "auc": {label: image["classes"][label]["auc"] for label in labels},
             "mean_auc": image["means"]["all"]["auc"],
             "image": image, "study": {"aggregation": cfg.study_aggregation, **study},
-            "calibration": calibration,
+            "calibration": calibration_summary(preds, calibration, probs, cfg),
             "operating_points": operating_point_table(targets, probs, labels, thresholds),
             "bootstrap": {"resamples": cfg.bootstrap_resamples, "level": cfg.ci_level,
-                          "seed": cfg.seed, "unit": "patient"},
-            "tta": cfg.tta}
+                          "seed": cfg.seed, "unit": "patient",
+                          "classes": "stratified by the class's positive patients",
+                          "means": "one draw of patients shared by every class"},
+            "min_positives": cfg.min_positives, "tta": cfg.tta}
 
 
 def draw_plots(preds: Predictions, result: dict, cfg: Config, out_dir: Path) -> dict[str, str]:
     """The split's three figures; returns their file names (relative to out_dir)."""
     split, labels = result["split"], preds.labels
-    probs = scaled_probs(preds.logits, result["calibration"]["temperature"])
+    probs = sigmoid(calibrated_logits(preds.logits, result["calibration"]["parameters"], labels))
     names = {kind: f"{kind}_{split}.png" for kind in ("roc", "pr", "reliability")}
     roc_grid(preds.targets, probs, labels, out_dir / names["roc"], f"ROC curves, {split} split")
     pr_grid(preds.targets, probs, labels, out_dir / names["pr"],
@@ -180,27 +204,35 @@ def checkpoint_to_evaluate(cfg: Config) -> Path:
     return newest_checkpoint(cfg.models_dir)
 
 
-def fit_on_val(val: Predictions, path: Path, cfg: Config) -> tuple[dict, float | None]:
-    """Temperature (when --temperature_scaling) and thresholds from the val split; thresholds.json."""
-    temperature = fit_temperature(val.logits, val.targets) if cfg.temperature_scaling else None
-    thresholds = choose_thresholds(val.targets, scaled_probs(val.logits, temperature), val.labels,
-                                   cfg.target_sensitivity)
-    write_thresholds(thresholds_payload(path, val.labels, thresholds, cfg.target_sensitivity,
-                                        temperature), path.parent / "thresholds.json")
-    return thresholds, temperature
+def fit_on_val(val: Predictions, path: Path, checkpoint: dict, trained: Config, cfg: Config
+               ) -> tuple[dict, dict]:
+    """Each class's calibration map and its thresholds from the val split (uncertain masked);
+    thresholds.json, bound to these weights and saying how the scores were made."""
+    calibration = {"method": cfg.calibration,
+                   "parameters": fit_calibration(val.logits, val.targets, val.labels,
+                                                 cfg.calibration)}
+    probs = sigmoid(calibrated_logits(val.logits, calibration["parameters"], val.labels))
+    thresholds = choose_thresholds(val.targets, probs, val.labels, cfg.target_sensitivity)
+    scores = {"tta": cfg.tta, "view_mode": trained.view_mode,
+              "logit_offset_removed": "logit_offset" in checkpoint["model"]}
+    write_thresholds(thresholds_payload(path, model_id(checkpoint), val.labels, thresholds,
+                                        cfg.target_sensitivity, calibration, scores,
+                                        masked_counts(val.targets, val.labels)),
+                     path.parent / "thresholds.json")
+    return thresholds, calibration
 
 
 def evaluate_checkpoint(cfg: Config) -> None:
     path = checkpoint_to_evaluate(cfg)
     device = choose_device(cfg.device)
     model, checkpoint, trained = load_model(path, cfg, device)
-    thresholds, temperature = None, None
+    thresholds, calibration = None, None
     for split in SPLITS:
         preds = predict_split(model, split, path, checkpoint, trained, cfg, device)
         if thresholds is None:  # the val split, first
-            thresholds, temperature = fit_on_val(preds, path, cfg)
+            thresholds, calibration = fit_on_val(preds, path, checkpoint, trained, cfg)
         result = {"split": split, "checkpoint": str(path), "epoch": checkpoint.get("epoch"),
-                  **evaluate_predictions(preds, thresholds, temperature, cfg)}
+                  **evaluate_predictions(preds, thresholds, calibration, cfg)}
         plots = draw_plots(preds, result, cfg, path.parent)
         write_reports(result, plots, cfg, path.parent)
         print_report(result, path, cfg)
@@ -238,7 +270,7 @@ class Paired:
 def study_rows(p: Predictions, aggregation: str) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """(study keys, probabilities, targets): a study model's rows as they are, an image model's
     images aggregated to studies as the report's study level does (--study_aggregation)."""
-    probs = scaled_probs(p.logits, None)
+    probs = sigmoid(p.logits)
     if p.per_study:
         return p.frame[list(STUDY_KEYS)].astype(str).reset_index(drop=True), probs, p.targets
     studies, probs, targets = aggregate_studies(p.frame, probs, p.targets, aggregation)
@@ -258,8 +290,9 @@ def paired(a: Predictions, b: Predictions, aggregation: str, per_study: bool = F
                                                                  for p in (a, b))
     else:
         unit, keys = "images", ["image_path"]
-        frame_a, probs_a, targets_a = a.frame, scaled_probs(a.logits, None), a.targets
-        frame_b, probs_b = b.frame, scaled_probs(b.logits, None)
+        # images: the logits rank them as the probabilities do, without saturating into ties
+        frame_a, probs_a, targets_a = a.frame, a.logits, a.targets
+        frame_b, probs_b = b.frame, b.logits
     index_a = pd.MultiIndex.from_frame(frame_a[keys].reset_index(drop=True))
     index_b = pd.MultiIndex.from_frame(frame_b[keys].reset_index(drop=True))
     common = index_a[index_a.isin(index_b)]
@@ -276,7 +309,7 @@ def paired_differences(a: Predictions, b: Predictions, cfg: Config, per_study: b
     both = paired(a, b, cfg.study_aggregation, per_study)
     rows = paired_auc_differences(both.probs_a, both.probs_b, both.targets,
                                   both.frame["patient_id"], a.labels, cfg.bootstrap_resamples,
-                                  cfg.ci_level, cfg.seed)
+                                  cfg.ci_level, cfg.seed, cfg.min_positives)
     return rows, both
 
 
@@ -314,7 +347,10 @@ def write_comparison(rows: list[dict], description: list[str], paths: list[Path]
     print(f"\nevaluate: wrote {out}.csv, {out.name}.md")
 
 
-def main(cfg: Config) -> None:
+def main(cfg: Config, given: set[str] = frozenset()) -> None:
+    """`given`: the options set on the command line (data-building ones are checked against the
+    data, dataset.check_data_options)."""
+    cfg = check_data_options(cfg, set(given), "evaluate.py")
     if cfg.compare:
         compare_runs(cfg)
     else:
@@ -340,4 +376,5 @@ def join_compare_values(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-    run_cli(main, join_compare_values(sys.argv[1:]))
+    arguments = join_compare_values(sys.argv[1:])
+    run_cli(lambda cfg: main(cfg, given_fields(arguments)), arguments)

@@ -5,12 +5,16 @@
 Reads  the checkpoint (default: --run_name's best.pth, else the newest models/*/best.pth) and
        thresholds.json beside it, when there is one.
 Writes --output (default model.onnx; ONNX opset 17), <stem>.pt beside it (TorchScript) and
-       <stem>.json (labels, input shape, thresholds, temperature, checkpoint).
+       <stem>.json (labels, input shape, view mode, thresholds, calibration, model_id,
+       checkpoint).
 Both models take one input, "images": uint8 N x 1 x S x S grayscale pixels, S = the checkpoint's
 image_size, built like predict.py builds them (imaging.decode_square to the stored side, then
 dataset.centre_view); pixel normalisation happens inside. They return "probabilities" (float32
-N x labels: sigmoid(logits / temperature), the temperature from thresholds.json, else 1) and
-"logits". The batch size N is free. The export runs in fp32 on the CPU, and is checked: the
+N x labels: sigmoid of the calibrated logits) and "logits" (calibrated: scale x logit + bias per
+class from thresholds.json, after the positive-weight offset of training is removed; without
+thresholds.json the model's own logits). The batch size N is free. The graph is the single-image,
+single-pass model: a thresholds.json fitted with --tta is refused (--allow_threshold_mismatch
+true exports anyway, with a warning). The export runs in fp32 on the CPU, and is checked: the
 summary line gives the largest difference between onnxruntime's and PyTorch's probabilities.
 """
 
@@ -25,7 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from checkpoints import load_checkpoint, model_from_checkpoint
+from calibration import calibration_arrays
+from checkpoints import checkpoint_warnings, load_checkpoint, model_from_checkpoint, model_id
 from config import Config, PipelineError, run_cli
 from fileio import write_atomic, write_text_atomic
 from inference import read_thresholds
@@ -36,16 +41,18 @@ INPUT, OUTPUTS = "images", ("probabilities", "logits")
 
 
 class ServingModel(nn.Module):
-    """The trained model plus its temperature: uint8 images -> (probabilities, logits)."""
+    """The trained model plus each class's calibration map: uint8 images -> (probabilities,
+    calibrated logits)."""
 
-    def __init__(self, model: nn.Module, temperature: float | None):
+    def __init__(self, model: nn.Module, scales, biases):
         super().__init__()
         self.model = model
-        self.register_buffer("temperature", torch.tensor(float(temperature or 1.0)))
+        self.register_buffer("scale", torch.as_tensor(scales, dtype=torch.float32))
+        self.register_buffer("bias", torch.as_tensor(biases, dtype=torch.float32))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(images)
-        return torch.sigmoid(logits / self.temperature), logits
+        logits = self.model(images) * self.scale + self.bias
+        return torch.sigmoid(logits), logits
 
 
 def example_input(image_size: int, batch: int = 2, seed: int = 0) -> torch.Tensor:
@@ -99,10 +106,12 @@ def main(cfg: Config) -> None:
     checkpoint = load_checkpoint(path)
     model, trained = model_from_checkpoint(checkpoint)
     labels = list(checkpoint["labels"])
-    thresholds = read_thresholds(path, labels)
-    for warning in thresholds.warnings:
+    weights_id = model_id(checkpoint)
+    thresholds = read_thresholds(path, labels, weights_id, tta=False,
+                                 allow_mismatch=cfg.allow_threshold_mismatch)
+    for warning in [*checkpoint_warnings(checkpoint), *thresholds.warnings]:
         print(f"warning: {warning}")
-    serving = ServingModel(model, thresholds.temperature).eval()
+    serving = ServingModel(model, *calibration_arrays(thresholds.calibration, tuple(labels))).eval()
     output = Path(cfg.output or "model.onnx")
     if output.suffix.lower() != ".onnx":
         raise PipelineError(f"--output {output} should end in .onnx (the TorchScript and JSON "
@@ -118,8 +127,13 @@ def main(cfg: Config) -> None:
                       "preprocessing": f"grayscale, resized to {trained.stored_side} x "
                                        f"{trained.stored_side} px (area interpolation when "
                                        f"shrinking), centre crop {trained.image_size} px"},
-            "outputs": list(OUTPUTS), "thresholds": thresholds.values,
-            "thresholds_source": thresholds.source, "temperature": thresholds.temperature}
+            "view_mode": trained.view_mode,
+            "views": "frontal films only" if trained.view_mode == "frontal" else
+                     "one view of a study (the single-image path of a study-mode model)",
+            "model_id": weights_id, "outputs": list(OUTPUTS), "thresholds": thresholds.values,
+            "thresholds_source": thresholds.source,
+            "calibration": {"method": thresholds.method, "parameters": thresholds.calibration},
+            "logit_offset_removed": "logit_offset" in checkpoint["model"]}
     write_text_atomic(json.dumps(spec, indent=2), output.with_suffix(".json"))
     difference = onnx_difference(serving, output, trained.image_size)
     print(f"export: wrote {output}, {output.with_suffix('.pt')} and {output.with_suffix('.json')}"

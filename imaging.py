@@ -117,6 +117,55 @@ def _dicom_gray(data: bytes) -> np.ndarray:
     return _to_uint8(unit)
 
 
+# DICOM ViewPosition values (PS3.16 CID 4010 and what CheXpert's AP/PA column holds) by projection.
+LATERAL_POSITIONS = {"LL", "RL", "LAT", "LATERAL", "LLAT", "RLAT"}
+FRONTAL_POSITIONS = {"AP", "PA", "APS", "PAS"}
+
+
+def view_from_orientation(orientation) -> str | None:
+    """PatientOrientation (row direction, column direction): the rows of a frontal film run
+    toward the patient's left or right (L/R), those of a lateral film toward the front or the
+    back (A/P)."""
+    if not orientation or len(orientation) < 1:
+        return None
+    rows = str(orientation[0]).upper()
+    if rows[:1] in ("A", "P"):
+        return "lateral"
+    if rows[:1] in ("L", "R"):
+        return "frontal"
+    return None
+
+
+def dicom_view(data: bytes) -> str | None:
+    """"frontal" or "lateral" from a DICOM header (ViewPosition, else PatientOrientation), or
+    None when it does not say (the pixel data are not decoded)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+        position = str(ds.get("ViewPosition", "") or "").strip().upper()
+        orientation = ds.get("PatientOrientation", None)
+    except (InvalidDicomError, AttributeError, KeyError, TypeError, ValueError, OSError,
+            EOFError):
+        return None  # unreadable headers are reported when the pixels are read
+    if position in LATERAL_POSITIONS:
+        return "lateral"
+    if position in FRONTAL_POSITIONS:
+        return "frontal"
+    return view_from_orientation(orientation)
+
+
+def view_from_name(name: str | Path) -> str | None:
+    """CheXpert names its films view1_frontal.jpg, view2_lateral.jpg."""
+    stem = Path(name).stem.lower()
+    if "lateral" in stem:
+        return "lateral"
+    if "frontal" in stem:
+        return "frontal"
+    return None
+
+
 def _read_dicom(data: bytes, name: str | Path) -> np.ndarray:
     from pydicom.errors import InvalidDicomError
 

@@ -1,14 +1,18 @@
 """Predictions for new radiographs from a checkpoint: shared by predict.py, app.py and export.py.
 
-Everything the model needs (labels, image size, pixel statistics, architecture) comes from the
-checkpoint; the decision thresholds and the temperature come from thresholds.json beside it
-(evaluate.py writes it), else every class is flagged at probability 0.5, with a warning. Images
-go through the decoding and centre view of evaluation (imaging.decode_square, then
+Everything the model needs (labels, image size, pixel statistics, architecture, the positive-weight
+offset) comes from the checkpoint; each class's calibration map and decision threshold come from
+thresholds.json beside it (evaluate.py writes it), else probabilities are the model's own and
+every class is flagged at 0.5, with a warning. thresholds.json is bound to the weights it was
+fitted for (checkpoints.model_id) and to test-time augmentation on or off: a mismatch is refused
+(evaluate.py makes a new one), or with --allow_threshold_mismatch used with a warning. Images go
+through the decoding and centre view of evaluation (imaging.decode_square, then
 dataset.centre_view), so a file gets the probabilities evaluate.py would give it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -22,12 +26,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from checkpoints import load_checkpoint, model_from_checkpoint
+from calibration import calibrated_probs
+from checkpoints import checkpoint_warnings, load_checkpoint, model_from_checkpoint, model_id
 from config import Config, PipelineError
 from dataset import centre_view, default_workers, keep_batch
 from engine import autocast, autocast_dtype, choose_device, prepare_model, to_device
 from imaging import ImageReadError, decode_grayscale, decode_square, decode_square_bytes, \
-    read_grayscale
+    dicom_view, is_dicom, read_grayscale, view_from_name
+from tta import TTAModel
 
 DEFAULT_THRESHOLD = 0.5  # probability at which a class is flagged when no threshold is stored
 THRESHOLDS_FILE = "thresholds.json"  # beside the checkpoint; written by evaluate.py
@@ -37,15 +43,16 @@ THRESHOLDS_FILE = "thresholds.json"  # beside the checkpoint; written by evaluat
 
 @dataclass
 class Thresholds:
-    """Per-label decision thresholds on the probability, and the logits' temperature."""
+    """Per-label decision thresholds on the probability, and the calibration they sit on."""
     values: dict[str, float]  # label -> probability at or above which the class is positive
-    temperature: float | None  # logits are divided by it before the sigmoid; None = 1
+    calibration: dict | None  # label -> {"scale", "bias"} or None (identity); None: none at all
+    method: str  # the calibration method ("none" when there is none)
     source: str  # the file they come from, or a note that they are the 0.5 default
     warnings: list[str]  # what the user should know (a missing file, classes left at 0.5)
 
 
 def default_thresholds(labels: Sequence[str], why: str) -> Thresholds:
-    return Thresholds({label: DEFAULT_THRESHOLD for label in labels}, None,
+    return Thresholds({label: DEFAULT_THRESHOLD for label in labels}, None, "none",
                       f"{DEFAULT_THRESHOLD} for every class (default)", [why])
 
 
@@ -58,27 +65,64 @@ def _probability(value, path: Path, key: str) -> float | None:
     return float(value)
 
 
-def _temperature(value, path: Path) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise PipelineError(f"{path}: temperature = {value!r} is not a positive number; "
-                            "re-run evaluate.py to rewrite the file")
-    return float(value)
+def _calibration(stored: dict, path: Path, labels: Sequence[str]) -> tuple[dict | None, str]:
+    """thresholds.json's per-class {"scale" > 0, "bias"} (or null), checked."""
+    block = stored.get("calibration")
+    if block is None:
+        return None, "none"
+    if not isinstance(block, dict) or not isinstance(block.get("parameters"), dict):
+        raise PipelineError(f"{path}: 'calibration' lacks its 'parameters' object; re-run "
+                            "evaluate.py to rewrite the file")
+    parameters = {}
+    for label in labels:
+        value = block["parameters"].get(label)
+        if value is not None:
+            scale, bias = (value.get(key) if isinstance(value, dict) else None
+                           for key in ("scale", "bias"))
+            if not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                       and math.isfinite(x) for x in (scale, bias)) or scale <= 0:
+                raise PipelineError(f"{path}: calibration of {label!r} = {value!r} is not a "
+                                    "positive scale and a bias; re-run evaluate.py")
+            value = {"scale": float(scale), "bias": float(bias)}
+        parameters[label] = value
+    return parameters, str(block.get("method", "?"))
 
 
-def read_thresholds(checkpoint_path: str | Path, labels: Sequence[str]) -> Thresholds:
-    """thresholds.json beside the checkpoint: {"checkpoint", "labels", "thresholds": {label:
-    float or null}, "temperature": float or null, ...} (evaluate.py's Youden thresholds on val).
+def binding_problems(stored: dict, path: Path, checkpoint_path: Path, weights_id: str,
+                     tta: bool) -> list[str]:
+    """Why thresholds.json does not belong to this predictor (other weights, other TTA)."""
+    problems = []
+    made_for = stored.get("model_id")
+    if made_for is None:
+        problems.append(f"{path} does not say which weights it was fitted for (written by an "
+                        "older version)")
+    elif made_for != weights_id:
+        problems.append(f"{path} was fitted for other weights (model {made_for}) than those in "
+                        f"{checkpoint_path} (model {weights_id}): a resumed run rewrote the "
+                        "checkpoint, or the file comes from another run")
+    made_with_tta = bool((stored.get("scores") or {}).get("tta", False))
+    if made_with_tta != tta:
+        problems.append(f"{path} was fitted {'with' if made_with_tta else 'without'} test-time "
+                        f"augmentation: predict {'with' if made_with_tta else 'without'} it "
+                        f"(--tta {str(made_with_tta).lower()})")
+    return problems
 
-    A missing file, a file made for another checkpoint file of the run folder, or a null
-    threshold gives 0.5 for those classes with a warning; a malformed file is an error.
+
+def read_thresholds(checkpoint_path: str | Path, labels: Sequence[str], weights_id: str,
+                    tta: bool = False, allow_mismatch: bool = False) -> Thresholds:
+    """thresholds.json beside the checkpoint (evaluate.py's calibration and Youden thresholds on
+    val; the contract is in operating_points.py).
+
+    A missing file or a null threshold gives 0.5 for those classes, with a warning; a malformed
+    file is an error; a file fitted for other weights (`weights_id`) or other `tta` is refused,
+    or with `allow_mismatch` used with a warning.
     """
     checkpoint_path = Path(checkpoint_path)
     path = checkpoint_path.parent / THRESHOLDS_FILE
     if not path.is_file():
-        return default_thresholds(labels, f"{path} not found (evaluate.py writes it): positives "
-                                          f"are flagged at probability >= {DEFAULT_THRESHOLD}")
+        return default_thresholds(labels, f"{path} not found (evaluate.py writes it): "
+                                          "probabilities are not calibrated and positives are "
+                                          f"flagged at probability >= {DEFAULT_THRESHOLD}")
     try:
         stored = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -87,24 +131,29 @@ def read_thresholds(checkpoint_path: str | Path, labels: Sequence[str]) -> Thres
     if not isinstance(stored, dict) or not isinstance(stored.get("thresholds"), dict):
         raise PipelineError(f"{path} lacks a 'thresholds' object of label -> probability; "
                             "re-run evaluate.py")
-    made_for = Path(str(stored.get("checkpoint") or "")).name
-    if made_for and made_for != checkpoint_path.name:
-        return default_thresholds(labels, f"{path} was computed for {made_for}, not "
-                                          f"{checkpoint_path.name}: positives are flagged at "
-                                          f"probability >= {DEFAULT_THRESHOLD}")
     unknown = sorted(set(stored["thresholds"]) - set(labels))
     if unknown:
         raise PipelineError(f"{path} holds thresholds for {unknown}, which checkpoint "
                             f"{checkpoint_path} does not predict: it belongs to another model")
+    warnings = []
+    problems = binding_problems(stored, path, checkpoint_path, weights_id, tta)
+    if problems and not allow_mismatch:
+        raise PipelineError("; ".join(problems) + f". Run evaluate.py --checkpoint "
+                            f"{checkpoint_path}{' --tta true' if tta else ''} to fit thresholds "
+                            "for this predictor, or pass --allow_threshold_mismatch true to use "
+                            "these anyway")
+    warnings += [f"{problem}; used anyway (--allow_threshold_mismatch)" for problem in problems]
     values, unset = {}, []
     for label in labels:
         value = _probability(stored["thresholds"].get(label), path, f"thresholds[{label!r}]")
         if value is None:
             unset.append(label)
         values[label] = DEFAULT_THRESHOLD if value is None else value
-    warnings = [f"{path} has no threshold for {', '.join(unset)} (too few positives in the val "
-                f"split?): {DEFAULT_THRESHOLD} is used for them"] if unset else []
-    return Thresholds(values, _temperature(stored.get("temperature"), path), str(path), warnings)
+    if unset:
+        warnings.append(f"{path} has no threshold for {', '.join(unset)} (one label value in the "
+                        f"val split?): {DEFAULT_THRESHOLD} is used for them")
+    calibration, method = _calibration(stored, path, labels)
+    return Thresholds(values, calibration, method, str(path), warnings)
 
 
 # ---- the model of a checkpoint ------------------------------------------------------------------
@@ -112,7 +161,8 @@ def read_thresholds(checkpoint_path: str | Path, labels: Sequence[str]) -> Thres
 @dataclass
 class Predictor:
     """A checkpoint ready to predict: the model on its device, its labels, geometry, thresholds."""
-    model: torch.nn.Module
+    model: torch.nn.Module  # the network itself (Grad-CAM hooks into its backbone)
+    scorer: torch.nn.Module  # what predicts: the model, or the model under TTA (--tta true)
     labels: tuple[str, ...]
     image_size: int  # side of the square the model sees
     side: int  # images are resized to side x side, then centre-cropped to image_size
@@ -123,22 +173,27 @@ class Predictor:
     checkpoint: Path
     view_mode: str = "frontal"  # study: the model fuses a study's views (predict_studies)
     max_views: int = 1  # study mode: views fused per study at most
+    model_id: str = ""  # fingerprint of the weights (checkpoints.model_id)
+    tta: bool = False
+    warnings: list[str] = dataclasses.field(default_factory=list)  # checkpoint and thresholds
 
 
 def load_predictor(path: str | Path, cfg: Config) -> Predictor:
-    """The checkpoint's model on --device with --precision; all else from the checkpoint."""
+    """The checkpoint's model on --device with --precision, under TTA with --tta; its
+    thresholds.json checked against its weights and --tta; all else from the checkpoint."""
     path = Path(path)
     checkpoint = load_checkpoint(path)
-    try:
-        model, trained = model_from_checkpoint(checkpoint)
-    except RuntimeError as err:  # load_state_dict: missing/unexpected keys, other shapes
-        raise PipelineError(f"checkpoint {path} does not fit this code's model: {err}") from None
+    model, trained = model_from_checkpoint(checkpoint)
     device = choose_device(cfg.device)
     labels = tuple(checkpoint["labels"])
-    return Predictor(prepare_model(model, device, cfg), labels, trained.image_size,
-                     trained.stored_side, read_thresholds(path, labels), device,
+    weights_id = model_id(checkpoint)
+    thresholds = read_thresholds(path, labels, weights_id, cfg.tta, cfg.allow_threshold_mismatch)
+    model = prepare_model(model, device, cfg)
+    return Predictor(model, TTAModel(model) if cfg.tta else model, labels, trained.image_size,
+                     trained.stored_side, thresholds, device,
                      autocast_dtype(cfg.precision, device), cfg.channels_last, path,
-                     trained.view_mode, trained.max_views)
+                     trained.view_mode, trained.max_views, weights_id, cfg.tta,
+                     [*checkpoint_warnings(checkpoint), *thresholds.warnings])
 
 
 def find_label(name: str, labels: Sequence[str]) -> str:
@@ -292,14 +347,15 @@ def batch_logits(predictor: Predictor, images) -> torch.Tensor:
     """float32 logits (on the CPU) of a uint8 batch, or of a study batch (views, present), with
     the predictor's device and precision."""
     with autocast(predictor.device, predictor.dtype):
-        logits = predictor.model(to_device(images, predictor.device, predictor.channels_last))
+        logits = predictor.scorer(to_device(images, predictor.device, predictor.channels_last))
     return logits.float().cpu()
 
 
-def to_probabilities(logits: torch.Tensor, temperature: float | None) -> np.ndarray:
-    """sigmoid(logits / temperature): the temperature (from calibration on val) only softens or
-    sharpens the probabilities; it never changes their order, so AUCs are the same."""
-    return torch.sigmoid(logits / temperature if temperature else logits).numpy()
+def to_probabilities(logits: torch.Tensor, thresholds: Thresholds, labels: Sequence[str]
+                     ) -> np.ndarray:
+    """Each class's calibration map (fitted on val), then the sigmoid; a map never changes the
+    order of a class's images, so AUCs are the same."""
+    return calibrated_probs(logits.double().numpy(), thresholds.calibration, tuple(labels))
 
 
 def results_table(names: list[str], probabilities: np.ndarray, predictor: Predictor
@@ -321,10 +377,13 @@ HeatmapCallback = Callable[[int, str, np.ndarray], None]
 def predict_sources(predictor: Predictor, sources: Sequence[Source], batch_size: int = 16,
                     num_workers: int = 0, progress: bool = True,
                     heatmap_labels: Sequence[str] = (),
-                    on_heatmap: HeatmapCallback | None = None) -> Predictions:
-    """Probabilities and decisions of every readable source, in input order, and the reasons
-    of the unreadable ones. With heatmap_labels, Grad-CAM maps of those labels for every image
-    are handed to on_heatmap(position, label, map over the model view, values 0..1)."""
+                    on_heatmap: HeatmapCallback | None = None,
+                    views: Sequence[str] | None = None) -> Predictions:
+    """Probabilities and decisions of every readable source, in input order, with its `view`
+    (film_view of each source unless `views` gives them), and the reasons of the unreadable
+    ones. With heatmap_labels, Grad-CAM maps of those labels for every image are handed to
+    on_heatmap(position, label, map over the model view, values 0..1)."""
+    views = list(views) if views is not None else [film_view(source) for source in sources]
     if heatmap_labels:
         from heatmaps import grad_cam  # imported here: only heatmap runs need pytorch_grad_cam
     data = RadiographFiles(sources, predictor.image_size, predictor.side)
@@ -342,8 +401,9 @@ def predict_sources(predictor: Predictor, sources: Sequence[Source], batch_size:
         bar.update(len(batch.indices) + len(batch.errors))
     bar.close()
     names = [source_name(sources[i]) for i in positions]
-    return Predictions(results_table(names, finite_probabilities(rows, predictor), predictor),
-                       pd.DataFrame(errors, columns=["path", "reason"]), positions)
+    table = results_table(names, finite_probabilities(rows, predictor), predictor)
+    table.insert(1, "view", [views[i] for i in positions])
+    return Predictions(table, pd.DataFrame(errors, columns=["path", "reason"]), positions)
 
 
 def finite_probabilities(rows: list[torch.Tensor], predictor: Predictor) -> np.ndarray:
@@ -352,7 +412,7 @@ def finite_probabilities(rows: list[torch.Tensor], predictor: Predictor) -> np.n
     if not torch.isfinite(logits).all():
         raise PipelineError(f"the model of {predictor.checkpoint} produced NaN/inf outputs: its "
                             "weights are broken (diverged training?); use an earlier checkpoint")
-    return to_probabilities(logits, predictor.thresholds.temperature)
+    return to_probabilities(logits, predictor.thresholds, predictor.labels)
 
 
 def predict_studies(predictor: Predictor, sources: Sequence[Source],
@@ -395,15 +455,53 @@ def predict_studies(predictor: Predictor, sources: Sequence[Source],
     return Predictions(table, pd.DataFrame(errors, columns=["path", "reason"]), done)
 
 
-def is_lateral(name: str) -> bool:
-    """CheXpert names its films view1_frontal.jpg, view2_lateral.jpg."""
-    return "lateral" in Path(name).stem.lower()
+UNKNOWN_VIEW = "unknown"
 
 
-def frontal_first(names: Sequence[str], max_views: int) -> tuple[list[int], list[int]]:
+def film_view(source: Source, given: str | None = None) -> str:
+    """"frontal", "lateral" or "unknown": the view given with the input (a CSV's `view` or
+    `Frontal/Lateral` column), else the DICOM header's ViewPosition / PatientOrientation, else
+    the file name (CheXpert's view1_frontal.jpg, view2_lateral.jpg)."""
+    if given:
+        return given
+    name = source_name(source)
+    if isinstance(source, Upload):
+        header = source.data if is_dicom(source.data, name) else None
+    else:
+        header = dicom_header(Path(name))
+    view = dicom_view(header) if header is not None else None
+    return view or view_from_name(name) or UNKNOWN_VIEW
+
+
+def dicom_header(path: Path, limit: int = 1 << 16) -> bytes | None:
+    """The first bytes of a DICOM file (its header usually lies within them), None for any other
+    file; an unreadable file is left to the decoder, which names the problem."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(limit)
+    except OSError:
+        return None
+    return head if is_dicom(head, path) else None
+
+
+def lateral_warning(table: pd.DataFrame, predictor: Predictor) -> str | None:
+    """A frontal-only model's probabilities of a lateral film mean nothing: say which films."""
+    if predictor.view_mode != "frontal" or "view" not in table:
+        return None
+    lateral = table.loc[table["view"] == "lateral", table.columns[0]].tolist()
+    if not lateral:
+        return None
+    return (f"{len(lateral)} film(s) look lateral ({', '.join(map(str, lateral[:3]))}"
+            f"{', ...' if len(lateral) > 3 else ''}): this model was trained on frontal films "
+            "only, so their findings are not reliable (they are marked in the view column)")
+
+
+def frontal_first(names: Sequence[str], max_views: int, views: Sequence[str] | None = None
+                  ) -> tuple[list[int], list[int]]:
     """(positions of the views a study model takes, frontal films first as in training; those
-    left out beyond max_views)."""
-    order = sorted(range(len(names)), key=lambda i: (is_lateral(names[i]), names[i]))
+    left out beyond max_views). `views` are the films' film_view, else told by their names."""
+    views = views if views is not None else [view_from_name(name) for name in names]
+    order = sorted(range(len(names)), key=lambda i: (views[i] == "lateral", names[i]))
     return order[:max_views], order[max_views:]
 
 

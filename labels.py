@@ -120,6 +120,41 @@ def training_targets(frame: pd.DataFrame, policies: dict[str, str], seed: int) -
     return targets
 
 
+def evaluation_targets(frame: pd.DataFrame, labels: tuple[str, ...] = LABELS) -> np.ndarray:
+    """The reference standard a split is scored against (rows x labels, float64): the raw
+    labels with uncertain (-1) masked as NaN, blank (not mentioned) 0, whatever the policy.
+
+    The same targets for every training policy, so that runs trained under different policies
+    are selected, thresholded and calibrated on one reference. Scoring uncertain labels as
+    positive (U-Ones' binary columns) would make a model that learnt the labeler's hedging look
+    better: on CheXpert's train split, uncertain labels are 76 % of the val "positives" of
+    Pneumonia and 66 % of Consolidation, while the radiologist-labelled test split has none.
+    """
+    missing = [raw_column(label) for label in labels if raw_column(label) not in frame.columns]
+    if missing:
+        raise ConfigError(f"the split CSV lacks {missing[:2]}...: re-run preprocess.py and "
+                          "make_splits.py with this version of the code")
+    raw = frame[[raw_column(label) for label in labels]].to_numpy(dtype=np.float64,
+                                                                 na_value=np.nan)
+    return np.where(raw == UNCERTAIN, np.nan, np.where(raw == POSITIVE, 1.0, 0.0))
+
+
+def masked_counts(targets: np.ndarray, labels: tuple[str, ...]) -> dict[str, int]:
+    """Per label, how many targets are masked (NaN: uncertain in the reference standard)."""
+    return {label: int(np.isnan(targets[:, column]).sum()) for column, label in enumerate(labels)}
+
+
+def logit_offsets(pos_weight: np.ndarray, multiclass: tuple[bool, ...]) -> np.ndarray:
+    """log(pos_weight) per label: what BCE with positive weight w adds to the logit.
+
+    The weighted loss is minimised by odds x w, i.e. by the calibrated logit + log w (w = 43.6
+    for Pleural Other on CheXpert): subtracting log w gives probabilities that mean what they
+    say. U-MultiClass labels are trained by unweighted cross-entropy: no offset.
+    """
+    offsets = np.log(np.asarray(pos_weight, dtype=np.float64))
+    return np.where(np.asarray(multiclass, dtype=bool), 0.0, offsets).astype(np.float32)
+
+
 def positive_class_weights(targets: np.ndarray, max_weight: float) -> np.ndarray:
     """Per-class BCE pos_weight = negatives / positives, so rare findings are not ignored.
 

@@ -5,18 +5,20 @@
 Reads  <data_dir>/processed/train.csv and valid.csv (written by preprocess.py).
 Writes <data_dir>/splits/train.csv and val.csv: a GroupShuffleSplit by patient_id, so no patient
        has images on both sides (val is for model selection and early stopping);
-       <data_dir>/splits/test.csv: CheXpert's official valid.csv, never used for model selection.
+       <data_dir>/splits/test.csv: CheXpert's official valid.csv, never used for model selection;
+       <data_dir>/splits/splits.json: the settings (val_fraction, seed) and counts.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pandas as pd
 from sklearn.model_selection import GroupShuffleSplit
 
 from config import Config, PipelineError, run_cli
-from fileio import write_atomic, write_csv_atomic
+from fileio import write_atomic, write_csv_atomic, write_text_atomic
 
 
 def split_by_patient(frame: pd.DataFrame, val_fraction: float, seed: int
@@ -60,10 +62,14 @@ def main(cfg: Config) -> None:
     write_csv_atomic(val, out_dir / "val.csv")
     # byte-for-byte copy: the test set is not touched by the split
     write_atomic(out_dir / "test.csv", lambda tmp: shutil.copyfile(processed / "valid.csv", tmp))
+    counts = {name: {"images": len(frame), "patients": int(frame["patient_id"].nunique())}
+              for name, frame in (("train", train), ("val", val), ("test", official_valid))}
+    record = {"settings": {"val_fraction": cfg.val_fraction, "seed": cfg.seed}, **counts}
+    write_text_atomic(json.dumps(record, indent=2) + "\n", out_dir / "splits.json")
     print(f"make_splits: wrote {out_dir}/train.csv ({len(train):,} images, "
           f"{train['patient_id'].nunique():,} patients), val.csv ({len(val):,} images, "
           f"{val['patient_id'].nunique():,} patients), test.csv ({len(official_valid):,} images, "
-          "official valid); no patient in two splits")
+          "official valid), splits.json; no patient in two splits")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Per-class metrics of a split and the report card printed by evaluate.py.
 
 AUC with a patient-bootstrap interval (bootstrap.py), AUPRC and prevalence per class, the means
-over all evaluable classes and over CheXpert's five competition observations, and the study-level
-view (a study's images aggregated into one prediction). Label columns are addressed by name.
+over the classes with enough positives and negatives and over CheXpert's five competition
+observations, and the study-level view (a study's images aggregated into one prediction). Label
+columns are addressed by name. A NaN target is a masked label (uncertain in the reference
+standard): it takes no part in any number of its class, and is counted.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from bootstrap import Interval, mean_over, no_interval, percentile_interval
+from bootstrap import BootstrapAUCs, Interval, mean_over, no_interval, percentile_interval
 from config import PipelineError
 
 # Status words of the report card, highest band first (AUC lower bound, word).
@@ -29,33 +31,69 @@ MEANS = (("all", "AVERAGE", None), ("competition", "COMPETITION 5", COMPETITION_
 STUDY_KEYS = ("patient_id", "study_id")  # study_id is unique only within a patient
 
 
+def observed(targets: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One class's (targets, scores) without its masked (NaN) labels."""
+    keep = ~np.isnan(targets)
+    return targets[keep], scores[keep]
+
+
+def has_observed(y: np.ndarray) -> bool:
+    return bool((~np.isnan(y)).any())
+
+
 def has_both_values(y: np.ndarray) -> bool:
-    return y.min() != y.max()
+    """Whether the observed (non-masked) labels hold both 0 and 1."""
+    y = y[~np.isnan(y)]
+    return len(y) > 0 and y.min() != y.max()
 
 
 def per_class_auc(targets: np.ndarray, probs: np.ndarray, labels: tuple[str, ...]
                   ) -> dict[str, float | None]:
-    """ROC AUC of every label column; None where the split holds only one label value."""
+    """ROC AUC of every label column over its observed labels; None where they hold only one
+    label value (all negative or all positive: AUC is undefined)."""
     aucs: dict[str, float | None] = {}
     for column, label in enumerate(labels):
-        y = targets[:, column]
-        if has_both_values(y):
-            aucs[label] = float(roc_auc_score(y, probs[:, column]))
-        else:  # all negative or all positive: AUC is undefined
-            aucs[label] = None
+        y, score = observed(targets[:, column], probs[:, column])
+        aucs[label] = float(roc_auc_score(y, score)) if has_both_values(y) else None
     return aucs
 
 
 def per_class_auprc(targets: np.ndarray, probs: np.ndarray, labels: tuple[str, ...]
                     ) -> dict[str, float | None]:
     """Average precision (area under the PR curve); None where AUC is undefined too."""
-    return {label: float(average_precision_score(targets[:, c], probs[:, c]))
-            if has_both_values(targets[:, c]) else None for c, label in enumerate(labels)}
+    auprcs: dict[str, float | None] = {}
+    for column, label in enumerate(labels):
+        y, score = observed(targets[:, column], probs[:, column])
+        auprcs[label] = float(average_precision_score(y, score)) if has_both_values(y) else None
+    return auprcs
 
 
-def mean_auc(aucs: dict[str, float | None]) -> float | None:
-    """Mean over the classes whose AUC is defined; None when no class is evaluable."""
-    defined = [value for value in aucs.values() if value is not None]
+def mean_exclusions(targets: np.ndarray, labels: tuple[str, ...], aucs: dict[str, float | None],
+                    min_positives: int) -> dict[str, str]:
+    """The classes left out of the means, each with why: an undefined AUC, or fewer than
+    `min_positives` positive or negative labels (images, or studies in a study report). With
+    CheXpert's official valid.csv (Fracture 0 positives, Lung Lesion and Pleural Other 1 each) an
+    AUC of one or two images would weigh as much in the mean as Pleural Effusion's of 67, and a
+    patient bootstrap of the mean would drop every resample without those patients."""
+    reasons = {}
+    for column, label in enumerate(labels):
+        y = targets[:, column]
+        positives, negatives = int((y > 0.5).sum()), int((y <= 0.5).sum())  # NaN: neither
+        if aucs[label] is None:
+            reasons[label] = "AUC undefined (one label value)"
+        elif positives < min_positives:
+            reasons[label] = f"{positives} positive(s), fewer than {min_positives}"
+        elif negatives < min_positives:
+            reasons[label] = f"{negatives} negative(s), fewer than {min_positives}"
+    return reasons
+
+
+def mean_auc(aucs: dict[str, float | None], excluded: dict[str, str] | None = None
+             ) -> float | None:
+    """Mean over the classes whose AUC is defined and that are not `excluded`; None when no
+    class is left."""
+    defined = [value for label, value in aucs.items()
+               if value is not None and label not in (excluded or {})]
     return float(np.mean(defined)) if defined else None
 
 
@@ -64,7 +102,11 @@ def status(auc: float) -> str:
 
 
 def undefined_note(targets: np.ndarray, column: int) -> str:
-    value = "positive" if targets[:, column].min() == 1 else "negative"
+    y = targets[:, column]
+    y = y[~np.isnan(y)]
+    if not len(y):
+        return "n/a: every label of this class is uncertain (masked) in this split"
+    value = "positive" if y.min() == 1 else "negative"
     return f"n/a: every image in this split is {value}"
 
 
@@ -72,7 +114,8 @@ def undefined_note(targets: np.ndarray, column: int) -> str:
 
 def class_intervals(aucs: dict[str, float | None], matrix: np.ndarray | None, level: float,
                     labels: tuple[str, ...], note: str) -> dict[str, Interval]:
-    """The bootstrap interval of every class; `note` says why there are none when matrix is None."""
+    """The bootstrap interval of every class from its stratified resamples; `note` says why there
+    are none when matrix is None."""
     intervals = {}
     for column, label in enumerate(labels):
         if aucs[label] is None:
@@ -85,16 +128,19 @@ def class_intervals(aucs: dict[str, float | None], matrix: np.ndarray | None, le
 
 
 def mean_summaries(aucs: dict, auprcs: dict, prevalences: dict, matrix: np.ndarray | None,
-                   level: float, labels: tuple[str, ...], note: str) -> dict[str, dict]:
-    """The means over all evaluable classes and over the competition five, each with its interval.
+                   level: float, labels: tuple[str, ...], note: str, excluded: dict[str, str]
+                   ) -> dict[str, dict]:
+    """The means over all classes and over the competition five, each with its interval, of the
+    classes not `excluded` (mean_exclusions), which each mean lists with the reason.
 
-    A resample enters a mean's interval only if every class of that mean has both label values in
-    it, so each resampled mean averages the same classes as the point estimate.
+    `matrix` holds the joint resamples (one patient draw for every class). A resample enters a
+    mean's interval only if every class of that mean has both label values in it, so each
+    resampled mean averages the same classes as the point estimate.
     """
     means = {}
     for key, title, subset in MEANS:
         members = [label for label in labels if (subset is None or label in subset)
-                   and aucs[label] is not None]
+                   and label not in excluded]
         columns = [labels.index(label) for label in members]
         wanted = len(labels) if subset is None else sum(label in labels for label in subset)
         if wanted == 0:  # labels other than CheXpert's (tests, other datasets): no such mean
@@ -108,6 +154,8 @@ def mean_summaries(aucs: dict, auprcs: dict, prevalences: dict, matrix: np.ndarr
         means[key] = {
             "name": title, "title": f"{title} ({len(members)} of {wanted} classes)",
             "classes": members,
+            "left_out": {label: reason for label, reason in excluded.items()
+                         if subset is None or label in subset},
             "auc": float(np.mean([aucs[m] for m in members])) if members else None,
             "auprc": float(np.mean([auprcs[m] for m in members])) if members else None,
             "prevalence": float(np.mean([prevalences[m] for m in members])) if members else None,
@@ -116,26 +164,35 @@ def mean_summaries(aucs: dict, auprcs: dict, prevalences: dict, matrix: np.ndarr
 
 
 def summarise(probs: np.ndarray, targets: np.ndarray, labels: tuple[str, ...],
-              matrix: np.ndarray | None, level: float, note: str = "") -> dict:
-    """Per-class AUC (+ interval from the bootstrap `matrix`), AUPRC, prevalence; and the means.
+              bootstrap: BootstrapAUCs | None, level: float, note: str = "",
+              min_positives: int = 10) -> dict:
+    """Per-class AUC (+ interval), AUPRC, prevalence, positives and masked labels; and the means
+    over the classes with at least `min_positives` positives and negatives.
 
-    `matrix` is bootstrap.bootstrap_auc_matrix of these predictions, or None (then `note` says why
-    there are no intervals).
+    `bootstrap` holds the resampled AUCs of these predictions (bootstrap.bootstrap_aucs), or is
+    None (then `note` says why there are no intervals). `probs` may be any scores that rank the
+    rows as the probabilities do (evaluate.py passes calibrated logits).
     """
     aucs = per_class_auc(targets, probs, labels)
     auprcs = per_class_auprc(targets, probs, labels)
-    prevalences = {label: float(targets[:, c].mean()) for c, label in enumerate(labels)}
-    intervals = class_intervals(aucs, matrix, level, labels, note)
+    excluded = mean_exclusions(targets, labels, aucs, min_positives)
+    prevalences = {label: float(np.nanmean(targets[:, c])) if has_observed(targets[:, c])
+                   else None for c, label in enumerate(labels)}
+    intervals = class_intervals(aucs, None if bootstrap is None else bootstrap.per_class, level,
+                                labels, note)
     classes = {}
     for column, label in enumerate(labels):
-        auc = aucs[label]
+        auc, y = aucs[label], targets[:, column]
         classes[label] = {"auc": auc, "ci": intervals[label].as_dict(), "auprc": auprcs[label],
                           "prevalence": prevalences[label],
-                          "positives": int(targets[:, column].sum()),
+                          "positives": int(np.nansum(y)), "negatives": int((y == 0).sum()),
+                          "masked": int(np.isnan(y).sum()),
+                          "in_means": label not in excluded,
                           "status": status(auc) if auc is not None
                           else undefined_note(targets, column)}
     return {"n": len(targets), "classes": classes,
-            "means": mean_summaries(aucs, auprcs, prevalences, matrix, level, labels, note)}
+            "means": mean_summaries(aucs, auprcs, prevalences, None if bootstrap is None
+                                    else bootstrap.joint, level, labels, note, excluded)}
 
 
 # ---- study level -------------------------------------------------------------------------------
@@ -145,7 +202,8 @@ def aggregate_studies(frame: pd.DataFrame, probs: np.ndarray, targets: np.ndarra
     """One row per study, grouped by (patient_id, study_id), in order of first appearance.
 
     A study's prediction is the max or mean of its images' predictions (`how`); its target is the
-    max over its images (positive if any image is labelled positive).
+    max over its images' observed labels (positive if any image is labelled positive), masked
+    (NaN) when every image's label is.
     """
     missing = [key for key in STUDY_KEYS if key not in frame.columns]
     if missing:
@@ -154,7 +212,7 @@ def aggregate_studies(frame: pd.DataFrame, probs: np.ndarray, targets: np.ndarra
     keys = frame[list(STUDY_KEYS)].astype(str).reset_index(drop=True)
     group = keys.groupby(list(STUDY_KEYS), sort=False).ngroup().to_numpy()
     study_probs = pd.DataFrame(probs).groupby(group).agg(how).to_numpy()
-    study_targets = pd.DataFrame(targets).groupby(group).max().to_numpy()
+    study_targets = pd.DataFrame(targets).groupby(group).max().to_numpy()  # skips NaN
     studies = keys.groupby(group).first().reset_index(drop=True)
     studies["n_images"] = np.bincount(group)
     return studies, study_probs, study_targets
@@ -168,12 +226,16 @@ def report_rows(image: dict, study: dict | None = None) -> list[dict]:
     `image` and `study` are summarise() results of the images and of the studies.
     """
     rows = []
+    left_out = next(iter(image["means"].values()), {}).get("left_out", {})
     for label, values in image["classes"].items():
         study_auc = study["classes"][label]["auc"] if study else None
+        note = values["status"]
+        if values["auc"] is not None and label in left_out:
+            note += f"; not in the means: {left_out[label]}"
         rows.append({"pathology": label, "auc": values["auc"], "ci_low": values["ci"]["low"],
                      "ci_high": values["ci"]["high"], "auprc": values["auprc"],
                      "prevalence": values["prevalence"], "positives": values["positives"],
-                     "study_auc": study_auc, "status": values["status"]})
+                     "study_auc": study_auc, "status": note})
     rows.sort(key=lambda row: -row["auc"] if row["auc"] is not None else math.inf)
     for key, mean in image["means"].items():
         study_auc = study["means"][key]["auc"] if study else None

@@ -9,6 +9,11 @@ are fused (mean, max, or attention weights learned from the features) before dro
 Under the U-MultiClass policy a label gets three outputs (negative, positive, uncertain) instead
 of one; the model still returns one logit per label, log p(pos) - log p(neg): the softmax
 restricted to positive and negative, as the CheXpert paper scores U-MultiClass.
+
+Training's BCE with positive weight w drives a label's logit to the calibrated one + log w; the
+model's label logits (forward without raw) subtract that offset (the logit_offset buffer, set by
+train.py from the training split and saved in every checkpoint), so every consumer gets logits
+whose sigmoid estimates the probability.
 """
 
 from __future__ import annotations
@@ -72,6 +77,8 @@ class CheXpertNet(nn.Module):
         multiclass = tuple(multiclass or (False,) * num_classes)
         self.multiclass = multiclass if any(multiclass) else None
         self.register_buffer("output_start", output_starts(multiclass), persistent=False)
+        # log(pos_weight) per label (labels.logit_offsets); 0 until train.py sets it
+        self.register_buffer("logit_offset", torch.zeros(num_classes))
         self.head = nn.Linear(FEATURES, num_classes + 2 * sum(multiclass))
         self.fusion = fusion
         # attention fusion: one score per view from its features, softmax over the study's views
@@ -83,7 +90,8 @@ class CheXpertNet(nn.Module):
         return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
     def forward(self, images, raw: bool = False) -> torch.Tensor:
-        """One logit per label; `raw` gives the head's outputs as they are (training losses).
+        """One logit per label, the positive-weight offset removed; `raw` gives the head's
+        outputs as they are (training losses).
 
         `images` is a B x 1 x H x W batch, or a study batch: (B x V x 1 x H x W views, B x V mask).
         """
@@ -123,12 +131,17 @@ class CheXpertNet(nn.Module):
         return (features * weights[..., None]).sum(dim=1) / weights.sum(dim=1, keepdim=True)
 
     def label_logits(self, outputs: torch.Tensor) -> torch.Tensor:
+        offset = self.logit_offset.to(outputs.dtype)
         if self.multiclass is None:
-            return outputs
+            return outputs - offset
         mask = torch.tensor(self.multiclass, device=outputs.device)
         single = outputs[:, self.output_start]  # the binary logit, or a 3-way label's "negative"
         positive = outputs[:, (self.output_start + 1).clamp(max=outputs.shape[1] - 1)]
-        return torch.where(mask, positive - single, single)
+        return torch.where(mask, positive - single, single) - offset
+
+    def set_logit_offset(self, offsets) -> None:
+        """log(pos_weight) per label, from the training split (labels.logit_offsets)."""
+        self.logit_offset.copy_(torch.as_tensor(offsets, dtype=torch.float32))
 
     def head_parameters(self) -> list[nn.Parameter]:
         """Parameters trained from the first epoch: GeM's p, the view attention, the head."""

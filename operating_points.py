@@ -1,14 +1,22 @@
 """Operating points: decision thresholds chosen on the val split, applied unchanged elsewhere.
 
-Two thresholds per class, both on the probability scale (after temperature scaling when it was
-fitted), an image being called positive when its probability is >= the threshold:
+Two thresholds per class, both on the probability scale after the class's calibration map,
+an image being called positive when its probability is >= the threshold:
     youden               maximises Youden's J = sensitivity + specificity - 1 on val
     target sensitivity   the highest threshold whose val sensitivity reaches the target (0.9)
+Uncertain (masked) val labels take no part.
 
-They are written to <checkpoint folder>/thresholds.json, which predict.py reads:
-    {"checkpoint": path, "split": "val", "method": "youden", "labels": [...],
-     "thresholds": {label: float or null}, "target_sensitivity": {"value": 0.9,
-     "thresholds": {label: float or null}}, "temperature": float or null}
+They are written to <checkpoint folder>/thresholds.json, which predict.py, app.py and export.py
+read, with the calibration they sit on and what they belong to:
+    {"checkpoint": path, "model_id": the weights' fingerprint (checkpoints.model_id),
+     "split": "val", "method": "youden", "labels": [...],
+     "thresholds": {label: float or null},
+     "target_sensitivity": {"value": 0.9, "thresholds": {label: float or null}},
+     "scores": {"tta": bool, "view_mode": "frontal" | "study", "calibration": method,
+                "logit_offset_removed": bool},
+     "calibration": {"method": "platt" | "temperature" | "none", "fitted_on": "val",
+                     "parameters": {label: {"scale": float, "bias": float} or null}},
+     "masked_uncertain": {label: int}}
 null marks a class that cannot be evaluated on val (one label value).
 """
 
@@ -21,7 +29,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, roc_curve
 
 from fileio import write_text_atomic
-from metrics import has_both_values
+from metrics import has_both_values, observed
 
 METHODS = ("youden", "target_sensitivity")
 
@@ -36,6 +44,7 @@ def _finite_threshold(threshold: float, probs: np.ndarray) -> float:
 
 def youden_threshold(targets: np.ndarray, probs: np.ndarray) -> float | None:
     """Threshold maximising sensitivity + specificity - 1 (the highest one among ties)."""
+    targets, probs = observed(targets, probs)
     if not has_both_values(targets):
         return None
     fpr, tpr, thresholds = roc_curve(targets, probs)
@@ -44,6 +53,7 @@ def youden_threshold(targets: np.ndarray, probs: np.ndarray) -> float | None:
 
 def sensitivity_threshold(targets: np.ndarray, probs: np.ndarray, target: float) -> float | None:
     """The highest threshold with sensitivity >= target (so specificity is as high as it can be)."""
+    targets, probs = observed(targets, probs)
     if not has_both_values(targets):
         return None
     _, tpr, thresholds = roc_curve(targets, probs, drop_intermediate=False)
@@ -69,8 +79,10 @@ def _ratio(numerator: int, denominator: int) -> float | None:
 def metrics_at(targets: np.ndarray, probs: np.ndarray, threshold: float) -> dict:
     """Sensitivity, specificity, PPV, NPV and F1 of calling probs >= threshold positive.
 
-    A ratio with an empty denominator (no predicted positives for PPV, ...) is None.
+    A ratio with an empty denominator (no predicted positives for PPV, ...) is None. Masked
+    (NaN) labels are left out.
     """
+    targets, probs = observed(targets, probs)
     predicted = (probs >= threshold).astype(int)
     tn, fp, fn, tp = confusion_matrix(targets.astype(int), predicted, labels=[0, 1]).ravel()
     tn, fp, fn, tp = int(tn), int(fp), int(fn), int(tp)
@@ -93,14 +105,19 @@ def operating_point_table(targets: np.ndarray, probs: np.ndarray, labels: tuple[
     return rows
 
 
-def thresholds_payload(checkpoint: Path, labels: tuple[str, ...], thresholds: dict,
-                       target_sensitivity: float, temperature: float | None) -> dict:
-    """The thresholds.json contract (see the module docstring)."""
-    return {"checkpoint": str(checkpoint), "split": "val", "method": "youden",
-            "labels": list(labels), "thresholds": thresholds["youden"],
+def thresholds_payload(checkpoint: Path, model_id: str, labels: tuple[str, ...],
+                       thresholds: dict, target_sensitivity: float, calibration: dict,
+                       scores: dict, masked: dict[str, int]) -> dict:
+    """The thresholds.json contract (see the module docstring). `calibration` is {"method",
+    "parameters"}; `scores` says how the val scores were made (tta, view_mode, ...)."""
+    return {"checkpoint": str(checkpoint), "model_id": model_id, "split": "val",
+            "method": "youden", "labels": list(labels), "thresholds": thresholds["youden"],
             "target_sensitivity": {"value": target_sensitivity,
                                    "thresholds": thresholds["target_sensitivity"]},
-            "temperature": temperature}
+            "scores": {**scores, "calibration": calibration["method"]},
+            "calibration": {"method": calibration["method"], "fitted_on": "val",
+                            "parameters": calibration["parameters"]},
+            "masked_uncertain": masked}
 
 
 def write_thresholds(payload: dict, path: Path) -> None:

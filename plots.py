@@ -19,7 +19,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
     roc_curve
 
 from calibration import reliability_bins
-from metrics import has_both_values
+from metrics import has_both_values, observed
 
 COLUMNS = 4  # panels per row
 PANEL_INCHES = 3.4
@@ -53,7 +53,7 @@ def roc_grid(targets: np.ndarray, probs: np.ndarray, labels: tuple[str, ...], pa
              title: str) -> None:
     figure, axes = _grid(len(labels), title)
     for column, (ax, label) in enumerate(zip(axes, labels)):
-        y, p = targets[:, column], probs[:, column]
+        y, p = observed(targets[:, column], probs[:, column])  # uncertain labels masked
         if not has_both_values(y):
             _not_evaluable(ax, label)
             continue
@@ -70,7 +70,7 @@ def pr_grid(targets: np.ndarray, probs: np.ndarray, labels: tuple[str, ...], pat
             title: str) -> None:
     figure, axes = _grid(len(labels), title)
     for column, (ax, label) in enumerate(zip(axes, labels)):
-        y, p = targets[:, column], probs[:, column]
+        y, p = observed(targets[:, column], probs[:, column])  # uncertain labels masked
         if not has_both_values(y):
             _not_evaluable(ax, label)
             continue
@@ -88,6 +88,9 @@ def reliability_grid(targets: np.ndarray, probs: np.ndarray, labels: tuple[str, 
                      eces: dict[str, float], n_bins: int, path: Path, title: str) -> None:
     figure, axes = _grid(len(labels), title)
     for column, (ax, label) in enumerate(zip(axes, labels)):
+        if eces[label] is None:  # every label of the class masked
+            _not_evaluable(ax, label)
+            continue
         bins = reliability_bins(targets[:, column], probs[:, column], n_bins)
         filled = bins[bins["count"] > 0]
         ax.bar(bins["low"], bins["count"] / bins["count"].sum(), width=1.0 / n_bins,

@@ -6,11 +6,16 @@
 Reads  --inputs: image files (JPEG, PNG 8/16-bit, DICOM, ...), folders (searched recursively
        for image files and DICOM files without a suffix) and CSVs of paths (an `image_path`
        column, as in this pipeline's CSVs, or CheXpert's `Path` column, relative to the CSV's
-       folder), separated by commas; the checkpoint (default: --run_name's best.pth, else the
-       newest models/*/best.pth) and thresholds.json beside it (written by evaluate.py; when
-       absent every class is flagged at 0.5, with a warning).
-Writes --output (default predictions.csv): path, the probability of each of the checkpoint's
-       labels and a 0/1 "<label> positive" column per label (probability >= its threshold);
+       folder; a `view` or CheXpert's `Frontal/Lateral` column gives the films' views),
+       separated by commas; the checkpoint (default: --run_name's best.pth, else the newest
+       models/*/best.pth) and thresholds.json beside it (written by evaluate.py: each class's
+       calibration and threshold, fitted for these weights and this --tta; a file fitted for
+       other weights or TTA is refused unless --allow_threshold_mismatch true; when absent every
+       class is flagged at 0.5, with a warning).
+Writes --output (default predictions.csv): path, view (frontal / lateral / unknown: from the
+       CSV, the DICOM header, or the file name; a frontal-only model warns about lateral films),
+       the calibrated probability of each of the checkpoint's labels and a 0/1
+       "<label> positive" column per label (probability >= its threshold);
        a study-mode checkpoint (view_mode study) predicts studies instead: with --study_grouping
        folder (default) the images of one folder are one study's views (CheXpert's layout), fused
        as in training, and a row holds study (the folder), views (their paths), n_views and the
@@ -33,13 +38,14 @@ import pandas as pd
 from checkpoints import newest_checkpoint
 from config import Config, PipelineError, run_cli
 from fileio import write_csv_atomic
-from inference import Predictor, find_label, frontal_first, load_predictor, predict_sources, \
-    predict_studies, radiograph
+from inference import Predictor, film_view, find_label, frontal_first, lateral_warning, \
+    load_predictor, predict_sources, predict_studies, radiograph
 from imaging import DICOM_MAGIC, DICOM_MAGIC_OFFSET, ImageReadError
 from preprocess import RELEASE_PREFIX
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".tif", ".tiff", ".bmp")
 PATH_COLUMNS = ("image_path", "Path")  # a CSV's path column, in order of preference
+VIEW_COLUMNS = ("view", "Frontal/Lateral")  # a CSV's view column (frontal / lateral)
 
 
 # ---- inputs ----------------------------------------------------------------------------------------
@@ -63,8 +69,9 @@ def images_in_folder(folder: Path) -> tuple[list[str], int]:
     return images, others
 
 
-def paths_from_csv(path: Path) -> list[str]:
-    """The image paths of a CSV's `image_path` or `Path` column.
+def paths_from_csv(path: Path) -> tuple[list[str], list[str | None]]:
+    """The image paths of a CSV's `image_path` or `Path` column, and their views when a `view`
+    (or CheXpert's `Frontal/Lateral`) column gives them (None where it does not).
 
     `image_path` is taken as written (this pipeline's CSVs hold absolute paths). `Path` follows
     CheXpert: relative to the CSV's folder, with CheXpert's CheXpert-v1.0(-small)/ prefix
@@ -83,18 +90,34 @@ def paths_from_csv(path: Path) -> list[str]:
         lines = (blank[blank].index + 2).tolist()
         raise PipelineError(f"{path} line {lines[0]}, column {column!r} is empty "
                             f"({int(blank.sum())} such rows, lines {lines[:10]})")
+    views = csv_views(frame, path)
     if column == "image_path":
-        return frame[column].tolist()
+        return frame[column].tolist(), views
     return [value if Path(value).is_absolute()
-            else str(path.parent / RELEASE_PREFIX.sub("", value)) for value in frame[column]]
+            else str(path.parent / RELEASE_PREFIX.sub("", value)) for value in frame[column]], views
 
 
-def collect_inputs(inputs: tuple[str, ...]) -> list[str]:
-    """Every image path the --inputs name, in the order given (folders sorted)."""
+def csv_views(frame: pd.DataFrame, path: Path) -> list[str | None]:
+    """A CSV's views, lower-cased: frontal or lateral; blank means not given."""
+    column = next((c for c in VIEW_COLUMNS if c in frame.columns), None)
+    if column is None:
+        return [None] * len(frame)
+    views = frame[column].str.strip().str.lower()
+    bad = ~views.isin(["frontal", "lateral", ""])
+    if bad.any():
+        line = int(bad.to_numpy().nonzero()[0][0]) + 2
+        raise PipelineError(f"{path} line {line}, column {column!r}: {frame[column].iloc[line - 2]!r}"
+                            " is not frontal or lateral (or blank)")
+    return [view or None for view in views]
+
+
+def collect_inputs(inputs: tuple[str, ...]) -> tuple[list[str], list[str | None]]:
+    """Every image path the --inputs name, in the order given (folders sorted), and the view a
+    CSV gives each (None: not given)."""
     if not inputs:
         raise PipelineError("no --inputs: pass image files, folders or CSVs of paths, "
                             "e.g. --inputs scans/,extra.dcm")
-    paths = []
+    paths, views = [], []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
@@ -103,47 +126,55 @@ def collect_inputs(inputs: tuple[str, ...]) -> list[str]:
                 print(f"{path}: left out {others} file(s) that are not images by their suffix "
                       f"({', '.join(IMAGE_SUFFIXES)}) nor DICOM")
             paths += images
+            views += [None] * len(images)
         elif path.suffix.lower() == ".csv":
             if not path.is_file():
                 raise PipelineError(f"--inputs {item}: no such CSV")
-            paths += paths_from_csv(path)
+            listed, given = paths_from_csv(path)
+            paths += listed
+            views += given
         elif path.exists():
             paths.append(item)
+            views.append(None)
         else:
             raise PipelineError(f"--inputs {item}: no such file or folder")
     if not paths:
         raise PipelineError(f"--inputs {','.join(inputs)} hold no image files")
-    return paths
+    return paths, views
 
 
 # ---- studies (study-mode checkpoints) -----------------------------------------------------------
 
-def group_studies(paths: list[str], grouping: str, max_views: int
+def group_studies(paths: list[str], grouping: str, max_views: int, views: list[str] | None = None
                   ) -> tuple[list[list[int]], list[str], list[str]]:
     """(each study's positions in `paths`, its name, the paths left out as views beyond max_views).
 
     grouping "folder": the images of one folder are the views of one study, named by the folder
     (CheXpert's patientNNNNN/studyN/viewN_*.jpg); "image": each image is a study of its own.
-    Frontal films come first, as in training, so the views left out are laterals.
+    Frontal films come first, as in training (by `views`, film_view of each path), so the views
+    left out are laterals.
     """
+    views = views if views is not None else [film_view(path) for path in paths]
     if grouping == "image":
         return [[i] for i in range(len(paths))], list(paths), []
     folders: dict[str, list[int]] = {}
     for position, path in enumerate(paths):
         folders.setdefault(os.path.dirname(os.path.abspath(path)), []).append(position)
     studies, left_out = [], []
-    for views in folders.values():
-        taken, rest = frontal_first([paths[i] for i in views], max_views)
-        studies.append([views[i] for i in taken])
-        left_out += [paths[views[i]] for i in rest]
-    names = [os.path.dirname(paths[views[0]]) for views in folders.values()]  # as given
+    for members in folders.values():
+        taken, rest = frontal_first([paths[i] for i in members], max_views,
+                                    [views[i] for i in members])
+        studies.append([members[i] for i in taken])
+        left_out += [paths[members[i]] for i in rest]
+    names = [os.path.dirname(paths[members[0]]) for members in folders.values()]  # as given
     return studies, names, left_out
 
 
-def run_studies(predictor: Predictor, paths: list[str], cfg: Config, labels: list[str],
-                gradcam_dir: Path):
+def run_studies(predictor: Predictor, paths: list[str], views: list[str], cfg: Config,
+                labels: list[str], gradcam_dir: Path):
     """predict_studies over the inputs grouped by --study_grouping; says what it left out."""
-    studies, names, left_out = group_studies(paths, cfg.study_grouping, predictor.max_views)
+    studies, names, left_out = group_studies(paths, cfg.study_grouping, predictor.max_views,
+                                             views)
     if left_out:
         print(f"left out {len(left_out)} view(s) beyond the model's max_views "
               f"{predictor.max_views} per study (laterals first), e.g. {left_out[0]}")
@@ -201,20 +232,24 @@ def overlay_writer(predictor: Predictor, paths: list[str], folder: Path):
 
 
 def main(cfg: Config) -> None:
-    paths = collect_inputs(cfg.inputs)
+    paths, given_views = collect_inputs(cfg.inputs)
+    views = [film_view(path, given) for path, given in zip(paths, given_views)]
     checkpoint = checkpoint_to_use(cfg)
     predictor = load_predictor(checkpoint, cfg)
-    for warning in predictor.thresholds.warnings:
+    for warning in predictor.warnings:
         print(f"warning: {warning}")
     labels = [find_label(name, predictor.labels) for name in cfg.gradcam]
     output, errors_path, gradcam_dir = output_paths(cfg)
     output.parent.mkdir(parents=True, exist_ok=True)
     if predictor.view_mode == "study":
-        result = run_studies(predictor, paths, cfg, labels, gradcam_dir)
+        result = run_studies(predictor, paths, views, cfg, labels, gradcam_dir)
     else:
         on_heatmap = overlay_writer(predictor, paths, gradcam_dir) if labels else None
         result = predict_sources(predictor, paths, cfg.batch_size, cfg.num_workers,
-                                 heatmap_labels=labels, on_heatmap=on_heatmap)
+                                 heatmap_labels=labels, on_heatmap=on_heatmap, views=views)
+        warning = lateral_warning(result.table, predictor)
+        if warning:
+            print(f"warning: {warning}")
     write_csv_atomic(result.table, output)
     write_csv_atomic(result.errors, errors_path)
     for reason in result.errors["reason"]:
@@ -225,7 +260,9 @@ def main(cfg: Config) -> None:
     heatmaps = f", Grad-CAM overlays of {', '.join(labels)} in {gradcam_dir}/" if labels else ""
     unit = "study predictions" if predictor.view_mode == "study" else "predictions"
     print(f"predict: wrote {len(result.table)} {unit} of {checkpoint} to {output} "
-          f"(thresholds: {predictor.thresholds.source}), {len(result.errors)} unreadable "
+          f"(thresholds and {predictor.thresholds.method} calibration: "
+          f"{predictor.thresholds.source}{', TTA' if predictor.tta else ''}), "
+          f"{len(result.errors)} unreadable "
           f"file(s) to {errors_path}{heatmaps}")
 
 

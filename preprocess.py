@@ -4,11 +4,12 @@
 
 Reads  <data_root>/train.csv, <data_root>/valid.csv and (unless --check_images false) the images.
 Writes <data_dir>/processed/train.csv, valid.csv: CheXpert's columns with the 14 labels replaced
-       by 0/1 targets (uncertain -> 1; -> 0 under U-Zeros/U-Zeros-LSR), the targets the val
-       split is scored against, plus "<label> (raw)" columns (1, 0, -1 or blank), from which
-       train.py derives its training targets under any policy (no re-preprocessing), and
+       by 0/1 targets (uncertain -> 1; -> 0 under U-Zeros/U-Zeros-LSR), plus "<label> (raw)"
+       columns (1, 0, -1 or blank), from which train.py derives its training targets under any
+       policy (no re-preprocessing) and every split's reference standard (uncertain masked), and
        patient_id, study_id and image_path (absolute);
-       <data_dir>/processed/stats.json: pixel mean/std and row, patient and label counts;
+       <data_dir>/processed/stats.json: pixel mean/std, row, patient and label counts, and the
+       settings these data were built with;
        <data_dir>/processed/missing_images.csv when --missing_images skip dropped rows.
 """
 
@@ -23,7 +24,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from config import LABELS, META_COLUMNS, Config, PipelineError, run_cli
+from config import DATA_FIELDS, LABELS, META_COLUMNS, Config, PipelineError, run_cli
 from fileio import write_csv_atomic, write_text_atomic
 from imaging import decode_square
 from labels import apply_uncertainty_policy, find_bad_label_values, parse_raw_labels, raw_column
@@ -160,12 +161,21 @@ def label_counts(df: pd.DataFrame) -> dict:
     return counts
 
 
+def data_settings(cfg: Config) -> dict:
+    """The options these data were built with (config.DATA_FIELDS read here): train.py and
+    evaluate.py check theirs against them, and checkpoints record them."""
+    settings = {name: getattr(cfg, name) for name, script in DATA_FIELDS.items()
+                if script == "preprocess.py"}
+    return {**settings, "data_root": str(Path(cfg.data_root).resolve()),
+            "uncertainty_policy": cfg.uncertainty_policy}
+
+
 def main(cfg: Config) -> None:
     root = Path(cfg.data_root)
     out_dir = cfg.processed_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     stats: dict = {"data_root": str(root.resolve()), "uncertainty_policy": cfg.uncertainty_policy,
-                   "frontal_only": cfg.frontal_only}
+                   "frontal_only": cfg.frontal_only, "settings": data_settings(cfg)}
     tables = {}
     for split in ("train", "valid"):
         path = root / f"{split}.csv"

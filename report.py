@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from config import Config
@@ -35,14 +34,45 @@ def operating_points_markdown(rows: list[dict], target: float) -> str:
 
 
 def calibration_markdown(calibration: dict) -> str:
-    before = calibration["ece_before_scaling"]
-    header = "| Pathology | ECE |" + (" ECE before scaling |" if before else "")
-    lines = [header, "| :--- | ---: |" + (" ---: |" if before else "")]
+    """Per class: ECE after the calibration map and before it, and the map (scale, bias)."""
+    before, parameters = calibration["ece_uncalibrated"], calibration["parameters"] or {}
+    lines = ["| Pathology | ECE | ECE before calibration | scale | bias |",
+             "| :--- | ---: | ---: | ---: | ---: |"]
     for label, ece in calibration["ece"].items():
-        lines.append(f"| {label} | {ece:.4f} |" + (f" {before[label]:.4f} |" if before else ""))
-    lines.append(f"| **mean** | **{calibration['mean_ece']:.4f}** |"
-                 + (f" {np.mean(list(before.values())):.4f} |" if before else ""))
+        fitted = parameters.get(label)
+        cells = ([f"{fitted['scale']:.3f}", f"{fitted['bias']:+.3f}"] if fitted
+                 else ["n/a: one label value on val", ""])
+        lines.append(f"| {label} | {number_text(ece)} | {number_text(before[label])} | "
+                     + " | ".join(cells) + " |")
+    lines.append(f"| **mean** | **{number_text(calibration['mean_ece'])}** | "
+                 f"{number_text(calibration['mean_ece_uncalibrated'])} | | |")
     return "\n".join(lines)
+
+
+def calibration_text(calibration: dict) -> str:
+    method = calibration["method"]
+    if method == "none":
+        return "Calibration: none (the model's probabilities, positive-weight offset removed)."
+    return (f"Calibration: {method} per class, fitted on the val split (uncertain labels masked); "
+            "the positive-weight offset of training is removed before it.")
+
+
+def left_out_text(summary: dict) -> str:
+    """Which classes the means leave out, and why."""
+    left_out = next(iter(summary["means"].values()), {}).get("left_out", {})
+    if not left_out:
+        return ""
+    return ("Left out of the means (a class needs both label values and at least min_positives "
+            "positives and negatives): "
+            + "; ".join(f"{label} ({reason})" for label, reason in left_out.items()) + ".")
+
+
+def masked_text(result: dict) -> str:
+    masked = {label: n for label, n in result.get("masked_uncertain", {}).items() if n}
+    if not masked:
+        return "No label of this split is uncertain."
+    return ("Uncertain (-1) labels masked, not counted as positive or negative: "
+            + ", ".join(f"{label} {n}" for label, n in masked.items()) + ".")
 
 
 def dropped_resamples_text(summary: dict) -> str:
@@ -74,19 +104,22 @@ def study_text(result: dict) -> str:
 
 def markdown_report(result: dict, plots: dict[str, str], cfg: Config) -> str:
     split, calibration = result["split"], result["calibration"]
-    temperature = calibration["temperature"]
     boot = result["bootstrap"]
     study = result["study"]
     lines = [
         f"# Evaluation report: {split} split", "",
         f"{result['n_images']} images, {result['n_studies']} studies, {result['n_patients']} "
         f"patients; checkpoint `{result['checkpoint']}` (epoch {result['epoch']}).", "",
+        f"Reference standard: the split's labels, uncertain (-1) masked. {masked_text(result)}",
+        "",
         f"Intervals: {boot['level']:.0%} percentile intervals over {boot['resamples']} bootstrap "
-        f"resamples of patients (seed {boot['seed']}; every image of a drawn patient is taken). "
-        f"Temperature: {'none' if temperature is None else f'{temperature:.4f} (fitted on val)'}. "
+        f"resamples of patients (seed {boot['seed']}; every image of a drawn patient is taken); "
+        "a class's resamples are stratified by its positive patients, the means share one plain "
+        f"draw. {calibration_text(calibration)} "
         f"Test-time augmentation: {'on' if result['tta'] else 'off'}. " + study_text(result), "",
         f"## Report card ({'studies' if per_study(result) else 'images'})", "",
         format_markdown(report_rows(result["image"], study), cfg.ci_level), "",
+        left_out_text(result["image"]), "",
         dropped_resamples_text(result["image"]), "",
         f"## Study level ({result['n_studies']} studies, {study_unit_text(result)})", "",
         format_markdown(report_rows(study), cfg.ci_level, study_column=False), "",
@@ -110,6 +143,8 @@ def csv_rows(result: dict) -> list[dict]:
         row = {"pathology": label, "auc": values["auc"], "ci_low": values["ci"]["low"],
                "ci_high": values["ci"]["high"], "auprc": values["auprc"],
                "prevalence": values["prevalence"], "positives": values["positives"],
+               "negatives": values["negatives"], "masked": values["masked"],
+               "in_means": values["in_means"],
                "study_auc": study["auc"], "study_ci_low": study["ci"]["low"],
                "study_ci_high": study["ci"]["high"], "ece": result["calibration"]["ece"][label],
                "status": values["status"]}
@@ -134,7 +169,8 @@ def write_reports(result: dict, plots: dict[str, str], cfg: Config, out_dir: Pat
     write_text_atomic(json.dumps({**result, "plots": plots}, indent=2) + "\n",
                       out_dir / f"eval_{split}.json")
     write_text_atomic(markdown_report(result, plots, cfg), out_dir / f"eval_{split}.md")
-    table = pd.DataFrame(csv_rows(result)).astype({"positives": "Int64"})  # blank for the means
+    table = pd.DataFrame(csv_rows(result)).astype(  # blank for the means
+        {"positives": "Int64", "negatives": "Int64", "masked": "Int64"})
     write_csv_atomic(table, out_dir / f"eval_{split}.csv")
 
 
@@ -147,7 +183,10 @@ def print_report(result: dict, path: Path, cfg: Config) -> None:
              for mean in result["study"]["means"].values()]
     print(f"study level ({result['n_studies']} studies, {study_unit_text(result)}): "
           f"{', '.join(means)}")
+    for text in (left_out_text(result["image"]), masked_text(result)):
+        if text:
+            print(text)
     calibration = result["calibration"]
-    temperature = calibration["temperature"]
-    print(f"mean ECE {calibration['mean_ece']:.4f} ({calibration['bins']} bins"
-          + (f", temperature {temperature:.3f})" if temperature is not None else ")"))
+    print(f"mean ECE {number_text(calibration['mean_ece'])} ({calibration['bins']} bins, "
+          f"{calibration['method']} calibration fitted on val; "
+          f"{number_text(calibration['mean_ece_uncalibrated'])} before it)")

@@ -4,10 +4,16 @@
     python train.py --resume models/RUN/last.pth       (or: --resume auto --run_name RUN)
     torchrun --standalone --nproc_per_node=4 train.py [...]      (DDP, one process per GPU)
 
-Reads  <data_dir>/splits/train.csv, val.csv (make_splits.py), <data_dir>/processed/stats.json.
+Reads  <data_dir>/splits/train.csv, val.csv, splits.json (make_splits.py),
+       <data_dir>/processed/stats.json (preprocess.py).
 Writes models/<run_name>/best.pth (best val mean AUC), last.pth (every epoch, every
        --checkpoint_every_steps optimizer steps, and on Ctrl-C / SIGTERM), config.json,
        run_info.json, metrics.csv (one row per epoch). Checkpoints load with weights_only=True.
+
+The val split is scored against its raw labels with uncertain masked, whatever the training
+policy (labels.evaluation_targets), and its mean AUC takes the classes with at least
+--min_positives positives and negatives, exactly as evaluate.py scores it. Options that only
+preprocess.py / make_splits.py read are refused unless they match what the data were built with.
 """
 
 from __future__ import annotations
@@ -36,15 +42,17 @@ from tqdm import tqdm
 
 from checkpoints import config_from_checkpoint, load_checkpoint, newest_checkpoint, save_checkpoint
 from config import LABELS, Config, PipelineError, given_fields, run_cli
-from dataset import EpochSampler, ShardSampler, make_dataset, make_loader, read_split
+from dataset import EpochSampler, ShardSampler, check_data_options, data_settings, make_dataset, \
+    make_loader, read_split
 from distributed import (World, all_gather, any_rank, barrier, broadcast, close_world,
                          device_for, gather_to_main, init_world, merge_shards, sum_over_ranks,
                          sync_buffers)
 from engine import (autocast, autocast_dtype, choose_device, predict_logits, prepare_model,
                     seed_everything, set_deterministic, to_device)
 from fileio import write_csv_atomic, write_text_atomic
-from labels import class_policies, multiclass_flags, positive_class_weights
-from metrics import mean_auc, per_class_auc
+from labels import class_policies, logit_offsets, masked_counts, multiclass_flags, \
+    positive_class_weights
+from metrics import mean_auc, mean_exclusions, per_class_auc
 from model_architecture import CheXpertNet, build_model, output_starts
 
 # Fields a resumed run must share with its checkpoint: they shape the data, model or optimisation.
@@ -104,15 +112,35 @@ def make_optimizer(model: CheXpertNet, cfg: Config) -> torch.optim.AdamW:
     ], weight_decay=cfg.weight_decay)
 
 
-def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str = "cosine") -> float:
-    """LR multiplier at an optimizer step: linear warm-up to 1, then cosine decay to 0 at the
-    last step (or constant)."""
+def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str = "cosine",
+                  start: int = 0) -> float:
+    """LR multiplier at an optimizer step of a parameter group that starts training at step
+    `start`: 0 before it, then linear warm-up to 1 over warmup_steps, then cosine decay to 0 at
+    the last step (or constant)."""
+    step -= start
+    if step < 0:
+        return 0.0
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     if schedule == "constant":
         return 1.0
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    progress = (step - warmup_steps) / max(1, total_steps - start - warmup_steps)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_scheduler(optimizer: torch.optim.AdamW, cfg: Config, steps_per_epoch: int
+                   ) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per parameter group: the head warms up from the first step; the pretrained backbone gets
+    its own warm-up from 0 when it is unfrozen (after the frozen epochs), so that its first
+    updates, with Adam's moments still empty, are small. Both decay to 0 at the last step."""
+    total = cfg.epochs * steps_per_epoch
+    starts = {"head": 0, "backbone": cfg.frozen_epochs * steps_per_epoch}
+
+    def multiplier(start: int):
+        return lambda step: lr_multiplier(step, cfg.warmup_steps, total, cfg.lr_schedule, start)
+
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, [multiplier(starts[group["name"]]) for group in optimizer.param_groups])
 
 
 def set_backbone_frozen(model: CheXpertNet, frozen: bool) -> None:
@@ -374,7 +402,14 @@ def train_one_epoch(trainer: Trainer, loader, progress: Progress, frozen: bool, 
 
 def validation_metrics(trainer: Trainer, loader, desc: str) -> dict | None:
     """Val loss and AUCs on rank 0 over the whole val split (every process's share gathered);
-    None on the other ranks."""
+    None on the other ranks.
+
+    Scored as evaluate.py scores the checkpoint: against the val labels with uncertain masked,
+    the AUC of the float64 label logits (ranking the logits themselves, so no sigmoid saturates
+    into false ties), the mean over the classes with at least --min_positives positives and
+    negatives. The loss is the binary cross-entropy of the model's probabilities (the
+    positive-weight offset removed) on the observed labels: the log-loss of what users read.
+    """
     sync_buffers(trainer.world, trainer.model)
     logits, targets = predict_logits(trainer.model, loader, trainer.device, trainer.dtype,
                                      trainer.cfg.channels_last, desc, show=trainer.world.is_main)
@@ -382,12 +417,14 @@ def validation_metrics(trainer: Trainer, loader, desc: str) -> dict | None:
     if not trainer.world.is_main:
         return None
     logits, targets = merge_shards(shards, trainer.world.size)
-    with torch.no_grad():  # binary loss on the label logits, whatever the training policy
-        loss = float(masked_bce(logits.to(trainer.device), targets.to(trainer.device),
-                                trainer.criterion.pos_weight))
-    aucs = per_class_auc(targets.numpy(), torch.sigmoid(logits).numpy(), LABELS)
-    return {"val_loss": loss, "val_auc": aucs, "val_mean_auc": mean_auc(aucs),
-            "n_val": len(targets)}
+    observed = ~torch.isnan(targets)
+    loss = float(F.binary_cross_entropy_with_logits(logits[observed], targets[observed]))
+    scores, labels = logits.double().numpy(), targets.double().numpy()
+    aucs = per_class_auc(labels, scores, LABELS)
+    excluded = mean_exclusions(labels, LABELS, aucs, trainer.cfg.min_positives)
+    return {"val_loss": loss, "val_auc": aucs, "val_mean_auc": mean_auc(aucs, excluded),
+            "n_val": len(targets), "masked": masked_counts(labels, LABELS),
+            "left_out": excluded}
 
 
 def epoch_row(epoch: int, frozen: bool, train_loss: float, val: dict, optimizer,
@@ -399,7 +436,9 @@ def epoch_row(epoch: int, frozen: bool, train_loss: float, val: dict, optimizer,
             "val_mean_auc": val["val_mean_auc"], "lr_head": lrs["head"],
             "lr_backbone": 0.0 if frozen else lrs["backbone"], "images_per_s": images_per_s,
             "epoch_seconds": seconds, "nonfinite_steps_skipped": skipped, "n_val": val["n_val"],
-            **{f"auc {label}": auc for label, auc in val["val_auc"].items()}}
+            "mean_auc_classes": len(val["val_auc"]) - len(val["left_out"]),
+            **{f"auc {label}": auc for label, auc in val["val_auc"].items()},
+            **{f"masked {label}": n for label, n in val["masked"].items()}}
 
 
 def epoch_line(row: dict, epochs: int, is_best: bool) -> str:
@@ -444,10 +483,11 @@ def assert_finite(model: nn.Module, path: Path) -> None:
 
 
 def save_training_state(trainer: Trainer, state: RunState, progress: Progress,
-                        epochs_done: int, stats: dict, paths: list[Path]) -> None:
+                        epochs_done: int, records: dict, paths: list[Path]) -> None:
     """Write the full training state to each path (rank 0; every rank must call this, since the
     RNG states of all processes are collected). At an epoch's end `progress` is the next
-    epoch's, with no batch done."""
+    epoch's, with no batch done. `records` are the run's fixed facts (normalization, pos_weight,
+    data settings)."""
     rng = all_gather(trainer.world, rng_state())
     if not trainer.world.is_main:
         return
@@ -462,7 +502,7 @@ def save_training_state(trainer: Trainer, state: RunState, progress: Progress,
         "best_metric": state.best, "epochs_without_improvement": state.epochs_without_improvement,
         "history": state.history, "rng": rng, "world_size": trainer.world.size,
         "config": dataclasses.asdict(trainer.cfg), "labels": list(LABELS),
-        "normalization": stats, "val_auc": state.val_auc}
+        "val_auc": state.val_auc, **records}
     for path in paths:
         assert_finite(trainer.model, path)
         save_checkpoint(payload, path)
@@ -506,8 +546,11 @@ def resumed_config(cfg: Config, checkpoint: dict, path: Path, given: set[str]) -
 
 
 def load_training_state(trainer: Trainer, checkpoint: dict, path: Path) -> None:
+    state = dict(checkpoint["model"])
+    # a run started before the offset was stored keeps the one this run computed
+    state.setdefault("logit_offset", trainer.model.logit_offset)
     try:
-        trainer.model.load_state_dict(checkpoint["model"])
+        trainer.model.load_state_dict(state)
         trainer.optimizer.load_state_dict(checkpoint["optimizer"])
     except (RuntimeError, ValueError, KeyError) as err:
         raise PipelineError(f"{path} does not fit this model: {str(err).splitlines()[0]}") \
@@ -556,7 +599,9 @@ def resume_command(path: Path, world: World) -> str:
 
 def main(cfg: Config, given: set[str] | None = None) -> None:
     """Train (or resume) a run. `given` names the options set on the command line; called from
-    Python (tests) every field of `cfg` counts as given."""
+    Python (tests) every field of `cfg` counts as given on resume, and no data-building option is
+    checked against the data (check_data_options)."""
+    cfg = check_data_options(cfg, given or set(), "train.py")
     world = init_world(cfg.device)
     try:
         with StopSignals() as stop:
@@ -600,12 +645,14 @@ def run(cfg: Config, given: set[str], world: World, stop: StopSignals) -> None:
                         stats)
     model = prepare_model(model, device, cfg)
     pos_weight = positive_class_weights(train_data.targets.numpy(), cfg.max_pos_weight)
+    model.set_logit_offset(logit_offsets(pos_weight, multiclass_flags(policies)))
     optimizer = make_optimizer(model, cfg)
     steps_per_epoch = sum(step for _, step in accumulation_plan(
         sampler.num_samples, cfg.batch_size, cfg.accumulation_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(
-        step, cfg.warmup_steps, cfg.epochs * steps_per_epoch, cfg.lr_schedule))
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
     criterion = MaskedBCE(torch.from_numpy(pos_weight), multiclass_flags(policies)).to(device)
+    records = {"normalization": stats, "data": data_settings(cfg),
+               "pos_weight": dict(zip(LABELS, pos_weight.tolist()))}
     trainer = Trainer(model, model, criterion, optimizer,
                       scheduler, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
                       cfg, device, dtype, world, stop)
@@ -619,7 +666,8 @@ def run(cfg: Config, given: set[str], world: World, stop: StopSignals) -> None:
         prepare_run_dir(cfg, device, world, resumed=checkpoint is not None)
     barrier(world)
     run_dir, last = cfg.run_dir, cfg.run_dir / "last.pth"
-    trainer.on_step = lambda p: save_training_state(trainer, state, p, p.epoch - 1, stats, [last])
+    trainer.on_step = lambda p: save_training_state(trainer, state, p, p.epoch - 1, records,
+                                                    [last])
 
     if world.is_main:
         source = "the image cache" if train_data.cache else "images decoded on the fly"
@@ -630,6 +678,7 @@ def run(cfg: Config, given: set[str], world: World, stop: StopSignals) -> None:
               f"{device} ({dtype or torch.float32}) x {world.size} process(es), effective batch "
               f"{world.size * cfg.batch_size * cfg.accumulation_steps}, {steps_per_epoch} optimizer "
               f"steps per epoch; {where}", flush=True)
+        print(offsets_line(pos_weight, model.logit_offset.tolist()), flush=True)
 
     stopped_early = False
     for epoch in range(progress.epoch, cfg.epochs + 1):
@@ -642,7 +691,7 @@ def run(cfg: Config, given: set[str], world: World, stop: StopSignals) -> None:
         train_one_epoch(trainer, train_loader, progress,
                         frozen, desc=f"epoch {epoch}/{cfg.epochs} {'frozen' if frozen else 'fine-tune'}")
         if progress.stopped_by is not None:
-            save_training_state(trainer, state, progress, epoch - 1, stats, [last])
+            save_training_state(trainer, state, progress, epoch - 1, records, [last])
             announce_stop(progress, last, world)
             raise TrainingStopped(progress.stopped_by)
         seconds = time.perf_counter() - start
@@ -662,7 +711,7 @@ def run(cfg: Config, given: set[str], world: World, stop: StopSignals) -> None:
             else [last]
         progress = Progress(epoch=epoch + 1, global_step=progress.global_step,
                             nonfinite_total=progress.nonfinite_total)
-        save_training_state(trainer, state, progress, epoch, stats, paths)
+        save_training_state(trainer, state, progress, epoch, records, paths)
         if stop.received is not None:
             announce_stop(progress, last, world)
             raise TrainingStopped(stop.received)
@@ -674,6 +723,14 @@ def run(cfg: Config, given: set[str], world: World, stop: StopSignals) -> None:
                if stopped_early else "")
         print(f"train: wrote {run_dir}/best.pth (val mean AUC {best_text}), last.pth, "
               f"metrics.csv, config.json, run_info.json{why}")
+
+
+def offsets_line(pos_weight, offsets) -> str:
+    """The positive weights of the training split and the logit offset each leaves (log w),
+    which the model's label logits subtract."""
+    pairs = ", ".join(f"{label} {w:.1f} ({offset:+.2f})"
+                      for label, w, offset in zip(LABELS, pos_weight, offsets))
+    return f"train: pos_weight (logit offset removed from the probabilities): {pairs}"
 
 
 def announce_stop(progress: Progress, last: Path, world: World) -> None:

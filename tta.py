@@ -4,8 +4,8 @@ No horizontal flip, unlike many image classifiers: the heart sits on the patient
 never flips, and a flipped radiograph is an image the model has not seen (and a different
 anatomy for Cardiomegaly and device findings). The views are small shifts and a zoom instead,
 within the range of training's augmentation (dataset.py: +-3 % shift, +-5 % zoom), so each view
-is one the model was trained on. Logits are averaged (not probabilities) so that temperature
-scaling still sees logits.
+is one the model was trained on. Logits are averaged (not probabilities) so that the per-class
+calibration still sees logits.
 """
 
 from __future__ import annotations

@@ -102,3 +102,27 @@ def data_args(tmp_path_factory):
     preprocess.main(cfg)
     make_splits.main(cfg)
     return ["--data_dir", cfg.data_dir, "--models_dir", str(tmp / "models")], tmp / "models"
+
+
+def write_thresholds_json(checkpoint: Path, thresholds: dict | None = None,
+                          calibration: dict | None = None, tta: bool = False,
+                          model_id: str | None = None) -> Path:
+    """A thresholds.json beside `checkpoint`, in evaluate.py's contract, bound to its weights
+    (or to `model_id`); `calibration` maps label -> {"scale", "bias"} (default: identity)."""
+    import json
+
+    import checkpoints
+    from operating_points import thresholds_payload
+
+    values = {label: 0.3 for label in LABELS} if thresholds is None else thresholds
+    fitted = {label: {"scale": 1.0, "bias": 0.0} for label in LABELS}
+    fitted.update(calibration or {})
+    weights = model_id or checkpoints.model_id(checkpoints.load_checkpoint(checkpoint))
+    payload = thresholds_payload(checkpoint, weights, LABELS,
+                                 {"youden": values, "target_sensitivity": values}, 0.9,
+                                 {"method": "platt", "parameters": fitted},
+                                 {"tta": tta, "view_mode": "frontal",
+                                  "logit_offset_removed": True}, dict.fromkeys(LABELS, 0))
+    path = checkpoint.parent / "thresholds.json"
+    path.write_text(json.dumps(payload))
+    return path

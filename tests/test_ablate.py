@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import ablate
-from bootstrap import bootstrap_auc_matrix, draw_resamples
+from bootstrap import bootstrap_aucs
 from config import Config, ConfigError, PipelineError, parse_args
 from conftest import ROOT
 from evaluate import Predictions
@@ -63,6 +63,9 @@ def test_configurations_have_a_name_and_the_options_that_differ():
     (["a:", "b: --epochs"], [], "--epochs needs a value"),
     (["a:", "b c: --dropout 0"], [], "with a NAME of letters"),
     (["a:", "b:"], ["--resume", "auto"], "--resume: ablate.py sets it"),
+    (["a:", "views: --frontal_only false"], [], "'views': --frontal_only is read by "
+                                                "preprocess.py, not ablate.py"),
+    (["a:", "b:"], ["--val_fraction", "0.3"], "--val_fraction is read by make_splits.py"),
 ])
 def test_bad_configurations_are_refused_before_training(specs, shared, message):
     with pytest.raises(ConfigError) as error:
@@ -87,9 +90,9 @@ def fake_predictions(rng, noise: float) -> Predictions:
 def fake_report(preds: Predictions, cfg: Config) -> dict:
     """What ablate.py reads of an eval_test.json."""
     probs = 1 / (1 + np.exp(-preds.logits))
-    matrix = bootstrap_auc_matrix(probs, preds.targets, draw_resamples(
-        preds.frame["patient_id"], cfg.bootstrap_resamples, cfg.seed))
-    image = summarise(probs, preds.targets, LABELS, matrix, cfg.ci_level)
+    boot = bootstrap_aucs(probs, preds.targets, preds.frame["patient_id"],
+                          cfg.bootstrap_resamples, cfg.seed)
+    image = summarise(probs, preds.targets, LABELS, boot, cfg.ci_level)
     return json.loads(json.dumps({"n_images": len(preds.frame), "n_studies": 60,
                                   "n_patients": 60, "image": image}))
 
@@ -179,7 +182,8 @@ def test_a_study_table_reads_the_study_level_of_each_report(tmp_path):
 # ---- end to end ----------------------------------------------------------------------------------
 
 SHARED = ["--epochs", "1", "--frozen_epochs", "1", "--image_size", "32", "--pretrained", "false",
-          "--num_workers", "0", "--bootstrap_resamples", "100", "--ablation_name", "tiny"]
+          "--num_workers", "0", "--bootstrap_resamples", "100", "--ablation_name", "tiny",
+          "--min_positives", "1"]  # a 6-image test split
 SPECS = ["no-dropout: --dropout 0.0", "dropout: --dropout 0.5"]
 
 
@@ -201,6 +205,10 @@ def test_two_configurations_end_to_end_then_resumed(data_args, monkeypatch, caps
     markdown = (out / "ablation.md").read_text()
     assert "| no-dropout |" in markdown and "| dropout |" in markdown
     assert (out / "dropout.log").read_text().count("train: wrote") == 1
+    val_reports = [json.loads((models / f"tiny-{name}" / "eval_val.json").read_text())
+                   for name in ("no-dropout", "dropout")]  # every run selected on one reference
+    assert len({json.dumps([r["reference"], r["masked_uncertain"], r["n_images"]])
+                for r in val_reports}) == 1
     assert f"ablate: wrote {out}/ablation.csv, ablation.md" in stdout.splitlines()[-1]
 
     # re-run (in this process, the child scripts recorded instead of run): the first is skipped;

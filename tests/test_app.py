@@ -17,7 +17,7 @@ import urllib.request
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import ROOT, shared, tiny_checkpoint
+from conftest import ROOT, shared, tiny_checkpoint, write_thresholds_json
 from config import LABELS
 
 APP = str(ROOT / "app.py")
@@ -110,6 +110,56 @@ def test_a_study_model_fuses_the_uploads_as_one_study(tmp_path, monkeypatch):
     assert sorted(fused["finding"]) == sorted(LABELS) and fused["probability"].between(0, 1).all()
     assert at.dataframe[1].value["path"].tolist() == ["gray16_xray.png", "xray_monochrome2.dcm",
                                                       "rgba_xray.png"]  # each on its own too
+
+
+def start(checkpoint, monkeypatch) -> AppTest:
+    monkeypatch.setenv("CHEXPERT_CHECKPOINT", str(checkpoint))
+    monkeypatch.chdir(ROOT)
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_a_rewritten_thresholds_file_is_read_again(tmp_path, monkeypatch):
+    checkpoint = tiny_checkpoint(tmp_path / "run" / "best.pth")
+    write_thresholds_json(checkpoint, thresholds={label: 0.3 for label in LABELS})
+    at = upload(start(checkpoint, monkeypatch), "gray16_xray.png")
+    assert set(at.dataframe[0].value["threshold"]) == {0.3}
+    write_thresholds_json(checkpoint, thresholds={label: 0.7 for label in LABELS},
+                          calibration={label: {"scale": 1.0, "bias": 1.0} for label in LABELS})
+    os.utime(checkpoint.parent / "thresholds.json", (time.time() + 5, time.time() + 5))
+    at.run()
+    findings = at.dataframe[0].value
+    assert set(findings["threshold"]) == {0.7}  # the GUI's cache keys on thresholds.json too
+
+
+def test_thresholds_of_other_weights_or_tta_are_refused(tmp_path, monkeypatch):
+    checkpoint = tiny_checkpoint(tmp_path / "run" / "best.pth")
+    write_thresholds_json(checkpoint, model_id="0" * 16)
+    at = start(checkpoint, monkeypatch)
+    assert any("fitted for other weights" in e.value and "evaluate.py" in e.value
+               for e in at.error)
+    write_thresholds_json(checkpoint, tta=True)
+    at.run()
+    assert any("--tta true" in e.value for e in at.error)
+    at.checkbox(key="tta").check().run()  # the sidebar's test-time augmentation
+    assert not at.error and not at.exception
+    assert any("test-time augmentation" in c.value for c in at.caption)
+
+
+def test_a_lateral_upload_is_flagged_for_a_frontal_model(tmp_path, monkeypatch):
+    import pydicom
+
+    dataset = pydicom.dcmread(shared("bad-inputs/images/xray_monochrome2.dcm"))
+    dataset.ViewPosition = "LL"
+    lateral = tmp_path / "lateral.dcm"
+    dataset.save_as(lateral)
+    at = start(tiny_checkpoint(tmp_path / "run" / "best.pth"), monkeypatch)
+    at.file_uploader[0].set_value([("lateral.dcm", lateral.read_bytes(),
+                                    "application/octet-stream")]).run()
+    assert not at.exception
+    assert any("look lateral" in w.value and "lateral.dcm" in w.value for w in at.warning)
 
 
 # ---- a real browser --------------------------------------------------------------------------------

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from conftest import make_root, row
 from config import Config, PipelineError
 from dataset import make_dataset, open_cache
+from imaging import decode_square
 import cache
 import make_splits
 import preprocess
@@ -35,6 +39,24 @@ def split(cfg, name="train"):
 
 def folder(cfg):
     return cache.cache_folder(cfg.data_dir, cfg.stored_side)
+
+
+def pixels(cfg) -> np.memmap:
+    """images.u8 as N x side x side, writable (to plant markers a rebuild would overwrite)."""
+    side = cfg.stored_side
+    return np.memmap(folder(cfg) / "images.u8", dtype=np.uint8, mode="r+").reshape(-1, side, side)
+
+
+def cache_row(cfg, path: str) -> int:
+    index = pd.read_csv(folder(cfg) / "index.csv")
+    return int(index.loc[index["image_path"] == path, "row"].iloc[0])
+
+
+def mark(cfg, row_number: int) -> None:
+    """Fill one cached row with 7s: it stays so only if cache.py does not decode it again."""
+    images = pixels(cfg)
+    images[row_number] = 7
+    images.flush()
 
 
 def test_cached_and_decoded_images_give_identical_tensors(cfg, capsys):
@@ -126,3 +148,100 @@ def test_a_batch_equals_its_items_one_by_one(cfg):
     assert torch.equal(images, torch.stack([image for image, _ in items]))
     assert torch.equal(targets, torch.stack([target for _, target in items]))
     assert images.dtype == torch.uint8 and images.shape == (3, 1, 32, 32)
+
+
+def test_a_replaced_image_is_refused_then_decoded_again_alone(cfg, capsys):
+    cache.main(cfg)
+    paths = split(cfg)["image_path"].tolist()
+    replaced, other = paths[1], paths[4]
+    before = os.stat(replaced)
+    Image.fromarray(np.full((90, 70), 200, dtype=np.uint8)).save(replaced)  # new content
+    os.utime(replaced, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))  # touched: 1 s later
+    capsys.readouterr()
+    assert open_cache(cfg.data_dir, cfg.stored_side, paths) is None  # stale: decode on the fly
+    out = capsys.readouterr().out
+    assert "1 of these images changed" in out and replaced in out and "run cache.py" in out
+    mark(cfg, cache_row(cfg, other))
+
+    cache.main(cfg)
+    out = capsys.readouterr().out
+    assert "1 source image(s) changed" in out and replaced in out and "rebuilding" not in out
+    images = pixels(cfg)
+    assert np.array_equal(images[cache_row(cfg, replaced)], decode_square(replaced, cfg.stored_side))
+    assert (images[cache_row(cfg, other)] == 7).all()  # the other rows were not decoded again
+    index = pd.read_csv(folder(cfg) / "index.csv")
+    assert index["mtime_ns"][cache_row(cfg, replaced)] == before.st_mtime_ns + 10**9
+    assert open_cache(cfg.data_dir, cfg.stored_side, paths) is not None
+    cache.main(cfg)
+    assert "reusing it" in capsys.readouterr().out
+
+
+def test_other_decoder_versions_rebuild_everything(cfg, capsys, monkeypatch):
+    cache.main(cfg)
+    paths = split(cfg)["image_path"].tolist()
+    mark(cfg, 0)
+    other = {**cache.decoder_versions(), "opencv": "0.0.0-other-build"}
+    monkeypatch.setattr(cache, "decoder_versions", lambda: other)
+    capsys.readouterr()
+    assert open_cache(cfg.data_dir, cfg.stored_side, paths) is None
+    assert "other library versions (opencv" in capsys.readouterr().out
+
+    cache.main(cfg)
+    out = capsys.readouterr().out
+    assert "rebuilding" in out and "the image decoders changed (opencv" in out
+    assert "-> 0.0.0-other-build" in out
+    assert not (pixels(cfg)[0] == 7).all()  # every row decoded again
+    assert json.loads((folder(cfg) / "meta.json").read_text())["decoders"] == other
+    assert open_cache(cfg.data_dir, cfg.stored_side, paths) is not None
+
+
+def test_a_cache_of_the_old_format_is_refused_then_rebuilt(cfg, capsys):
+    cache.main(cfg)
+    paths = split(cfg)["image_path"].tolist()
+    meta = json.loads((folder(cfg) / "meta.json").read_text())
+    old = {key: meta[key] for key in ("side", "n_images", "sources_sha256", "complete")}
+    (folder(cfg) / "meta.json").write_text(json.dumps({**old, "version": 1}))
+    index = pd.read_csv(folder(cfg) / "index.csv")
+    index[["image_path", "row"]].to_csv(folder(cfg) / "index.csv", index=False)
+    capsys.readouterr()
+    assert open_cache(cfg.data_dir, cfg.stored_side, paths) is None
+    assert "run cache.py" in capsys.readouterr().out
+
+    cache.main(cfg)
+    out = capsys.readouterr().out
+    assert "rebuilding" in out and f"cache format version changed (1 -> {cache.CACHE_VERSION})" in out
+    assert {"size", "mtime_ns"} <= set(pd.read_csv(folder(cfg) / "index.csv").columns)
+    assert open_cache(cfg.data_dir, cfg.stored_side, paths) is not None
+
+
+def test_retry_errors_decodes_the_listed_images_again(cfg, capsys):
+    frame = split(cfg)
+    broken = frame["image_path"].iloc[2]
+    good = open(broken, "rb").read()
+    open(broken, "wb").write(b"\0" * len(good))  # unreadable, and as long as the good file
+    exclude = Config(**{**cfg.__dict__, "cache_on_error": "exclude"})
+    cache.main(exclude)
+    assert pd.read_csv(folder(cfg) / "errors.csv")["image_path"].tolist() == [broken]
+    # fixed in a way size and mtime do not show (as restoring a backup with its time would be)
+    stat = os.stat(broken)
+    open(broken, "wb").write(good)
+    os.utime(broken, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    cache.main(exclude)  # without the flag: reused, still listed
+    assert "reusing it" in capsys.readouterr().out
+    assert pd.read_csv(folder(cfg) / "errors.csv")["image_path"].tolist() == [broken]
+
+    cache.main(Config(**{**exclude.__dict__, "cache_retry_errors": True}))
+    assert "1 of the 1 image(s) listed in errors.csv now read" in capsys.readouterr().out
+    assert pd.read_csv(folder(cfg) / "errors.csv").empty
+    assert np.array_equal(pixels(cfg)[cache_row(cfg, broken)],
+                          decode_square(broken, cfg.stored_side))
+    data = make_dataset(frame, cfg, cfg.data_dir, False, "train")
+    assert data.cache is not None and len(data) == len(frame)
+
+
+def test_a_missing_source_image_names_it_and_preprocess(cfg):
+    missing = split(cfg)["image_path"].iloc[0]
+    os.remove(missing)
+    with pytest.raises(PipelineError, match=f"{re.escape(missing)}.*re-run preprocess.py"):
+        cache.main(cfg)

@@ -1,7 +1,8 @@
 """Statistics of evaluate.py against references: scikit-learn on explicit resamples, hand cases.
 
-Patient bootstrap (weighted AUC, intervals, dropped resamples), paired comparison, operating
-points, calibration (ECE, temperature scaling), study aggregation, the thresholds.json contract,
+Patient bootstrap (weighted AUC, stratified class intervals, dropped resamples), the means'
+min_positives rule, masked (uncertain) labels, paired comparison, operating points, calibration
+(ECE, per-class Platt and temperature), study aggregation, the thresholds.json contract,
 degenerate splits, and the report files written from synthetic predictions (no model needed).
 """
 
@@ -15,8 +16,10 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from bootstrap import Resamples, bootstrap_auc_matrix, draw_resamples, weighted_aucs
-from calibration import expected_calibration_error, fit_temperature, reliability_bins, sigmoid
+from bootstrap import Resamples, bootstrap_auc_matrix, bootstrap_aucs, draw_resamples, \
+    weighted_aucs
+from calibration import calibrated_logits, calibrated_probs, expected_calibration_error, \
+    fit_calibration, reliability_bins, sigmoid
 from compare import format_comparison, paired_auc_differences
 from config import LABELS, Config, ConfigError, PipelineError, parse_args
 from evaluate import Predictions, bootstrap_matrix, check_finite, evaluate_predictions, \
@@ -79,25 +82,60 @@ def test_resamples_draw_patients_with_all_their_images():
     assert (again.counts == resamples.counts).all()  # seeded
 
 
-def test_intervals_contain_the_point_estimate_and_count_dropped_resamples():
+def test_intervals_are_never_conditional_on_a_rare_patient_being_drawn():
     patients, targets, scores = synthetic(400, 80, 5, seed=2)
     targets[:, 4] = 0
-    targets[patients == 7, 4] = 1  # one positive patient: many resamples lack it
-    resamples = draw_resamples(patients, 300, seed=0)
+    targets[patients == 7, 4] = 1  # one positive patient: a plain bootstrap lacks it 37 % of the time
     labels = ("A", "B", "C", "D", "E")
-    summary = summarise(scores, targets, labels, bootstrap_auc_matrix(scores, targets, resamples),
+    plain = bootstrap_auc_matrix(scores, targets, draw_resamples(patients, 300, seed=0))
+    assert np.isnan(plain[:, 4]).sum() > 50  # what the old intervals were conditional on
+    summary = summarise(scores, targets, labels, bootstrap_aucs(scores, targets, patients, 300, 0),
                         0.95)
     for label in labels:
         values = summary["classes"][label]
         assert values["ci"]["low"] - 1e-12 <= values["auc"] <= values["ci"]["high"] + 1e-12
-        assert values["ci"]["resamples_used"] + values["ci"]["resamples_dropped"] == 300
-    assert summary["classes"]["E"]["ci"]["resamples_dropped"] > 50
-    assert summary["classes"]["A"]["ci"]["resamples_dropped"] == 0
+        assert values["ci"]["resamples_used"] == 300  # stratified: the positive patient is
+        assert values["ci"]["resamples_dropped"] == 0  # in every resample of its class
     mean = summary["means"]["all"]
-    assert mean["auc"] == pytest.approx(np.mean([summary["classes"][lb]["auc"] for lb in labels]))
+    assert mean["classes"] == ["A", "B", "C", "D"] and "E" in mean["left_out"]
+    assert "fewer than 10" in mean["left_out"]["E"] and mean["title"] == "AVERAGE (4 of 5 classes)"
+    assert mean["auc"] == pytest.approx(np.mean([summary["classes"][lb]["auc"] for lb in "ABCD"]))
     assert mean["ci"]["low"] <= mean["auc"] <= mean["ci"]["high"]
-    # the mean drops every resample in which any of its classes (here E) is undefined
-    assert mean["ci"]["resamples_dropped"] == summary["classes"]["E"]["ci"]["resamples_dropped"]
+    assert mean["ci"]["resamples_dropped"] == 0
+    assert not summary["classes"]["E"]["in_means"] and summary["classes"]["A"]["in_means"]
+
+
+def test_stratified_resamples_keep_the_positive_patients_and_vary_the_rest():
+    patients, targets, scores = synthetic(300, 60, 1, seed=9)
+    boot = bootstrap_aucs(scores, targets, patients, 400, seed=1)
+    plain = bootstrap_auc_matrix(scores, targets, draw_resamples(patients, 400, seed=1))
+    assert boot.per_class.shape == boot.joint.shape == (400, 1)
+    assert np.allclose(boot.joint, plain)  # the means' resamples are the plain ones
+    auc = roc_auc_score(targets[:, 0], scores[:, 0])
+    assert abs(np.mean(boot.per_class) - auc) < 0.02 and np.std(boot.per_class) > 0.005
+    again = bootstrap_aucs(scores, targets, patients, 400, seed=1)
+    assert np.array_equal(again.per_class, boot.per_class)  # from (seed, class) alone
+
+
+def test_masked_labels_take_no_part_in_any_number():
+    patients, targets, scores = synthetic(300, 60, 2, seed=10)
+    masked = targets.copy()
+    masked[::7, 0] = np.nan
+    keep = ~np.isnan(masked[:, 0])
+    summary = summarise(scores, masked, ("A", "B"), bootstrap_aucs(scores, masked, patients,
+                                                                  50, 0), 0.95)
+    values = summary["classes"]["A"]
+    assert values["auc"] == pytest.approx(roc_auc_score(targets[keep, 0], scores[keep, 0]))
+    assert values["masked"] == int((~keep).sum()) and values["positives"] == targets[keep, 0].sum()
+    assert values["prevalence"] == pytest.approx(targets[keep, 0].mean())
+    assert expected_calibration_error(masked[:, 0], scores[:, 0], 10) == pytest.approx(
+        expected_calibration_error(targets[keep, 0], scores[keep, 0], 10))
+    thresholds = choose_thresholds(masked, scores, ("A", "B"), 0.9)
+    assert thresholds["youden"]["A"] == youden_threshold(targets[keep, 0], scores[keep, 0])
+    study_frame = pd.DataFrame({"patient_id": ["p1", "p1", "p2"], "study_id": ["s1"] * 3})
+    _, _, study_targets = aggregate_studies(study_frame, np.zeros((3, 1)),
+                                            np.array([[np.nan], [0.0], [np.nan]]), "max")
+    assert study_targets[0, 0] == 0 and np.isnan(study_targets[1, 0])
 
 
 def test_competition_mean_covers_the_five_observations():
@@ -165,14 +203,21 @@ def test_thresholds_json_contract(tmp_path):
     probs = np.array([[0.2, 0.1], [0.7, 0.2], [0.4, 0.3], [0.9, 0.4]])
     thresholds = choose_thresholds(targets, probs, ("A", "B"), 0.9)
     assert thresholds["youden"]["B"] is None and thresholds["target_sensitivity"]["B"] is None
-    write_thresholds(thresholds_payload(tmp_path / "best.pth", ("A", "B"), thresholds, 0.9, None),
+    calibration = {"method": "platt", "parameters": {"A": {"scale": 1.5, "bias": -0.2},
+                                                     "B": None}}
+    scores = {"tta": False, "view_mode": "frontal", "logit_offset_removed": True}
+    write_thresholds(thresholds_payload(tmp_path / "best.pth", "0123abcd", ("A", "B"), thresholds,
+                                        0.9, calibration, scores, {"A": 3, "B": 0}),
                      tmp_path / "thresholds.json")
     payload = json.loads((tmp_path / "thresholds.json").read_text())
-    assert payload == {"checkpoint": str(tmp_path / "best.pth"), "split": "val",
-                       "method": "youden", "labels": ["A", "B"],
+    assert payload == {"checkpoint": str(tmp_path / "best.pth"), "model_id": "0123abcd",
+                       "split": "val", "method": "youden", "labels": ["A", "B"],
                        "thresholds": {"A": 0.7, "B": None},
                        "target_sensitivity": {"value": 0.9, "thresholds": {"A": 0.7, "B": None}},
-                       "temperature": None}
+                       "scores": {**scores, "calibration": "platt"},
+                       "calibration": {"method": "platt", "fitted_on": "val",
+                                       "parameters": calibration["parameters"]},
+                       "masked_uncertain": {"A": 3, "B": 0}}
     rows = operating_point_table(targets, probs, ("A", "B"), thresholds)
     assert [row["threshold"] for row in rows] == [0.7, None, 0.7, None]
 
@@ -192,12 +237,39 @@ def test_ece_of_a_calibrated_model_is_near_zero_and_a_hand_case():
     assert expected_calibration_error(np.array([1.0]), np.array([1.0]), 10) == 0.0  # p = 1 binned
 
 
-def test_temperature_scaling_recovers_a_known_temperature():
+def test_per_class_calibration_recovers_known_maps_and_keeps_every_auc():
     rng = np.random.default_rng(1)
-    true_logits = rng.normal(scale=2.0, size=(20_000, 3))
+    true_logits = rng.normal(loc=-1.0, scale=2.0, size=(20_000, 3))
     targets = (rng.random(true_logits.shape) < sigmoid(true_logits)).astype(float)
-    assert fit_temperature(true_logits * 2.5, targets) == pytest.approx(2.5, rel=0.05)
-    assert fit_temperature(true_logits, targets) == pytest.approx(1.0, rel=0.05)
+    # class 0 over-confident (T = 2.5), class 1 shifted by log(40) as pos_weight 40 would,
+    # class 2 already calibrated: one shared temperature could fix only one of them
+    logits = true_logits * np.array([2.5, 1.0, 1.0]) + np.array([0.0, np.log(40), 0.0])
+    labels = ("A", "B", "C")
+    platt = fit_calibration(logits, targets, labels, "platt")
+    assert platt["A"]["scale"] == pytest.approx(1 / 2.5, rel=0.05)
+    assert platt["B"]["bias"] == pytest.approx(-np.log(40), abs=0.1)
+    assert platt["C"]["scale"] == pytest.approx(1.0, rel=0.05) and abs(platt["C"]["bias"]) < 0.05
+    temperature = fit_calibration(logits, targets, labels, "temperature")
+    assert temperature["A"] == {"scale": pytest.approx(0.4, rel=0.05), "bias": 0.0}
+    assert fit_calibration(logits, targets, labels, "none")["B"] == {"scale": 1.0, "bias": 0.0}
+    before = [expected_calibration_error(targets[:, c], sigmoid(logits[:, c]), 10) for c in range(3)]
+    probs = calibrated_probs(logits, platt, labels)
+    after = [expected_calibration_error(targets[:, c], probs[:, c], 10) for c in range(3)]
+    assert after[0] < before[0] / 3 and after[1] < before[1] / 3 and max(after) < 0.02
+    for c in range(3):  # a positive scale keeps every image's rank: AUCs do not change
+        assert roc_auc_score(targets[:, c], probs[:, c]) == roc_auc_score(targets[:, c],
+                                                                           logits[:, c])
+    one_value = fit_calibration(logits, np.zeros_like(targets), labels, "platt")
+    assert one_value == {"A": None, "B": None, "C": None}
+    assert np.array_equal(calibrated_logits(logits, one_value, labels), logits)
+
+
+def test_a_class_the_model_separates_perfectly_on_val_gets_a_finite_map():
+    logits = np.array([[-3.0], [-2.0], [-1.0], [4.0], [5.0], [6.0]])
+    targets = np.array([[0.0], [0.0], [0.0], [1.0], [1.0], [1.0]])
+    fitted = fit_calibration(logits, targets, ("A",), "platt")["A"]
+    probs = calibrated_probs(logits, {"A": fitted}, ("A",))
+    assert np.isfinite(fitted["scale"]) and 0.5 < probs[3:, 0].min() and probs[3:, 0].max() < 0.9
 
 
 # ---- study level --------------------------------------------------------------------------------
@@ -227,13 +299,14 @@ def test_one_label_value_and_one_patient_give_notes_not_crashes():
     one_patient = pd.Series(["p1"] * 4)
     matrix, note = bootstrap_matrix(probs, targets, one_patient, cfg)
     assert matrix is None and "one patient" in note
-    summary = summarise(probs, targets, ("A", "B"), matrix, 0.95, note)
+    summary = summarise(probs, targets, ("A", "B"), matrix, 0.95, note, min_positives=1)
     assert summary["classes"]["A"]["auc"] == 1.0 and summary["classes"]["A"]["ci"]["low"] is None
     assert "one patient" in summary["classes"]["A"]["ci"]["note"]
     assert summary["classes"]["B"]["auc"] is None
     assert summary["classes"]["B"]["status"] == "n/a: every image in this split is positive"
     assert summary["means"]["all"]["title"] == "AVERAGE (1 of 2 classes)"
-    rows = paired_auc_differences(probs, probs, targets, one_patient, ("A", "B"), 100, 0.95, 0)
+    rows = paired_auc_differences(probs, probs, targets, one_patient, ("A", "B"), 100, 0.95, 0,
+                                  min_positives=1)
     assert rows[0]["verdict"] == "n/a" and "one patient" in rows[0]["note"]
     assert rows[1]["difference"] is None
     assert bootstrap_matrix(probs, targets, pd.Series(["p1", "p2"] * 2),
@@ -258,29 +331,38 @@ def synthetic_predictions(seed: int, n_images: int = 240) -> Predictions:
     calibrated = rng.normal(loc=-1.0, scale=2.0, size=(n_images, len(LABELS)))
     targets = (rng.random(calibrated.shape) < sigmoid(calibrated)).astype(float)
     targets[:, LABELS.index("Fracture")] = 0  # a class with one label value
-    return Predictions(frame, 2.0 * calibrated, targets, LABELS)  # over-confident: T = 2
+    targets[::9, LABELS.index("Edema")] = np.nan  # uncertain: masked
+    offset = np.linspace(0.0, 3.0, len(LABELS))  # a per-class offset, as pos_weight leaves
+    return Predictions(frame, 2.0 * calibrated + offset, targets, LABELS)  # over-confident too
 
 
 def test_report_of_a_split_is_written_with_thresholds_from_val(tmp_path):
-    cfg = Config(bootstrap_resamples=200, temperature_scaling=True, study_aggregation="mean")
+    cfg = Config(bootstrap_resamples=200, study_aggregation="mean")
     val, test = synthetic_predictions(0), synthetic_predictions(1)
-    temperature = fit_temperature(val.logits, val.targets)
-    assert temperature == pytest.approx(2.0, rel=0.25)
-    thresholds = choose_thresholds(val.targets, sigmoid(val.logits / temperature), LABELS, 0.9)
+    calibration = {"method": "platt",
+                   "parameters": fit_calibration(val.logits, val.targets, LABELS, "platt")}
+    assert calibration["parameters"]["Fracture"] is None  # one label value on val
+    probs = calibrated_probs(val.logits, calibration["parameters"], LABELS)
+    thresholds = choose_thresholds(val.targets, probs, LABELS, 0.9)
     result = {"split": "test", "checkpoint": "models/x/best.pth", "epoch": 3,
-              **evaluate_predictions(test, thresholds, temperature, cfg)}
+              **evaluate_predictions(test, thresholds, calibration, cfg)}
     assert result["n_studies"] < result["n_images"] and result["study"]["aggregation"] == "mean"
     assert result["auc"]["Fracture"] is None and result["mean_auc"] is not None
-    assert result["calibration"]["temperature"] == temperature
-    assert np.mean(list(result["calibration"]["ece"].values())) < \
-        np.mean(list(result["calibration"]["ece_before_scaling"].values()))
+    assert result["calibration"]["method"] == "platt"
+    assert result["calibration"]["mean_ece"] < 0.75 * result["calibration"]["mean_ece_uncalibrated"]
+    assert result["masked_uncertain"]["Edema"] == int(np.isnan(test.targets[:, 5]).sum()) > 0
+    uncalibrated = evaluate_predictions(test, thresholds, {"method": "none", "parameters": None},
+                                        cfg)
+    assert uncalibrated["auc"] == result["auc"]  # calibration changes no AUC
+    assert uncalibrated["calibration"]["mean_ece"] != result["calibration"]["mean_ece"]
     plots = {kind: f"{kind}_test.png" for kind in ("roc", "pr", "reliability")}
     write_reports(result, plots, cfg, tmp_path)
     markdown = (tmp_path / "eval_test.md").read_text()
     for name in plots.values():
         assert f"]({name})" in markdown  # relative links to the figures
     assert "## Study level" in markdown and "## Operating points" in markdown
-    assert "COMPETITION 5 (5 of 5 classes)" in markdown and "ECE before scaling" in markdown
+    assert "COMPETITION 5 (5 of 5 classes)" in markdown and "ECE before calibration" in markdown
+    assert "uncertain (-1) masked" in markdown and "Left out of the means" in markdown
     table = pd.read_csv(tmp_path / "eval_test.csv")
     assert list(table["pathology"][:len(LABELS)]) == list(LABELS)
     assert {"ci_low", "auprc", "prevalence", "study_auc", "ece", "youden_threshold",

@@ -10,20 +10,23 @@ import pytest
 import torch
 
 import export
-from checkpoints import load_checkpoint, model_from_checkpoint
-from conftest import shared, tiny_checkpoint
+from checkpoints import load_checkpoint, model_from_checkpoint, model_id
+from conftest import shared, tiny_checkpoint, write_thresholds_json
 from config import LABELS, Config, PipelineError
 from inference import RadiographFiles
 
 
+SCALES = np.linspace(0.5, 1.5, len(LABELS))  # the calibration's per-class scales
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A 64 px checkpoint with a stored temperature, exported once for every test here."""
+    """A 64 px checkpoint with a stored per-class calibration, exported once for every test."""
     folder = tmp_path_factory.mktemp("export")
     checkpoint = tiny_checkpoint(folder / "run" / "best.pth")
-    (folder / "run" / "thresholds.json").write_text(json.dumps({
-        "checkpoint": str(checkpoint), "split": "val", "method": "youden", "labels": list(LABELS),
-        "thresholds": {label: 0.4 for label in LABELS}, "temperature": 1.5}))
+    write_thresholds_json(checkpoint, thresholds={label: 0.4 for label in LABELS},
+                          calibration={label: {"scale": float(scale), "bias": 0.25}
+                                       for label, scale in zip(LABELS, SCALES)})
     output = folder / "out" / "model.onnx"
     export.main(Config(checkpoint=str(checkpoint), output=str(output)))
     return checkpoint, output
@@ -32,7 +35,7 @@ def exported(tmp_path_factory):
 def pytorch_probabilities(checkpoint, images: torch.Tensor) -> np.ndarray:
     model, _ = model_from_checkpoint(load_checkpoint(checkpoint))
     with torch.no_grad():
-        return torch.sigmoid(model(images) / 1.5).numpy()
+        return torch.sigmoid(model(images) * torch.from_numpy(SCALES).float() + 0.25).numpy()
 
 
 def real_images(side: int, size: int) -> torch.Tensor:
@@ -54,7 +57,7 @@ def test_onnxruntime_matches_pytorch(exported):
         expected = pytorch_probabilities(checkpoint, batch)
         assert onnx_probabilities.shape == (len(batch), len(LABELS))
         assert np.abs(onnx_probabilities - expected).max() < 1e-4
-        assert np.allclose(1 / (1 + np.exp(-logits / 1.5)), onnx_probabilities, atol=1e-6)
+        assert np.allclose(1 / (1 + np.exp(-logits)), onnx_probabilities, atol=1e-6)
 
 
 @pytest.mark.filterwarnings("ignore:.*torch.jit.load.* is deprecated:FutureWarning")
@@ -66,9 +69,26 @@ def test_torchscript_and_description_beside_it(exported):
         probabilities, _ = scripted(images)
     assert np.abs(probabilities.numpy() - pytorch_probabilities(checkpoint, images)).max() < 1e-4
     spec = json.loads(output.with_suffix(".json").read_text())
-    assert spec["labels"] == list(LABELS) and spec["temperature"] == 1.5
+    assert spec["labels"] == list(LABELS) and spec["calibration"]["method"] == "platt"
+    assert spec["calibration"]["parameters"]["Edema"]["bias"] == 0.25
     assert spec["input"]["dtype"] == "uint8" and spec["input"]["shape"] == ["batch", 1, 64, 64]
-    assert spec["thresholds"]["Edema"] == 0.4
+    assert spec["thresholds"]["Edema"] == 0.4 and spec["view_mode"] == "frontal"
+    assert spec["model_id"] == model_id(load_checkpoint(checkpoint))
+
+
+def test_thresholds_fitted_with_tta_or_for_other_weights_are_refused(exported, tmp_path):
+    checkpoint, _ = exported
+    folder = tmp_path / "run"
+    folder.mkdir()
+    copy = folder / "best.pth"
+    copy.write_bytes(checkpoint.read_bytes())
+    output = str(tmp_path / "model.onnx")
+    write_thresholds_json(copy, tta=True)
+    with pytest.raises(PipelineError, match="fitted with test-time augmentation"):
+        export.main(Config(checkpoint=str(copy), output=output))
+    write_thresholds_json(copy, model_id="0" * 16)
+    with pytest.raises(PipelineError, match="fitted for other weights.*evaluate.py"):
+        export.main(Config(checkpoint=str(copy), output=output))
 
 
 def test_output_must_be_an_onnx_file(exported):

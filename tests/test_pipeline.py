@@ -68,7 +68,10 @@ def check_evaluation_outputs(run_dir) -> None:
     thresholds = json.loads((run_dir / "thresholds.json").read_text())
     assert thresholds["checkpoint"].endswith("best.pth") and thresholds["split"] == "val"
     assert thresholds["method"] == "youden" and thresholds["labels"] == list(LABELS)
-    assert set(thresholds["thresholds"]) == set(LABELS) and thresholds["temperature"] is None
+    assert set(thresholds["thresholds"]) == set(LABELS)
+    assert thresholds["calibration"]["method"] == "platt" and len(thresholds["model_id"]) == 16
+    assert thresholds["scores"] == {"tta": False, "view_mode": "frontal", "calibration": "platt",
+                                    "logit_offset_removed": True}
     assert thresholds["target_sensitivity"]["value"] == 0.9
     assert all(value is None or 0.0 <= value <= 1.0 for value in thresholds["thresholds"].values())
 
@@ -85,8 +88,11 @@ def test_real_xray_chain(real_chain):
     assert report["n_images"] == 63
     # NIH has no Fracture / Support Devices labels: all 0 in valid.csv, so AUC is undefined
     assert report["auc"]["Fracture"] is None and report["auc"]["Support Devices"] is None
-    defined = [v for v in report["auc"].values() if v is not None]
-    assert report["mean_auc"] == pytest.approx(sum(defined) / len(defined))
+    mean = report["image"]["means"]["all"]
+    members = [report["auc"][label] for label in mean["classes"]]
+    assert report["mean_auc"] == pytest.approx(sum(members) / len(members))
+    assert set(mean["left_out"]) == {label for label in LABELS if label not in mean["classes"]}
+    assert mean["left_out"]["Fracture"] == "AUC undefined (one label value)"
     assert "n/a: every image in this split is negative" in outputs["evaluate"]
     assert "AVERAGE (" in outputs["evaluate"]
 

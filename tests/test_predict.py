@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, shared, tiny_checkpoint
+from checkpoints import load_checkpoint, model_id
+from conftest import ROOT, shared, tiny_checkpoint, write_thresholds_json
 from config import LABELS, Config, PipelineError
 from dataset import CheXpertDataset
 from inference import (RadiographFiles, Upload, batch_logits, load_predictor, predict_sources,
@@ -61,7 +62,8 @@ def test_folder_of_good_and_bad_files(checkpoint, tmp_path):
     assert "6 unreadable file(s)" in last and "Traceback" not in result.stderr
 
     table = pd.read_csv(output)
-    assert list(table.columns) == ["path", *LABELS, *[f"{label} positive" for label in LABELS]]
+    assert list(table.columns) == ["path", "view", *LABELS,
+                                   *[f"{label} positive" for label in LABELS]]
     assert sorted(table["path"].map(lambda p: p.rsplit("/", 1)[-1])) == sorted(GOOD)
     probabilities = table[list(LABELS)].to_numpy()
     assert ((probabilities >= 0) & (probabilities <= 1)).all()
@@ -106,45 +108,39 @@ def test_inference_tensors_equal_evaluation_tensors(predictor, tmp_path):
                        torch.sigmoid(batch_logits(predictor, expected)).numpy())
 
 
-def write_thresholds(folder, **fields) -> None:
-    stored = {"checkpoint": str(folder / "best.pth"), "split": "val", "method": "youden",
-              "labels": list(LABELS), "thresholds": {label: 0.3 for label in LABELS},
-              "target_sensitivity": {"value": 0.9, "thresholds": {l: 0.1 for l in LABELS}},
-              "temperature": None}
-    stored.update(fields)
-    (folder / "thresholds.json").write_text(json.dumps(stored))
-
-
-def test_stored_thresholds_and_temperature_are_used(checkpoint, tmp_path):
+def test_stored_thresholds_and_calibration_are_used(checkpoint, tmp_path):
     folder = tmp_path / "run"
     shutil.copytree(checkpoint.parent, folder)
     values = {label: 0.3 for label in LABELS} | {"Edema": None, "Fracture": 0.0}
-    write_thresholds(folder, thresholds=values, temperature=2.0)
+    scales = np.linspace(0.5, 2.0, len(LABELS))
+    maps = {label: {"scale": float(a), "bias": -1.0} for label, a in zip(LABELS, scales)}
+    write_thresholds_json(folder / "best.pth", thresholds=values, calibration=maps)
     predictor = load_predictor(folder / "best.pth", CPU)
-    assert predictor.thresholds.temperature == 2.0
+    assert predictor.thresholds.calibration["Edema"] == maps["Edema"]
     assert predictor.thresholds.values["Edema"] == 0.5  # null: the default, with a warning
-    assert any("no threshold for Edema" in w for w in predictor.thresholds.warnings)
+    assert any("no threshold for Edema" in w for w in predictor.warnings)
     path = str(shared("bad-inputs/images/gray16_xray.png"))
     table = predict_sources(predictor, [path], progress=False).table
     logits = batch_logits(predictor, RadiographFiles([path], 64, predictor.side)[0].images)
-    assert np.allclose(table[list(LABELS)].to_numpy(), torch.sigmoid(logits / 2.0).numpy())
+    expected = torch.sigmoid(logits.double() * torch.from_numpy(scales) - 1.0).numpy()
+    assert np.allclose(table[list(LABELS)].to_numpy(), expected)
     assert table["Fracture positive"][0] == 1  # threshold 0: always positive
     assert table["Edema positive"][0] == int(table["Edema"][0] >= 0.5)
 
 
-def test_thresholds_of_another_checkpoint_or_malformed(checkpoint, tmp_path):
+def test_thresholds_malformed_are_an_error(checkpoint, tmp_path):
     folder = tmp_path / "run"
-    folder.mkdir()
-    write_thresholds(folder, checkpoint=str(folder / "last.pth"))
-    thresholds = read_thresholds(folder / "best.pth", LABELS)
-    assert set(thresholds.values.values()) == {0.5} and "computed for last.pth" in \
-        thresholds.warnings[0]
-    write_thresholds(folder, thresholds={"Cardiomegaly": 1.7})
+    shutil.copytree(checkpoint.parent, folder)
+    weights = model_id(load_checkpoint(folder / "best.pth"))
+    write_thresholds_json(folder / "best.pth", thresholds={"Cardiomegaly": 1.7})
     with pytest.raises(PipelineError, match=r"thresholds\['Cardiomegaly'\] = 1.7"):
-        read_thresholds(folder / "best.pth", LABELS)
+        read_thresholds(folder / "best.pth", LABELS, weights)
+    write_thresholds_json(folder / "best.pth", calibration={"Edema": {"scale": -1, "bias": 0}})
+    with pytest.raises(PipelineError, match="calibration of 'Edema'"):
+        read_thresholds(folder / "best.pth", LABELS, weights)
     (folder / "thresholds.json").write_text("{not json")
     with pytest.raises(PipelineError, match="thresholds.json is not valid JSON"):
-        read_thresholds(folder / "best.pth", LABELS)
+        read_thresholds(folder / "best.pth", LABELS, weights)
 
 
 def run_in_process(capsys, *args: str) -> tuple[int, str, str]:
@@ -187,6 +183,55 @@ def test_csv_of_paths_and_clear_errors(checkpoint, tmp_path, capsys):
         (tmp_path / "empty_folder").mkdir(exist_ok=True)
         code, out, err = run_in_process(capsys, *common, "--inputs", inputs, "--gradcam", gradcam)
         assert code == 2 and err.startswith("error: ") and message in err, err
+
+
+def dicom_with(tmp_path, name: str, **tags) -> str:
+    import pydicom
+
+    dataset = pydicom.dcmread(shared("bad-inputs/images/xray_monochrome2.dcm"))
+    for tag, value in tags.items():
+        setattr(dataset, tag, value)
+    dataset.save_as(tmp_path / name)
+    return str(tmp_path / name)
+
+
+def test_a_frontal_model_flags_lateral_films(checkpoint, tmp_path, capsys):
+    from inference import Upload, film_view
+
+    jpeg = shared("bad-inputs/images/cmyk_xray.jpg")
+    study = tmp_path / "scans" / "patient00001" / "study1"
+    study.mkdir(parents=True)
+    for name in ("view1_frontal.jpg", "view2_lateral.jpg"):
+        shutil.copy(jpeg, study / name)
+    dicoms = tmp_path / "scans" / "dicom"
+    dicoms.mkdir()
+    lateral = dicom_with(dicoms, "a.dcm", ViewPosition="LL")
+    sideways = dicom_with(dicoms, "b.dcm", PatientOrientation=["A", "F"])  # rows run front-back
+    frontal = dicom_with(dicoms, "c.dcm", ViewPosition="PA")
+    unknown = dicom_with(dicoms, "d.dcm")
+    listed = tmp_path / "listed.csv"
+    pd.DataFrame({"image_path": [str(jpeg), str(jpeg)], "view": ["Lateral", ""]}).to_csv(listed,
+                                                                                        index=False)
+    output = tmp_path / "predictions.csv"
+    code, out, err = run_in_process(capsys, "--checkpoint", str(checkpoint), "--inputs",
+                                    f"{tmp_path / 'scans'},{listed}", "--device", "cpu",
+                                    "--output", str(output))
+    assert code == 0, err
+    table = pd.read_csv(output, keep_default_na=False)
+    views = dict(zip(table["path"].map(lambda p: p.rsplit("/", 1)[-1]), table["view"]))
+    assert views == {"a.dcm": "lateral", "b.dcm": "lateral", "c.dcm": "frontal",
+                     "d.dcm": "unknown", "view1_frontal.jpg": "frontal",
+                     "view2_lateral.jpg": "lateral", "cmyk_xray.jpg": "unknown"}
+    assert table["view"].tolist()[-2:] == ["lateral", "unknown"]  # the CSV's own column
+    warning = [line for line in out.splitlines() if "look lateral" in line]
+    assert len(warning) == 1 and warning[0].startswith("warning: 4 film(s) look lateral")
+    assert "trained on frontal films only" in warning[0]
+    assert film_view(Upload("x.dcm", open(lateral, "rb").read())) == "lateral"
+    assert film_view(frontal) == "frontal" and film_view(unknown) == "unknown"
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"image_path": [str(jpeg)], "view": ["oblique"]}).to_csv(bad, index=False)
+    code, _, err = run_in_process(capsys, "--checkpoint", str(checkpoint), "--inputs", str(bad))
+    assert code == 2 and "line 2, column 'view': 'oblique' is not frontal or lateral" in err
 
 
 # ---- Grad-CAM on a demo model that learned where the findings are ----------------------------------

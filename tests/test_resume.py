@@ -20,7 +20,7 @@ from dataset import EpochSampler
 TRAIN_ARGS = ["--pretrained", "false", "--image_size", "32", "--batch_size", "4",
               "--accumulation_steps", "2", "--epochs", "2", "--frozen_epochs", "1",
               "--warmup_steps", "2", "--checkpoint_every_steps", "1", "--deterministic", "true",
-              "--early_stopping_patience", "0"]
+              "--early_stopping_patience", "0", "--min_positives", "1"]  # an 8-patient val split
 
 
 def train_command(data_args, *extra):

@@ -138,6 +138,27 @@ def test_warmup_then_cosine_schedule():
     assert lr_multiplier(14, 4, 14) == pytest.approx(0.0)
 
 
+def test_the_backbone_gets_its_own_warm_up_from_zero_when_it_is_unfrozen():
+    from model_architecture import CheXpertNet
+    from train import make_optimizer, make_scheduler
+
+    cfg = Config(epochs=3, frozen_epochs=1, warmup_steps=2, lr_head=1e-3, lr_backbone=1e-4)
+    optimizer = make_optimizer(CheXpertNet(), cfg)
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=4)
+    trace = []
+    for _ in range(12):  # the LR each optimizer step is taken with
+        trace.append({group["name"]: group["lr"] for group in optimizer.param_groups})
+        optimizer.step()
+        scheduler.step()
+    head, backbone = [t["head"] for t in trace], [t["backbone"] for t in trace]
+    assert backbone[:4] == [0.0] * 4  # frozen epoch: nothing spent of the backbone's warm-up
+    assert backbone[4:6] == pytest.approx([0.5e-4, 1e-4])  # then from 0, over warmup_steps
+    assert head[:2] == pytest.approx([0.5e-3, 1e-3])  # the head warms up from the first step
+    for lrs in (head[1:], backbone[5:]):
+        assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # cosine decay to the last step
+    assert head[-1] < 0.05 * 1e-3 and backbone[-1] < 0.1 * 1e-4
+
+
 def test_positive_class_weights_are_neg_over_pos_and_capped():
     targets = np.zeros((100, 3), dtype=np.float32)
     targets[:20, 0] = 1  # 80 / 20 = 4

@@ -156,6 +156,7 @@ def test_predict_fuses_the_views_of_each_study_folder(study_run, tmp_path, capsy
     import predict
     from inference import load_predictor, predict_sources
     cfg = study_run
+    (cfg.run_dir / "thresholds.json").unlink(missing_ok=True)  # the model's own probabilities
     frame = read_split(cfg.splits_dir / "train.csv")
     data = make_dataset(frame, cfg, cfg.data_dir, False, "train")
     model, _ = model_from_checkpoint(torch.load(cfg.run_dir / "best.pth", weights_only=True))
