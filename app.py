@@ -121,8 +121,8 @@ def describe_model(predictor: Predictor) -> None:
     with st.sidebar:
         st.caption(f"{len(predictor.labels)} findings, {predictor.image_size} px input "
                    f"({predictor.view_mode} films), on {predictor.device.type}"
-                   f"{', test-time augmentation' if predictor.tta else ''}. Thresholds and "
-                   f"{predictor.thresholds.method} calibration: {predictor.thresholds.source}.")
+                   f"{', test-time augmentation' if predictor.tta else ''}. Thresholds: "
+                   f"{predictor.thresholds.source}; calibration: {predictor.thresholds.method}.")
         for warning in predictor.warnings:
             st.warning(warning)
 
@@ -130,7 +130,7 @@ def describe_model(predictor: Predictor) -> None:
 def show_batch(table: pd.DataFrame, predictor: Predictor) -> None:
     """Every image's probabilities as bars, its positive findings, and the CSV to download."""
     st.subheader(f"{len(table)} radiographs")
-    shown = table[["path", *predictor.labels]].copy()
+    shown = table[["path", *(["view"] if "view" in table else []), *predictor.labels]].copy()
     flags = table[[f"{label} positive" for label in predictor.labels]].to_numpy()
     shown.insert(1, "positive findings", ["; ".join(l for l, f in zip(predictor.labels, row) if f)
                                           for row in flags])

@@ -43,15 +43,15 @@ def _row(name: str, auc_a: float | None, auc_b: float | None, differences: np.nd
             "note": interval.note}
 
 
-def paired_auc_differences(probs_a: np.ndarray, probs_b: np.ndarray, targets: np.ndarray,
+def paired_auc_differences(scores_a: np.ndarray, scores_b: np.ndarray, targets: np.ndarray,
                            patient_ids: pd.Series, labels: tuple[str, ...], n_resamples: int,
                            level: float, seed: int, min_positives: int = 10) -> list[dict]:
     """One row per class, then the means: AUC of A and B, B - A, and its paired interval.
 
-    `probs_*` are any scores that rank the rows as the probabilities do (logits will do).
+    `scores_*` are anything that ranks the rows as the probabilities do (logits will do).
     """
-    aucs_a = per_class_auc(targets, probs_a, labels)
-    aucs_b = per_class_auc(targets, probs_b, labels)
+    aucs_a = per_class_auc(targets, scores_a, labels)
+    aucs_b = per_class_auc(targets, scores_b, labels)
     excluded = mean_exclusions(targets, labels, aucs_a, min_positives)
     per_class = joint = None
     note = ""
@@ -60,8 +60,8 @@ def paired_auc_differences(probs_a: np.ndarray, probs_b: np.ndarray, targets: np
     elif pd.Series(patient_ids).nunique() < 2:
         note = "n/a: one patient in this split, no patient bootstrap"
     else:  # the same resamples for both models: they are drawn from the seed and the targets
-        boot_a, boot_b = (bootstrap_aucs(probs, targets, patient_ids, n_resamples, seed)
-                          for probs in (probs_a, probs_b))
+        boot_a, boot_b = (bootstrap_aucs(scores, targets, patient_ids, n_resamples, seed)
+                          for scores in (scores_a, scores_b))
         per_class, joint = boot_b.per_class - boot_a.per_class, boot_b.joint - boot_a.joint
     rows = [_row(label, aucs_a[label], aucs_b[label],
                  None if per_class is None else per_class[:, c], level, note)

@@ -258,11 +258,11 @@ def run_label(path: Path) -> str:
 
 @dataclass
 class Paired:
-    """Two runs' probabilities on the rows both predicted, in one order."""
+    """Two runs' scores (logits, or study probabilities) on the rows both predicted."""
 
     frame: pd.DataFrame  # image_path or (patient_id, study_id), and patient_id
-    probs_a: np.ndarray
-    probs_b: np.ndarray
+    scores_a: np.ndarray
+    scores_b: np.ndarray
     targets: np.ndarray
     unit: str  # "images" or "studies"
 
@@ -286,13 +286,13 @@ def paired(a: Predictions, b: Predictions, aggregation: str, per_study: bool = F
                             f"({list(a.labels)} vs {list(b.labels)})")
     if per_study or a.per_study or b.per_study:
         unit, keys = "studies", list(STUDY_KEYS)
-        (frame_a, probs_a, targets_a), (frame_b, probs_b, _) = (study_rows(p, aggregation)
+        (frame_a, scores_a, targets_a), (frame_b, scores_b, _) = (study_rows(p, aggregation)
                                                                  for p in (a, b))
     else:
         unit, keys = "images", ["image_path"]
         # images: the logits rank them as the probabilities do, without saturating into ties
-        frame_a, probs_a, targets_a = a.frame, a.logits, a.targets
-        frame_b, probs_b = b.frame, b.logits
+        frame_a, scores_a, targets_a = a.frame, a.logits, a.targets
+        frame_b, scores_b = b.frame, b.logits
     index_a = pd.MultiIndex.from_frame(frame_a[keys].reset_index(drop=True))
     index_b = pd.MultiIndex.from_frame(frame_b[keys].reset_index(drop=True))
     common = index_a[index_a.isin(index_b)]
@@ -300,14 +300,14 @@ def paired(a: Predictions, b: Predictions, aggregation: str, per_study: bool = F
         print(f"compare: {len(common)} {unit} predicted by both runs are compared")
     rows_a, rows_b = index_a.get_indexer(common), index_b.get_indexer(common)
     frame = frame_a.iloc[rows_a].reset_index(drop=True)
-    return Paired(frame, probs_a[rows_a], probs_b[rows_b], targets_a[rows_a], unit)
+    return Paired(frame, scores_a[rows_a], scores_b[rows_b], targets_a[rows_a], unit)
 
 
 def paired_differences(a: Predictions, b: Predictions, cfg: Config, per_study: bool = False
                        ) -> tuple[list[dict], Paired]:
     """compare.py's rows of B - A (per class, then the means, with paired intervals)."""
     both = paired(a, b, cfg.study_aggregation, per_study)
-    rows = paired_auc_differences(both.probs_a, both.probs_b, both.targets,
+    rows = paired_auc_differences(both.scores_a, both.scores_b, both.targets,
                                   both.frame["patient_id"], a.labels, cfg.bootstrap_resamples,
                                   cfg.ci_level, cfg.seed, cfg.min_positives)
     return rows, both

@@ -260,8 +260,8 @@ def main(cfg: Config) -> None:
     heatmaps = f", Grad-CAM overlays of {', '.join(labels)} in {gradcam_dir}/" if labels else ""
     unit = "study predictions" if predictor.view_mode == "study" else "predictions"
     print(f"predict: wrote {len(result.table)} {unit} of {checkpoint} to {output} "
-          f"(thresholds and {predictor.thresholds.method} calibration: "
-          f"{predictor.thresholds.source}{', TTA' if predictor.tta else ''}), "
+          f"(thresholds: {predictor.thresholds.source}; calibration: "
+          f"{predictor.thresholds.method}{'; TTA' if predictor.tta else ''}), "
           f"{len(result.errors)} unreadable "
           f"file(s) to {errors_path}{heatmaps}")
 

@@ -155,7 +155,7 @@ def test_an_image_model_is_compared_with_a_study_model_per_study():
     studies = as_study_model(images)
     rows, both = ablate.paired_differences(images, studies, cfg)
     assert both.unit == "studies" and len(both.frame) == 60
-    np.testing.assert_array_equal(both.probs_a, both.probs_b)
+    np.testing.assert_array_equal(both.scores_a, both.scores_b)
     assert ablate.mean_rows(rows)["all"]["difference"] == 0
     # a study table scores two image models per study too
     _, both = ablate.paired_differences(images, images, cfg, per_study=True)

@@ -29,14 +29,18 @@ def checkpoint(tmp_path_factory):
     return tiny_checkpoint(tmp_path_factory.mktemp("app") / "run" / "best.pth")
 
 
-@pytest.fixture
-def app(checkpoint, monkeypatch):
+def start(checkpoint, monkeypatch) -> AppTest:
     monkeypatch.setenv("CHEXPERT_CHECKPOINT", str(checkpoint))
     monkeypatch.chdir(ROOT)
     at = AppTest.from_file(APP, default_timeout=120)
     at.run()
     assert not at.exception, at.exception
     return at
+
+
+@pytest.fixture
+def app(checkpoint, monkeypatch):
+    return start(checkpoint, monkeypatch)
 
 
 def upload(at: AppTest, *names: str) -> AppTest:
@@ -112,15 +116,6 @@ def test_a_study_model_fuses_the_uploads_as_one_study(tmp_path, monkeypatch):
                                                       "rgba_xray.png"]  # each on its own too
 
 
-def start(checkpoint, monkeypatch) -> AppTest:
-    monkeypatch.setenv("CHEXPERT_CHECKPOINT", str(checkpoint))
-    monkeypatch.chdir(ROOT)
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
 def test_a_rewritten_thresholds_file_is_read_again(tmp_path, monkeypatch):
     checkpoint = tiny_checkpoint(tmp_path / "run" / "best.pth")
     write_thresholds_json(checkpoint, thresholds={label: 0.3 for label in LABELS})
@@ -160,6 +155,11 @@ def test_a_lateral_upload_is_flagged_for_a_frontal_model(tmp_path, monkeypatch):
                                     "application/octet-stream")]).run()
     assert not at.exception
     assert any("look lateral" in w.value and "lateral.dcm" in w.value for w in at.warning)
+    at.file_uploader[0].set_value([
+        ("lateral.dcm", lateral.read_bytes(), "application/octet-stream"),
+        ("view1_frontal.png", shared("bad-inputs/images/gray16_xray.png").read_bytes(),
+         "image/png")]).run()
+    assert at.dataframe[0].value["view"].tolist() == ["lateral", "frontal"]  # the batch table
 
 
 # ---- a real browser --------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -206,7 +205,7 @@ def test_a_frontal_model_flags_lateral_films(checkpoint, tmp_path, capsys):
     dicoms = tmp_path / "scans" / "dicom"
     dicoms.mkdir()
     lateral = dicom_with(dicoms, "a.dcm", ViewPosition="LL")
-    sideways = dicom_with(dicoms, "b.dcm", PatientOrientation=["A", "F"])  # rows run front-back
+    dicom_with(dicoms, "b.dcm", PatientOrientation=["A", "F"])  # its rows run front to back
     frontal = dicom_with(dicoms, "c.dcm", ViewPosition="PA")
     unknown = dicom_with(dicoms, "d.dcm")
     listed = tmp_path / "listed.csv"
