@@ -222,9 +222,14 @@ def main() -> None:
                path, key)
 
 
-try:
-    OPTIONS = app_options()
-except ConfigError as error:  # a bad option after `streamlit run app.py --`
-    st.error(f"app.py: {error}")
-    st.stop()
-main()
+# Streamlit runs this file as __main__. A process spawned while it is the main module (a
+# multiprocessing pool started after AppTest ran it) imports it as __mp_main__, and must not run
+# the page.
+if __name__ == "__main__":
+    try:
+        OPTIONS = app_options()
+    except ConfigError as error:  # a bad option after `streamlit run app.py --`
+        st.error(f"app.py: {error}")
+        st.stop()
+    else:
+        main()

@@ -24,6 +24,15 @@ APP = str(ROOT / "app.py")
 WAIT_MS = 180_000  # the browser test's wait for each step
 
 
+@pytest.fixture(autouse=True)
+def keep_main_module():
+    """AppTest leaves app.py as sys.modules["__main__"]: a multiprocessing pool spawned by a later
+    test (cache.py's) would then run the page in each worker. Put the real one back."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     return tiny_checkpoint(tmp_path_factory.mktemp("app") / "run" / "best.pth")
