@@ -40,8 +40,8 @@ from pathlib import Path
 import pandas as pd
 
 from checkpoints import config_from_checkpoint, load_checkpoint
-from config import Config, ConfigError, PipelineError, apply_overrides, given_fields, run_cli, \
-    validate
+from config import DATA_FIELDS, Config, ConfigError, PipelineError, apply_overrides, given_fields, \
+    run_cli, validate
 from dataset import check_data_options
 from engine import choose_device
 from evaluate import Predictions, load_model, paired_differences, predict_split
@@ -134,10 +134,7 @@ def resolve_configurations(specs: list[str], shared: Config, shared_argv: list[s
             cfg = validate(apply_overrides(shared, configuration.options))
         except ConfigError as err:
             raise ConfigError(f"{where}: {err}") from None
-        try:  # an option only preprocess.py / make_splits.py read would change nothing here
-            check_data_options(cfg, own | given_fields(shared_argv), "ablate.py")
-        except ConfigError as err:
-            raise ConfigError(f"{where}: {err}") from None
+        refuse_data_options(cfg, shared, own, given_fields(shared_argv), where)
         owned = sorted(own & set(SET_BY_ABLATE))
         if owned:
             raise ConfigError(f"{where} sets --{owned[0]}: ablate.py sets it for every run")
@@ -149,6 +146,24 @@ def resolve_configurations(specs: list[str], shared: Config, shared_argv: list[s
                     f"{getattr(shared, field)}); set it once, outside --ablation")
         configuration.cfg = cfg
     return configurations
+
+
+def refuse_data_options(cfg: Config, shared: Config, own: set[str], shared_given: set[str],
+                        where: str) -> None:
+    """An option only preprocess.py / make_splits.py read changes nothing here: every
+    configuration trains on the data already in --data_dir. A configuration may not set one to
+    another value than the others, and none may differ from what the data were built with."""
+    for field in sorted(own & set(DATA_FIELDS)):
+        if getattr(cfg, field) != getattr(shared, field):
+            raise ConfigError(
+                f"{where}: --{field} is read by {DATA_FIELDS[field]}, not ablate.py: every "
+                f"configuration trains on the same data ({cfg.data_dir}). To compare data built "
+                f"with --{field} {getattr(cfg, field)}, run {DATA_FIELDS[field]} with it into "
+                "another --data_dir and train there")
+    try:
+        check_data_options(cfg, own | shared_given, "ablate.py")
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def ablation_name(cfg: Config) -> str:

@@ -356,6 +356,8 @@ def check_data_options(cfg: Config, given: set[str], script: str) -> Config:
     """Refuse a data-building option (config.DATA_FIELDS) given on the command line of `script`
     when it differs from what the data were built with; return cfg holding the data's own values
     (so a checkpoint records what the data were built with, not the command line)."""
+    if not (cfg.processed_dir / "stats.json").is_file():
+        return cfg  # no data yet: the script says to run preprocess.py when it needs them
     settings = data_settings(cfg)
     for name in sorted(given & set(DATA_FIELDS)):
         value, built = getattr(cfg, name), settings.get(name)

@@ -65,12 +65,21 @@ def test_configurations_have_a_name_and_the_options_that_differ():
     (["a:", "b:"], ["--resume", "auto"], "--resume: ablate.py sets it"),
     (["a:", "views: --frontal_only false"], [], "'views': --frontal_only is read by "
                                                 "preprocess.py, not ablate.py"),
-    (["a:", "b:"], ["--val_fraction", "0.3"], "--val_fraction is read by make_splits.py"),
 ])
 def test_bad_configurations_are_refused_before_training(specs, shared, message):
     with pytest.raises(ConfigError) as error:
         configurations(specs, shared)
     assert message in str(error.value)
+
+
+def test_a_data_option_other_than_the_datas_is_refused(data_args):
+    options, _ = data_args  # built with --val_fraction 0.2
+    with pytest.raises(ConfigError, match=r"--val_fraction is read by make_splits.py, not "
+                                          r"ablate.py: the data in .* were built with "
+                                          r"--val_fraction 0.2"):
+        configurations(["a:", "b:"], [*options, "--val_fraction", "0.3"])
+    assert configurations(["a:", "b:"], [*options, "--val_fraction", "0.2"])[1].cfg.val_fraction \
+        == 0.2  # the value the data were built with: accepted
 
 
 # ---- the table, from fake reports and predictions ----------------------------------------------
