@@ -52,6 +52,8 @@ DATA_FIELDS = {"data_root": "preprocess.py", "frontal_only": "preprocess.py",
 # masked out of the loss, as a third class, or as a soft positive / negative target.
 UNCERTAINTY_POLICIES = ("U-Ones", "U-Zeros", "U-Ignore", "U-MultiClass", "U-Ones-LSR",
                         "U-Zeros-LSR")
+# Per-class calibration maps fitted on val (calibration.fit_calibration).
+CALIBRATION_METHODS = ("platt", "temperature", "none")
 
 
 @dataclass
@@ -179,7 +181,7 @@ def validate(cfg: Config) -> Config:
         "study_aggregation": ("max", "mean"),
         "study_grouping": ("folder", "image"),
         "compare_split": ("val", "test"),
-        "calibration": ("platt", "temperature", "none"),
+        "calibration": CALIBRATION_METHODS,
     }
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:

@@ -343,12 +343,15 @@ def read_split(path: Path, labels: tuple[str, ...] = LABELS) -> pd.DataFrame:
 
 def data_settings(cfg: Config) -> dict:
     """What the data in --data_dir were built with: preprocess.py's settings (stats.json) and
-    make_splits.py's (splits.json); a field an older version did not record is absent."""
+    make_splits.py's (splits.json); a field an older version did not record is absent (older
+    stats.json files kept data_root, frontal_only and the policy at their top level)."""
     settings = {}
-    for path, key in ((cfg.processed_dir / "stats.json", "settings"),
-                      (cfg.splits_dir / "splits.json", "settings")):
+    for path in (cfg.processed_dir / "stats.json", cfg.splits_dir / "splits.json"):
         if path.is_file():
-            settings.update(json.loads(path.read_text()).get(key, {}))
+            stored = json.loads(path.read_text())
+            settings.update({key: stored[key] for key in ("data_root", "frontal_only",
+                                                          "uncertainty_policy") if key in stored})
+            settings.update(stored.get("settings", {}))
     return settings
 
 

@@ -135,14 +135,13 @@ def read_thresholds(checkpoint_path: str | Path, labels: Sequence[str], weights_
     if unknown:
         raise PipelineError(f"{path} holds thresholds for {unknown}, which checkpoint "
                             f"{checkpoint_path} does not predict: it belongs to another model")
-    warnings = []
     problems = binding_problems(stored, path, checkpoint_path, weights_id, tta)
     if problems and not allow_mismatch:
         raise PipelineError("; ".join(problems) + f". Run evaluate.py --checkpoint "
                             f"{checkpoint_path}{' --tta true' if tta else ''} to fit thresholds "
                             "for this predictor, or pass --allow_threshold_mismatch true to use "
                             "these anyway")
-    warnings += [f"{problem}; used anyway (--allow_threshold_mismatch)" for problem in problems]
+    warnings = [f"{problem}; used anyway (--allow_threshold_mismatch)" for problem in problems]
     values, unset = {}, []
     for label in labels:
         value = _probability(stored["thresholds"].get(label), path, f"thresholds[{label!r}]")

@@ -90,6 +90,13 @@ def multiclass_flags(policies: dict[str, str]) -> tuple[bool, ...]:
     return tuple(policies[label] == "U-MultiClass" for label in LABELS)
 
 
+def require_raw_columns(frame: pd.DataFrame, labels: tuple[str, ...]) -> None:
+    missing = [raw_column(label) for label in labels if raw_column(label) not in frame.columns]
+    if missing:
+        raise ConfigError(f"the split CSV lacks {missing[:2]}...: re-run preprocess.py and "
+                          "make_splits.py with this version of the code")
+
+
 def training_targets(frame: pd.DataFrame, policies: dict[str, str], seed: int) -> np.ndarray:
     """Float32 training targets (rows x labels) from the raw columns kept by preprocess.py.
 
@@ -98,10 +105,7 @@ def training_targets(frame: pd.DataFrame, policies: dict[str, str], seed: int) -
     class of a 3-way output), U-Ones-LSR / U-Zeros-LSR a soft target drawn uniformly in
     [0.55, 0.85] / [0, 0.30], seeded per (seed, label), so it is the same in every epoch and run.
     """
-    missing = [raw_column(label) for label in LABELS if raw_column(label) not in frame.columns]
-    if missing:
-        raise ConfigError(f"the split CSV lacks {missing[:2]}...: re-run preprocess.py and "
-                          "make_splits.py with this version of the code")
+    require_raw_columns(frame, LABELS)
     targets = np.empty((len(frame), len(LABELS)), dtype=np.float32)
     for column, label in enumerate(LABELS):
         raw = frame[raw_column(label)].to_numpy(dtype=np.float64, na_value=np.nan)
@@ -130,10 +134,7 @@ def evaluation_targets(frame: pd.DataFrame, labels: tuple[str, ...] = LABELS) ->
     better: on CheXpert's train split, uncertain labels are 76 % of the val "positives" of
     Pneumonia and 66 % of Consolidation, while the radiologist-labelled test split has none.
     """
-    missing = [raw_column(label) for label in labels if raw_column(label) not in frame.columns]
-    if missing:
-        raise ConfigError(f"the split CSV lacks {missing[:2]}...: re-run preprocess.py and "
-                          "make_splits.py with this version of the code")
+    require_raw_columns(frame, labels)
     raw = frame[[raw_column(label) for label in labels]].to_numpy(dtype=np.float64,
                                                                  na_value=np.nan)
     return np.where(raw == UNCERTAIN, np.nan, np.where(raw == POSITIVE, 1.0, 0.0))

@@ -161,9 +161,9 @@ def label_counts(df: pd.DataFrame) -> dict:
     return counts
 
 
-def data_settings(cfg: Config) -> dict:
-    """The options these data were built with (config.DATA_FIELDS read here): train.py and
-    evaluate.py check theirs against them, and checkpoints record them."""
+def built_with(cfg: Config) -> dict:
+    """The options these data were built with (config.DATA_FIELDS read here), stats.json's
+    "settings": train.py and evaluate.py check theirs against them, checkpoints record them."""
     settings = {name: getattr(cfg, name) for name, script in DATA_FIELDS.items()
                 if script == "preprocess.py"}
     return {**settings, "data_root": str(Path(cfg.data_root).resolve()),
@@ -174,8 +174,7 @@ def main(cfg: Config) -> None:
     root = Path(cfg.data_root)
     out_dir = cfg.processed_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    stats: dict = {"data_root": str(root.resolve()), "uncertainty_policy": cfg.uncertainty_policy,
-                   "frontal_only": cfg.frontal_only, "settings": data_settings(cfg)}
+    stats: dict = {"settings": built_with(cfg)}
     tables = {}
     for split in ("train", "valid"):
         path = root / f"{split}.csv"
