@@ -39,15 +39,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from checkpoints import config_from_checkpoint, load_checkpoint
+from cxr.checkpoints import config_from_checkpoint, load_checkpoint
 from config import DATA_FIELDS, Config, ConfigError, PipelineError, apply_overrides, given_fields, \
     run_cli, validate
 from dataset import check_data_options
-from engine import choose_device
-from evaluate import Predictions, load_model, paired_differences, predict_split
-from fileio import write_csv_atomic, write_text_atomic
-from metrics import MEANS, interval_text, number_text
-from train import FIXED_ON_RESUME  # the fields that shape a run's data, model and optimisation
+from cxr.device import choose_device
+from cxr.evaluation import Predictions, load_model, paired_differences, predict_split
+from cxr.atomic import write_csv_atomic, write_text_atomic
+from cxr.resume import FIXED_ON_RESUME  # the fields that shape a run
+from cxr.metrics import MEANS, interval_text, number_text
 
 ROOT = Path(__file__).resolve().parent
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

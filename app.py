@@ -27,9 +27,9 @@ import pandas as pd
 import streamlit as st
 
 from config import Config, ConfigError, PipelineError, parse_args
-from heatmaps import overlay_of
-from inference import THRESHOLDS_FILE, Predictions, Predictor, Upload, film_view, findings_of, \
-    frontal_first, lateral_warning, load_predictor, predict_sources, predict_studies
+from cxr.thresholds import THRESHOLDS_FILE
+from cxr.inference import Predictions, Predictor, Upload, film_view, findings_of, \
+    frontal_first, lateral_warning, load_predictor, overlay_of, predict_sources, predict_studies
 
 CHECKPOINT_ENV = "CHEXPERT_CHECKPOINT"  # a checkpoint path to start with
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "dcm", "dicom"]

@@ -1,4 +1,4 @@
-"""Images and labels for training and evaluation: augmentation, the image cache, loaders.
+"""Images and labels for training and evaluation: datasets, samplers, split files, loaders.
 
 Every image becomes a uint8 1 x image_size x image_size tensor; the model normalises it with
 the training pixel mean/std and copies it to 3 channels on the device (model_architecture.py).
@@ -12,113 +12,18 @@ import math
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from cache import cache_folder, changed_images, outdated_reason, read_meta
 from config import DATA_FIELDS, LABELS, Config, ConfigError, PipelineError
-from imaging import decode_square
-from labels import evaluation_targets, training_targets
+from cxr.augment import centre_view, random_view
+from cxr.image_cache import ImageCache, drop_unreadable, open_cache
+from cxr.imaging import decode_square
+from cxr.labels import evaluation_targets, training_targets
 
-# ---- transforms and dataset ---------------------------------------------------------------------
-
-MAX_ROTATION = 7.0  # degrees
-MAX_SCALE_CHANGE = 0.05  # +-5 % zoom
-MAX_SHIFT = 0.03  # +-3 % of image_size, on top of the crop position inside the margin
-
-
-def random_view(square: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Training augmentation on uint8: random rotation, zoom and crop position in one warp.
-
-    One cv2.warpAffine on 8-bit pixels costs a fraction of a millisecond, far less than the same
-    affine on float tensors. No horizontal flip: the heart sits on the patient's left, and
-    Cardiomegaly and device findings depend on that side.
-    """
-    rotation, scale, shift_x, shift_y = rng.uniform(-1.0, 1.0, 4).tolist()
-    side = square.shape[0]
-    reach = (side - size) / 2 + MAX_SHIFT * size
-    cx, cy = side / 2 + shift_x * reach, side / 2 + shift_y * reach
-    matrix = cv2.getRotationMatrix2D((cx, cy), rotation * MAX_ROTATION,
-                                     1.0 + scale * MAX_SCALE_CHANGE)
-    matrix[:, 2] += (size / 2 - cx, size / 2 - cy)  # the chosen centre lands mid-output
-    return cv2.warpAffine(square, matrix, (size, size), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-
-
-def centre_view(square: np.ndarray, size: int) -> np.ndarray:
-    offset = (square.shape[0] - size) // 2
-    return np.ascontiguousarray(square[offset:offset + size, offset:offset + size])
-
-
-class ImageCache:
-    """Read-only view of a cache.py folder: image_path -> side x side uint8 array.
-
-    The memory map is opened lazily in each process, so DataLoader workers share the page cache
-    and memory does not grow with the dataset.
-    """
-
-    def __init__(self, folder: Path, meta: dict, index: pd.DataFrame | None = None):
-        self.folder, self.side, self.count = folder, int(meta["side"]), int(meta["n_images"])
-        if index is None:  # open_cache passes the index.csv it has read already
-            index = pd.read_csv(folder / "index.csv")
-        self.rows = dict(zip(index["image_path"], index["row"]))
-        errors = folder / "errors.csv"
-        self.unreadable = set(pd.read_csv(errors)["image_path"]) if errors.is_file() else set()
-        self._images: np.memmap | None = None
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_images": None}  # never pickle the mapped array into workers
-
-    def image(self, path: str) -> np.ndarray:
-        if self._images is None:
-            self._images = np.memmap(self.folder / "images.u8", dtype=np.uint8, mode="r",
-                                     shape=(self.count, self.side, self.side))
-        return np.array(self._images[self.rows[path]])  # a writable copy of one image
-
-
-def open_cache(data_dir: str, side: int, paths: list[str], enabled: bool = True
-               ) -> ImageCache | None:
-    """The cache for these images at this side, or None (then images are decoded on the fly)."""
-    folder = cache_folder(data_dir, side)
-    meta = read_meta(folder) if enabled else None
-    if meta is None:
-        return None
-    if not meta.get("complete"):
-        print(f"warning: {folder} is incomplete (run cache.py to finish it); decoding images")
-        return None
-    outdated = outdated_reason(meta)  # e.g. built by an older cache.py, or another OpenCV
-    if outdated:
-        print(f"warning: {folder} cannot be used: {outdated} (run cache.py to rebuild it); "
-              "decoding images instead")
-        return None
-    index = pd.read_csv(folder / "index.csv")
-    cache = ImageCache(folder, meta, index)
-    missing = sum(path not in cache.rows for path in paths)
-    if missing:
-        print(f"warning: {folder} lacks {missing} of these images (run cache.py again); "
-              "decoding images instead")
-        return None
-    changed = changed_images(index, paths)  # one os.stat per image: a replaced file is found
-    if changed:
-        print(f"warning: {len(changed)} of these images changed since {folder} was built, e.g. "
-              f"{changed[0]} (run cache.py to update it); decoding images instead")
-        return None
-    return cache
-
-
-def drop_unreadable(frame: pd.DataFrame, cache: ImageCache | None, name: str) -> pd.DataFrame:
-    """Leave out the images cache.py could not read (--cache_on_error exclude), saying so."""
-    if cache is None or not cache.unreadable:
-        return frame
-    keep = ~frame["image_path"].isin(cache.unreadable)
-    if not keep.all():
-        print(f"{name}: leaving out {int((~keep).sum())} unreadable image(s) listed in "
-              f"{cache.folder / 'errors.csv'}")
-    return frame[keep]
-
+# ---- dataset ------------------------------------------------------------------------------------
 
 def batch_tensor(shape: tuple[int, ...]) -> torch.Tensor:
     """An empty uint8 batch; in a DataLoader worker, allocated in shared memory right away (as

@@ -29,155 +29,26 @@ from __future__ import annotations
 
 import itertools
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import torch
 
-from bootstrap import BootstrapAUCs, bootstrap_aucs
-from calibration import calibrated_logits, fit_calibration, mean_ece, per_class_ece, sigmoid
-from checkpoints import checkpoint_warnings, load_checkpoint, model_from_checkpoint, model_id, \
-    newest_checkpoint
-from compare import format_comparison, format_comparison_markdown, paired_auc_differences
-from config import Config, ConfigError, PipelineError, given_fields, run_cli
-from dataset import check_data_options, make_dataset, make_loader, read_split
-from engine import autocast_dtype, choose_device, predict_logits, prepare_model
-from fileio import write_csv_atomic, write_text_atomic
-from labels import masked_counts
-from metrics import STUDY_KEYS, aggregate_studies, summarise
-from operating_points import choose_thresholds, operating_point_table, thresholds_payload, \
-    write_thresholds
-from plots import pr_grid, reliability_grid, roc_grid
-from report import print_report, write_reports
-from tta import TTAModel
+from config import Config, ConfigError, given_fields, run_cli
+from cxr.atomic import write_csv_atomic, write_text_atomic
+from cxr.calibration import calibrated_logits, sigmoid
+from cxr.checkpoints import resolve_checkpoint
+from cxr.compare import format_comparison, format_comparison_markdown
+from cxr.device import choose_device
+from cxr.evaluation import Predictions, evaluate_predictions, fit_on_val, load_model, \
+    paired_differences, predict_split, resolve_run, run_label
+from cxr.plots import pr_grid, reliability_grid, roc_grid
+from cxr.report import print_report, write_reports
+from dataset import check_data_options
 
 SPLITS = ("val", "test")  # val first: it fits the calibration and the thresholds
 
 
-@dataclass
-class Predictions:
-    """A split's predictions, aligned row by row with the split rows that were predicted."""
-
-    frame: pd.DataFrame
-    logits: np.ndarray  # (rows, classes) float64, the positive-weight offset removed
-    targets: np.ndarray  # (rows, classes) 0/1, NaN where the label is uncertain (masked)
-    labels: tuple[str, ...]
-    per_study: bool = False  # a study-mode model: one row per study (its first image's row)
-    n_images: int | None = None  # the images behind the rows (None: one image per row)
-
-    @property
-    def image_count(self) -> int:
-        return len(self.frame) if self.n_images is None else self.n_images
-
-
 # ---- predictions --------------------------------------------------------------------------------
-
-def check_finite(logits: np.ndarray, checkpoint: Path, split: str) -> None:
-    bad = ~np.isfinite(logits)
-    if bad.any():
-        raise PipelineError(f"checkpoint {checkpoint} gives NaN/inf predictions for "
-                            f"{int(bad.any(axis=1).sum())} image(s) of the {split} split: its "
-                            "weights are broken (diverged training?); use an earlier checkpoint")
-
-
-def load_model(path: Path, cfg: Config, device: torch.device):
-    """(model ready for inference, wrapped for TTA when --tta, its checkpoint, its trained Config)."""
-    checkpoint = load_checkpoint(path)
-    try:
-        model, trained = model_from_checkpoint(checkpoint)
-    except PipelineError as err:
-        raise PipelineError(f"checkpoint {path}: {err}; evaluate it with the code it was "
-                            "trained with") from None
-    for warning in checkpoint_warnings(checkpoint):
-        print(f"warning: {path}: {warning}", file=sys.stderr)
-    model = prepare_model(model, device, cfg)
-    return (TTAModel(model) if cfg.tta else model), checkpoint, trained
-
-
-def predict_split(model, split: str, path: Path, checkpoint: dict, trained: Config, cfg: Config,
-                  device: torch.device) -> Predictions:
-    labels = tuple(checkpoint["labels"])
-    frame = read_split(cfg.splits_dir / f"{split}.csv", labels)
-    data = make_dataset(frame, trained, cfg.data_dir, augment=False, name=split, labels=labels,
-                        use_cache=cfg.use_cache)
-    # The split's rows in the dataset's order (a study model: each study's first image's row).
-    frame = frame.iloc[pd.Index(frame["image_path"]).get_indexer(data.paths)].reset_index(drop=True)
-    loader = make_loader(data, cfg, train=False, device=device)
-    try:
-        logits, targets = predict_logits(model, loader, device,
-                                         autocast_dtype(cfg.precision, device),
-                                         cfg.channels_last, desc=f"evaluate {split}")
-    except PipelineError as err:  # add which checkpoint was being evaluated
-        raise PipelineError(f"evaluating {path} on the {split} split: {err}") from None
-    check_finite(logits.numpy(), path, split)
-    per_study = trained.view_mode == "study"
-    return Predictions(frame, logits.double().numpy(), targets.double().numpy(), labels,
-                       per_study=per_study,
-                       n_images=sum(map(len, data.studies)) if per_study else None)
-
-
-# ---- statistics of one split ----------------------------------------------------------------------
-
-def bootstrap_matrix(scores: np.ndarray, targets: np.ndarray, patient_ids: pd.Series, cfg: Config
-                     ) -> tuple[BootstrapAUCs | None, str]:
-    """Per-resample AUCs of the patient bootstrap, or None and why there are no intervals."""
-    if cfg.bootstrap_resamples == 0:
-        return None, "no interval: --bootstrap_resamples 0"
-    if patient_ids.nunique() < 2:
-        return None, "n/a: one patient in this split, no patient bootstrap"
-    return bootstrap_aucs(scores, targets, patient_ids, cfg.bootstrap_resamples, cfg.seed), ""
-
-
-def summarise_level(scores: np.ndarray, targets: np.ndarray, patient_ids: pd.Series,
-                    labels: tuple[str, ...], cfg: Config) -> dict:
-    boot, note = bootstrap_matrix(scores, targets, patient_ids, cfg)
-    return summarise(scores, targets, labels, boot, cfg.ci_level, note, cfg.min_positives)
-
-
-def calibration_summary(preds: Predictions, calibration: dict, probs: np.ndarray, cfg: Config
-                        ) -> dict:
-    """ECE per class after the calibration map and before it (the model's own probabilities,
-    positive-weight offset removed), with the map itself."""
-    labels, targets, bins = preds.labels, preds.targets, cfg.calibration_bins
-    ece = per_class_ece(targets, probs, labels, bins)
-    before = per_class_ece(targets, sigmoid(preds.logits), labels, bins)
-    return {"bins": bins, "method": calibration["method"], "fitted_on": "val",
-            "parameters": calibration["parameters"], "ece": ece, "mean_ece": mean_ece(ece),
-            "ece_uncalibrated": before, "mean_ece_uncalibrated": mean_ece(before)}
-
-
-def evaluate_predictions(preds: Predictions, thresholds: dict, calibration: dict, cfg: Config
-                         ) -> dict:
-    """Image- and study-level metrics, calibration and operating points of one split.
-
-    `calibration` is {"method", "parameters"} fitted on val. AUCs rank the calibrated logits
-    (float64: no sigmoid saturating into ties), which order the images as the probabilities do.
-    """
-    labels, targets = preds.labels, preds.targets
-    scores = calibrated_logits(preds.logits, calibration["parameters"], labels)
-    probs = sigmoid(scores)
-    studies, study_probs, study_targets = aggregate_studies(preds.frame, probs, targets,
-                                                            cfg.study_aggregation)
-    image = summarise_level(scores, targets, preds.frame["patient_id"], labels, cfg)
-    study = summarise_level(study_probs, study_targets, studies["patient_id"], labels, cfg)
-    return {"n_images": preds.image_count, "n_patients": int(preds.frame["patient_id"].nunique()),
-            "n_studies": len(studies),
-            "unit": "study" if preds.per_study else "image",  # what one prediction is of
-            "reference": "raw labels, uncertain (-1) masked",
-            "masked_uncertain": masked_counts(targets, labels),
-            "auc": {label: image["classes"][label]["auc"] for label in labels},
-            "mean_auc": image["means"]["all"]["auc"],
-            "image": image, "study": {"aggregation": cfg.study_aggregation, **study},
-            "calibration": calibration_summary(preds, calibration, probs, cfg),
-            "operating_points": operating_point_table(targets, probs, labels, thresholds),
-            "bootstrap": {"resamples": cfg.bootstrap_resamples, "level": cfg.ci_level,
-                          "seed": cfg.seed, "unit": "patient",
-                          "classes": "stratified by the class's positive patients",
-                          "means": "one draw of patients shared by every class"},
-            "min_positives": cfg.min_positives, "tta": cfg.tta}
-
 
 def draw_plots(preds: Predictions, result: dict, cfg: Config, out_dir: Path) -> dict[str, str]:
     """The split's three figures; returns their file names (relative to out_dir)."""
@@ -195,35 +66,8 @@ def draw_plots(preds: Predictions, result: dict, cfg: Config, out_dir: Path) -> 
 
 # ---- the two modes --------------------------------------------------------------------------------
 
-def checkpoint_to_evaluate(cfg: Config) -> Path:
-    """--checkpoint, else --run_name's best.pth, else the newest run's best.pth."""
-    if cfg.checkpoint:
-        return Path(cfg.checkpoint)
-    if cfg.run_name:
-        return cfg.run_dir / "best.pth"
-    return newest_checkpoint(cfg.models_dir)
-
-
-def fit_on_val(val: Predictions, path: Path, checkpoint: dict, trained: Config, cfg: Config
-               ) -> tuple[dict, dict]:
-    """Each class's calibration map and its thresholds from the val split (uncertain masked);
-    thresholds.json, bound to these weights and saying how the scores were made."""
-    calibration = {"method": cfg.calibration,
-                   "parameters": fit_calibration(val.logits, val.targets, val.labels,
-                                                 cfg.calibration)}
-    probs = sigmoid(calibrated_logits(val.logits, calibration["parameters"], val.labels))
-    thresholds = choose_thresholds(val.targets, probs, val.labels, cfg.target_sensitivity)
-    scores = {"tta": cfg.tta, "view_mode": trained.view_mode,
-              "logit_offset_removed": "logit_offset" in checkpoint["model"]}
-    write_thresholds(thresholds_payload(path, model_id(checkpoint), val.labels, thresholds,
-                                        cfg.target_sensitivity, calibration, scores,
-                                        masked_counts(val.targets, val.labels)),
-                     path.parent / "thresholds.json")
-    return thresholds, calibration
-
-
 def evaluate_checkpoint(cfg: Config) -> None:
-    path = checkpoint_to_evaluate(cfg)
+    path = resolve_checkpoint(cfg)
     device = choose_device(cfg.device)
     model, checkpoint, trained = load_model(path, cfg, device)
     thresholds, calibration = None, None
@@ -238,79 +82,6 @@ def evaluate_checkpoint(cfg: Config) -> None:
         print_report(result, path, cfg)
     print(f"\nevaluate: wrote {path.parent}/thresholds.json, "
           f"eval_{{{','.join(SPLITS)}}}.{{json,md,csv}}, {{roc,pr,reliability}}_*.png")
-
-
-def resolve_run(text: str, cfg: Config) -> Path:
-    """A checkpoint file, a run folder (its best.pth), or a run name under --models_dir."""
-    for candidate in (Path(text), Path(cfg.models_dir) / text):
-        if candidate.is_file():
-            return candidate
-        if (candidate / "best.pth").is_file():
-            return candidate / "best.pth"
-    raise PipelineError(f"--compare: {text!r} is neither a checkpoint file nor a run folder "
-                        f"holding best.pth (looked in . and {cfg.models_dir}/)")
-
-
-def run_label(path: Path) -> str:
-    """models/run-a/best.pth -> run-a; models/run-a/last.pth -> run-a-last."""
-    return path.parent.name if path.name == "best.pth" else f"{path.parent.name}-{path.stem}"
-
-
-@dataclass
-class Paired:
-    """Two runs' scores (logits, or study probabilities) on the rows both predicted."""
-
-    frame: pd.DataFrame  # image_path or (patient_id, study_id), and patient_id
-    scores_a: np.ndarray
-    scores_b: np.ndarray
-    targets: np.ndarray
-    unit: str  # "images" or "studies"
-
-
-def study_rows(p: Predictions, aggregation: str) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """(study keys, probabilities, targets): a study model's rows as they are, an image model's
-    images aggregated to studies as the report's study level does (--study_aggregation)."""
-    probs = sigmoid(p.logits)
-    if p.per_study:
-        return p.frame[list(STUDY_KEYS)].astype(str).reset_index(drop=True), probs, p.targets
-    studies, probs, targets = aggregate_studies(p.frame, probs, p.targets, aggregation)
-    return studies[list(STUDY_KEYS)], probs, targets
-
-
-def paired(a: Predictions, b: Predictions, aggregation: str, per_study: bool = False) -> Paired:
-    """Both runs on the same rows: images, or studies when `per_study` or either run predicts
-    studies (an image model's images are then aggregated to studies, so both are scored on the
-    same unit)."""
-    if a.labels != b.labels:
-        raise PipelineError(f"--compare: the two checkpoints predict different labels "
-                            f"({list(a.labels)} vs {list(b.labels)})")
-    if per_study or a.per_study or b.per_study:
-        unit, keys = "studies", list(STUDY_KEYS)
-        (frame_a, scores_a, targets_a), (frame_b, scores_b, _) = (study_rows(p, aggregation)
-                                                                 for p in (a, b))
-    else:
-        unit, keys = "images", ["image_path"]
-        # images: the logits rank them as the probabilities do, without saturating into ties
-        frame_a, scores_a, targets_a = a.frame, a.logits, a.targets
-        frame_b, scores_b = b.frame, b.logits
-    index_a = pd.MultiIndex.from_frame(frame_a[keys].reset_index(drop=True))
-    index_b = pd.MultiIndex.from_frame(frame_b[keys].reset_index(drop=True))
-    common = index_a[index_a.isin(index_b)]
-    if len(common) < max(len(index_a), len(index_b)):
-        print(f"compare: {len(common)} {unit} predicted by both runs are compared")
-    rows_a, rows_b = index_a.get_indexer(common), index_b.get_indexer(common)
-    frame = frame_a.iloc[rows_a].reset_index(drop=True)
-    return Paired(frame, scores_a[rows_a], scores_b[rows_b], targets_a[rows_a], unit)
-
-
-def paired_differences(a: Predictions, b: Predictions, cfg: Config, per_study: bool = False
-                       ) -> tuple[list[dict], Paired]:
-    """compare.py's rows of B - A (per class, then the means, with paired intervals)."""
-    both = paired(a, b, cfg.study_aggregation, per_study)
-    rows = paired_auc_differences(both.scores_a, both.scores_b, both.targets,
-                                  both.frame["patient_id"], a.labels, cfg.bootstrap_resamples,
-                                  cfg.ci_level, cfg.seed, cfg.min_positives)
-    return rows, both
 
 
 def compare_runs(cfg: Config) -> None:

@@ -29,12 +29,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from calibration import calibration_arrays
-from checkpoints import checkpoint_warnings, load_checkpoint, model_from_checkpoint, model_id
+from cxr.calibration import calibration_arrays
+from cxr.checkpoints import checkpoint_warnings, load_checkpoint, model_from_checkpoint, model_id, \
+    resolve_checkpoint
 from config import Config, PipelineError, run_cli
-from fileio import write_atomic, write_text_atomic
-from inference import read_thresholds
-from predict import checkpoint_to_use
+from cxr.atomic import write_atomic, write_text_atomic
+from cxr.thresholds import read_thresholds
 
 OPSET = 17
 INPUT, OUTPUTS = "images", ("probabilities", "logits")
@@ -102,7 +102,7 @@ def onnx_difference(model: ServingModel, path: Path, image_size: int) -> float:
 
 
 def main(cfg: Config) -> None:
-    path = checkpoint_to_use(cfg)
+    path = resolve_checkpoint(cfg)
     checkpoint = load_checkpoint(path)
     model, trained = model_from_checkpoint(checkpoint)
     labels = list(checkpoint["labels"])

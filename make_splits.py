@@ -18,7 +18,7 @@ import pandas as pd
 from sklearn.model_selection import GroupShuffleSplit
 
 from config import Config, PipelineError, run_cli
-from fileio import write_atomic, write_csv_atomic, write_text_atomic
+from cxr.atomic import write_atomic, write_csv_atomic, write_text_atomic
 
 
 def split_by_patient(frame: pd.DataFrame, val_fraction: float, seed: int

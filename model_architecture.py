@@ -151,7 +151,7 @@ class CheXpertNet(nn.Module):
 
 def multiclass_of(cfg: Config) -> tuple[bool, ...]:
     """Which labels have a 3-way output under the config's uncertainty policies."""
-    from labels import class_policies, multiclass_flags  # labels imports pandas: only when needed
+    from cxr.labels import class_policies, multiclass_flags  # labels imports pandas: only when needed
     return multiclass_flags(class_policies(cfg.uncertainty_policy, cfg.uncertainty_policy_by_class))
 
 

@@ -35,13 +35,13 @@ from pathlib import Path
 import cv2
 import pandas as pd
 
-from checkpoints import newest_checkpoint
+from cxr.checkpoints import resolve_checkpoint
+from cxr.chexpert import RELEASE_PREFIX
 from config import Config, PipelineError, run_cli
-from fileio import write_csv_atomic
-from inference import Predictor, film_view, find_label, frontal_first, lateral_warning, \
+from cxr.atomic import write_csv_atomic
+from cxr.inference import Predictor, film_view, find_label, frontal_first, lateral_warning, \
     load_predictor, predict_sources, predict_studies, radiograph
-from imaging import DICOM_MAGIC, DICOM_MAGIC_OFFSET, ImageReadError
-from preprocess import RELEASE_PREFIX
+from cxr.imaging import DICOM_MAGIC, DICOM_MAGIC_OFFSET, ImageReadError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".tif", ".tiff", ".bmp")
 PATH_COLUMNS = ("image_path", "Path")  # a CSV's path column, in order of preference
@@ -185,15 +185,6 @@ def run_studies(predictor: Predictor, paths: list[str], views: list[str], cfg: C
 
 # ---- outputs ---------------------------------------------------------------------------------------
 
-def checkpoint_to_use(cfg: Config) -> Path:
-    """--checkpoint, else --run_name's best.pth, else the newest run's best.pth."""
-    if cfg.checkpoint:
-        return Path(cfg.checkpoint)
-    if cfg.run_name:
-        return cfg.run_dir / "best.pth"
-    return newest_checkpoint(cfg.models_dir)
-
-
 def output_paths(cfg: Config) -> tuple[Path, Path, Path]:
     """The predictions CSV, the errors CSV beside it and the Grad-CAM folder."""
     output = Path(cfg.output or "predictions.csv")
@@ -212,7 +203,7 @@ def overlay_name(path: str, root: str, label: str) -> str:
 
 def overlay_writer(predictor: Predictor, paths: list[str], folder: Path):
     """on_heatmap callback of predict_sources: saves each overlay as a PNG in `folder`."""
-    from heatmaps import overlay  # imported here: only --gradcam needs pytorch_grad_cam
+    from cxr.gradcam import overlay  # imported here: only --gradcam needs pytorch_grad_cam
 
     folder.mkdir(parents=True, exist_ok=True)
     parents = [os.path.dirname(os.path.abspath(p)) for p in paths]
@@ -234,7 +225,7 @@ def overlay_writer(predictor: Predictor, paths: list[str], folder: Path):
 def main(cfg: Config) -> None:
     paths, given_views = collect_inputs(cfg.inputs)
     views = [film_view(path, given) for path, given in zip(paths, given_views)]
-    checkpoint = checkpoint_to_use(cfg)
+    checkpoint = resolve_checkpoint(cfg)
     predictor = load_predictor(checkpoint, cfg)
     for warning in predictor.warnings:
         print(f"warning: {warning}")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +24,12 @@ import pandas as pd
 from tqdm import tqdm
 
 from config import DATA_FIELDS, LABELS, META_COLUMNS, Config, PipelineError, run_cli
-from fileio import write_csv_atomic, write_text_atomic
-from imaging import decode_square
-from labels import apply_uncertainty_policy, find_bad_label_values, parse_raw_labels, raw_column
+from cxr.atomic import write_csv_atomic, write_text_atomic
+from cxr.imaging import decode_square
+from cxr.chexpert import PATIENT_STUDY, RELEASE_PREFIX, VIEW_VALUES
+from cxr.labels import apply_uncertainty_policy, find_bad_label_values, parse_raw_labels, raw_column
 
 # CheXpert's Path column starts with the release folder name; the data root *is* that folder.
-RELEASE_PREFIX = re.compile(r"^CheXpert-v1\.0(-small)?/")
-PATIENT_STUDY = re.compile(r"(patient\d+)/(study\d+)/")
-VIEW_VALUES = ("Frontal", "Lateral")
 STATS_SIDE = 256  # images are resized to this side before pixel statistics: equal weight each
 
 

@@ -40,29 +40,22 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from checkpoints import config_from_checkpoint, load_checkpoint, newest_checkpoint, save_checkpoint
 from config import LABELS, Config, PipelineError, given_fields, run_cli
+from cxr.atomic import write_csv_atomic, write_text_atomic
+from cxr.checkpoints import config_from_checkpoint, load_checkpoint, newest_checkpoint, save_checkpoint
+from cxr.device import autocast, autocast_dtype, choose_device, prepare_model, to_device
+from cxr.distributed import (World, all_gather, any_rank, barrier, broadcast, close_world,
+                             device_for, gather_to_main, init_world, merge_shards, sum_over_ranks,
+                             sync_buffers)
+from cxr.evaluation import predict_logits
+from cxr.labels import class_policies, logit_offsets, masked_counts, multiclass_flags, \
+    positive_class_weights
+from cxr.metrics import mean_auc, mean_exclusions, per_class_auc
+from cxr.randomness import seed_everything, set_deterministic
+from cxr.resume import FIXED_ON_RESUME
 from dataset import EpochSampler, ShardSampler, check_data_options, data_settings, make_dataset, \
     make_loader, read_split
-from distributed import (World, all_gather, any_rank, barrier, broadcast, close_world,
-                         device_for, gather_to_main, init_world, merge_shards, sum_over_ranks,
-                         sync_buffers)
-from engine import (autocast, autocast_dtype, choose_device, predict_logits, prepare_model,
-                    seed_everything, set_deterministic, to_device)
-from fileio import write_csv_atomic, write_text_atomic
-from labels import class_policies, logit_offsets, masked_counts, multiclass_flags, \
-    positive_class_weights
-from metrics import mean_auc, mean_exclusions, per_class_auc
 from model_architecture import CheXpertNet, build_model, output_starts
-
-# Fields a resumed run must share with its checkpoint: they shape the data, model or optimisation.
-# Any other field (paths, epochs, workers, device, checkpoint cadence...) may change on resume.
-FIXED_ON_RESUME = ("frontal_only", "uncertainty_policy", "uncertainty_policy_by_class", "seed",
-                   "gem_p", "dropout", "image_size", "crop_margin", "batch_size",
-                   "accumulation_steps", "frozen_epochs", "lr_head", "lr_backbone", "weight_decay",
-                   "warmup_steps", "lr_schedule", "grad_clip_norm", "max_pos_weight", "augment",
-                   "precision", "view_mode", "view_fusion", "max_views")
-
 
 # ---- setup -------------------------------------------------------------------------------------
 

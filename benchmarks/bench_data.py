@@ -35,10 +35,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import cache  # noqa: E402
+from cxr import image_cache  # noqa: E402
 import preprocess  # noqa: E402
 from config import LABELS, Config, apply_overrides  # noqa: E402
 from dataset import CheXpertDataset, keep_batch, make_dataset  # noqa: E402
-from engine import autocast, autocast_dtype, prepare_model  # noqa: E402
+from cxr.device import autocast, autocast_dtype, prepare_model  # noqa: E402
 from model_architecture import CheXpertNet  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -120,7 +121,7 @@ def prepare(data_root: Path, folder: Path, image_size: int, repeat: int):
 
 
 def cfg_cache_mb(cfg: Config) -> float:
-    return (cache.cache_folder(cfg.data_dir, cfg.stored_side) / "images.u8").stat().st_size / 2**20
+    return (image_cache.cache_folder(cfg.data_dir, cfg.stored_side) / "images.u8").stat().st_size / 2**20
 
 
 def training_step_rate(image_size: int) -> float:

@@ -22,7 +22,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bootstrap import bootstrap_aucs, draw_resamples  # noqa: E402
+from cxr.bootstrap import bootstrap_aucs, draw_resamples  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
 CLASSES = 14

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from config import LABELS, Config  # noqa: E402
-from engine import autocast, autocast_dtype, cpu_has_native_bf16, prepare_model  # noqa: E402
+from cxr.device import autocast, autocast_dtype, cpu_has_native_bf16, prepare_model  # noqa: E402
 from model_architecture import CheXpertNet  # noqa: E402
 
 CPU = torch.device("cpu")

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import predict  # noqa: E402
 from config import Config, parse_args  # noqa: E402
 from conftest import tiny_checkpoint  # noqa: E402
-from inference import RadiographFiles, batch_logits, load_predictor  # noqa: E402
+from cxr.inference import RadiographFiles, batch_logits, load_predictor  # noqa: E402
 
 NIH = ROOT.parent / "shared" / "data" / "nih-cxr-small" / "CheXpert-v1.0-small"
 

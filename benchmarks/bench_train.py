@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from config import LABELS, Config, apply_overrides  # noqa: E402
-from engine import autocast, autocast_dtype, prepare_model, to_device  # noqa: E402
+from cxr.device import autocast, autocast_dtype, prepare_model, to_device  # noqa: E402
 from model_architecture import CheXpertNet  # noqa: E402
 
 NIH = ROOT.parent / "shared" / "data" / "nih-cxr-small" / "CheXpert-v1.0-small"

@@ -28,7 +28,7 @@ import preprocess  # noqa: E402
 from bench_preprocess import LABELS_CSV, build_root  # noqa: E402
 from config import LABELS, Config  # noqa: E402
 from dataset import read_split  # noqa: E402
-from labels import class_policies, evaluation_targets, logit_offsets, multiclass_flags, \
+from cxr.labels import class_policies, evaluation_targets, logit_offsets, multiclass_flags, \
     positive_class_weights, raw_column, training_targets  # noqa: E402
 
 

@@ -67,7 +67,7 @@ def tiny_checkpoint(path: Path, image_size: int = 64, seed: int = 0, **fields) -
 
     import torch
 
-    from checkpoints import save_checkpoint
+    from cxr.checkpoints import save_checkpoint
     from config import Config
     from model_architecture import CheXpertNet
 
@@ -112,7 +112,7 @@ def write_thresholds_json(checkpoint: Path, thresholds: dict | None = None,
     import json
 
     import checkpoints
-    from operating_points import thresholds_payload
+    from cxr.thresholds import thresholds_payload
 
     values = {label: 0.3 for label in LABELS} if thresholds is None else thresholds
     fitted = {label: {"scale": 1.0, "bias": 0.0} for label in LABELS}

@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 
 import ablate
-from bootstrap import bootstrap_aucs
+from cxr.bootstrap import bootstrap_aucs
 from config import Config, ConfigError, PipelineError, parse_args
 from conftest import ROOT
-from evaluate import Predictions
-from metrics import summarise
+from cxr.evaluation import Predictions
+from cxr.metrics import summarise
 
 LABELS = ("Atelectasis", "Cardiomegaly", "Edema", "Fracture")
 

@@ -15,8 +15,10 @@ from PIL import Image
 
 from conftest import make_root, row
 from config import Config, PipelineError
-from dataset import make_dataset, open_cache
-from imaging import decode_square
+from cxr import image_cache
+from cxr.image_cache import open_cache
+from dataset import make_dataset
+from cxr.imaging import decode_square
 import cache
 import make_splits
 import preprocess
@@ -38,7 +40,7 @@ def split(cfg, name="train"):
 
 
 def folder(cfg):
-    return cache.cache_folder(cfg.data_dir, cfg.stored_side)
+    return image_cache.cache_folder(cfg.data_dir, cfg.stored_side)
 
 
 def pixels(cfg) -> np.memmap:
@@ -180,8 +182,8 @@ def test_other_decoder_versions_rebuild_everything(cfg, capsys, monkeypatch):
     cache.main(cfg)
     paths = split(cfg)["image_path"].tolist()
     mark(cfg, 0)
-    other = {**cache.decoder_versions(), "opencv": "0.0.0-other-build"}
-    monkeypatch.setattr(cache, "decoder_versions", lambda: other)
+    other = {**image_cache.decoder_versions(), "opencv": "0.0.0-other-build"}
+    monkeypatch.setattr(image_cache, "decoder_versions", lambda: other)
     capsys.readouterr()
     assert open_cache(cfg.data_dir, cfg.stored_side, paths) is None
     assert "other library versions (opencv" in capsys.readouterr().out
@@ -209,7 +211,7 @@ def test_a_cache_of_the_old_format_is_refused_then_rebuilt(cfg, capsys):
 
     cache.main(cfg)
     out = capsys.readouterr().out
-    assert "rebuilding" in out and f"cache format version changed (1 -> {cache.CACHE_VERSION})" in out
+    assert "rebuilding" in out and f"cache format version changed (1 -> {image_cache.CACHE_VERSION})" in out
     assert {"size", "mtime_ns"} <= set(pd.read_csv(folder(cfg) / "index.csv").columns)
     assert open_cache(cfg.data_dir, cfg.stored_side, paths) is not None
 

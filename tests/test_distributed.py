@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from checkpoints import model_from_checkpoint
+from cxr.checkpoints import model_from_checkpoint
 from config import LABELS, Config
 from conftest import ROOT
 from dataset import make_dataset, make_loader
-from engine import predict_logits
-from metrics import per_class_auc
+from cxr.evaluation import predict_logits
+from cxr.metrics import per_class_auc
 
 
 def test_two_gloo_processes_train_and_validate_on_the_whole_val_split(data_args):

@@ -16,20 +16,22 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from bootstrap import Resamples, bootstrap_auc_matrix, bootstrap_aucs, draw_resamples, \
+from cxr.bootstrap import Resamples, bootstrap_auc_matrix, bootstrap_aucs, draw_resamples, \
     weighted_aucs
-from calibration import calibrated_logits, calibrated_probs, expected_calibration_error, \
+from cxr.calibration import calibrated_logits, calibrated_probs, expected_calibration_error, \
     fit_calibration, reliability_bins, sigmoid
-from compare import format_comparison, paired_auc_differences
+from cxr.compare import format_comparison, paired_auc_differences
 from config import LABELS, Config, ConfigError, PipelineError, parse_args
-from evaluate import Predictions, bootstrap_matrix, check_finite, evaluate_predictions, \
-    join_compare_values
-from metrics import COMPETITION_LABELS, aggregate_studies, summarise
-from operating_points import choose_thresholds, metrics_at, operating_point_table, \
-    sensitivity_threshold, thresholds_payload, write_thresholds, youden_threshold
-from plots import pr_grid, reliability_grid, roc_grid
-from report import write_reports
-from tta import TTAModel, shifted_view
+from cxr.checkpoints import require_finite
+from cxr.evaluation import Predictions, bootstrap_matrix, evaluate_predictions
+from evaluate import join_compare_values
+from cxr.metrics import COMPETITION_LABELS, aggregate_studies, summarise
+from cxr.operating_points import choose_thresholds, metrics_at, operating_point_table, \
+    sensitivity_threshold, youden_threshold
+from cxr.thresholds import thresholds_payload, write_thresholds
+from cxr.plots import pr_grid, reliability_grid, roc_grid
+from cxr.report import write_reports
+from cxr.augment import TTAModel, shifted_view
 
 
 def synthetic(n_images: int, n_patients: int, n_classes: int, seed: int = 0, ties: bool = False):
@@ -314,11 +316,12 @@ def test_one_label_value_and_one_patient_give_notes_not_crashes():
 
 
 def test_nan_predictions_are_an_error_naming_the_checkpoint(tmp_path):
-    logits = np.zeros((3, 2))
-    check_finite(logits, tmp_path / "best.pth", "val")  # finite: fine
-    logits[1, 0] = np.nan
-    with pytest.raises(PipelineError, match=f"checkpoint {tmp_path / 'best.pth'} gives NaN/inf"):
-        check_finite(logits, tmp_path / "best.pth", "val")
+    logits = torch.zeros((3, 2))
+    require_finite(logits, f"checkpoint {tmp_path / 'best.pth'}")  # finite: fine
+    logits[1, 0] = float("nan")
+    with pytest.raises(PipelineError, match=f"checkpoint {tmp_path / 'best.pth'} gives NaN/inf "
+                                            "outputs for 1 input"):
+        require_finite(logits, f"checkpoint {tmp_path / 'best.pth'}")
 
 
 # ---- the report of one split, from synthetic predictions ---------------------------------------

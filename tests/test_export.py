@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import export
-from checkpoints import load_checkpoint, model_from_checkpoint, model_id
+from cxr.checkpoints import load_checkpoint, model_from_checkpoint, model_id
 from conftest import shared, tiny_checkpoint, write_thresholds_json
 from config import LABELS, Config, PipelineError
-from inference import RadiographFiles
+from cxr.inference import RadiographFiles
 
 
 SCALES = np.linspace(0.5, 1.5, len(LABELS))  # the calibration's per-class scales

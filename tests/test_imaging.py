@@ -9,7 +9,7 @@ from PIL import Image
 
 from conftest import shared
 from dataset import CheXpertDataset
-from imaging import ImageReadError, read_grayscale
+from cxr.imaging import ImageReadError, read_grayscale
 import pandas as pd
 
 from config import LABELS

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from metrics import format_markdown, format_report_card, mean_auc, per_class_auc, \
+from cxr.metrics import format_markdown, format_report_card, mean_auc, per_class_auc, \
     per_class_auprc, report_rows, summarise
 
 LABELS = ("A", "B", "C")

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 
-from checkpoints import config_from_checkpoint, load_checkpoint, save_checkpoint
+from cxr.checkpoints import config_from_checkpoint, load_checkpoint, save_checkpoint
 from config import LABELS, Config, PipelineError
 from model_architecture import GeM, CheXpertNet, build_model
 

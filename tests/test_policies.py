@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from checkpoints import model_from_checkpoint
+from cxr.checkpoints import model_from_checkpoint
 from config import LABELS, UNCERTAINTY_POLICIES, Config, ConfigError
 from conftest import shared
 from dataset import make_dataset, read_split
-from labels import (class_policies, multiclass_flags, parse_raw_labels, positive_class_weights,
+from cxr.labels import (class_policies, multiclass_flags, parse_raw_labels, positive_class_weights,
                     raw_column, training_targets)
 from model_architecture import CheXpertNet
 from train import MaskedBCE, masked_bce

@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from checkpoints import load_checkpoint, model_id
+from cxr.checkpoints import load_checkpoint, model_id
 from conftest import ROOT, shared, tiny_checkpoint, write_thresholds_json
 from config import LABELS, Config, PipelineError
 from dataset import CheXpertDataset
-from inference import (RadiographFiles, Upload, batch_logits, load_predictor, predict_sources,
+from cxr.inference import (RadiographFiles, Upload, batch_logits, load_predictor, predict_sources,
                        read_thresholds)
 
 GOOD = ("gray16_xray.png", "rgba_xray.png", "cmyk_xray.jpg", "xray_monochrome1.dcm",
@@ -195,7 +195,7 @@ def dicom_with(tmp_path, name: str, **tags) -> str:
 
 
 def test_a_frontal_model_flags_lateral_films(checkpoint, tmp_path, capsys):
-    from inference import Upload, film_view
+    from cxr.inference import Upload, film_view
 
     jpeg = shared("bad-inputs/images/cmyk_xray.jpg")
     study = tmp_path / "scans" / "patient00001" / "study1"
@@ -267,7 +267,7 @@ def demo_model(tmp_path_factory):
 
 
 def test_gradcam_peak_falls_on_the_planted_finding(demo_model, tmp_path):
-    from heatmaps import peak
+    from cxr.gradcam import peak
 
     checkpoint, demo = demo_model
     boxes = pd.read_csv(demo / "annotations.csv")

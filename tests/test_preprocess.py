@@ -10,7 +10,7 @@ import pytest
 
 from conftest import make_root, row, shared
 from config import LABELS, Config, PipelineError
-from labels import apply_uncertainty_policy, parse_raw_labels, raw_column
+from cxr.labels import apply_uncertainty_policy, parse_raw_labels, raw_column
 import preprocess
 
 

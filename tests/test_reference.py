@@ -23,18 +23,19 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 import evaluate
+from cxr import evaluation
 import make_splits
 import predict
 import preprocess
 import train
-from calibration import calibrated_probs
-from checkpoints import checkpoint_warnings, load_checkpoint, model_from_checkpoint, model_id
+from cxr.calibration import calibrated_probs
+from cxr.checkpoints import checkpoint_warnings, load_checkpoint, model_from_checkpoint, model_id
 from config import LABELS, UNCERTAINTY_POLICIES, Config, ConfigError, PipelineError, run_cli
 from conftest import ROOT, make_root, row, tiny_checkpoint
 from dataset import check_data_options, make_dataset, read_split
-from inference import load_predictor, predict_sources
-from labels import class_policies, evaluation_targets, positive_class_weights, training_targets
-from tta import TTAModel
+from cxr.inference import load_predictor, predict_sources
+from cxr.labels import class_policies, evaluation_targets, positive_class_weights, training_targets
+from cxr.augment import TTAModel
 
 FOUR = ("Atelectasis", "Cardiomegaly", "Edema", "Pleural Effusion")
 
@@ -77,8 +78,8 @@ def val_predictions(run_dir, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
     """best.pth's label logits (float64) on the val split, as evaluate.py makes them, and the
     targets they are scored against."""
     path, cpu = run_dir / "best.pth", torch.device("cpu")
-    model, checkpoint, trained_cfg = evaluate.load_model(path, cfg, cpu)
-    preds = evaluate.predict_split(model, "val", path, checkpoint, trained_cfg, cfg, cpu)
+    model, checkpoint, trained_cfg = evaluation.load_model(path, cfg, cpu)
+    preds = evaluation.predict_split(model, "val", path, checkpoint, trained_cfg, cfg, cpu)
     return preds.logits, preds.targets
 
 
@@ -183,7 +184,7 @@ def test_checkpoint_holds_pos_weight_and_the_offset_is_removed_from_the_logits(t
 
 
 def test_multiclass_labels_get_no_offset():
-    from labels import logit_offsets
+    from cxr.labels import logit_offsets
     offsets = logit_offsets(np.array([4.0, 9.0]), (False, True))
     assert offsets.tolist() == pytest.approx([np.log(4.0), 0.0])
 

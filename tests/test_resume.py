@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from checkpoints import save_checkpoint
+from cxr.checkpoints import save_checkpoint
 from config import Config, PipelineError
 from conftest import ROOT
 from dataset import EpochSampler

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from config import Config
-from labels import positive_class_weights
+from cxr.labels import positive_class_weights
 from model_architecture import CheXpertNet
 from config import PipelineError
 from train import (MaskedBCE, Progress, Trainer, accumulation_plan, lr_multiplier, masked_bce,
@@ -227,7 +227,7 @@ def test_gradient_clipping_applies_to_unscaled_fp16_gradients():
 def test_auto_precision_takes_bf16_on_a_cpu_only_where_it_is_native(native, monkeypatch):
     """Emulated bf16 is several times slower than fp32 (an AVX2 CPU), so auto falls back to fp32
     there; explicit choices are kept."""
-    import engine
+    import cxr.device as engine
     monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: native)
     cpu = torch.device("cpu")
     assert engine.autocast_dtype("auto", cpu) is (torch.bfloat16 if native else None)
@@ -237,5 +237,5 @@ def test_auto_precision_takes_bf16_on_a_cpu_only_where_it_is_native(native, monk
 
 
 def test_the_native_bf16_check_answers_on_this_cpu():
-    import engine
+    import cxr.device as engine
     assert isinstance(engine.cpu_has_native_bf16(), bool)

@@ -10,7 +10,7 @@ import torch
 
 import make_splits
 import preprocess
-from checkpoints import model_from_checkpoint
+from cxr.checkpoints import model_from_checkpoint
 from config import LABELS, Config
 from conftest import make_root, row
 from dataset import StudyDataset, make_dataset, read_split
@@ -125,7 +125,7 @@ def test_tta_shifts_every_view_of_a_study_alike(study_run):
     import json
 
     import evaluate
-    from tta import TTAModel, shifted_view
+    from cxr.augment import TTAModel, shifted_view
     torch.manual_seed(0)
     model = CheXpertNet(len(LABELS), dropout=0.0, fusion="attention").eval()
     views = torch.randint(0, 256, (3, 2, 1, 32, 32), dtype=torch.uint8)
@@ -154,7 +154,7 @@ def test_predict_fuses_the_views_of_each_study_folder(study_run, tmp_path, capsy
     import pandas as pd
 
     import predict
-    from inference import load_predictor, predict_sources
+    from cxr.inference import load_predictor, predict_sources
     cfg = study_run
     (cfg.run_dir / "thresholds.json").unlink(missing_ok=True)  # the model's own probabilities
     frame = read_split(cfg.splits_dir / "train.csv")

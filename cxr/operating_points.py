@@ -6,30 +6,15 @@ an image being called positive when its probability is >= the threshold:
     target sensitivity   the highest threshold whose val sensitivity reaches the target (0.9)
 Uncertain (masked) val labels take no part.
 
-They are written to <checkpoint folder>/thresholds.json, which predict.py, app.py and export.py
-read, with the calibration they sit on and what they belong to:
-    {"checkpoint": path, "model_id": the weights' fingerprint (checkpoints.model_id),
-     "split": "val", "method": "youden", "labels": [...],
-     "thresholds": {label: float or null},
-     "target_sensitivity": {"value": 0.9, "thresholds": {label: float or null}},
-     "scores": {"tta": bool, "view_mode": "frontal" | "study", "calibration": method,
-                "logit_offset_removed": bool},
-     "calibration": {"method": "platt" | "temperature" | "none", "fitted_on": "val",
-                     "parameters": {label: {"scale": float, "bias": float} or null}},
-     "masked_uncertain": {label: int}}
-null marks a class that cannot be evaluated on val (one label value).
+thresholds.py writes them, with the calibration they sit on, to thresholds.json.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 from sklearn.metrics import confusion_matrix, roc_curve
 
-from fileio import write_text_atomic
-from metrics import has_both_values, observed
+from cxr.metrics import has_both_values, observed
 
 METHODS = ("youden", "target_sensitivity")
 
@@ -103,22 +88,3 @@ def operating_point_table(targets: np.ndarray, probs: np.ndarray, labels: tuple[
                       if threshold is not None else {"threshold": None})
             rows.append({"pathology": label, "method": method, **values})
     return rows
-
-
-def thresholds_payload(checkpoint: Path, model_id: str, labels: tuple[str, ...],
-                       thresholds: dict, target_sensitivity: float, calibration: dict,
-                       scores: dict, masked: dict[str, int]) -> dict:
-    """The thresholds.json contract (see the module docstring). `calibration` is {"method",
-    "parameters"}; `scores` says how the val scores were made (tta, view_mode, ...)."""
-    return {"checkpoint": str(checkpoint), "model_id": model_id, "split": "val",
-            "method": "youden", "labels": list(labels), "thresholds": thresholds["youden"],
-            "target_sensitivity": {"value": target_sensitivity,
-                                   "thresholds": thresholds["target_sensitivity"]},
-            "scores": {**scores, "calibration": calibration["method"]},
-            "calibration": {"method": calibration["method"], "fitted_on": "val",
-                            "parameters": calibration["parameters"]},
-            "masked_uncertain": masked}
-
-
-def write_thresholds(payload: dict, path: Path) -> None:
-    write_text_atomic(json.dumps(payload, indent=2) + "\n", path)

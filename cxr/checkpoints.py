@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from config import Config, PipelineError
-from fileio import write_atomic
+from cxr.atomic import write_atomic
 from model_architecture import CheXpertNet, fusion_of, multiclass_of
 
 FORMAT_VERSION = 1
@@ -106,3 +106,22 @@ def newest_checkpoint(models_dir: str | Path, name: str = "best.pth") -> Path:
         raise PipelineError(f"no {models_dir}/*/{name} found: run train.py first, "
                             "or pass --checkpoint PATH")
     return candidates[-1]
+
+
+def resolve_checkpoint(cfg: Config) -> Path:
+    """The checkpoint a script uses: --checkpoint, else --run_name's best.pth, else the newest
+    run's best.pth under --models_dir."""
+    if cfg.checkpoint:
+        return Path(cfg.checkpoint)
+    if cfg.run_name:
+        return cfg.run_dir / "best.pth"
+    return newest_checkpoint(cfg.models_dir)
+
+
+def require_finite(logits: torch.Tensor, model: str) -> None:
+    """NaN/inf outputs mean broken weights: an error naming the model (a checkpoint's path)."""
+    bad = ~torch.isfinite(logits)
+    if bad.any():
+        raise PipelineError(f"{model} gives NaN/inf outputs for {int(bad.any(dim=1).sum())} "
+                            "input(s): its weights are broken (diverged training?); use an "
+                            "earlier checkpoint")

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from bootstrap import BootstrapAUCs, Interval, mean_over, no_interval, percentile_interval
+from cxr.bootstrap import BootstrapAUCs, Interval, mean_over, no_interval, percentile_interval
 from config import PipelineError
 
 # Status words of the report card, highest band first (AUC lower bound, word).

@@ -13,7 +13,6 @@ dataset.centre_view), so a file gets the probabilities evaluate.py would give it
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -26,134 +25,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from calibration import calibrated_probs
-from checkpoints import checkpoint_warnings, load_checkpoint, model_from_checkpoint, model_id
+from cxr.calibration import calibrated_probs
+from cxr.checkpoints import checkpoint_warnings, load_checkpoint, model_from_checkpoint, model_id, \
+    require_finite
 from config import Config, PipelineError
-from dataset import centre_view, default_workers, keep_batch
-from engine import autocast, autocast_dtype, choose_device, prepare_model, to_device
-from imaging import ImageReadError, decode_grayscale, decode_square, decode_square_bytes, \
+from dataset import default_workers, keep_batch
+from cxr.device import autocast, autocast_dtype, choose_device, prepare_model, to_device
+from cxr.imaging import ImageReadError, decode_grayscale, decode_square, decode_square_bytes, \
     dicom_view, is_dicom, read_grayscale, view_from_name
-from tta import TTAModel
-
-DEFAULT_THRESHOLD = 0.5  # probability at which a class is flagged when no threshold is stored
-THRESHOLDS_FILE = "thresholds.json"  # beside the checkpoint; written by evaluate.py
-
-
-# ---- thresholds stored with the checkpoint ----------------------------------------------------------
-
-@dataclass
-class Thresholds:
-    """Per-label decision thresholds on the probability, and the calibration they sit on."""
-    values: dict[str, float]  # label -> probability at or above which the class is positive
-    calibration: dict | None  # label -> {"scale", "bias"} or None (identity); None: none at all
-    method: str  # the calibration method ("none" when there is none)
-    source: str  # the file they come from, or a note that they are the 0.5 default
-    warnings: list[str]  # what the user should know (a missing file, classes left at 0.5)
-
-
-def default_thresholds(labels: Sequence[str], why: str) -> Thresholds:
-    return Thresholds({label: DEFAULT_THRESHOLD for label in labels}, None, "none",
-                      f"{DEFAULT_THRESHOLD} for every class (default)", [why])
-
-
-def _probability(value, path: Path, key: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise PipelineError(f"{path}: {key} = {value!r} is not a probability between 0 and 1; "
-                            "re-run evaluate.py to rewrite the file")
-    return float(value)
-
-
-def _calibration(stored: dict, path: Path, labels: Sequence[str]) -> tuple[dict | None, str]:
-    """thresholds.json's per-class {"scale" > 0, "bias"} (or null), checked."""
-    block = stored.get("calibration")
-    if block is None:
-        return None, "none"
-    if not isinstance(block, dict) or not isinstance(block.get("parameters"), dict):
-        raise PipelineError(f"{path}: 'calibration' lacks its 'parameters' object; re-run "
-                            "evaluate.py to rewrite the file")
-    parameters = {}
-    for label in labels:
-        value = block["parameters"].get(label)
-        if value is not None:
-            scale, bias = (value.get(key) if isinstance(value, dict) else None
-                           for key in ("scale", "bias"))
-            if not all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                       and math.isfinite(x) for x in (scale, bias)) or scale <= 0:
-                raise PipelineError(f"{path}: calibration of {label!r} = {value!r} is not a "
-                                    "positive scale and a bias; re-run evaluate.py")
-            value = {"scale": float(scale), "bias": float(bias)}
-        parameters[label] = value
-    return parameters, str(block.get("method", "?"))
-
-
-def binding_problems(stored: dict, path: Path, checkpoint_path: Path, weights_id: str,
-                     tta: bool) -> list[str]:
-    """Why thresholds.json does not belong to this predictor (other weights, other TTA)."""
-    problems = []
-    made_for = stored.get("model_id")
-    if made_for is None:
-        problems.append(f"{path} does not say which weights it was fitted for (written by an "
-                        "older version)")
-    elif made_for != weights_id:
-        problems.append(f"{path} was fitted for other weights (model {made_for}) than those in "
-                        f"{checkpoint_path} (model {weights_id}): a resumed run rewrote the "
-                        "checkpoint, or the file comes from another run")
-    made_with_tta = bool((stored.get("scores") or {}).get("tta", False))
-    if made_with_tta != tta:
-        problems.append(f"{path} was fitted {'with' if made_with_tta else 'without'} test-time "
-                        f"augmentation: predict {'with' if made_with_tta else 'without'} it "
-                        f"(--tta {str(made_with_tta).lower()})")
-    return problems
-
-
-def read_thresholds(checkpoint_path: str | Path, labels: Sequence[str], weights_id: str,
-                    tta: bool = False, allow_mismatch: bool = False) -> Thresholds:
-    """thresholds.json beside the checkpoint (evaluate.py's calibration and Youden thresholds on
-    val; the contract is in operating_points.py).
-
-    A missing file or a null threshold gives 0.5 for those classes, with a warning; a malformed
-    file is an error; a file fitted for other weights (`weights_id`) or other `tta` is refused,
-    or with `allow_mismatch` used with a warning.
-    """
-    checkpoint_path = Path(checkpoint_path)
-    path = checkpoint_path.parent / THRESHOLDS_FILE
-    if not path.is_file():
-        return default_thresholds(labels, f"{path} not found (evaluate.py writes it): "
-                                          "probabilities are not calibrated and positives are "
-                                          f"flagged at probability >= {DEFAULT_THRESHOLD}")
-    try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise PipelineError(f"{path} is not valid JSON ({err}); re-run evaluate.py or delete "
-                            "it") from None
-    if not isinstance(stored, dict) or not isinstance(stored.get("thresholds"), dict):
-        raise PipelineError(f"{path} lacks a 'thresholds' object of label -> probability; "
-                            "re-run evaluate.py")
-    unknown = sorted(set(stored["thresholds"]) - set(labels))
-    if unknown:
-        raise PipelineError(f"{path} holds thresholds for {unknown}, which checkpoint "
-                            f"{checkpoint_path} does not predict: it belongs to another model")
-    problems = binding_problems(stored, path, checkpoint_path, weights_id, tta)
-    if problems and not allow_mismatch:
-        raise PipelineError("; ".join(problems) + f". Run evaluate.py --checkpoint "
-                            f"{checkpoint_path}{' --tta true' if tta else ''} to fit thresholds "
-                            "for this predictor, or pass --allow_threshold_mismatch true to use "
-                            "these anyway")
-    warnings = [f"{problem}; used anyway (--allow_threshold_mismatch)" for problem in problems]
-    values, unset = {}, []
-    for label in labels:
-        value = _probability(stored["thresholds"].get(label), path, f"thresholds[{label!r}]")
-        if value is None:
-            unset.append(label)
-        values[label] = DEFAULT_THRESHOLD if value is None else value
-    if unset:
-        warnings.append(f"{path} has no threshold for {', '.join(unset)} (one label value in the "
-                        f"val split?): {DEFAULT_THRESHOLD} is used for them")
-    calibration, method = _calibration(stored, path, labels)
-    return Thresholds(values, calibration, method, str(path), warnings)
-
+from cxr.augment import TTAModel, centre_view
+from cxr.thresholds import Thresholds, read_thresholds
 
 # ---- the model of a checkpoint ------------------------------------------------------------------
 
@@ -369,6 +250,22 @@ def results_table(names: list[str], probabilities: np.ndarray, predictor: Predic
     return table
 
 
+def heatmaps(predictor: Predictor, images: torch.Tensor, label: str) -> np.ndarray:
+    """Grad-CAM maps (n x size x size, 0..1) of one label for a uint8 batch (cxr.gradcam)."""
+    from cxr.gradcam import grad_cam  # imported here: only heatmap runs need pytorch_grad_cam
+    index = predictor.labels.index(find_label(label, predictor.labels))
+    return grad_cam(predictor.model, to_device(images, predictor.device, predictor.channels_last),
+                    index)
+
+
+def overlay_of(predictor: Predictor, source: Source, label: str) -> np.ndarray:
+    """The Grad-CAM overlay of one label on one image (app.py shows it)."""
+    from cxr.gradcam import overlay
+    view = model_view(source, predictor.image_size, predictor.side)
+    cam = heatmaps(predictor, torch.from_numpy(view)[None, None], label)[0]
+    return overlay(radiograph(source), cam, predictor.side)
+
+
 # receives (position in the sources, label, Grad-CAM map over the model view with values 0..1)
 HeatmapCallback = Callable[[int, str, np.ndarray], None]
 
@@ -383,8 +280,6 @@ def predict_sources(predictor: Predictor, sources: Sequence[Source], batch_size:
     ones. With heatmap_labels, Grad-CAM maps of those labels for every image are handed to
     on_heatmap(position, label, map over the model view, values 0..1)."""
     views = list(views) if views is not None else [film_view(source) for source in sources]
-    if heatmap_labels:
-        from heatmaps import grad_cam  # imported here: only heatmap runs need pytorch_grad_cam
     data = RadiographFiles(sources, predictor.image_size, predictor.side)
     positions, rows, errors = [], [], []
     bar = tqdm(total=len(data), desc="predict", unit="img", disable=not progress)
@@ -394,7 +289,7 @@ def predict_sources(predictor: Predictor, sources: Sequence[Source], batch_size:
             rows.append(batch_logits(predictor, batch.images))
             positions += batch.indices
             for label in heatmap_labels:
-                maps = grad_cam(predictor, batch.images, label)
+                maps = heatmaps(predictor, batch.images, label)
                 for position, cam in zip(batch.indices, maps):
                     on_heatmap(position, label, cam)
         bar.update(len(batch.indices) + len(batch.errors))
@@ -408,9 +303,7 @@ def predict_sources(predictor: Predictor, sources: Sequence[Source], batch_size:
 def finite_probabilities(rows: list[torch.Tensor], predictor: Predictor) -> np.ndarray:
     """The probabilities of the batches' logits; a NaN/inf output is an error (broken weights)."""
     logits = torch.cat(rows) if rows else torch.empty((0, len(predictor.labels)))
-    if not torch.isfinite(logits).all():
-        raise PipelineError(f"the model of {predictor.checkpoint} produced NaN/inf outputs: its "
-                            "weights are broken (diverged training?); use an earlier checkpoint")
+    require_finite(logits, f"the model of {predictor.checkpoint}")
     return to_probabilities(logits, predictor.thresholds, predictor.labels)
 
 
@@ -427,8 +320,6 @@ def predict_studies(predictor: Predictor, sources: Sequence[Source],
     holds the row's study index. Grad-CAM maps are drawn per view, each view's as a one-view
     study (what that film alone shows), and handed to on_heatmap(source position, label, map).
     """
-    if heatmap_labels:
-        from heatmaps import grad_cam  # imported here: only heatmap runs need pytorch_grad_cam
     data = StudyFiles(sources, studies, predictor.image_size, predictor.side,
                       predictor.max_views)
     done, rows, errors, used = [], [], [], []
@@ -441,7 +332,7 @@ def predict_studies(predictor: Predictor, sources: Sequence[Source],
             used += batch.sources
             for label in heatmap_labels:
                 images, present = batch.views
-                maps = grad_cam(predictor, images[present], label)
+                maps = heatmaps(predictor, images[present], label)
                 for position, cam in zip(sum(batch.sources, []), maps):
                     on_heatmap(position, label, cam)
         bar.update(sum(map(len, batch.sources)) + len(batch.errors))

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from bootstrap import bootstrap_aucs, mean_over, no_interval, percentile_interval
-from metrics import MEANS, interval_text, mean_exclusions, per_class_auc
+from cxr.bootstrap import bootstrap_aucs, mean_over, no_interval, percentile_interval
+from cxr.metrics import MEANS, interval_text, mean_exclusions, per_class_auc
 
 
 def verdict(low: float | None, high: float | None) -> str:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from config import Config
-from fileio import write_csv_atomic, write_text_atomic
-from metrics import format_markdown, format_report_card, interval_text, number_text, report_rows
+from cxr.atomic import write_csv_atomic, write_text_atomic
+from cxr.metrics import format_markdown, format_report_card, interval_text, number_text, report_rows
 
 
 def operating_points_markdown(rows: list[dict], target: float) -> str:

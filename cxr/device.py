@@ -1,4 +1,4 @@
-"""Device and precision choice, and batched prediction: shared by train.py and evaluate.py.
+"""Device and precision: chosen once, shared by every script that runs the model.
 
 Device and precision are chosen once: `auto` takes cuda, then mps, then cpu; autocast runs fp16
 (with a GradScaler in training) on CUDA, and on the CPU bf16 where the CPU computes it natively
@@ -10,14 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
-import random
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from config import Config, PipelineError
 
@@ -65,20 +60,6 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # seeds CUDA too
-
-
-def set_deterministic(enabled: bool) -> None:
-    """Bitwise-reproducible kernels (--deterministic true), or the fastest ones (cuDNN autotuning)."""
-    if enabled:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
-    torch.use_deterministic_algorithms(enabled)
-    torch.backends.cudnn.benchmark = not enabled
-
-
 def prepare_model(model: nn.Module, device: torch.device, cfg: Config) -> nn.Module:
     model = model.to(device)
     if cfg.channels_last:
@@ -93,22 +74,3 @@ def to_device(images, device: torch.device, channels_last: bool):
         return tuple(part.to(device, non_blocking=True) for part in images)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     return images.to(device, non_blocking=True, memory_format=memory_format)
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device,
-                   dtype: torch.dtype | None, channels_last: bool, desc: str, show: bool = True
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """float32 logits and targets (on the CPU) for every image of a loader, in loader order."""
-    model.eval()
-    outputs, targets = [], []
-    for images, labels in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not show):
-        with autocast(device, dtype):
-            logits = model(to_device(images, device, channels_last))
-        outputs.append(logits.float().cpu())
-        targets.append(labels)
-    logits = torch.cat(outputs)
-    if not torch.isfinite(logits).all():
-        raise PipelineError("the model produced NaN/inf outputs: its weights are broken "
-                            "(diverged training?); use an earlier checkpoint")
-    return logits, torch.cat(targets)

@@ -18,8 +18,8 @@ from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, \
     roc_curve
 
-from calibration import reliability_bins
-from metrics import has_both_values, observed
+from cxr.calibration import reliability_bins
+from cxr.metrics import has_both_values, observed
 
 COLUMNS = 4  # panels per row
 PANEL_INCHES = 3.4

@@ -13,24 +13,23 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
+from torch import nn
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from engine import to_device
-from inference import Predictor, Source, find_label, model_view, radiograph
 
 OVERLAY_MAX_SIDE = 1024  # px; larger radiographs are shrunk for the overlay PNG
 IMAGE_WEIGHT = 0.55  # share of the radiograph in the overlay; the rest is the colour map
 
 
-def grad_cam(predictor: Predictor, images: torch.Tensor, label: str) -> np.ndarray:
-    """n x size x size Grad-CAM maps (each scaled to 0..1) of one label for a uint8 batch."""
-    index = predictor.labels.index(find_label(label, predictor.labels))
-    cam = GradCAM(model=predictor.model, target_layers=[predictor.model.backbone])
+def grad_cam(model: nn.Module, images: torch.Tensor, class_index: int) -> np.ndarray:
+    """n x size x size Grad-CAM maps (each scaled to 0..1) of one class for a uint8 batch on the
+    model's device."""
+    cam = GradCAM(model=model, target_layers=[model.backbone])
     try:
-        images = to_device(images, predictor.device, predictor.channels_last)
-        return cam(input_tensor=images, targets=[ClassifierOutputTarget(index)] * len(images))
+        return cam(input_tensor=images,
+                   targets=[ClassifierOutputTarget(class_index)] * len(images))
     finally:
         cam.activations_and_grads.release()  # remove its hooks from the shared model
 
@@ -66,10 +65,3 @@ def peak(cam: np.ndarray, side: int, height: int, width: int) -> tuple[int, int]
     heat = on_radiograph(cam, side, height, width)
     y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
     return int(x), int(y)
-
-
-def overlay_of(predictor: Predictor, source: Source, label: str) -> np.ndarray:
-    """The Grad-CAM overlay of one label on one image (app.py shows it)."""
-    view = model_view(source, predictor.image_size, predictor.side)
-    cam = grad_cam(predictor, torch.from_numpy(view)[None, None], label)[0]
-    return overlay(radiograph(source), cam, predictor.side)
