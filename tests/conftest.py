@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from config import LABELS, META_COLUMNS  # noqa: E402
+
+# Tests pass their options explicitly: options shared through the caller's environment
+# (cxr/cli.py's PIPELINE_OPTIONS) would reach every script the tests run.
+os.environ.pop("PIPELINE_OPTIONS", None)
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
@@ -111,7 +116,7 @@ def write_thresholds_json(checkpoint: Path, thresholds: dict | None = None,
     (or to `model_id`); `calibration` maps label -> {"scale", "bias"} (default: identity)."""
     import json
 
-    import checkpoints
+    from cxr import checkpoints
     from cxr.thresholds import thresholds_payload
 
     values = {label: 0.3 for label in LABELS} if thresholds is None else thresholds
