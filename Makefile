@@ -18,6 +18,13 @@ DEMO_ARGS := --data_root $(DEMO_DIR)/CheXpert-v1.0-small --data_dir $(DEMO_DIR) 
 	--accumulation_steps 1 --epochs 8 --frozen_epochs 1 --lr_head 1e-3 --lr_backbone 1e-3 \
 	--warmup_steps 50
 
+# Options shared by a chain of stages go in PIPELINE_OPTIONS, set on each command: every script
+# takes the fields it reads and ignores the others (cxr/cli.py); its own command line (e.g.
+# --run_name) is strict and overrides them. `quote` makes one shell word of its argument.
+quote = '$(subst ','\'',$(1))'
+DEMO_OPTIONS = PIPELINE_OPTIONS=$(call quote,$(DEMO_ARGS) $(ARGS))
+SHARED_OPTIONS = PIPELINE_OPTIONS=$(call quote,$(ARGS))
+
 .PHONY: install demo pipeline test clean
 
 install: $(VENV)/.installed
@@ -29,19 +36,19 @@ $(VENV)/.installed: requirements.txt
 
 demo: install
 	$(PY) make_demo_data.py --out $(DEMO_DIR)
-	$(PY) preprocess.py $(DEMO_ARGS) $(ARGS)
-	$(PY) make_splits.py $(DEMO_ARGS) $(ARGS)
-	$(PY) cache.py $(DEMO_ARGS) $(ARGS)
-	$(PY) train.py $(DEMO_ARGS) --run_name demo-$(RUN) $(ARGS)
-	$(PY) evaluate.py $(DEMO_ARGS) --run_name demo-$(RUN) $(ARGS)
+	$(DEMO_OPTIONS) $(PY) preprocess.py
+	$(DEMO_OPTIONS) $(PY) make_splits.py
+	$(DEMO_OPTIONS) $(PY) cache.py
+	$(DEMO_OPTIONS) $(PY) train.py --run_name demo-$(RUN)
+	$(DEMO_OPTIONS) $(PY) evaluate.py --run_name demo-$(RUN)
 
 pipeline: install
 	@test -n "$(DATA_ROOT)" || { echo "usage: make pipeline DATA_ROOT=/path/to/CheXpert-v1.0-small [ARGS='--epochs 3']"; exit 2; }
-	$(PY) preprocess.py --data_root $(DATA_ROOT) $(ARGS)
-	$(PY) make_splits.py $(ARGS)
-	$(PY) cache.py $(ARGS)
-	$(PY) train.py --run_name $(RUN) $(ARGS)
-	$(PY) evaluate.py --run_name $(RUN) $(ARGS)
+	$(SHARED_OPTIONS) $(PY) preprocess.py --data_root $(DATA_ROOT)
+	$(SHARED_OPTIONS) $(PY) make_splits.py
+	$(SHARED_OPTIONS) $(PY) cache.py
+	$(SHARED_OPTIONS) $(PY) train.py --run_name $(RUN)
+	$(SHARED_OPTIONS) $(PY) evaluate.py --run_name $(RUN)
 
 test: install
 	$(PY) -m pytest -q tests

@@ -2,14 +2,16 @@ r"""Several configurations trained on the same data, seed and budget, in one com
 
     python ablate.py --data_dir data/demo --ablation "u-ones: --uncertainty_policy U-Ones" \
         "u-zeros: --uncertainty_policy U-Zeros" "lsr: --uncertainty_policy U-Ones-LSR" \
-        [--ablation_name NAME] [any --field value, applied to every configuration]
+        [--ablation_name NAME] [any train.py / evaluate.py --field value, shared by all]
 
 A configuration is "NAME: --field value ...": a name (letters, digits, . _ -) and the options in
 which it differs from the others; the first one is the baseline. Every other option is shared.
 The seed, the epochs and the data are the same for all (a configuration may not change them).
 For each configuration, train.py runs as models/<ablation_name>-<NAME>/ (its output streamed
-here and appended to <NAME>.log), then evaluate.py on its best.pth. A configuration whose run
-already holds a finished training, best.pth and eval_test.json is skipped, and an interrupted
+here and appended to <NAME>.log), then evaluate.py on its best.pth. Each gets, on its command
+line, the shared and the configuration's options it reads (config.READS); the command is printed
+before it runs and is the whole of it (PIPELINE_OPTIONS is not passed on). A configuration whose
+run already holds a finished training, best.pth and eval_test.json is skipped, and an interrupted
 run is resumed, so re-running the same command (with the same --ablation_name) continues.
 When any configuration is a study-mode model (--view_mode study), every row is scored per study,
 a frontal run's images aggregated to studies as its report's study level does.
@@ -27,7 +29,9 @@ Writes models/ablation-<name>/ablation.csv   one row per configuration: test mea
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import json
+import os
 import re
 import shlex
 import signal
@@ -40,14 +44,16 @@ from pathlib import Path
 import pandas as pd
 
 from cxr.checkpoints import config_from_checkpoint, load_checkpoint
-from config import DATA_FIELDS, Config, ConfigError, PipelineError, apply_overrides, given_fields, \
-    run_cli, validate
+from config import ACCEPTS, DATA_FIELDS, READS, Config, ConfigError, PipelineError, validate
+from cxr.cli import PIPELINE_ENV, Options, apply_options, command_line_options, given_options, \
+    option_tokens, run_cli
 from dataset import check_data_options
 from cxr.device import choose_device
 from cxr.evaluation import Predictions, load_model, paired_differences, predict_split
 from cxr.atomic import write_csv_atomic, write_text_atomic
 from cxr.resume import FIXED_ON_RESUME  # the fields that shape a run
-from cxr.metrics import MEANS, interval_text, number_text
+from cxr.metrics import MEANS
+from cxr.tables import interval_text, markdown_table, number_text, text_table
 
 ROOT = Path(__file__).resolve().parent
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -58,7 +64,8 @@ SPLIT = "test"  # the table's split: never used to select anything
 SAME_FOR_ALL = ("seed", "epochs", "data_dir", "data_root", "models_dir", "bootstrap_resamples",
                 "ci_level")
 # Options ablate.py sets itself, for every run.
-SET_BY_ABLATE = ("run_name", "resume", "checkpoint", "compare", "ablation_name")
+SET_BY_ABLATE = ("run_name", "resume", "checkpoint", "compare")
+OWN = READS["ablate.py"]  # --ablation, --ablation_name: ablate.py's own, passed to no stage
 # Column-name stem of each mean of metrics.MEANS.
 MEAN_COLUMNS = {"all": "mean_auc", "competition": "competition_auc"}
 
@@ -66,7 +73,8 @@ MEAN_COLUMNS = {"all": "mean_auc", "competition": "competition_auc"}
 @dataclass
 class Configuration:
     name: str
-    options: list[str]  # the train.py options in which it differs from the shared ones
+    options: list[str]  # the options in which it differs from the shared ones, as written
+    given: Options = dataclasses.field(default_factory=dict)  # the same, by field
     cfg: Config | None = None  # shared options, then its own: what its run trains and evaluates
 
     @property
@@ -75,28 +83,6 @@ class Configuration:
 
 
 # ---- command line --------------------------------------------------------------------------------
-
-def split_ablation_args(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(the values of every --ablation, the other options for the Config parser).
-
-    `--ablation "a: --dropout 0" "b: --dropout 0.5"` takes the values up to the next --option, as
-    evaluate.py does for --compare; `--ablation=SPEC` gives one.
-    """
-    specs, rest, i = [], [], 0
-    while i < len(argv):
-        if argv[i] == "--ablation":
-            i += 1
-            while i < len(argv) and not argv[i].startswith("--"):
-                specs.append(argv[i])
-                i += 1
-        elif argv[i].startswith("--ablation="):
-            specs.append(argv[i].split("=", 1)[1])
-            i += 1
-        else:
-            rest.append(argv[i])
-            i += 1
-    return specs, rest
-
 
 def parse_configuration(spec: str) -> Configuration:
     """"NAME: --field value ..." (or a bare NAME: the shared options only)."""
@@ -112,17 +98,17 @@ def parse_configuration(spec: str) -> Configuration:
     return Configuration(name, words)
 
 
-def resolve_configurations(specs: list[str], shared: Config, shared_argv: list[str]
-                           ) -> list[Configuration]:
-    """Parse and check every configuration before anything trains; the first is the baseline."""
-    if len(specs) < 2:
+def resolve_configurations(shared: Config, given: Options) -> list[Configuration]:
+    """Parse and check every configuration of shared.ablation before anything trains; the first
+    is the baseline. `given`: the shared options, by field (those ablate.py was given)."""
+    if len(shared.ablation) < 2:
         raise ConfigError("ablate.py compares at least two configurations: --ablation "
                           "\"NAME: --field value ...\" \"NAME2: --field value ...\"")
-    taken = sorted(given_fields(shared_argv) & set(SET_BY_ABLATE) - {"ablation_name"})
+    taken = sorted(set(given) & set(SET_BY_ABLATE))
     if taken:
         raise ConfigError(f"--{taken[0]}: ablate.py sets it for every run (runs are named "
                           "<ablation_name>-<configuration>); leave it out")
-    configurations = [parse_configuration(spec) for spec in specs]
+    configurations = [parse_configuration(spec) for spec in shared.ablation]
     names = [c.name for c in configurations]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
@@ -130,14 +116,18 @@ def resolve_configurations(specs: list[str], shared: Config, shared_argv: list[s
     for configuration in configurations:
         where = f"--ablation {configuration.name!r}"
         try:
-            own = given_fields(configuration.options)
-            cfg = validate(apply_overrides(shared, configuration.options))
+            configuration.given = command_line_options(configuration.options, "ablate.py")
+            cfg = validate(apply_options(shared, configuration.given))
         except ConfigError as err:
             raise ConfigError(f"{where}: {err}") from None
-        refuse_data_options(cfg, shared, own, given_fields(shared_argv), where)
+        own = set(configuration.given)
         owned = sorted(own & set(SET_BY_ABLATE))
         if owned:
             raise ConfigError(f"{where} sets --{owned[0]}: ablate.py sets it for every run")
+        if own & set(OWN):
+            raise ConfigError(f"{where} sets --{sorted(own & set(OWN))[0]}: set it once, "
+                              "outside --ablation")
+        refuse_data_options(cfg, shared, own, set(given), where)
         for field in sorted(own & set(SAME_FOR_ALL)):
             if getattr(cfg, field) != getattr(shared, field):
                 raise ConfigError(
@@ -191,12 +181,14 @@ def stream(command: list[str], log_path: Path) -> int:
     """Run `command`, echoing its output (progress bars included) and appending it to log_path.
 
     The child runs in its own session and ablate.py forwards Ctrl-C / SIGTERM to it, exactly
-    once each: train.py then saves last.pth and stops, and a re-run resumes it.
+    once each: train.py then saves last.pth and stops, and a re-run resumes it. It gets every
+    option on its command line: PIPELINE_OPTIONS is left out of its environment.
     """
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    env = {key: value for key, value in os.environ.items() if key != PIPELINE_ENV}
     with open(log_path, "ab") as log, \
             subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             start_new_session=True) as child:
+                             start_new_session=True, env=env) as child:
         def forward(signum, frame):
             child.send_signal(signum)
 
@@ -212,10 +204,17 @@ def stream(command: list[str], log_path: Path) -> int:
                 signal.signal(signum, handler)
 
 
+def stage_options(script: str, shared: Options, configuration: Configuration) -> list[str]:
+    """The shared options, then the configuration's own, that `script` reads (config.ACCEPTS)."""
+    merged = {**shared, **configuration.given}
+    return option_tokens({name: tokens for name, tokens in merged.items()
+                          if name in ACCEPTS[script]})
+
+
 def run_step(script: str, options: list[str], configuration: Configuration, log_path: Path
              ) -> None:
     command = [sys.executable, str(ROOT / script), *options]
-    print(f"ablate: $ python {script} {shlex.join(options)}", flush=True)
+    print(f"ablate: $ {shlex.join(command)}", flush=True)
     code = stream(command, log_path)
     if code in (130, 143) or code < 0:
         raise Stopped(128 - code if code < 0 else code)
@@ -262,7 +261,7 @@ def evaluated(run_dir: Path) -> bool:
     return Path(json.loads(path.read_text()).get("checkpoint", "")).name == "best.pth"
 
 
-def train_and_evaluate(configuration: Configuration, shared_argv: list[str], name: str,
+def train_and_evaluate(configuration: Configuration, shared: Options, name: str,
                        out_dir: Path, position: str) -> None:
     run_dir = run_dir_of(configuration, name)
     title = f"ablate: [{position}] {configuration.name}"
@@ -272,7 +271,6 @@ def train_and_evaluate(configuration: Configuration, shared_argv: list[str], nam
         print(f"{title}: {run_dir} already holds its trained and evaluated run: skipped "
               f"(delete its eval_{SPLIT}.json to evaluate it again)", flush=True)
         return
-    options = [*shared_argv, *configuration.options, "--ablation_name", name]
     log_path = out_dir / f"{configuration.name}.log"
     if finished:
         print(f"{title}: {run_dir} is trained; evaluating it", flush=True)
@@ -280,10 +278,11 @@ def train_and_evaluate(configuration: Configuration, shared_argv: list[str], nam
         resume = (run_dir / "last.pth").is_file()
         print(f"{title}: {configuration.options_text} -> {run_dir}"
               + (" (resuming its interrupted run)" if resume else ""), flush=True)
-        run_step("train.py", [*options, "--run_name", run_dir.name,
-                              *(["--resume", "auto"] if resume else [])], configuration, log_path)
-    run_step("evaluate.py", [*options, "--checkpoint", str(run_dir / "best.pth")], configuration,
-             log_path)
+        run_step("train.py", [*stage_options("train.py", shared, configuration), "--run_name",
+                              run_dir.name, *(["--resume", "auto"] if resume else [])],
+                 configuration, log_path)
+    run_step("evaluate.py", [*stage_options("evaluate.py", shared, configuration),
+                             "--checkpoint", str(run_dir / "best.pth")], configuration, log_path)
 
 
 # ---- the table ---------------------------------------------------------------------------------
@@ -360,7 +359,7 @@ def diff_cell(row: dict, stem: str) -> str:
     if diff is None:
         return "n/a"
     low, high = row[f"diff_{stem}_ci_low"], row[f"diff_{stem}_ci_high"]
-    return f"{diff:+.4f} {interval_text(low, high, signed=True)}"
+    return f"{number_text(diff, signed=True)} {interval_text(low, high, signed=True)}"
 
 
 def summary_header(level: float) -> list[str]:
@@ -381,19 +380,7 @@ def summary_cells(row: dict) -> list[str]:
 
 def format_summary(rows: list[dict], level: float) -> str:
     """Plain-text table for the terminal."""
-    lines = [summary_header(level), *[summary_cells(row) for row in rows]]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    text = ["  ".join(f"{v:<{w}}" if i in (0, len(widths) - 1) else f"{v:>{w}}"
-                      for i, (v, w) in enumerate(zip(line, widths))).rstrip() for line in lines]
-    return "\n".join([text[0], "-" * len(text[0]), *text[1:]])
-
-
-def markdown_table(header: list[str], cells: list[list[str]], left: tuple[int, ...] = (0,)
-                   ) -> str:
-    """Numbers right-aligned, the `left` columns (names, text) left-aligned."""
-    align = [":---" if i in left else "---:" for i in range(len(header))]
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
-    return "\n".join(lines + ["| " + " | ".join(line) + " |" for line in cells])
+    return text_table(summary_header(level), [summary_cells(row) for row in rows], left=(0, 5))
 
 
 def per_class_markdown(rows: list[dict], labels: tuple[str, ...]) -> str:
@@ -409,7 +396,7 @@ def per_class_markdown(rows: list[dict], labels: tuple[str, ...]) -> str:
             if not row["baseline"] and diff is not None:
                 interval = interval_text(row[f"diff {label} ci_low"], row[f"diff {label} ci_high"],
                                          signed=True)
-                text += f" ({diff:+.4f} {interval})"
+                text += f" ({number_text(diff, signed=True)} {interval})"
             line.append(text)
         cells.append(line)
     return markdown_table(header, cells)
@@ -474,11 +461,13 @@ def build_table(configurations: list[Configuration], name: str) -> tuple[list[di
 
 # ---- main ----------------------------------------------------------------------------------------
 
-def main(cfg: Config, specs: list[str], shared_argv: list[str]) -> None:
-    configurations = resolve_configurations(specs, cfg, shared_argv)
+def main(cfg: Config, given: Options) -> None:
+    """`given`: the options ablate.py was given (its command line and PIPELINE_OPTIONS), by
+    field (cli.given_options); each stage gets those it reads."""
+    shared = {key: tokens for key, tokens in given.items() if key not in OWN}
+    configurations = resolve_configurations(cfg, shared)
     name = ablation_name(cfg)
-    shared_argv = without_option(shared_argv, "ablation_name")
-    command = shlex.join(["python", "ablate.py", *shared_argv, "--ablation",
+    command = shlex.join(["python", "ablate.py", *option_tokens(shared), "--ablation",
                           *[f"{c.name}: {shlex.join(c.options)}".rstrip() for c in configurations],
                           "--ablation_name", name])
     out_dir = Path(cfg.models_dir) / f"ablation-{name}"
@@ -487,7 +476,7 @@ def main(cfg: Config, specs: list[str], shared_argv: list[str]) -> None:
           f"data {cfg.data_dir}; runs {cfg.models_dir}/{name}-<configuration>", flush=True)
     try:
         for index, configuration in enumerate(configurations, 1):
-            train_and_evaluate(configuration, shared_argv, name, out_dir,
+            train_and_evaluate(configuration, shared, name, out_dir,
                                f"{index}/{len(configurations)}")
     except Stopped as stopped:
         print(f"\nablate: stopped; finished configurations are kept and an interrupted run "
@@ -504,22 +493,7 @@ def main(cfg: Config, specs: list[str], shared_argv: list[str]) -> None:
           f"per-observation AUCs in both, logs in {out_dir}/<configuration>.log)")
 
 
-def without_option(argv: list[str], field: str) -> list[str]:
-    """argv without `--field value` / `--field=value` (ablate.py passes its own)."""
-    kept, i = [], 0
-    while i < len(argv):
-        if argv[i] == f"--{field}":
-            i += 2
-        elif argv[i].startswith(f"--{field}="):
-            i += 1
-        else:
-            kept.append(argv[i])
-            i += 1
-    return kept
-
-
 if __name__ == "__main__":
-    ablation_specs, options = split_ablation_args(sys.argv[1:])
-    if options[:1] in (["-h"], ["--help"]):
+    if "-h" in sys.argv or "--help" in sys.argv:
         print(__doc__)
-    run_cli(lambda cfg: main(cfg, ablation_specs, options), options)
+    run_cli(lambda cfg: main(cfg, given_options(sys.argv[1:], "ablate.py")), script="ablate.py")

@@ -26,9 +26,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from config import Config, ConfigError, PipelineError, parse_args
+from config import Config, ConfigError, PipelineError
+from cxr.cli import parse_args
 from cxr.thresholds import THRESHOLDS_FILE
-from cxr.inference import Predictions, Predictor, Upload, film_view, findings_of, \
+from cxr.inference import PredictedFiles, Predictor, Upload, film_view, findings_of, \
     frontal_first, lateral_warning, load_predictor, overlay_of, predict_sources, predict_studies
 
 CHECKPOINT_ENV = "CHEXPERT_CHECKPOINT"  # a checkpoint path to start with
@@ -41,7 +42,7 @@ PROBABILITY = st.column_config.ProgressColumn("probability", min_value=0.0, max_
 def app_options() -> Config:
     """The command line after `streamlit run app.py --` (none under other runners, e.g. tests)."""
     argv = sys.argv[1:] if Path(sys.argv[0]).name == "app.py" else []
-    return parse_args(argv)
+    return parse_args(argv, script="app.py")
 
 
 # ---- cached work: the model once per predictor, predictions once per upload set ------------------
@@ -63,7 +64,7 @@ def cached_predictor(path: str, key: tuple) -> Predictor:
 
 @st.cache_data(max_entries=8, show_spinner="Reading the radiographs ...")
 def cached_predictions(path: str, key: tuple, names: tuple[str, ...],
-                       contents: tuple[bytes, ...]) -> Predictions:
+                       contents: tuple[bytes, ...]) -> PredictedFiles:
     uploads = [Upload(name, data) for name, data in zip(names, contents)]
     return predict_sources(cached_predictor(path, key), uploads, BATCH_SIZE, num_workers=0,
                            progress=False)
@@ -71,7 +72,7 @@ def cached_predictions(path: str, key: tuple, names: tuple[str, ...],
 
 @st.cache_data(max_entries=8, show_spinner="Fusing the views ...")
 def cached_study(path: str, key: tuple, names: tuple[str, ...],
-                 contents: tuple[bytes, ...]) -> tuple[Predictions, list[str]]:
+                 contents: tuple[bytes, ...]) -> tuple[PredictedFiles, list[str]]:
     """A study-mode model's prediction for the uploads as one study; and the views left out."""
     predictor = cached_predictor(path, key)
     uploads = [Upload(name, data) for name, data in zip(names, contents)]

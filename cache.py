@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from config import Config, PipelineError, run_cli
+from config import Config, PipelineError
+from cxr.cli import run_cli
 from cxr.image_cache import begin_build, build, cache_folder, changed_rows, finish_build, \
     fingerprint, listed_errors, read_meta, redo_changed, report_retried, source_index, \
     stale_reason, start_over
@@ -82,4 +83,4 @@ def main(cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, script="cache.py")

@@ -1,6 +1,7 @@
 """One typed configuration for every stage of the pipeline.
 
-Edit the defaults below, or override any field on the command line of any script:
+Edit the defaults below, or override a field on the command line of a script that reads it
+(cxr/cli.py parses the options; READS below says which script reads which field):
 
     python train.py --epochs 3 --image_size=224 --pretrained false
 
@@ -12,11 +13,10 @@ Defaults are the real CheXpert recipe: DenseNet121 + GeM + Dropout(0.2) + Linear
 from __future__ import annotations
 
 import dataclasses
-import sys
-import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 # The 14 CheXpert observations, in the order of the CheXpert CSVs. Code refers to them by name.
 LABELS: tuple[str, ...] = (
@@ -50,10 +50,16 @@ DATA_FIELDS = {"data_root": "preprocess.py", "frontal_only": "preprocess.py",
 
 # How an uncertain (-1) label is trained (labels.training_targets): as positive, as negative,
 # masked out of the loss, as a third class, or as a soft positive / negative target.
-UNCERTAINTY_POLICIES = ("U-Ones", "U-Zeros", "U-Ignore", "U-MultiClass", "U-Ones-LSR",
-                        "U-Zeros-LSR")
+UncertaintyPolicy = Literal["U-Ones", "U-Zeros", "U-Ignore", "U-MultiClass", "U-Ones-LSR",
+                            "U-Zeros-LSR"]
+UNCERTAINTY_POLICIES: tuple[str, ...] = typing.get_args(UncertaintyPolicy)
 # Per-class calibration maps fitted on val (calibration.fit_calibration).
-CALIBRATION_METHODS = ("platt", "temperature", "none")
+CalibrationMethod = Literal["platt", "temperature", "none"]
+CALIBRATION_METHODS: tuple[str, ...] = typing.get_args(CalibrationMethod)
+
+# Metadata of a tuple field whose items may hold commas (paths, ablation configurations): on the
+# command line each token is one item, not split on commas (cxr/cli.py).
+WHOLE_ITEMS = {"split_commas": False}
 
 
 @dataclass
@@ -66,10 +72,10 @@ class Config:
 
     # ---- preprocessing (preprocess.py) -----------------------------------------------------
     frontal_only: bool = True  # keep only Frontal/Lateral == "Frontal" rows
-    uncertainty_policy: str = "U-Ones"  # training policy of uncertain (-1) labels, see labels.py
+    uncertainty_policy: UncertaintyPolicy = "U-Ones"  # how uncertain (-1) labels train; labels.py
     uncertainty_policy_by_class: tuple[str, ...] = ()  # exceptions: Edema=U-Ones,Atelectasis=U-Ignore
     check_images: bool = True  # check every image file exists (and compute mean/std from them)
-    missing_images: str = "error"  # error = stop at the first report; skip = drop, count, report
+    missing_images: Literal["error", "skip"] = "error"  # error: stop, list; skip: drop, count, list
     stats_sample: int = 1000  # images (seeded sample) used to compute the pixel mean/std
     fallback_mean: float = 0.506  # pixel mean in [0, 1] used when images are not read
     fallback_std: float = 0.290  # pixel std in [0, 1] used when images are not read
@@ -94,15 +100,16 @@ class Config:
     lr_backbone: float = 1e-4  # AdamW learning rate of the backbone once unfrozen
     weight_decay: float = 1e-5  # AdamW decoupled weight decay
     warmup_steps: int = 100  # optimizer steps of linear LR warm-up at the start of training
-    lr_schedule: str = "cosine"  # after warm-up: cosine (decay to 0 at the last step) | constant
+    lr_schedule: Literal["cosine", "constant"] = "cosine"  # after warm-up; cosine ends at 0
     grad_clip_norm: float = 0.0  # clip the gradient norm to this (after fp16 unscaling); 0 = off
     max_pos_weight: float = 50.0  # cap on the per-class BCE positive weight (neg/pos count)
     augment: bool = True  # light random affine (rotate/shift/scale) on training images only
-    view_mode: str = "frontal"  # frontal: one image per item | study: a study's views, fused
-    view_fusion: str = "mean"  # study mode: mean | max | attention over the views' GeM features
+    view_mode: Literal["frontal", "study"] = "frontal"  # an image per item, or a study's views
+    view_fusion: Literal["mean", "max", "attention"] = "mean"  # study mode: fuses the views
     max_views: int = 3  # study mode: views per study, frontal first (the rest are left out)
-    device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | mps
-    precision: str = "auto"  # auto (cuda fp16; cpu bf16 if native, else fp32) | fp16 | bf16 | fp32
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: cuda, then mps, then cpu
+    # auto: fp16 on cuda; on cpu bf16 where it is native, else fp32
+    precision: Literal["auto", "fp16", "bf16", "fp32"] = "auto"
     channels_last: bool = True  # NHWC memory format: faster convolutions on CPU and tensor cores
     num_workers: int = -1  # DataLoader worker processes; -1 = chosen from the CPU count
     max_nonfinite_steps: int = 5  # stop after this many optimizer steps in a row skipped for NaN/inf
@@ -114,7 +121,8 @@ class Config:
     # ---- image cache (cache.py) ------------------------------------------------------------------
     crop_margin: float = 0.0625  # images are resized to image_size x (1 + margin), then cropped
     use_cache: bool = True  # read <data_dir>/cache/<side>px when it holds the images (cache.py)
-    cache_on_error: str = "stop"  # unreadable image while caching: stop, or exclude it everywhere
+    # an image unreadable while caching: stop, or exclude it everywhere (training, evaluation)
+    cache_on_error: Literal["stop", "exclude"] = "stop"
     cache_retry_errors: bool = False  # cache.py: decode the images in errors.csv again (fixed?)
 
     # ---- evaluation (evaluate.py) -------------------------------------------------------------
@@ -122,31 +130,33 @@ class Config:
     bootstrap_resamples: int = 1000  # patient bootstrap resamples of the AUC intervals; 0 = none
     ci_level: float = 0.95  # coverage of the percentile intervals (0.95 = 95 %)
     target_sensitivity: float = 0.9  # second operating point: highest val threshold reaching it
-    study_aggregation: str = "max"  # a study's prediction from its images': max | mean
+    study_aggregation: Literal["max", "mean"] = "max"  # a study's prediction from its images'
     calibration_bins: int = 10  # equal-width probability bins of the ECE and reliability diagrams
     # per-class calibration fitted on val (uncertain masked), stored with the thresholds and
-    # applied by every consumer: platt (scale and bias) | temperature (scale) | none
-    calibration: str = "platt"
+    # applied by every consumer: platt (scale and bias), temperature (scale) or none
+    calibration: CalibrationMethod = "platt"
     min_positives: int = 10  # a class enters the means with at least this many positives and
     # negatives in the split (fewer: its AUC is shown, but left out of the means)
     tta: bool = False  # test-time augmentation: mean logits of 4 views (shifts, zoom; no flips)
-    compare: str = ""  # "RUN_A,RUN_B" (CLI: --compare RUN_A RUN_B): paired AUC differences B - A
-    compare_split: str = "test"  # split of --compare: val | test
+    compare: tuple[str, ...] = ()  # --compare RUN_A RUN_B (folders or checkpoints): AUC of B - A
+    compare_split: Literal["val", "test"] = "test"  # split of --compare
 
     # ---- ablation (ablate.py) ---------------------------------------------------------------------
-    # The configurations themselves, --ablation "NAME: --field value ..." ..., are read by ablate.py.
+    # the configurations, --ablation "NAME: --field value ..." "NAME2: ...", the first the baseline
+    ablation: tuple[str, ...] = field(default=(), metadata=WHOLE_ITEMS)
     ablation_name: str = ""  # models/ablation-<name>/, runs <name>-<configuration>; empty = timestamp
 
     # ---- inference (predict.py, export.py, app.py) -----------------------------------------------
-    inputs: tuple[str, ...] = ()  # images, folders (searched recursively) and CSVs of paths; a,b,c
+    # predict.py's positional arguments: images, folders (searched recursively), CSVs of paths
+    inputs: tuple[str, ...] = field(default=(), metadata=WHOLE_ITEMS)
     output: str = ""  # predict.py: CSV (default predictions.csv); export.py: .onnx (model.onnx)
-    gradcam: tuple[str, ...] = ()  # labels to draw Grad-CAM overlays of, e.g. Cardiomegaly,Edema
+    gradcam: tuple[str, ...] = ()  # labels to draw Grad-CAM overlays of, e.g. Cardiomegaly Edema
     gradcam_dir: str = ""  # folder of the overlay PNGs; empty = <output stem>_gradcam/ beside it
     # study-mode checkpoints in predict.py: folder = the images of one folder are one study's
     # views (CheXpert's patient/study/viewN_frontal.jpg layout) | image = each image on its own
-    study_grouping: str = "folder"
-    # predict.py / app.py: go on (with a warning) when thresholds.json was made for other weights
-    # or with other --tta; false = refuse and say to run evaluate.py
+    study_grouping: Literal["folder", "image"] = "folder"
+    # predict.py, app.py, export.py: go on (with a warning) when thresholds.json was made for
+    # other weights or with other --tta; false = refuse and say to run evaluate.py
     allow_threshold_mismatch: bool = False
 
     @property
@@ -167,25 +177,78 @@ class Config:
         return Path(self.models_dir) / self.run_name
 
 
+# ---- which script reads which field --------------------------------------------------------
+# A script's command line takes only the fields it reads: cxr/cli.py refuses any other, naming the
+# scripts that read it. Found from each script's code path: its own `cfg.<field>` and those of the
+# cxr/, dataset.py and model_architecture.py functions it calls with its config. evaluate.py,
+# predict.py, export.py and app.py rebuild the model from the checkpoint's own config, so they read
+# none of the model's or training's fields.
+_CHECKPOINT = ("models_dir", "run_name", "checkpoint")  # checkpoints.resolve_checkpoint
+_INFERENCE = ("device", "precision", "channels_last", "tta", "batch_size", "num_workers")
+READS: dict[str, tuple[str, ...]] = {
+    "preprocess.py": ("data_root", "data_dir", "frontal_only", "uncertainty_policy",
+                      "check_images", "missing_images", "stats_sample", "fallback_mean",
+                      "fallback_std", "seed"),
+    "make_splits.py": ("data_dir", "val_fraction", "seed"),
+    "cache.py": ("data_dir", "image_size", "crop_margin", "cache_on_error", "cache_retry_errors"),
+    "train.py": ("data_dir", "models_dir", "run_name", "resume", "uncertainty_policy",
+                 "uncertainty_policy_by_class", "seed", "pretrained", "pretrained_path", "gem_p",
+                 "dropout", "image_size", "crop_margin", "batch_size", "accumulation_steps",
+                 "epochs", "frozen_epochs", "lr_head", "lr_backbone", "weight_decay",
+                 "warmup_steps", "lr_schedule", "grad_clip_norm", "max_pos_weight", "augment",
+                 "view_mode", "view_fusion", "max_views", "device", "precision", "channels_last",
+                 "num_workers", "max_nonfinite_steps", "checkpoint_every_steps",
+                 "early_stopping_patience", "deterministic", "use_cache", "min_positives"),
+    "evaluate.py": ("data_dir", *_CHECKPOINT, *_INFERENCE, "seed", "use_cache",
+                    "bootstrap_resamples", "ci_level", "target_sensitivity", "study_aggregation",
+                    "calibration", "calibration_bins", "min_positives", "compare",
+                    "compare_split"),
+    "ablate.py": ("ablation", "ablation_name"),  # and every field of its STAGES
+    "predict.py": (*_CHECKPOINT, *_INFERENCE, "inputs", "output", "gradcam", "gradcam_dir",
+                   "study_grouping", "allow_threshold_mismatch"),
+    "export.py": (*_CHECKPOINT, "output", "allow_threshold_mismatch"),
+    "app.py": ("checkpoint", "device", "tta", "allow_threshold_mismatch"),
+}
+# A script that runs others (with the options each reads) takes their fields too.
+STAGES: dict[str, tuple[str, ...]] = {"ablate.py": ("train.py", "evaluate.py")}
+# These also take DATA_FIELDS, to check them against the data built in --data_dir
+# (dataset.check_data_options): a different value is an error, not a silent no-op.
+CHECKS_DATA = ("train.py", "evaluate.py")
+# The field that takes the tokens before the first --option (no other script has one).
+POSITIONAL: dict[str, str] = {"predict.py": "inputs"}
+
+
+def _accepted(script: str) -> frozenset[str]:
+    own = set(READS[script]) | (set(DATA_FIELDS) if script in CHECKS_DATA else set())
+    return frozenset(own.union(*(_accepted(stage) for stage in STAGES.get(script, ()))))
+
+
+# The other directions: what each script's command line accepts, and who reads each field.
+ACCEPTS: dict[str, frozenset[str]] = {script: _accepted(script) for script in READS}
+READ_BY: dict[str, tuple[str, ...]] = {
+    name: tuple(script for script in READS
+                if name in READS[script]
+                or any(name in READS[stage] for stage in STAGES.get(script, ())))
+    for name in (f.name for f in dataclasses.fields(Config))}
+
+_HINTS = typing.get_type_hints(Config)
+
+
+def literal_values(hint) -> tuple:
+    """The allowed values of a Literal type (an alias such as UncertaintyPolicy too); () else."""
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
+
+
+def not_one_of(name: str, value, allowed: tuple) -> str:
+    return f"--{name} {value!r} is not one of {', '.join(map(str, allowed))}"
+
+
 def validate(cfg: Config) -> Config:
     """Reject values that would fail later in a less readable way."""
-    choices = {
-        "uncertainty_policy": UNCERTAINTY_POLICIES,
-        "missing_images": ("error", "skip"),
-        "device": ("auto", "cpu", "cuda", "mps"),
-        "precision": ("auto", "fp16", "bf16", "fp32"),
-        "cache_on_error": ("stop", "exclude"),
-        "lr_schedule": ("cosine", "constant"),
-        "view_mode": ("frontal", "study"),
-        "view_fusion": ("mean", "max", "attention"),
-        "study_aggregation": ("max", "mean"),
-        "study_grouping": ("folder", "image"),
-        "compare_split": ("val", "test"),
-        "calibration": CALIBRATION_METHODS,
-    }
-    for name, allowed in choices.items():
-        if getattr(cfg, name) not in allowed:
-            raise ConfigError(f"--{name} {getattr(cfg, name)!r} is not one of {', '.join(allowed)}")
+    for name, hint in _HINTS.items():
+        allowed = literal_values(hint)
+        if allowed and getattr(cfg, name) not in allowed:
+            raise ConfigError(not_one_of(name, getattr(cfg, name), allowed))
     positive = ("image_size", "batch_size", "accumulation_steps", "epochs", "stats_sample",
                 "max_views", "min_positives")
     for name in positive:
@@ -217,116 +280,6 @@ def validate(cfg: Config) -> Config:
 
 class ConfigError(ValueError):
     """A bad command-line override or config value; the message says which and why."""
-
-
-# ---- command-line overrides -----------------------------------------------------------------
-
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
-
-
-def _convert(name: str, text: str, field_type: typing.Any):
-    """Convert a command-line string to a field's type (bool, int, float, str, Optional[...],
-    tuple[str, ...] from comma-separated items)."""
-    origin = typing.get_origin(field_type)
-    if origin is tuple:
-        item_type = typing.get_args(field_type)[0]
-        return tuple(_convert(name, item.strip(), item_type) for item in text.split(",")
-                     if item.strip())
-    if origin in (typing.Union, types.UnionType):
-        inner = [t for t in typing.get_args(field_type) if t is not type(None)]
-        if text.lower() in {"none", "null", ""}:
-            return None
-        return _convert(name, text, inner[0])
-    if field_type is bool:
-        if text.lower() in _TRUE:
-            return True
-        if text.lower() in _FALSE:
-            return False
-        raise ConfigError(f"--{name} expects true or false, got {text!r}")
-    try:
-        return field_type(text)
-    except ValueError:
-        raise ConfigError(f"--{name} expects {field_type.__name__}, got {text!r}") from None
-
-
-def _split_arguments(argv: list[str]) -> list[tuple[str, str]]:
-    """Turn ['--a', '1', '--b=2'] into [('a', '1'), ('b', '2')]."""
-    pairs, i = [], 0
-    while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("--"):
-            raise ConfigError(f"unexpected argument {arg!r}: options look like --field value")
-        if "=" in arg:
-            name, value = arg[2:].split("=", 1)
-            i += 1
-        elif i + 1 < len(argv):
-            name, value = arg[2:], argv[i + 1]
-            i += 2
-        else:
-            raise ConfigError(f"{arg} needs a value")
-        pairs.append((name, value))
-    return pairs
-
-
-def given_fields(argv: list[str]) -> set[str]:
-    """The field names a command line sets explicitly (train.py --resume checks them)."""
-    return {name for name, _ in _split_arguments(argv)}
-
-
-def apply_overrides(cfg, argv: list[str]):
-    """Apply `--field value` / `--field=value` overrides to any dataclass instance.
-
-    Unknown names are an error that lists the valid ones; values are converted by field type.
-    """
-    fields = {f.name: f for f in dataclasses.fields(cfg)}
-    hints = typing.get_type_hints(type(cfg))
-    changes = {}
-    for name, value in _split_arguments(argv):
-        if name not in fields:
-            valid = ", ".join(sorted(fields))
-            raise ConfigError(f"unknown option --{name}. Valid options: {valid}")
-        changes[name] = _convert(name, value, hints[name])
-    return dataclasses.replace(cfg, **changes)
-
-
-def parse_args(argv: list[str] | None = None, defaults=None):
-    """The shared entry point of every script: defaults, then command-line overrides.
-
-    `defaults` is a Config unless a script brings its own dataclass (make_demo_data.py does).
-    """
-    argv = sys.argv[1:] if argv is None else argv
-    defaults = Config() if defaults is None else defaults
-    if argv and argv[0] in ("-h", "--help"):
-        print(describe(defaults))
-        raise SystemExit(0)
-    cfg = apply_overrides(defaults, argv)
-    return validate(cfg) if isinstance(cfg, Config) else cfg
-
-
-def describe(cfg) -> str:
-    """One line per field with its current value: the --help text of every script."""
-    lines = ["Options (--field value or --field=value), with their current values:"]
-    for f in dataclasses.fields(cfg):
-        lines.append(f"  --{f.name:<20} {getattr(cfg, f.name)!r}")
-    return "\n".join(lines)
-
-
-def run_cli(main, argv: list[str] | None = None, defaults=None) -> None:
-    """Run a script's main(cfg), turning expected user errors into one clear line and exit 2."""
-    try:
-        main(parse_args(argv, defaults))
-    except (ConfigError, PipelineError) as err:
-        print(f"error: {_without_worker_traceback(str(err))}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-def _without_worker_traceback(message: str) -> str:
-    """A DataLoader worker's error arrives wrapped in its traceback: keep only its own message."""
-    if "Original Traceback" not in message:
-        return message
-    last_line = message.strip().splitlines()[-1]  # "module.ErrorClass: the message"
-    return last_line.split(": ", 1)[-1]
 
 
 class PipelineError(RuntimeError):

@@ -27,22 +27,21 @@ to <B's folder>/compare_<split>_vs_<A>.{csv,md}.
 
 from __future__ import annotations
 
-import itertools
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-from config import Config, ConfigError, given_fields, run_cli
+from config import Config, ConfigError
 from cxr.atomic import write_csv_atomic, write_text_atomic
 from cxr.calibration import calibrated_logits, sigmoid
 from cxr.checkpoints import resolve_checkpoint
-from cxr.compare import format_comparison, format_comparison_markdown
+from cxr.cli import given_fields, run_cli
 from cxr.device import choose_device
 from cxr.evaluation import Predictions, evaluate_predictions, fit_on_val, load_model, \
     paired_differences, predict_split, resolve_run, run_label
 from cxr.plots import pr_grid, reliability_grid, roc_grid
-from cxr.report import print_report, write_reports
+from cxr.report import comparison_report, comparison_text, print_report, write_reports
 from dataset import check_data_options
 
 SPLITS = ("val", "test")  # val first: it fits the calibration and the thresholds
@@ -85,10 +84,10 @@ def evaluate_checkpoint(cfg: Config) -> None:
 
 
 def compare_runs(cfg: Config) -> None:
-    names = [name for name in cfg.compare.split(",") if name]
-    if len(names) != 2:
-        raise ConfigError(f"--compare takes two runs, --compare RUN_A RUN_B; got {cfg.compare!r}")
-    paths = [resolve_run(name, cfg) for name in names]
+    if len(cfg.compare) != 2:
+        raise ConfigError(f"--compare takes two runs, --compare RUN_A RUN_B; got "
+                          f"{len(cfg.compare)}: {' '.join(cfg.compare)}")
+    paths = [resolve_run(name, cfg) for name in cfg.compare]
     device = choose_device(cfg.device)
     split = cfg.compare_split
     models = [load_model(path, cfg, device) for path in paths]  # both load before predicting
@@ -99,7 +98,7 @@ def compare_runs(cfg: Config) -> None:
                    f"{both.frame['patient_id'].nunique()} patients), {cfg.bootstrap_resamples} "
                    f"paired patient-bootstrap resamples (seed {cfg.seed})",
                    f"A = {paths[0]}", f"B = {paths[1]}"]
-    print("\n" + "\n  ".join(description) + "\n" + format_comparison(rows, cfg.ci_level))
+    print("\n" + "\n  ".join(description) + "\n" + comparison_text(rows, cfg.ci_level))
     write_comparison(rows, description, paths, split, cfg)
 
 
@@ -108,13 +107,9 @@ def write_comparison(rows: list[dict], description: list[str], paths: list[Path]
     """compare_<split>_vs_<A>.csv and .md in B's folder (B is usually the change being tried)."""
     out = paths[1].parent / f"compare_{split}_vs_{run_label(paths[0])}"
     write_csv_atomic(pd.DataFrame(rows), out.with_suffix(".csv"))
-    markdown = "\n".join([
-        f"# Comparison: {run_label(paths[1])} (B) vs {run_label(paths[0])} (A)", "",
-        description[0], "", *(f"- {line}" for line in description[1:]), "",
-        format_comparison_markdown(rows, cfg.ci_level), "",
-        "An interval that excludes 0 means the difference is unlikely to be resampling noise "
-        "(verdict `B better` / `A better`).", ""])
-    write_text_atomic(markdown, out.with_suffix(".md"))
+    write_text_atomic(comparison_report(rows, description, run_label(paths[0]),
+                                        run_label(paths[1]), cfg.ci_level),
+                      out.with_suffix(".md"))
     print(f"\nevaluate: wrote {out}.csv, {out.name}.md")
 
 
@@ -128,24 +123,5 @@ def main(cfg: Config, given: set[str] = frozenset()) -> None:
         evaluate_checkpoint(cfg)
 
 
-def join_compare_values(argv: list[str]) -> list[str]:
-    """`--compare A B` gives two values; config overrides take one, so it becomes --compare=A,B.
-
-    Any other count is left as it is, for the usual one-line error ("--compare takes two runs" or
-    "unexpected argument").
-    """
-    joined, i = [], 0
-    while i < len(argv):
-        values = list(itertools.takewhile(lambda arg: not arg.startswith("--"), argv[i + 1:]))
-        if argv[i] == "--compare" and len(values) == 2:
-            joined.append("--compare=" + ",".join(values))
-            i += 3
-        else:
-            joined.append(argv[i])
-            i += 1
-    return joined
-
-
 if __name__ == "__main__":
-    arguments = join_compare_values(sys.argv[1:])
-    run_cli(lambda cfg: main(cfg, given_fields(arguments)), arguments)
+    run_cli(lambda cfg: main(cfg, given_fields(sys.argv[1:], "evaluate.py")), script="evaluate.py")

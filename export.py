@@ -32,8 +32,9 @@ from torch import nn
 from cxr.calibration import calibration_arrays
 from cxr.checkpoints import checkpoint_warnings, load_checkpoint, model_from_checkpoint, model_id, \
     resolve_checkpoint
-from config import Config, PipelineError, run_cli
+from config import Config, PipelineError
 from cxr.atomic import write_atomic, write_text_atomic
+from cxr.cli import run_cli
 from cxr.thresholds import read_thresholds
 
 OPSET = 17
@@ -142,4 +143,4 @@ def main(cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, script="export.py")

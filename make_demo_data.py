@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from config import LABELS, META_COLUMNS, ConfigError, PipelineError, run_cli
+from config import LABELS, META_COLUMNS, ConfigError, PipelineError
+from cxr.cli import run_cli
 
 
 @dataclass
@@ -617,4 +618,4 @@ def main(cfg: DemoConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main, defaults=DemoConfig())
+    run_cli(main, script="make_demo_data.py", defaults=DemoConfig())

@@ -3,8 +3,9 @@
     python make_splits.py [--val_fraction 0.1] [--seed 42]
 
 Reads  <data_dir>/processed/train.csv and valid.csv (written by preprocess.py).
-Writes <data_dir>/splits/train.csv and val.csv: a GroupShuffleSplit by patient_id, so no patient
-       has images on both sides (val is for model selection and early stopping);
+Writes <data_dir>/splits/train.csv and val.csv: a split by patient_id (the one scikit-learn's
+       GroupShuffleSplit draws), so no patient has images on both sides (val is for model
+       selection and early stopping);
        <data_dir>/splits/test.csv: CheXpert's official valid.csv, never used for model selection;
        <data_dir>/splits/splits.json: the settings (val_fraction, seed) and counts.
 """
@@ -12,23 +13,39 @@ Writes <data_dir>/splits/train.csv and val.csv: a GroupShuffleSplit by patient_i
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
+import numpy as np
 import pandas as pd
-from sklearn.model_selection import GroupShuffleSplit
 
-from config import Config, PipelineError, run_cli
+from config import Config, PipelineError
 from cxr.atomic import write_atomic, write_csv_atomic, write_text_atomic
+from cxr.chexpert import read_csv_text
+from cxr.cli import run_cli
 
 
 def split_by_patient(frame: pd.DataFrame, val_fraction: float, seed: int
                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Hold out `val_fraction` of the patients (all their studies and images) as val."""
+    """Hold out `val_fraction` of the patients (all their studies and images) as val.
+
+    The patients and rows that scikit-learn's GroupShuffleSplit(n_splits=1, test_size=
+    val_fraction, random_state=seed) picks (tests/test_splits.py checks it), drawn with numpy
+    alone: importing scikit-learn (it loads SciPy) takes longer than the whole split.
+    """
     if frame["patient_id"].nunique() < 2:
         raise PipelineError("need at least 2 patients in the training CSV to make a val split")
-    splitter = GroupShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
-    train_index, val_index = next(splitter.split(frame, groups=frame["patient_id"]))
-    train, val = frame.iloc[train_index], frame.iloc[val_index]
+    # as GroupShuffleSplit: the sorted patients and each row's index among them (np.unique's
+    # result, 6x faster), then the first ceil(fraction x patients) of a seeded permutation
+    patient_of_row, patients = pd.factorize(frame["patient_id"], sort=True)
+    n_val = math.ceil(val_fraction * len(patients))
+    if n_val >= len(patients):
+        raise PipelineError(f"--val_fraction {val_fraction} of {len(patients)} patients leaves "
+                            "none for train: lower it or add patients")
+    in_val = np.zeros(len(patients), dtype=bool)
+    in_val[np.random.RandomState(seed).permutation(len(patients))[:n_val]] = True
+    val_rows = in_val[patient_of_row]
+    train, val = frame.iloc[np.flatnonzero(~val_rows)], frame.iloc[np.flatnonzero(val_rows)]
     assert_no_patient_overlap(train, val)
     return train, val
 
@@ -36,7 +53,7 @@ def split_by_patient(frame: pd.DataFrame, val_fraction: float, seed: int
 def assert_no_patient_overlap(*frames: pd.DataFrame) -> None:
     seen: set[str] = set()
     for frame in frames:
-        patients = set(frame["patient_id"])
+        patients = set(frame["patient_id"].unique().tolist())
         shared = seen & patients
         if shared:
             raise PipelineError(f"{len(shared)} patient(s) appear in two splits, e.g. "
@@ -47,7 +64,7 @@ def assert_no_patient_overlap(*frames: pd.DataFrame) -> None:
 def read_processed(path) -> pd.DataFrame:
     if not path.is_file():
         raise PipelineError(f"{path} not found: run preprocess.py first (with the same --data_dir)")
-    return pd.read_csv(path, dtype=str, keep_default_na=False)  # strings round-trip exactly
+    return read_csv_text(path)  # strings round-trip exactly
 
 
 def main(cfg: Config) -> None:
@@ -73,4 +90,4 @@ def main(cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, script="make_splits.py")

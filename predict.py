@@ -1,13 +1,14 @@
-"""Predict the 14 findings of new radiographs with a trained checkpoint.
+r"""Predict the 14 findings of new radiographs with a trained checkpoint.
 
-    python predict.py --checkpoint models/RUN/best.pth --inputs scans/,extra.dcm \
-        --output predictions.csv [--gradcam Cardiomegaly,Edema]
+    python predict.py scans/ extra.dcm --checkpoint models/RUN/best.pth \
+        --output predictions.csv [--gradcam Cardiomegaly "Pleural Effusion"]
 
-Reads  --inputs: image files (JPEG, PNG 8/16-bit, DICOM, ...), folders (searched recursively
-       for image files and DICOM files without a suffix) and CSVs of paths (an `image_path`
-       column, as in this pipeline's CSVs, or CheXpert's `Path` column, relative to the CSV's
-       folder; a `view` or CheXpert's `Frontal/Lateral` column gives the films' views),
-       separated by commas; the checkpoint (default: --run_name's best.pth, else the newest
+Reads  the inputs, given before the first option (or with --inputs): image files (JPEG, PNG
+       8/16-bit, DICOM, ...), folders (searched recursively for image files and DICOM files
+       without a suffix) and CSVs of paths (an `image_path` column, as in this pipeline's CSVs,
+       or CheXpert's `Path` column, relative to the CSV's folder; a `view` or CheXpert's
+       `Frontal/Lateral` column gives the films' views), one per argument (a path may hold a
+       comma); the checkpoint (default: --run_name's best.pth, else the newest
        models/*/best.pth) and thresholds.json beside it (written by evaluate.py: each class's
        calibration and threshold, fitted for these weights and this --tta; a file fitted for
        other weights or TTA is refused unless --allow_threshold_mismatch true; when absent every
@@ -37,8 +38,9 @@ import pandas as pd
 
 from cxr.checkpoints import resolve_checkpoint
 from cxr.chexpert import RELEASE_PREFIX
-from config import Config, PipelineError, run_cli
+from config import Config, PipelineError
 from cxr.atomic import write_csv_atomic
+from cxr.cli import run_cli
 from cxr.inference import Predictor, film_view, find_label, frontal_first, lateral_warning, \
     load_predictor, predict_sources, predict_studies, radiograph
 from cxr.imaging import DICOM_MAGIC, DICOM_MAGIC_OFFSET, ImageReadError
@@ -112,11 +114,12 @@ def csv_views(frame: pd.DataFrame, path: Path) -> list[str | None]:
 
 
 def collect_inputs(inputs: tuple[str, ...]) -> tuple[list[str], list[str | None]]:
-    """Every image path the --inputs name, in the order given (folders sorted), and the view a
+    """Every image path the inputs name, in the order given (folders sorted), and the view a
     CSV gives each (None: not given)."""
     if not inputs:
-        raise PipelineError("no --inputs: pass image files, folders or CSVs of paths, "
-                            "e.g. --inputs scans/,extra.dcm")
+        raise PipelineError("no inputs: pass image files, folders or CSVs of paths before "
+                            "the options, e.g. python predict.py scans/ extra.dcm --checkpoint "
+                            "models/RUN/best.pth")
     paths, views = [], []
     for item in inputs:
         path = Path(item)
@@ -129,7 +132,7 @@ def collect_inputs(inputs: tuple[str, ...]) -> tuple[list[str], list[str | None]
             views += [None] * len(images)
         elif path.suffix.lower() == ".csv":
             if not path.is_file():
-                raise PipelineError(f"--inputs {item}: no such CSV")
+                raise PipelineError(f"input {item}: no such CSV")
             listed, given = paths_from_csv(path)
             paths += listed
             views += given
@@ -137,9 +140,9 @@ def collect_inputs(inputs: tuple[str, ...]) -> tuple[list[str], list[str | None]
             paths.append(item)
             views.append(None)
         else:
-            raise PipelineError(f"--inputs {item}: no such file or folder")
+            raise PipelineError(f"input {item}: no such file or folder")
     if not paths:
-        raise PipelineError(f"--inputs {','.join(inputs)} hold no image files")
+        raise PipelineError(f"the inputs {' '.join(inputs)} hold no image files")
     return paths, views
 
 
@@ -258,4 +261,4 @@ def main(cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, script="predict.py")

@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from config import DATA_FIELDS, LABELS, META_COLUMNS, Config, PipelineError, run_cli
+from config import DATA_FIELDS, LABELS, META_COLUMNS, Config, PipelineError
 from cxr.atomic import write_csv_atomic, write_text_atomic
-from cxr.imaging import decode_square
-from cxr.chexpert import PATIENT_STUDY, RELEASE_PREFIX, VIEW_VALUES
+from cxr.chexpert import RELEASE_PREFIX, VIEW_VALUES, extract_patient_study, read_csv_text
+from cxr.cli import run_cli
 from cxr.labels import apply_uncertainty_policy, find_bad_label_values, parse_raw_labels, raw_column
 
 # CheXpert's Path column starts with the release folder name; the data root *is* that folder.
@@ -41,7 +41,7 @@ def read_chexpert_csv(path: Path) -> pd.DataFrame:
         raise PipelineError(f"{path} not found: --data_root must be the folder holding "
                             "train.csv and valid.csv (for example .../CheXpert-v1.0-small)")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        df = read_csv_text(path, encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise PipelineError(f"{path} is not a UTF-8 text CSV file (binary content?)") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
@@ -77,7 +77,8 @@ def validate_values(df: pd.DataFrame, path: Path) -> None:
 
 def relative_image_paths(df: pd.DataFrame, path: Path) -> pd.Series:
     """CSV Path -> path relative to the data root, rejecting any that would leave it."""
-    relative = df["Path"].str.replace(RELEASE_PREFIX, "", regex=True)
+    # as a str pattern, pyarrow's regex engine applies it (4x faster; the same for this ASCII one)
+    relative = df["Path"].str.replace(RELEASE_PREFIX.pattern, "", regex=True)
     absolute = relative.str.match(r"^([/\\]|[A-Za-z]:)")
     escaping = relative.str.contains(r"(?:^|[/\\])\.\.(?:[/\\]|$)", regex=True)
     bad = absolute | escaping
@@ -90,13 +91,14 @@ def relative_image_paths(df: pd.DataFrame, path: Path) -> pd.Series:
 
 
 def patient_and_study(df: pd.DataFrame, path: Path) -> pd.DataFrame:
-    ids = df["Path"].str.extract(PATIENT_STUDY)
-    unmatched = ids[0].isna()
+    ids = extract_patient_study(df["Path"])
+    unmatched = ids["patient"].isna()
     if unmatched.any():
         line = int(np.flatnonzero(unmatched)[0]) + 2
         raise PipelineError(f"{path} line {line}, column 'Path': {df['Path'].iloc[line - 2]!r} has no "
                             "patientNNNNN/studyN/ folders, so the patient cannot be identified")
-    return pd.DataFrame({"patient_id": ids[0], "study_id": ids[0] + "/" + ids[1]})
+    return pd.DataFrame({"patient_id": ids["patient"],
+                         "study_id": ids["patient"] + "/" + ids["study"]})
 
 
 # ---- turning a validated CSV into the processed table ------------------------------------------
@@ -105,6 +107,9 @@ def process_csv(path: Path, cfg: Config) -> tuple[pd.DataFrame, dict]:
     """Validate one CheXpert CSV and return the processed rows plus counts for stats.json."""
     df = read_chexpert_csv(path)
     validate_columns(df, path)
+    # categoricals of the same strings: the label functions then look each distinct spelling up
+    # once, not each of 14 x 223,414 cells (0.6 s instead of 2.9 s on CheXpert's train.csv)
+    df = df.astype(dict.fromkeys(LABELS, "category"))
     validate_values(df, path)
     relative = relative_image_paths(df, path)
     ids = patient_and_study(df, path)
@@ -137,6 +142,10 @@ def check_images_exist(df: pd.DataFrame, path: Path, cfg: Config) -> tuple[pd.Da
 
 def pixel_stats(paths: list[str], cfg: Config) -> tuple[float, float]:
     """Mean and std of pixel values in [0, 1] over a seeded sample of training images."""
+    # imported here, not at the top: it loads OpenCV and Pillow (150 MB of libraries, 0.2 s or
+    # more at start-up), which a labels-only run (--check_images false) never needs
+    from cxr.imaging import decode_square
+
     rng = np.random.default_rng(cfg.seed)
     sample = rng.choice(len(paths), size=min(cfg.stats_sample, len(paths)), replace=False)
     total = total_sq = 0.0
@@ -213,4 +222,4 @@ def main(cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, script="preprocess.py")

@@ -22,27 +22,21 @@ import contextlib
 import dataclasses
 import json
 import math
-import platform
-import random
 import signal
-import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from config import LABELS, Config, PipelineError, given_fields, run_cli
-from cxr.atomic import write_csv_atomic, write_text_atomic
-from cxr.checkpoints import config_from_checkpoint, load_checkpoint, newest_checkpoint, save_checkpoint
+from config import LABELS, Config, PipelineError
+from cxr.checkpoints import save_checkpoint
+from cxr.cli import given_fields, run_cli
 from cxr.device import autocast, autocast_dtype, choose_device, prepare_model, to_device
 from cxr.distributed import (World, all_gather, any_rank, barrier, broadcast, close_world,
                              device_for, gather_to_main, init_world, merge_shards, sum_over_ranks,
@@ -51,8 +45,11 @@ from cxr.evaluation import predict_logits
 from cxr.labels import class_policies, logit_offsets, masked_counts, multiclass_flags, \
     positive_class_weights
 from cxr.metrics import mean_auc, mean_exclusions, per_class_auc
-from cxr.randomness import seed_everything, set_deterministic
-from cxr.resume import FIXED_ON_RESUME
+from cxr.randomness import rng_state, seed_everything, set_deterministic
+from cxr.resume import config_for_launch, resume_command, resume_training, training_checkpoint
+from cxr.run_folder import epoch_row, prepare_run_dir, write_metrics
+from cxr.stop_signals import StopSignals, TrainingStopped
+from cxr.training_state import Progress, RunState, Trainer
 from dataset import EpochSampler, ShardSampler, check_data_options, data_settings, make_dataset, \
     make_loader, read_split
 from model_architecture import CheXpertNet, build_model, output_starts
@@ -67,35 +64,42 @@ def read_stats(cfg: Config) -> dict:
     return {"mean": float(stats["mean"]), "std": float(stats["std"])}
 
 
-def git_commit() -> str | None:
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return result.stdout.strip() or None
+def make_loaders(cfg: Config, train_frame, val_frame, policies: dict[str, str], world: World,
+                 device: torch.device) -> tuple[DataLoader, DataLoader]:
+    """The train loader (targets under the uncertainty `policies`, each process its share of a
+    seeded per-epoch order) and the val loader (the reference standard, sharded in file order)."""
+    train_data = make_dataset(train_frame, cfg, cfg.data_dir, cfg.augment, "train",
+                              use_cache=cfg.use_cache, policies=policies)
+    val_data = make_dataset(val_frame, cfg, cfg.data_dir, False, "val", use_cache=cfg.use_cache)
+    sampler = EpochSampler(len(train_data), cfg.seed, world.rank, world.size)
+    train_loader = make_loader(train_data, cfg, train=True, device=device, sampler=sampler)
+    val_loader = make_loader(val_data, cfg, train=False, device=device,
+                             sampler=ShardSampler(len(val_data), world.rank, world.size))
+    return train_loader, val_loader
 
 
-def prepare_run_dir(cfg: Config, device: torch.device, world: World, resumed: bool) -> Path:
-    """Create models/<run_name>/ with the resolved config and what produced it."""
-    run_dir = cfg.run_dir
-    if not resumed and (run_dir / "last.pth").exists():
-        raise PipelineError(f"{run_dir} already holds a trained run; continue it with --resume "
-                            f"{run_dir / 'last.pth'}, or choose another --run_name")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(json.dumps(dataclasses.asdict(cfg), indent=2), run_dir / "config.json")
-    info_path = run_dir / "run_info.json"
-    info = json.loads(info_path.read_text()) if resumed and info_path.is_file() else {}
-    launch = {"command": [sys.executable, *sys.argv], "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "git_commit": git_commit(), "python": platform.python_version(),
-              "torch": torch.__version__, "torchvision": torchvision.__version__,
-              "device": str(device), "world_size": world.size,
-              "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
-    info = {**launch, "resumed": info.get("resumed", [])} if not resumed else \
-        {**info, "resumed": [*info.get("resumed", []), launch]}
-    write_text_atomic(json.dumps(info, indent=2), info_path)
-    return run_dir
+def make_trainer(cfg: Config, stats: dict, train_loader: DataLoader, policies: dict[str, str],
+                 fresh: bool, device: torch.device, dtype: torch.dtype | None, world: World,
+                 stop: StopSignals) -> Trainer:
+    """The model (pretrained weights only for a fresh run: a resumed one loads its own), the
+    loss with the training split's positive-class weights, AdamW and its schedule, the
+    GradScaler (enabled for fp16 only), and the records every checkpoint carries."""
+    model = build_model(dataclasses.replace(cfg, pretrained=cfg.pretrained and fresh), stats)
+    model = prepare_model(model, device, cfg)
+    pos_weight = positive_class_weights(train_loader.dataset.targets.numpy(), cfg.max_pos_weight)
+    model.set_logit_offset(logit_offsets(pos_weight, multiclass_flags(policies)))
+    optimizer = make_optimizer(model, cfg)
+    steps_per_epoch = optimizer_steps(train_loader.sampler.num_samples, cfg)
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
+    criterion = MaskedBCE(torch.from_numpy(pos_weight), multiclass_flags(policies)).to(device)
+    records = {"normalization": stats, "data": data_settings(cfg),
+               "pos_weight": dict(zip(LABELS, pos_weight.tolist()))}
+    return Trainer(model, model, criterion, optimizer, scheduler,
+                   torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
+                   cfg, device, dtype, world, stop, records=records)
 
+
+# ---- optimizer, learning-rate schedule, gradient accumulation ----------------------------------
 
 def make_optimizer(model: CheXpertNet, cfg: Config) -> torch.optim.AdamW:
     """AdamW with its own learning rate for the pretrained backbone and for the new head."""
@@ -155,6 +159,14 @@ def accumulation_plan(n_images: int, batch_size: int, steps: int) -> list[tuple[
     return plan
 
 
+def optimizer_steps(n_images: int, cfg: Config) -> int:
+    """Optimizer steps in an epoch of `n_images` (this process's share)."""
+    return sum(step for _, step in accumulation_plan(n_images, cfg.batch_size,
+                                                     cfg.accumulation_steps))
+
+
+# ---- the loss ----------------------------------------------------------------------------------
+
 def masked_bce(logits: torch.Tensor, targets: torch.Tensor,
                pos_weight: torch.Tensor | None = None) -> torch.Tensor:
     """BCE with positive-class weights; a NaN target is a masked label and adds nothing.
@@ -205,95 +217,7 @@ class MaskedBCE(nn.Module):
                                self.multiclass_mask)
 
 
-# ---- RNG state, stop signals -----------------------------------------------------------------------
-
-def rng_state() -> dict:
-    """This process's random generators as plain types (a checkpoint must load weights_only)."""
-    numpy_state = np.random.get_state(legacy=False)
-    return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
-                      "pos": numpy_state["state"]["pos"], "has_gauss": numpy_state["has_gauss"],
-                      "gauss": numpy_state["gauss"]}}
-
-
-def restore_rng(state: dict) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    numpy_state = state["numpy"]
-    np.random.set_state({"bit_generator": "MT19937", "has_gauss": numpy_state["has_gauss"],
-                         "gauss": numpy_state["gauss"],
-                         "state": {"key": numpy_state["key"].numpy().astype(np.uint32),
-                                   "pos": numpy_state["pos"]}})
-
-
-class StopSignals:
-    """Ctrl-C (SIGINT) and SIGTERM (schedulers, preemption) ask the run to stop: it finishes the
-    optimizer step under way, writes last.pth and exits. A second Ctrl-C stops at once (the
-    last checkpoint on disk stays intact)."""
-
-    def __init__(self):
-        self.received: int | None = None
-        self._previous = {}
-
-    def __enter__(self) -> StopSignals:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-    def _handle(self, signum, frame) -> None:
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.received = signum
-        tqdm.write(f"train: {signal.Signals(signum).name} received: stopping after this "
-                   "optimizer step and saving a checkpoint (Ctrl-C again to stop at once)")
-
-
-class TrainingStopped(Exception):
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-# ---- one epoch -------------------------------------------------------------------------------------
-
-@dataclass
-class Trainer:
-    """What a training step touches. `net` runs the forward pass: the model itself, or the model
-    wrapped in DistributedDataParallel; checkpoints and validation use the plain `model`."""
-    model: CheXpertNet
-    net: nn.Module
-    criterion: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-    cfg: Config
-    device: torch.device
-    dtype: torch.dtype | None
-    world: World = World()
-    stop: StopSignals | None = None
-    on_step: object = None  # called with the Progress every cfg.checkpoint_every_steps steps
-
-
-@dataclass
-class Progress:
-    """Where training stands: the epoch under way and how far into it (this process's
-    micro-batches), plus the counters a resumed run continues from."""
-    epoch: int = 1
-    batches_done: int = 0
-    global_step: int = 0  # optimizer steps attempted, skipped ones included
-    loss_sum: float = 0.0
-    seen: int = 0
-    nonfinite_in_a_row: int = 0
-    nonfinite_total: int = 0
-    stopped_by: int | None = None
-
+# ---- one epoch ---------------------------------------------------------------------------------
 
 def optimizer_step(trainer: Trainer, loss_finite: bool) -> str:
     """Unscale, check and clip the gradients, step: 'taken', 'overflow' (fp16 scale too high,
@@ -334,6 +258,22 @@ def record_nonfinite(progress: Progress, cfg: Config, world: World) -> None:
             "or use --precision fp32")
 
 
+def forward_backward(trainer: Trainer, images: torch.Tensor, targets: torch.Tensor,
+                     weight: float, sync: bool) -> torch.Tensor:
+    """One micro-batch: forward pass under autocast, loss, and the backward pass of the loss
+    times its weight in the optimizer-step group. Returns the (unweighted) loss."""
+    images = to_device(images, trainer.device, trainer.cfg.channels_last)
+    targets = targets.to(trainer.device, non_blocking=True)
+    with contextlib.nullcontext() if sync else trainer.net.no_sync():
+        with autocast(trainer.device, trainer.dtype):
+            logits = trainer.net(images, raw=True)
+        loss = trainer.criterion(logits.float(), targets)
+        # Backward even when the loss is not finite: every DDP process must take part in
+        # the gradient all-reduce; the step is skipped below.
+        trainer.scaler.scale(loss * weight).backward()
+    return loss
+
+
 def train_one_epoch(trainer: Trainer, loader, progress: Progress, frozen: bool, desc: str
                     ) -> Progress:
     """Train from `progress.batches_done` to the end of the epoch, or until a stop signal.
@@ -341,7 +281,7 @@ def train_one_epoch(trainer: Trainer, loader, progress: Progress, frozen: bool, 
     Returns `progress` updated; its stopped_by is set when a signal stopped the epoch at an
     optimizer-step boundary (the caller saves the checkpoint).
     """
-    cfg, world, scaler = trainer.cfg, trainer.world, trainer.scaler
+    cfg, world = trainer.cfg, trainer.world
     trainer.net.train()
     if frozen:
         trainer.model.backbone.eval()  # frozen BatchNorm keeps its running statistics
@@ -352,17 +292,9 @@ def train_one_epoch(trainer: Trainer, loader, progress: Progress, frozen: bool, 
     bar = tqdm(loader, desc=desc, unit="batch", leave=False, total=len(plan),
                disable=not world.is_main)
     for (images, targets), (weight, step_now) in zip(bar, plan):
-        images = to_device(images, trainer.device, cfg.channels_last)
-        targets = targets.to(trainer.device, non_blocking=True)
         # DDP averages gradients across processes only on the micro-batch before a step.
-        sync = step_now or not world.distributed
-        with contextlib.nullcontext() if sync else trainer.net.no_sync():
-            with autocast(trainer.device, trainer.dtype):
-                logits = trainer.net(images, raw=True)
-            loss = trainer.criterion(logits.float(), targets)
-            # Backward even when the loss is not finite: every DDP process must take part in
-            # the gradient all-reduce; the step is skipped below.
-            scaler.scale(loss * weight).backward()
+        loss = forward_backward(trainer, images, targets, weight,
+                                sync=step_now or not world.distributed)
         if torch.isfinite(loss):
             progress.loss_sum += loss.item() * len(targets)
         else:
@@ -391,7 +323,7 @@ def train_one_epoch(trainer: Trainer, loader, progress: Progress, frozen: bool, 
     return progress
 
 
-# ---- validation, epoch records ---------------------------------------------------------------------
+# ---- validation, early stopping ----------------------------------------------------------------
 
 def validation_metrics(trainer: Trainer, loader, desc: str) -> dict | None:
     """Val loss and AUCs on rank 0 over the whole val split (every process's share gathered);
@@ -420,35 +352,12 @@ def validation_metrics(trainer: Trainer, loader, desc: str) -> dict | None:
             "left_out": excluded}
 
 
-def epoch_row(epoch: int, frozen: bool, train_loss: float, val: dict, optimizer,
-              images_per_s: float, seconds: float, skipped: int) -> dict:
-    """One metrics.csv row: losses, val AUCs, learning rates at the epoch's end, speed."""
-    lrs = {group["name"]: group["lr"] for group in optimizer.param_groups}
-    return {"epoch": epoch, "phase": "frozen" if frozen else "fine-tune",
-            "train_loss": train_loss, "val_loss": val["val_loss"],
-            "val_mean_auc": val["val_mean_auc"], "lr_head": lrs["head"],
-            "lr_backbone": 0.0 if frozen else lrs["backbone"], "images_per_s": images_per_s,
-            "epoch_seconds": seconds, "nonfinite_steps_skipped": skipped, "n_val": val["n_val"],
-            "mean_auc_classes": len(val["val_auc"]) - len(val["left_out"]),
-            **{f"auc {label}": auc for label, auc in val["val_auc"].items()},
-            **{f"masked {label}": n for label, n in val["masked"].items()}}
-
-
 def epoch_line(row: dict, epochs: int, is_best: bool) -> str:
     auc = "n/a" if row["val_mean_auc"] is None else f"{row['val_mean_auc']:.4f}"
     return (f"epoch {row['epoch']}/{epochs} {row['phase']:<9} train_loss {row['train_loss']:.4f}  "
             f"val_loss {row['val_loss']:.4f}  val_mean_auc {auc}{' (best)' if is_best else ''}  "
             f"lr head {row['lr_head']:.1e} backbone {row['lr_backbone']:.1e}  "
             f"{row['images_per_s']:.1f} img/s  {row['epoch_seconds']:.0f} s")
-
-
-@dataclass
-class RunState:
-    """What carries over between epochs (and into every checkpoint)."""
-    history: list
-    best: float | None = None
-    epochs_without_improvement: int = 0
-    val_auc: dict | None = None
 
 
 def record_epoch(state: RunState, row: dict, cfg: Config) -> tuple[bool, bool]:
@@ -465,7 +374,7 @@ def record_epoch(state: RunState, row: dict, cfg: Config) -> tuple[bool, bool]:
     return is_best, bool(patience) and state.epochs_without_improvement >= patience
 
 
-# ---- checkpoints and resume --------------------------------------------------------------------
+# ---- checkpoints, DDP --------------------------------------------------------------------------
 
 def assert_finite(model: nn.Module, path: Path) -> None:
     broken = [name for name, value in model.state_dict().items()
@@ -475,102 +384,18 @@ def assert_finite(model: nn.Module, path: Path) -> None:
                             "Resume from the previous checkpoint with lower learning rates")
 
 
-def save_training_state(trainer: Trainer, state: RunState, progress: Progress,
-                        epochs_done: int, records: dict, paths: list[Path]) -> None:
-    """Write the full training state to each path (rank 0; every rank must call this, since the
-    RNG states of all processes are collected). At an epoch's end `progress` is the next
-    epoch's, with no batch done. `records` are the run's fixed facts (normalization, pos_weight,
-    data settings)."""
+def save_training_state(trainer: Trainer, progress: Progress, epochs_done: int,
+                        paths: list[Path]) -> None:
+    """Write the full training state (cxr.resume.training_checkpoint) to each path (rank 0;
+    every rank must call this, since the RNG states of all processes are collected). At an
+    epoch's end `progress` is the next epoch's, with no batch done."""
     rng = all_gather(trainer.world, rng_state())
     if not trainer.world.is_main:
         return
-    in_epoch = None if not progress.batches_done else {
-        "epoch": progress.epoch, "batches_done": progress.batches_done,
-        "loss_sum": progress.loss_sum, "seen": progress.seen}
-    payload = {
-        "model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
-        "scheduler": trainer.scheduler.state_dict(), "scaler": trainer.scaler.state_dict(),
-        "epoch": epochs_done, "in_epoch": in_epoch,
-        "global_step": progress.global_step, "nonfinite_total": progress.nonfinite_total,
-        "best_metric": state.best, "epochs_without_improvement": state.epochs_without_improvement,
-        "history": state.history, "rng": rng, "world_size": trainer.world.size,
-        "config": dataclasses.asdict(trainer.cfg), "labels": list(LABELS),
-        "val_auc": state.val_auc, **records}
+    payload = training_checkpoint(trainer, progress, epochs_done, rng)
     for path in paths:
         assert_finite(trainer.model, path)
         save_checkpoint(payload, path)
-
-
-def checkpoint_to_resume(cfg: Config) -> Path | None:
-    """--resume PATH, or auto: --run_name's last.pth if it exists (else a fresh run, so one
-    command serves both the first launch and every relaunch), or the newest run's last.pth."""
-    if not cfg.resume:
-        return None
-    if cfg.resume != "auto":
-        return Path(cfg.resume)
-    if cfg.run_name:
-        path = cfg.run_dir / "last.pth"
-        return path if path.is_file() else None
-    return newest_checkpoint(cfg.models_dir, "last.pth")
-
-
-def resumed_config(cfg: Config, checkpoint: dict, path: Path, given: set[str]) -> Config:
-    """The checkpoint's config, with the options this command gives that may change on resume.
-
-    An option that would change the data, model or optimisation is an error, and so is a
-    checkpoint trained for other labels.
-    """
-    if list(checkpoint["labels"]) != list(LABELS):
-        raise PipelineError(f"{path} was trained for labels {checkpoint['labels']}, this code "
-                            f"trains {list(LABELS)}: it cannot be resumed here")
-    saved = config_from_checkpoint(checkpoint)
-    conflicts = [name for name in FIXED_ON_RESUME
-                 if name in given and getattr(cfg, name) != getattr(saved, name)]
-    if conflicts:
-        was = ", ".join(f"--{name} {getattr(saved, name)}" for name in conflicts)
-        asked = ", ".join(f"--{name} {getattr(cfg, name)}" for name in conflicts)
-        raise PipelineError(f"{path} was trained with {was}; this command asks {asked}. Drop "
-                            "those options to resume it, or start a new run with another "
-                            "--run_name")
-    changes = {name: getattr(cfg, name) for name in given
-               if name not in (*FIXED_ON_RESUME, "run_name", "models_dir") and hasattr(saved, name)}
-    return dataclasses.replace(saved, **changes, run_name=path.parent.name,
-                               models_dir=str(path.parent.parent))
-
-
-def load_training_state(trainer: Trainer, checkpoint: dict, path: Path) -> None:
-    state = dict(checkpoint["model"])
-    # a run started before the offset was stored keeps the one this run computed
-    state.setdefault("logit_offset", trainer.model.logit_offset)
-    try:
-        trainer.model.load_state_dict(state)
-        trainer.optimizer.load_state_dict(checkpoint["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as err:
-        raise PipelineError(f"{path} does not fit this model: {str(err).splitlines()[0]}") \
-            from None
-    trainer.scheduler.load_state_dict(checkpoint["scheduler"])
-    if trainer.scaler.is_enabled() and checkpoint["scaler"]:
-        trainer.scaler.load_state_dict(checkpoint["scaler"])
-
-
-def resume_progress(checkpoint: dict, world: World) -> Progress:
-    """Where to pick up: inside the interrupted epoch, or at the start of the next one."""
-    position = checkpoint.get("in_epoch")
-    progress = Progress(epoch=checkpoint["epoch"] + 1, global_step=checkpoint["global_step"] or 0,
-                        nonfinite_total=checkpoint.get("nonfinite_total") or 0)
-    same_world = checkpoint.get("world_size", 1) == world.size
-    if position and same_world:
-        progress = dataclasses.replace(progress, epoch=position["epoch"],
-                                       batches_done=position["batches_done"],
-                                       loss_sum=position["loss_sum"], seen=position["seen"])
-    elif position and world.is_main:
-        print(f"train: the checkpoint was written by {checkpoint.get('world_size', 1)} "
-              f"processes, this run has {world.size}: epoch {position['epoch']} restarts from "
-              "its first batch")
-    rng = checkpoint.get("rng") or []
-    if same_world and len(rng) == world.size:
-        restore_rng(rng[world.rank])
-    return progress
 
 
 def wrap_for_world(model: CheXpertNet, world: World, device: torch.device) -> nn.Module:
@@ -582,18 +407,13 @@ def wrap_for_world(model: CheXpertNet, world: World, device: torch.device) -> nn
                                    else None)
 
 
-def resume_command(path: Path, world: World) -> str:
-    launcher = (f"torchrun --standalone --nproc_per_node={world.size} train.py"
-                if world.distributed else "python train.py")
-    return f"{launcher} --resume {path}"
-
-
-# ---- main ----------------------------------------------------------------------------------------
+# ---- main --------------------------------------------------------------------------------------
 
 def main(cfg: Config, given: set[str] | None = None) -> None:
-    """Train (or resume) a run. `given` names the options set on the command line; called from
-    Python (tests) every field of `cfg` counts as given on resume, and no data-building option is
-    checked against the data (check_data_options)."""
+    """Train (or resume) a run. `given` names the options set on the command line (or in
+    PIPELINE_OPTIONS, cxr/cli.py); called from Python (tests) every field of `cfg` counts as
+    given on resume, and no data-building option is checked against the data
+    (check_data_options)."""
     cfg = check_data_options(cfg, given or set(), "train.py")
     world = init_world(cfg.device)
     try:
@@ -609,113 +429,110 @@ def main(cfg: Config, given: set[str] | None = None) -> None:
 
 
 def run(cfg: Config, given: set[str], world: World, stop: StopSignals) -> None:
-    resume_from = checkpoint_to_resume(cfg)
-    checkpoint = load_checkpoint(resume_from) if resume_from else None
-    if checkpoint is not None:
-        cfg = resumed_config(cfg, checkpoint, resume_from, given)
-    elif not cfg.run_name:
-        cfg = dataclasses.replace(cfg, run_name=broadcast(world, time.strftime("%Y%m%d-%H%M%S")))
-    elif cfg.resume == "auto" and world.is_main:
-        print(f"train: no {cfg.run_dir / 'last.pth'} yet: starting the run")
+    """Set up the run, or pick up its checkpoint; train its epochs; say what it wrote."""
+    cfg, checkpoint, resume_from = config_for_launch(cfg, given, world)
     set_deterministic(cfg.deterministic)
     seed_everything(cfg.seed + world.rank)
     device = device_for(world, choose_device(cfg.device))
     dtype = autocast_dtype(cfg.precision, device)
     stats = checkpoint["normalization"] if checkpoint else read_stats(cfg)
-
     train_frame = read_split(cfg.splits_dir / "train.csv")
     val_frame = read_split(cfg.splits_dir / "val.csv")
     policies = class_policies(cfg.uncertainty_policy, cfg.uncertainty_policy_by_class)
-    train_data = make_dataset(train_frame, cfg, cfg.data_dir, cfg.augment, "train",
-                              use_cache=cfg.use_cache, policies=policies)
-    val_data = make_dataset(val_frame, cfg, cfg.data_dir, False, "val", use_cache=cfg.use_cache)
-    sampler = EpochSampler(len(train_data), cfg.seed, world.rank, world.size)
-    train_loader = make_loader(train_data, cfg, train=True, device=device, sampler=sampler)
-    val_loader = make_loader(val_data, cfg, train=False, device=device,
-                             sampler=ShardSampler(len(val_data), world.rank, world.size))
-
-    model = build_model(dataclasses.replace(cfg, pretrained=cfg.pretrained and not checkpoint),
-                        stats)
-    model = prepare_model(model, device, cfg)
-    pos_weight = positive_class_weights(train_data.targets.numpy(), cfg.max_pos_weight)
-    model.set_logit_offset(logit_offsets(pos_weight, multiclass_flags(policies)))
-    optimizer = make_optimizer(model, cfg)
-    steps_per_epoch = sum(step for _, step in accumulation_plan(
-        sampler.num_samples, cfg.batch_size, cfg.accumulation_steps))
-    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
-    criterion = MaskedBCE(torch.from_numpy(pos_weight), multiclass_flags(policies)).to(device)
-    records = {"normalization": stats, "data": data_settings(cfg),
-               "pos_weight": dict(zip(LABELS, pos_weight.tolist()))}
-    trainer = Trainer(model, model, criterion, optimizer,
-                      scheduler, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
-                      cfg, device, dtype, world, stop)
-    state, progress = RunState(history=[]), Progress()
+    train_loader, val_loader = make_loaders(cfg, train_frame, val_frame, policies, world, device)
+    trainer = make_trainer(cfg, stats, train_loader, policies, fresh=checkpoint is None,
+                           device=device, dtype=dtype, world=world, stop=stop)
+    progress = Progress()
     if checkpoint is not None:
-        load_training_state(trainer, checkpoint, resume_from)
-        state = RunState(checkpoint.get("history") or [], checkpoint["best_metric"],
-                         checkpoint.get("epochs_without_improvement", 0), checkpoint["val_auc"])
-        progress = resume_progress(checkpoint, world)
+        progress = resume_training(trainer, checkpoint, resume_from)
     if world.is_main:
         prepare_run_dir(cfg, device, world, resumed=checkpoint is not None)
     barrier(world)
-    run_dir, last = cfg.run_dir, cfg.run_dir / "last.pth"
-    trainer.on_step = lambda p: save_training_state(trainer, state, p, p.epoch - 1, records,
-                                                    [last])
+    last = cfg.run_dir / "last.pth"
+    # The run state is read from the trainer when the checkpoint is written, never captured here.
+    trainer.on_step = lambda now: save_training_state(trainer, now, now.epoch - 1, [last])
 
     if world.is_main:
-        source = "the image cache" if train_data.cache else "images decoded on the fly"
         where = (f"resuming {resume_from} at epoch {progress.epoch}, batch {progress.batches_done}"
-                 if checkpoint is not None else f"run folder {run_dir}")
-        unit = "studies" if cfg.view_mode == "study" else "images"
-        print(f"train: {len(train_data):,} train / {len(val_data):,} val {unit} ({source}) on "
-              f"{device} ({dtype or torch.float32}) x {world.size} process(es), effective batch "
-              f"{world.size * cfg.batch_size * cfg.accumulation_steps}, {steps_per_epoch} optimizer "
-              f"steps per epoch; {where}", flush=True)
-        print(offsets_line(pos_weight, model.logit_offset.tolist()), flush=True)
+                 if checkpoint is not None else f"run folder {cfg.run_dir}")
+        print(start_line(trainer, train_loader, val_loader, where), flush=True)
+        print(offsets_line(trainer.records["pos_weight"].values(),
+                           trainer.model.logit_offset.tolist()), flush=True)
+    stopped_early = fit(trainer, train_loader, val_loader, progress)
+    if world.is_main:
+        best = trainer.state.best
+        best_text = "n/a" if best is None else f"{best:.4f}"
+        why = (f" (early stop: no better val mean AUC for {cfg.early_stopping_patience} epochs)"
+               if stopped_early else "")
+        print(f"train: wrote {cfg.run_dir}/best.pth (val mean AUC {best_text}), last.pth, "
+              f"metrics.csv, config.json, run_info.json{why}")
 
-    stopped_early = False
+
+def fit(trainer: Trainer, train_loader: DataLoader, val_loader: DataLoader,
+        progress: Progress) -> bool:
+    """The epochs from `progress` on: train, validate, record, write last.pth (and best.pth).
+    Returns whether early stopping ended the run. After a stop signal it writes last.pth and
+    raises TrainingStopped."""
+    cfg, world = trainer.cfg, trainer.world
+    last, best = cfg.run_dir / "last.pth", cfg.run_dir / "best.pth"
     for epoch in range(progress.epoch, cfg.epochs + 1):
         progress.epoch = epoch
         frozen = epoch <= cfg.frozen_epochs
-        set_backbone_frozen(model, frozen)
-        trainer.net = wrap_for_world(model, world, device)
-        sampler.set_epoch(epoch, progress.batches_done * cfg.batch_size)
+        set_backbone_frozen(trainer.model, frozen)
+        trainer.net = wrap_for_world(trainer.model, world, trainer.device)
+        train_loader.sampler.set_epoch(epoch, progress.batches_done * cfg.batch_size)
         start, done_before = time.perf_counter(), progress.seen
-        train_one_epoch(trainer, train_loader, progress,
-                        frozen, desc=f"epoch {epoch}/{cfg.epochs} {'frozen' if frozen else 'fine-tune'}")
+        train_one_epoch(trainer, train_loader, progress, frozen,
+                        desc=f"epoch {epoch}/{cfg.epochs} {'frozen' if frozen else 'fine-tune'}")
         if progress.stopped_by is not None:
-            save_training_state(trainer, state, progress, epoch - 1, records, [last])
+            save_training_state(trainer, progress, epoch - 1, [last])
             announce_stop(progress, last, world)
             raise TrainingStopped(progress.stopped_by)
         seconds = time.perf_counter() - start
-        loss_sum, seen = sum_over_ranks(world, [progress.loss_sum, progress.seen], device)
-        val = validation_metrics(trainer, val_loader, "validate")
-        decision = None
-        if world.is_main:
-            images_per_s = (progress.seen - done_before) * world.size / seconds
-            row = epoch_row(epoch, frozen, loss_sum / max(1, seen), val, optimizer,
-                            images_per_s, seconds, progress.nonfinite_total)
-            decision = record_epoch(state, row, cfg)
-            write_csv_atomic(pd.DataFrame(state.history), run_dir / "metrics.csv")
-            print(epoch_line(row, cfg.epochs, decision[0]), flush=True)
-        state = broadcast(world, state)
-        is_best, stopped_early = broadcast(world, decision)
-        paths = [last, run_dir / "best.pth"] if is_best or not (run_dir / "best.pth").exists() \
-            else [last]
+        images_per_s = (progress.seen - done_before) * world.size / seconds
+        is_best, stopped_early = end_of_epoch(trainer, val_loader, progress, frozen,
+                                              images_per_s, seconds)
+        paths = [last, best] if is_best or not best.exists() else [last]
         progress = Progress(epoch=epoch + 1, global_step=progress.global_step,
                             nonfinite_total=progress.nonfinite_total)
-        save_training_state(trainer, state, progress, epoch, records, paths)
-        if stop.received is not None:
+        save_training_state(trainer, progress, epoch, paths)
+        if trainer.stop.received is not None:
             announce_stop(progress, last, world)
-            raise TrainingStopped(stop.received)
+            raise TrainingStopped(trainer.stop.received)
         if stopped_early:
-            break
+            return True
+    return False
+
+
+def end_of_epoch(trainer: Trainer, val_loader: DataLoader, progress: Progress, frozen: bool,
+                 images_per_s: float, seconds: float) -> tuple[bool, bool]:
+    """Validate; on rank 0 add the epoch's row to the run state and metrics.csv and print its
+    line; then every process takes rank 0's state and decision: (best so far, stop early)."""
+    cfg, world = trainer.cfg, trainer.world
+    loss_sum, seen = sum_over_ranks(world, [progress.loss_sum, progress.seen], trainer.device)
+    val = validation_metrics(trainer, val_loader, "validate")
+    decision = None
     if world.is_main:
-        best_text = "n/a" if state.best is None else f"{state.best:.4f}"
-        why = (f" (early stop: no better val mean AUC for {cfg.early_stopping_patience} epochs)"
-               if stopped_early else "")
-        print(f"train: wrote {run_dir}/best.pth (val mean AUC {best_text}), last.pth, "
-              f"metrics.csv, config.json, run_info.json{why}")
+        row = epoch_row(progress.epoch, frozen, loss_sum / max(1, seen), val, trainer.optimizer,
+                        images_per_s, seconds, progress.nonfinite_total)
+        decision = record_epoch(trainer.state, row, cfg)
+        write_metrics(trainer.state.history, cfg.run_dir)
+        print(epoch_line(row, cfg.epochs, decision[0]), flush=True)
+    trainer.state = broadcast(world, trainer.state)
+    return broadcast(world, decision)
+
+
+def start_line(trainer: Trainer, train_loader: DataLoader, val_loader: DataLoader,
+               where: str) -> str:
+    cfg, world = trainer.cfg, trainer.world
+    train_data, val_data = train_loader.dataset, val_loader.dataset
+    source = "the image cache" if train_data.cache else "images decoded on the fly"
+    unit = "studies" if cfg.view_mode == "study" else "images"
+    steps = optimizer_steps(train_loader.sampler.num_samples, cfg)
+    return (f"train: {len(train_data):,} train / {len(val_data):,} val {unit} ({source}) on "
+            f"{trainer.device} ({trainer.dtype or torch.float32}) x {world.size} process(es), "
+            f"effective batch {world.size * cfg.batch_size * cfg.accumulation_steps}, {steps} "
+            f"optimizer steps per epoch; {where}")
 
 
 def offsets_line(pos_weight, offsets) -> str:
@@ -735,4 +552,4 @@ def announce_stop(progress: Progress, last: Path, world: World) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(lambda cfg: main(cfg, given_fields(sys.argv[1:])))
+    run_cli(lambda cfg: main(cfg, given_fields(sys.argv[1:], "train.py")), script="train.py")

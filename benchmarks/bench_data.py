@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 import cache  # noqa: E402
 from cxr import image_cache  # noqa: E402
 import preprocess  # noqa: E402
-from config import LABELS, Config, apply_overrides  # noqa: E402
+from config import LABELS, Config  # noqa: E402
+from cxr.cli import apply_overrides  # noqa: E402
 from dataset import CheXpertDataset, keep_batch, make_dataset  # noqa: E402
 from cxr.device import autocast, autocast_dtype, prepare_model  # noqa: E402
 from model_architecture import CheXpertNet  # noqa: E402

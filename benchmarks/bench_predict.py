@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import predict  # noqa: E402
-from config import Config, parse_args  # noqa: E402
+from config import Config  # noqa: E402
+from cxr.cli import parse_args  # noqa: E402
 from conftest import tiny_checkpoint  # noqa: E402
 from cxr.inference import RadiographFiles, batch_logits, load_predictor  # noqa: E402
 

@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from config import LABELS, Config, apply_overrides  # noqa: E402
+from config import LABELS, Config  # noqa: E402
+from cxr.cli import apply_overrides  # noqa: E402
 from cxr.device import autocast, autocast_dtype, prepare_model, to_device  # noqa: E402
 from model_architecture import CheXpertNet  # noqa: E402
 
@@ -73,7 +74,8 @@ def compute_only(cfg: Config, batches: int) -> float:
 def real_loop(cfg: Config, batches: int) -> float:
     """Images/s of train.py's epoch loop, cached real JPEGs, default workers."""
     from dataset import EpochSampler, make_dataset, make_loader
-    from train import MaskedBCE, Progress, Trainer, make_optimizer, train_one_epoch
+    from cxr.training_state import Progress, Trainer
+    from train import MaskedBCE, make_optimizer, train_one_epoch
     device = torch.device("cpu")
     frame = pd.read_csv(cfg.splits_dir / "train.csv")
     model = prepare_model(CheXpertNet(len(LABELS)), device, cfg)

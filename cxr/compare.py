@@ -6,7 +6,7 @@ correlated, and the paired interval is much narrower than two separate intervals
 interval that excludes 0 says the difference is unlikely to be resampling noise. As in a report,
 a class's resamples are stratified by its positive patients and the means share one plain draw
 of patients over the classes with at least `min_positives` positives and negatives
-(bootstrap.py); masked (NaN) labels take no part.
+(bootstrap.py); masked (NaN) labels take no part. report.py writes the rows as tables.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from cxr.bootstrap import bootstrap_aucs, mean_over, no_interval, percentile_interval
-from cxr.metrics import MEANS, interval_text, mean_exclusions, per_class_auc
+from cxr.metrics import MEANS, mean_exclusions, per_class_auc
 
 
 def verdict(low: float | None, high: float | None) -> str:
@@ -76,40 +76,3 @@ def paired_auc_differences(scores_a: np.ndarray, scores_b: np.ndarray, targets: 
         diff = None if joint is None or not members else mean_over(joint, members)
         rows.append(_row(f"{title} ({len(members)} classes)", mean_a, mean_b, diff, level, note))
     return rows
-
-
-def _number(value: float | None, signed: bool = False) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:+.4f}" if signed else f"{value:.4f}"
-
-
-def _cells(row: dict) -> list[str]:
-    return [row["pathology"], _number(row["auc_a"]), _number(row["auc_b"]),
-            _number(row["difference"], signed=True),
-            interval_text(row["ci_low"], row["ci_high"], signed=True), row["verdict"]]
-
-
-def comparison_header(level: float) -> list[str]:
-    return ["Pathology", "AUC A", "AUC B", "B - A", f"{level:.0%} CI (paired)", "Verdict"]
-
-
-def format_comparison(rows: list[dict], level: float) -> str:
-    """Plain-text table for the terminal."""
-    header = comparison_header(level)
-    cells = [_cells(row) for row in rows]
-    widths = [max(len(line[i]) for line in [header, *cells]) for i in range(len(header))]
-    lines = ["  ".join(f"{v:<{w}}" if i in (0, 5) else f"{v:>{w}}"
-                       for i, (v, w) in enumerate(zip(line, widths))).rstrip()
-             for line in [header, *cells]]
-    rule = "-" * len(lines[0])
-    n_classes = next((i for i, row in enumerate(rows) if row["pathology"].startswith(
-        tuple(title for _, title, _ in MEANS))), len(rows))  # the means come last
-    return "\n".join([lines[0], rule, *lines[1:n_classes + 1], rule, *lines[n_classes + 1:]])
-
-
-def format_comparison_markdown(rows: list[dict], level: float) -> str:
-    header = comparison_header(level)
-    lines = ["| " + " | ".join(header) + " |", "| :--- | ---: | ---: | ---: | ---: | :--- |"]
-    lines += ["| " + " | ".join(_cells(row)) + " |" for row in rows]
-    return "\n".join(lines)

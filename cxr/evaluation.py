@@ -34,7 +34,13 @@ from dataset import make_dataset, make_loader, read_split
 
 @dataclass
 class Predictions:
-    """A split's predictions, aligned row by row with the split rows that were predicted."""
+    """A split's predictions, aligned row by row with the split rows that were predicted.
+
+    The one type every statistic reads (report, calibration, thresholds, --compare, ablate.py):
+    raw scores of labelled rows. What predict.py and app.py show for files without labels is
+    another thing, inference.PredictedFiles: calibrated probabilities and decisions, with the
+    files that could not be read.
+    """
 
     frame: pd.DataFrame
     logits: np.ndarray  # (rows, classes) float64, the positive-weight offset removed

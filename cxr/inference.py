@@ -212,7 +212,20 @@ def make_loader(data: RadiographFiles | StudyFiles, batch_size: int, num_workers
 
 # ---- predicting ------------------------------------------------------------------------------------
 
-class Predictions(NamedTuple):
+class PredictedFiles(NamedTuple):
+    """What predict_sources / predict_studies give for new radiographs: the table predict.py
+    writes as predictions.csv, the files that could not be read (predictions_errors.csv), and
+    where each row came from.
+
+    Not evaluation.Predictions, on purpose. That one holds a model's raw scores (logits before
+    the calibration map) on the rows of a labelled split with their targets: what every
+    statistic, and the calibration and thresholds fitted on val, are computed from. This one is
+    the result handed to a user for files without labels: calibrated probabilities and 0/1
+    decisions at the stored thresholds, rows named by path (or study), beside the unreadable
+    files. Scoring such a table against labels means joining it with a split's rows into an
+    evaluation.Predictions.
+    """
+
     table: pd.DataFrame  # path, one probability column per label, one "<label> positive" 0/1
     errors: pd.DataFrame  # path, reason: the files that could not be read
     positions: list[int]  # each row's position in the sources (its study's, predict_studies)
@@ -274,7 +287,7 @@ def predict_sources(predictor: Predictor, sources: Sequence[Source], batch_size:
                     num_workers: int = 0, progress: bool = True,
                     heatmap_labels: Sequence[str] = (),
                     on_heatmap: HeatmapCallback | None = None,
-                    views: Sequence[str] | None = None) -> Predictions:
+                    views: Sequence[str] | None = None) -> PredictedFiles:
     """Probabilities and decisions of every readable source, in input order, with its `view`
     (film_view of each source unless `views` gives them), and the reasons of the unreadable
     ones. With heatmap_labels, Grad-CAM maps of those labels for every image are handed to
@@ -297,7 +310,7 @@ def predict_sources(predictor: Predictor, sources: Sequence[Source], batch_size:
     names = [source_name(sources[i]) for i in positions]
     table = results_table(names, finite_probabilities(rows, predictor), predictor)
     table.insert(1, "view", [views[i] for i in positions])
-    return Predictions(table, pd.DataFrame(errors, columns=["path", "reason"]), positions)
+    return PredictedFiles(table, pd.DataFrame(errors, columns=["path", "reason"]), positions)
 
 
 def finite_probabilities(rows: list[torch.Tensor], predictor: Predictor) -> np.ndarray:
@@ -311,7 +324,7 @@ def predict_studies(predictor: Predictor, sources: Sequence[Source],
                     studies: Sequence[Sequence[int]], names: Sequence[str], batch_size: int = 16,
                     num_workers: int = 0, progress: bool = True,
                     heatmap_labels: Sequence[str] = (),
-                    on_heatmap: HeatmapCallback | None = None) -> Predictions:
+                    on_heatmap: HeatmapCallback | None = None) -> PredictedFiles:
     """Study-mode checkpoints: one prediction per study from its views fused (view_mode study).
 
     `studies` lists the source positions of each study's views (at most predictor.max_views),
@@ -342,7 +355,7 @@ def predict_studies(predictor: Predictor, sources: Sequence[Source],
     table = table.rename(columns={"path": "study"})
     table.insert(1, "views", ["; ".join(source_name(sources[i]) for i in views) for views in used])
     table.insert(2, "n_views", [len(views) for views in used])
-    return Predictions(table, pd.DataFrame(errors, columns=["path", "reason"]), done)
+    return PredictedFiles(table, pd.DataFrame(errors, columns=["path", "reason"]), done)
 
 
 UNKNOWN_VIEW = "unknown"

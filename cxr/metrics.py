@@ -1,4 +1,4 @@
-"""Per-class metrics of a split and the report card printed by evaluate.py.
+"""Per-class metrics of a split, the numbers of the report card (report.py renders it).
 
 AUC with a patient-bootstrap interval (bootstrap.py), AUPRC and prevalence per class, the means
 over the classes with enough positives and negatives and over CheXpert's five competition
@@ -8,8 +8,6 @@ standard): it takes no part in any number of its class, and is counted.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pandas as pd
@@ -216,95 +214,3 @@ def aggregate_studies(frame: pd.DataFrame, probs: np.ndarray, targets: np.ndarra
     studies = keys.groupby(group).first().reset_index(drop=True)
     studies["n_images"] = np.bincount(group)
     return studies, study_probs, study_targets
-
-
-# ---- report card ---------------------------------------------------------------------------------
-
-def report_rows(image: dict, study: dict | None = None) -> list[dict]:
-    """Report card rows: classes by AUC (best first), then the n/a ones, then the means.
-
-    `image` and `study` are summarise() results of the images and of the studies.
-    """
-    rows = []
-    left_out = next(iter(image["means"].values()), {}).get("left_out", {})
-    for label, values in image["classes"].items():
-        study_auc = study["classes"][label]["auc"] if study else None
-        note = values["status"]
-        if values["auc"] is not None and label in left_out:
-            note += f"; not in the means: {left_out[label]}"
-        rows.append({"pathology": label, "auc": values["auc"], "ci_low": values["ci"]["low"],
-                     "ci_high": values["ci"]["high"], "auprc": values["auprc"],
-                     "prevalence": values["prevalence"], "positives": values["positives"],
-                     "study_auc": study_auc, "status": note})
-    rows.sort(key=lambda row: -row["auc"] if row["auc"] is not None else math.inf)
-    for key, mean in image["means"].items():
-        study_auc = study["means"][key]["auc"] if study else None
-        rows.append({"pathology": mean["title"], "auc": mean["auc"], "ci_low": mean["ci"]["low"],
-                     "ci_high": mean["ci"]["high"], "auprc": mean["auprc"],
-                     "prevalence": mean["prevalence"], "positives": None,
-                     "study_auc": study_auc, "status": mean["ci"]["note"]})
-    return rows
-
-
-def number_text(value: float | None, digits: int = 4) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def interval_text(low: float | None, high: float | None, signed: bool = False) -> str:
-    if low is None:
-        return "n/a"
-    sign = "+" if signed else ""
-    return f"[{low:{sign}.3f}, {high:{sign}.3f}]"
-
-
-HEADER = ("Pathology", "AUC", "95% CI", "AUPRC", "Prev", "Pos", "Study AUC", "Status")
-STUDY_COLUMN = HEADER.index("Study AUC")
-
-
-def _header(ci_level: float, study_column: bool) -> list[str]:
-    header = list(HEADER)
-    header[2] = f"{ci_level:.0%} CI"
-    return header if study_column else header[:STUDY_COLUMN] + header[STUDY_COLUMN + 1:]
-
-
-def _cells(row: dict, study_column: bool) -> list[str]:
-    positives = "" if row["positives"] is None else str(row["positives"])
-    cells = [row["pathology"], number_text(row["auc"]),
-             interval_text(row["ci_low"], row["ci_high"]), number_text(row["auprc"]),
-             number_text(row["prevalence"], 3), positives, number_text(row["study_auc"]),
-             row["status"]]
-    return cells if study_column else cells[:STUDY_COLUMN] + cells[STUDY_COLUMN + 1:]
-
-
-def format_report_card(rows: list[dict], ci_level: float = 0.95, study_column: bool = True
-                       ) -> str:
-    """Plain-text table for the terminal; a rule separates the classes from the means."""
-    header = _header(ci_level, study_column)
-    cells = [_cells(row, study_column) for row in rows]
-    widths = [max(len(line[i]) for line in [header, *cells]) for i in range(len(header) - 1)]
-
-    def line(values: list[str]) -> str:
-        first = f"{values[0]:<{widths[0]}}"
-        rest = "  ".join(f"{value:>{width}}" for value, width in zip(values[1:-1], widths[1:]))
-        return f"{first}  {rest}  {values[-1]}".rstrip()
-
-    rule = "-" * (sum(widths) + 2 * len(widths) + 8)
-    lines = [line(header), rule]
-    first_mean = next((i for i, row in enumerate(rows) if row["positives"] is None), len(rows))
-    for index, values in enumerate(cells):
-        if index == first_mean:
-            lines.append(rule)
-        lines.append(line(values))
-    return "\n".join(lines)
-
-
-def format_markdown(rows: list[dict], ci_level: float = 0.95, study_column: bool = True) -> str:
-    header = _header(ci_level, study_column)
-    lines = ["| " + " | ".join(header) + " |",
-             "| :--- | " + "---: | " * (len(header) - 2) + ":--- |"]
-    for row in rows:
-        cells = _cells(row, study_column)
-        if row["positives"] is None:  # a mean: bold name and AUC
-            cells[0], cells[1] = f"**{cells[0]}**", f"**{cells[1]}**"
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)

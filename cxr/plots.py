@@ -49,14 +49,24 @@ def _save(figure, path: Path) -> None:
     figure.savefig(path, dpi=DPI)
 
 
+def _curve_panels(targets: np.ndarray, probs: np.ndarray, labels: tuple[str, ...], title: str):
+    """The figure, and (panel, label, observed targets, their scores) of every class with both
+    label values, uncertain labels masked; the other classes' panels say n/a."""
+    figure, axes = _grid(len(labels), title)
+    panels = []
+    for column, (ax, label) in enumerate(zip(axes, labels)):
+        y, p = observed(targets[:, column], probs[:, column])
+        if has_both_values(y):
+            panels.append((ax, label, y, p))
+        else:
+            _not_evaluable(ax, label)
+    return figure, panels
+
+
 def roc_grid(targets: np.ndarray, probs: np.ndarray, labels: tuple[str, ...], path: Path,
              title: str) -> None:
-    figure, axes = _grid(len(labels), title)
-    for column, (ax, label) in enumerate(zip(axes, labels)):
-        y, p = observed(targets[:, column], probs[:, column])  # uncertain labels masked
-        if not has_both_values(y):
-            _not_evaluable(ax, label)
-            continue
+    figure, panels = _curve_panels(targets, probs, labels, title)
+    for ax, label, y, p in panels:
         fpr, tpr, _ = roc_curve(y, p)
         ax.plot(fpr, tpr, label=f"AUC = {roc_auc_score(y, p):.3f}")
         ax.plot([0, 1], [0, 1], linestyle="--", color="gray", label="chance (0.5)")
@@ -68,12 +78,8 @@ def roc_grid(targets: np.ndarray, probs: np.ndarray, labels: tuple[str, ...], pa
 
 def pr_grid(targets: np.ndarray, probs: np.ndarray, labels: tuple[str, ...], path: Path,
             title: str) -> None:
-    figure, axes = _grid(len(labels), title)
-    for column, (ax, label) in enumerate(zip(axes, labels)):
-        y, p = observed(targets[:, column], probs[:, column])  # uncertain labels masked
-        if not has_both_values(y):
-            _not_evaluable(ax, label)
-            continue
+    figure, panels = _curve_panels(targets, probs, labels, title)
+    for ax, label, y, p in panels:
         precision, recall, _ = precision_recall_curve(y, p)
         ax.step(recall, precision, where="post",
                 label=f"AUPRC = {average_precision_score(y, p):.3f}")

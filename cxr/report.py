@@ -1,52 +1,131 @@
-"""The written and printed evaluation report of one split (evaluate.py computes the numbers).
+"""Every report table and document of evaluate.py, rendered from the numbers others compute.
 
     eval_<split>.md     report card, study level, operating points, calibration, linked figures
     eval_<split>.csv    one row per class (image and study AUC, ECE, both operating points), means
     eval_<split>.json   every number of the result dict, plus the figure names
+    the report card printed for each split, and the tables of a paired comparison (--compare)
+
+metrics.py, compare.py and evaluation.py compute; this module chooses the rows, columns and
+words, and tables.py lays the cells out as text or Markdown.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
 
 from config import Config
 from cxr.atomic import write_csv_atomic, write_text_atomic
-from cxr.metrics import format_markdown, format_report_card, interval_text, number_text, report_rows
+from cxr.metrics import MEANS
+from cxr.tables import interval_text, markdown_table, number_text, text_table
 
+
+# ---- the report card ----------------------------------------------------------------------------
+
+REPORT_CARD_HEADER = ("Pathology", "AUC", "95% CI", "AUPRC", "Prev", "Pos", "Study AUC", "Status")
+STUDY_COLUMN = REPORT_CARD_HEADER.index("Study AUC")
+
+
+def report_rows(image: dict, study: dict | None = None) -> list[dict]:
+    """Report card rows: classes by AUC (best first), then the n/a ones, then the means.
+
+    `image` and `study` are metrics.summarise() results of the images and of the studies.
+    """
+    rows = []
+    left_out = next(iter(image["means"].values()), {}).get("left_out", {})
+    for label, values in image["classes"].items():
+        study_auc = study["classes"][label]["auc"] if study else None
+        note = values["status"]
+        if values["auc"] is not None and label in left_out:
+            note += f"; not in the means: {left_out[label]}"
+        rows.append({"pathology": label, "auc": values["auc"], "ci_low": values["ci"]["low"],
+                     "ci_high": values["ci"]["high"], "auprc": values["auprc"],
+                     "prevalence": values["prevalence"], "positives": values["positives"],
+                     "study_auc": study_auc, "status": note})
+    rows.sort(key=lambda row: -row["auc"] if row["auc"] is not None else math.inf)
+    for key, mean in image["means"].items():
+        study_auc = study["means"][key]["auc"] if study else None
+        rows.append({"pathology": mean["title"], "auc": mean["auc"], "ci_low": mean["ci"]["low"],
+                     "ci_high": mean["ci"]["high"], "auprc": mean["auprc"],
+                     "prevalence": mean["prevalence"], "positives": None,
+                     "study_auc": study_auc, "status": mean["ci"]["note"]})
+    return rows
+
+
+def _without_study(cells: list[str], study_column: bool) -> list[str]:
+    return cells if study_column else cells[:STUDY_COLUMN] + cells[STUDY_COLUMN + 1:]
+
+
+def report_card_header(ci_level: float, study_column: bool) -> list[str]:
+    header = list(REPORT_CARD_HEADER)
+    header[2] = f"{ci_level:.0%} CI"
+    return _without_study(header, study_column)
+
+
+def report_card_cells(row: dict, study_column: bool) -> list[str]:
+    positives = "" if row["positives"] is None else str(row["positives"])
+    cells = [row["pathology"], number_text(row["auc"]),
+             interval_text(row["ci_low"], row["ci_high"]), number_text(row["auprc"]),
+             number_text(row["prevalence"], 3), positives, number_text(row["study_auc"]),
+             row["status"]]
+    return _without_study(cells, study_column)
+
+
+def report_card_text(rows: list[dict], ci_level: float = 0.95, study_column: bool = True
+                     ) -> str:
+    """Plain-text table for the terminal; a rule separates the classes from the means."""
+    header = report_card_header(ci_level, study_column)
+    means = [i for i, row in enumerate(rows) if row["positives"] is None][:1]
+    # rule_extra: the rules have always reached 8 characters into the Status column
+    return text_table(header, [report_card_cells(row, study_column) for row in rows],
+                      left=(0, len(header) - 1), rules=means, rule_extra=2)
+
+
+def report_card_markdown(rows: list[dict], ci_level: float = 0.95, study_column: bool = True
+                         ) -> str:
+    """The report card as Markdown, the means' names and AUCs in bold."""
+    header = report_card_header(ci_level, study_column)
+    cells = []
+    for row in rows:
+        line = report_card_cells(row, study_column)
+        if row["positives"] is None:  # a mean
+            line[0], line[1] = f"**{line[0]}**", f"**{line[1]}**"
+        cells.append(line)
+    return markdown_table(header, cells, left=(0, len(header) - 1))
+
+
+# ---- operating points and calibration -----------------------------------------------------------
 
 def operating_points_markdown(rows: list[dict], target: float) -> str:
     names = {"youden": "Youden", "target_sensitivity": f"sensitivity >= {target:g}"}
-    lines = ["| Pathology | Threshold (val) | Method | Sensitivity | Specificity | PPV | NPV | F1 |",
-             "| :--- | ---: | :--- | ---: | ---: | ---: | ---: | ---: |"]
+    header = ["Pathology", "Threshold (val)", "Method", "Sensitivity", "Specificity", "PPV",
+              "NPV", "F1"]
+    cells = []
     for row in sorted(rows, key=lambda r: r["pathology"]):
+        line = [row["pathology"], number_text(row["threshold"]), names[row["method"]]]
         if row["threshold"] is None:
-            lines.append(f"| {row['pathology']} | n/a | {names[row['method']]} | "
-                         "n/a: one label value on val | | | | |")
+            cells.append([*line, "n/a: one label value on val"])  # the rest left blank
             continue
-        values = [number_text(row[key], 3) for key in ("sensitivity", "specificity", "ppv",
-                                                        "npv", "f1")]
-        lines.append(f"| {row['pathology']} | {row['threshold']:.4f} | {names[row['method']]} | "
-                     + " | ".join(values) + " |")
-    return "\n".join(lines)
+        cells.append([*line, *(number_text(row[key], 3) for key in ("sensitivity", "specificity",
+                                                                     "ppv", "npv", "f1"))])
+    return markdown_table(header, cells, left=(0, 2))
 
 
 def calibration_markdown(calibration: dict) -> str:
     """Per class: ECE after the calibration map and before it, and the map (scale, bias)."""
     before, parameters = calibration["ece_uncalibrated"], calibration["parameters"] or {}
-    lines = ["| Pathology | ECE | ECE before calibration | scale | bias |",
-             "| :--- | ---: | ---: | ---: | ---: |"]
+    cells = []
     for label, ece in calibration["ece"].items():
         fitted = parameters.get(label)
-        cells = ([f"{fitted['scale']:.3f}", f"{fitted['bias']:+.3f}"] if fitted
-                 else ["n/a: one label value on val", ""])
-        lines.append(f"| {label} | {number_text(ece)} | {number_text(before[label])} | "
-                     + " | ".join(cells) + " |")
-    lines.append(f"| **mean** | **{number_text(calibration['mean_ece'])}** | "
-                 f"{number_text(calibration['mean_ece_uncalibrated'])} | | |")
-    return "\n".join(lines)
+        cells.append([label, number_text(ece), number_text(before[label]),
+                      *([number_text(fitted["scale"], 3), number_text(fitted["bias"], 3, True)]
+                        if fitted else ["n/a: one label value on val", ""])])
+    cells.append(["**mean**", f"**{number_text(calibration['mean_ece'])}**",
+                  number_text(calibration["mean_ece_uncalibrated"])])  # scale, bias blank
+    return markdown_table(["Pathology", "ECE", "ECE before calibration", "scale", "bias"], cells)
 
 
 def calibration_text(calibration: dict) -> str:
@@ -118,11 +197,11 @@ def markdown_report(result: dict, plots: dict[str, str], cfg: Config) -> str:
         f"draw. {calibration_text(calibration)} "
         f"Test-time augmentation: {'on' if result['tta'] else 'off'}. " + study_text(result), "",
         f"## Report card ({'studies' if per_study(result) else 'images'})", "",
-        format_markdown(report_rows(result["image"], study), cfg.ci_level), "",
+        report_card_markdown(report_rows(result["image"], study), cfg.ci_level), "",
         left_out_text(result["image"]), "",
         dropped_resamples_text(result["image"]), "",
         f"## Study level ({result['n_studies']} studies, {study_unit_text(result)})", "",
-        format_markdown(report_rows(study), cfg.ci_level, study_column=False), "",
+        report_card_markdown(report_rows(study), cfg.ci_level, study_column=False), "",
         "## Operating points (thresholds chosen on the val split)", "",
         operating_points_markdown(result["operating_points"], cfg.target_sensitivity), "",
         f"## Calibration ({calibration['bins']} bins)", "",
@@ -177,7 +256,7 @@ def write_reports(result: dict, plots: dict[str, str], cfg: Config, out_dir: Pat
 def print_report(result: dict, path: Path, cfg: Config) -> None:
     print(f"\nReport card: {result['split']} split ({result['n_images']} images, "
           f"{result['n_studies']} studies, {result['n_patients']} patients), checkpoint {path}")
-    print(format_report_card(report_rows(result["image"], result["study"]), cfg.ci_level))
+    print(report_card_text(report_rows(result["image"], result["study"]), cfg.ci_level))
     means = [f"{mean['name']} {number_text(mean['auc'])} "
              f"{interval_text(mean['ci']['low'], mean['ci']['high'])}"
              for mean in result["study"]["means"].values()]
@@ -190,3 +269,41 @@ def print_report(result: dict, path: Path, cfg: Config) -> None:
     print(f"mean ECE {number_text(calibration['mean_ece'])} ({calibration['bins']} bins, "
           f"{calibration['method']} calibration fitted on val; "
           f"{number_text(calibration['mean_ece_uncalibrated'])} before it)")
+
+
+# ---- a paired comparison of two runs (evaluate.py --compare; compare.py computes the rows) ----
+
+def comparison_header(level: float) -> list[str]:
+    return ["Pathology", "AUC A", "AUC B", "B - A", f"{level:.0%} CI (paired)", "Verdict"]
+
+
+def comparison_cells(row: dict) -> list[str]:
+    return [row["pathology"], number_text(row["auc_a"]), number_text(row["auc_b"]),
+            number_text(row["difference"], signed=True),
+            interval_text(row["ci_low"], row["ci_high"], signed=True), row["verdict"]]
+
+
+def comparison_text(rows: list[dict], level: float) -> str:
+    """Plain-text table for the terminal; a rule before the means (they come last)."""
+    titles = tuple(title for _, title, _ in MEANS)
+    n_classes = next((i for i, row in enumerate(rows) if row["pathology"].startswith(titles)),
+                     len(rows))
+    return text_table(comparison_header(level), [comparison_cells(row) for row in rows],
+                      left=(0, 5), rules=(n_classes,))
+
+
+def comparison_markdown(rows: list[dict], level: float) -> str:
+    return markdown_table(comparison_header(level), [comparison_cells(row) for row in rows],
+                          left=(0, 5))
+
+
+def comparison_report(rows: list[dict], description: list[str], name_a: str, name_b: str,
+                      level: float) -> str:
+    """compare_<split>_vs_<A>.md: `description` is the line saying what was compared, then the
+    lines naming A and B."""
+    return "\n".join([
+        f"# Comparison: {name_b} (B) vs {name_a} (A)", "",
+        description[0], "", *(f"- {line}" for line in description[1:]), "",
+        comparison_markdown(rows, level), "",
+        "An interval that excludes 0 means the difference is unlikely to be resampling noise "
+        "(verdict `B better` / `A better`).", ""])

@@ -4,6 +4,8 @@ one small ablation run end to end (then re-run: finished configurations are skip
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import subprocess
 import sys
 
@@ -13,7 +15,8 @@ import pytest
 
 import ablate
 from cxr.bootstrap import bootstrap_aucs
-from config import Config, ConfigError, PipelineError, parse_args
+from config import Config, ConfigError, PipelineError
+from cxr.cli import command_line_options, given_options, parse_args
 from conftest import ROOT
 from cxr.evaluation import Predictions
 from cxr.metrics import summarise
@@ -22,20 +25,30 @@ LABELS = ("Atelectasis", "Cardiomegaly", "Edema", "Fracture")
 
 
 def configurations(specs, shared_argv=()):
-    shared = parse_args(list(shared_argv))
-    return ablate.resolve_configurations(list(specs), shared, list(shared_argv))
+    shared = parse_args([*shared_argv, *(["--ablation", *specs] if specs else [])], "ablate.py")
+    return ablate.resolve_configurations(shared, command_line_options(list(shared_argv),
+                                                                      "ablate.py"))
 
 
 # ---- command line ------------------------------------------------------------------------------
 
-def test_ablation_values_are_taken_out_of_the_config_options():
-    specs, rest = ablate.split_ablation_args(
-        ["--data_dir", "d", "--ablation", "a: --dropout 0", "b: --dropout 0.5", "--epochs", "3",
-         "--ablation=c: --gem_p 1", "--ablation_name", "x"])
-    assert specs == ["a: --dropout 0", "b: --dropout 0.5", "c: --gem_p 1"]
-    assert rest == ["--data_dir", "d", "--epochs", "3", "--ablation_name", "x"]
-    assert parse_args(rest).ablation_name == "x"
-    assert ablate.without_option(rest, "ablation_name") == ["--data_dir", "d", "--epochs", "3"]
+def test_ablation_is_a_field_of_whole_configurations():
+    argv = ["--data_dir", "d", "--ablation", "a: --dropout 0", "b: --gradcam A,B", "--epochs",
+            "3", "--ablation_name", "x"]
+    cfg = parse_args(argv, "ablate.py")
+    assert cfg.ablation == ("a: --dropout 0", "b: --gradcam A,B")  # not split on commas
+    assert (cfg.data_dir, cfg.epochs, cfg.ablation_name) == ("d", 3, "x")
+    assert parse_args(["--ablation=c: --gem_p 1"], "ablate.py").ablation == ("c: --gem_p 1",)
+
+
+def test_each_stage_gets_the_options_it_reads():
+    shared = command_line_options(["--data_dir", "d", "--epochs", "3", "--num_workers", "-1",
+                                   "--bootstrap_resamples", "10"], "ablate.py")
+    found = configurations(["a:", "b: --dropout 0.5 --tta=true"], ["--epochs", "3"])
+    assert ablate.stage_options("train.py", shared, found[1]) == [
+        "--data_dir", "d", "--epochs", "3", "--num_workers", "-1", "--dropout", "0.5"]
+    assert ablate.stage_options("evaluate.py", shared, found[1]) == [
+        "--data_dir", "d", "--num_workers", "-1", "--bootstrap_resamples", "10", "--tta", "true"]
 
 
 def test_configurations_have_a_name_and_the_options_that_differ():
@@ -60,6 +73,8 @@ def test_configurations_have_a_name_and_the_options_that_differ():
     (["a:", "b: --bootstrap_resamples 10"], [], "sets --bootstrap_resamples"),
     (["a:", "b: --run_name r"], [], "'b' sets --run_name: ablate.py sets it"),
     (["a:", "b: --dropot 0.5"], [], "'b': unknown option --dropot"),
+    (["a:", "b: --gradcam Edema"], [], "'b': --gradcam is read by predict.py, not by ablate.py"),
+    (["a:", "b: --ablation_name x"], [], "'b' sets --ablation_name: set it once, outside"),
     (["a:", "b: --epochs"], [], "--epochs needs a value"),
     (["a:", "b c: --dropout 0"], [], "with a NAME of letters"),
     (["a:", "b:"], ["--resume", "auto"], "--resume: ablate.py sets it"),
@@ -199,11 +214,25 @@ SPECS = ["no-dropout: --dropout 0.0", "dropout: --dropout 0.5"]
 def test_two_configurations_end_to_end_then_resumed(data_args, monkeypatch, capsys):
     options, models = data_args
     out = models / "ablation-tiny"
+    shared_env = {**os.environ, "PIPELINE_OPTIONS": "--tta false --gradcam Edema"}
     result = subprocess.run([sys.executable, "ablate.py", *options, *SHARED, "--ablation", *SPECS],
-                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+                            cwd=ROOT, capture_output=True, text=True, timeout=600, env=shared_env)
     assert result.returncode == 0, result.stdout + result.stderr
     stdout = result.stdout
     assert "train: wrote" in stdout and "evaluate: wrote" in stdout  # the children's output
+    # each stage's exact command, with the options it reads (--tta from PIPELINE_OPTIONS, which
+    # ablate.py reads through evaluate.py; --gradcam, read by neither, left out)
+    commands = [line.removeprefix("ablate: $ ") for line in stdout.splitlines()
+                if line.startswith("ablate: $ ")]
+    assert len(commands) == 4 and "--gradcam" not in stdout
+    train, evaluate = shlex.split(commands[0]), shlex.split(commands[1])
+    assert train[:2] == [sys.executable, str(ROOT / "train.py")]
+    assert train[2:] == [*options, *SHARED[:10], "--min_positives", "1", "--dropout", "0.0",
+                         "--run_name", "tiny-no-dropout"]
+    assert evaluate[1:] == [str(ROOT / "evaluate.py"), "--tta", "false", *options,
+                            "--num_workers", "0", "--bootstrap_resamples", "100",
+                            "--min_positives", "1", "--checkpoint",
+                            str(models / "tiny-no-dropout" / "best.pth")]
     table = pd.read_csv(out / "ablation.csv")
     assert table["configuration"].tolist() == ["no-dropout", "dropout"]
     assert table["run"].tolist() == [str(models / "tiny-no-dropout"), str(models / "tiny-dropout")]
@@ -232,8 +261,8 @@ def test_two_configurations_end_to_end_then_resumed(data_args, monkeypatch, caps
         report.write_text(saved)
 
     monkeypatch.setattr(ablate, "run_step", fake_step)
-    specs, rest = ablate.split_ablation_args([*options, *SHARED, "--ablation", *SPECS])
-    ablate.main(parse_args(rest), specs, rest)
+    argv = [*options, *SHARED, "--ablation", *SPECS]
+    ablate.main(parse_args(argv, "ablate.py"), given_options(argv, "ablate.py"))
     again = capsys.readouterr().out
     assert launched == [("evaluate.py", "dropout")]
     assert "[1/2] no-dropout: " in again and "already holds its trained and evaluated run" in again

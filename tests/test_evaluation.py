@@ -20,17 +20,17 @@ from cxr.bootstrap import Resamples, bootstrap_auc_matrix, bootstrap_aucs, draw_
     weighted_aucs
 from cxr.calibration import calibrated_logits, calibrated_probs, expected_calibration_error, \
     fit_calibration, reliability_bins, sigmoid
-from cxr.compare import format_comparison, paired_auc_differences
-from config import LABELS, Config, ConfigError, PipelineError, parse_args
+from cxr.compare import paired_auc_differences
+from config import LABELS, Config, ConfigError, PipelineError
+from cxr.cli import parse_args
 from cxr.checkpoints import require_finite
 from cxr.evaluation import Predictions, bootstrap_matrix, evaluate_predictions
-from evaluate import join_compare_values
 from cxr.metrics import COMPETITION_LABELS, aggregate_studies, summarise
 from cxr.operating_points import choose_thresholds, metrics_at, operating_point_table, \
     sensitivity_threshold, youden_threshold
 from cxr.thresholds import thresholds_payload, write_thresholds
 from cxr.plots import pr_grid, reliability_grid, roc_grid
-from cxr.report import write_reports
+from cxr.report import comparison_text, write_reports
 from cxr.augment import TTAModel, shifted_view
 
 
@@ -168,7 +168,7 @@ def test_paired_comparison_detects_a_better_model():
                                   0.95, seed=0)
     for row in rows:
         assert row["difference"] > 0 and row["ci_low"] > 0 and row["verdict"] == "B better"
-    text = format_comparison(rows, 0.95)
+    text = comparison_text(rows, 0.95)
     assert "B better" in text and "AVERAGE (2 classes)" in text
 
 
@@ -389,16 +389,14 @@ def test_figures_are_written_with_a_not_evaluable_class(tmp_path):
 # ---- command line, config, test-time augmentation ----------------------------------------------
 
 def test_compare_takes_two_values_on_the_command_line():
-    argv = join_compare_values(["--data_dir", "d", "--compare", "run-a", "models/b/best.pth",
-                                "--compare_split", "val"])
-    assert argv == ["--data_dir", "d", "--compare=run-a,models/b/best.pth",
-                    "--compare_split", "val"]
-    cfg = parse_args(argv)
-    assert (cfg.compare, cfg.compare_split) == ("run-a,models/b/best.pth", "val")
-    assert join_compare_values(["--compare=a,b"]) == ["--compare=a,b"]
-    assert parse_args(join_compare_values(["--compare", "a"])).compare == "a"  # main says why
-    with pytest.raises(ConfigError, match="unexpected argument 'b'"):
-        parse_args(join_compare_values(["--compare", "a", "b", "c"]))
+    cfg = parse_args(["--data_dir", "d", "--compare", "run-a", "models/b/best.pth",
+                      "--compare_split", "val"], "evaluate.py")
+    assert (cfg.compare, cfg.compare_split) == (("run-a", "models/b/best.pth"), "val")
+    assert parse_args(["--compare=a,b"], "evaluate.py").compare == ("a", "b")
+    assert parse_args(["--compare", "a"], "evaluate.py").compare == ("a",)  # main says why
+    import evaluate
+    with pytest.raises(ConfigError, match="--compare takes two runs.*got 3: a b c"):
+        evaluate.compare_runs(Config(compare=("a", "b", "c")))
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -410,7 +408,7 @@ def test_compare_takes_two_values_on_the_command_line():
 ])
 def test_evaluation_fields_are_validated(argv, message):
     with pytest.raises(ConfigError, match=message):
-        parse_args(argv)
+        parse_args(argv, "evaluate.py")
 
 
 def test_tta_averages_fixed_views_without_flipping():

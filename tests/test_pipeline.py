@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -19,23 +21,27 @@ TINY = ["--pretrained", "false", "--image_size", "64", "--batch_size", "16", "--
         "--frozen_epochs", "1", "--warmup_steps", "2", "--num_workers", "1"]
 
 
-def run_script(script: str, *args: str) -> str:
+def run_script(script: str, *args: str, shared: list[str] = ()) -> str:
+    """`shared`: options passed in PIPELINE_OPTIONS, as the Makefile passes them to each stage."""
+    env = {**os.environ, "PIPELINE_OPTIONS": shlex.join(shared)}
     result = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True,
-                            text=True, timeout=900)
+                            text=True, timeout=900, env=env)
     assert result.returncode == 0, f"{script} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout
 
 
 def run_chain(data_root, tmp_path, *extra: str, cached: bool = False) -> dict:
-    """The README's chain; with the image cache when `cached`, else decoding JPEGs on the fly."""
-    common = ["--data_root", str(data_root), "--data_dir", str(tmp_path / "data"),
+    """The README's chain, as `make pipeline` runs it: the options every stage shares in
+    PIPELINE_OPTIONS (each script takes those it reads); with the image cache when `cached`,
+    else decoding JPEGs on the fly."""
+    shared = ["--data_root", str(data_root), "--data_dir", str(tmp_path / "data"),
               "--models_dir", str(tmp_path / "models"), *TINY, *extra]
-    outputs = {"preprocess": run_script("preprocess.py", *common),
-               "make_splits": run_script("make_splits.py", *common)}
+    outputs = {"preprocess": run_script("preprocess.py", shared=shared),
+               "make_splits": run_script("make_splits.py", shared=shared)}
     if cached:
-        outputs["cache"] = run_script("cache.py", *common)
-    outputs["train"] = run_script("train.py", *common, "--run_name", "run")
-    outputs["evaluate"] = run_script("evaluate.py", *common)  # the newest run by default
+        outputs["cache"] = run_script("cache.py", shared=shared)
+    outputs["train"] = run_script("train.py", "--run_name", "run", shared=shared)
+    outputs["evaluate"] = run_script("evaluate.py", shared=shared)  # the newest run by default
     source = "(the image cache)" if cached else "(images decoded on the fly)"
     assert source in outputs["train"]
     for stage, stdout in outputs.items():

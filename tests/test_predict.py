@@ -52,8 +52,8 @@ def test_folder_of_good_and_bad_files(checkpoint, tmp_path):
         shutil.copy(shared(f"bad-inputs/images/{name}"), images / name)
     (images / "notes.txt").write_text("not an image, by its suffix: left out")
     output = tmp_path / "out" / "predictions.csv"
-    result = run_predict("--checkpoint", str(checkpoint), "--inputs", str(images),
-                         "--output", str(output), "--device", "cpu", "--batch_size", "4")
+    result = run_predict(str(images), "--checkpoint", str(checkpoint), "--output", str(output),
+                         "--device", "cpu", "--batch_size", "4")  # the inputs come first
     assert result.returncode == 0, result.stderr
     assert "thresholds.json not found" in result.stdout  # the 0.5 default is announced
     last = result.stdout.strip().splitlines()[-1]
@@ -145,10 +145,10 @@ def test_thresholds_malformed_are_an_error(checkpoint, tmp_path):
 def run_in_process(capsys, *args: str) -> tuple[int, str, str]:
     """predict.py's command line without a new interpreter: (exit code, stdout, stderr)."""
     import predict
-    from config import run_cli
+    from cxr.cli import run_cli
 
     try:
-        run_cli(predict.main, list(args))
+        run_cli(predict.main, script="predict.py", argv=list(args))
         code = 0
     except SystemExit as stop:
         code = stop.code
@@ -212,9 +212,8 @@ def test_a_frontal_model_flags_lateral_films(checkpoint, tmp_path, capsys):
     pd.DataFrame({"image_path": [str(jpeg), str(jpeg)], "view": ["Lateral", ""]}).to_csv(listed,
                                                                                         index=False)
     output = tmp_path / "predictions.csv"
-    code, out, err = run_in_process(capsys, "--checkpoint", str(checkpoint), "--inputs",
-                                    f"{tmp_path / 'scans'},{listed}", "--device", "cpu",
-                                    "--output", str(output))
+    code, out, err = run_in_process(capsys, str(tmp_path / "scans"), str(listed), "--checkpoint",
+                                    str(checkpoint), "--device", "cpu", "--output", str(output))
     assert code == 0, err
     table = pd.read_csv(output, keep_default_na=False)
     views = dict(zip(table["path"].map(lambda p: p.rsplit("/", 1)[-1]), table["view"]))
@@ -258,11 +257,12 @@ def demo_model(tmp_path_factory):
     out = tmp_path_factory.mktemp("cam")
     run_script("make_demo_data.py", "--out", str(out / "demo"), "--patients", "250",
                "--valid_patients", "60", "--width", "160", "--height", "192")
-    common = ["--data_root", str(out / "demo" / "CheXpert-v1.0-small"), "--data_dir",
-              str(out / "data"), "--models_dir", str(out / "models"), *DEMO_TRAINING]
-    for script in ("preprocess.py", "make_splits.py"):
-        run_script(script, *common)
-    run_script("train.py", *common, "--run_name", "cam")
+    data_dir = ["--data_dir", str(out / "data")]
+    run_script("preprocess.py", "--data_root", str(out / "demo" / "CheXpert-v1.0-small"),
+               *data_dir)
+    run_script("make_splits.py", *data_dir)
+    run_script("train.py", *data_dir, "--models_dir", str(out / "models"), *DEMO_TRAINING,
+               "--run_name", "cam")
     return out / "models" / "cam" / "best.pth", out / "demo"
 
 
@@ -295,9 +295,8 @@ def test_gradcam_peak_falls_on_the_planted_finding(demo_model, tmp_path):
 
     # the same through predict.py: one overlay PNG per image, on the whole radiograph
     output = tmp_path / "predictions.csv"
-    result = run_predict("--checkpoint", str(checkpoint), "--inputs", ",".join(paths[:3]),
-                         "--output", str(output), "--gradcam", "support devices,Cardiomegaly",
-                         "--device", "cpu")
+    result = run_predict(*paths[:3], "--checkpoint", str(checkpoint), "--output", str(output),
+                         "--gradcam", "support devices", "Cardiomegaly", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert "Grad-CAM overlays of Support Devices, Cardiomegaly in" in result.stdout
     overlays = sorted((tmp_path / "predictions_gradcam").glob("*.png"))

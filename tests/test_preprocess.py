@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import make_root, row, shared
+from conftest import ROOT, make_root, row, shared
 from config import LABELS, Config, PipelineError
+from cxr.atomic import write_csv_atomic
+from cxr.chexpert import PATIENT_STUDY, extract_patient_study
 from cxr.labels import apply_uncertainty_policy, parse_raw_labels, raw_column
 import preprocess
 
@@ -159,3 +164,121 @@ def test_uncertainty_policies_on_real_rows(real_labels):
     certain = raw.notna() & ~uncertain
     assert (ones[certain] == raw[certain]).sum().sum() == certain.sum().sum()
     assert (ones[raw.isna()] == 0).sum().sum() == raw.isna().sum().sum()
+
+
+# ---- fast CSV reading and writing give what pandas' own reader and writer give -----------------
+
+HEADER = "Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding\n"
+LINE = "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg,Female,68,Frontal,AP,1.0\n"
+HOSTILE_CSVS = {
+    "plain": HEADER + LINE, "short_row": HEADER + LINE + "a,b,c\n" + LINE,
+    "long_row": HEADER + LINE + LINE.strip() + ",extra\n",
+    "every_row_long": HEADER + LINE.strip() + ",x\n" + LINE.strip() + ",y\n",
+    "empty": "", "bom_only": "\ufeff", "header_without_newline": HEADER.strip(),
+    "header_crlf": HEADER.replace("\n", "\r\n"),
+    "blank_lines": HEADER + LINE + "\n\n" + LINE + "\n\n",
+    "crlf": (HEADER + LINE + "\r\n" + LINE).replace("\n", "\r\n"),
+    "cr_only": (HEADER + LINE + LINE).replace("\n", "\r"), "spaces_line": HEADER + LINE + "   \n",
+    "commas_line": HEADER + LINE + ",,,,,\n",
+    "quoted_comma": HEADER + LINE.replace("Female", '"F,e"'),
+    "quoted_newline": HEADER + LINE.replace("Female", '"F\ne"'),
+    "inner_quote": HEADER + LINE.replace("Female", 'F"e'),
+    "quote_then_text": HEADER + LINE.replace("Female", '"F"e'),
+    "space_then_quote": HEADER + LINE.replace("Female", ' "F,e"'),
+    "doubled_quote": HEADER + LINE.replace("Female", '"F""e"'),
+    "unclosed_quote": HEADER + LINE.replace("Female", '"Female') + LINE,
+    "nul": HEADER + LINE.replace("Female", "F\x00e"),
+    "spaced_label": HEADER + LINE.replace(",1.0", ", 1.0 "),
+    "duplicate_header": HEADER.replace("Sex", "Age") + LINE,
+    "blank_header": HEADER.replace("Sex", "") + LINE,
+    "bom": "\ufeff" + HEADER + LINE, "two_boms": "\ufeff\ufeff" + HEADER + LINE,
+    "na_words": HEADER + LINE.replace("Female", "NA").replace("68", "nan").replace("1.0", "NULL"),
+    "leading_zeros": HEADER + LINE.replace("68", "007"),
+    "latin1": (HEADER + LINE.replace("Female", "F\xe9male")).encode("latin-1"),
+    "latin1_after_many_rows":
+        (HEADER + LINE * 30_000 + LINE.replace("Female", "F\xe9")).encode("latin-1"),
+}
+
+
+def reading_before_pyarrow(path):
+    """What preprocess.read_chexpert_csv gave when it read with pandas' C parser alone."""
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        return f"{path} is not a UTF-8 text CSV file (binary content?)"
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        return f"{path} is not a readable CSV file: {err}"
+
+
+@pytest.mark.parametrize("name", HOSTILE_CSVS)
+def test_csvs_read_as_the_c_parser_reads_them(tmp_path, name):
+    text = HOSTILE_CSVS[name]
+    path = tmp_path / "train.csv"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    expected = reading_before_pyarrow(path)
+    if isinstance(expected, str):
+        with pytest.raises(PipelineError) as error:
+            preprocess.read_chexpert_csv(path)
+        assert str(error.value) == expected
+    else:
+        frame = preprocess.read_chexpert_csv(path)
+        pd.testing.assert_frame_equal(frame, expected)
+        assert list(frame.columns) == list(expected.columns)
+
+
+def test_real_csv_reads_as_the_c_parser_reads_it(tmp_path, real_labels):
+    path = tmp_path / "train.csv"
+    real_labels.to_csv(path, index=False)
+    pd.testing.assert_frame_equal(preprocess.read_chexpert_csv(path), real_labels)
+
+
+@pytest.mark.parametrize("values", [
+    ["plain", "", None, "ünï", " spaced ", "#", "nan", "\ufeff", "a\x00b", "\u2028", "'q'"],
+    ["with,comma", "x"], ['with"quote', "x"], ["new\nline", "x"], ["cr\rx", "x"], ["tab\tx", "x"],
+])
+def test_csv_writer_writes_pandas_bytes(tmp_path, values):
+    """write_csv_atomic (pyarrow for string and integer columns) writes what to_csv writes."""
+    frames = [
+        pd.DataFrame({"s": pd.Series(values, dtype="str"), "n": range(len(values)),
+                      "raw": pd.array([1, None, -1, 0] * 3, dtype="Int8")[:len(values)],
+                      "t": np.arange(len(values), dtype=np.int8), "u": np.uint64(2**64 - 1)}),
+        pd.DataFrame({"s": pd.Series(values, dtype="str"), "nan": np.nan, "b": True,
+                      "f": np.linspace(-1e-300, 1 / 3, len(values)),
+                      "o": pd.Series(values, dtype=object)}),
+        pd.DataFrame({"s": pd.Series(values, dtype="str")}),  # one column: a blank cell is ""
+        pd.DataFrame({"a,b": pd.Series(values, dtype="str"), 'q"': 1}),
+        pd.DataFrame({"s": pd.Series(values, dtype="str"), "n": 1}).iloc[:0],
+    ]
+    for frame in frames:
+        write_csv_atomic(frame, tmp_path / "fast.csv")
+        frame.to_csv(tmp_path / "pandas.csv", index=False)
+        assert (tmp_path / "fast.csv").read_bytes() == (tmp_path / "pandas.csv").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fast.csv", "pandas.csv"]  # no temp left
+
+
+def test_floats_round_trip_through_the_csv_writer(tmp_path):
+    values = np.array([0.1, 1 / 3, 2 / 3 * 1e-300, np.pi * 1e300, -0.0, 1e16 + 2, 5e-324, np.nan])
+    write_csv_atomic(pd.DataFrame({"x": values, "s": "a"}), tmp_path / "floats.csv")
+    read = pd.read_csv(tmp_path / "floats.csv")["x"].to_numpy()
+    assert np.array_equal(read, values, equal_nan=True)
+
+
+@pytest.mark.parametrize("paths", [
+    ["CheXpert-v1.0-small/train/patient00001/study2/view1_frontal.jpg", "train/no_patient.jpg", "",
+     "patient12/study3", "x/patient1/study1/patient2/study2/", "patient1/study1/x", None],
+    ["x/patient\u0663/study1/a.jpg", "x/patient1/study1/\u00e9.jpg"],  # non-ASCII: pandas' regex
+    [],
+])
+def test_patient_and_study_ids_are_those_of_pandas_extract(paths):
+    series = pd.Series(paths, dtype="str", index=np.arange(len(paths))[::-1] * 3)
+    expected = series.str.extract(PATIENT_STUDY)
+    pd.testing.assert_frame_equal(extract_patient_study(series), expected)
+
+
+def test_csv_stages_load_neither_torch_nor_opencv():
+    """preprocess.py (labels only) and make_splits.py start fast: no torch, cv2 or sklearn."""
+    program = ("import sys, preprocess, make_splits; "
+               "print(*sorted({'torch', 'cv2', 'sklearn'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True,
+                          text=True, check=True)
+    assert done.stdout.split() == []

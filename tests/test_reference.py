@@ -30,7 +30,8 @@ import preprocess
 import train
 from cxr.calibration import calibrated_probs
 from cxr.checkpoints import checkpoint_warnings, load_checkpoint, model_from_checkpoint, model_id
-from config import LABELS, UNCERTAINTY_POLICIES, Config, ConfigError, PipelineError, run_cli
+from config import LABELS, UNCERTAINTY_POLICIES, Config, ConfigError, PipelineError
+from cxr.cli import run_cli
 from conftest import ROOT, make_root, row, tiny_checkpoint
 from dataset import check_data_options, make_dataset, read_split
 from cxr.inference import load_predictor, predict_sources
@@ -243,8 +244,9 @@ def test_thresholds_of_other_weights_are_refused_naming_evaluate(trained, tmp_pa
         load_predictor(other, cpu)
     image = read_split(Path(trained.parent.parent) / "data" / "splits" / "val.csv")["image_path"][0]
     with pytest.raises(SystemExit) as stop:
-        run_cli(predict.main, ["--checkpoint", str(other), "--inputs", image, "--device", "cpu",
-                               "--output", str(tmp_path / "p.csv")])
+        run_cli(predict.main, script="predict.py",
+                argv=[image, "--checkpoint", str(other), "--device", "cpu", "--output",
+                      str(tmp_path / "p.csv")])
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "run evaluate.py --checkpoint" in err.lower()

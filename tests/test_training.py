@@ -14,8 +14,9 @@ from config import Config
 from cxr.labels import positive_class_weights
 from model_architecture import CheXpertNet
 from config import PipelineError
-from train import (MaskedBCE, Progress, Trainer, accumulation_plan, lr_multiplier, masked_bce,
-                   set_backbone_frozen, train_one_epoch)
+from cxr.training_state import Progress, Trainer
+from train import (MaskedBCE, accumulation_plan, lr_multiplier, masked_bce, set_backbone_frozen,
+                   train_one_epoch)
 
 
 def test_accumulation_plan_weights_groups_including_the_last_partial_one():

@@ -102,7 +102,7 @@ def test_study_mode_trains_evaluates_and_rebuilds_from_the_checkpoint(study_run)
     assert report["unit"] == "study"
     assert "## Report card (studies)" in (cfg.run_dir / "eval_val.md").read_text()
     # --compare with itself: scored per study, identical
-    evaluate.main(dataclasses.replace(cfg, compare="study,study"))
+    evaluate.main(dataclasses.replace(cfg, compare=("study", "study")))
     table = pd.read_csv(cfg.run_dir / "compare_test_vs_study.csv")
     assert (table["difference"].dropna() == 0).all()
     assert "studies" in (cfg.run_dir / "compare_test_vs_study.md").read_text()
