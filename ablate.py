@@ -43,17 +43,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr.checkpoints import config_from_checkpoint, load_checkpoint
 from config import ACCEPTS, DATA_FIELDS, READS, Config, ConfigError, PipelineError, validate
+from cxr.atomic import write_csv_atomic, write_text_atomic
+from cxr.checkpoints import config_from_checkpoint, load_checkpoint
 from cxr.cli import PIPELINE_ENV, Options, apply_options, command_line_options, given_options, \
     option_tokens, run_cli
-from dataset import check_data_options
 from cxr.device import choose_device
 from cxr.evaluation import Predictions, load_model, paired_differences, predict_split
-from cxr.atomic import write_csv_atomic, write_text_atomic
-from cxr.resume import FIXED_ON_RESUME  # the fields that shape a run
 from cxr.metrics import MEANS
+from cxr.resume import FIXED_ON_RESUME  # the fields that shape a run
 from cxr.tables import interval_text, markdown_table, number_text, text_table
+from dataset import check_data_options
 
 ROOT = Path(__file__).resolve().parent
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

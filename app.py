@@ -28,9 +28,9 @@ import streamlit as st
 
 from config import Config, ConfigError, PipelineError
 from cxr.cli import parse_args
-from cxr.thresholds import THRESHOLDS_FILE
 from cxr.inference import PredictedFiles, Predictor, Upload, film_view, findings_of, \
     frontal_first, lateral_warning, load_predictor, overlay_of, predict_sources, predict_studies
+from cxr.thresholds import THRESHOLDS_FILE
 
 CHECKPOINT_ENV = "CHEXPERT_CHECKPOINT"  # a checkpoint path to start with
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "dcm", "dicom"]

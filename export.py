@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from config import Config, PipelineError
+from cxr.atomic import write_atomic, write_text_atomic
 from cxr.calibration import calibration_arrays
 from cxr.checkpoints import checkpoint_warnings, load_checkpoint, model_from_checkpoint, model_id, \
     resolve_checkpoint
-from config import Config, PipelineError
-from cxr.atomic import write_atomic, write_text_atomic
 from cxr.cli import run_cli
 from cxr.thresholds import read_thresholds
 

@@ -36,14 +36,14 @@ from pathlib import Path
 import cv2
 import pandas as pd
 
-from cxr.checkpoints import resolve_checkpoint
-from cxr.chexpert import RELEASE_PREFIX
 from config import Config, PipelineError
 from cxr.atomic import write_csv_atomic
+from cxr.checkpoints import resolve_checkpoint
+from cxr.chexpert import RELEASE_PREFIX
 from cxr.cli import run_cli
+from cxr.imaging import DICOM_MAGIC, DICOM_MAGIC_OFFSET, ImageReadError
 from cxr.inference import Predictor, film_view, find_label, frontal_first, lateral_warning, \
     load_predictor, predict_sources, predict_studies, radiograph
-from cxr.imaging import DICOM_MAGIC, DICOM_MAGIC_OFFSET, ImageReadError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".tif", ".tiff", ".bmp")
 PATH_COLUMNS = ("image_path", "Path")  # a CSV's path column, in order of preference

@@ -12,9 +12,9 @@ that reference per call for comparison.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cxr.bootstrap import bootstrap_aucs, draw_resamples  # noqa: E402
+from cxr.cli import parse_args  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
 CLASSES = 14
@@ -44,12 +45,15 @@ def reference_auc(probs, targets, resamples, b: int, column: int) -> float:
     return roc_auc_score(targets[rows, column], probs[rows, column])
 
 
+@dataclass
+class Options:
+    images: int = 10_000  # predictions
+    patients: int = 2_000  # patients they belong to
+    resamples: int = 1_000  # bootstrap resamples
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=10_000)
-    parser.add_argument("--patients", type=int, default=2_000)
-    parser.add_argument("--resamples", type=int, default=1_000)
-    args = parser.parse_args()
+    args = parse_args(defaults=Options())
     patient_ids, targets, probs = synthetic(args.images, args.patients)
 
     start = time.perf_counter()

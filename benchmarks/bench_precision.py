@@ -10,9 +10,9 @@ slower than fp32, which is why `--precision auto` checks (engine.cpu_has_native_
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from config import LABELS, Config  # noqa: E402
+from cxr.cli import parse_args  # noqa: E402
 from cxr.device import autocast, autocast_dtype, cpu_has_native_bf16, prepare_model  # noqa: E402
 from model_architecture import CheXpertNet  # noqa: E402
 
@@ -46,12 +47,15 @@ def step_rate(dtype: torch.dtype | None, image_size: int, batch_size: int, steps
     return steps * batch_size / (time.perf_counter() - start)
 
 
+@dataclass
+class Options:
+    image_size: int = 96  # pixels
+    batch_size: int = 16  # images per step
+    steps: int = 4  # timed training steps per precision
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--image_size", type=int, default=96)
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=4)
-    args = parser.parse_args()
+    args = parse_args(defaults=Options())
     rates = {name: step_rate(dtype, args.image_size, args.batch_size, args.steps)
              for name, dtype in (("fp32", None), ("bf16", torch.bfloat16))}
     auto = autocast_dtype("auto", CPU)

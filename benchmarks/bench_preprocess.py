@@ -12,7 +12,6 @@ stages only touch CSVs).
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import os
 import shutil
@@ -20,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 import make_splits  # noqa: E402
 import preprocess  # noqa: E402
 from config import Config  # noqa: E402
+from cxr.cli import parse_args  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 LABELS_CSV = SHARED / "chexpert-train-labels" / "train.csv.gz"
@@ -76,10 +77,13 @@ def loaded_heavy_modules(script: Path, args: list[str]) -> str:
     return ", ".join(loaded) or "none"
 
 
+@dataclass
+class Options:
+    repeats: int = 3  # runs of each command (the best is kept)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each command (best kept)")
-    repeats = parser.parse_args().repeats
+    repeats = parse_args(defaults=Options()).repeats
     if not LABELS_CSV.is_file():
         sys.exit(f"{LABELS_CSV} not found: this benchmark needs ../shared/data")
     with tempfile.TemporaryDirectory() as folder:

@@ -13,9 +13,9 @@ prints per observation:
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,15 +28,19 @@ import preprocess  # noqa: E402
 from bench_preprocess import LABELS_CSV, build_root  # noqa: E402
 from config import LABELS, Config  # noqa: E402
 from dataset import read_split  # noqa: E402
+from cxr.cli import parse_args  # noqa: E402
 from cxr.labels import class_policies, evaluation_targets, logit_offsets, multiclass_flags, \
     positive_class_weights, raw_column, training_targets  # noqa: E402
 
 
+@dataclass
+class Options:
+    val_fraction: float = 0.1  # share of patients held out, as make_splits.py
+    seed: int = 42  # seed of the split
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--val_fraction", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=42)
-    args = parser.parse_args()
+    args = parse_args(defaults=Options())
     if not LABELS_CSV.is_file():
         sys.exit(f"{LABELS_CSV} not found: this script needs ../shared/data")
     with tempfile.TemporaryDirectory() as folder:

@@ -13,11 +13,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
-from torch import nn
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
+from torch import nn
 
 OVERLAY_MAX_SIDE = 1024  # px; larger radiographs are shrunk for the overlay PNG
 IMAGE_WEIGHT = 0.55  # share of the radiograph in the overlay; the rest is the colour map

@@ -25,16 +25,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from config import Config, PipelineError
+from cxr.augment import TTAModel, centre_view
 from cxr.calibration import calibrated_probs
 from cxr.checkpoints import checkpoint_warnings, load_checkpoint, model_from_checkpoint, model_id, \
     require_finite
-from config import Config, PipelineError
-from dataset import default_workers, keep_batch
 from cxr.device import autocast, autocast_dtype, choose_device, prepare_model, to_device
 from cxr.imaging import ImageReadError, decode_grayscale, decode_square, decode_square_bytes, \
     dicom_view, is_dicom, read_grayscale, view_from_name
-from cxr.augment import TTAModel, centre_view
 from cxr.thresholds import Thresholds, read_thresholds
+from dataset import default_workers, keep_batch
 
 # ---- the model of a checkpoint ------------------------------------------------------------------
 

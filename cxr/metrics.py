@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from cxr.bootstrap import BootstrapAUCs, Interval, mean_over, no_interval, percentile_interval
 from config import PipelineError
+from cxr.bootstrap import BootstrapAUCs, Interval, mean_over, no_interval, percentile_interval
 
 # Status words of the report card, highest band first (AUC lower bound, word).
 STATUS_BANDS = ((0.85, "Excellent"), (0.80, "Good"), (0.70, "Fair"), (0.0, "Challenging"))

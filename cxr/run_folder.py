@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import torchvision
 
 from config import Config, PipelineError
 from cxr.atomic import write_csv_atomic, write_text_atomic
+from cxr.cli import PIPELINE_ENV
 from cxr.distributed import World
 
 
@@ -31,8 +33,11 @@ def git_commit() -> str | None:
 
 
 def launch_info(device: torch.device, world: World) -> dict:
-    """What this launch ran: the command line, when, the code and library versions, the device."""
-    return {"command": [sys.executable, *sys.argv], "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    """What this launch ran: the command line (with the PIPELINE_OPTIONS it was given, which
+    the Makefile uses), when, the code and library versions, the device."""
+    return {"command": [sys.executable, *sys.argv],
+            "pipeline_options": os.environ.get(PIPELINE_ENV),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "git_commit": git_commit(), "python": platform.python_version(),
             "torch": torch.__version__, "torchvision": torchvision.__version__,
             "device": str(device), "world_size": world.size,
