@@ -45,13 +45,14 @@ import pandas as pd
 
 from config import ACCEPTS, DATA_FIELDS, READS, Config, ConfigError, PipelineError, validate
 from cxr.atomic import write_csv_atomic, write_text_atomic
-from cxr.checkpoints import config_from_checkpoint, load_checkpoint
+from cxr.checkpoints import load_checkpoint
 from cxr.cli import PIPELINE_ENV, Options, apply_options, command_line_options, given_options, \
     option_tokens, run_cli
 from cxr.device import choose_device
 from cxr.evaluation import Predictions, load_model, paired_differences, predict_split
 from cxr.metrics import MEANS
 from cxr.resume import FIXED_ON_RESUME  # the fields that shape a run
+from cxr.run_folder import read_run_config
 from cxr.tables import interval_text, markdown_table, number_text, text_table
 from dataset import check_data_options
 
@@ -236,10 +237,9 @@ def training_finished(run_dir: Path, cfg: Config) -> bool:
 
 def check_existing_run(run_dir: Path, configuration: Configuration) -> None:
     """A run folder left by an earlier launch must hold what this configuration asks."""
-    path = run_dir / "config.json"
-    if not path.is_file():
+    saved = read_run_config(run_dir)
+    if saved is None:
         return
-    saved = config_from_checkpoint({"config": json.loads(path.read_text())})
     cfg = configuration.cfg
     differ = [name for name in (*FIXED_ON_RESUME, "epochs", "pretrained")
               if getattr(saved, name) != getattr(cfg, name)]

@@ -19,6 +19,7 @@ import torchvision
 
 from config import Config, PipelineError
 from cxr.atomic import write_csv_atomic, write_text_atomic
+from cxr.checkpoints import config_from_checkpoint
 from cxr.cli import PIPELINE_ENV
 from cxr.distributed import World
 
@@ -42,6 +43,14 @@ def launch_info(device: torch.device, world: World) -> dict:
             "torch": torch.__version__, "torchvision": torchvision.__version__,
             "device": str(device), "world_size": world.size,
             "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+
+
+def read_run_config(run_dir: Path) -> Config | None:
+    """The Config a run folder's config.json records (None when it has none yet)."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return None
+    return config_from_checkpoint({"config": json.loads(path.read_text())})
 
 
 def read_run_info(run_dir: Path) -> dict:
