@@ -18,6 +18,10 @@ DEMO_ARGS := --data_root $(DEMO_DIR)/CheXpert-v1.0-small --data_dir $(DEMO_DIR) 
 	--accumulation_steps 1 --epochs 8 --frozen_epochs 1 --lr_head 1e-3 --lr_backbone 1e-3 \
 	--warmup_steps 50
 
+# The demo's test set (CheXpert's test layout) is scored against three synthetic readers.
+DEMO_READERS = $(subst $() ,$(comma),$(foreach n,1 2 3,$(DEMO_DIR)/test_readers/reader$(n).csv))
+comma := ,
+
 # Options shared by a chain of stages go in PIPELINE_OPTIONS, set on each command: every script
 # takes the fields it reads and ignores the others (cxr/cli.py); its own command line (e.g.
 # --run_name) is strict and overrides them. `quote` makes one shell word of its argument.
@@ -41,6 +45,11 @@ demo: install
 	$(DEMO_OPTIONS) $(PY) cache.py
 	$(DEMO_OPTIONS) $(PY) train.py --run_name demo-$(RUN)
 	$(DEMO_OPTIONS) $(PY) evaluate.py --run_name demo-$(RUN)
+	$(DEMO_OPTIONS) $(PY) predict.py $(DEMO_DIR)/CheXpert-v1.0/test --run_name demo-$(RUN) \
+		--output models/demo-$(RUN)/test_set.csv
+	$(DEMO_OPTIONS) $(PY) score.py --predictions models/demo-$(RUN)/test_set_studies.csv \
+		--labels $(DEMO_DIR)/test_groundtruth.csv --output_dir models/demo-$(RUN)/score \
+		--radiologists $(DEMO_READERS)
 
 pipeline: install
 	@test -n "$(DATA_ROOT)" || { echo "usage: make pipeline DATA_ROOT=/path/to/CheXpert-v1.0-small [ARGS='--epochs 3']"; exit 2; }

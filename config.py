@@ -130,7 +130,8 @@ class Config:
     bootstrap_resamples: int = 1000  # patient bootstrap resamples of the AUC intervals; 0 = none
     ci_level: float = 0.95  # coverage of the percentile intervals (0.95 = 95 %)
     target_sensitivity: float = 0.9  # second operating point: highest val threshold reaching it
-    study_aggregation: Literal["max", "mean"] = "max"  # a study's prediction from its images'
+    # a study's prediction from its images' (evaluate.py, predict.py's _studies.csv, score.py)
+    study_aggregation: Literal["max", "mean"] = "max"
     calibration_bins: int = 10  # equal-width probability bins of the ECE and reliability diagrams
     # per-class calibration fitted on val (uncertain masked), stored with the thresholds and
     # applied by every consumer: platt (scale and bias), temperature (scale) or none
@@ -138,8 +139,21 @@ class Config:
     min_positives: int = 10  # a class enters the means with at least this many positives and
     # negatives in the split (fewer: its AUC is shown, but left out of the means)
     tta: bool = False  # test-time augmentation: mean logits of 4 views (shifts, zoom; no flips)
-    compare: tuple[str, ...] = ()  # --compare RUN_A RUN_B (folders or checkpoints): AUC of B - A
-    compare_split: Literal["val", "test"] = "test"  # split of --compare
+    # evaluate.py --compare RUN_A RUN_B (folders or checkpoints): AUC of B - A on compare_split;
+    # score.py --compare X.csv,Y.csv: other models' predictions, each paired with --predictions
+    compare: tuple[str, ...] = ()
+    compare_split: Literal["val", "test"] = "test"  # split of evaluate.py --compare
+
+    # ---- scoring predictions CSVs against a reference standard (score.py) -------------------------
+    predictions: str = ""  # CSV of probabilities, keyed by Study or Path (predict.py's output too)
+    labels: str = ""  # reference-standard CSV, e.g. CheXpert's test groundtruth.csv (0/1 per study)
+    radiologists: tuple[str, ...] = ()  # readers' binary reads, same schema as --labels
+    labeler: tuple[str, ...] = ()  # report labelers' output (1/0/-1/blank): uncertain vs --labels
+    output_dir: str = ""  # score.py's reports; empty = scores/<predictions file stem>/
+    # a study in one file and not the other: error (list the first few) | skip (count, list)
+    unmatched: Literal["error", "skip"] = "error"
+    # probability: every score in [0, 1] | any: finite scores that only rank (logits, sums)
+    score_scale: Literal["probability", "any"] = "probability"
 
     # ---- ablation (ablate.py) ---------------------------------------------------------------------
     # the configurations, --ablation "NAME: --field value ..." "NAME2: ...", the first the baseline
@@ -152,8 +166,9 @@ class Config:
     output: str = ""  # predict.py: CSV (default predictions.csv); export.py: .onnx (model.onnx)
     gradcam: tuple[str, ...] = ()  # labels to draw Grad-CAM overlays of, e.g. Cardiomegaly Edema
     gradcam_dir: str = ""  # folder of the overlay PNGs; empty = <output stem>_gradcam/ beside it
-    # study-mode checkpoints in predict.py: folder = the images of one folder are one study's
-    # views (CheXpert's patient/study/viewN_frontal.jpg layout) | image = each image on its own
+    # predict.py: folder = the images of one folder are one study's views (CheXpert's
+    # patient/study/viewN_frontal.jpg layout; a study-mode checkpoint fuses them, an image-mode
+    # one also writes <output stem>_studies.csv) | image = each image is a study of its own
     study_grouping: Literal["folder", "image"] = "folder"
     # predict.py, app.py, export.py: go on (with a warning) when thresholds.json was made for
     # other weights or with other --tta; false = refuse and say to run evaluate.py
@@ -205,7 +220,10 @@ READS: dict[str, tuple[str, ...]] = {
                     "compare_split"),
     "ablate.py": ("ablation", "ablation_name"),  # and every field of its STAGES
     "predict.py": (*_CHECKPOINT, *_INFERENCE, "inputs", "output", "gradcam", "gradcam_dir",
-                   "study_grouping", "allow_threshold_mismatch"),
+                   "study_grouping", "study_aggregation", "allow_threshold_mismatch"),
+    "score.py": ("predictions", "labels", "radiologists", "labeler", "compare", "output_dir",
+                 "unmatched", "score_scale", "study_aggregation", "bootstrap_resamples",
+                 "ci_level", "seed", "min_positives"),
     "export.py": (*_CHECKPOINT, "output", "allow_threshold_mismatch"),
     "app.py": ("checkpoint", "device", "tta", "allow_threshold_mismatch"),
 }

@@ -1,6 +1,7 @@
 """Write a SYNTHETIC chest X-ray data set in the CheXpert-v1.0-small layout, to try the pipeline.
 
-    python make_demo_data.py --out data/demo --patients 600 --valid_patients 120 --seed 0
+    python make_demo_data.py --out data/demo --patients 600 --valid_patients 120 \
+        --test_patients 100 --seed 0
 
 These images are NOT X-rays and NOT patient data. They are drawn phantoms (lung fields, heart,
 mediastinum, ribs, ...) in which every CheXpert observation leaves a visible trace: a larger
@@ -12,12 +13,27 @@ Writes, in CheXpert's own layout and CSV schema:
     <out>/CheXpert-v1.0-small/train.csv, valid.csv   Path,Sex,Age,Frontal/Lateral,AP/PA + 14 labels
     <out>/CheXpert-v1.0-small/{train,valid}/patientNNNNN/studyN/view1_frontal.jpg, view2_lateral.jpg
     <out>/annotations.csv   Path,label,x0,y0,x1,y1: pixel box of every drawn finding (for Grad-CAM)
+and, in the layout of CheXpert's test set (unless --test_patients 0):
+    <out>/CheXpert-v1.0/test/patientNNNNN/study1/view1_frontal.jpg, view2_lateral.jpg
+    <out>/test_groundtruth.csv   Study + 14 labels as 0/1, one row per study: groundtruth.csv's
+                                 format (Study = CheXpert-v1.0/test/patientNNNNN/study1)
+    <out>/test_readers/reader{1,2,3}.csv   the same schema: three synthetic readers' 0/1 reads
 
 As in CheXpert, train.csv labels are 1.0, 0.0, -1.0 (uncertain; mostly the faintest traces) or
 blank (not mentioned), Lung Opacity is set whenever one of its sub-findings is, and valid.csv holds
 0.0/1.0 only. Patients have 1 to --max_studies studies; valid patients are numbered after the
 train ones, and some findings persist across a patient's studies (so split by patient).
+Test patients, numbered after the valid ones, have one study each (as in CheXpert's test set);
+their ground truth is the findings drawn (valid.csv's 0/1 labels). A reader calls a finding when
+its strength plus the reader's noise passes the reader's threshold, and a finding that is not
+there at the reader's small false-positive rate, with CheXpert's Lung Opacity and No Finding rules
+applied to the reads. The test set is drawn from a random stream of its own, after the train and
+valid ones: the train and valid files are the same whatever --test_patients.
 Next step: python preprocess.py --data_root data/demo/CheXpert-v1.0-small
+The test set, with a trained model (predict.py writes test_studies.csv beside test.csv):
+    python predict.py data/demo/CheXpert-v1.0/test --output test.csv
+    python score.py --predictions test_studies.csv --labels data/demo/test_groundtruth.csv \
+        --radiologists data/demo/test_readers/reader1.csv,data/demo/test_readers/reader2.csv,...
 """
 
 from __future__ import annotations
@@ -49,6 +65,9 @@ class DemoConfig:
     uncertain_negatives: float = 0.01  # fraction of train negatives labelled -1.0
     blank_fraction: float = 0.6  # fraction of train negatives left blank ("not mentioned")
     jpeg_quality: int = 90  # JPEG quality, 0-100
+    # patients (one study each) of a test set in CheXpert's test layout, with ground truth and
+    # three readers; numbered after the valid ones; 0 = no test set
+    test_patients: int = 100
 
 
 FINDINGS = tuple(label for label in LABELS if label != "No Finding")
@@ -90,7 +109,7 @@ class Anatomy:
 
 
 class Study(NamedTuple):
-    split: str  # train or valid
+    split: str  # train, valid or test
     patient: int
     study: int
     sex: str
@@ -512,7 +531,13 @@ def csv_labels(findings: dict, split: str, cfg: DemoConfig, rng) -> dict:
             values[label] = -1.0
         else:
             values[label] = np.nan if r < cfg.uncertain_negatives + cfg.blank_fraction else 0.0
-    # CheXpert's hierarchy: each sub-finding is also a Lung Opacity (positive beats uncertain).
+    return with_hierarchy(values, split)
+
+
+def with_hierarchy(values: dict, split: str) -> dict:
+    """The findings' values plus CheXpert's rules: each sub-finding is also a Lung Opacity
+    (positive beats uncertain); No Finding is 1 when nothing but devices is present, else 0
+    (valid) or blank (train)."""
     family = [values[label] for label in ("Lung Opacity", *OPACITY_CHILDREN)]
     if 1.0 in family or -1.0 in family:
         values["Lung Opacity"] = 1.0 if 1.0 in family else -1.0
@@ -521,31 +546,72 @@ def csv_labels(findings: dict, split: str, cfg: DemoConfig, rng) -> dict:
     return values
 
 
-def plan_studies(cfg: DemoConfig, rng) -> list[Study]:
-    """All patients and their studies: demographics, anatomy, findings and labels."""
+def plan_patient(cfg: DemoConfig, rng, split: str, patient: int, max_studies: int
+                 ) -> list[Study]:
+    """One patient's studies (1 to max_studies): demographics, anatomy, findings and labels."""
     acute = [label for label in FINDINGS if label not in CHRONIC]
+    labelled_as = "train" if split == "train" else "valid"  # test: radiologists' 0/1, as valid
+    sex, age = str(rng.choice(["Male", "Female"])), int(rng.integers(18, 89))
+    chronic = draw_findings(rng, CHRONIC, {})
+    anat = apply_findings(sample_anatomy(rng), chronic, rng)  # same heart, rib, ... each study
     studies = []
-    for patient in range(1, cfg.patients + cfg.valid_patients + 1):
-        split = "train" if patient <= cfg.patients else "valid"
-        sex, age = str(rng.choice(["Male", "Female"])), int(rng.integers(18, 89))
-        chronic = draw_findings(rng, CHRONIC, {})
-        anat = apply_findings(sample_anatomy(rng), chronic, rng)  # same heart, rib, ... each study
-        for study in range(1, int(rng.integers(1, cfg.max_studies + 1)) + 1):
-            findings = draw_findings(rng, acute, chronic)
-            new = {label: f for label, f in findings.items() if label not in CHRONIC}
-            # portable (AP) films are the rule in intensive care, where patients carry devices
-            p_ap = 0.85 if "Support Devices" in findings else 0.5
-            ap_pa = "AP" if rng.random() < p_ap else "PA"
-            lateral = bool(rng.random() < cfg.lateral_fraction)
-            studies.append(Study(split, patient, study, sex, min(90, age + study - 1), ap_pa,
-                                 lateral, apply_findings(anat, new, rng), findings,
-                                 csv_labels(findings, split, cfg, rng)))
+    for study in range(1, int(rng.integers(1, max_studies + 1)) + 1):
+        findings = draw_findings(rng, acute, chronic)
+        new = {label: f for label, f in findings.items() if label not in CHRONIC}
+        # portable (AP) films are the rule in intensive care, where patients carry devices
+        p_ap = 0.85 if "Support Devices" in findings else 0.5
+        ap_pa = "AP" if rng.random() < p_ap else "PA"
+        lateral = bool(rng.random() < cfg.lateral_fraction)
+        studies.append(Study(split, patient, study, sex, min(90, age + study - 1), ap_pa,
+                             lateral, apply_findings(anat, new, rng), findings,
+                             csv_labels(findings, labelled_as, cfg, rng)))
     return studies
+
+
+def plan_studies(cfg: DemoConfig, rng) -> list[Study]:
+    """All train and valid patients and their studies."""
+    return [s for patient in range(1, cfg.patients + cfg.valid_patients + 1)
+            for s in plan_patient(cfg, rng, "train" if patient <= cfg.patients else "valid",
+                                  patient, cfg.max_studies)]
+
+
+def plan_test_studies(cfg: DemoConfig, rng) -> list[Study]:
+    """The test patients, numbered after the valid ones, with one study each."""
+    first = cfg.patients + cfg.valid_patients + 1
+    return [s for patient in range(first, first + cfg.test_patients)
+            for s in plan_patient(cfg, rng, "test", patient, 1)]
+
+
+# ---- synthetic readers of the test set ----------------------------------------------------------
+
+class Reader(NamedTuple):
+    threshold: float  # calls a finding when its strength + noise exceeds this (strength 0..1)
+    noise: float  # standard deviation of the reader's noise on the strength
+    false_positive: float  # probability of calling a finding that is not there
+
+
+READERS = (Reader(0.15, 0.10, 0.03), Reader(0.25, 0.15, 0.05), Reader(0.35, 0.20, 0.07))
+
+
+def reader_reads(s: Study, reader: Reader, rng) -> dict:
+    """A reader's 0/1 read of every label of a study, with CheXpert's hierarchy on the reads."""
+    reads = {}
+    for label in FINDINGS:
+        f = s.findings.get(label)
+        if f is None:
+            reads[label] = float(rng.random() < reader.false_positive)
+        else:
+            reads[label] = float(f.strength + reader.noise * rng.standard_normal()
+                                 > reader.threshold)
+    return with_hierarchy(reads, "valid")
 
 
 def check_config(cfg: DemoConfig) -> None:
     if min(cfg.patients, cfg.valid_patients, cfg.max_studies) < 1:
         raise ConfigError("--patients, --valid_patients and --max_studies must be at least 1")
+    if cfg.test_patients < 0:
+        raise ConfigError(f"--test_patients must be at least 0 (0 = no test set), got "
+                          f"{cfg.test_patients}")
     if min(cfg.width, cfg.height) < 64:
         raise ConfigError("--width and --height must be at least 64 px")
     for name in ("lateral_fraction", "uncertain_fraction", "uncertain_negatives", "blank_fraction"):
@@ -583,6 +649,58 @@ def make_image(s: Study, view: str, cfg: DemoConfig, rng) -> tuple[np.ndarray, d
     return img, {label: box for label, box in boxes.items() if box is not None}
 
 
+def views_of(studies: list[Study]) -> list[tuple[Study, str]]:
+    """(study, view) of every film: a frontal, and a lateral for the studies that have one."""
+    return [(s, view) for s in studies
+            for view in (("Frontal", "Lateral") if s.lateral else ("Frontal",))]
+
+
+def study_folder(s: Study, release: str = "CheXpert-v1.0-small") -> str:
+    """CheXpert-v1.0-small/train/patient00001/study1: the release's folder, then the split's."""
+    return f"{release}/{s.split}/patient{s.patient:05d}/study{s.study}"
+
+
+def film_path(s: Study, view: str, release: str = "CheXpert-v1.0-small") -> str:
+    name = "view1_frontal.jpg" if view == "Frontal" else "view2_lateral.jpg"
+    return f"{study_folder(s, release)}/{name}"
+
+
+def write_jpeg(path: Path, img: np.ndarray, cfg: DemoConfig) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), img, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality]):
+        raise PipelineError(f"could not write {path}")
+
+
+def write_test_set(cfg: DemoConfig, out: Path) -> int:
+    """The test patients' films in CheXpert's test layout (<out>/CheXpert-v1.0/test/), their
+    ground truth as groundtruth.csv and three readers' reads; returns the number of films.
+
+    Everything here comes from random streams of its own, seeded by --seed: the train and valid
+    files do not change with --test_patients.
+    """
+    rng = np.random.default_rng([cfg.seed, 1])
+    studies = plan_test_studies(cfg, rng)
+    views = views_of(studies)
+    for s, view in tqdm(views, desc="make_demo_data test", unit="img"):
+        img, _ = make_image(s, view, cfg, rng)
+        write_jpeg(out / film_path(s, view, "CheXpert-v1.0"), img, cfg)
+    keys = [study_folder(s, "CheXpert-v1.0") for s in studies]
+
+    def table(values: list[dict]) -> pd.DataFrame:  # groundtruth.csv's format: Study, 0/1 ints
+        frame = pd.DataFrame([[int(v[label]) for label in LABELS] for v in values],
+                             columns=list(LABELS))
+        frame.insert(0, "Study", keys)
+        return frame
+
+    table([s.labels for s in studies]).to_csv(out / "test_groundtruth.csv", index=False)
+    (out / "test_readers").mkdir(parents=True, exist_ok=True)
+    for number, reader in enumerate(READERS, start=1):
+        reader_rng = np.random.default_rng([cfg.seed, 2, number])
+        reads = [reader_reads(s, reader, reader_rng) for s in studies]
+        table(reads).to_csv(out / "test_readers" / f"reader{number}.csv", index=False)
+    return len(views)
+
+
 def main(cfg: DemoConfig) -> None:
     check_config(cfg)
     out = Path(cfg.out)
@@ -590,17 +708,16 @@ def main(cfg: DemoConfig) -> None:
     if (root / "train.csv").exists() and not (out / "annotations.csv").exists():
         raise PipelineError(f"{root} holds a train.csv this script did not write (the real "
                             "CheXpert?); choose another --out")
+    ours = (out / "test_groundtruth.csv").exists() or (out / "annotations.csv").exists()
+    if cfg.test_patients and (out / "CheXpert-v1.0" / "test").exists() and not ours:
+        raise PipelineError(f"{out / 'CheXpert-v1.0' / 'test'} exists and this script did not "
+                            "write it (the real CheXpert test set?); choose another --out")
     rng = np.random.default_rng(cfg.seed)
-    views = [(s, view) for s in plan_studies(cfg, rng)
-             for view in (("Frontal", "Lateral") if s.lateral else ("Frontal",))]
     rows, annotations = {"train": [], "valid": []}, []
-    for s, view in tqdm(views, desc="make_demo_data", unit="img"):
-        name = "view1_frontal.jpg" if view == "Frontal" else "view2_lateral.jpg"
-        path = f"CheXpert-v1.0-small/{s.split}/patient{s.patient:05d}/study{s.study}/{name}"
+    for s, view in tqdm(views_of(plan_studies(cfg, rng)), desc="make_demo_data", unit="img"):
+        path = film_path(s, view)
         img, boxes = make_image(s, view, cfg, rng)
-        (out / path).parent.mkdir(parents=True, exist_ok=True)
-        if not cv2.imwrite(str(out / path), img, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality]):
-            raise PipelineError(f"could not write {out / path}")
+        write_jpeg(out / path, img, cfg)
         ap_pa = s.ap_pa if view == "Frontal" else "LL" if rng.random() < 0.1 else ""  # mostly blank
         labels = [s.labels[label] for label in LABELS]
         rows[s.split].append([path, s.sex, s.age, view, ap_pa, *labels])
@@ -611,10 +728,15 @@ def main(cfg: DemoConfig) -> None:
         frame.to_csv(root / f"{split}.csv", index=False)
     pd.DataFrame(annotations, columns=["Path", "label", "x0", "y0", "x1", "y1"]).to_csv(
         out / "annotations.csv", index=False)
+    n_test = write_test_set(cfg, out) if cfg.test_patients else 0
+    test = (f", {n_test:,} test images ({cfg.test_patients:,} patients, one study each) to "
+            f"{out / 'CheXpert-v1.0' / 'test'} with their labels in "
+            f"{out / 'test_groundtruth.csv'} and {len(READERS)} readers' reads in "
+            f"{out / 'test_readers'}/") if cfg.test_patients else ""
     n_train, n_valid = len(rows["train"]), len(rows["valid"])
     print(f"make_demo_data: wrote {n_train:,} train + {n_valid:,} valid images "
           f"({cfg.patients:,} + {cfg.valid_patients:,} patients) to {root}, "
-          f"finding boxes to {out / 'annotations.csv'}")
+          f"finding boxes to {out / 'annotations.csv'}{test}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,12 @@ Writes --output (default predictions.csv): path, view (frontal / lateral / unkno
        folder (default) the images of one folder are one study's views (CheXpert's layout), fused
        as in training, and a row holds study (the folder), views (their paths), n_views and the
        same columns; --study_grouping image makes every image a study of its own;
+       <output stem>_studies.csv beside it, for an image-mode checkpoint with --study_grouping
+       folder (default): a row per study (the folder of its images, CheXpert's layout): study,
+       views (the paths used), n_views and each label's --study_aggregation (max or mean) of its
+       images' probabilities, as evaluate.py's study level; a frontal-only model leaves lateral
+       films out (a study of laterals only is aggregated over them, with a warning); no decision
+       columns, as the thresholds were chosen on images, not on aggregates;
        <output stem>_errors.csv beside it: path, reason of every file that could not be read
        (corrupt, empty, not an image, decompression bomb, ...), the others are still predicted;
        with --gradcam, one Grad-CAM overlay PNG per image and label in --gradcam_dir (default
@@ -43,7 +49,7 @@ from cxr.chexpert import RELEASE_PREFIX
 from cxr.cli import run_cli
 from cxr.imaging import DICOM_MAGIC, DICOM_MAGIC_OFFSET, ImageReadError
 from cxr.inference import Predictor, film_view, find_label, frontal_first, lateral_warning, \
-    load_predictor, predict_sources, predict_studies, radiograph
+    load_predictor, predict_sources, predict_studies, radiograph, study_table
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".tif", ".tiff", ".bmp")
 PATH_COLUMNS = ("image_path", "Path")  # a CSV's path column, in order of preference
@@ -186,6 +192,20 @@ def run_studies(predictor: Predictor, paths: list[str], views: list[str], cfg: C
                            heatmap_labels=labels, on_heatmap=on_heatmap)
 
 
+def image_studies(table: pd.DataFrame, predictor: Predictor, cfg: Config) -> pd.DataFrame | None:
+    """An image-mode model's predictions aggregated to studies (folders) by --study_aggregation,
+    for the _studies.csv file; None for a study-mode model or with --study_grouping image."""
+    if predictor.view_mode == "study" or cfg.study_grouping != "folder":
+        return None
+    studies, no_frontal = study_table(table, predictor.labels, cfg.study_aggregation,
+                                      predictor.frontal_only)
+    if no_frontal:
+        print(f"warning: {len(no_frontal)} study(ies) have no frontal film ({no_frontal[0]}"
+              f"{', ...' if len(no_frontal) > 1 else ''}): aggregated over their lateral films, "
+              "which this frontal-only model was not trained on")
+    return studies
+
+
 # ---- outputs ---------------------------------------------------------------------------------------
 
 def output_paths(cfg: Config) -> tuple[Path, Path, Path]:
@@ -194,6 +214,10 @@ def output_paths(cfg: Config) -> tuple[Path, Path, Path]:
     gradcam_dir = Path(cfg.gradcam_dir) if cfg.gradcam_dir else \
         output.with_name(f"{output.stem}_gradcam")
     return output, output.with_name(f"{output.stem}_errors.csv"), gradcam_dir
+
+
+def studies_path(output: Path) -> Path:
+    return output.with_name(f"{output.stem}_studies.csv")
 
 
 def overlay_name(path: str, root: str, label: str) -> str:
@@ -244,7 +268,10 @@ def main(cfg: Config) -> None:
         warning = lateral_warning(result.table, predictor)
         if warning:
             print(f"warning: {warning}")
+    studies = image_studies(result.table, predictor, cfg)
     write_csv_atomic(result.table, output)
+    if studies is not None:
+        write_csv_atomic(studies, studies_path(output))
     write_csv_atomic(result.errors, errors_path)
     for reason in result.errors["reason"]:
         print(f"skipped: {reason}")
@@ -253,9 +280,12 @@ def main(cfg: Config) -> None:
                             f"{errors_path}")
     heatmaps = f", Grad-CAM overlays of {', '.join(labels)} in {gradcam_dir}/" if labels else ""
     unit = "study predictions" if predictor.view_mode == "study" else "predictions"
+    films = "frontal films" if predictor.frontal_only else "films"
+    by_study = "" if studies is None else (f", {len(studies)} studies ({cfg.study_aggregation} "
+                                           f"over their {films}) to {studies_path(output)}")
     print(f"predict: wrote {len(result.table)} {unit} of {checkpoint} to {output} "
           f"(thresholds: {predictor.thresholds.source}; calibration: "
-          f"{predictor.thresholds.method}{'; TTA' if predictor.tta else ''}), "
+          f"{predictor.thresholds.method}{'; TTA' if predictor.tta else ''}){by_study}, "
           f"{len(result.errors)} unreadable "
           f"file(s) to {errors_path}{heatmaps}")
 

@@ -143,11 +143,19 @@ def stratified_auc_matrix(probs: np.ndarray, targets: np.ndarray, patient_ids, n
     codes, n_patients = patient_codes(patient_ids)
     columns = []
     for c in range(targets.shape[1]):
-        strata = class_strata(targets[:, c], codes, n_patients)
-        counts = stratified_counts(strata, n_patients, n_resamples,
-                                   np.random.default_rng([seed, c]))
+        counts = class_resamples(targets[:, c], codes, n_patients, n_resamples, seed, c)
         columns.append(weighted_aucs(probs[:, c], targets[:, c], codes, counts))
     return np.stack(columns, axis=1)
+
+
+def class_resamples(targets: np.ndarray, codes: np.ndarray, n_patients: int, n_resamples: int,
+                    seed: int, column: int) -> np.ndarray:
+    """(resamples, patients) draw counts of one class's stratified resamples, drawn from
+    (seed, column): every statistic of that class (its AUC interval, readers' operating points)
+    is measured on the same resamples."""
+    strata = class_strata(targets, codes, n_patients)
+    return stratified_counts(strata, n_patients, n_resamples,
+                             np.random.default_rng([seed, column]))
 
 
 @dataclass

@@ -19,14 +19,13 @@ from tqdm import tqdm
 
 from config import Config, PipelineError
 from cxr.augment import TTAModel
-from cxr.bootstrap import BootstrapAUCs, bootstrap_aucs
 from cxr.calibration import calibrated_logits, fit_calibration, mean_ece, per_class_ece, sigmoid
 from cxr.checkpoints import checkpoint_warnings, load_checkpoint, model_from_checkpoint, model_id, \
     require_finite
 from cxr.compare import paired_auc_differences
 from cxr.device import autocast, autocast_dtype, prepare_model, to_device
 from cxr.labels import masked_counts
-from cxr.metrics import STUDY_KEYS, aggregate_studies, summarise
+from cxr.metrics import STUDY_KEYS, aggregate_studies, summarise_level
 from cxr.operating_points import choose_thresholds, operating_point_table
 from cxr.thresholds import thresholds_payload, write_thresholds
 from dataset import make_dataset, make_loader, read_split
@@ -111,22 +110,6 @@ def predict_split(model, split: str, path: Path, checkpoint: dict, trained: Conf
 
 
 # ---- statistics of one split ----------------------------------------------------------------------
-
-def bootstrap_matrix(scores: np.ndarray, targets: np.ndarray, patient_ids: pd.Series, cfg: Config
-                     ) -> tuple[BootstrapAUCs | None, str]:
-    """Per-resample AUCs of the patient bootstrap, or None and why there are no intervals."""
-    if cfg.bootstrap_resamples == 0:
-        return None, "no interval: --bootstrap_resamples 0"
-    if patient_ids.nunique() < 2:
-        return None, "n/a: one patient in this split, no patient bootstrap"
-    return bootstrap_aucs(scores, targets, patient_ids, cfg.bootstrap_resamples, cfg.seed), ""
-
-
-def summarise_level(scores: np.ndarray, targets: np.ndarray, patient_ids: pd.Series,
-                    labels: tuple[str, ...], cfg: Config) -> dict:
-    boot, note = bootstrap_matrix(scores, targets, patient_ids, cfg)
-    return summarise(scores, targets, labels, boot, cfg.ci_level, note, cfg.min_positives)
-
 
 def calibration_summary(preds: Predictions, calibration: dict, probs: np.ndarray, cfg: Config
                         ) -> dict:

@@ -56,6 +56,7 @@ class Predictor:
     model_id: str = ""  # fingerprint of the weights (checkpoints.model_id)
     tta: bool = False
     warnings: list[str] = dataclasses.field(default_factory=list)  # checkpoint and thresholds
+    frontal_only: bool = True  # trained on frontal films only (the checkpoint's frontal_only)
 
 
 def load_predictor(path: str | Path, cfg: Config) -> Predictor:
@@ -73,7 +74,8 @@ def load_predictor(path: str | Path, cfg: Config) -> Predictor:
                      trained.stored_side, thresholds, device,
                      autocast_dtype(cfg.precision, device), cfg.channels_last, path,
                      trained.view_mode, trained.max_views, weights_id, cfg.tta,
-                     [*checkpoint_warnings(checkpoint), *thresholds.warnings])
+                     [*checkpoint_warnings(checkpoint), *thresholds.warnings],
+                     trained.frontal_only)
 
 
 def find_label(name: str, labels: Sequence[str]) -> str:
@@ -389,7 +391,7 @@ def dicom_header(path: Path, limit: int = 1 << 16) -> bytes | None:
 
 def lateral_warning(table: pd.DataFrame, predictor: Predictor) -> str | None:
     """A frontal-only model's probabilities of a lateral film mean nothing: say which films."""
-    if predictor.view_mode != "frontal" or "view" not in table:
+    if predictor.view_mode != "frontal" or not predictor.frontal_only or "view" not in table:
         return None
     lateral = table.loc[table["view"] == "lateral", table.columns[0]].tolist()
     if not lateral:
@@ -397,6 +399,39 @@ def lateral_warning(table: pd.DataFrame, predictor: Predictor) -> str | None:
     return (f"{len(lateral)} film(s) look lateral ({', '.join(map(str, lateral[:3]))}"
             f"{', ...' if len(lateral) > 3 else ''}): this model was trained on frontal films "
             "only, so their findings are not reliable (they are marked in the view column)")
+
+
+def study_table(table: pd.DataFrame, labels: Sequence[str], how: str, frontal_only: bool
+                ) -> tuple[pd.DataFrame, list[str]]:
+    """An image model's per-image table (predict_sources) as studies, and the studies that had
+    no frontal film.
+
+    A study is the folder of its images (CheXpert's patientNNNNN/studyN/viewN_*.jpg), named as
+    given (like predict_studies' study column); its probability of each label is the max or mean
+    (`how`) over its images' calibrated probabilities, as evaluate.py's study level aggregates.
+    A frontal-only model's films whose `view` is lateral are left out; "unknown" films are kept,
+    as lateral_warning keeps them (nothing says they are lateral, and most chest films are
+    frontal). A study with only lateral films is aggregated over all of them, and listed.
+    Columns: study, views (the paths used, joined by "; "), n_views, one probability column per
+    label. No "<label> positive" decisions: the stored thresholds were chosen on single images,
+    not on max or mean aggregates, whose distribution differs (the max of several images is
+    higher).
+    """
+    folders: dict[str, list[int]] = {}  # in order of first appearance
+    for position, path in enumerate(table["path"]):
+        folders.setdefault(os.path.dirname(os.path.abspath(path)), []).append(position)
+    lateral = (table["view"] == "lateral").to_numpy() & frontal_only
+    rows, no_frontal = [], []
+    for members in map(np.asarray, folders.values()):
+        used = members[~lateral[members]]
+        name = os.path.dirname(table["path"].iloc[members[0]])
+        if len(used) == 0:
+            used = members
+            no_frontal.append(name)
+        images = table.iloc[used]
+        rows.append({"study": name, "views": "; ".join(images["path"]), "n_views": len(used),
+                     **images[list(labels)].agg(how).to_dict()})
+    return pd.DataFrame(rows, columns=["study", "views", "n_views", *labels]), no_frontal
 
 
 def frontal_first(names: Sequence[str], max_views: int, views: Sequence[str] | None = None

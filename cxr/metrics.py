@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from config import PipelineError
-from cxr.bootstrap import BootstrapAUCs, Interval, mean_over, no_interval, percentile_interval
+from config import Config, PipelineError
+from cxr.bootstrap import BootstrapAUCs, Interval, bootstrap_aucs, mean_over, no_interval, \
+    percentile_interval
 
 # Status words of the report card, highest band first (AUC lower bound, word).
 STATUS_BANDS = ((0.85, "Excellent"), (0.80, "Good"), (0.70, "Fair"), (0.0, "Challenging"))
@@ -191,6 +192,22 @@ def summarise(probs: np.ndarray, targets: np.ndarray, labels: tuple[str, ...],
     return {"n": len(targets), "classes": classes,
             "means": mean_summaries(aucs, auprcs, prevalences, None if bootstrap is None
                                     else bootstrap.joint, level, labels, note, excluded)}
+
+
+def bootstrap_matrix(scores: np.ndarray, targets: np.ndarray, patient_ids: pd.Series, cfg: Config
+                     ) -> tuple[BootstrapAUCs | None, str]:
+    """Per-resample AUCs of the patient bootstrap, or None and why there are no intervals."""
+    if cfg.bootstrap_resamples == 0:
+        return None, "no interval: --bootstrap_resamples 0"
+    if patient_ids.nunique() < 2:
+        return None, "n/a: one patient in this split, no patient bootstrap"
+    return bootstrap_aucs(scores, targets, patient_ids, cfg.bootstrap_resamples, cfg.seed), ""
+
+
+def summarise_level(scores: np.ndarray, targets: np.ndarray, patient_ids: pd.Series,
+                    labels: tuple[str, ...], cfg: Config) -> dict:
+    boot, note = bootstrap_matrix(scores, targets, patient_ids, cfg)
+    return summarise(scores, targets, labels, boot, cfg.ci_level, note, cfg.min_positives)
 
 
 # ---- study level -------------------------------------------------------------------------------

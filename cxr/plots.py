@@ -63,13 +63,25 @@ def _curve_panels(targets: np.ndarray, probs: np.ndarray, labels: tuple[str, ...
     return figure, panels
 
 
+# One marker per reader drawn on the ROC curves (readers beyond these reuse them).
+READER_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
 def roc_grid(targets: np.ndarray, probs: np.ndarray, labels: tuple[str, ...], path: Path,
-             title: str) -> None:
+             title: str, points: dict[str, dict[str, tuple[float, float]]] | None = None
+             ) -> None:
+    """`points`: readers' operating points drawn on the curves, {label: {reader: (sensitivity,
+    specificity)}} (score.py's radiologists)."""
     figure, panels = _curve_panels(targets, probs, labels, title)
     for ax, label, y, p in panels:
         fpr, tpr, _ = roc_curve(y, p)
         ax.plot(fpr, tpr, label=f"AUC = {roc_auc_score(y, p):.3f}")
         ax.plot([0, 1], [0, 1], linestyle="--", color="gray", label="chance (0.5)")
+        readers = (points or {}).get(label, {})
+        for i, (reader, (sensitivity, specificity)) in enumerate(readers.items()):
+            ax.plot(1 - specificity, sensitivity, linestyle="none", color="black",
+                    marker=READER_MARKERS[i % len(READER_MARKERS)], markerfacecolor="none",
+                    label=reader)
         ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity", ylabel="sensitivity")
         ax.set_title(label, fontsize=10)
         ax.legend(loc="lower right", fontsize=8)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -131,3 +132,34 @@ def write_thresholds_json(checkpoint: Path, thresholds: dict | None = None,
     path = checkpoint.parent / "thresholds.json"
     path.write_text(json.dumps(payload))
     return path
+
+
+# ---- a model trained on the demo phantoms (Grad-CAM, the test-set scoring path) -----------
+
+DEMO_TRAINING = ["--pretrained", "false", "--image_size", "96", "--batch_size", "16",
+                 "--accumulation_steps", "1", "--epochs", "6", "--frozen_epochs", "1",
+                 "--warmup_steps", "10", "--lr_head", "1e-3", "--lr_backbone", "1e-3",
+                 "--num_workers", "1"]
+
+
+def run_script(script: str, *args: str) -> str:
+    result = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, f"{script} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture(scope="session")
+def demo_model(tmp_path_factory):
+    """(checkpoint, demo folder): the README's chain on a small demo dataset (its test set of
+    100 one-study patients too), trained once for every test module that uses it."""
+    out = tmp_path_factory.mktemp("cam")
+    run_script("make_demo_data.py", "--out", str(out / "demo"), "--patients", "250",
+               "--valid_patients", "60", "--width", "160", "--height", "192")
+    data_dir = ["--data_dir", str(out / "data")]
+    run_script("preprocess.py", "--data_root", str(out / "demo" / "CheXpert-v1.0-small"),
+               *data_dir)
+    run_script("make_splits.py", *data_dir)
+    run_script("train.py", *data_dir, "--models_dir", str(out / "models"), *DEMO_TRAINING,
+               "--run_name", "cam")
+    return out / "models" / "cam" / "best.pth", out / "demo"

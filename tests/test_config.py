@@ -103,7 +103,7 @@ def test_help_lists_what_the_script_reads_with_allowed_values(capsys):
     assert text.startswith("usage: python predict.py [INPUTS ...] [--field value ...]")
     assert "--gradcam str ... = ()" in text and "--epochs" not in text
     # a comment above its field (the field's line has none) is the field's
-    assert "--study_grouping {folder, image} = 'folder'\n        study-mode checkpoints" in text
+    assert "--study_grouping {folder, image} = 'folder'\n        predict.py: folder = " in text
 
 
 # ---- several values, positional inputs ---------------------------------------------------------

@@ -24,8 +24,8 @@ from cxr.compare import paired_auc_differences
 from config import LABELS, Config, ConfigError, PipelineError
 from cxr.cli import parse_args
 from cxr.checkpoints import require_finite
-from cxr.evaluation import Predictions, bootstrap_matrix, evaluate_predictions
-from cxr.metrics import COMPETITION_LABELS, aggregate_studies, summarise
+from cxr.evaluation import Predictions, evaluate_predictions
+from cxr.metrics import COMPETITION_LABELS, aggregate_studies, bootstrap_matrix, summarise
 from cxr.operating_points import choose_thresholds, metrics_at, operating_point_table, \
     sensitivity_threshold, youden_threshold
 from cxr.thresholds import thresholds_payload, write_thresholds

@@ -14,7 +14,7 @@ from pathlib import Path
 from conftest import ROOT
 
 SCRIPTS = ("preprocess.py", "make_splits.py", "cache.py", "train.py", "evaluate.py",
-           "predict.py", "export.py", "ablate.py", "app.py", "make_demo_data.py")
+           "predict.py", "score.py", "export.py", "ablate.py", "app.py", "make_demo_data.py")
 DESIGN_CARD = ("config.py", "dataset.py", "model_architecture.py")
 PACKAGE = "cxr"
 

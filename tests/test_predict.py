@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -232,40 +233,78 @@ def test_a_frontal_model_flags_lateral_films(checkpoint, tmp_path, capsys):
     assert code == 2 and "line 2, column 'view': 'oblique' is not frontal or lateral" in err
 
 
+# CheXpert's layout: a study is a folder; scan.png's view is unknown (kept by a frontal-only model)
+STUDY_FILES = {"patient00001/study1": ("view1_frontal.png", "view2_frontal.png",
+                                       "view3_lateral.png"),
+               "patient00001/study2": ("scan.png", "view1_frontal.png"),
+               "patient00002/study1": ("view1_lateral.png", "view2_lateral.png")}  # no frontal
+
+
+def expected_studies(images: pd.DataFrame, how: str, frontal_only: bool) -> pd.DataFrame:
+    """The studies file computed directly from the per-image predictions file."""
+    rows = []
+    for study, members in images.groupby(images["path"].map(os.path.dirname), sort=False):
+        used = members[members["view"] != "lateral"] if frontal_only else members
+        used = used if len(used) else members
+        rows.append({"study": study, "views": "; ".join(used["path"]), "n_views": len(used),
+                     **used[list(LABELS)].agg(how).to_dict()})
+    return pd.DataFrame(rows)
+
+
+def test_studies_file_aggregates_an_image_model_by_folder(checkpoint, tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    scans = tmp_path / "test"
+    for folder, names in STUDY_FILES.items():
+        (scans / folder).mkdir(parents=True)
+        for name in names:
+            image = rng.integers(0, 255, (80, 64)) * rng.uniform(0.2, 1.0)  # unlike each other
+            Image.fromarray(image.astype(np.uint8)).save(scans / folder / name)
+    with_laterals = tiny_checkpoint(tmp_path / "laterals" / "best.pth", frontal_only=False)
+    found = {}
+    for model, frontal_only, how in [(checkpoint, True, "max"), (checkpoint, True, "mean"),
+                                     (with_laterals, False, "max")]:
+        output = tmp_path / f"{how}-{frontal_only}" / "predictions.csv"
+        code, out, err = run_in_process(capsys, str(scans), "--checkpoint", str(model),
+                                        "--output", str(output), "--device", "cpu",
+                                        "--study_aggregation", how)
+        assert code == 0, err
+        images = pd.read_csv(output, keep_default_na=False)
+        studies = pd.read_csv(output.with_name("predictions_studies.csv"), keep_default_na=False)
+        assert list(studies.columns) == ["study", "views", "n_views", *LABELS]  # no decisions
+        assert studies["study"].tolist() == [str(scans / folder) for folder in STUDY_FILES]
+        expected = expected_studies(images, how, frontal_only)
+        assert studies[["study", "views", "n_views"]].equals(expected[["study", "views",
+                                                                       "n_views"]])
+        assert np.allclose(studies[list(LABELS)].to_numpy(), expected[list(LABELS)].to_numpy(),
+                           rtol=0, atol=1e-12)
+        films = "frontal films" if frontal_only else "films"
+        written = f"3 studies ({how} over their {films}) to {output.stem}_studies.csv"
+        assert written in out.strip().splitlines()[-1].replace(f"{output.parent}/", "")
+        no_frontal = [line for line in out.splitlines() if "have no frontal film" in line]
+        assert len(no_frontal) == frontal_only  # the laterals-only study, when laterals are out
+        found[how, frontal_only] = studies
+    # a frontal-only model leaves the laterals out (scan.png, of unknown view, stays in) ...
+    assert found["max", True]["n_views"].tolist() == [2, 2, 2]
+    assert "view3_lateral" not in found["max", True]["views"][0]
+    # ... a model trained with laterals takes every film; and max is not mean
+    assert found["max", False]["n_views"].tolist() == [3, 2, 2]
+    assert (found["max", True][list(LABELS)] > found["mean", True][list(LABELS)]).all().all()
+
+    output = tmp_path / "image" / "predictions.csv"
+    code, out, err = run_in_process(capsys, str(scans), "--checkpoint", str(checkpoint),
+                                    "--output", str(output), "--device", "cpu",
+                                    "--study_grouping", "image")
+    assert code == 0, err
+    assert output.exists() and not output.with_name("predictions_studies.csv").exists()
+    assert "_studies.csv" not in out
+
+
 # ---- Grad-CAM on a demo model that learned where the findings are ----------------------------------
 
 # Demo phantoms at 160 x 192 px, a 96 px model (3 x 3 Grad-CAM cells) trained from random weights
 # as tests/test_pipeline.py does, briefly: about a minute and a half on 2 CPU cores.
 CAM_LABEL = "Support Devices"  # tubes, lines and pacemakers: the trace the demo model learns first
 CAM_MARGIN = 0.05  # of the image's width / height, around the annotated box
-DEMO_TRAINING = ["--pretrained", "false", "--image_size", "96", "--batch_size", "16",
-                 "--accumulation_steps", "1", "--epochs", "6", "--frozen_epochs", "1",
-                 "--warmup_steps", "10", "--lr_head", "1e-3", "--lr_backbone", "1e-3",
-                 "--num_workers", "1"]
-
-
-def run_script(script: str, *args: str) -> str:
-    result = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True,
-                            text=True, timeout=900)
-    assert result.returncode == 0, f"{script} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
-
-
-@pytest.fixture(scope="session")
-def demo_model(tmp_path_factory):
-    """(checkpoint, demo folder): the README's chain on a small demo dataset."""
-    out = tmp_path_factory.mktemp("cam")
-    run_script("make_demo_data.py", "--out", str(out / "demo"), "--patients", "250",
-               "--valid_patients", "60", "--width", "160", "--height", "192")
-    data_dir = ["--data_dir", str(out / "data")]
-    run_script("preprocess.py", "--data_root", str(out / "demo" / "CheXpert-v1.0-small"),
-               *data_dir)
-    run_script("make_splits.py", *data_dir)
-    run_script("train.py", *data_dir, "--models_dir", str(out / "models"), *DEMO_TRAINING,
-               "--run_name", "cam")
-    return out / "models" / "cam" / "best.pth", out / "demo"
-
-
 def test_gradcam_peak_falls_on_the_planted_finding(demo_model, tmp_path):
     from cxr.gradcam import peak
 

@@ -1,0 +1,228 @@
+"""score.py's tables and documents, rendered from the numbers scoring.py computes.
+
+    score.md    the report card (evaluate.py's, report.py), the readers against the curve, the
+                paired comparisons, the leaderboard, the labeler table, the figures
+    score.csv   one row per label: the report card, the readers below the curve
+    the same tables printed on the terminal
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from cxr.atomic import write_csv_atomic, write_text_atomic
+from cxr.metrics import COMPETITION_LABELS
+from cxr.report import comparison_markdown, comparison_text, dropped_resamples_text, \
+    left_out_text, report_card_markdown, report_card_text, report_rows
+from cxr.tables import interval_text, markdown_table, number_text, text_table
+
+
+def described(result: dict) -> str:
+    unit = "studies" if result["unit"] == "study" else "images"
+    skipped = result["skipped"]
+    skip = (f"; skipped (--unmatched skip): {skipped['predictions_only']} only in the "
+            f"predictions, {skipped['reference_only']} only in the labels"
+            if any(skipped.values()) else "")
+    return (f"{result['n_rows']} {unit} ({result['n_patients']} patients) of "
+            f"{result['predictions']} against {result['labels_file']}{skip}. Reference standard: "
+            f"{result['reference']}.")
+
+
+def bootstrap_text(result: dict) -> str:
+    boot = result["bootstrap"]
+    return (f"Intervals: {boot['level']:.0%} percentile intervals over {boot['resamples']} patient "
+            f"bootstrap resamples (seed {boot['seed']}); a label's resamples are stratified by "
+            "its positive patients (its AUC, and the readers' points and the curve together), "
+            "the means share one plain draw.")
+
+
+# ---- readers ----------------------------------------------------------------------------------
+
+def reader_cells(label: str, name: str, point: dict) -> list[str]:
+    return [label, name, number_text(point["sensitivity"], 3),
+            interval_text(*point["sensitivity_ci"]), number_text(point["specificity"], 3),
+            interval_text(*point["specificity_ci"]), number_text(point["model_sensitivity"], 3),
+            interval_text(*point["model_sensitivity_ci"]),
+            number_text(point["sensitivity_gain"], 3, signed=True),
+            interval_text(*point["sensitivity_gain_ci"], signed=True),
+            "yes" if point["below_curve"] else "no"]
+
+
+READER_HEADER = ["Pathology", "Reader", "Sens", "CI", "Spec", "CI", "Model sens at spec", "CI",
+                 "Model - reader", "CI", "Below curve"]
+
+
+def reader_rows(comparisons: dict) -> list[list[str]]:
+    return [reader_cells(label, name, point) for label, comparison in comparisons.items()
+            for name, point in comparison["readers"].items()]
+
+
+def below_header(n_readers: int) -> list[str]:
+    return ["Pathology", "Readers below curve", "CI",
+            *(f"P({k})" for k in range(n_readers + 1))]
+
+
+def below_cells(label: str, comparison: dict, n_readers: int) -> list[str]:
+    if comparison["below_curve"] is None:  # the note, the other cells blank
+        return [label, comparison["note"], *[""] * (n_readers + 2)]
+    distribution = comparison.get("below_curve_distribution", {})
+    ci = comparison.get("below_curve_ci", [None, None])
+    return [label, f"{comparison['below_curve']} of {len(comparison['readers'])}",
+            "n/a" if ci[0] is None else f"[{ci[0]:.0f}, {ci[1]:.0f}]",
+            *(number_text(distribution.get(str(k)), 3) for k in range(n_readers + 1))]
+
+
+def below_rows(comparisons: dict) -> tuple[list[str], list[list[str]]]:
+    n = max((len(c["readers"]) for c in comparisons.values()), default=0)
+    return below_header(n), [below_cells(label, c, n) for label, c in comparisons.items()]
+
+
+READERS_NOTE = ("A reader is below the curve when the model's ROC curve (roc_curve's points "
+                "joined by straight lines) reaches a higher sensitivity at the reader's "
+                "specificity. P(k): the share of bootstrap resamples in which k readers are below "
+                "it.")
+
+
+# ---- other models -------------------------------------------------------------------------------
+
+def leaderboard_header() -> list[str]:
+    return ["Rank", "Model", "Competition-5 AUC", "CI", *COMPETITION_LABELS, "Mean AUC", "n"]
+
+
+def leaderboard_cells(rank: int, row: dict) -> list[str]:
+    competition = number_text(row["competition5_auc"])
+    if row["competition5_auc"] is not None and row["competition5_classes"] < 5:
+        competition += f" ({row['competition5_classes']} of 5)"
+    return [str(rank), row["model"], competition, interval_text(*row["competition5_ci"]),
+            *(number_text(row["auc"].get(label)) for label in COMPETITION_LABELS),
+            number_text(row["mean_auc"]), str(row["n"])]
+
+
+def leaderboard_rows(result: dict) -> list[list[str]]:
+    return [leaderboard_cells(rank, row) for rank, row in enumerate(result["leaderboard"], 1)]
+
+
+def compare_description(path: str, result: dict) -> list[str]:
+    unit = "studies" if result["unit"] == "study" else "images"
+    return [f"AUC of B - A on the {result['compare_n'][path]} {unit} and the labels both cover, "
+            f"{result['bootstrap']['resamples']} paired patient-bootstrap resamples",
+            f"A = {path}", f"B = {result['predictions']}"]
+
+
+# ---- labelers -----------------------------------------------------------------------------------
+
+LABELER_HEADER = ["Pathology", "Uncertain: positive", "share", "CI", "Blank: positive", "share",
+                  "Labeler positive: positive", "share", "Negative or blank: positive", "share",
+                  "Suggested policy"]
+
+
+def share_cells(entry: dict, with_ci: bool = False) -> list[str]:
+    cells = [f"{entry['positive']}/{entry['studies']}", number_text(entry["share"], 2)]
+    return cells + [interval_text(*entry["ci"])] if with_ci else cells
+
+
+def labeler_cells(row: dict) -> list[str]:
+    return [row["label"], *share_cells(row["uncertain"], with_ci=True),
+            *share_cells(row["blank"]), *share_cells(row["positive"]),
+            *share_cells(row["not_positive"]), row["suggested_policy"]]
+
+
+LABELER_NOTE = ("Of the studies the labeler called uncertain (-1), left blank, positive, and "
+                "negative or blank: how many the reference standard calls positive. These are "
+                "test-set studies: a policy chosen from them must be judged on other data (the "
+                "val split, ablate.py).")
+
+
+# ---- the documents -----------------------------------------------------------------------------
+
+def print_score(result: dict) -> None:
+    card = result["report_card"]
+    print(f"\nReport card: {described(result)}")
+    print(report_card_text(report_rows(card), result["bootstrap"]["level"], study_column=False))
+    for text in (left_out_text(card), dropped_resamples_text(card)):
+        if text:
+            print(text)
+    comparisons = result["readers_by_label"]
+    if comparisons:
+        print("\nReaders against the model's ROC curve")
+        print(text_table(READER_HEADER, reader_rows(comparisons), left=(0, 1, 10)))
+        header, rows = below_rows(comparisons)
+        print(text_table(header, rows))
+    level = result["bootstrap"]["level"]
+    for path, rows in result["compare_rows"].items():
+        print("\n" + "\n  ".join(compare_description(path, result)))
+        print(comparison_text(rows, level))
+    if len(result["leaderboard"]) > 1:
+        print("\nLeaderboard (by the competition-five mean AUC)")
+        print(text_table(leaderboard_header(), leaderboard_rows(result), left=(1,)))
+    print_labelers(result.get("labeler", {}))
+
+
+def print_labelers(labelers: dict) -> None:
+    for name, entry in labelers.items():
+        print(f"\nLabeler {name} ({entry['n']} studies): its uncertain and blank labels against "
+              "the reference standard")
+        print(text_table(LABELER_HEADER, [labeler_cells(row) for row in entry["rows"]],
+                         left=(0, 10)))
+
+
+def markdown_document(result: dict, plots: dict[str, str]) -> str:
+    card = result.get("report_card")
+    if card is None:  # the labeler table alone
+        lines = [f"# Labelers against {result['labels_file']}", ""]
+    else:
+        level = result["bootstrap"]["level"]
+        lines = [f"# Score: {Path(result['predictions']).name}", "", described(result), "",
+                 bootstrap_text(result), ""]
+    if card:
+        lines += ["## Report card", "", report_card_markdown(report_rows(card), level,
+                                                             study_column=False), "",
+                  left_out_text(card), "", dropped_resamples_text(card), ""]
+    comparisons = result.get("readers_by_label", {})
+    if comparisons:
+        header, rows = below_rows(comparisons)
+        lines += ["## Readers against the model's ROC curve", "", READERS_NOTE, "",
+                  markdown_table(header, rows), "",
+                  markdown_table(READER_HEADER, reader_rows(comparisons), left=(0, 1, 10)), ""]
+    for path, rows in result.get("compare_rows", {}).items():
+        description = compare_description(path, result)
+        lines += [f"## Compared with {Path(path).name}", "", description[0], "",
+                  *(f"- {line}" for line in description[1:]), "",
+                  comparison_markdown(rows, level), ""]
+    if len(result.get("leaderboard", [])) > 1:
+        lines += ["## Leaderboard", "", "Every model scored, by the competition-five mean AUC "
+                  "(each on the studies it shares with the predictions).", "",
+                  markdown_table(leaderboard_header(), leaderboard_rows(result), left=(1,)), ""]
+    for name, entry in result.get("labeler", {}).items():
+        lines += [f"## Labeler {name}: uncertain and blank labels", "", LABELER_NOTE, "",
+                  markdown_table(LABELER_HEADER, [labeler_cells(row) for row in entry["rows"]],
+                                 left=(0, 10)), ""]
+    lines += [f"![{kind.upper()} curves]({name})" for kind, name in plots.items()]
+    text = "\n".join(lines)
+    while "\n\n\n" in text:  # an empty note leaves no gap
+        text = text.replace("\n\n\n", "\n\n")
+    return text.strip() + "\n"
+
+
+def csv_rows(result: dict) -> list[dict]:
+    """score.csv: one row per label (report card, readers below the curve), then the means."""
+    rows = []
+    below = result.get("radiologists_below_curve", {})
+    for row in report_rows(result["report_card"]):
+        label = row["pathology"]
+        rows.append({**{k: v for k, v in row.items() if k != "study_auc"},
+                     "readers_below_curve": below.get(label)})
+    return rows
+
+
+def write_documents(result: dict, plots: dict[str, str], out_dir: Path) -> None:
+    write_text_atomic(json.dumps({**result, "plots": plots}, indent=2) + "\n",
+                      out_dir / "score.json")
+    write_text_atomic(markdown_document(result, plots), out_dir / "score.md")
+    if result.get("report_card") is not None:
+        table = pd.DataFrame(csv_rows(result)).astype({"positives": "Int64",
+                                                        "readers_below_curve": "Int64"})
+        write_csv_atomic(table, out_dir / "score.csv")

@@ -1,0 +1,97 @@
+"""Score any predictions CSV against a reference standard, its radiologists and other models.
+
+    python score.py --predictions P.csv --labels groundtruth.csv \
+        [--radiologists bc4.csv,bc6.csv,bc8.csv] [--compare X.csv,Y.csv] [--output_dir DIR]
+    python score.py --labels groundtruth.csv --labeler chexpert_labels.csv
+
+Reads  --predictions: probabilities keyed by Study or Path (CheXpert's test-set files, the
+       leaderboard's *_predictions.csv, predict.py's predictions.csv or its _studies.csv), label
+       columns by name, any order, any subset of the 14; an image file is aggregated to studies
+       (--study_aggregation) when the labels are per study. --labels: 1 / 0 per study or image
+       (CheXpert's test groundtruth.csv: five radiologists' majority vote); -1 and blank are
+       masked. --radiologists: readers' 0/1 reads, same schema (a model's *_decisions.csv too).
+       --compare: other predictions files. --labeler: report labelers' 1 / 0 / -1 / blank output.
+       Keys are matched across files with CheXpert's release folder, download folder and
+       trailing slashes normalised (cxr/score_files.py); a study in one file and not the other is
+       an error (--unmatched skip: a counted skip). Scores must be probabilities in [0, 1]
+       (--score_scale any: any finite scores, which AUCs only rank).
+Writes to --output_dir (default scores/<predictions stem>/):
+       score.json   n_studies, auc per label, mean_auc, competition5_auc, the report card with
+                    its intervals, radiologists {reader: {label: sensitivity, specificity,
+                    below_curve, model_sensitivity, ... with intervals}},
+                    radiologists_below_curve {label: count} with its bootstrap distribution,
+                    compare {file: {label: B - A}} with paired intervals, the leaderboard,
+                    the labeler table
+       score.md     the same as tables, with the figures; score.csv one row per label
+       roc.png      ROC curves with each radiologist's operating point; pr.png PR curves
+The report card is evaluate.py's, from the same code (patient-bootstrap AUC intervals, AUPRC,
+positives, the means over labels and over the competition five).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from config import Config, ConfigError
+from cxr.cli import run_cli
+from cxr.plots import pr_grid, roc_grid
+from cxr.score_files import read_reference
+from cxr.score_report import print_labelers, print_score, write_documents
+from cxr.scoring import labeler_results, score
+
+
+def output_dir(cfg: Config) -> Path:
+    if cfg.output_dir:
+        return Path(cfg.output_dir)
+    return Path("scores") / (Path(cfg.predictions).stem if cfg.predictions else "labeler")
+
+
+def check_options(cfg: Config) -> None:
+    if not cfg.labels:
+        raise ConfigError("score.py needs --labels: the reference-standard CSV (e.g. CheXpert's "
+                          "test groundtruth.csv)")
+    if not cfg.predictions and not cfg.labeler:
+        raise ConfigError("score.py needs --predictions P.csv (or --labeler FILE for the "
+                          "labeler table alone)")
+    if not cfg.predictions and (cfg.radiologists or cfg.compare):
+        raise ConfigError("--radiologists and --compare are measured against --predictions: "
+                          "pass it too")
+
+
+def draw_figures(model, comparisons: dict, out_dir: Path) -> dict[str, str]:
+    """roc.png with every reader's operating point, pr.png; returns their file names."""
+    points = {label: {name: (point["sensitivity"], point["specificity"])
+                      for name, point in comparison["readers"].items()}
+              for label, comparison in comparisons.items()}
+    unit = "studies" if model.unit == "study" else "images"
+    title = f"{model.name}: {len(model.keys)} {unit}"
+    roc_grid(model.targets, model.scores, model.labels, out_dir / "roc.png",
+             f"ROC curves, {title}" + (" (markers: readers)" if points else ""), points)
+    pr_grid(model.targets, model.scores, model.labels, out_dir / "pr.png",
+            f"Precision-recall curves, {title}")
+    return {"roc": "roc.png", "pr": "pr.png"}
+
+
+def main(cfg: Config) -> None:
+    check_options(cfg)
+    out_dir = output_dir(cfg)
+    reference = read_reference(Path(cfg.labels))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result, plots = {"labels_file": cfg.labels}, {}
+    if cfg.predictions:
+        result, model, comparisons = score(cfg, reference)
+        plots = draw_figures(model, comparisons, out_dir)
+    if cfg.labeler:
+        result["labeler"] = labeler_results(cfg.labeler, reference, cfg)
+    if cfg.predictions:
+        print_score(result)
+    else:
+        print_labelers(result["labeler"])
+    write_documents(result, plots, out_dir)
+    figures = ", roc.png, pr.png" if plots else ""
+    print(f"\nscore: wrote {out_dir}/score.json, score.md"
+          f"{', score.csv' if cfg.predictions else ''}{figures}")
+
+
+if __name__ == "__main__":
+    run_cli(main, script="score.py")
