@@ -27,8 +27,7 @@ def described(result: dict) -> str:
             f"predictions, {skipped['reference_only']} only in the labels"
             if any(skipped.values()) else "")
     return (f"{result['n_rows']} {unit} ({result['n_patients']} patients) of "
-            f"{result['predictions']} against {result['labels_file']}{skip}. Reference standard: "
-            f"{result['reference']}.")
+            f"{result['predictions']}{skip}. Reference standard: {result['reference']}.")
 
 
 def bootstrap_text(result: dict) -> str:
@@ -138,6 +137,9 @@ LABELER_NOTE = ("Of the studies the labeler called uncertain (-1), left blank, p
 
 # ---- the documents -----------------------------------------------------------------------------
 
+MAX_PRINTED_READER_ROWS = 20  # more readers x labels: the terminal shows the counts, score.md all
+
+
 def print_score(result: dict) -> None:
     card = result["report_card"]
     print(f"\nReport card: {described(result)}")
@@ -148,7 +150,9 @@ def print_score(result: dict) -> None:
     comparisons = result["readers_by_label"]
     if comparisons:
         print("\nReaders against the model's ROC curve")
-        print(text_table(READER_HEADER, reader_rows(comparisons), left=(0, 1, 10)))
+        rows = reader_rows(comparisons)
+        if len(rows) <= MAX_PRINTED_READER_ROWS:
+            print(text_table(READER_HEADER, rows, left=(0, 1, 10)))
         header, rows = below_rows(comparisons)
         print(text_table(header, rows))
     level = result["bootstrap"]["level"]

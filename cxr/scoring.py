@@ -23,8 +23,17 @@ from cxr.readers import compare_readers
 from cxr.score_files import PLURAL, LabelFile, match_keys, patient_of, read_labeler, read_reads, \
     read_scores, same_unit, shared_labels, study_of
 
-REFERENCE = ("the --labels file's labels (CheXpert's test set: the majority vote of five "
-             "board-certified radiologists); uncertain (-1) and blank labels masked")
+# CheXpert's test set: 500 patients numbered 64741 to 65240 (train and valid come before them).
+CHEXPERT_TEST_PATIENTS = range(64741, 65241)
+
+
+def reference_text(reference: LabelFile) -> str:
+    """What the labels are: named as CheXpert's test set when the keys are its patients."""
+    numbers = reference.keys.str.extract(r"^patient(\d+)/")[0]
+    official = numbers.notna().all() and numbers.astype(int).isin(CHEXPERT_TEST_PATIENTS).all()
+    source = (" (CheXpert's test set: the majority vote of five board-certified radiologists)"
+              if official else "")
+    return f"the labels of {reference.path}{source}; uncertain (-1) and blank labels masked"
 
 
 @dataclass
@@ -223,7 +232,7 @@ def score(cfg: Config, reference: LabelFile) -> tuple[dict, Scored, dict]:
     board = leaderboard([(model, card)] + [(other, report_card(other, cfg)) for other in others])
     result = {
         "predictions": str(cfg.predictions), "labels_file": str(cfg.labels),
-        "reference": REFERENCE, "unit": model.unit,
+        "reference": reference_text(reference), "unit": model.unit,
         "n_studies": len(set(model.keys.map(study_of))), "n_rows": len(model.keys),
         "n_patients": int(model.patient_ids.nunique()), "skipped": model.skipped,
         "labels": list(model.labels), "masked": masked_counts(model),

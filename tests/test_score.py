@@ -66,6 +66,7 @@ def test_leaderboard_aucs_equal_roc_auc_score(name):
                  bootstrap_resamples=0)
     result, _, _ = score(cfg, read_reference(Path(cfg.labels)))
     assert result["n_studies"] == 500 and set(result["auc"]) == set(FIVE)
+    assert "CheXpert's test set: the majority vote of five" in result["reference"]
     for label in FIVE:
         expected = roc_auc_score(truth.loc[predictions.index, label], predictions[label])
         assert abs(result["auc"][label] - expected) < 1e-9
@@ -219,6 +220,7 @@ def test_image_predictions_are_aggregated_to_studies(tmp_path):
         truth = pd.read_csv(reference)
         expected = roc_auc_score(truth["Edema"], studies["Edema"].to_numpy())
         assert result["unit"] == "study" and result["n_studies"] == 8
+        assert "majority vote" not in result["reference"]  # not CheXpert's test patients
         assert abs(result["auc"]["Edema"] - expected) < 1e-12
 
 
