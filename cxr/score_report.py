@@ -113,9 +113,8 @@ def compare_description(path: str, result: dict) -> list[str]:
 
 # ---- labelers -----------------------------------------------------------------------------------
 
-LABELER_HEADER = ["Pathology", "Uncertain: positive", "share", "CI", "Blank: positive", "share",
-                  "Labeler positive: positive", "share", "Negative or blank: positive", "share",
-                  "Suggested policy"]
+LABELER_HEADER = ["Pathology", "-1: positive", "share", "CI", "blank: positive", "share",
+                  "1: positive", "share", "0 or blank: positive", "share", "Suggested policy"]
 
 
 def share_cells(entry: dict, with_ci: bool = False) -> list[str]:
@@ -129,8 +128,9 @@ def labeler_cells(row: dict) -> list[str]:
             *share_cells(row["not_positive"]), row["suggested_policy"]]
 
 
-LABELER_NOTE = ("Of the studies the labeler called uncertain (-1), left blank, positive, and "
-                "negative or blank: how many the reference standard calls positive. These are "
+LABELER_NOTE = ("k/n: of the n studies the labeler labelled uncertain (-1), left blank, "
+                "positive (1), or negative or blank (what training calls 0), the k the reference "
+                "standard calls positive; the share with its Wilson interval for -1. These are "
                 "test-set studies: a policy chosen from them must be judged on other data (the "
                 "val split, ablate.py).")
 
@@ -167,8 +167,8 @@ def print_score(result: dict) -> None:
 
 def print_labelers(labelers: dict) -> None:
     for name, entry in labelers.items():
-        print(f"\nLabeler {name} ({entry['n']} studies): its uncertain and blank labels against "
-              "the reference standard")
+        print(f"\nLabeler {name} ({entry['n']} studies): of the studies it labelled -1, blank, "
+              "1, 0 or blank, those positive in the reference standard")
         print(text_table(LABELER_HEADER, [labeler_cells(row) for row in entry["rows"]],
                          left=(0, 10)))
 
