@@ -42,16 +42,14 @@ def is_below(fpr: np.ndarray, tpr: np.ndarray, sensitivity: float, specificity: 
     return curve_sensitivity(fpr, tpr, 1.0 - specificity) > sensitivity + TOLERANCE
 
 
-def weighted_rates(targets: np.ndarray, reads: np.ndarray, weights: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """(sensitivity, specificity) of the reads in every resample: weights (resamples, rows) are
-    each row's patient's draw count. NaN where a resample holds no positive (or negative)."""
+def rates(targets: np.ndarray, reads: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
+    """(sensitivity, specificity) of the reads with each row weighted (its patient's draw count
+    in a resample); NaN where the resample holds no positive (or no negative)."""
     positive, negative = targets > 0.5, targets <= 0.5
     with np.errstate(invalid="ignore", divide="ignore"):
-        sensitivity = weights[:, positive] @ reads[positive] / weights[:, positive].sum(axis=1)
-        specificity = (weights[:, negative] @ (1.0 - reads[negative])
-                       / weights[:, negative].sum(axis=1))
-    return sensitivity, specificity
+        sensitivity = weights[positive] @ reads[positive] / weights[positive].sum()
+        specificity = weights[negative] @ (1.0 - reads[negative]) / weights[negative].sum()
+    return float(sensitivity), float(specificity)
 
 
 def resampled_curve(targets: np.ndarray, scores: np.ndarray, weights: np.ndarray):
@@ -123,18 +121,20 @@ def resampled_points(targets: np.ndarray, scores: np.ndarray, reads: dict[str, n
     resample's draw counts as sample weights, rather than a hand-written weighted curve.
     """
     counts = class_resamples(targets, codes, n_patients, n_resamples, seed, column)
-    weights = counts[:, codes]  # (resamples, rows)
-    rates = {name: weighted_rates(targets, r, weights) for name, r in reads.items()}
-    model = {name: np.empty(n_resamples) for name in reads}
-    for b in range(n_resamples):
-        fpr, tpr = resampled_curve(targets, scores, weights[b])
-        for name, (_, specificity) in rates.items():
-            model[name][b] = curve_sensitivity(fpr, tpr, 1.0 - specificity[b])
-    return {name: {"sensitivity": sensitivity, "specificity": specificity,
-                   "model_sensitivity": model[name],
-                   "sensitivity_gain": model[name] - sensitivity,
-                   "below_curve": model[name] > sensitivity + TOLERANCE}
-            for name, (sensitivity, specificity) in rates.items()}
+    keys = ("sensitivity", "specificity", "model_sensitivity")
+    values = {name: {key: np.empty(n_resamples) for key in keys} for name in reads}
+    for b in range(n_resamples):  # one resample at a time: memory stays at one row of weights
+        weights = counts[b, codes]
+        fpr, tpr = resampled_curve(targets, scores, weights)
+        for name, r in reads.items():
+            entry = values[name]
+            entry["sensitivity"][b], entry["specificity"][b] = rates(targets, r, weights)
+            entry["model_sensitivity"][b] = curve_sensitivity(fpr, tpr,
+                                                              1.0 - entry["specificity"][b])
+    for entry in values.values():
+        entry["sensitivity_gain"] = entry["model_sensitivity"] - entry["sensitivity"]
+        entry["below_curve"] = entry["model_sensitivity"] > entry["sensitivity"] + TOLERANCE
+    return values
 
 
 def compare_readers(targets: np.ndarray, scores: np.ndarray,

@@ -21,7 +21,7 @@ from cxr.labeler_check import labeler_table
 from cxr.metrics import summarise_level
 from cxr.readers import compare_readers
 from cxr.score_files import PLURAL, LabelFile, match_keys, patient_of, read_labeler, read_reads, \
-    read_scores, same_unit, shared_labels, study_of
+    read_scores, reference_by_study, same_unit, shared_labels, study_of
 
 # CheXpert's test set: 500 patients numbered 64741 to 65240 (train and valid come before them).
 CHEXPERT_TEST_PATIENTS = range(64741, 65241)
@@ -216,6 +216,8 @@ def score(cfg: Config, reference: LabelFile) -> tuple[dict, Scored, dict]:
     """score.json's contents, the scored predictions (for the figures), and the readers'
     comparisons by label (their points are drawn on the ROC curves)."""
     model = line_up(read_scores(Path(cfg.predictions), cfg.score_scale), reference, cfg)
+    if reference.unit != model.unit:  # per-image labels, study predictions: score studies
+        reference = reference_by_study(reference)
     readers = read_readers(cfg.radiologists, reference, cfg)
     if readers:
         keys = readers_keys(model.keys, readers)
