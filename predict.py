@@ -47,11 +47,10 @@ from cxr.atomic import write_csv_atomic
 from cxr.checkpoints import resolve_checkpoint
 from cxr.chexpert import RELEASE_PREFIX
 from cxr.cli import run_cli
-from cxr.imaging import DICOM_MAGIC, DICOM_MAGIC_OFFSET, ImageReadError
+from cxr.imaging import DICOM_MAGIC, DICOM_MAGIC_OFFSET, IMAGE_SUFFIXES, ImageReadError
 from cxr.inference import Predictor, film_view, find_label, frontal_first, lateral_warning, \
     load_predictor, predict_sources, predict_studies, radiograph, study_table
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".tif", ".tiff", ".bmp")
 PATH_COLUMNS = ("image_path", "Path")  # a CSV's path column, in order of preference
 VIEW_COLUMNS = ("view", "Frontal/Lateral")  # a CSV's view column (frontal / lateral)
 

@@ -76,6 +76,8 @@ def _fast_jpeg(data: bytes, img: Image.Image, size_hint: int | None) -> np.ndarr
 # ---- DICOM --------------------------------------------------------------------------------------
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
+# File suffixes taken for radiographs (predict.py's folders, score.py's image keys).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", *DICOM_SUFFIXES, ".tif", ".tiff", ".bmp")
 DICOM_MAGIC_OFFSET, DICOM_MAGIC = 128, b"DICM"  # after the 128-byte preamble of a Part 10 file
 
 

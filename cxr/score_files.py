@@ -25,15 +25,16 @@ import numpy as np
 import pandas as pd
 
 from config import LABELS, META_COLUMNS, PipelineError
-from cxr.chexpert import read_csv_text
+from cxr.chexpert import RELEASE_PREFIX, read_csv_text
+from cxr.imaging import IMAGE_SUFFIXES
 from cxr.labels import RAW_VALUES, UNCERTAIN
 
 KEY_COLUMNS = ("Study", "Path", "study", "path", "image_path")  # a file's key: the first found
 # Columns that are neither a key nor a label: CheXpert's metadata, predict.py's view columns.
 OTHER_COLUMNS = (*META_COLUMNS[1:], "view", "views", "n_views")
 FLAG_SUFFIX = " positive"  # predict.py's 0/1 decision columns, "<label> positive": not scores
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".tif", ".tiff", ".bmp")
-RELEASE_FOLDER = re.compile(r"^(?:.*/)?CheXpert-v1\.0(?:-small)?/")
+# the release folder anywhere in a path: "/data/CheXpert-v1.0/test/..." -> "test/..."
+RELEASE_FOLDER = re.compile(r"^(?:.*/)?" + RELEASE_PREFIX.pattern.removeprefix("^"))
 CHEXPERT_KEY = re.compile(r"(?:^|/)(?P<key>(?P<patient>patient\d+)/study\d+(?:/[^/]+)?)$")
 SHOWN = 5  # keys listed in an error about unmatched rows
 PLURAL = {"study": "studies", "image": "images"}
@@ -155,13 +156,20 @@ def file_keys(frame: pd.DataFrame, column: str, path: Path) -> tuple[pd.Index, p
     return keys, written, "image" if images[0] else "study"
 
 
+def read_label_file(path: Path, what: str
+                    ) -> tuple[pd.DataFrame, list[str], pd.Index, pd.Series, str]:
+    """(cells as strings, label columns, normalised keys, keys as written, unit) of any of
+    score.py's files; `what` names the file in errors."""
+    frame = read_text_table(path, what)
+    column = key_column(frame, path)
+    labels = label_columns(frame, column, path)
+    return (frame, labels, *file_keys(frame, column, path))
+
+
 def read_scores(path: Path, scale: str = "probability") -> LabelFile:
     """A predictions file: every cell of a label column a finite score, in [0, 1] when
     `scale` is "probability" ("any": scores that only rank, such as logits)."""
-    frame = read_text_table(path, "predictions")
-    column = key_column(frame, path)
-    labels = label_columns(frame, column, path)
-    keys, written, unit = file_keys(frame, column, path)
+    frame, labels, keys, written, unit = read_label_file(path, "predictions")
     values = pd.DataFrame({label: score_column(frame[label], label, path, written, scale)
                            for label in labels})
     return LabelFile(Path(path), keys, written, values.set_axis(keys), unit)
@@ -189,45 +197,37 @@ def score_column(cells: pd.Series, label: str, path: Path, written: pd.Series, s
     return numbers
 
 
+READ_VALUES = {"1": 1.0, "1.0": 1.0, "0": 0.0, "0.0": 0.0}  # a reader's read: positive or not
+RAW_CODES = "1, 0, -1 or blank"
+
+
+def read_coded(path: Path, what: str, codes: dict[str, float], allowed: str) -> LabelFile:
+    """A file of coded cells (`codes`: the text of each allowed value), every cell checked."""
+    frame, labels, keys, written, unit = read_label_file(path, what)
+    values = pd.DataFrame({label: coded_column(frame[label], label, path, written, codes,
+                                               allowed) for label in labels}, index=keys)
+    return LabelFile(Path(path), keys, written, values, unit)
+
+
 def read_reference(path: Path) -> LabelFile:
     """A reference standard: 1 positive, 0 negative, -1 uncertain and blank (not given) masked,
     both counted (a masked label is neither positive nor negative)."""
-    frame = read_text_table(path, "labels")
-    column = key_column(frame, path)
-    labels = label_columns(frame, column, path)
-    keys, written, unit = file_keys(frame, column, path)
-    values, masked = {}, {}
-    for label in labels:
-        raw = coded_column(frame[label], label, path, written, RAW_VALUES, "1, 0, -1 or blank")
-        masked[label] = {"uncertain": int((raw == UNCERTAIN).sum()),
-                         "blank": int(np.isnan(raw).sum())}
-        values[label] = np.where(raw == UNCERTAIN, np.nan, raw)
-    return LabelFile(Path(path), keys, written, pd.DataFrame(values, index=keys), unit, masked)
-
-
-READ_VALUES = {"1": 1.0, "1.0": 1.0, "0": 0.0, "0.0": 0.0}
+    reference = read_coded(path, "labels", RAW_VALUES, RAW_CODES)
+    raw = reference.values
+    reference.masked = {label: {"uncertain": int((raw[label] == UNCERTAIN).sum()),
+                                "blank": int(raw[label].isna().sum())} for label in raw}
+    reference.values = raw.mask(raw == UNCERTAIN)
+    return reference
 
 
 def read_reads(path: Path) -> LabelFile:
     """A reader's binary reads (a radiologist, or a model's decisions): 1 or 0 in every cell."""
-    frame = read_text_table(path, "reads")
-    column = key_column(frame, path)
-    labels = label_columns(frame, column, path)
-    keys, written, unit = file_keys(frame, column, path)
-    values = {label: coded_column(frame[label], label, path, written, READ_VALUES, "1 or 0")
-              for label in labels}
-    return LabelFile(Path(path), keys, written, pd.DataFrame(values, index=keys), unit)
+    return read_coded(path, "reads", READ_VALUES, "1 or 0")
 
 
 def read_labeler(path: Path) -> LabelFile:
     """A report labeler's output, kept as it is: 1, 0, -1 (uncertain) or NaN (blank)."""
-    frame = read_text_table(path, "labeler")
-    column = key_column(frame, path)
-    labels = label_columns(frame, column, path)
-    keys, written, unit = file_keys(frame, column, path)
-    values = {label: coded_column(frame[label], label, path, written, RAW_VALUES,
-                                  "1, 0, -1 or blank") for label in labels}
-    return LabelFile(Path(path), keys, written, pd.DataFrame(values, index=keys), unit)
+    return read_coded(path, "labeler", RAW_VALUES, RAW_CODES)
 
 
 def coded_column(cells: pd.Series, label: str, path: Path, written: pd.Series,
