@@ -1,0 +1,136 @@
+"""Subgroup audit: does a model rank as well within a subgroup as in the rest of the split?
+
+The strata are the split's own columns: Sex, age bands (Age 0 or blank is "unknown"), AP/PA of
+frontal films, and Support Devices present or absent (the split's label: a model that finds a
+pneumothorax by its chest drain scores well overall and poorly among films without devices).
+For each stratum and label: the AUC within it, its counts (images, patients, positives), and the
+difference to the rest of the split, both from one plain patient bootstrap of the whole split:
+each resample's AUC within the stratum and within the rest share the draw, so the interval of
+the difference is paired. A cell with fewer than `min_positives` positives or negatives is n/a,
+with the reason, as in the report card's means.
+
+Not yet wired into evaluate.py and score.py (issue 16): this module computes; the reports come
+next.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from cxr.bootstrap import draw_resamples, percentile_interval, weighted_aucs
+from cxr.metrics import has_both_values, observed, per_class_auc
+
+AGE_BANDS = (18, 40, 60, 80)  # years: each band from its bound up to the next (18-39, ..., 80+)
+UNKNOWN = "unknown"
+
+
+def age_band(age: float, bounds: tuple[int, ...] = AGE_BANDS) -> str:
+    """'40-59' for 47 or 59.5; '80+' for 91; 'under 18' for 12; 'unknown' for 0 or blank."""
+    if not np.isfinite(age) or age <= 0:
+        return UNKNOWN
+    if age < bounds[0]:
+        return f"under {bounds[0]}"
+    band = int(np.searchsorted(bounds, age, side="right")) - 1
+    return f"{bounds[band]}+" if band == len(bounds) - 1 else \
+        f"{bounds[band]}-{bounds[band + 1] - 1}"
+
+
+def strata(frame: pd.DataFrame, targets: np.ndarray, labels: tuple[str, ...]
+           ) -> dict[str, pd.Series]:
+    """Each row's stratum under every audit that the split can support: {audit: labels}.
+
+    Sex and AP/PA as written (blank: unknown; AP/PA only for frontal films, where it is defined),
+    age bands from Age, Support Devices from the split's label (masked: unknown).
+    """
+    audits = {}
+    if "Sex" in frame:
+        audits["Sex"] = frame["Sex"].fillna("").astype(str).str.strip().replace("", UNKNOWN)
+    if "Age" in frame:
+        ages = pd.to_numeric(frame["Age"], errors="coerce").to_numpy(dtype=float)
+        audits["Age"] = pd.Series([age_band(age) for age in ages], index=frame.index)
+    if "AP/PA" in frame:
+        view = frame["AP/PA"].fillna("").astype(str).str.strip().replace("", UNKNOWN)
+        if "Frontal/Lateral" in frame:
+            view = view.where(frame["Frontal/Lateral"] == "Frontal", UNKNOWN)
+        audits["AP/PA"] = view
+    if "Support Devices" in labels:
+        devices = targets[:, labels.index("Support Devices")]
+        audits["Support Devices"] = pd.Series(
+            np.where(np.isnan(devices), UNKNOWN, np.where(devices > 0.5, "present", "absent")),
+            index=frame.index)
+    return {name: values.reset_index(drop=True) for name, values in audits.items()}
+
+
+def verdict(low: float | None, high: float | None) -> str:
+    if low is None:
+        return "n/a"
+    if high < 0:
+        return "lower in this subgroup"
+    if low > 0:
+        return "higher in this subgroup"
+    return "no clear difference"
+
+
+def enough(targets: np.ndarray, min_positives: int) -> str:
+    """Why a cell cannot be scored ('' when it can): a label value missing, or too few."""
+    y, _ = observed(targets, targets)
+    positives, negatives = int((y > 0.5).sum()), int((y <= 0.5).sum())
+    if not has_both_values(targets):
+        return "n/a: one label value"
+    if positives < min_positives:
+        return f"n/a: {positives} positive(s), fewer than {min_positives}"
+    if negatives < min_positives:
+        return f"n/a: {negatives} negative(s), fewer than {min_positives}"
+    return ""
+
+
+def cell(scores: np.ndarray, targets: np.ndarray, codes: np.ndarray, inside: np.ndarray,
+         counts: np.ndarray | None, overall: float | None, level: float, min_positives: int
+         ) -> dict:
+    """One stratum and label: AUC, interval, counts, and the paired difference to the rest."""
+    y = targets[inside]
+    result = {"positives": int(np.nansum(y)), "negatives": int((y == 0).sum()),
+              "auc": None, "ci": [None, None], "difference": None,
+              "difference_ci": [None, None], "verdict": "n/a", "overall_auc": overall}
+    own, rest = enough(y, min_positives), enough(targets[~inside], min_positives)
+    if own or rest:
+        return {**result, "note": own or f"{rest} in the rest of the split"}
+    auc_in = per_class_auc(y[:, None], scores[inside][:, None], ("x",))["x"]
+    auc_out = per_class_auc(targets[~inside][:, None], scores[~inside][:, None], ("x",))["x"]
+    result.update(auc=auc_in, difference=auc_in - auc_out, note="")
+    if counts is not None:
+        within = weighted_aucs(scores[inside], y, codes[inside], counts)
+        rest = weighted_aucs(scores[~inside], targets[~inside], codes[~inside], counts)
+        interval, gap = percentile_interval(within, level), percentile_interval(within - rest,
+                                                                                level)
+        result.update(ci=[interval.low, interval.high], difference_ci=[gap.low, gap.high],
+                      verdict=verdict(gap.low, gap.high))
+    return result
+
+
+def subgroup_table(scores: np.ndarray, targets: np.ndarray, frame: pd.DataFrame,
+                   labels: tuple[str, ...], n_resamples: int, level: float, seed: int,
+                   min_positives: int = 10) -> dict[str, dict[str, dict]]:
+    """{audit: {stratum: {"n_images", "n_patients", "labels": {label: cell}}}} of one split.
+
+    `frame` holds the rows' patient_id and the columns strata() reads; `scores` rank the rows
+    (logits will do); `targets` are 0/1 with NaN masked.
+    """
+    patients = frame["patient_id"].astype(str).reset_index(drop=True)
+    resamples = draw_resamples(patients, n_resamples, seed) if n_resamples else None
+    codes = resamples.patient_of_image if resamples is not None else \
+        pd.factorize(patients, sort=True)[0]
+    counts = resamples.counts if resamples is not None else None
+    overall = per_class_auc(targets, scores, labels)
+    table = {}
+    for audit, groups in strata(frame, targets, labels).items():
+        table[audit] = {}
+        for stratum in sorted(groups.unique()):
+            inside = (groups == stratum).to_numpy()
+            table[audit][stratum] = {
+                "n_images": int(inside.sum()), "n_patients": int(patients[inside].nunique()),
+                "labels": {label: cell(scores[:, c], targets[:, c], codes, inside, counts,
+                                       overall[label], level, min_positives)
+                           for c, label in enumerate(labels)}}
+    return table
