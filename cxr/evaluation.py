@@ -27,6 +27,7 @@ from cxr.device import autocast, autocast_dtype, prepare_model, to_device
 from cxr.labels import masked_counts
 from cxr.metrics import STUDY_KEYS, aggregate_studies, summarise_level
 from cxr.operating_points import choose_thresholds, operating_point_table
+from cxr.subgroups import subgroup_table
 from cxr.thresholds import thresholds_payload, write_thresholds
 from dataset import make_dataset, make_loader, read_split
 
@@ -151,7 +152,10 @@ def evaluate_predictions(preds: Predictions, thresholds: dict, calibration: dict
                           "seed": cfg.seed, "unit": "patient",
                           "classes": "stratified by the class's positive patients",
                           "means": "one draw of patients shared by every class"},
-            "min_positives": cfg.min_positives, "tta": cfg.tta}
+            "min_positives": cfg.min_positives, "tta": cfg.tta,
+            "subgroups": subgroup_table(scores, targets, preds.frame, labels,
+                                        cfg.bootstrap_resamples, cfg.ci_level, cfg.seed,
+                                        cfg.min_positives)}
 
 
 def fit_on_val(val: Predictions, path: Path, checkpoint: dict, trained: Config, cfg: Config

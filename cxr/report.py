@@ -207,10 +207,60 @@ def markdown_report(result: dict, plots: dict[str, str], cfg: Config) -> str:
         f"## Calibration ({calibration['bins']} bins)", "",
         calibration_markdown(calibration), "",
         f"![Reliability diagrams]({plots['reliability']})", "",
+        *subgroup_markdown(result),
         "## ROC and precision-recall curves", "",
         f"![ROC curves]({plots['roc']})", "",
         f"![Precision-recall curves]({plots['pr']})", ""]
     return "\n".join(lines)
+
+
+def subgroup_cells(subgroups: dict) -> list[list[str]]:
+    """The scorable cells of the subgroup audit (subgroups.py): one row per stratum and label."""
+    rows = []
+    for audit, strata in subgroups.items():
+        for stratum, entry in strata.items():
+            for label, cell in entry["labels"].items():
+                if cell["auc"] is None:
+                    continue
+                rows.append([audit, stratum, label, str(entry["n_images"]),
+                             str(entry["n_patients"]), str(cell["positives"]),
+                             number_text(cell["auc"]), interval_text(*cell["ci"]),
+                             number_text(cell["difference"], signed=True),
+                             interval_text(*cell["difference_ci"], signed=True),
+                             cell["verdict"]])
+    return rows
+
+
+def subgroup_flags(subgroups: dict) -> list[str]:
+    """Cells clearly below the rest of the split, with what a device or view stratum suggests."""
+    flags = []
+    for audit, strata in subgroups.items():
+        for stratum, entry in strata.items():
+            for label, cell in entry["labels"].items():
+                if cell["verdict"] != "lower in this subgroup":
+                    continue
+                hint = (" (a shortcut? the model may read the devices or the view rather than "
+                        "the finding)" if audit in ("Support Devices", "AP/PA") else "")
+                flags.append(f"{label} among {audit} {stratum}: AUC {cell['auc']:.3f}, "
+                             f"{cell['difference']:+.3f} against the rest{hint}")
+    return flags
+
+
+def subgroup_markdown(result: dict) -> list[str]:
+    subgroups = result.get("subgroups") or {}
+    if not subgroups:
+        return []
+    header = ["Audit", "Stratum", "Pathology", "Images", "Patients", "Pos", "AUC", "CI",
+              "vs rest", "CI (paired)", "Verdict"]
+    flags = subgroup_flags(subgroups)
+    return ["## Subgroups", "",
+            "AUC within each stratum and its difference to the rest of the split, both over "
+            "one plain patient bootstrap of the split (paired); a cell needs at least "
+            "min_positives positives and negatives on both sides (the others are left out "
+            "here and n/a in the JSON).", "",
+            markdown_table(header, subgroup_cells(subgroups), left=(0, 1, 2, 10)), "",
+            *(["Clearly lower than the rest: " + "; ".join(flags) + "."] if flags else
+              ["No stratum is clearly lower than the rest of the split."]), ""]
 
 
 def csv_rows(result: dict) -> list[dict]:

@@ -9,8 +9,9 @@ each resample's AUC within the stratum and within the rest share the draw, so th
 the difference is paired. A cell with fewer than `min_positives` positives or negatives is n/a,
 with the reason, as in the report card's means.
 
-Not yet wired into evaluate.py and score.py (issue 16): this module computes; the reports come
-next.
+evaluate.py reports it for every split (eval_<split>.json "subgroups", a table and the flags in
+eval_<split>.md, report.py); score.py, the means within strata and a forest plot come next
+(issue 16).
 """
 
 from __future__ import annotations

@@ -372,6 +372,8 @@ def test_report_of_a_split_is_written_with_thresholds_from_val(tmp_path):
             "target_sensitivity_ppv"} <= set(table.columns)
     saved = json.loads((tmp_path / "eval_test.json").read_text())
     assert saved["image"]["means"]["all"]["ci"]["resamples_used"] > 0
+    # the subgroup audit: no Sex/Age/AP/PA columns here, so the Support Devices strata alone
+    assert set(saved["subgroups"]) == {"Support Devices"} and "## Subgroups" in markdown
 
 
 def test_figures_are_written_with_a_not_evaluable_class(tmp_path):

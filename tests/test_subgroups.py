@@ -9,6 +9,7 @@ from sklearn.metrics import roc_auc_score
 
 from conftest import shared
 from config import LABELS
+from cxr.report import subgroup_flags
 from cxr.subgroups import age_band, strata, subgroup_table
 
 
@@ -73,3 +74,22 @@ def test_real_nih_rows_carry_sex_age_and_view():
     assert groups["Age"].isin(["under 18", "18-39", "40-59", "60-79", "80+"]).all()
     assert (groups["Age"] == "under 18").sum() == (frame["Age"] < 18).sum() > 0
     assert groups["Age"].value_counts().sum() == len(frame)
+
+
+def test_a_finding_read_from_the_devices_is_flagged_as_a_shortcut():
+    """Pneumothorax ranked perfectly on films with devices (the drain), at random without."""
+    rng = np.random.default_rng(1)
+    n = 600
+    devices = (np.arange(n) % 2 == 0).astype(float)
+    y = (rng.random(n) < 0.3).astype(float)
+    pneumothorax = np.where(devices == 1, y + 0.1 * rng.random(n), rng.random(n))
+    scores = np.stack([pneumothorax, devices + 0.01 * rng.random(n)], axis=1)
+    targets = np.stack([y, devices], axis=1)
+    frame = pd.DataFrame({"patient_id": [f"p{i}" for i in range(n)]})
+    table = subgroup_table(scores, targets, frame, ("Pneumothorax", "Support Devices"), 200,
+                           0.95, 0)
+    assert table["Support Devices"]["absent"]["labels"]["Pneumothorax"]["verdict"] == \
+        "lower in this subgroup"
+    flags = subgroup_flags(table)
+    assert len(flags) == 1 and flags[0].startswith("Pneumothorax among Support Devices absent")
+    assert "shortcut" in flags[0]
