@@ -139,6 +139,8 @@ class Config:
     min_positives: int = 10  # a class enters the means with at least this many positives and
     # negatives in the split (fewer: its AUC is shown, but left out of the means)
     tta: bool = False  # test-time augmentation: mean logits of 4 views (shifts, zoom; no flips)
+    # years: the subgroup audit's age bands start at these (18-39, 40-59, 60-79, 80+)
+    age_bands: tuple[int, ...] = (18, 40, 60, 80)
     # evaluate.py --compare RUN_A RUN_B (folders or checkpoints): AUC of B - A on compare_split;
     # score.py --compare X.csv,Y.csv: other models' predictions, each paired with --predictions
     compare: tuple[str, ...] = ()
@@ -217,13 +219,13 @@ READS: dict[str, tuple[str, ...]] = {
     "evaluate.py": ("data_dir", *_CHECKPOINT, *_INFERENCE, "seed", "use_cache",
                     "bootstrap_resamples", "ci_level", "target_sensitivity", "study_aggregation",
                     "calibration", "calibration_bins", "min_positives", "compare",
-                    "compare_split"),
+                    "compare_split", "age_bands"),
     "ablate.py": ("ablation", "ablation_name"),  # and every field of its STAGES
     "predict.py": (*_CHECKPOINT, *_INFERENCE, "inputs", "output", "gradcam", "gradcam_dir",
                    "study_grouping", "study_aggregation", "allow_threshold_mismatch"),
     "score.py": ("predictions", "labels", "radiologists", "labeler", "compare", "output_dir",
                  "unmatched", "score_scale", "study_aggregation", "bootstrap_resamples",
-                 "ci_level", "seed", "min_positives"),
+                 "ci_level", "seed", "min_positives", "age_bands"),
     "export.py": (*_CHECKPOINT, "output", "allow_threshold_mismatch"),
     "app.py": ("checkpoint", "device", "tta", "allow_threshold_mismatch"),
 }
@@ -291,6 +293,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"--target_sensitivity must be in (0, 1], got {cfg.target_sensitivity}")
     if cfg.bootstrap_resamples < 0:
         raise ConfigError(f"--bootstrap_resamples must be 0 or more, got {cfg.bootstrap_resamples}")
+    bands = cfg.age_bands
+    if not bands or bands[0] < 1 or any(b <= a for a, b in zip(bands, bands[1:])):
+        raise ConfigError(f"--age_bands must be increasing ages of at least 1, e.g. "
+                          f"18,40,60,80; got {','.join(map(str, bands)) or 'none'}")
     if cfg.calibration_bins < 1:
         raise ConfigError(f"--calibration_bins must be at least 1, got {cfg.calibration_bins}")
     return cfg

@@ -155,7 +155,7 @@ def evaluate_predictions(preds: Predictions, thresholds: dict, calibration: dict
             "min_positives": cfg.min_positives, "tta": cfg.tta,
             "subgroups": subgroup_table(scores, targets, preds.frame, labels,
                                         cfg.bootstrap_resamples, cfg.ci_level, cfg.seed,
-                                        cfg.min_positives)}
+                                        cfg.min_positives, cfg.age_bands)}
 
 
 def fit_on_val(val: Predictions, path: Path, checkpoint: dict, trained: Config, cfg: Config

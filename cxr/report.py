@@ -231,6 +231,17 @@ def subgroup_cells(subgroups: dict) -> list[list[str]]:
     return rows
 
 
+# What a stratum clearly below the rest suggests, for the shortcut checks.
+SUBGROUP_HINTS = {
+    ("Support Devices", "absent"): "a shortcut? the model may find the tubes and drains that "
+                                   "come with this finding rather than the finding",
+    ("Support Devices", "present"): "films with devices are harder: lines over the lungs, "
+                                    "sicker patients",
+    ("AP/PA", "PA"): "a shortcut? the model may read the portable AP projection of sicker "
+                     "patients rather than the finding",
+    ("AP/PA", "AP"): "portable AP films are harder: projection, sicker patients"}
+
+
 def subgroup_flags(subgroups: dict) -> list[str]:
     """Cells clearly below the rest of the split, with what a device or view stratum suggests."""
     flags = []
@@ -239,10 +250,10 @@ def subgroup_flags(subgroups: dict) -> list[str]:
             for label, cell in entry["labels"].items():
                 if cell["verdict"] != "lower in this subgroup":
                     continue
-                hint = (" (a shortcut? the model may read the devices or the view rather than "
-                        "the finding)" if audit in ("Support Devices", "AP/PA") else "")
+                hint = SUBGROUP_HINTS.get((audit, stratum), "")
                 flags.append(f"{label} among {audit} {stratum}: AUC {cell['auc']:.3f}, "
-                             f"{cell['difference']:+.3f} against the rest{hint}")
+                             f"{cell['difference']:+.3f} against the rest"
+                             + (f" ({hint})" if hint else ""))
     return flags
 
 

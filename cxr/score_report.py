@@ -16,7 +16,7 @@ import pandas as pd
 from cxr.atomic import write_csv_atomic, write_text_atomic
 from cxr.metrics import COMPETITION_LABELS
 from cxr.report import comparison_markdown, comparison_text, dropped_resamples_text, \
-    left_out_text, report_card_markdown, report_card_text, report_rows
+    left_out_text, report_card_markdown, report_card_text, report_rows, subgroup_markdown
 from cxr.tables import interval_text, markdown_table, number_text, text_table
 
 
@@ -191,6 +191,7 @@ def markdown_document(result: dict, plots: dict[str, str]) -> str:
         lines += ["## Readers against the model's ROC curve", "", READERS_NOTE, "",
                   markdown_table(header, rows), "",
                   markdown_table(READER_HEADER, reader_rows(comparisons), left=(0, 1, 10)), ""]
+    lines += subgroup_markdown(result)
     for path, rows in result.get("compare_rows", {}).items():
         description = compare_description(path, result)
         lines += [f"## Compared with {Path(path).name}", "", description[0], "",

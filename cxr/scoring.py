@@ -20,6 +20,7 @@ from cxr.compare import paired_auc_differences
 from cxr.labeler_check import labeler_table
 from cxr.metrics import summarise_level
 from cxr.readers import compare_readers
+from cxr.subgroups import subgroup_table
 from cxr.score_files import PLURAL, LabelFile, match_keys, patient_of, read_labeler, read_reads, \
     read_scores, reference_by_study, same_unit, shared_labels, study_of
 
@@ -231,6 +232,9 @@ def score(cfg: Config, reference: LabelFile) -> tuple[dict, Scored, dict]:
                                   cfg.ci_level, cfg.seed)
     by_reader, below = reader_summary(comparisons)
     compared, others = compare_files(model, reference, cfg)
+    subgroups = subgroup_table(model.scores, model.targets, audit_frame(model, reference),
+                               model.labels, cfg.bootstrap_resamples, cfg.ci_level, cfg.seed,
+                               cfg.min_positives, cfg.age_bands)
     board = leaderboard([(model, card)] + [(other, report_card(other, cfg)) for other in others])
     result = {
         "predictions": str(cfg.predictions), "labels_file": str(cfg.labels),
@@ -245,6 +249,7 @@ def score(cfg: Config, reference: LabelFile) -> tuple[dict, Scored, dict]:
         "radiologists": by_reader, "radiologists_below_curve": below,
         "readers_by_label": comparisons,
         "compare": {path: differences(rows) for path, rows in compared.items()},
+        "subgroups": subgroups,
         "compare_rows": compared, "compare_n": {path: len(other.keys) for path, other
                                                 in zip(compared, others)},
         "leaderboard": board,
@@ -254,6 +259,15 @@ def score(cfg: Config, reference: LabelFile) -> tuple[dict, Scored, dict]:
                       "means": "one draw of patients shared by every label"},
         "study_aggregation": cfg.study_aggregation, "min_positives": cfg.min_positives}
     return result, model, comparisons
+
+
+def audit_frame(model: Scored, reference: LabelFile) -> pd.DataFrame:
+    """What the subgroup audit can read of the scored rows: their patients, and the reference's
+    Support Devices label (masked: NaN) when the predictions do not score it."""
+    frame = pd.DataFrame({"patient_id": model.patient_ids})
+    if "Support Devices" not in model.labels and "Support Devices" in reference.labels:
+        frame["Support Devices"] = reference.values.loc[model.keys, "Support Devices"].to_numpy()
+    return frame
 
 
 def masked_counts(model: Scored) -> dict[str, int]:

@@ -37,26 +37,31 @@ def age_band(age: float, bounds: tuple[int, ...] = AGE_BANDS) -> str:
         f"{bounds[band]}-{bounds[band + 1] - 1}"
 
 
-def strata(frame: pd.DataFrame, targets: np.ndarray, labels: tuple[str, ...]
-           ) -> dict[str, pd.Series]:
+def strata(frame: pd.DataFrame, targets: np.ndarray, labels: tuple[str, ...],
+           age_bounds: tuple[int, ...] = AGE_BANDS) -> dict[str, pd.Series]:
     """Each row's stratum under every audit that the split can support: {audit: labels}.
 
     Sex and AP/PA as written (blank: unknown; AP/PA only for frontal films, where it is defined),
-    age bands from Age, Support Devices from the split's label (masked: unknown).
+    age bands from Age, Support Devices from the scored label (masked: unknown), else from a
+    0/1 "Support Devices" column of `frame` (score.py: the reference's label when the
+    predictions do not score it).
     """
     audits = {}
     if "Sex" in frame:
         audits["Sex"] = frame["Sex"].fillna("").astype(str).str.strip().replace("", UNKNOWN)
     if "Age" in frame:
         ages = pd.to_numeric(frame["Age"], errors="coerce").to_numpy(dtype=float)
-        audits["Age"] = pd.Series([age_band(age) for age in ages], index=frame.index)
+        audits["Age"] = pd.Series([age_band(age, age_bounds) for age in ages],
+                                  index=frame.index)
     if "AP/PA" in frame:
         view = frame["AP/PA"].fillna("").astype(str).str.strip().replace("", UNKNOWN)
         if "Frontal/Lateral" in frame:
             view = view.where(frame["Frontal/Lateral"] == "Frontal", UNKNOWN)
         audits["AP/PA"] = view
-    if "Support Devices" in labels:
-        devices = targets[:, labels.index("Support Devices")]
+    devices = (targets[:, labels.index("Support Devices")] if "Support Devices" in labels
+               else frame["Support Devices"].to_numpy(dtype=float)
+               if "Support Devices" in frame else None)
+    if devices is not None:
         audits["Support Devices"] = pd.Series(
             np.where(np.isnan(devices), UNKNOWN, np.where(devices > 0.5, "present", "absent")),
             index=frame.index)
@@ -112,7 +117,8 @@ def cell(scores: np.ndarray, targets: np.ndarray, codes: np.ndarray, inside: np.
 
 def subgroup_table(scores: np.ndarray, targets: np.ndarray, frame: pd.DataFrame,
                    labels: tuple[str, ...], n_resamples: int, level: float, seed: int,
-                   min_positives: int = 10) -> dict[str, dict[str, dict]]:
+                   min_positives: int = 10, age_bounds: tuple[int, ...] = AGE_BANDS
+                   ) -> dict[str, dict[str, dict]]:
     """{audit: {stratum: {"n_images", "n_patients", "labels": {label: cell}}}} of one split.
 
     `frame` holds the rows' patient_id and the columns strata() reads; `scores` rank the rows
@@ -125,7 +131,7 @@ def subgroup_table(scores: np.ndarray, targets: np.ndarray, frame: pd.DataFrame,
     counts = resamples.counts if resamples is not None else None
     overall = per_class_auc(targets, scores, labels)
     table = {}
-    for audit, groups in strata(frame, targets, labels).items():
+    for audit, groups in strata(frame, targets, labels, age_bounds).items():
         table[audit] = {}
         for stratum in sorted(groups.unique()):
             inside = (groups == stratum).to_numpy()

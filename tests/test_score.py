@@ -149,6 +149,16 @@ def test_report_card_is_evaluates(scored):
     assert result["report_card"] == json.loads(json.dumps(card))
 
 
+def test_subgroups_read_the_references_support_devices(scored):
+    """The leaderboard files do not score Support Devices; the audit takes groundtruth's."""
+    _, result, _ = scored
+    devices = frame(shared_file("groundtruth.csv"))["Support Devices"]
+    strata = result["subgroups"]["Support Devices"]
+    assert strata["present"]["n_images"] == (devices == 1).sum() == 261
+    assert strata["absent"]["n_images"] == (devices == 0).sum()
+    assert set(strata["absent"]["labels"]) == set(FIVE)
+
+
 def test_compare_and_leaderboard(scored):
     _, result, model = scored
     truth = frame(shared_file("groundtruth.csv"))

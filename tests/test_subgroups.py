@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 from sklearn.metrics import roc_auc_score
 
 from conftest import shared
-from config import LABELS
+from config import LABELS, ConfigError
+from cxr.cli import parse_args
 from cxr.report import subgroup_flags
 from cxr.subgroups import age_band, strata, subgroup_table
 
@@ -18,6 +20,14 @@ def test_age_bands():
         ["18-39", "18-39", "40-59", "40-59", "60-79", "80+", "80+"]
     assert [age_band(a) for a in (0, float("nan"))] == ["unknown"] * 2
     assert age_band(12) == "under 18"
+    assert [age_band(a, (20, 50)) for a in (19, 20, 49, 50)] == \
+        ["under 20", "20-49", "20-49", "50+"]
+
+
+def test_age_bands_option():
+    assert parse_args(["--age_bands", "20,50"], "evaluate.py").age_bands == (20, 50)
+    with pytest.raises(ConfigError, match="--age_bands must be increasing"):
+        parse_args(["--age_bands", "50,20"], "score.py")
 
 
 def hand_made(n: int = 400, seed: int = 0):
