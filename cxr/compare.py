@@ -18,13 +18,15 @@ from cxr.bootstrap import bootstrap_aucs, mean_over, no_interval, percentile_int
 from cxr.metrics import MEANS, mean_exclusions, per_class_auc
 
 
-def verdict(low: float | None, high: float | None) -> str:
+def verdict(low: float | None, high: float | None, higher: str = "B better",
+            lower: str = "A better") -> str:
+    """The words for an interval of a difference: above 0, below 0, or containing it."""
     if low is None:
         return "n/a"
     if low > 0:
-        return "B better"
+        return higher
     if high < 0:
-        return "A better"
+        return lower
     return "no clear difference"
 
 

@@ -38,8 +38,14 @@ def curve_sensitivity(fpr: np.ndarray, tpr: np.ndarray, false_positive_rate: flo
     return float(tpr[last] + step * (tpr[last + 1] - tpr[last]))
 
 
+def below(model_sensitivity, sensitivity):
+    """Whether the curve's sensitivity at a reader's specificity beats the reader's (floats or
+    arrays); within TOLERANCE it is on the curve, not below."""
+    return model_sensitivity > sensitivity + TOLERANCE
+
+
 def is_below(fpr: np.ndarray, tpr: np.ndarray, sensitivity: float, specificity: float) -> bool:
-    return curve_sensitivity(fpr, tpr, 1.0 - specificity) > sensitivity + TOLERANCE
+    return bool(below(curve_sensitivity(fpr, tpr, 1.0 - specificity), sensitivity))
 
 
 def rates(targets: np.ndarray, reads: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
@@ -66,7 +72,7 @@ def reader_point(targets: np.ndarray, reads: np.ndarray, fpr: np.ndarray, tpr: n
     model = curve_sensitivity(fpr, tpr, 1.0 - point["specificity"])
     return {"sensitivity": point["sensitivity"], "specificity": point["specificity"],
             **{key: point[key] for key in ("tp", "fn", "tn", "fp")},
-            "below_curve": model > point["sensitivity"] + TOLERANCE,
+            "below_curve": bool(below(model, point["sensitivity"])),
             "model_sensitivity": model, "sensitivity_gain": model - point["sensitivity"]}
 
 
@@ -133,7 +139,7 @@ def resampled_points(targets: np.ndarray, scores: np.ndarray, reads: dict[str, n
                                                               1.0 - entry["specificity"][b])
     for entry in values.values():
         entry["sensitivity_gain"] = entry["model_sensitivity"] - entry["sensitivity"]
-        entry["below_curve"] = entry["model_sensitivity"] > entry["sensitivity"] + TOLERANCE
+        entry["below_curve"] = below(entry["model_sensitivity"], entry["sensitivity"])
     return values
 
 

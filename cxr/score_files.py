@@ -242,34 +242,24 @@ def coded_column(cells: pd.Series, label: str, path: Path, written: pd.Series,
 
 # ---- studies and matching ---------------------------------------------------------------------
 
-def scores_by_study(scores: LabelFile, how: str) -> LabelFile:
-    """An image file's scores aggregated to studies (their folders) by `how` (max or mean), as
-    evaluate.py's study level does."""
-    if scores.unit == "study":
-        return scores
-    studies = scores.keys.map(study_of)
-    values = scores.values.groupby(np.asarray(studies), sort=False).agg(how)
-    written = scores.written.groupby(np.asarray(studies), sort=False).first().map(study_of)
-    return LabelFile(scores.path, pd.Index(values.index), written.reset_index(drop=True),
-                     values, "study")
-
-
-def reference_by_study(reference: LabelFile) -> LabelFile:
-    """An image file's labels as studies: positive if any image is, masked if every image is."""
-    if reference.unit == "study":
-        return reference
-    studies = np.asarray(reference.keys.map(study_of))
-    values = reference.values.groupby(studies, sort=False).max()  # skips NaN
-    written = reference.written.groupby(studies, sort=False).first().map(study_of)
-    return LabelFile(reference.path, pd.Index(values.index), written.reset_index(drop=True),
-                     values, "study", reference.masked)
+def by_study(file: LabelFile, how: str) -> LabelFile:
+    """An image file's rows as studies (their folders): each label's `how` over the images
+    (scores: max or mean, as evaluate.py's study level; labels: max, positive if any image is,
+    masked if every image is: pandas skips NaN)."""
+    if file.unit == "study":
+        return file
+    studies = np.asarray(file.keys.map(study_of))
+    values = file.values.groupby(studies, sort=False).agg(how)
+    written = file.written.groupby(studies, sort=False).first().map(study_of)
+    return LabelFile(file.path, pd.Index(values.index), written.reset_index(drop=True), values,
+                     "study", file.masked)
 
 
 def same_unit(scores: LabelFile, reference: LabelFile, how: str) -> tuple[LabelFile, LabelFile]:
     """Both files on one unit: images when both are per image, else studies."""
     if scores.unit == reference.unit:
         return scores, reference
-    return scores_by_study(scores, how), reference_by_study(reference)
+    return by_study(scores, how), by_study(reference, "max")
 
 
 @dataclass

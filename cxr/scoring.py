@@ -18,11 +18,12 @@ import pandas as pd
 from config import Config, PipelineError
 from cxr.compare import paired_auc_differences
 from cxr.labeler_check import labeler_table
+from cxr.labels import masked_counts
 from cxr.metrics import summarise_level
 from cxr.readers import compare_readers
 from cxr.subgroups import subgroup_table
 from cxr.score_files import PLURAL, LabelFile, match_keys, patient_of, read_labeler, read_reads, \
-    read_scores, reference_by_study, same_unit, shared_labels, study_of
+    by_study, read_scores, same_unit, shared_labels, study_of
 
 # CheXpert's test set: 500 patients numbered 64741 to 65240 (train and valid come before them).
 CHEXPERT_TEST_PATIENTS = range(64741, 65241)
@@ -218,7 +219,7 @@ def score(cfg: Config, reference: LabelFile) -> tuple[dict, Scored, dict]:
     comparisons by label (their points are drawn on the ROC curves)."""
     model = line_up(read_scores(Path(cfg.predictions), cfg.score_scale), reference, cfg)
     if reference.unit != model.unit:  # per-image labels, study predictions: score studies
-        reference = reference_by_study(reference)
+        reference = by_study(reference, "max")
     readers = read_readers(cfg.radiologists, reference, cfg)
     if readers:
         keys = readers_keys(model.keys, readers)
@@ -241,7 +242,7 @@ def score(cfg: Config, reference: LabelFile) -> tuple[dict, Scored, dict]:
         "reference": reference_text(reference), "unit": model.unit,
         "n_studies": len(set(model.keys.map(study_of))), "n_rows": len(model.keys),
         "n_patients": int(model.patient_ids.nunique()), "skipped": model.skipped,
-        "labels": list(model.labels), "masked": masked_counts(model),
+        "labels": list(model.labels), "masked": masked_counts(model.targets, model.labels),
         "auc": {label: values["auc"] for label, values in card["classes"].items()},
         "mean_auc": card["means"].get("all", {}).get("auc"),
         "competition5_auc": card["means"].get("competition", {}).get("auc"),
@@ -268,9 +269,3 @@ def audit_frame(model: Scored, reference: LabelFile) -> pd.DataFrame:
     if "Support Devices" not in model.labels and "Support Devices" in reference.labels:
         frame["Support Devices"] = reference.values.loc[model.keys, "Support Devices"].to_numpy()
     return frame
-
-
-def masked_counts(model: Scored) -> dict[str, int]:
-    """Masked reference labels among the scored rows, per label."""
-    return {label: int(np.isnan(model.targets[:, c]).sum())
-            for c, label in enumerate(model.labels)}

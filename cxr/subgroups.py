@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from cxr.bootstrap import draw_resamples, percentile_interval, weighted_aucs
-from cxr.metrics import has_both_values, observed, per_class_auc
+from cxr.compare import verdict
+from cxr.metrics import mean_exclusions, per_class_auc
 
 AGE_BANDS = (18, 40, 60, 80)  # years: each band from its bound up to the next (18-39, ..., 80+)
 UNKNOWN = "unknown"
@@ -68,27 +69,13 @@ def strata(frame: pd.DataFrame, targets: np.ndarray, labels: tuple[str, ...],
     return {name: values.reset_index(drop=True) for name, values in audits.items()}
 
 
-def verdict(low: float | None, high: float | None) -> str:
-    if low is None:
-        return "n/a"
-    if high < 0:
-        return "lower in this subgroup"
-    if low > 0:
-        return "higher in this subgroup"
-    return "no clear difference"
-
-
-def enough(targets: np.ndarray, min_positives: int) -> str:
-    """Why a cell cannot be scored ('' when it can): a label value missing, or too few."""
-    y, _ = observed(targets, targets)
-    positives, negatives = int((y > 0.5).sum()), int((y <= 0.5).sum())
-    if not has_both_values(targets):
-        return "n/a: one label value"
-    if positives < min_positives:
-        return f"n/a: {positives} positive(s), fewer than {min_positives}"
-    if negatives < min_positives:
-        return f"n/a: {negatives} negative(s), fewer than {min_positives}"
-    return ""
+def auc_and_reason(targets: np.ndarray, scores: np.ndarray, min_positives: int
+                   ) -> tuple[float | None, str]:
+    """One label's AUC over these rows, and why it cannot be audited ('' when it can): the rule
+    of the report card's means (metrics.mean_exclusions)."""
+    auc = per_class_auc(targets[:, None], scores[:, None], ("label",))["label"]
+    reason = mean_exclusions(targets[:, None], ("label",), {"label": auc}, min_positives)
+    return auc, f"n/a: {reason['label']}" if reason else ""
 
 
 def cell(scores: np.ndarray, targets: np.ndarray, codes: np.ndarray, inside: np.ndarray,
@@ -99,11 +86,10 @@ def cell(scores: np.ndarray, targets: np.ndarray, codes: np.ndarray, inside: np.
     result = {"positives": int(np.nansum(y)), "negatives": int((y == 0).sum()),
               "auc": None, "ci": [None, None], "difference": None,
               "difference_ci": [None, None], "verdict": "n/a", "overall_auc": overall}
-    own, rest = enough(y, min_positives), enough(targets[~inside], min_positives)
+    auc_in, own = auc_and_reason(y, scores[inside], min_positives)
+    auc_out, rest = auc_and_reason(targets[~inside], scores[~inside], min_positives)
     if own or rest:
         return {**result, "note": own or f"{rest} in the rest of the split"}
-    auc_in = per_class_auc(y[:, None], scores[inside][:, None], ("x",))["x"]
-    auc_out = per_class_auc(targets[~inside][:, None], scores[~inside][:, None], ("x",))["x"]
     result.update(auc=auc_in, difference=auc_in - auc_out, note="")
     if counts is not None:
         within = weighted_aucs(scores[inside], y, codes[inside], counts)
@@ -111,7 +97,8 @@ def cell(scores: np.ndarray, targets: np.ndarray, codes: np.ndarray, inside: np.
         interval, gap = percentile_interval(within, level), percentile_interval(within - rest,
                                                                                 level)
         result.update(ci=[interval.low, interval.high], difference_ci=[gap.low, gap.high],
-                      verdict=verdict(gap.low, gap.high))
+                      verdict=verdict(gap.low, gap.high, "higher in this subgroup",
+                                      "lower in this subgroup"))
     return result
 
 
