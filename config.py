@@ -46,7 +46,8 @@ META_COLUMNS: tuple[str, ...] = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA
 DATA_FIELDS = {"data_root": "preprocess.py", "frontal_only": "preprocess.py",
                "check_images": "preprocess.py", "missing_images": "preprocess.py",
                "stats_sample": "preprocess.py", "fallback_mean": "preprocess.py",
-               "fallback_std": "preprocess.py", "val_fraction": "make_splits.py"}
+               "fallback_std": "preprocess.py", "test_fraction": "preprocess.py",
+               "val_fraction": "make_splits.py"}
 
 # How an uncertain (-1) label is trained (labels.training_targets): as positive, as negative,
 # masked out of the loss, as a third class, or as a soft positive / negative target.
@@ -66,6 +67,11 @@ WHOLE_ITEMS = {"split_commas": False}
 class Config:
     # ---- data locations -------------------------------------------------------------------
     data_root: str = "data/CheXpert-v1.0-small"  # folder holding train.csv, valid.csv, train/, valid/
+    # the dataset in --data_root, in its publisher's layout (cxr/nih.py, mimic.py, padchest.py);
+    # evaluate.py --dataset nih: validate a checkpoint on that dataset (external validation)
+    dataset: Literal["chexpert", "nih", "mimic", "padchest"] = "chexpert"
+    test_fraction: float = 0.2  # preprocess.py: patients held out as test without an official split
+    split: Literal["all", "test"] = "all"  # evaluate.py --dataset: every image, or the official test
     data_dir: str = "data"  # outputs of preprocess/make_splits go to <data_dir>/processed, /splits
     models_dir: str = "models"  # each run writes models/<run_name>/
     run_name: str = ""  # run folder name; empty: train.py uses a timestamp (20261122-153000)
@@ -203,8 +209,8 @@ class Config:
 _CHECKPOINT = ("models_dir", "run_name", "checkpoint")  # checkpoints.resolve_checkpoint
 _INFERENCE = ("device", "precision", "channels_last", "tta", "batch_size", "num_workers")
 READS: dict[str, tuple[str, ...]] = {
-    "preprocess.py": ("data_root", "data_dir", "frontal_only", "uncertainty_policy",
-                      "check_images", "missing_images", "stats_sample", "fallback_mean",
+    "preprocess.py": ("data_root", "dataset", "test_fraction", "data_dir", "frontal_only",
+                      "uncertainty_policy", "check_images", "missing_images", "stats_sample", "fallback_mean",
                       "fallback_std", "seed"),
     "make_splits.py": ("data_dir", "val_fraction", "seed"),
     "cache.py": ("data_dir", "image_size", "crop_margin", "cache_on_error", "cache_retry_errors"),
@@ -219,7 +225,7 @@ READS: dict[str, tuple[str, ...]] = {
     "evaluate.py": ("data_dir", *_CHECKPOINT, *_INFERENCE, "seed", "use_cache",
                     "bootstrap_resamples", "ci_level", "target_sensitivity", "study_aggregation",
                     "calibration", "calibration_bins", "min_positives", "compare",
-                    "compare_split", "age_bands"),
+                    "compare_split", "age_bands", "dataset", "split"),
     "ablate.py": ("ablation", "ablation_name"),  # and every field of its STAGES
     "predict.py": (*_CHECKPOINT, *_INFERENCE, "inputs", "output", "gradcam", "gradcam_dir",
                    "study_grouping", "study_aggregation", "allow_threshold_mismatch"),
@@ -281,6 +287,8 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"--{name} must be 0 or more, got {getattr(cfg, name)}")
     if cfg.max_nonfinite_steps < 1:
         raise ConfigError("--max_nonfinite_steps must be at least 1")
+    if not 0.0 < cfg.test_fraction < 1.0:
+        raise ConfigError(f"--test_fraction must be between 0 and 1, got {cfg.test_fraction}")
     if not 0.0 < cfg.val_fraction < 1.0:
         raise ConfigError(f"--val_fraction must be between 0 and 1, got {cfg.val_fraction}")
     if not 0.0 <= cfg.crop_margin <= 0.5:

@@ -237,7 +237,9 @@ def read_split(path: Path, labels: tuple[str, ...] = LABELS) -> pd.DataFrame:
     if missing:
         raise PipelineError(f"{path} lacks column(s) {missing}: re-run preprocess.py and "
                             "make_splits.py with this version of the code")
-    not_binary = ~frame[list(labels)].isin([0, 1]).all()
+    # blank: a finding the dataset does not annotate (labels.NOT_LABELLED), masked
+    targets = frame[list(labels)]
+    not_binary = ~(targets.isin([0, 1]) | targets.isna()).all()
     if not_binary.any():
         raise PipelineError(f"{path}: label column(s) {list(not_binary[not_binary].index)} hold "
                             "values other than 0/1; re-run preprocess.py")

@@ -2,6 +2,7 @@
 
     python evaluate.py [--checkpoint models/RUN/best.pth] [--calibration platt] [--tta true]
     python evaluate.py --compare RUN_A RUN_B [--compare_split test]
+    python evaluate.py --checkpoint CKPT --dataset nih --data_root DIR [--split test]
 
 Reads  the checkpoint (default: --run_name's best.pth, else the newest models/*/best.pth) and
        <data_dir>/splits/val.csv, test.csv. The model is rebuilt from the checkpoint's own config,
@@ -19,14 +20,22 @@ Writes next to the checkpoint:
                                    thresholds' sensitivity, specificity, PPV, NPV, F1; the means
                                    over the classes with at least --min_positives positives
                                    and negatives, over all and over the competition five
-       roc_<split>.png, pr_<split>.png, reliability_<split>.png   (embedded in eval_<split>.md)
+       roc_<split>.png, pr_<split>.png, reliability_<split>.png, subgroups_<split>.png (the
+                                   competition five by subgroup)  (embedded in eval_<split>.md)
 With --compare RUN_A RUN_B (a run folder under --models_dir, or a checkpoint path): per-class AUC
 differences B - A with paired patient-bootstrap intervals on --compare_split, printed and written
 to <B's folder>/compare_<split>_vs_<A>.{csv,md}.
+With --dataset nih|mimic|padchest --data_root DIR (external validation): every image of DIR in
+its publisher's layout (its official test split with --split test), labels mapped onto CheXpert's
+(cxr/nih.py, ...; a label the dataset does not annotate is n/a), scored with the calibration and
+thresholds fitted on the checkpoint's own val split; writes eval_<dataset>.{json,md,csv} (with
+--split test eval_<dataset>_test.*) and its figures beside the checkpoint, never over its own
+reports. The JSON is shaped like eval_test.json, plus "dataset".
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -39,18 +48,21 @@ from cxr.checkpoints import resolve_checkpoint
 from cxr.cli import given_fields, run_cli
 from cxr.device import choose_device
 from cxr.evaluation import Predictions, evaluate_predictions, fit_on_val, load_model, \
-    paired_differences, predict_split, resolve_run, run_label
-from cxr.plots import pr_grid, reliability_grid, roc_grid
+    paired_differences, predict_frame, predict_split, resolve_run, run_label
+from cxr.external import dataset_record, external_rows, report_name
+from cxr.plots import forest_plot, pr_grid, reliability_grid, roc_grid
 from cxr.report import comparison_report, comparison_text, print_report, write_reports
 from dataset import check_data_options
 
 SPLITS = ("val", "test")  # val first: it fits the calibration and the thresholds
+EXTERNAL_FIELDS = ("data_root", "missing_images")  # with --dataset they describe that dataset
 
 
 # ---- predictions --------------------------------------------------------------------------------
 
 def draw_plots(preds: Predictions, result: dict, cfg: Config, out_dir: Path) -> dict[str, str]:
-    """The split's three figures; returns their file names (relative to out_dir)."""
+    """The split's figures (ROC, PR, reliability; the subgroup forest plot when the competition
+    five are scored); returns their file names (relative to out_dir)."""
     split, labels = result["split"], preds.labels
     probs = sigmoid(calibrated_logits(preds.logits, result["calibration"]["parameters"], labels))
     names = {kind: f"{kind}_{split}.png" for kind in ("roc", "pr", "reliability")}
@@ -60,6 +72,9 @@ def draw_plots(preds: Predictions, result: dict, cfg: Config, out_dir: Path) -> 
     reliability_grid(preds.targets, probs, labels, result["calibration"]["ece"],
                      cfg.calibration_bins, out_dir / names["reliability"],
                      f"Reliability diagrams, {split} split")
+    if forest_plot(result["subgroups"], labels, out_dir / f"subgroups_{split}.png",
+                   f"Competition five by subgroup, {split}"):
+        names["subgroups"] = f"subgroups_{split}.png"
     return names
 
 
@@ -80,7 +95,32 @@ def evaluate_checkpoint(cfg: Config) -> None:
         write_reports(result, plots, cfg, path.parent)
         print_report(result, path, cfg)
     print(f"\nevaluate: wrote {path.parent}/thresholds.json, "
-          f"eval_{{{','.join(SPLITS)}}}.{{json,md,csv}}, {{roc,pr,reliability}}_*.png")
+          f"eval_{{{','.join(SPLITS)}}}.{{json,md,csv}}, {{roc,pr,reliability,subgroups}}_*.png")
+
+
+def external_validation(cfg: Config) -> None:
+    """--dataset: the checkpoint on another dataset; calibration and thresholds from its val."""
+    path = resolve_checkpoint(cfg)
+    device = choose_device(cfg.device)
+    model, checkpoint, trained = load_model(path, cfg, device)
+    frame, adapted, n_missing = external_rows(cfg)
+    name = report_name(cfg)
+    val = predict_split(model, "val", path, checkpoint, trained, cfg, device)
+    thresholds, calibration = fit_on_val(val, path, checkpoint, trained, cfg)
+    not_labelled = {label: adapted.not_labelled_note() for label in adapted.not_labelled}
+    preds = predict_frame(model, frame, name, path, checkpoint, trained, cfg, device,
+                          use_cache=False, not_labelled=not_labelled)
+    result = {"split": name, "checkpoint": str(path), "epoch": checkpoint.get("epoch"),
+              **evaluate_predictions(preds, thresholds, calibration, cfg),
+              "reference": f"{adapted.title}'s labels mapped onto CheXpert's "
+                           f"(cxr/{cfg.dataset}.py), uncertain (-1) masked",
+              "dataset": dataset_record(cfg, adapted, n_missing)}
+    plots = draw_plots(preds, result, cfg, path.parent)
+    write_reports(result, plots, cfg, path.parent)
+    print_report(result, path, cfg)
+    print(f"\nevaluate: wrote {path.parent}/eval_{name}.{{json,md,csv}}, "
+          f"{{roc,pr,reliability}}_{name}.png ({adapted.title}, {result['n_images']} images; "
+          "calibration and thresholds fitted on the checkpoint's val split)")
 
 
 def compare_runs(cfg: Config) -> None:
@@ -116,6 +156,14 @@ def write_comparison(rows: list[dict], description: list[str], paths: list[Path]
 def main(cfg: Config, given: set[str] = frozenset()) -> None:
     """`given`: the options set on the command line (data-building ones are checked against the
     data, dataset.check_data_options)."""
+    if cfg.dataset != "chexpert":  # --data_root, --missing_images: of the other dataset
+        external = {name: getattr(cfg, name) for name in EXTERNAL_FIELDS}
+        cfg = check_data_options(cfg, set(given) - set(EXTERNAL_FIELDS), "evaluate.py")
+        external_validation(dataclasses.replace(cfg, **external))
+        return
+    if "split" in given:
+        raise ConfigError("--split chooses the part of another dataset to score: it needs "
+                          "--dataset nih|mimic|padchest (with --data_root)")
     cfg = check_data_options(cfg, set(given), "evaluate.py")
     if cfg.compare:
         compare_runs(cfg)

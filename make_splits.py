@@ -13,58 +13,30 @@ Writes <data_dir>/splits/train.csv and val.csv: a split by patient_id (the one s
 from __future__ import annotations
 
 import json
-import math
 import shutil
 
-import numpy as np
 import pandas as pd
+
 
 from config import Config, PipelineError
 from cxr.atomic import write_atomic, write_csv_atomic, write_text_atomic
 from cxr.chexpert import read_csv_text
 from cxr.cli import run_cli
-
-
-def split_by_patient(frame: pd.DataFrame, val_fraction: float, seed: int
-                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Hold out `val_fraction` of the patients (all their studies and images) as val.
-
-    The patients and rows that scikit-learn's GroupShuffleSplit(n_splits=1, test_size=
-    val_fraction, random_state=seed) picks (tests/test_splits.py checks it), drawn with numpy
-    alone: importing scikit-learn (it loads SciPy) takes longer than the whole split.
-    """
-    if frame["patient_id"].nunique() < 2:
-        raise PipelineError("need at least 2 patients in the training CSV to make a val split")
-    # as GroupShuffleSplit: the sorted patients and each row's index among them (np.unique's
-    # result, 6x faster), then the first ceil(fraction x patients) of a seeded permutation
-    patient_of_row, patients = pd.factorize(frame["patient_id"], sort=True)
-    n_val = math.ceil(val_fraction * len(patients))
-    if n_val >= len(patients):
-        raise PipelineError(f"--val_fraction {val_fraction} of {len(patients)} patients leaves "
-                            "none for train: lower it or add patients")
-    in_val = np.zeros(len(patients), dtype=bool)
-    in_val[np.random.RandomState(seed).permutation(len(patients))[:n_val]] = True
-    val_rows = in_val[patient_of_row]
-    train, val = frame.iloc[np.flatnonzero(~val_rows)], frame.iloc[np.flatnonzero(val_rows)]
-    assert_no_patient_overlap(train, val)
-    return train, val
-
-
-def assert_no_patient_overlap(*frames: pd.DataFrame) -> None:
-    seen: set[str] = set()
-    for frame in frames:
-        patients = set(frame["patient_id"].unique().tolist())
-        shared = seen & patients
-        if shared:
-            raise PipelineError(f"{len(shared)} patient(s) appear in two splits, e.g. "
-                                f"{sorted(shared)[:3]}: this would leak them into evaluation")
-        seen |= patients
+from cxr.splits import assert_no_patient_overlap, split_by_patient
 
 
 def read_processed(path) -> pd.DataFrame:
     if not path.is_file():
         raise PipelineError(f"{path} not found: run preprocess.py first (with the same --data_dir)")
     return read_csv_text(path)  # strings round-trip exactly
+
+
+def test_source(processed) -> str:
+    """What the test split is: CheXpert's official valid set, or what preprocess.py recorded
+    for another dataset (its official test list, or a patient hold-out)."""
+    stats = processed / "stats.json"
+    recorded = json.loads(stats.read_text()).get("test_split") if stats.is_file() else None
+    return recorded or "official valid"
 
 
 def main(cfg: Config) -> None:
@@ -86,7 +58,7 @@ def main(cfg: Config) -> None:
     print(f"make_splits: wrote {out_dir}/train.csv ({len(train):,} images, "
           f"{train['patient_id'].nunique():,} patients), val.csv ({len(val):,} images, "
           f"{val['patient_id'].nunique():,} patients), test.csv ({len(official_valid):,} images, "
-          "official valid), splits.json; no patient in two splits")
+          f"{test_source(processed)}), splits.json; no patient in two splits")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Validate CheXpert's CSVs, keep the raw labels with 0/1 targets, compute the pixel mean/std.
 
     python preprocess.py --data_root /path/to/CheXpert-v1.0-small
+    python preprocess.py --dataset nih --data_root /path/to/ChestX-ray14   (also mimic, padchest)
 
 Reads  <data_root>/train.csv, <data_root>/valid.csv and (unless --check_images false) the images.
 Writes <data_dir>/processed/train.csv, valid.csv: CheXpert's columns with the 14 labels replaced
@@ -11,6 +12,12 @@ Writes <data_dir>/processed/train.csv, valid.csv: CheXpert's columns with the 14
        <data_dir>/processed/stats.json: pixel mean/std, row, patient and label counts, and the
        settings these data were built with;
        <data_dir>/processed/missing_images.csv when --missing_images skip dropped rows.
+
+--dataset nih|mimic|padchest reads that dataset in its publisher's layout instead (cxr/nih.py,
+cxr/mimic.py, cxr/padchest.py), maps its labels onto CheXpert's 14 (a label it does not annotate
+is "not labelled": raw -2, blank target, masked) and writes the same files: train.csv, and as
+valid.csv (make_splits.py's test split) its official test list, else --test_fraction of its
+patients. stats.json also records the mapping's counts, skipped rows and unmapped terms.
 """
 
 from __future__ import annotations
@@ -27,9 +34,14 @@ from config import DATA_FIELDS, LABELS, META_COLUMNS, Config, PipelineError
 from cxr.atomic import write_csv_atomic, write_text_atomic
 from cxr.chexpert import RELEASE_PREFIX, VIEW_VALUES, extract_patient_study, read_csv_text
 from cxr.cli import run_cli
-from cxr.labels import apply_uncertainty_policy, find_bad_label_values, parse_raw_labels, raw_column
+from cxr.adapters import SPLIT_COLUMN, processed_frame, summary_lines
+from cxr.datasets import read_dataset
+from cxr.labels import NOT_LABELLED, apply_uncertainty_policy, find_bad_label_values, \
+    parse_raw_labels, raw_column
+from cxr.splits import split_by_patient
 
 # CheXpert's Path column starts with the release folder name; the data root *is* that folder.
+SPLITS = ("train", "valid")  # the processed CSVs: make_splits.py draws val from train; valid is test
 STATS_SIDE = 256  # images are resized to this side before pixel statistics: equal weight each
 
 
@@ -163,7 +175,8 @@ def label_counts(df: pd.DataFrame) -> dict:
         raw = df[raw_column(label)]
         counts[label] = {"positive_target": int(df[label].sum()),
                          "raw_positive": int((raw == 1).sum()), "raw_negative": int((raw == 0).sum()),
-                         "raw_uncertain": int((raw == -1).sum()), "raw_blank": int(raw.isna().sum())}
+                         "raw_uncertain": int((raw == -1).sum()), "raw_blank": int(raw.isna().sum()),
+                         "not_labelled": int((raw == NOT_LABELLED).sum())}
     return counts
 
 
@@ -176,31 +189,73 @@ def built_with(cfg: Config) -> dict:
             "uncertainty_policy": cfg.uncertainty_policy}
 
 
+# ---- the two kinds of input --------------------------------------------------------------------
+
+def chexpert_tables(cfg: Config) -> tuple[dict, dict, dict]:
+    """CheXpert's train.csv and valid.csv, each validated and processed: (tables, counts, the
+    CSV each came from)."""
+    tables, counts, sources = {}, {}, {}
+    for split in SPLITS:
+        sources[split] = Path(cfg.data_root) / f"{split}.csv"
+        tables[split], counts[split] = process_csv(sources[split], cfg)
+    return tables, counts, sources
+
+
+def adapted_tables(cfg: Config) -> tuple[dict, dict, dict, dict]:
+    """Another dataset in its publisher's layout (--dataset), mapped onto CheXpert's labels: the
+    official test list as valid.csv (make_splits.py's test split) when it has one, else
+    --test_fraction of its patients; returns chexpert_tables' three and stats.json's extra keys."""
+    adapted = read_dataset(cfg.dataset, cfg.data_root)
+    print("\n".join(summary_lines(adapted)))
+    frame = processed_frame(adapted, cfg.data_root, cfg.uncertainty_policy)
+    if adapted.has_official_test:
+        is_test = frame[SPLIT_COLUMN] == "test"
+        parts = {"train": frame[~is_test], "valid": frame[is_test]}
+        test_split = f"{adapted.title}'s official test list"
+    else:
+        parts = dict(zip(SPLITS, split_by_patient(frame, cfg.test_fraction, cfg.seed,
+                                                  "--test_fraction")))
+        test_split = (f"{cfg.test_fraction:g} of the patients held out (seed {cfg.seed}): "
+                      f"{adapted.title} has no official test split")
+    tables, counts = {}, {}
+    for split, part in parts.items():
+        kept = part[part["Frontal/Lateral"] == "Frontal"] if cfg.frontal_only else part
+        tables[split], counts[split] = kept, {"rows_in_csv": len(part),
+                                              "rows_after_view_filter": len(kept)}
+    extra = {"dataset": cfg.dataset, "title": adapted.title, "sources": list(adapted.sources),
+             "test_split": test_split, "not_labelled": list(adapted.not_labelled),
+             "not_labelled_note": adapted.not_labelled_note(), "skipped": adapted.skipped,
+             "unmapped_terms": adapted.unmapped_terms}
+    source = Path(cfg.data_root) / adapted.sources[0]
+    return tables, counts, dict.fromkeys(SPLITS, source), extra
+
+
 def main(cfg: Config) -> None:
-    root = Path(cfg.data_root)
     out_dir = cfg.processed_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    stats: dict = {"settings": built_with(cfg)}
-    tables = {}
-    for split in ("train", "valid"):
-        path = root / f"{split}.csv"
-        df, counts = process_csv(path, cfg)
+    if cfg.dataset == "chexpert":
+        (tables, counts, sources), extra = chexpert_tables(cfg), {"dataset": "chexpert"}
+    else:
+        tables, counts, sources, extra = adapted_tables(cfg)
+    stats: dict = {"settings": built_with(cfg), **extra}
+    for split, path in sources.items():
+        df = tables[split]
         if cfg.check_images:
             df, missing = check_images_exist(df, path, cfg)
-            counts["missing_images_skipped"] = len(missing)
+            counts[split]["missing_images_skipped"] = len(missing)
             if len(missing):
                 missing_path = out_dir / f"missing_images_{split}.csv"
                 missing[["Path", "image_path"]].rename_axis("line").to_csv(missing_path)
                 print(f"warning: skipped {len(missing)} {split} rows whose image is missing; "
                       f"listed in {missing_path}")
-        counts["rows_kept"] = len(df)
+        counts[split]["rows_kept"] = len(df)
         if df.empty:
-            raise PipelineError(f"{path}: no rows left after filtering (frontal_only="
+            raise PipelineError(f"{path}: no {split} rows left after filtering (frontal_only="
                                 f"{cfg.frontal_only}, missing images skipped)")
-        counts["patients"] = int(df["patient_id"].nunique())
-        counts["studies"] = int(df["study_id"].nunique())
-        counts["labels"] = label_counts(df)
-        stats[split] = counts
+        counts[split]["patients"] = int(df["patient_id"].nunique())
+        counts[split]["studies"] = int(df["study_id"].nunique())
+        counts[split]["labels"] = label_counts(df)
+        stats[split] = counts[split]
         tables[split] = df
 
     if cfg.check_images:

@@ -23,7 +23,8 @@ Writes to --output_dir (default scores/<predictions stem>/):
                     compare {file: {label: B - A}} with paired intervals, the leaderboard,
                     the labeler table
        score.md     the same as tables, with the figures; score.csv one row per label
-       roc.png      ROC curves with each radiologist's operating point; pr.png PR curves
+       roc.png      ROC curves with each radiologist's operating point; pr.png PR curves;
+       subgroups.png  the competition five's AUC by subgroup (a forest plot)
 The report card is evaluate.py's, from the same code (patient-bootstrap AUC intervals, AUPRC,
 positives, the means over labels and over the competition five).
 """
@@ -34,7 +35,7 @@ from pathlib import Path
 
 from config import Config, ConfigError
 from cxr.cli import run_cli
-from cxr.plots import pr_grid, roc_grid
+from cxr.plots import forest_plot, pr_grid, roc_grid
 from cxr.score_files import read_reference
 from cxr.score_report import print_labelers, print_score, write_documents
 from cxr.scoring import labeler_results, score
@@ -58,8 +59,9 @@ def check_options(cfg: Config) -> None:
                           "pass it too")
 
 
-def draw_figures(model, comparisons: dict, out_dir: Path) -> dict[str, str]:
-    """roc.png with every reader's operating point, pr.png; returns their file names."""
+def draw_figures(model, comparisons: dict, subgroups: dict, out_dir: Path) -> dict[str, str]:
+    """roc.png with every reader's operating point, pr.png, subgroups.png (the forest plot);
+    returns their file names."""
     points = {label: {name: (point["sensitivity"], point["specificity"])
                       for name, point in comparison["readers"].items()}
               for label, comparison in comparisons.items()}
@@ -69,7 +71,11 @@ def draw_figures(model, comparisons: dict, out_dir: Path) -> dict[str, str]:
              f"ROC curves, {title}" + (" (markers: readers)" if points else ""), points)
     pr_grid(model.targets, model.scores, model.labels, out_dir / "pr.png",
             f"Precision-recall curves, {title}")
-    return {"roc": "roc.png", "pr": "pr.png"}
+    names = {"roc": "roc.png", "pr": "pr.png"}
+    if forest_plot(subgroups, model.labels, out_dir / "subgroups.png",
+                   f"Competition five by subgroup, {title}"):
+        names["subgroups"] = "subgroups.png"
+    return names
 
 
 def main(cfg: Config) -> None:
@@ -80,7 +86,7 @@ def main(cfg: Config) -> None:
     result, plots = {"labels_file": cfg.labels}, {}
     if cfg.predictions:
         result, model, comparisons = score(cfg, reference)
-        plots = draw_figures(model, comparisons, out_dir)
+        plots = draw_figures(model, comparisons, result["subgroups"], out_dir)
     if cfg.labeler:
         result["labeler"] = labeler_results(cfg.labeler, reference, cfg)
     if cfg.predictions:
@@ -88,7 +94,7 @@ def main(cfg: Config) -> None:
     else:
         print_labelers(result["labeler"])
     write_documents(result, plots, out_dir)
-    figures = ", roc.png, pr.png" if plots else ""
+    figures = "".join(f", {name}" for name in plots.values())
     print(f"\nscore: wrote {out_dir}/score.json, score.md"
           f"{', score.csv' if cfg.predictions else ''}{figures}")
 

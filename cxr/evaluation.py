@@ -6,8 +6,9 @@ whatever the training policy; the val split fits each class's calibration map an
 
 from __future__ import annotations
 
+import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,8 @@ class Predictions:
     labels: tuple[str, ...]
     per_study: bool = False  # a study-mode model: one row per study (its first image's row)
     n_images: int | None = None  # the images behind the rows (None: one image per row)
+    # labels the dataset does not annotate (all masked), with the note reports show for them
+    not_labelled: dict[str, str] = field(default_factory=dict)
 
     @property
     def image_count(self) -> int:
@@ -92,22 +95,41 @@ def predict_split(model, split: str, path: Path, checkpoint: dict, trained: Conf
                   device: torch.device) -> Predictions:
     labels = tuple(checkpoint["labels"])
     frame = read_split(cfg.splits_dir / f"{split}.csv", labels)
-    data = make_dataset(frame, trained, cfg.data_dir, augment=False, name=split, labels=labels,
-                        use_cache=cfg.use_cache)
-    # The split's rows in the dataset's order (a study model: each study's first image's row).
+    return predict_frame(model, frame, split, path, checkpoint, trained, cfg, device,
+                         not_labelled=recorded_not_labelled(cfg, labels))
+
+
+def predict_frame(model, frame: pd.DataFrame, name: str, path: Path, checkpoint: dict,
+                  trained: Config, cfg: Config, device: torch.device, use_cache: bool = True,
+                  not_labelled: dict[str, str] | None = None) -> Predictions:
+    """The checkpoint's predictions on the rows of `frame` (a split, or another dataset's)."""
+    labels = tuple(checkpoint["labels"])
+    data = make_dataset(frame, trained, cfg.data_dir, augment=False, name=name, labels=labels,
+                        use_cache=cfg.use_cache and use_cache)
+    # The rows in the dataset's order (a study model: each study's first image's row).
     frame = frame.iloc[pd.Index(frame["image_path"]).get_indexer(data.paths)].reset_index(drop=True)
     loader = make_loader(data, cfg, train=False, device=device)
     try:
         logits, targets = predict_logits(model, loader, device,
                                          autocast_dtype(cfg.precision, device),
-                                         cfg.channels_last, desc=f"evaluate {split}",
+                                         cfg.channels_last, desc=f"evaluate {name}",
                                          model_name="the checkpoint")
     except PipelineError as err:  # add which checkpoint was being evaluated
-        raise PipelineError(f"evaluating {path} on the {split} split: {err}") from None
+        raise PipelineError(f"evaluating {path} on {name}: {err}") from None
     per_study = trained.view_mode == "study"
     return Predictions(frame, logits.double().numpy(), targets.double().numpy(), labels,
                        per_study=per_study,
-                       n_images=sum(map(len, data.studies)) if per_study else None)
+                       n_images=sum(map(len, data.studies)) if per_study else None,
+                       not_labelled=not_labelled or {})
+
+
+def recorded_not_labelled(cfg: Config, labels: tuple[str, ...]) -> dict[str, str]:
+    """The labels the dataset in --data_dir does not annotate (preprocess.py --dataset nih
+    records them in stats.json), each with the note reports show: {} for CheXpert."""
+    stats = cfg.processed_dir / "stats.json"
+    recorded = json.loads(stats.read_text()) if stats.is_file() else {}
+    note = recorded.get("not_labelled_note", "")
+    return {label: note for label in recorded.get("not_labelled", []) if label in labels}
 
 
 # ---- statistics of one split ----------------------------------------------------------------------
@@ -136,8 +158,11 @@ def evaluate_predictions(preds: Predictions, thresholds: dict, calibration: dict
     probs = sigmoid(scores)
     studies, study_probs, study_targets = aggregate_studies(preds.frame, probs, targets,
                                                             cfg.study_aggregation)
-    image = summarise_level(scores, targets, preds.frame["patient_id"], labels, cfg)
-    study = summarise_level(study_probs, study_targets, studies["patient_id"], labels, cfg)
+    unlabelled = preds.not_labelled
+    image = summarise_level(scores, targets, preds.frame["patient_id"], labels, cfg, unlabelled)
+    study = summarise_level(study_probs, study_targets, studies["patient_id"], labels, cfg,
+                            unlabelled)
+    audited = [c for c, label in enumerate(labels) if label not in unlabelled]
     return {"n_images": preds.image_count, "n_patients": int(preds.frame["patient_id"].nunique()),
             "n_studies": len(studies),
             "unit": "study" if preds.per_study else "image",  # what one prediction is of
@@ -153,7 +178,9 @@ def evaluate_predictions(preds: Predictions, thresholds: dict, calibration: dict
                           "classes": "stratified by the class's positive patients",
                           "means": "one draw of patients shared by every class"},
             "min_positives": cfg.min_positives, "tta": cfg.tta,
-            "subgroups": subgroup_table(scores, targets, preds.frame, labels,
+            "not_labelled": unlabelled,
+            "subgroups": subgroup_table(scores[:, audited], targets[:, audited], preds.frame,
+                                        tuple(labels[c] for c in audited),
                                         cfg.bootstrap_resamples, cfg.ci_level, cfg.seed,
                                         cfg.min_positives, cfg.age_bands)}
 

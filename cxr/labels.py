@@ -12,6 +12,10 @@ import pandas as pd
 from config import LABELS, UNCERTAINTY_POLICIES, ConfigError
 
 POSITIVE, NEGATIVE, UNCERTAIN = 1.0, 0.0, -1.0
+# A raw value CheXpert's labeler never writes: the dataset does not annotate this finding at all
+# (NIH: Fracture, Support Devices; cxr/adapters.py). Unlike blank (not mentioned = negative) it
+# is unknown: masked from the loss and from every reference standard, shown n/a in reports.
+NOT_LABELLED = -2.0
 MULTICLASS_UNCERTAIN = 2.0  # class index of "uncertain" in a U-MultiClass target (0 neg, 1 pos)
 # Label smoothing regularisation (Pham et al. 2021): an uncertain label becomes a soft target
 # drawn once, uniformly in this range.
@@ -62,11 +66,15 @@ def apply_uncertainty_policy(raw: pd.DataFrame, policy: str) -> pd.DataFrame:
     its own targets from the raw columns (training_targets), so one preprocessing serves every
     policy and runs with different policies are scored on the same labels. Blank (not
     mentioned) is negative: CheXpert's labeler leaves a finding blank when the report does not
-    mention it.
+    mention it. NOT_LABELLED (another dataset's unannotated finding) is left blank: unknown,
+    not negative.
     """
     uncertain_value = NEGATIVE if policy in ("U-Zeros", "U-Zeros-LSR") else POSITIVE
     targets = raw[list(LABELS)].replace(UNCERTAIN, uncertain_value)
-    return targets.fillna(NEGATIVE).astype(np.int8)  # blank means "not mentioned": negative
+    targets = targets.fillna(NEGATIVE)  # blank means "not mentioned": negative
+    if not (targets == NOT_LABELLED).any().any():
+        return targets.astype(np.int8)
+    return targets.mask(targets == NOT_LABELLED).astype("Int8")
 
 
 def class_policies(default: str, by_class: tuple[str, ...] = ()) -> dict[str, str]:
@@ -104,13 +112,14 @@ def training_targets(frame: pd.DataFrame, policies: dict[str, str], seed: int) -
     U-Ones 1, U-Zeros 0, U-Ignore NaN (masked out of the loss), U-MultiClass 2 (the third
     class of a 3-way output), U-Ones-LSR / U-Zeros-LSR a soft target drawn uniformly in
     [0.55, 0.85] / [0, 0.30], seeded per (seed, label), so it is the same in every epoch and run.
+    NOT_LABELLED (a finding another dataset does not annotate) is NaN, masked, under every policy.
     """
     require_raw_columns(frame, LABELS)
     targets = np.empty((len(frame), len(LABELS)), dtype=np.float32)
     for column, label in enumerate(LABELS):
         raw = frame[raw_column(label)].to_numpy(dtype=np.float64, na_value=np.nan)
-        values = np.where(raw == POSITIVE, 1.0, 0.0)  # blank and negative -> 0
-        uncertain = raw == UNCERTAIN
+        values = np.where(raw == POSITIVE, 1.0, np.where(raw == NOT_LABELLED, np.nan, 0.0))
+        uncertain = raw == UNCERTAIN  # blank and negative are 0, not labelled masked
         policy = policies[label]
         if policy in LSR_RANGES:
             low, high = LSR_RANGES[policy]
@@ -126,7 +135,8 @@ def training_targets(frame: pd.DataFrame, policies: dict[str, str], seed: int) -
 
 def evaluation_targets(frame: pd.DataFrame, labels: tuple[str, ...] = LABELS) -> np.ndarray:
     """The reference standard a split is scored against (rows x labels, float64): the raw
-    labels with uncertain (-1) masked as NaN, blank (not mentioned) 0, whatever the policy.
+    labels with uncertain (-1) and NOT_LABELLED masked as NaN, blank (not mentioned) 0,
+    whatever the policy.
 
     The same targets for every training policy, so that runs trained under different policies
     are selected, thresholded and calibrated on one reference. Scoring uncertain labels as
@@ -137,7 +147,8 @@ def evaluation_targets(frame: pd.DataFrame, labels: tuple[str, ...] = LABELS) ->
     require_raw_columns(frame, labels)
     raw = frame[[raw_column(label) for label in labels]].to_numpy(dtype=np.float64,
                                                                  na_value=np.nan)
-    return np.where(raw == UNCERTAIN, np.nan, np.where(raw == POSITIVE, 1.0, 0.0))
+    unknown = (raw == UNCERTAIN) | (raw == NOT_LABELLED)
+    return np.where(unknown, np.nan, np.where(raw == POSITIVE, 1.0, 0.0))
 
 
 def masked_counts(targets: np.ndarray, labels: tuple[str, ...]) -> dict[str, int]:

@@ -164,19 +164,25 @@ def mean_summaries(aucs: dict, auprcs: dict, prevalences: dict, matrix: np.ndarr
 
 def summarise(probs: np.ndarray, targets: np.ndarray, labels: tuple[str, ...],
               bootstrap: BootstrapAUCs | None, level: float, note: str = "",
-              min_positives: int = 10) -> dict:
+              min_positives: int = 10, not_labelled: dict[str, str] | None = None) -> dict:
     """Per-class AUC (+ interval), AUPRC, prevalence, positives and masked labels; and the means
     over the classes with at least `min_positives` positives and negatives.
 
     `bootstrap` holds the resampled AUCs of these predictions (bootstrap.bootstrap_aucs), or is
     None (then `note` says why there are no intervals). `probs` may be any scores that rank the
-    rows as the probabilities do (evaluate.py passes calibrated logits).
+    rows as the probabilities do (evaluate.py passes calibrated logits). `not_labelled` maps the
+    labels the dataset does not annotate to the note shown for them (n/a, never a negative).
     """
-    aucs = per_class_auc(targets, probs, labels)
-    auprcs = per_class_auprc(targets, probs, labels)
-    excluded = mean_exclusions(targets, labels, aucs, min_positives)
-    prevalences = {label: float(np.nanmean(targets[:, c])) if has_observed(targets[:, c])
-                   else None for c, label in enumerate(labels)}
+    not_labelled = not_labelled or {}
+    aucs = {label: None if label in not_labelled else auc
+            for label, auc in per_class_auc(targets, probs, labels).items()}
+    auprcs = {label: None if label in not_labelled else auprc
+              for label, auprc in per_class_auprc(targets, probs, labels).items()}
+    excluded = {**mean_exclusions(targets, labels, aucs, min_positives),
+                **{label: note for label, note in not_labelled.items() if label in labels}}
+    prevalences = {label: float(np.nanmean(targets[:, c]))
+                   if has_observed(targets[:, c]) and label not in not_labelled else None
+                   for c, label in enumerate(labels)}
     intervals = class_intervals(aucs, None if bootstrap is None else bootstrap.per_class, level,
                                 labels, note)
     classes = {}
@@ -187,7 +193,8 @@ def summarise(probs: np.ndarray, targets: np.ndarray, labels: tuple[str, ...],
                           "positives": int(np.nansum(y)), "negatives": int((y == 0).sum()),
                           "masked": int(np.isnan(y).sum()),
                           "in_means": label not in excluded,
-                          "status": status(auc) if auc is not None
+                          "status": f"n/a: {not_labelled[label]}" if label in not_labelled
+                          else status(auc) if auc is not None
                           else undefined_note(targets, column)}
     return {"n": len(targets), "classes": classes,
             "means": mean_summaries(aucs, auprcs, prevalences, None if bootstrap is None
@@ -205,9 +212,11 @@ def bootstrap_matrix(scores: np.ndarray, targets: np.ndarray, patient_ids: pd.Se
 
 
 def summarise_level(scores: np.ndarray, targets: np.ndarray, patient_ids: pd.Series,
-                    labels: tuple[str, ...], cfg: Config) -> dict:
+                    labels: tuple[str, ...], cfg: Config,
+                    not_labelled: dict[str, str] | None = None) -> dict:
     boot, note = bootstrap_matrix(scores, targets, patient_ids, cfg)
-    return summarise(scores, targets, labels, boot, cfg.ci_level, note, cfg.min_positives)
+    return summarise(scores, targets, labels, boot, cfg.ci_level, note, cfg.min_positives,
+                     not_labelled)
 
 
 # ---- study level -------------------------------------------------------------------------------

@@ -68,9 +68,11 @@ def metrics_at(targets: np.ndarray, probs: np.ndarray, threshold: float) -> dict
     (NaN) labels are left out.
     """
     targets, probs = observed(targets, probs)
-    predicted = (probs >= threshold).astype(int)
-    tn, fp, fn, tp = confusion_matrix(targets.astype(int), predicted, labels=[0, 1]).ravel()
-    tn, fp, fn, tp = int(tn), int(fp), int(fn), int(tp)
+    tn = fp = fn = tp = 0  # every label masked (a finding the dataset does not annotate)
+    if len(targets):
+        predicted = (probs >= threshold).astype(int)
+        tn, fp, fn, tp = map(int, confusion_matrix(targets.astype(int), predicted,
+                                                   labels=[0, 1]).ravel())
     return {"threshold": float(threshold), "sensitivity": _ratio(tp, tp + fn),
             "specificity": _ratio(tn, tn + fp), "ppv": _ratio(tp, tp + fp),
             "npv": _ratio(tn, tn + fn), "f1": _ratio(2 * tp, 2 * tp + fp + fn),

@@ -6,6 +6,7 @@ Agg renderer), not pyplot: no display, no global backend switch, nothing to clos
     roc_grid           one ROC curve per class, AUC in the legend
     pr_grid            one precision-recall curve per class, AUPRC (average precision) in the legend
     reliability_grid   one reliability diagram per class: observed vs predicted frequency, with ECE
+    forest_plot        the subgroup audit of the competition five: AUC and interval per stratum
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, \
     roc_curve
 
+from cxr.atomic import write_atomic
 from cxr.calibration import reliability_bins
-from cxr.metrics import has_both_values, observed
+from cxr.metrics import MEANS, has_both_values, observed
 
 COLUMNS = 4  # panels per row
 PANEL_INCHES = 3.4
@@ -44,9 +47,11 @@ def _not_evaluable(ax, label: str) -> None:
     ax.set_yticks([])
 
 
-def _save(figure, path: Path) -> None:
-    figure.tight_layout()
-    figure.savefig(path, dpi=DPI)
+def _save(figure, path: Path, bottom: float = 0.0) -> None:
+    """Lay the panels out (leaving `bottom`, a fraction of the height, for a figure legend) and
+    write the PNG atomically."""
+    figure.tight_layout(rect=(0, bottom, 1, 1))
+    write_atomic(path, lambda tmp: figure.savefig(tmp, dpi=DPI, format="png"))
 
 
 def _curve_panels(targets: np.ndarray, probs: np.ndarray, labels: tuple[str, ...], title: str):
@@ -121,3 +126,102 @@ def reliability_grid(targets: np.ndarray, probs: np.ndarray, labels: tuple[str, 
         if column == 0:  # the same three entries in every panel: one legend is enough
             ax.legend(loc="upper left", fontsize=7)
     _save(figure, path)
+
+
+# ---- the subgroup audit (subgroups.py) ----------------------------------------------------------
+
+FOREST_PANEL_INCHES = 2.6  # width of one label's panel
+FOREST_ROW_INCHES = 0.26  # height of one stratum or audit heading
+FOREST_LABEL_INCHES = 1.9  # room for the "stratum (n images)" tick labels
+FOREST_MARGIN_INCHES = 1.3  # titles and the AUC axis
+LEGEND_ROW_INCHES = 0.22  # one line of the legend under the panels
+POINT_COLOUR, LOWER_COLOUR = "tab:blue", "tab:red"
+LOWER = "lower in this subgroup"
+
+
+def _forest_rows(subgroups: dict) -> list[tuple[str, dict | None]]:
+    """Top to bottom: each audit's heading (entry None), then its strata."""
+    rows = []
+    for audit, strata in subgroups.items():
+        rows.append((audit, None))
+        rows += [(f"{stratum} ({entry['n_images']} images)", entry)
+                 for stratum, entry in strata.items()]
+    return rows
+
+
+def _forest_cells(rows: list[tuple[str, dict | None]], label: str) -> list[tuple[int, dict]]:
+    """(row, cell) of every stratum row, its cell n/a (auc None) where the label is not audited."""
+    return [(y, entry["labels"].get(label, {"auc": None})) for y, (_, entry) in enumerate(rows)
+            if entry is not None]
+
+
+def _auc_range(cells: list[dict]) -> tuple[float, float]:
+    """Shared x limits of the panels: every point, interval and overall AUC, up to 1."""
+    values = [value for cell in cells
+              for value in (cell["auc"], *cell["ci"], cell.get("overall_auc"))
+              if value is not None]
+    return max(0.0, math.floor((min(values) - 0.02) * 10) / 10), 1.03
+
+
+def _forest_panel(ax, label: str, cells: list[tuple[int, dict]], headings: list[int]) -> None:
+    overall = next((cell["overall_auc"] for _, cell in cells
+                    if cell.get("overall_auc") is not None), None)
+    for y in headings[1:]:  # a rule between audits
+        ax.axhline(y - 0.5, color="lightgray", linewidth=0.8)
+    if overall is not None:
+        ax.axvline(overall, linestyle="--", color="gray", linewidth=1)
+    for y, cell in cells:
+        if cell["auc"] is None:
+            ax.text(0.03, y, "n/a", color="gray", fontsize=8, va="center",
+                    transform=ax.get_yaxis_transform())
+            continue
+        colour = LOWER_COLOUR if cell["verdict"] == LOWER else POINT_COLOUR
+        if cell["ci"][0] is not None:
+            ax.hlines(y, *cell["ci"], color=colour, linewidth=1.5)
+        ax.plot(cell["auc"], y, marker="o", markersize=5, color=colour)
+    ax.set_title(label if overall is None else f"{label}\n(overall {overall:.3f})", fontsize=10)
+    ax.set_xlabel("AUC")
+    ax.tick_params(axis="y", length=0)
+    ax.grid(axis="x", color="0.92")
+    ax.set_axisbelow(True)
+
+
+def forest_plot(subgroups: dict, labels: tuple[str, ...], path: Path, title: str) -> bool:
+    """The subgroup audit (subgroups.subgroup_table) of the competition five among `labels`:
+    one panel per label, one row per stratum under its audit's heading, the AUC within it with
+    its interval, a dashed line at the label's AUC over the split; red where the stratum is
+    clearly lower than the rest. False, and nothing written, when there is nothing to draw (no
+    competition label audited, or no stratum with an AUC)."""
+    five = next(subset for key, _, subset in MEANS if key == "competition")
+    audited = {label for strata in subgroups.values() for entry in strata.values()
+               for label in entry["labels"]}  # a label the dataset does not annotate: no panel
+    drawn = [label for label in five if label in labels and label in audited]
+    rows = _forest_rows(subgroups)
+    cells = {label: _forest_cells(rows, label) for label in drawn}
+    if not any(cell["auc"] is not None for pairs in cells.values() for _, cell in pairs):
+        return False
+    legend_columns = 3 if len(drawn) >= 3 else 1  # one entry a line where the figure is narrow
+    legend_inches = LEGEND_ROW_INCHES * (math.ceil(3 / legend_columns) + 1)
+    height = FOREST_ROW_INCHES * len(rows) + FOREST_MARGIN_INCHES + legend_inches
+    figure = Figure(figsize=(FOREST_PANEL_INCHES * len(drawn) + FOREST_LABEL_INCHES, height))
+    axes = figure.subplots(1, len(drawn), sharey=True, squeeze=False).flat
+    figure.suptitle(title)
+    headings = [y for y, (_, entry) in enumerate(rows) if entry is None]
+    limits = _auc_range([cell for pairs in cells.values() for _, cell in pairs
+                         if cell["auc"] is not None])
+    for ax, label in zip(axes, drawn):
+        _forest_panel(ax, label, cells[label], headings)
+        ax.set_xlim(*limits)
+    first = axes[0]
+    first.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize=8)
+    for y in headings:
+        first.get_yticklabels()[y].set_fontweight("bold")
+    first.set_ylim(len(rows) - 0.5, -0.5)  # the first audit on top
+    figure.legend(handles=[
+        Line2D([], [], color=POINT_COLOUR, marker="o", label="AUC within the stratum, interval"),
+        Line2D([], [], color=LOWER_COLOUR, marker="o",
+               label="clearly lower than the rest (paired interval below 0)"),
+        Line2D([], [], color="gray", linestyle="--", label="AUC over the whole split")],
+        loc="lower center", ncol=legend_columns, fontsize=8, frameon=False)
+    _save(figure, path, bottom=legend_inches / height)
+    return True

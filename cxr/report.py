@@ -147,7 +147,9 @@ def left_out_text(summary: dict) -> str:
 
 
 def masked_text(result: dict) -> str:
-    masked = {label: n for label, n in result.get("masked_uncertain", {}).items() if n}
+    not_labelled = result.get("not_labelled", {})  # masked too, and said so elsewhere
+    masked = {label: n for label, n in result.get("masked_uncertain", {}).items()
+              if n and label not in not_labelled}
     if not masked:
         return "No label of this split is uncertain."
     return ("Uncertain (-1) labels masked, not counted as positive or negative: "
@@ -181,15 +183,32 @@ def study_text(result: dict) -> str:
     return f"Study AUC: a study's prediction is the {aggregation} over its images."
 
 
+def title_of(result: dict) -> str:
+    """"test split", or "NIH ChestX-ray14, every image (external validation)"."""
+    dataset = result.get("dataset")
+    if dataset is None:
+        return f"{result['split']} split"
+    part = "every image" if dataset["split"] == "all" else f"its official {dataset['split']} split"
+    return f"{dataset['title']}, {part} (external validation)"
+
+
+def reference_of(result: dict) -> str:
+    if "dataset" not in result:
+        return "the split's labels, uncertain (-1) masked"
+    not_labelled = result["dataset"]["not_labelled"]
+    return result["reference"] + (f"; not labelled by {result['dataset']['title']}, so n/a: "
+                                  f"{', '.join(not_labelled)}" if not_labelled else "")
+
+
 def markdown_report(result: dict, plots: dict[str, str], cfg: Config) -> str:
-    split, calibration = result["split"], result["calibration"]
+    calibration = result["calibration"]
     boot = result["bootstrap"]
     study = result["study"]
     lines = [
-        f"# Evaluation report: {split} split", "",
+        f"# Evaluation report: {title_of(result)}", "",
         f"{result['n_images']} images, {result['n_studies']} studies, {result['n_patients']} "
         f"patients; checkpoint `{result['checkpoint']}` (epoch {result['epoch']}).", "",
-        f"Reference standard: the split's labels, uncertain (-1) masked. {masked_text(result)}",
+        f"Reference standard: {reference_of(result)}. {masked_text(result)}",
         "",
         f"Intervals: {boot['level']:.0%} percentile intervals over {boot['resamples']} bootstrap "
         f"resamples of patients (seed {boot['seed']}; every image of a drawn patient is taken); "
@@ -207,7 +226,7 @@ def markdown_report(result: dict, plots: dict[str, str], cfg: Config) -> str:
         f"## Calibration ({calibration['bins']} bins)", "",
         calibration_markdown(calibration), "",
         f"![Reliability diagrams]({plots['reliability']})", "",
-        *subgroup_markdown(result),
+        *subgroup_markdown(result, plots.get("subgroups")),
         "## ROC and precision-recall curves", "",
         f"![ROC curves]({plots['roc']})", "",
         f"![Precision-recall curves]({plots['pr']})", ""]
@@ -242,27 +261,61 @@ SUBGROUP_HINTS = {
     ("AP/PA", "AP"): "portable AP films are harder: projection, sicker patients"}
 
 
+def subgroup_mean_cells(subgroups: dict) -> list[list[str]]:
+    """The scorable means of the subgroup audit: one row per stratum and mean (all classes, the
+    competition five), the classes it averages in its title."""
+    rows = []
+    for audit, strata in subgroups.items():
+        for stratum, entry in strata.items():
+            for mean in entry.get("means", {}).values():
+                if mean["auc"] is None:
+                    continue
+                rows.append([audit, stratum, mean["title"], str(entry["n_images"]),
+                             str(entry["n_patients"]), number_text(mean["auc"]),
+                             interval_text(*mean["ci"]),
+                             number_text(mean["difference"], signed=True),
+                             interval_text(*mean["difference_ci"], signed=True),
+                             mean["verdict"]])
+    return rows
+
+
+def _lower_text(name: str, audit: str, stratum: str, values: dict) -> str:
+    hint = SUBGROUP_HINTS.get((audit, stratum), "")
+    return (f"{name} among {audit} {stratum}: AUC {values['auc']:.3f}, "
+            f"{values['difference']:+.3f} against the rest" + (f" ({hint})" if hint else ""))
+
+
 def subgroup_flags(subgroups: dict) -> list[str]:
-    """Cells clearly below the rest of the split, with what a device or view stratum suggests."""
+    """Cells clearly below the rest of the split, with what a device or view stratum suggests;
+    then the means clearly below it. A mean of one class is that class's cell, and a mean of the
+    same classes as one already flagged says nothing new: neither is flagged again."""
     flags = []
     for audit, strata in subgroups.items():
         for stratum, entry in strata.items():
             for label, cell in entry["labels"].items():
-                if cell["verdict"] != "lower in this subgroup":
-                    continue
-                hint = SUBGROUP_HINTS.get((audit, stratum), "")
-                flags.append(f"{label} among {audit} {stratum}: AUC {cell['auc']:.3f}, "
-                             f"{cell['difference']:+.3f} against the rest"
-                             + (f" ({hint})" if hint else ""))
+                if cell["verdict"] == "lower in this subgroup":
+                    flags.append(_lower_text(label, audit, stratum, cell))
+            flagged = set()
+            for mean in entry.get("means", {}).values():
+                classes = tuple(mean["classes"])
+                if mean["verdict"] == "lower in this subgroup" and len(classes) > 1 \
+                        and classes not in flagged:
+                    flagged.add(classes)
+                    flags.append(_lower_text(f"the {mean['title']} mean", audit, stratum, mean))
     return flags
 
 
-def subgroup_markdown(result: dict) -> list[str]:
+def subgroup_markdown(result: dict, figure: str | None = None) -> list[str]:
+    """The subgroup section: per-label cells, the means by stratum, the flags; `figure` is the
+    forest plot's file name (plots.forest_plot), linked when given."""
     subgroups = result.get("subgroups") or {}
     if not subgroups:
         return []
     header = ["Audit", "Stratum", "Pathology", "Images", "Patients", "Pos", "AUC", "CI",
               "vs rest", "CI (paired)", "Verdict"]
+    means = subgroup_mean_cells(subgroups)
+    mean_header = ["Audit", "Stratum", "Mean", "Images", "Patients", "AUC", "CI", "vs rest",
+                   "CI (paired)", "Verdict"]
     flags = subgroup_flags(subgroups)
     return ["## Subgroups", "",
             "AUC within each stratum and its difference to the rest of the split, both over "
@@ -270,6 +323,12 @@ def subgroup_markdown(result: dict) -> list[str]:
             "min_positives positives and negatives on both sides (the others are left out "
             "here and n/a in the JSON).", "",
             markdown_table(header, subgroup_cells(subgroups), left=(0, 1, 2, 10)), "",
+            *(["### Means by subgroup", "",
+               "The report card's means within each stratum, over the classes whose cell is "
+               "scored both there and in the rest (their number in the name), and the "
+               "difference to the same classes' mean in the rest, on the same resamples.", "",
+               markdown_table(mean_header, means, left=(0, 1, 2, 9)), ""] if means else []),
+            *([f"![Subgroup forest plot]({figure})", ""] if figure else []),
             *(["Clearly lower than the rest: " + "; ".join(flags) + "."] if flags else
               ["No stratum is clearly lower than the rest of the split."]), ""]
 
@@ -315,7 +374,7 @@ def write_reports(result: dict, plots: dict[str, str], cfg: Config, out_dir: Pat
 
 
 def print_report(result: dict, path: Path, cfg: Config) -> None:
-    print(f"\nReport card: {result['split']} split ({result['n_images']} images, "
+    print(f"\nReport card: {title_of(result)} ({result['n_images']} images, "
           f"{result['n_studies']} studies, {result['n_patients']} patients), checkpoint {path}")
     print(report_card_text(report_rows(result["image"], result["study"]), cfg.ci_level))
     means = [f"{mean['name']} {number_text(mean['auc'])} "

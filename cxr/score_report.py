@@ -191,7 +191,7 @@ def markdown_document(result: dict, plots: dict[str, str]) -> str:
         lines += ["## Readers against the model's ROC curve", "", READERS_NOTE, "",
                   markdown_table(header, rows), "",
                   markdown_table(READER_HEADER, reader_rows(comparisons), left=(0, 1, 10)), ""]
-    lines += subgroup_markdown(result)
+    lines += subgroup_markdown(result, plots.get("subgroups"))
     for path, rows in result.get("compare_rows", {}).items():
         description = compare_description(path, result)
         lines += [f"## Compared with {Path(path).name}", "", description[0], "",
@@ -205,7 +205,8 @@ def markdown_document(result: dict, plots: dict[str, str]) -> str:
         lines += [f"## Labeler {name}: uncertain and blank labels", "", LABELER_NOTE, "",
                   markdown_table(LABELER_HEADER, [labeler_cells(row) for row in entry["rows"]],
                                  left=(0, 10)), ""]
-    lines += [f"![{kind.upper()} curves]({name})" for kind, name in plots.items()]
+    lines += [f"![{kind.upper()} curves]({name})" for kind, name in plots.items()
+              if kind != "subgroups"]  # the forest plot sits in the subgroup section
     text = "\n".join(lines)
     while "\n\n\n" in text:  # an empty note leaves no gap
         text = text.replace("\n\n\n", "\n\n")

@@ -1,5 +1,6 @@
 """The subgroup audit (cxr/subgroups.py): strata from a split's columns, AUC within a stratum and
-its paired difference to the rest, n/a cells with their reason."""
+its paired difference to the rest, n/a cells with their reason, the means within strata, the
+forest plot (plots.py) and the Markdown (report.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,15 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from PIL import Image
+
 from conftest import shared
 from config import LABELS, ConfigError
+from cxr.bootstrap import draw_resamples, mean_over, percentile_interval, weighted_aucs
 from cxr.cli import parse_args
-from cxr.report import subgroup_flags
+from cxr.metrics import COMPETITION_LABELS
+from cxr.plots import forest_plot
+from cxr.report import subgroup_flags, subgroup_markdown
 from cxr.subgroups import age_band, strata, subgroup_table
 
 
@@ -30,15 +36,24 @@ def test_age_bands_option():
         parse_args(["--age_bands", "50,20"], "score.py")
 
 
-def hand_made(n: int = 400, seed: int = 0):
-    """Women's Edema ranked perfectly, men's at random; one image per patient."""
+def ranked_in_women(labels: tuple[str, ...], n: int = 400, seed: int = 0,
+                    prevalences: tuple[float, ...] | None = None):
+    """Every label ranked perfectly among women, at random among men; one image per patient,
+    six of unknown age."""
     rng = np.random.default_rng(seed)
     sex = np.where(np.arange(n) % 2 == 0, "Female", "Male")
-    y = (rng.random(n) < 0.3).astype(float)
-    scores = np.where(sex == "Female", y + 0.1 * rng.random(n), rng.random(n))
+    prevalences = np.array(prevalences or (0.3,) * len(labels))
+    y = (rng.random((n, len(labels))) < prevalences).astype(float)
+    women = (sex == "Female")[:, None]
+    scores = np.where(women, y + 0.1 * rng.random(y.shape), rng.random(y.shape))
     frame = pd.DataFrame({"patient_id": [f"p{i}" for i in range(n)], "Sex": sex,
                           "Age": np.where(np.arange(n) < 6, 0, 50)})
-    return frame, scores[:, None], y[:, None]
+    return frame, scores, y
+
+
+def hand_made(n: int = 400, seed: int = 0):
+    """Women's Edema ranked perfectly, men's at random; one image per patient."""
+    return ranked_in_women(("Edema",), n, seed)
 
 
 def test_perfect_in_one_subgroup_random_in_the_other_gives_the_verdict():
@@ -100,6 +115,108 @@ def test_a_finding_read_from_the_devices_is_flagged_as_a_shortcut():
                            0.95, 0)
     assert table["Support Devices"]["absent"]["labels"]["Pneumothorax"]["verdict"] == \
         "lower in this subgroup"
+    # no competition label here, so the all-classes mean alone; of one class (Support Devices
+    # has one value within its strata), so its flag would repeat the cell's
+    absent = table["Support Devices"]["absent"]["means"]
+    assert set(absent) == {"all"} and absent["all"]["classes"] == ["Pneumothorax"]
+    assert absent["all"]["verdict"] == "lower in this subgroup"
     flags = subgroup_flags(table)
     assert len(flags) == 1 and flags[0].startswith("Pneumothorax among Support Devices absent")
     assert "shortcut" in flags[0]
+
+
+MEAN_LABELS = ("Edema", "Cardiomegaly", "Fracture")  # Fracture: too few positives anywhere
+
+
+def test_means_within_strata_average_the_evaluable_cells():
+    frame, scores, targets = ranked_in_women(MEAN_LABELS, prevalences=(0.3, 0.3, 0.02))
+    table = subgroup_table(scores, targets, frame, MEAN_LABELS, 200, 0.95, 0)
+    women, men = (table["Sex"][sex] for sex in ("Female", "Male"))
+    assert set(men["means"]) == {"all", "competition"}
+    mean = men["means"]["all"]
+    cells = [men["labels"][label] for label in ("Edema", "Cardiomegaly")]
+    assert mean["name"] == "AVERAGE" and mean["title"] == "AVERAGE (2 of 3 classes)"
+    assert mean["classes"] == ["Edema", "Cardiomegaly"]
+    assert mean["auc"] == float(np.mean([cell["auc"] for cell in cells]))
+    assert mean["left_out"] == {"Fracture": men["labels"]["Fracture"]["note"]}
+    assert mean["left_out"]["Fracture"].startswith("n/a: ")
+    # the rest's mean averages the same classes: the difference is the cells' mean difference
+    assert abs(mean["difference"] - np.mean([cell["difference"] for cell in cells])) < 1e-12
+    assert mean["difference"] < 0 and mean["difference_ci"][1] < 0
+    assert mean["verdict"] == "lower in this subgroup"
+    assert mean["ci"][0] <= mean["auc"] <= mean["ci"][1]
+    assert women["means"]["all"]["auc"] == 1.0
+    assert women["means"]["all"]["verdict"] == "higher in this subgroup"
+    competition = men["means"]["competition"]  # Fracture is not one of the five
+    assert competition["title"] == "COMPETITION 5 (2 of 2 classes)"
+    assert competition["left_out"] == {} and competition["auc"] == mean["auc"]
+    # six patients of unknown age: no class to average
+    unknown = table["Age"]["unknown"]["means"]["all"]
+    assert unknown["auc"] is None and unknown["note"] == "n/a: no evaluable class"
+    assert unknown["ci"] == [None, None] and unknown["verdict"] == "n/a"
+
+
+def test_the_means_intervals_come_from_the_cells_shared_draw():
+    """Recomputed by hand from the same patient draw: a resample in which a class of the mean
+    has one label value (min_positives 2 lets that happen) is dropped, as in the report card."""
+    labels = ("Edema", "Cardiomegaly")
+    frame, scores, targets = ranked_in_women(labels, n=60, seed=2)
+    targets[:, 1] = np.isin(np.arange(60), [1, 3, 0, 2, 4]).astype(float)  # 2 men, 3 women
+    scores[:, 1] = np.random.default_rng(3).random(60) + targets[:, 1] * (frame["Sex"] == "Female")
+    table = subgroup_table(scores, targets, frame, labels, 300, 0.9, 5, min_positives=2)
+    men = table["Sex"]["Male"]
+    assert men["means"]["all"]["classes"] == list(labels)
+    resamples = draw_resamples(frame["patient_id"], 300, 5)
+    inside = (frame["Sex"] == "Male").to_numpy()
+    sides = [np.stack([weighted_aucs(scores[rows, c], targets[rows, c],
+                                     resamples.patient_of_image[rows], resamples.counts)
+                       for c in range(len(labels))], axis=1) for rows in (inside, ~inside)]
+    within, rest = (mean_over(side, [0, 1]) for side in sides)
+    assert np.isnan(within).any()  # some resamples drew no man with Cardiomegaly
+    interval, gap = percentile_interval(within, 0.9), percentile_interval(within - rest, 0.9)
+    assert men["means"]["all"]["ci"] == [interval.low, interval.high]
+    assert men["means"]["all"]["difference_ci"] == [gap.low, gap.high]
+
+
+def test_without_resamples_the_means_have_no_interval():
+    frame, scores, targets = ranked_in_women(MEAN_LABELS, prevalences=(0.3, 0.3, 0.02))
+    mean = subgroup_table(scores, targets, frame, MEAN_LABELS, 0, 0.95, 0)["Sex"]["Male"][
+        "means"]["all"]
+    assert mean["auc"] is not None and mean["difference"] is not None
+    assert mean["ci"] == [None, None] and mean["difference_ci"] == [None, None]
+    assert mean["verdict"] == "n/a"
+
+
+def test_forest_plot_of_the_competition_five(tmp_path):
+    labels = COMPETITION_LABELS + ("Fracture",)
+    frame, scores, targets = ranked_in_women(labels)
+    table = subgroup_table(scores, targets, frame, labels, 100, 0.95, 0)
+    path = tmp_path / "subgroups_test.png"
+    assert forest_plot(table, labels, path, "Subgroups: test split")
+    assert path.stat().st_size > 10_000 and not list(tmp_path.glob(".*.tmp"))
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width > 1000 and image.height > 200
+    # no competition label, or no audit: nothing to draw, nothing written
+    other = tmp_path / "other.png"
+    assert not forest_plot(table, ("Fracture",), other, "Subgroups")
+    assert not forest_plot({}, labels, other, "Subgroups")
+    assert not other.exists()
+
+
+def test_markdown_has_the_means_and_flags_a_lower_mean():
+    frame, scores, targets = ranked_in_women(MEAN_LABELS, prevalences=(0.3, 0.3, 0.02))
+    table = subgroup_table(scores, targets, frame, MEAN_LABELS, 200, 0.95, 0)
+    mean = table["Sex"]["Male"]["means"]["all"]
+    markdown = "\n".join(subgroup_markdown({"subgroups": table}, "subgroups_test.png"))
+    assert "### Means by subgroup" in markdown and "![Subgroup forest plot](subgroups_test.png)" \
+        in markdown
+    row = next(line for line in markdown.splitlines()
+               if line.startswith("| Sex | Male | AVERAGE (2 of 3 classes) |"))
+    assert f"{mean['auc']:.4f}" in row and f"{mean['difference']:+.4f}" in row
+    assert row.rstrip(" |").endswith("lower in this subgroup")
+    flags = subgroup_flags(table)
+    # the two means average the same classes: one flag for both
+    assert [flag for flag in flags if "mean among" in flag] == [
+        f"the AVERAGE (2 of 3 classes) mean among Sex Male: AUC {mean['auc']:.3f}, "
+        f"{mean['difference']:+.3f} against the rest"]
+    assert "COMPETITION 5" in markdown  # in the table, though not flagged twice

@@ -1,0 +1,149 @@
+"""Other hospitals' datasets in this pipeline's schema, so that training, evaluation, prediction
+and scoring run on them unchanged (cxr/nih.py, cxr/mimic.py, cxr/padchest.py read each one in
+the layout its publishers ship).
+
+Each adapter returns an Adapted: one row per image with CheXpert's metadata columns (Path
+relative to the data root, Sex, Age, Frontal/Lateral, AP/PA), the raw label columns
+("<label> (raw)": 1, 0, -1, blank = not mentioned, or labels.NOT_LABELLED), patient_id, study_id
+and the publisher's split ("train", "test" or "" when it has none). The label mapping onto
+CheXpert's 14 is one table per dataset, completed by CheXpert's hierarchy (a positive child makes
+its parent positive). A label the dataset does not annotate is NOT_LABELLED, which is not
+CheXpert's blank (not mentioned = negative): it is masked from the loss and every report shows
+it n/a, "not labelled by <dataset>".
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from config import LABELS, META_COLUMNS, PipelineError
+from cxr.labels import NOT_LABELLED, apply_uncertainty_policy, raw_column
+
+# CheXpert's label hierarchy (Irvin et al. 2019, fig. 2): a positive child implies its parent.
+HIERARCHY: dict[str, tuple[str, ...]] = {
+    "Lung Opacity": ("Edema", "Consolidation", "Pneumonia", "Lung Lesion", "Atelectasis"),
+    "Enlarged Cardiomediastinum": ("Cardiomegaly",),
+}
+SPLIT_COLUMN = "official_split"  # the publisher's split of each row: "train", "test" or ""
+
+
+@dataclass
+class Adapted:
+    """One dataset read into this pipeline's schema (see the module docstring)."""
+
+    dataset: str  # "nih", "mimic", "padchest"
+    title: str  # "NIH ChestX-ray14": what reports say the labels come from
+    frame: pd.DataFrame
+    not_labelled: tuple[str, ...]  # CheXpert labels this dataset never annotates
+    term_counts: dict[str, int] = field(default_factory=dict)  # report terms -> rows
+    unmapped_terms: dict[str, int] = field(default_factory=dict)  # terms outside the mapping
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> rows left out (counted)
+    sources: tuple[str, ...] = ()  # the files read
+
+    @property
+    def has_official_test(self) -> bool:
+        return bool((self.frame[SPLIT_COLUMN] == "test").any())
+
+    def not_labelled_note(self) -> str:
+        return f"not labelled by {self.title}"
+
+
+def raw_from_terms(terms: list[list[str]], mapping: dict[str, tuple[str, ...]],
+                   not_labelled: tuple[str, ...]) -> tuple[pd.DataFrame, Counter]:
+    """Raw label columns from each row's list of report terms (NIH's findings, PadChest's
+    terms): 1 where a term mapped onto the label is present, else 0, or NOT_LABELLED for a
+    label in `not_labelled`; then CheXpert's hierarchy. Returns the frame and every term's
+    row count (callers list the terms that the mapping does not know)."""
+    label_of = {term: labels for term, labels in mapping.items()}
+    raw = np.zeros((len(terms), len(LABELS)), dtype=np.float64)
+    counts: Counter = Counter()
+    column = {label: c for c, label in enumerate(LABELS)}
+    for row, row_terms in enumerate(terms):
+        counts.update(set(row_terms))
+        for term in row_terms:
+            for label in label_of.get(term, ()):
+                raw[row, column[label]] = 1.0
+    frame = pd.DataFrame(raw, columns=list(LABELS))
+    for label in not_labelled:
+        frame[label] = frame[label].where(frame[label] == 1.0, NOT_LABELLED)
+    return apply_hierarchy(frame), counts
+
+
+def apply_hierarchy(raw: pd.DataFrame) -> pd.DataFrame:
+    """A parent label is positive wherever one of its children is (CheXpert's hierarchy); it is
+    left as it is elsewhere (0, -1, blank or NOT_LABELLED)."""
+    raw = raw.copy()
+    for parent, children in HIERARCHY.items():
+        any_child = (raw[list(children)] == 1.0).any(axis=1)
+        raw.loc[any_child, parent] = 1.0
+    return raw
+
+
+def unmapped(counts: Counter, mapping: dict[str, tuple[str, ...]]) -> dict[str, int]:
+    """The terms the mapping does not know, most frequent first, with their row counts."""
+    return {term: n for term, n in counts.most_common() if term not in mapping}
+
+
+def processed_frame(adapted: Adapted, data_root: str | Path, policy: str) -> pd.DataFrame:
+    """The rows in preprocess.py's processed schema: metadata, 0/1 targets (NOT_LABELLED blank),
+    raw columns, patient_id, study_id and image_path (absolute)."""
+    frame = adapted.frame
+    raw = frame[[raw_column(label) for label in LABELS]].set_axis(list(LABELS), axis=1)
+    targets = apply_uncertainty_policy(raw, policy)
+    out = pd.concat([frame[list(META_COLUMNS)], targets,
+                     raw.astype("Int8").rename(columns=raw_column),
+                     frame[["patient_id", "study_id", SPLIT_COLUMN]]], axis=1)
+    out["image_path"] = str(Path(data_root).resolve()) + "/" + frame["Path"]
+    return out
+
+
+def with_raw_columns(meta: pd.DataFrame, raw: pd.DataFrame) -> pd.DataFrame:
+    """An adapter's frame: its metadata columns beside the raw labels under their raw names."""
+    return pd.concat([meta.reset_index(drop=True),
+                      raw.reset_index(drop=True).rename(columns=raw_column)], axis=1)
+
+
+def require_columns(table: pd.DataFrame, columns: tuple[str, ...], path: Path, what: str) -> None:
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise PipelineError(f"{path} lacks column(s) {missing}; found {list(table.columns)[:12]}."
+                            f" Is this {what}?")
+
+
+def first_file(root: Path, names: tuple[str, ...], what: str) -> Path:
+    """The first of `names` under `root` that exists, or an error listing what was looked for."""
+    for name in names:
+        if (root / name).is_file():
+            return root / name
+    raise PipelineError(f"{root}: no {what} found (looked for {', '.join(names)}); --data_root "
+                        "must be the folder the dataset was unpacked into")
+
+
+def summary_lines(adapted: Adapted) -> list[str]:
+    """What the mapping did, for preprocess.py and evaluate.py to print: rows, patients, positives
+    per label (or "not labelled"), rows skipped and terms outside the mapping."""
+    frame = adapted.frame
+    lines = [f"{adapted.title}: {len(frame):,} images, {frame['patient_id'].nunique():,} patients,"
+             f" {frame['study_id'].nunique():,} studies (from {', '.join(adapted.sources)})"]
+    for label in LABELS:
+        raw = frame[raw_column(label)]
+        if label in adapted.not_labelled and not (raw == 1).any():
+            lines.append(f"  {label:<27} {adapted.not_labelled_note()}")
+            continue
+        lines.append(f"  {label:<27} {int((raw == 1).sum()):>7,} positive  "
+                     f"{int((raw == 0).sum()):>7,} negative  {int((raw == -1).sum()):>6,} uncertain"
+                     + (f"  {int((raw == NOT_LABELLED).sum()):,} not labelled"
+                        if (raw == NOT_LABELLED).any() else ""))
+    for reason, n in adapted.skipped.items():
+        lines.append(f"  skipped {n:,} rows: {reason}")
+    if adapted.unmapped_terms:
+        shown = ", ".join(f"{term!r} {n:,}" for term, n in list(adapted.unmapped_terms.items())[:12])
+        more = len(adapted.unmapped_terms) - 12
+        lines.append(f"  {len(adapted.unmapped_terms)} terms outside the mapping (not CheXpert "
+                     f"findings; rows): {shown}" + (f", and {more} more" if more > 0 else ""))
+    return lines
