@@ -94,6 +94,9 @@ class Config:
     pretrained: bool = True  # start from torchvision's ImageNet DenseNet121 weights
     pretrained_path: str = ""  # optional local file with those weights (densenet121-a639ec97.pth)
     gem_p: float = 3.0  # initial GeM exponent (learnable); 1 = average pooling
+    # DenseNet's dense layers recomputed in the backward pass instead of kept (torch.utils.
+    # checkpoint): less activation memory for small GPUs, the same gradients, slower steps
+    memory_efficient: bool = False
     dropout: float = 0.2  # dropout probability before the linear head
 
     # ---- training (train.py) ------------------------------------------------------------------
@@ -210,12 +213,13 @@ _CHECKPOINT = ("models_dir", "run_name", "checkpoint")  # checkpoints.resolve_ch
 _INFERENCE = ("device", "precision", "channels_last", "tta", "batch_size", "num_workers")
 READS: dict[str, tuple[str, ...]] = {
     "preprocess.py": ("data_root", "dataset", "test_fraction", "data_dir", "frontal_only",
-                      "uncertainty_policy", "check_images", "missing_images", "stats_sample", "fallback_mean",
-                      "fallback_std", "seed"),
+                      "uncertainty_policy", "check_images", "missing_images", "stats_sample",
+                      "fallback_mean", "fallback_std", "seed"),
     "make_splits.py": ("data_dir", "val_fraction", "seed"),
     "cache.py": ("data_dir", "image_size", "crop_margin", "cache_on_error", "cache_retry_errors"),
     "train.py": ("data_dir", "models_dir", "run_name", "resume", "uncertainty_policy",
                  "uncertainty_policy_by_class", "seed", "pretrained", "pretrained_path", "gem_p",
+                 "memory_efficient",
                  "dropout", "image_size", "crop_margin", "batch_size", "accumulation_steps",
                  "epochs", "frozen_epochs", "lr_head", "lr_backbone", "weight_decay",
                  "warmup_steps", "lr_schedule", "grad_clip_norm", "max_pos_weight", "augment",

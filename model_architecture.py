@@ -67,11 +67,12 @@ class CheXpertNet(nn.Module):
 
     def __init__(self, num_classes: int = len(LABELS), gem_p: float = 3.0, dropout: float = 0.2,
                  pixel_mean: float = 0.5, pixel_std: float = 0.25,
-                 multiclass: tuple[bool, ...] | None = None, fusion: str = "mean"):
+                 multiclass: tuple[bool, ...] | None = None, fusion: str = "mean",
+                 memory_efficient: bool = False):
         super().__init__()
         self.register_buffer("pixel_mean", torch.tensor(float(pixel_mean)))
         self.register_buffer("pixel_std", torch.tensor(float(pixel_std)))
-        self.backbone = densenet121(weights=None).features
+        self.backbone = densenet121(weights=None, memory_efficient=memory_efficient).features
         self.pool = GeM(gem_p)
         self.dropout = nn.Dropout(dropout)
         multiclass = tuple(multiclass or (False,) * num_classes)
@@ -168,7 +169,7 @@ def build_model(cfg: Config, normalization: dict | None = None,
     """
     norm = normalization or {"mean": cfg.fallback_mean, "std": cfg.fallback_std}
     model = CheXpertNet(num_classes, cfg.gem_p, cfg.dropout, norm["mean"], norm["std"],
-                        multiclass_of(cfg), fusion_of(cfg))
+                        multiclass_of(cfg), fusion_of(cfg), cfg.memory_efficient)
     if cfg.pretrained:
         model.backbone.load_state_dict(imagenet_backbone_state(cfg.pretrained_path))
     return model

@@ -109,3 +109,25 @@ def test_pickled_model_is_refused(tmp_path):
     torch.save(CheXpertNet(), tmp_path / "pickled.pth")  # a whole pickled module
     with pytest.raises(PipelineError, match="weights_only"):
         load_checkpoint(tmp_path / "pickled.pth")
+
+
+def test_memory_efficient_densenet_gives_the_plain_models_gradients():
+    """--memory_efficient true recomputes the dense layers in the backward pass (less memory on
+    small GPUs): the loss and every gradient equal the plain model's."""
+    torch.manual_seed(0)
+    plain = CheXpertNet(dropout=0.0)
+    efficient = CheXpertNet(dropout=0.0, memory_efficient=True)
+    efficient.load_state_dict(plain.state_dict())
+    assert efficient.backbone.denseblock1.denselayer1.memory_efficient
+    images = torch.randint(0, 256, (2, 1, 64, 64), dtype=torch.uint8)
+    losses = []
+    for model in (plain, efficient):
+        model.train()
+        loss = model(images).square().mean()
+        loss.backward()
+        losses.append(loss.detach())
+    assert torch.allclose(losses[0], losses[1], rtol=1e-6, atol=1e-7)
+    for (name, a), b in zip(plain.named_parameters(), efficient.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-6), name
+    cfg = Config(pretrained=False, memory_efficient=True)
+    assert build_model(cfg).backbone.denseblock4.denselayer16.memory_efficient
