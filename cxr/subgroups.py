@@ -171,8 +171,9 @@ def subgroup_table(scores: np.ndarray, targets: np.ndarray, frame: pd.DataFrame,
                    labels: tuple[str, ...], n_resamples: int, level: float, seed: int,
                    min_positives: int = 10, age_bounds: tuple[int, ...] = AGE_BANDS
                    ) -> dict[str, dict[str, dict]]:
-    """{audit: {stratum: {"n_images", "n_patients", "labels": {label: cell}, "means": {key:
-    mean}}}} of one split (a mean per metrics.MEANS key that the labels hold: stratum_means).
+    """{audit: {stratum: {"auc": {label: AUC}, "mean_auc", "n_images", "n_patients", "labels":
+    {label: cell}, "means": {key: mean}}}} of one split (a mean per metrics.MEANS key that the
+    labels hold: stratum_means; "mean_auc" is the all-labels one).
 
     `frame` holds the rows' patient_id and the columns strata() reads; `scores` rank the rows
     (logits will do); `targets` are 0/1 with NaN masked.
@@ -191,8 +192,12 @@ def subgroup_table(scores: np.ndarray, targets: np.ndarray, frame: pd.DataFrame,
             measured = {label: measure_cell(scores[:, c], targets[:, c], codes, inside,
                                             counts, overall[label], level, min_positives)
                         for c, label in enumerate(labels)}
+            means = stratum_means(measured, labels, level)
             table[audit][stratum] = {
+                # the headline numbers first: AUC per label, the mean over all labels
+                "auc": {label: values.cell["auc"] for label, values in measured.items()},
+                "mean_auc": means["all"]["auc"] if "all" in means else None,
                 "n_images": int(inside.sum()), "n_patients": int(patients[inside].nunique()),
                 "labels": {label: values.cell for label, values in measured.items()},
-                "means": stratum_means(measured, labels, level)}
+                "means": means}
     return table

@@ -220,3 +220,13 @@ def test_markdown_has_the_means_and_flags_a_lower_mean():
         f"the AVERAGE (2 of 3 classes) mean among Sex Male: AUC {mean['auc']:.3f}, "
         f"{mean['difference']:+.3f} against the rest"]
     assert "COMPETITION 5" in markdown  # in the table, though not flagged twice
+
+
+def test_each_stratum_leads_with_its_aucs_and_mean():
+    """The issue's shape: {"Sex": {"Female": {"auc": {label: AUC}, "mean_auc", "n_images", ...}}}."""
+    frame, scores, targets = hand_made()
+    table = subgroup_table(scores, targets, frame, ("Edema",), 0, 0.95, 0)
+    women = table["Sex"]["Female"]
+    assert women["auc"] == {"Edema": women["labels"]["Edema"]["auc"]} and women["auc"]["Edema"] == 1
+    assert women["mean_auc"] == women["means"]["all"]["auc"] == 1.0
+    assert table["Age"]["unknown"]["mean_auc"] is None  # no label scorable there
