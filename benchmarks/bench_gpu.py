@@ -1,0 +1,92 @@
+"""GPU training speed and peak memory of the recipe, with and without --memory_efficient.
+
+    python benchmarks/bench_gpu.py [--image_size 320] [--batch_size 16] [--steps 20]
+    python benchmarks/bench_gpu.py --device cpu --image_size 160 --batch_size 8 --steps 3
+
+On a CUDA GPU, for DenseNet121 + GeM + head (every layer training): fp16 autocast with a
+GradScaler, channels_last, AdamW, masked BCE on random uint8 batches (the compute alone, no data
+loading). Prints images/s over `--steps` timed steps after 2 untimed ones, and the peak GPU
+memory (torch.cuda.max_memory_allocated) of each, to back the README's "fits a 4 GB GPU" with a
+figure. It needs CUDA: elsewhere it says so and exits 0. `--device cpu` times the same steps in
+fp32 on the CPU (no peak memory): what --memory_efficient costs there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from config import LABELS  # noqa: E402
+from model_architecture import CheXpertNet  # noqa: E402
+
+WARMUP_STEPS = 2
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(memory_efficient: bool, image_size: int, batch_size: int, steps: int,
+            device: torch.device) -> dict:
+    """Images/s and peak GPU memory (GiB; None on the CPU) of `steps` training steps: fp16 with
+    a GradScaler on CUDA, fp32 on the CPU."""
+    torch.manual_seed(0)
+    model = CheXpertNet(memory_efficient=memory_efficient).to(device)
+    model = model.to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    cuda = device.type == "cuda"
+    scaler = torch.amp.GradScaler(device.type, enabled=cuda)
+    images = torch.randint(0, 256, (batch_size, 1, image_size, image_size), dtype=torch.uint8,
+                           device=device)
+    targets = torch.randint(0, 2, (batch_size, len(LABELS)), device=device).float()
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    for step in range(WARMUP_STEPS + steps):
+        if step == WARMUP_STEPS:
+            synchronize(device)
+            start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(images), targets)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    return {"images_per_s": steps * batch_size / seconds,
+            "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image_size", type=int, default=320)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("bench_gpu: needs a CUDA GPU (torch.cuda.is_available() is False here); nothing "
+              "measured (--device cpu times the steps on the CPU)")
+        return
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU, fp32"
+    print(f"bench_gpu: {name}, torch {torch.__version__}, DenseNet121 at {args.image_size} px, "
+          f"batch {args.batch_size}, {args.steps} steps after {WARMUP_STEPS}")
+    for memory_efficient in (False, True):
+        result = measure(memory_efficient, args.image_size, args.batch_size, args.steps, device)
+        peak = f"peak {result['peak_gib']:.2f} GiB" if result["peak_gib"] is not None else ""
+        print(f"  memory_efficient {str(memory_efficient).lower():<5}  "
+              f"{result['images_per_s']:7.2f} img/s  {peak}")
+
+
+if __name__ == "__main__":
+    main()
