@@ -95,8 +95,7 @@ def official_split(root: Path, names: pd.Series) -> pd.Series:
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    table = read_csv_text(path) if path.suffix != ".gz" else \
-        pd.read_csv(path, dtype=str, keep_default_na=False)
+    table = read_csv_text(path)  # pandas infers the .gz compression from the name
     require_columns(table, COLUMNS, path, "NIH's Data_Entry_2017 table")
     for column in ("Follow-up #", "Patient ID"):
         bad = ~table[column].str.strip().str.fullmatch(r"\d+")
