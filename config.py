@@ -56,6 +56,8 @@ UncertaintyPolicy = Literal["U-Ones", "U-Zeros", "U-Ignore", "U-MultiClass", "U-
 UNCERTAINTY_POLICIES: tuple[str, ...] = typing.get_args(UncertaintyPolicy)
 # Per-class calibration maps fitted on val (calibration.fit_calibration).
 CalibrationMethod = Literal["platt", "temperature", "none"]
+Backbone = Literal["densenet121", "densenet169", "resnet50", "efficientnet_b0", "efficientnet_b3",
+                   "convnext_tiny"]
 CALIBRATION_METHODS: tuple[str, ...] = typing.get_args(CalibrationMethod)
 
 # Metadata of a tuple field whose items may hold commas (paths, ablation configurations): on the
@@ -91,7 +93,9 @@ class Config:
     seed: int = 42  # seeds the split, the stats sample, weight init and data order
 
     # ---- model (model_architecture.py) ----------------------------------------------------------
-    pretrained: bool = True  # start from torchvision's ImageNet DenseNet121 weights
+    # torchvision network under the GeM + dropout + linear head (model_architecture.BACKBONES)
+    backbone: Backbone = "densenet121"
+    pretrained: bool = True  # start from the backbone's torchvision ImageNet weights
     pretrained_path: str = ""  # optional local file with those weights (densenet121-a639ec97.pth)
     gem_p: float = 3.0  # initial GeM exponent (learnable); 1 = average pooling
     # DenseNet's dense layers recomputed in the backward pass instead of kept (torch.utils.
@@ -125,6 +129,11 @@ class Config:
     checkpoint_every_steps: int = 500  # also write last.pth every N optimizer steps; 0 = epochs only
     early_stopping_patience: int = 3  # stop after N epochs without a better val mean AUC; 0 = off
     deterministic: bool = False  # bitwise-reproducible kernels (slower on GPU); resume is exact
+    # exponential moving average of the weights, updated every optimizer step and validated every
+    # epoch (best.pth then holds the average); 0 = off, 0.999 a usual value
+    ema_decay: float = 0.0
+    keep_top_k: int = 1  # also keep the k best epochs' weights (top_k/), for an ensemble; 1 = best only
+    compile: bool = False  # torch.compile the model (minutes of compiling first; pays off on GPUs)
     resume: str = ""  # continue a run: path to its last.pth, or "auto" (--run_name's, else newest)
 
     # ---- image cache (cache.py) ------------------------------------------------------------------
@@ -170,6 +179,7 @@ class Config:
     # the configurations, --ablation "NAME: --field value ..." "NAME2: ...", the first the baseline
     ablation: tuple[str, ...] = field(default=(), metadata=WHOLE_ITEMS)
     ablation_name: str = ""  # models/ablation-<name>/, runs <name>-<configuration>; empty = timestamp
+    seeds: int = 1  # ablate.py: each configuration trained with seeds seed, seed+1, ... (N runs)
 
     # ---- inference (predict.py, export.py, app.py) -----------------------------------------------
     # predict.py's positional arguments: images, folders (searched recursively), CSVs of paths
@@ -218,8 +228,8 @@ READS: dict[str, tuple[str, ...]] = {
     "make_splits.py": ("data_dir", "val_fraction", "seed"),
     "cache.py": ("data_dir", "image_size", "crop_margin", "cache_on_error", "cache_retry_errors"),
     "train.py": ("data_dir", "models_dir", "run_name", "resume", "uncertainty_policy",
-                 "uncertainty_policy_by_class", "seed", "pretrained", "pretrained_path", "gem_p",
-                 "memory_efficient",
+                 "uncertainty_policy_by_class", "seed", "backbone", "pretrained", "pretrained_path",
+                 "gem_p", "memory_efficient", "ema_decay", "keep_top_k", "compile",
                  "dropout", "image_size", "crop_margin", "batch_size", "accumulation_steps",
                  "epochs", "frozen_epochs", "lr_head", "lr_backbone", "weight_decay",
                  "warmup_steps", "lr_schedule", "grad_clip_norm", "max_pos_weight", "augment",
@@ -230,7 +240,7 @@ READS: dict[str, tuple[str, ...]] = {
                     "bootstrap_resamples", "ci_level", "target_sensitivity", "study_aggregation",
                     "calibration", "calibration_bins", "min_positives", "compare",
                     "compare_split", "age_bands", "dataset", "split"),
-    "ablate.py": ("ablation", "ablation_name"),  # and every field of its STAGES
+    "ablate.py": ("ablation", "ablation_name", "seeds"),  # and every field of its STAGES
     "predict.py": (*_CHECKPOINT, *_INFERENCE, "inputs", "output", "gradcam", "gradcam_dir",
                    "study_grouping", "study_aggregation", "allow_threshold_mismatch"),
     "score.py": ("predictions", "labels", "radiologists", "labeler", "compare", "output_dir",
@@ -289,6 +299,14 @@ def validate(cfg: Config) -> Config:
     for name in non_negative:
         if getattr(cfg, name) < 0:
             raise ConfigError(f"--{name} must be 0 or more, got {getattr(cfg, name)}")
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise ConfigError(f"--ema_decay must be in [0, 1) (0 = off, 0.999 a usual value), got "
+                          f"{cfg.ema_decay}")
+    if cfg.keep_top_k < 1 or cfg.seeds < 1:
+        raise ConfigError("--keep_top_k and --seeds must be at least 1")
+    if cfg.memory_efficient and not cfg.backbone.startswith("densenet"):
+        raise ConfigError(f"--memory_efficient recomputes DenseNet's dense layers; --backbone "
+                          f"{cfg.backbone} has none (leave it false, or lower --batch_size)")
     if cfg.max_nonfinite_steps < 1:
         raise ConfigError("--max_nonfinite_steps must be at least 1")
     if not 0.0 < cfg.test_fraction < 1.0:

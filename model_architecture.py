@@ -1,6 +1,10 @@
-"""DenseNet121 backbone + GeM pooling + dropout + linear head, and loading ImageNet weights.
+"""A torchvision backbone + GeM pooling + dropout + linear head, and loading ImageNet weights.
 
-    backbone (DenseNet121 features, 1024 x H/32 x W/32) -> ReLU -> GeM -> Dropout -> Linear(1024, 14)
+    backbone (last feature map, C x H/32 x W/32) -> ReLU -> GeM -> Dropout -> Linear(C, 14)
+
+The backbone is --backbone (BACKBONES): DenseNet121 (the default, C = 1024), DenseNet169,
+ResNet50, EfficientNet-B0/B3 or ConvNeXt-Tiny, cut before its own pooling and classifier. Its
+output, the last feature map, is also what Grad-CAM weighs (cxr/gradcam.py).
 
 In study mode (view_mode study) the input is a study's views, B x V x 1 x H x W with a B x V mask
 of the views present: the backbone and GeM run on each present view, and the pooled features
@@ -19,17 +23,75 @@ whose sigmoid estimates the probability.
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 from urllib.error import URLError
 
 import torch
 import torch.nn.functional as F
+import torchvision.models as tv
 from torch import nn
-from torchvision.models import DenseNet121_Weights, densenet121
 
 from config import LABELS, Config, PipelineError
 
-FEATURES = 1024  # channels of DenseNet121's last feature map
+
+# ---- backbones -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Backbone:
+    """A torchvision classification network used up to its last feature map."""
+    build: Callable[..., nn.Module]  # torchvision's constructor (weights=None here)
+    weights: tv.WeightsEnum  # its ImageNet weights (the best torchvision publishes for it)
+    channels: int  # channels of the last feature map: the head's input
+    features: Callable[[nn.Module], nn.Module]  # the whole network -> the part we keep
+
+
+def _named_children_until(network: nn.Module, stop: str) -> nn.Module:
+    """The network's top-level modules before `stop`, under their own names (so its ImageNet
+    state dict loads by name): ResNet's conv1 ... layer4, without avgpool and fc."""
+    children = OrderedDict()
+    for name, child in network.named_children():
+        if name == stop:
+            break
+        children[name] = child
+    return nn.Sequential(children)
+
+
+def _convnext_features(network: nn.Module) -> nn.Module:
+    """ConvNeXt's stages and the LayerNorm its classifier applies first (kept per position, as
+    the pretrained norm of the feature map; pooling follows). Its stages end in a residual sum
+    of any sign, so without the norm the ReLU before GeM would see an unscaled map."""
+    return nn.Sequential(OrderedDict(features=network.features, norm=network.classifier[0]))
+
+
+BACKBONES: dict[str, Backbone] = {
+    "densenet121": Backbone(tv.densenet121, tv.DenseNet121_Weights.IMAGENET1K_V1, 1024,
+                            lambda network: network.features),
+    "densenet169": Backbone(tv.densenet169, tv.DenseNet169_Weights.IMAGENET1K_V1, 1664,
+                            lambda network: network.features),
+    "resnet50": Backbone(tv.resnet50, tv.ResNet50_Weights.IMAGENET1K_V2, 2048,
+                         lambda network: _named_children_until(network, "avgpool")),
+    "efficientnet_b0": Backbone(tv.efficientnet_b0, tv.EfficientNet_B0_Weights.IMAGENET1K_V1,
+                                1280, lambda network: network.features),
+    "efficientnet_b3": Backbone(tv.efficientnet_b3, tv.EfficientNet_B3_Weights.IMAGENET1K_V1,
+                                1536, lambda network: network.features),
+    "convnext_tiny": Backbone(tv.convnext_tiny, tv.ConvNeXt_Tiny_Weights.IMAGENET1K_V1, 768,
+                              _convnext_features),
+}
+
+
+def backbone_network(name: str, memory_efficient: bool = False) -> nn.Module:
+    """The whole torchvision network of a backbone, randomly initialised."""
+    spec = BACKBONES[name]
+    if memory_efficient:  # config.validate allows it for the DenseNets only
+        return spec.build(weights=None, memory_efficient=True)
+    return spec.build(weights=None)
+
+
+def first_conv(module: nn.Module) -> nn.Conv2d:
+    return next(m for m in module.modules() if isinstance(m, nn.Conv2d))
 
 
 class GeM(nn.Module):
@@ -68,11 +130,13 @@ class CheXpertNet(nn.Module):
     def __init__(self, num_classes: int = len(LABELS), gem_p: float = 3.0, dropout: float = 0.2,
                  pixel_mean: float = 0.5, pixel_std: float = 0.25,
                  multiclass: tuple[bool, ...] | None = None, fusion: str = "mean",
-                 memory_efficient: bool = False):
+                 memory_efficient: bool = False, backbone: str = "densenet121"):
         super().__init__()
         self.register_buffer("pixel_mean", torch.tensor(float(pixel_mean)))
         self.register_buffer("pixel_std", torch.tensor(float(pixel_std)))
-        self.backbone = densenet121(weights=None, memory_efficient=memory_efficient).features
+        spec = BACKBONES[backbone]
+        self.backbone_name = backbone
+        self.backbone = spec.features(backbone_network(backbone, memory_efficient))
         self.pool = GeM(gem_p)
         self.dropout = nn.Dropout(dropout)
         multiclass = tuple(multiclass or (False,) * num_classes)
@@ -80,10 +144,10 @@ class CheXpertNet(nn.Module):
         self.register_buffer("output_start", output_starts(multiclass), persistent=False)
         # log(pos_weight) per label (labels.logit_offsets); 0 until train.py sets it
         self.register_buffer("logit_offset", torch.zeros(num_classes))
-        self.head = nn.Linear(FEATURES, num_classes + 2 * sum(multiclass))
+        self.head = nn.Linear(spec.channels, num_classes + 2 * sum(multiclass))
         self.fusion = fusion
         # attention fusion: one score per view from its features, softmax over the study's views
-        self.view_attention = nn.Linear(FEATURES, 1) if fusion == "attention" else None
+        self.view_attention = nn.Linear(spec.channels, 1) if fusion == "attention" else None
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
@@ -104,11 +168,13 @@ class CheXpertNet(nn.Module):
         return outputs if raw else self.label_logits(outputs)
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        """GeM-pooled backbone features, B x 1024."""
+        """GeM-pooled backbone features, B x C."""
         x = self.normalize(images)
-        if self.backbone.conv0.weight.is_contiguous(memory_format=torch.channels_last):
+        if first_conv(self.backbone).weight.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.pool(F.relu(self.backbone(x)))  # torchvision applies this ReLU too
+        # DenseNet's map ends in a BatchNorm (torchvision applies this ReLU too); for the others
+        # it changes what GeM's clamp at eps would do anyway: only positive evidence is pooled
+        return self.pool(F.relu(self.backbone(x)))
 
     def study_features(self, views: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """Each present view through backbone and GeM (padding never reaches BatchNorm), then
@@ -121,7 +187,7 @@ class CheXpertNet(nn.Module):
         return self.fuse(per_view.view(batch, slots, -1), present)
 
     def fuse(self, features: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        """B x V x 1024 features of the views present -> B x 1024; absent views never count."""
+        """B x V x C features of the views present -> B x 1024; absent views never count."""
         if self.fusion == "max":
             return features.masked_fill(~present[..., None], float("-inf")).amax(dim=1)
         if self.fusion == "attention":
@@ -169,53 +235,65 @@ def build_model(cfg: Config, normalization: dict | None = None,
     """
     norm = normalization or {"mean": cfg.fallback_mean, "std": cfg.fallback_std}
     model = CheXpertNet(num_classes, cfg.gem_p, cfg.dropout, norm["mean"], norm["std"],
-                        multiclass_of(cfg), fusion_of(cfg), cfg.memory_efficient)
+                        multiclass_of(cfg), fusion_of(cfg), cfg.memory_efficient, cfg.backbone)
     if cfg.pretrained:
-        model.backbone.load_state_dict(imagenet_backbone_state(cfg.pretrained_path))
+        model.backbone.load_state_dict(imagenet_backbone_state(cfg.backbone, cfg.pretrained_path))
     return model
 
 
 # ---- ImageNet weights ------------------------------------------------------------------------------
 
-WEIGHTS = DenseNet121_Weights.IMAGENET1K_V1
-# Checkpoints saved by old torchvision name layers "norm.1"; current modules are "norm1".
+# DenseNet files saved by old torchvision name layers "norm.1"; current modules are "norm1".
 # torchvision remaps them the same way when it loads these weights itself.
 _OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
-def hub_weights_path() -> Path:
-    """Where torchvision caches the ImageNet DenseNet121 file (under $TORCH_HOME)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(WEIGHTS.url).name
+def weights_url(backbone: str) -> str:
+    return BACKBONES[backbone].weights.url
 
 
-def imagenet_backbone_state(path: str = "") -> dict[str, torch.Tensor]:
-    """ImageNet DenseNet121 `features.*` weights, from `path`, the torch hub cache or a download.
+def hub_weights_path(backbone: str = "densenet121") -> Path:
+    """Where torchvision caches a backbone's ImageNet file (under $TORCH_HOME)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights_url(backbone)).name
+
+
+def imagenet_backbone_state(backbone: str = "densenet121", path: str = ""
+                            ) -> dict[str, torch.Tensor]:
+    """A backbone's ImageNet weights, from `path`, the torch hub cache or a download, under our
+    backbone's keys.
 
     Never falls back to random weights: when none of those works, the error says what to do.
     """
+    url = weights_url(backbone)
     if path:
         if not Path(path).is_file():
             raise PipelineError(f"--pretrained_path {path} does not exist")
         state = torch.load(path, map_location="cpu", weights_only=True)
     else:
         try:  # reads the hub cache when the file is there, downloads it otherwise
-            state = torch.hub.load_state_dict_from_url(WEIGHTS.url, map_location="cpu",
+            state = torch.hub.load_state_dict_from_url(url, map_location="cpu",
                                                        check_hash=True, weights_only=True)
         except (URLError, OSError, RuntimeError) as err:
             raise PipelineError(
-                f"ImageNet DenseNet121 weights are not in the torch hub cache ({hub_weights_path()}) "
-                f"and could not be downloaded ({err}). Either download {WEIGHTS.url} on a machine "
-                f"with internet and copy it to {hub_weights_path()} (or pass --pretrained_path FILE),"
-                " or train from random initialisation with --pretrained false.") from None
-    return backbone_state_from_imagenet(state)
+                f"ImageNet {backbone} weights are not in the torch hub cache "
+                f"({hub_weights_path(backbone)}) and could not be downloaded ({err}). Either "
+                f"download {url} on a machine with internet and copy it to "
+                f"{hub_weights_path(backbone)} (or pass --pretrained_path FILE), or train from "
+                "random initialisation with --pretrained false.") from None
+    return backbone_state_from_imagenet(state, backbone, path or url)
 
 
-def backbone_state_from_imagenet(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A torchvision DenseNet121 state dict (old or new key names) -> our backbone's keys."""
+def backbone_state_from_imagenet(state: dict[str, torch.Tensor], backbone: str = "densenet121",
+                                 source: str = "the weights file") -> dict[str, torch.Tensor]:
+    """A torchvision ImageNet state dict of the whole network (a DenseNet's with old or new key
+    names) -> our backbone's keys. The whole network loads it strictly first, so a file of
+    another network is refused, not half-loaded."""
+    network = backbone_network(backbone)
     renamed = {_OLD_KEY.sub(r"\1\2", key): value for key, value in state.items()}
-    features = {key.removeprefix("features."): value for key, value in renamed.items()
-                if key.startswith("features.")}
-    if not features:
-        raise PipelineError("the pretrained weights file holds no DenseNet121 'features.*' "
-                            "weights; is it torchvision's densenet121-a639ec97.pth?")
-    return features
+    try:
+        network.load_state_dict(renamed)
+    except RuntimeError as err:
+        expected = Path(weights_url(backbone)).name
+        raise PipelineError(f"{source} does not hold torchvision's ImageNet {backbone} weights "
+                            f"(expected {expected}): {str(err).splitlines()[0][:200]}") from None
+    return BACKBONES[backbone].features(network).state_dict()

@@ -41,6 +41,7 @@ from cxr.device import autocast, autocast_dtype, choose_device, prepare_model, t
 from cxr.distributed import (World, all_gather, any_rank, barrier, broadcast, close_world,
                              device_for, gather_to_main, init_world, merge_shards, sum_over_ranks,
                              sync_buffers)
+from cxr.ema import make_ema
 from cxr.evaluation import predict_logits
 from cxr.labels import class_policies, logit_offsets, masked_counts, multiclass_flags, \
     positive_class_weights
@@ -96,7 +97,8 @@ def make_trainer(cfg: Config, stats: dict, train_loader: DataLoader, policies: d
                "pos_weight": dict(zip(LABELS, pos_weight.tolist()))}
     return Trainer(model, model, criterion, optimizer, scheduler,
                    torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
-                   cfg, device, dtype, world, stop, records=records)
+                   cfg, device, dtype, world, stop, records=records,
+                   ema=make_ema(model, cfg.ema_decay))
 
 
 # ---- optimizer, learning-rate schedule, gradient accumulation ----------------------------------
@@ -240,6 +242,8 @@ def optimizer_step(trainer: Trainer, loss_finite: bool) -> str:
     if scale is not None and scaler.get_scale() < scale:
         return "overflow"
     trainer.scheduler.step()  # the schedule advances only on optimizer steps actually taken
+    if trainer.ema is not None:
+        trainer.ema.update_parameters(trainer.model)
     return "taken"
 
 
@@ -335,8 +339,8 @@ def validation_metrics(trainer: Trainer, loader, desc: str) -> dict | None:
     negatives. The loss is the binary cross-entropy of the model's probabilities (the
     positive-weight offset removed) on the observed labels: the log-loss of what users read.
     """
-    sync_buffers(trainer.world, trainer.model)
-    logits, targets = predict_logits(trainer.model, loader, trainer.device, trainer.dtype,
+    sync_buffers(trainer.world, trainer.validated)
+    logits, targets = predict_logits(trainer.validated, loader, trainer.device, trainer.dtype,
                                      trainer.cfg.channels_last, desc, show=trainer.world.is_main)
     shards = gather_to_main(trainer.world, (logits, targets))
     if not trainer.world.is_main:
@@ -352,10 +356,12 @@ def validation_metrics(trainer: Trainer, loader, desc: str) -> dict | None:
             "left_out": excluded}
 
 
-def epoch_line(row: dict, epochs: int, is_best: bool) -> str:
+def epoch_line(row: dict, epochs: int, is_best: bool, ema: bool = False) -> str:
     auc = "n/a" if row["val_mean_auc"] is None else f"{row['val_mean_auc']:.4f}"
+    val = "val_ema" if ema else "val"  # with --ema_decay, the average's loss and AUC
     return (f"epoch {row['epoch']}/{epochs} {row['phase']:<9} train_loss {row['train_loss']:.4f}  "
-            f"val_loss {row['val_loss']:.4f}  val_mean_auc {auc}{' (best)' if is_best else ''}  "
+            f"{val}_loss {row['val_loss']:.4f}  {val}_mean_auc {auc}"
+            f"{' (best)' if is_best else ''}  "
             f"lr head {row['lr_head']:.1e} backbone {row['lr_backbone']:.1e}  "
             f"{row['images_per_s']:.1f} img/s  {row['epoch_seconds']:.0f} s")
 
@@ -385,17 +391,48 @@ def assert_finite(model: nn.Module, path: Path) -> None:
 
 
 def save_training_state(trainer: Trainer, progress: Progress, epochs_done: int,
-                        paths: list[Path]) -> None:
+                        paths: list[Path], weights_path: Path | None = None) -> None:
     """Write the full training state (cxr.resume.training_checkpoint) to each path (rank 0;
     every rank must call this, since the RNG states of all processes are collected). At an
-    epoch's end `progress` is the next epoch's, with no batch done."""
+    epoch's end `progress` is the next epoch's, with no batch done. `weights_path` gets the
+    same checkpoint without what only resuming needs (a top_k/ member)."""
     rng = all_gather(trainer.world, rng_state())
     if not trainer.world.is_main:
         return
     payload = training_checkpoint(trainer, progress, epochs_done, rng)
     for path in paths:
         assert_finite(trainer.model, path)
+        assert_finite(trainer.validated, path)
         save_checkpoint(payload, path)
+    if weights_path is not None:
+        weights_path.parent.mkdir(exist_ok=True)
+        save_checkpoint({key: value for key, value in payload.items()
+                         if key not in RESUME_ONLY}, weights_path)
+
+
+# ---- the k best epochs (--keep_top_k), for an ensemble -------------------------------------------
+
+RESUME_ONLY = ("optimizer", "scheduler", "scaler", "rng", "online_model")  # not in top_k/ files
+TOP_K_DIR = "top_k"
+
+
+def top_epochs(history: list[dict], k: int) -> list[int]:
+    """The k epochs of highest val mean AUC, best first (the earlier of equals, as best.pth)."""
+    scored = [(row["val_mean_auc"], row["epoch"]) for row in history
+              if row["val_mean_auc"] is not None]
+    return [epoch for _, epoch in sorted(scored, key=lambda pair: (-pair[0], pair[1]))[:k]]
+
+
+def top_k_path(run_dir: Path, epoch: int) -> Path:
+    return run_dir / TOP_K_DIR / f"epoch_{epoch:03d}.pth"
+
+
+def prune_top_k(run_dir: Path, kept: list[int]) -> None:
+    """Delete the top_k/ files of epochs no longer among the k best."""
+    keep = {top_k_path(run_dir, epoch).name for epoch in kept}
+    for path in (run_dir / TOP_K_DIR).glob("epoch_*.pth"):
+        if path.name not in keep:
+            path.unlink()
 
 
 def wrap_for_world(model: CheXpertNet, world: World, device: torch.device) -> nn.Module:
@@ -405,6 +442,14 @@ def wrap_for_world(model: CheXpertNet, world: World, device: torch.device) -> nn
         return model
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                    else None)
+
+
+def training_net(model: CheXpertNet, world: World, device: torch.device, cfg: Config
+                 ) -> nn.Module:
+    """What runs the training forward pass: the model, wrapped for DDP, compiled with
+    --compile (torch.compile; the first steps of each phase wait for the compiler)."""
+    net = wrap_for_world(model, world, device)
+    return torch.compile(net) if cfg.compile else net
 
 
 # ---- main --------------------------------------------------------------------------------------
@@ -464,7 +509,8 @@ def run(cfg: Config, given: set[str], world: World, stop: StopSignals) -> None:
         best_text = "n/a" if best is None else f"{best:.4f}"
         why = (f" (early stop: no better val mean AUC for {cfg.early_stopping_patience} epochs)"
                if stopped_early else "")
-        print(f"train: wrote {cfg.run_dir}/best.pth (val mean AUC {best_text}), last.pth, "
+        weights = ", the weights' moving average" if trainer.ema is not None else ""
+        print(f"train: wrote {cfg.run_dir}/best.pth (val mean AUC {best_text}{weights}), last.pth, "
               f"metrics.csv, config.json, run_info.json{why}")
 
 
@@ -479,7 +525,7 @@ def fit(trainer: Trainer, train_loader: DataLoader, val_loader: DataLoader,
         progress.epoch = epoch
         frozen = epoch <= cfg.frozen_epochs
         set_backbone_frozen(trainer.model, frozen)
-        trainer.net = wrap_for_world(trainer.model, world, trainer.device)
+        trainer.net = training_net(trainer.model, world, trainer.device, cfg)
         train_loader.sampler.set_epoch(epoch, progress.batches_done * cfg.batch_size)
         start, done_before = time.perf_counter(), progress.seen
         train_one_epoch(trainer, train_loader, progress, frozen,
@@ -493,9 +539,13 @@ def fit(trainer: Trainer, train_loader: DataLoader, val_loader: DataLoader,
         is_best, stopped_early = end_of_epoch(trainer, val_loader, progress, frozen,
                                               images_per_s, seconds)
         paths = [last, best] if is_best or not best.exists() else [last]
+        kept = top_epochs(trainer.state.history, cfg.keep_top_k) if cfg.keep_top_k > 1 else []
         progress = Progress(epoch=epoch + 1, global_step=progress.global_step,
                             nonfinite_total=progress.nonfinite_total)
-        save_training_state(trainer, progress, epoch, paths)
+        save_training_state(trainer, progress, epoch, paths,
+                            top_k_path(cfg.run_dir, epoch) if epoch in kept else None)
+        if world.is_main and kept:
+            prune_top_k(cfg.run_dir, kept)
         if trainer.stop.received is not None:
             announce_stop(progress, last, world)
             raise TrainingStopped(trainer.stop.received)
@@ -517,7 +567,7 @@ def end_of_epoch(trainer: Trainer, val_loader: DataLoader, progress: Progress, f
                         images_per_s, seconds, progress.nonfinite_total)
         decision = record_epoch(trainer.state, row, cfg)
         write_metrics(trainer.state.history, cfg.run_dir)
-        print(epoch_line(row, cfg.epochs, decision[0]), flush=True)
+        print(epoch_line(row, cfg.epochs, decision[0], trainer.ema is not None), flush=True)
     trainer.state = broadcast(world, trainer.state)
     return broadcast(world, decision)
 

@@ -1,8 +1,10 @@
 """Training speed: compute only, our real training loop, and a naive loop, with peak memory.
 
-    python benchmarks/bench_train.py [--image_size 224] [--batch_size 16] [--batches 12]
+    python benchmarks/bench_train.py [--backbone densenet121] [--image_size 224] [--batch_size 16]
+                                     [--batches 12] [--compile true]
 
-Same model (DenseNet121 + GeM + head, fine-tuning: every layer trains), batch and image size:
+Same model (--backbone, default DenseNet121, + GeM + head, fine-tuning: every layer trains),
+batch and image size:
   compute  the training step alone on in-memory uint8 batches (precision auto: bf16 autocast
            where the CPU has native bf16, else fp32; channels_last, AdamW, masked BCE): the
            ceiling of any data pipeline
@@ -11,6 +13,8 @@ Same model (DenseNet121 + GeM + head, fine-tuning: every layer trains), batch an
            augmentation, the EpochSampler order and the accumulation/skip/clip logic
   naive    what most CheXpert repositories do: fp32, default memory format, PIL decode +
            torchvision transforms per image in DataLoader workers, plain Adam loop
+With --compile true, compute and real run a second time with the model under torch.compile
+(inductor), after its untimed compile (timed separately: "compile_s").
 Each runs in its own process after untimed warm-up batches (for the real loop, a whole untimed
 epoch that also starts its persistent workers); peak resident memory is that process's
 (workers included). Goal on a 2-core CPU at 224 px: real >= 0.9 x compute and
@@ -39,7 +43,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from config import LABELS, Config  # noqa: E402
 from cxr.cli import apply_overrides  # noqa: E402
 from cxr.device import autocast, autocast_dtype, prepare_model, to_device  # noqa: E402
-from model_architecture import CheXpertNet  # noqa: E402
+from model_architecture import CheXpertNet, build_model  # noqa: E402
 
 NIH = ROOT.parent / "shared" / "data" / "nih-cxr-small" / "CheXpert-v1.0-small"
 WARMUP = 2
@@ -54,8 +58,9 @@ def peak_memory_mb() -> float:
 def compute_only(cfg: Config, batches: int) -> float:
     """Images/s of the training step on batches already in memory."""
     from train import MaskedBCE, make_optimizer
-    model = prepare_model(CheXpertNet(len(LABELS)), torch.device("cpu"), cfg).train()
+    model = prepare_model(build_model(cfg), torch.device("cpu"), cfg).train()
     optimizer, criterion = make_optimizer(model, cfg), MaskedBCE()
+    net = torch.compile(model) if cfg.compile else model
     images = torch.randint(0, 256, (cfg.batch_size, 1, cfg.image_size, cfg.image_size),
                            dtype=torch.uint8)
     targets = torch.randint(0, 2, (cfg.batch_size, len(LABELS))).float()
@@ -64,7 +69,7 @@ def compute_only(cfg: Config, batches: int) -> float:
         if step == WARMUP:
             start = time.perf_counter()
         with autocast(torch.device("cpu"), dtype):
-            logits = model(to_device(images, torch.device("cpu"), True))
+            logits = net(to_device(images, torch.device("cpu"), True))
         criterion(logits.float(), targets).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -78,10 +83,11 @@ def real_loop(cfg: Config, batches: int) -> float:
     from train import MaskedBCE, make_optimizer, train_one_epoch
     device = torch.device("cpu")
     frame = pd.read_csv(cfg.splits_dir / "train.csv")
-    model = prepare_model(CheXpertNet(len(LABELS)), device, cfg)
+    model = prepare_model(build_model(cfg), device, cfg)
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    trainer = Trainer(model, model, MaskedBCE(), optimizer, scheduler,
+    net = torch.compile(model) if cfg.compile else model
+    trainer = Trainer(model, net, MaskedBCE(), optimizer, scheduler,
                       torch.amp.GradScaler("cpu", enabled=False), cfg, device,
                       autocast_dtype("auto", device))
     data = make_dataset(frame.head(batches * cfg.batch_size), cfg, cfg.data_dir, True, "train")
@@ -103,7 +109,7 @@ def naive_loop(cfg: Config, batches: int) -> float:
     paths = frame["image_path"].head((WARMUP + batches) * cfg.batch_size).tolist()
     loader = DataLoader(BaselineDataset(paths, cfg.image_size, augment=True),
                         batch_size=cfg.batch_size, shuffle=True, num_workers=1)
-    model = CheXpertNet(len(LABELS)).train()
+    model = CheXpertNet(len(LABELS), backbone=cfg.backbone).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     criterion = torch.nn.BCEWithLogitsLoss()
     for step, (images, targets) in enumerate(loader):
@@ -132,13 +138,19 @@ def prepare_data(folder: Path, cfg: Config) -> Config:
     return cfg
 
 
-def run_mode(mode: str, argv: list[str]) -> dict:
+def run_mode(mode: str, argv: list[str], compiled: bool = False) -> dict:
     """One mode in a fresh process, so its peak memory is its own."""
-    result = subprocess.run([sys.executable, __file__, "--mode", mode, *argv],
+    extra = ["--compile", "true"] if compiled else []
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, __file__, "--mode", mode, *argv, *extra],
                             capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise SystemExit(f"{mode} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    if compiled:
+        row["mode"] = f"{mode} compiled"
+        row["seconds"] = time.perf_counter() - start  # compiling included
+    return row
 
 
 def pop_option(argv: list[str], name: str, default: str | None) -> tuple[str | None, list[str]]:
@@ -163,14 +175,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = prepare_data(Path(tmp), cfg)
         common = ["--data_dir", cfg.data_dir, "--image_size", str(cfg.image_size),
-                  "--batch_size", str(cfg.batch_size), "--batches", str(batches)]
+                  "--batch_size", str(cfg.batch_size), "--batches", str(batches),
+                  "--backbone", cfg.backbone]
         rows = [run_mode(mode, common) for mode in MODES]
+        if cfg.compile:
+            rows += [run_mode(mode, common, compiled=True) for mode in ("compute", "real")]
     table = pd.DataFrame(rows).set_index("mode")
     compute, real, naive = (table.loc[m, "images_per_s"] for m in ("compute", "real", "naive"))
-    print(f"\nDenseNet121 training at {cfg.image_size} px, batch {cfg.batch_size}, {batches} timed "
-          f"batches, {torch.get_num_threads()} torch threads, compute and real in "
-          f"{autocast_dtype('auto', torch.device('cpu')) or 'fp32'}:")
-    print(table.to_string(float_format=lambda v: f"{v:,.1f}"))
+    parameters = sum(p.numel() for p in CheXpertNet(len(LABELS), backbone=cfg.backbone)
+                     .parameters())
+    print(f"\n{cfg.backbone} ({parameters / 1e6:.1f} M parameters) training at {cfg.image_size} "
+          f"px, batch {cfg.batch_size}, {batches} timed batches, {torch.get_num_threads()} torch "
+          f"threads, compute and real in {autocast_dtype('auto', torch.device('cpu')) or 'fp32'}:")
+    print(table.to_string(float_format=lambda v: f"{v:,.1f}", na_rep=""))
     print(f"real / compute = {real / compute:.2f} (goal >= 0.9); real / naive = "
           f"{real / naive:.2f} (goal >= 2)")
 

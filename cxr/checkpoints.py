@@ -88,7 +88,8 @@ def model_from_checkpoint(checkpoint: dict) -> tuple[CheXpertNet, Config]:
     """
     trained = config_from_checkpoint(checkpoint)
     model = CheXpertNet(len(checkpoint["labels"]), trained.gem_p, trained.dropout,
-                        multiclass=multiclass_of(trained), fusion=fusion_of(trained))
+                        multiclass=multiclass_of(trained), fusion=fusion_of(trained),
+                        backbone=trained.backbone)
     state = dict(checkpoint["model"])
     state.setdefault("logit_offset", model.logit_offset)  # older runs: no offset (warned)
     try:

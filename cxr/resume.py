@@ -10,16 +10,17 @@ from pathlib import Path
 from config import LABELS, Config, PipelineError
 from cxr.checkpoints import config_from_checkpoint, load_checkpoint, newest_checkpoint
 from cxr.distributed import World, broadcast
+from cxr.ema import ema_record, load_ema
 from cxr.randomness import restore_rng
 from cxr.training_state import Progress, RunState, Trainer
 
 # Fields a resumed run must share with its checkpoint: they shape the data, model or optimisation.
 # Any other field (paths, epochs, workers, device, checkpoint cadence...) may change on resume.
-FIXED_ON_RESUME = ("frontal_only", "uncertainty_policy", "uncertainty_policy_by_class", "seed",
+FIXED_ON_RESUME = ("frontal_only", "uncertainty_policy", "uncertainty_policy_by_class", "seed", "backbone",
                    "gem_p", "dropout", "image_size", "crop_margin", "batch_size",
                    "accumulation_steps", "frozen_epochs", "lr_head", "lr_backbone", "weight_decay",
                    "warmup_steps", "lr_schedule", "grad_clip_norm", "max_pos_weight", "augment",
-                   "precision", "view_mode", "view_fusion", "max_views")
+                   "precision", "view_mode", "view_fusion", "max_views", "ema_decay", "keep_top_k")
 
 
 # ---- which run, with which config --------------------------------------------------------------
@@ -89,8 +90,13 @@ def training_checkpoint(trainer: Trainer, progress: Progress, epochs_done: int, 
     in_epoch = None if not progress.batches_done else {
         "epoch": progress.epoch, "batches_done": progress.batches_done,
         "loss_sum": progress.loss_sum, "seen": progress.seen}
+    # with --ema_decay the checkpoint's model is the average (what was validated, what every
+    # consumer loads); the weights that train, which a resumed run continues, are online_model
+    ema = {} if trainer.ema is None else {"online_model": trainer.model.state_dict(),
+                                          "ema": ema_record(trainer.ema, trainer.cfg.ema_decay)}
     return {
-        "model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+        "model": trainer.validated.state_dict(), **ema,
+        "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict(), "scaler": trainer.scaler.state_dict(),
         "epoch": epochs_done, "in_epoch": in_epoch,
         "global_step": progress.global_step, "nonfinite_total": progress.nonfinite_total,
@@ -101,12 +107,14 @@ def training_checkpoint(trainer: Trainer, progress: Progress, epochs_done: int, 
 
 
 def load_training_state(trainer: Trainer, checkpoint: dict, path: Path) -> None:
-    state = dict(checkpoint["model"])
+    state = dict(checkpoint["online_model" if "ema" in checkpoint else "model"])
     # a run started before the offset was stored keeps the one this run computed
     state.setdefault("logit_offset", trainer.model.logit_offset)
     try:
         trainer.model.load_state_dict(state)
         trainer.optimizer.load_state_dict(checkpoint["optimizer"])
+        if trainer.ema is not None:
+            load_ema(trainer.ema, checkpoint["model"], checkpoint["ema"])
     except (RuntimeError, ValueError, KeyError) as err:
         raise PipelineError(f"{path} does not fit this model: {str(err).splitlines()[0]}") \
             from None

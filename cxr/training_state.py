@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from config import Config
 from cxr.distributed import World
@@ -42,7 +43,8 @@ class Progress:
 @dataclass
 class Trainer:
     """What a training step touches. `net` runs the forward pass: the model itself, or the model
-    wrapped in DistributedDataParallel; checkpoints and validation use the plain `model`.
+    wrapped in DistributedDataParallel (or compiled); checkpoints and validation use the plain
+    `model`, or its moving average `ema`.
     `state` lives here, not in a variable of the epoch loop, so that a mid-epoch checkpoint
     (`on_step`) always saves the current one; `records` are the run's fixed facts
     (normalization, pos_weight, data settings)."""
@@ -60,3 +62,10 @@ class Trainer:
     on_step: Callable[[Progress], None] | None = None  # called every cfg.checkpoint_every_steps
     state: RunState = field(default_factory=lambda: RunState(history=[]))
     records: dict = field(default_factory=dict)  # the run's fixed facts every checkpoint carries
+    ema: AveragedModel | None = None  # the weights' moving average (--ema_decay), else None
+
+    @property
+    def validated(self) -> nn.Module:
+        """The weights that are validated and saved as the checkpoint's model: the moving
+        average when there is one, else the model that trains."""
+        return self.ema.module if self.ema is not None else self.model

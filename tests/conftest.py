@@ -82,7 +82,7 @@ def tiny_checkpoint(path: Path, image_size: int = 64, seed: int = 0, **fields) -
 
     cfg = Config(image_size=image_size, pretrained=False, **fields)
     model = CheXpertNet(len(LABELS), cfg.gem_p, cfg.dropout, pixel_mean=0.5, pixel_std=0.25,
-                        fusion=fusion_of(cfg))
+                        fusion=fusion_of(cfg), backbone=cfg.backbone)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint({"model": model.state_dict(), "config": dataclasses.asdict(cfg),
                      "labels": list(LABELS), "normalization": {"mean": 0.5, "std": 0.25},

@@ -44,12 +44,13 @@ def assert_same_weights(a, b):
         assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6, rtol=0), key
 
 
-def interrupt_after_first_checkpoint(data_args, run_name, send, workers=0):
+def interrupt_after_first_checkpoint(data_args, run_name, send, workers=0, extra=()):
     """Start a run in its own process group; once the first mid-epoch checkpoint exists,
     `send(process)` interrupts it. Returns (return code, stdout)."""
     last = data_args[1] / run_name / "last.pth"
     process = subprocess.Popen(
-        train_command(data_args, "--run_name", run_name, "--num_workers", str(workers)), cwd=ROOT,
+        train_command(data_args, "--run_name", run_name, "--num_workers", str(workers), *extra),
+        cwd=ROOT,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.monotonic() + 300
     while not last.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -81,6 +82,58 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(data_args
     assert final["in_epoch"] is None and final["epoch"] == 2 and final["global_step"] == 8
     assert_same_weights(weights(data_args[1] / "killed" / "best.pth"),
                         weights(data_args[1] / "reference" / "best.pth"))
+
+
+def test_compiled_training_gives_the_eager_runs_weights(data_args, reference, monkeypatch):
+    """--compile true: train.py's forward passes through torch.compile, across the frozen and
+    the fine-tuning phase (a recompile), and writes the uncompiled model's weights.
+
+    The graph is captured by dynamo and differentiated by AOTAutograd as for any backend, but
+    run by "aot_eager" rather than inductor: inductor's C++ code generation takes minutes for
+    DenseNet121 on this CPU (4 min for 2 steps at 32 px, with the suite's time limit in mind),
+    and its kernels' rounding is PyTorch's to test. benchmarks/bench_train.py --compile times
+    inductor itself."""
+    import functools
+
+    import train
+    from cxr.cli import apply_overrides
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    cfg = apply_overrides(Config(), [*data_args[0], *TRAIN_ARGS, "--run_name", "compiled",
+                                     "--compile", "true", "--num_workers", "0"], "train.py")
+    train.main(cfg)
+    assert_same_weights(weights(data_args[1] / "compiled" / "last.pth"), reference)
+
+
+EMA_ARGS = ("--ema_decay", "0.9", "--keep_top_k", "2")
+
+
+def test_with_ema_a_killed_run_resumes_to_the_same_average_and_weights(data_args):
+    """--ema_decay: every checkpoint's model is the average, online_model the weights that
+    train; both, and the average's update count, come back exactly after a SIGKILL."""
+    run_train(data_args, "--run_name", "ema-reference", *EMA_ARGS)
+    reference = torch.load(data_args[1] / "ema-reference" / "last.pth", weights_only=True)
+    code, _ = interrupt_after_first_checkpoint(data_args, "ema-killed",
+                                               lambda p: p.send_signal(signal.SIGKILL),
+                                               extra=EMA_ARGS)
+    assert code == -signal.SIGKILL
+    run_dir = data_args[1] / "ema-killed"
+    assert torch.load(run_dir / "last.pth", weights_only=True)["in_epoch"] is not None
+    run_train(data_args, "--run_name", "ema-killed", "--resume", "auto", *EMA_ARGS)
+    final = torch.load(run_dir / "last.pth", weights_only=True)
+    assert final["ema"] == reference["ema"] == {"decay": 0.9, "updates": 8}
+    assert_same_weights(final["model"], reference["model"])
+    assert_same_weights(final["online_model"], reference["online_model"])
+    head = "head.weight"
+    assert not torch.allclose(final["model"][head], final["online_model"][head])
+    best = torch.load(run_dir / "best.pth", weights_only=True)
+    assert_same_weights(best["model"], weights(data_args[1] / "ema-reference" / "best.pth"))
+    # --keep_top_k 2 of 2 epochs: both kept, weights and what consumers need only
+    members = sorted(p.name for p in (run_dir / "top_k").iterdir())
+    assert members == ["epoch_001.pth", "epoch_002.pth"]
+    member = torch.load(run_dir / "top_k" / "epoch_002.pth", weights_only=True)
+    assert "optimizer" not in member and "online_model" not in member and member["ema"]
+    assert_same_weights(member["model"], final["model"])
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

@@ -240,3 +240,47 @@ def test_auto_precision_takes_bf16_on_a_cpu_only_where_it_is_native(native, monk
 def test_the_native_bf16_check_answers_on_this_cpu():
     import cxr.device as engine
     assert isinstance(engine.cpu_has_native_bf16(), bool)
+
+
+def test_ema_follows_the_warmed_up_decay_and_copies_integer_buffers():
+    """ema = d_t * ema + (1 - d_t) * weight after each update, d_t = min(decay, (1+n)/(10+n));
+    the first update copies the weights; BatchNorm's counter is copied, not averaged."""
+    from cxr.ema import make_ema, warmed_decay
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    ema = make_ema(model, 0.5)
+    assert make_ema(model, 0.0) is None  # 0 = off
+    expected = None
+    for update in range(6):
+        with torch.no_grad():
+            model[0].weight.add_(torch.randn_like(model[0].weight))
+        model(torch.randn(8, 3))  # train mode: BatchNorm's running stats and counter move
+        weight = model[0].weight.detach().clone()
+        if expected is None:
+            expected = weight
+        else:
+            decay = warmed_decay(0.5, update - 1)
+            expected = decay * expected + (1 - decay) * weight
+        ema.update_parameters(model)
+    assert [warmed_decay(0.5, n) for n in (0, 1, 8, 100)] == [0.1, 2 / 11, 0.5, 0.5]
+    assert torch.allclose(ema.module[0].weight, expected, atol=1e-6)
+    assert not torch.allclose(ema.module[0].weight, model[0].weight)
+    assert ema.module[1].num_batches_tracked.item() == model[1].num_batches_tracked.item() == 6
+    assert int(ema.n_averaged) == 6
+
+
+def test_keep_top_k_keeps_the_k_best_epochs_and_deletes_the_rest(tmp_path):
+    from train import prune_top_k, top_epochs, top_k_path
+
+    history = [{"epoch": 1, "val_mean_auc": 0.70}, {"epoch": 2, "val_mean_auc": 0.80},
+               {"epoch": 3, "val_mean_auc": None}, {"epoch": 4, "val_mean_auc": 0.75},
+               {"epoch": 5, "val_mean_auc": 0.80}]
+    assert top_epochs(history, 3) == [2, 5, 4]  # the earlier of equals first, as best.pth
+    assert top_epochs(history, 10) == [2, 5, 4, 1]
+    for epoch in (1, 2, 4, 5):
+        top_k_path(tmp_path, epoch).parent.mkdir(exist_ok=True)
+        top_k_path(tmp_path, epoch).write_bytes(b"x")
+    prune_top_k(tmp_path, top_epochs(history, 2))
+    assert sorted(p.name for p in (tmp_path / "top_k").iterdir()) == ["epoch_002.pth",
+                                                                       "epoch_005.pth"]
