@@ -1,8 +1,9 @@
-r"""Several configurations trained on the same data, seed and budget, in one comparison table.
+r"""Several configurations trained on the same data, seeds and budget, in one comparison table.
 
     python ablate.py --data_dir data/demo --ablation "u-ones: --uncertainty_policy U-Ones" \
         "u-zeros: --uncertainty_policy U-Zeros" "lsr: --uncertainty_policy U-Ones-LSR" \
-        [--ablation_name NAME] [any train.py / evaluate.py --field value, shared by all]
+        [--ablation_name NAME] [--seeds N] \
+        [any train.py / evaluate.py --field value, shared by all]
 
 A configuration is "NAME: --field value ...": a name (letters, digits, . _ -) and the options in
 which it differs from the others; the first one is the baseline. Every other option is shared.
@@ -16,6 +17,16 @@ run is resumed, so re-running the same command (with the same --ablation_name) c
 When any configuration is a study-mode model (--view_mode study), every row is scored per study,
 a frontal run's images aggregated to studies as its report's study level does.
 
+--seeds N (N > 1): every configuration is trained N times, with the seeds --seed, --seed + 1,
+..., --seed + N - 1 (the same for all), as models/<ablation_name>-<NAME>-s<seed>/ (log
+<NAME>-s<seed>.log); train.py gets --seed <seed>, evaluate.py the ablation's --seed (its
+bootstrap seed, the same for every run); --seeds itself reaches neither. The runs go seed by
+seed (every configuration's first seed, then the next), each trained, evaluated, skipped or
+resumed as above. A configuration's AUC is then the mean over its runs of each run's AUC, with
+their SD and range, and B - baseline has a two-level bootstrap interval: the test patients
+resampled (one draw shared by every run) and, independently for each configuration, its N runs
+resampled (cxr/seeds.py). With --seeds 1 (the default) the runs, files and table are as above.
+
 Reads  <data_dir>/splits/*.csv (through train.py and evaluate.py), each run's eval_test.json.
 Writes models/ablation-<name>/ablation.csv   one row per configuration: test mean AUC over all
                                              evaluable observations and over the competition
@@ -24,6 +35,12 @@ Writes models/ablation-<name>/ablation.csv   one row per configuration: test mea
                                              paired patient-bootstrap interval
        models/ablation-<name>/ablation.md    the same as Markdown tables, with the commands
        models/ablation-<name>/<NAME>.log     the output of train.py and evaluate.py
+With --seeds N the CSV's row holds, for mean_auc and competition_auc: the mean over the seeds,
+<stem>_sd (sample SD across seeds), <stem>_min, <stem>_max, <stem>_s<seed> (each run's value),
+<stem>_classes (the observations averaged), <stem>_ci_low/_ci_high and diff_<stem>_* (two-level
+intervals); per observation "auc <label>" (mean over seeds), "auc <label> sd",
+"auc <label> s<seed>" and "diff <label>" with its two-level interval; "runs" and "seeds" list
+the runs. ablation.md shows the same, and says what the intervals cover.
 """
 
 from __future__ import annotations
@@ -53,6 +70,8 @@ from cxr.evaluation import Predictions, load_model, paired_differences, predict_
 from cxr.metrics import MEANS
 from cxr.resume import FIXED_ON_RESUME  # the fields that shape a run
 from cxr.run_folder import read_run_config
+from cxr.seeds import SeedRuns, align_runs, mean_members, score_runs, seed_difference, \
+    seed_summary
 from cxr.tables import interval_text, markdown_table, number_text, text_table
 from dataset import check_data_options
 
@@ -164,8 +183,50 @@ def ablation_name(cfg: Config) -> str:
     return name
 
 
-def run_dir_of(configuration: Configuration, name: str) -> Path:
-    return Path(configuration.cfg.models_dir) / f"{name}-{configuration.name}"
+def run_dir_of(configuration: Configuration, name: str, seed: int | None = None) -> Path:
+    """models/<name>-<NAME>, or models/<name>-<NAME>-s<seed> for one seed of several."""
+    suffix = "" if seed is None else f"-s{seed}"
+    return Path(configuration.cfg.models_dir) / f"{name}-{configuration.name}{suffix}"
+
+
+# ---- the runs: one per configuration and seed ----------------------------------------------------
+
+@dataclass
+class Run:
+    """One training of a configuration: its only one (--seeds 1, named as before), or one of
+    several seeds (named -s<seed>, trained with --seed <seed>)."""
+
+    configuration: Configuration  # its cfg holds this run's seed
+    seed: int
+    run_dir: Path
+    seeded: bool  # one of --seeds N > 1
+
+    @property
+    def title(self) -> str:
+        """'base' or 'base-s43': how the progress lines and the log file name it."""
+        return f"{self.configuration.name}-s{self.seed}" if self.seeded else self.configuration.name
+
+
+def seed_list(cfg: Config) -> list[int]:
+    """The seeds every configuration is trained with: --seed, --seed + 1, ... (--seeds of them)."""
+    return [cfg.seed + offset for offset in range(cfg.seeds)]
+
+
+def runs_of(configuration: Configuration, name: str, seeds: list[int]) -> list[Run]:
+    """The configuration's runs, one per seed; with one seed, its run as without --seeds."""
+    if len(seeds) == 1:
+        return [Run(configuration, seeds[0], run_dir_of(configuration, name), seeded=False)]
+    return [Run(dataclasses.replace(configuration,
+                                    cfg=dataclasses.replace(configuration.cfg, seed=seed)),
+                seed, run_dir_of(configuration, name, seed), seeded=True) for seed in seeds]
+
+
+def training_order(configurations: list[Configuration], runs: dict[str, list[Run]]
+                   ) -> list[Run]:
+    """Seed by seed: every configuration's first seed, then the next. A long ablation stopped
+    part-way has as many seeds of every configuration (give or take one)."""
+    return [runs[c.name][index] for index in range(len(runs[configurations[0].name]))
+            for c in configurations]
 
 
 # ---- one configuration: train, evaluate ---------------------------------------------------------
@@ -205,9 +266,14 @@ def stream(command: list[str], log_path: Path) -> int:
                 signal.signal(signum, handler)
 
 
-def stage_options(script: str, shared: Options, configuration: Configuration) -> list[str]:
-    """The shared options, then the configuration's own, that `script` reads (config.ACCEPTS)."""
+def stage_options(script: str, shared: Options, configuration: Configuration,
+                  seed: int | None = None) -> list[str]:
+    """The shared options, then the configuration's own, that `script` reads (config.ACCEPTS).
+    `seed`: a run's seed of several, given to train.py; evaluate.py keeps the ablation's --seed
+    (its bootstrap seed), so every run's report resamples the same patients."""
     merged = {**shared, **configuration.given}
+    if seed is not None and script == "train.py":
+        merged["seed"] = [str(seed)]
     return option_tokens({name: tokens for name, tokens in merged.items()
                           if name in ACCEPTS[script]})
 
@@ -261,25 +327,26 @@ def evaluated(run_dir: Path) -> bool:
     return Path(json.loads(path.read_text()).get("checkpoint", "")).name == "best.pth"
 
 
-def train_and_evaluate(configuration: Configuration, shared: Options, name: str,
-                       out_dir: Path, position: str) -> None:
-    run_dir = run_dir_of(configuration, name)
-    title = f"ablate: [{position}] {configuration.name}"
+def train_and_evaluate(run: Run, shared: Options, out_dir: Path, position: str) -> None:
+    configuration, run_dir = run.configuration, run.run_dir
+    title = f"ablate: [{position}] {run.title}"
     check_existing_run(run_dir, configuration)
     finished = (run_dir / "best.pth").is_file() and training_finished(run_dir, configuration.cfg)
     if finished and evaluated(run_dir):
         print(f"{title}: {run_dir} already holds its trained and evaluated run: skipped "
               f"(delete its eval_{SPLIT}.json to evaluate it again)", flush=True)
         return
-    log_path = out_dir / f"{configuration.name}.log"
+    log_path = out_dir / f"{run.title}.log"
     if finished:
         print(f"{title}: {run_dir} is trained; evaluating it", flush=True)
     else:
         resume = (run_dir / "last.pth").is_file()
         print(f"{title}: {configuration.options_text} -> {run_dir}"
               + (" (resuming its interrupted run)" if resume else ""), flush=True)
-        run_step("train.py", [*stage_options("train.py", shared, configuration), "--run_name",
-                              run_dir.name, *(["--resume", "auto"] if resume else [])],
+        seed = run.seed if run.seeded else None
+        run_step("train.py", [*stage_options("train.py", shared, configuration, seed),
+                              "--run_name", run_dir.name,
+                              *(["--resume", "auto"] if resume else [])],
                  configuration, log_path)
     run_step("evaluate.py", [*stage_options("evaluate.py", shared, configuration),
                              "--checkpoint", str(run_dir / "best.pth")], configuration, log_path)
@@ -380,7 +447,8 @@ def summary_cells(row: dict) -> list[str]:
 
 def format_summary(rows: list[dict], level: float) -> str:
     """Plain-text table for the terminal."""
-    return text_table(summary_header(level), [summary_cells(row) for row in rows], left=(0, 5))
+    header, cells = summary_table(rows, level)
+    return text_table(header, cells, left=(0, len(header) - 1))
 
 
 def per_class_markdown(rows: list[dict], labels: tuple[str, ...]) -> str:
@@ -431,7 +499,8 @@ def markdown_report(rows: list[dict], configurations: list[Configuration], name:
         "same resampled patients, so it is narrower than the two AUC intervals suggest, and one "
         "that excludes 0 (`better` / `worse`) is unlikely to come from which patients happen to "
         "be in the test split. It does not cover training noise: each configuration was trained "
-        "once, with one seed, so a small difference may still come from the seed.", "",
+        "once, with one seed, so a small difference may still come from the seed (`--seeds N` "
+        "trains each configuration N times, and its interval covers the seed too).", "",
         f"## Per observation ({SPLIT} split): AUC, and for the others the difference to the "
         f"baseline [paired {level} CI]", "",
         per_class_markdown(rows, labels), ""]
@@ -459,6 +528,162 @@ def build_table(configurations: list[Configuration], name: str) -> tuple[list[di
     return rows, reports[baseline.name], labels
 
 
+# ---- the table across seeds (--seeds N > 1) ------------------------------------------------------
+
+def spread_cell(row: dict, stem: str) -> str:
+    """'0.0123 (0.801-0.830)': the SD across seeds and the seeds' range."""
+    if row[stem] is None:
+        return "n/a"
+    low, high = row[f"{stem}_min"], row[f"{stem}_max"]
+    return f"{number_text(row[f'{stem}_sd'])} ({low:.3f}-{high:.3f})"
+
+
+def seed_summary_header(level: float, n_seeds: int) -> list[str]:
+    ci = f"[{level:.0%} CI]"
+    return ["Configuration", f"Mean AUC, {n_seeds} seeds {ci}", "SD (min-max)",
+            f"Comp-5 AUC, {n_seeds} seeds {ci}", "SD (min-max)",
+            f"Mean - baseline [two-level {level:.0%} CI]",
+            f"Comp-5 - baseline [two-level {level:.0%} CI]", "Verdict (mean)"]
+
+
+def seed_summary_cells(row: dict) -> list[str]:
+    return [row["configuration"],
+            auc_cell(row["mean_auc"], row["mean_auc_ci_low"], row["mean_auc_ci_high"]),
+            spread_cell(row, "mean_auc"),
+            auc_cell(row["competition_auc"], row["competition_auc_ci_low"],
+                     row["competition_auc_ci_high"]),
+            spread_cell(row, "competition_auc"),
+            diff_cell(row, "mean_auc"), diff_cell(row, "competition_auc"),
+            "" if row["baseline"] else row["diff_mean_auc_verdict"] or "n/a"]
+
+
+def seeded(rows: list[dict]) -> bool:
+    """Whether the rows are a table across seeds (--seeds N > 1)."""
+    return "seeds" in rows[0]
+
+
+def summary_table(rows: list[dict], level: float) -> tuple[list[str], list[list[str]]]:
+    """(header, cells) of the summary: one seed, or the means over the seeds."""
+    if seeded(rows):
+        return (seed_summary_header(level, rows[0]["n_seeds"]),
+                [seed_summary_cells(row) for row in rows])
+    return summary_header(level), [summary_cells(row) for row in rows]
+
+
+def seed_row(configuration: Configuration, runs: list[Run], scored: SeedRuns,
+             base: SeedRuns | None, report: dict, members: dict, labels: tuple[str, ...],
+             level: str, ci_level: float) -> dict:
+    """One configuration across its seeds: the mean over its runs of each mean AUC and each
+    observation's AUC, their spread and every run's value, and (`base` None for the baseline
+    itself) B - baseline with its two-level interval."""
+    row = {"configuration": configuration.name, "options": shlex.join(configuration.options),
+           "runs": ";".join(str(run.run_dir) for run in runs),
+           "seeds": " ".join(str(seed) for seed in scored.seeds), "n_seeds": len(runs),
+           "baseline": base is None, "level": level, "n_images": report["n_images"],
+           "n_studies": report["n_studies"], "n_patients": report["n_patients"]}
+    for key, stem in MEAN_COLUMNS.items():
+        columns = members.get(key, ("", []))[1]
+        mean = seed_summary(scored, columns, ci_level)
+        diff = {} if base is None else seed_difference(base, scored, columns, ci_level)
+        row.update({stem: mean["mean"], f"{stem}_sd": mean["sd"], f"{stem}_min": mean["min"],
+                    f"{stem}_max": mean["max"], f"{stem}_classes": len(columns),
+                    f"{stem}_ci_low": mean["ci_low"], f"{stem}_ci_high": mean["ci_high"],
+                    **{f"{stem}_s{seed}": value for seed, value in mean["values"].items()},
+                    f"diff_{stem}": diff.get("difference"),
+                    f"diff_{stem}_ci_low": diff.get("ci_low"),
+                    f"diff_{stem}_ci_high": diff.get("ci_high"),
+                    f"diff_{stem}_verdict": verdict_text(diff["verdict"]) if diff else None})
+    for column, label in enumerate(labels):
+        auc = seed_summary(scored, [column], ci_level, joint=False)
+        diff = {} if base is None else seed_difference(base, scored, [column], ci_level,
+                                                       joint=False)
+        row.update({f"auc {label}": auc["mean"], f"auc {label} sd": auc["sd"],
+                    **{f"auc {label} s{seed}": value for seed, value in auc["values"].items()},
+                    f"diff {label}": diff.get("difference"),
+                    f"diff {label} ci_low": diff.get("ci_low"),
+                    f"diff {label} ci_high": diff.get("ci_high")})
+    return row
+
+
+def build_seed_table(configurations: list[Configuration], runs: dict[str, list[Run]]
+                     ) -> tuple[list[dict], dict, tuple[str, ...]]:
+    """(rows, the baseline's first run's report, labels) from every run's predictions on the test
+    split: all runs scored on the rows every one predicted, one patient draw for all."""
+    baseline = configurations[0]
+    cfg = baseline.cfg  # the shared --seed, bootstrap_resamples, ci_level, min_positives
+    level = table_level(configurations)
+    every = [run for c in configurations for run in runs[c.name]]
+    predictions = []
+    for index, run in enumerate(every, 1):
+        print(f"ablate: {SPLIT} predictions of {run.run_dir} ({index}/{len(every)})", flush=True)
+        predictions.append(test_predictions(run.configuration, run.run_dir))
+    aligned = align_runs(predictions, cfg.study_aggregation, per_study=level == "study")
+    n_seeds = len(runs[baseline.name])
+    print(f"ablate: two-level bootstrap on the {SPLIT} split ({cfg.bootstrap_resamples} "
+          f"resamples of its patients and of each configuration's {n_seeds} seeds), differences "
+          f"to {baseline.name}", flush=True)
+    scored = [score_runs(aligned.scores[i * n_seeds:(i + 1) * n_seeds],
+                         [run.seed for run in runs[c.name]], aligned, cfg.bootstrap_resamples,
+                         cfg.seed, i)
+              for i, c in enumerate(configurations)]
+    members = mean_members(aligned.targets, aligned.labels, cfg.min_positives)
+    reports = {c.name: json.loads((runs[c.name][0].run_dir / f"eval_{SPLIT}.json").read_text())
+               for c in configurations}
+    rows = [seed_row(c, runs[c.name], scored[i], None if i == 0 else scored[0], reports[c.name],
+                     members, aligned.labels, level, cfg.ci_level)
+            for i, c in enumerate(configurations)]
+    return rows, reports[baseline.name], aligned.labels
+
+
+def seed_markdown_report(rows: list[dict], configurations: list[Configuration],
+                         runs: dict[str, list[Run]], name: str, command: str, report: dict,
+                         labels: tuple[str, ...], cfg: Config) -> str:
+    level_name, n_seeds = rows[0]["level"], rows[0]["n_seeds"]
+    seeds = ", ".join(str(run.seed) for run in runs[configurations[0].name])
+    counted = (f"all: {rows[0]['mean_auc_classes']} evaluable observations; competition 5: "
+               f"{rows[0]['competition_auc_classes']}")
+    level = f"{cfg.ci_level:.0%}"
+    lines = [
+        f"# Ablation {name}", "",
+        f"Every configuration was trained {n_seeds} times, with seeds {seeds}, on "
+        f"`{cfg.data_dir}` for {cfg.epochs} epoch{'s' * (cfg.epochs != 1)} and evaluated on the "
+        f"{SPLIT} split ({split_text(report, level_name)}; {counted}). The first configuration "
+        "is the baseline. A configuration's AUC is the mean over its runs of each run's AUC; SD "
+        "is the sample standard deviation across its runs, min-max their range, and each run's "
+        "value is in ablation.csv." + (
+            " Every configuration is scored per study, as at least one predicts studies: an "
+            f"image model's study prediction is the {cfg.study_aggregation} over the study's "
+            "images." if level_name == "study" else ""),
+        "", f"Command: `{command}`", "",
+        markdown_table(["Configuration", "Options", "Runs"],
+                       [[c.name, f"`{c.options_text}`",
+                         ", ".join(f"`{run.run_dir}`" for run in runs[c.name])]
+                        for c in configurations], left=(0, 1, 2)), "",
+        f"## Mean AUC over {n_seeds} seeds ({SPLIT} split)", "",
+        markdown_table(*summary_table(rows, cfg.ci_level), left=(0, 7)), "",
+        f"Intervals: {level} percentile intervals of a two-level bootstrap with "
+        f"{cfg.bootstrap_resamples} resamples. Each resample draws the {SPLIT} patients with "
+        "replacement (each patient's images together), one draw shared by every run, so a "
+        "difference is paired over patients; and, independently for each configuration, "
+        f"{n_seeds} of its {n_seeds} runs with replacement. A configuration's resampled AUC is the "
+        "mean over the drawn runs of their AUCs on the resampled patients. The interval of a "
+        "difference thus covers both which patients happen to be in the test split and which "
+        "seeds happened to be trained: one that excludes 0 (`better` / `worse`) is unlikely to "
+        "come from either, and `no clear difference` means that neither the patients nor the "
+        "seeds rule out a difference of 0. Runs of two configurations with the same seed are "
+        "not paired: each configuration's seeds are drawn independently.", "",
+        f"**The seed part of each interval rests on {n_seeds} runs per configuration.** A "
+        f"bootstrap of {n_seeds} values shows only the spread those runs happened to show, and "
+        f"understates it: the bootstrap variance of a mean of {n_seeds} runs is "
+        f"{n_seeds - 1}/{n_seeds} of the usual SD²/{n_seeds}, and the SD of {n_seeds} runs can "
+        "itself be several times too small. Read the intervals as lower bounds of the "
+        "uncertainty; more seeds make them honest.", "",
+        f"## Per observation ({SPLIT} split): AUC (mean over {n_seeds} seeds), and for the others "
+        f"the difference to the baseline [two-level {level} CI]", "",
+        per_class_markdown(rows, labels), ""]
+    return "\n".join(lines)
+
+
 # ---- main ----------------------------------------------------------------------------------------
 
 def main(cfg: Config, given: Options) -> None:
@@ -467,30 +692,46 @@ def main(cfg: Config, given: Options) -> None:
     shared = {key: tokens for key, tokens in given.items() if key not in OWN}
     configurations = resolve_configurations(cfg, shared)
     name = ablation_name(cfg)
+    seeds = seed_list(cfg)
     command = shlex.join(["python", "ablate.py", *option_tokens(shared), "--ablation",
                           *[f"{c.name}: {shlex.join(c.options)}".rstrip() for c in configurations],
-                          "--ablation_name", name])
+                          "--ablation_name", name,
+                          *(["--seeds", str(cfg.seeds)] if cfg.seeds > 1 else [])])
     out_dir = Path(cfg.models_dir) / f"ablation-{name}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    print(f"ablate: {len(configurations)} configurations, seed {cfg.seed}, {cfg.epochs} epochs, "
-          f"data {cfg.data_dir}; runs {cfg.models_dir}/{name}-<configuration>", flush=True)
+    runs = {c.name: runs_of(c, name, seeds) for c in configurations}
+    order = training_order(configurations, runs)
+    if cfg.seeds > 1:
+        print(f"ablate: {len(configurations)} configurations x {cfg.seeds} seeds "
+              f"({', '.join(map(str, seeds))}) = {len(order)} runs, {cfg.epochs} epochs, data "
+              f"{cfg.data_dir}; runs {cfg.models_dir}/{name}-<configuration>-s<seed>", flush=True)
+    else:
+        print(f"ablate: {len(configurations)} configurations, seed {cfg.seed}, {cfg.epochs} "
+              f"epochs, data {cfg.data_dir}; runs {cfg.models_dir}/{name}-<configuration>",
+              flush=True)
     try:
-        for index, configuration in enumerate(configurations, 1):
-            train_and_evaluate(configuration, shared, name, out_dir,
-                               f"{index}/{len(configurations)}")
+        for index, run in enumerate(order, 1):
+            train_and_evaluate(run, shared, out_dir, f"{index}/{len(order)}")
     except Stopped as stopped:
-        print(f"\nablate: stopped; finished configurations are kept and an interrupted run "
-              f"resumes from its last.pth. Continue with:\n  {command}", flush=True)
+        print(f"\nablate: stopped; finished runs are kept and an interrupted run resumes from "
+              f"its last.pth. Continue with:\n  {command}", flush=True)
         raise SystemExit(stopped.code) from None
-    rows, report, labels = build_table(configurations, name)
+    if cfg.seeds > 1:
+        rows, report, labels = build_seed_table(configurations, runs)
+        markdown = seed_markdown_report(rows, configurations, runs, name, command, report, labels,
+                                        cfg)
+    else:
+        rows, report, labels = build_table(configurations, name)
+        markdown = markdown_report(rows, configurations, name, command, report, labels, cfg)
     write_csv_atomic(pd.DataFrame(rows), out_dir / "ablation.csv")
-    write_text_atomic(markdown_report(rows, configurations, name, command, report, labels, cfg),
-                      out_dir / "ablation.md")
+    write_text_atomic(markdown, out_dir / "ablation.md")
+    across = f", means over {cfg.seeds} seeds" if cfg.seeds > 1 else ""
     print(f"\nAblation {name}: {SPLIT} split ({split_text(report, rows[0]['level'])}), "
-          f"baseline {configurations[0].name}")
+          f"baseline {configurations[0].name}{across}")
     print(format_summary(rows, cfg.ci_level))
+    logs = "<configuration>-s<seed>.log" if cfg.seeds > 1 else "<configuration>.log"
     print(f"\nablate: wrote {out_dir}/ablation.csv, ablation.md ({len(rows)} configurations; "
-          f"per-observation AUCs in both, logs in {out_dir}/<configuration>.log)")
+          f"per-observation AUCs in both, logs in {out_dir}/{logs})")
 
 
 if __name__ == "__main__":

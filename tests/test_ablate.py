@@ -3,23 +3,28 @@ one small ablation run end to end (then re-run: finished configurations are skip
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 import ablate
+from cxr import seeds
+from cxr.checkpoints import load_checkpoint, save_checkpoint
 from cxr.bootstrap import bootstrap_aucs
 from config import Config, ConfigError, PipelineError
 from cxr.cli import command_line_options, given_options, parse_args
-from conftest import ROOT
+from conftest import ROOT, tiny_checkpoint
 from cxr.evaluation import Predictions
 from cxr.metrics import summarise
+from sklearn.metrics import roc_auc_score
 
 LABELS = ("Atelectasis", "Cardiomegaly", "Edema", "Fracture")
 
@@ -75,6 +80,7 @@ def test_configurations_have_a_name_and_the_options_that_differ():
     (["a:", "b: --dropot 0.5"], [], "'b': unknown option --dropot"),
     (["a:", "b: --gradcam Edema"], [], "'b': --gradcam is read by predict.py, not by ablate.py"),
     (["a:", "b: --ablation_name x"], [], "'b' sets --ablation_name: set it once, outside"),
+    (["a:", "b: --seeds 2"], [], "'b' sets --seeds: set it once, outside"),
     (["a:", "b: --epochs"], [], "--epochs needs a value"),
     (["a:", "b c: --dropout 0"], [], "with a NAME of letters"),
     (["a:", "b:"], ["--resume", "auto"], "--resume: ablate.py sets it"),
@@ -273,3 +279,222 @@ def test_two_configurations_end_to_end_then_resumed(data_args, monkeypatch, caps
     changed = configurations(["dropout: --dropout 0.3", "b:"], [*options, *SHARED])[0]
     with pytest.raises(PipelineError, match="was trained with --dropout 0.5"):
         ablate.check_existing_run(models / "tiny-dropout", changed)
+
+
+# ---- --seeds N: every configuration trained with N seeds -----------------------------------------
+
+class TableReached(Exception):
+    """Raised in place of the table: the test looks only at what was trained."""
+
+
+def test_seeds_train_every_configuration_with_each_seed(tmp_path, monkeypatch):
+    argv = ["--models_dir", str(tmp_path), "--seed", "7", "--seeds", "3", "--epochs", "2",
+            "--ablation", "a:", "b: --dropout 0.5", "--ablation_name", "x"]
+    cfg = parse_args(argv, "ablate.py")
+    assert ablate.seed_list(cfg) == [7, 8, 9]
+    launched = []
+
+    def fake_step(script, options, configuration, log_path):
+        launched.append((script, options, configuration.name, configuration.cfg.seed,
+                         log_path.name))
+
+    def no_table(configurations, runs):
+        assert [[run.run_dir.name for run in runs[c.name]] for c in configurations] == [
+            ["x-a-s7", "x-a-s8", "x-a-s9"], ["x-b-s7", "x-b-s8", "x-b-s9"]]
+        raise TableReached
+
+    monkeypatch.setattr(ablate, "run_step", fake_step)
+    monkeypatch.setattr(ablate, "build_seed_table", no_table)
+    with pytest.raises(TableReached):
+        ablate.main(cfg, given_options(argv, "ablate.py"))
+    trained = [(name, seed, options[options.index("--run_name") + 1], log)
+               for script, options, name, seed, log in launched if script == "train.py"]
+    assert trained == [("a", 7, "x-a-s7", "a-s7.log"), ("b", 7, "x-b-s7", "b-s7.log"),
+                       ("a", 8, "x-a-s8", "a-s8.log"), ("b", 8, "x-b-s8", "b-s8.log"),
+                       ("a", 9, "x-a-s9", "a-s9.log"), ("b", 9, "x-b-s9", "b-s9.log")]
+    for script, options, name, seed, _ in launched:
+        assert "--seeds" not in options and not any(o.startswith("--seeds=") for o in options)
+        assert options.count("--seed") == 1
+        # train.py trains the run's seed; evaluate.py bootstraps with the ablation's --seed
+        assert options[options.index("--seed") + 1] == str(seed if script == "train.py" else 7)
+        if script == "evaluate.py":
+            assert options[-2:] == ["--checkpoint", str(tmp_path / f"x-{name}-s{seed}" /
+                                                         "best.pth")]
+    assert [o for o in launched if o[0] == "train.py"][3][1][-4:] == [
+        "--dropout", "0.5", "--run_name", "x-b-s8"]
+    # one seed: the run is named, and trained, as without --seeds
+    found = configurations(["a:", "b:"], ["--models_dir", str(tmp_path)])
+    (only,) = ablate.runs_of(found[1], "x", [42])
+    assert (only.run_dir, only.seeded, only.title) == (tmp_path / "x-b", False, "b")
+    assert "--seed" not in ablate.stage_options("train.py", {}, only.configuration)
+
+
+def seed_predictions(strengths, rng, n_patients=200, patient_noise=1.0, run_noise=0.02):
+    """One Predictions per seed on the same 200 one-image patients: logits = targets * strength
+    + a per-image noise shared by every run (the patients' difficulty) + a little noise of the run
+    itself. A seed's strength sets its AUC: strengths far apart are a large seed variation."""
+    targets = rng.integers(0, 2, (n_patients, len(LABELS))).astype(float)
+    targets[:, 3] = 0.0  # Fracture: one label value, no AUC, in no mean
+    shared = rng.normal(0, patient_noise, targets.shape)
+    frame = pd.DataFrame({"image_path": [f"img{i}.png" for i in range(n_patients)],
+                          "patient_id": [f"p{i}" for i in range(n_patients)],
+                          "study_id": "study1"})
+    return [Predictions(frame, targets * strength + shared
+                        + rng.normal(0, run_noise, targets.shape), targets, LABELS)
+            for strength in strengths]
+
+
+def score_configurations(*runs_of_each, resamples=300):
+    """Each configuration's runs (lists of Predictions) aligned together and scored."""
+    every = [p for runs in runs_of_each for p in runs]
+    aligned = seeds.align_runs(every, "max")
+    scored, start = [], 0
+    for index, runs in enumerate(runs_of_each):
+        scored.append(seeds.score_runs(aligned.scores[start:start + len(runs)],
+                                       list(range(len(runs))), aligned, resamples, 42, index))
+        start += len(runs)
+    members = seeds.mean_members(aligned.targets, LABELS, 10)
+    return scored, members["all"][1]
+
+
+def test_identical_configurations_differ_by_zero_with_an_interval_around_it():
+    runs = seed_predictions([0.5, 1.0, 2.0], np.random.default_rng(4))
+    (first, second), columns = score_configurations(runs, runs)
+    assert columns == [0, 1, 2]  # Fracture, one label value, is in no mean
+    diff = seeds.seed_difference(first, second, columns, 0.95)
+    assert diff["difference"] == 0
+    assert diff["ci_low"] < 0 < diff["ci_high"]  # each configuration draws its own seeds
+    assert ablate.verdict_text(diff["verdict"]) == "no clear difference"
+    summary = seeds.seed_summary(first, columns, 0.95)
+    per_run = [np.mean([roc_auc_score(p.targets[:, c], p.logits[:, c]) for c in columns])
+               for p in runs]
+    assert summary["mean"] == pytest.approx(np.mean(per_run))
+    assert summary["sd"] == pytest.approx(np.std(per_run, ddof=1))
+    assert (summary["min"], summary["max"]) == pytest.approx((min(per_run), max(per_run)))
+    assert list(summary["values"]) == [0, 1, 2]
+    assert summary["ci_low"] < summary["mean"] < summary["ci_high"]
+    assert summary["ci_high"] - summary["ci_low"] > summary["sd"]  # the seeds' spread is in it
+
+
+def test_the_interval_covers_seed_variation_that_a_paired_patient_interval_misses():
+    """Large seed noise, little patient noise: one seed pair's paired patient interval is narrow
+    and would call B better; the two-level interval over 3 seeds each is much wider."""
+    rng = np.random.default_rng(5)
+    a = seed_predictions([0.3, 1.0, 3.0], rng, patient_noise=0.3)
+    b = [Predictions(p.frame, p.targets * s + (p.logits - p.targets * base), p.targets, LABELS)
+         for p, s, base in zip(a, [0.5, 1.2, 3.2], [0.3, 1.0, 3.0])]  # the same runs, +0.2
+    (base, other), columns = score_configurations(a, b)
+    two_level = seeds.seed_difference(base, other, columns, 0.95)
+    patient_only = ablate.mean_rows(ablate.paired_differences(a[1], b[1],
+                                                              Config(bootstrap_resamples=300))[0])
+    patient_only = patient_only["all"]
+    assert ablate.verdict_text(patient_only["verdict"]) == "better"
+    assert two_level["difference"] > 0
+    width = two_level["ci_high"] - two_level["ci_low"]
+    assert width > 5 * (patient_only["ci_high"] - patient_only["ci_low"])
+    assert ablate.verdict_text(two_level["verdict"]) == "no clear difference"
+
+
+def test_a_configuration_better_on_every_seed_is_better():
+    rng = np.random.default_rng(6)
+    weak = seed_predictions([0.6, 0.7, 0.8], rng)
+    strong = [Predictions(p.frame, p.logits + p.targets * 1.5, p.targets, LABELS) for p in weak]
+    (base, other), columns = score_configurations(weak, strong)
+    assert ablate.verdict_text(seeds.seed_difference(base, other, columns, 0.95)["verdict"]) \
+        == "better"
+    assert ablate.verdict_text(seeds.seed_difference(other, base, columns, 0.95)["verdict"]) \
+        == "worse"
+    assert seeds.seed_difference(base, other, columns, 0.95)["ci_low"] > 0
+
+
+def test_runs_are_scored_on_the_rows_every_run_predicted():
+    first, second = seed_predictions([1.0, 2.0], np.random.default_rng(7), n_patients=20)
+    shorter = Predictions(second.frame.iloc[5:].reset_index(drop=True), second.logits[5:],
+                          second.targets[5:], LABELS)
+    aligned = seeds.align_runs([first, shorter], "max")
+    assert len(aligned.frame) == 15 and aligned.unit == "images"
+    np.testing.assert_array_equal(aligned.scores[0], first.logits[5:])
+    np.testing.assert_array_equal(aligned.scores[1], second.logits[5:])
+
+
+SEEDS_SHARED = ["--epochs", "1", "--frozen_epochs", "1", "--image_size", "32", "--pretrained",
+                "false", "--num_workers", "0", "--bootstrap_resamples", "100", "--ablation_name",
+                "seeded", "--min_positives", "1", "--seeds", "2", "--precision", "fp32"]
+
+
+def test_two_configurations_with_two_seeds_end_to_end(data_args, monkeypatch, capsys):
+    """ablate.py --seeds 2 in this process, each training replaced by a random-weight checkpoint
+    of the run's seed (train.py and evaluate.py themselves are run by the test above): four runs,
+    their predictions on the real test split, and the table across seeds in both files."""
+    options, models = data_args
+    launched = []
+
+    def fake_step(script, step_options, configuration, log_path):
+        launched.append((script, configuration.name))
+        cfg = configuration.cfg
+        if script == "train.py":
+            run_dir = models / step_options[step_options.index("--run_name") + 1]
+            seed = int(step_options[step_options.index("--seed") + 1])
+            weights = seed + (1000 if configuration.name == "dropout" else 0)  # 4 models
+            best = tiny_checkpoint(run_dir / "best.pth", image_size=32, seed=weights,
+                                   dropout=cfg.dropout)
+            last = load_checkpoint(best)
+            save_checkpoint({**last, "epoch": cfg.epochs}, run_dir / "last.pth")  # finished
+            (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+        else:
+            best = step_options[step_options.index("--checkpoint") + 1]
+            report = {"checkpoint": best, "n_images": 6, "n_studies": 6, "n_patients": 6}
+            (Path(best).parent / "eval_test.json").write_text(json.dumps(report))
+
+    predicted = {}  # run folder -> its predictions: the re-run below does not predict again
+    real_predictions = ablate.test_predictions
+
+    def remembered(configuration, run_dir):
+        if run_dir not in predicted:
+            predicted[run_dir] = real_predictions(configuration, run_dir)
+        return predicted[run_dir]
+
+    monkeypatch.setattr(ablate, "run_step", fake_step)
+    monkeypatch.setattr(ablate, "test_predictions", remembered)
+    argv = [*options, *SEEDS_SHARED, "--ablation", *SPECS]
+    ablate.main(parse_args(argv, "ablate.py"), given_options(argv, "ablate.py"))
+    stdout = capsys.readouterr().out
+    assert launched == [(script, name) for name in ("no-dropout", "dropout", "no-dropout",
+                                                    "dropout") for script in ("train.py",
+                                                                              "evaluate.py")]
+    out = models / "ablation-seeded"
+    table = pd.read_csv(out / "ablation.csv")
+    assert table["configuration"].tolist() == ["no-dropout", "dropout"]
+    assert table["runs"].tolist() == [f"{models}/seeded-{name}-s42;{models}/seeded-{name}-s43"
+                                      for name in ("no-dropout", "dropout")]
+    assert table["seeds"].tolist() == ["42 43", "42 43"] and (table["n_seeds"] == 2).all()
+    for stem in ("mean_auc", "competition_auc"):
+        np.testing.assert_allclose(table[stem], table[[f"{stem}_s42", f"{stem}_s43"]].mean(axis=1))
+        np.testing.assert_allclose(table[f"{stem}_sd"],
+                                   table[[f"{stem}_s42", f"{stem}_s43"]].std(axis=1, ddof=1))
+        assert (table[f"{stem}_min"] <= table[stem]).all()
+        assert (table[stem] <= table[f"{stem}_max"]).all()
+        assert pd.isna(table.loc[0, f"diff_{stem}"])
+        assert table.loc[1, f"diff_{stem}"] == pytest.approx(table.loc[1, stem]
+                                                             - table.loc[0, stem])
+        assert table.loc[1, f"diff_{stem}_ci_low"] <= table.loc[1, f"diff_{stem}_ci_high"]
+        assert table.loc[1, f"diff_{stem}_verdict"] in ("better", "worse", "no clear difference")
+    assert (table["mean_auc_classes"] == 4).all()  # the four labelled observations
+    np.testing.assert_allclose(table["auc Edema"], table[["auc Edema s42", "auc Edema s43"]]
+                               .mean(axis=1))
+    assert table["auc Edema sd"].notna().all() and np.isfinite(table.loc[1, "diff Edema"])
+    assert table["auc Fracture"].isna().all()  # not labelled: no AUC
+    markdown = (out / "ablation.md").read_text()
+    assert "trained 2 times, with seeds 42, 43" in markdown
+    assert "rests on 2 runs per configuration" in markdown and "understates" in markdown
+    assert f"`{models}/seeded-dropout-s43`" in markdown
+    assert "| Edema |" in markdown and "two-level" in markdown
+    assert "means over 2 seeds" in stdout and "SD (min-max)" in stdout
+    assert stdout.count("test predictions of") == 4 and len(predicted) == 4
+    assert len({p.logits.tobytes() for p in predicted.values()}) == 4  # 4 different models
+
+    # re-run: every run is finished and evaluated, so nothing is launched
+    launched.clear()
+    ablate.main(parse_args(argv, "ablate.py"), given_options(argv, "ablate.py"))
+    assert launched == [] and capsys.readouterr().out.count("already holds its trained") == 4
+    assert pd.read_csv(out / "ablation.csv")["diff_mean_auc"].equals(table["diff_mean_auc"])
