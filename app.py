@@ -13,7 +13,9 @@ decoded in memory and predicted exactly as predict.py predicts files (inference.
 gets its findings, most probable first, with confidence bars and decisions, and a Grad-CAM
 overlay for the finding chosen; a batch also gets a results table and its CSV, and with a
 study-mode checkpoint (view_mode study) the findings of the uploads fused as one study's views.
-An upload that cannot be read shows why. A research demo of a model trained on CheXpert labels,
+An ensemble (a comma list of checkpoints, a run's top_k/ folder, an ensemble's folder: see
+cxr/ensemble.py) is typed as the path and used like one checkpoint. An upload that cannot be
+read shows why. A research demo of a model trained on CheXpert labels,
 not a medical device.
 """
 
@@ -30,7 +32,7 @@ from config import Config, ConfigError, PipelineError
 from cxr.cli import parse_args
 from cxr.inference import PredictedFiles, Predictor, Upload, film_view, findings_of, \
     frontal_first, lateral_warning, load_predictor, overlay_of, predict_sources, predict_studies
-from cxr.thresholds import THRESHOLDS_FILE
+from cxr.ensemble import checkpoint_paths, predictor_files
 
 CHECKPOINT_ENV = "CHEXPERT_CHECKPOINT"  # a checkpoint path to start with
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "dcm", "dicom"]
@@ -50,14 +52,16 @@ def app_options() -> Config:
 # file, or asking for other TTA, loads the predictor anew.
 
 def predictor_key(path: str, tta: bool, allow_mismatch: bool) -> tuple:
-    thresholds = Path(path).parent / THRESHOLDS_FILE
-    return (Path(path).stat().st_mtime, thresholds.stat().st_mtime if thresholds.is_file()
-            else None, tta, allow_mismatch)
+    """The modification times of the checkpoint(s) and of the files read beside them (None for
+    one that is absent), TTA and the mismatch option."""
+    files = predictor_files(path, Config())
+    return (tuple(f.stat().st_mtime if f.is_file() else None for f in files), tta,
+            allow_mismatch)
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model ...")
 def cached_predictor(path: str, key: tuple) -> Predictor:
-    _, _, tta, allow_mismatch = key
+    _, tta, allow_mismatch = key
     return load_predictor(path, Config(num_workers=0, device=OPTIONS.device, tta=tta,
                                        allow_threshold_mismatch=allow_mismatch))
 
@@ -106,12 +110,18 @@ def checkpoint_choice() -> str:
 
 def load(path: str) -> tuple[Predictor, tuple] | None:
     """The predictor of a checkpoint path, or None after showing why it cannot be used."""
-    if not Path(path).is_file():
-        st.error(f"Checkpoint {path} not found.")
-        return None
-    key = predictor_key(path, st.session_state.get("tta", OPTIONS.tta),
-                        OPTIONS.allow_threshold_mismatch)
     try:
+        checkpoints = checkpoint_paths(path)
+    except PipelineError as err:
+        st.error(f"Cannot use checkpoint {path}: {err}")
+        return None
+    missing = [str(p) for p in checkpoints if not p.is_file()]
+    if not checkpoints or missing:
+        st.error(f"Checkpoint {', '.join(missing) or path} not found.")
+        return None
+    try:
+        key = predictor_key(path, st.session_state.get("tta", OPTIONS.tta),
+                            OPTIONS.allow_threshold_mismatch)
         return cached_predictor(path, key), key
     except PipelineError as err:
         st.error(f"Cannot use checkpoint {path}: {err}")

@@ -144,7 +144,9 @@ class Config:
     cache_retry_errors: bool = False  # cache.py: decode the images in errors.csv again (fixed?)
 
     # ---- evaluation (evaluate.py) -------------------------------------------------------------
-    checkpoint: str = ""  # checkpoint to evaluate; empty = run_name's best.pth, else the newest
+    # checkpoint to evaluate; empty = run_name's best.pth, else the newest; several (a comma list,
+    # a folder such as a run's top_k/, an ensemble's folder): an ensemble (cxr/ensemble.py)
+    checkpoint: str = ""
     bootstrap_resamples: int = 1000  # patient bootstrap resamples of the AUC intervals; 0 = none
     ci_level: float = 0.95  # coverage of the percentile intervals (0.95 = 95 %)
     target_sensitivity: float = 0.9  # second operating point: highest val threshold reaching it
@@ -165,7 +167,9 @@ class Config:
     compare_split: Literal["val", "test"] = "test"  # split of evaluate.py --compare
 
     # ---- scoring predictions CSVs against a reference standard (score.py) -------------------------
-    predictions: str = ""  # CSV of probabilities, keyed by Study or Path (predict.py's output too)
+    # CSV of probabilities, keyed by Study or Path (predict.py's output too); several (a comma
+    # list): scored as their ensemble, the mean of their probabilities, each compared with it
+    predictions: str = ""
     labels: str = ""  # reference-standard CSV, e.g. CheXpert's test groundtruth.csv (0/1 per study)
     radiologists: tuple[str, ...] = ()  # readers' binary reads, same schema as --labels
     labeler: tuple[str, ...] = ()  # report labelers' output (1/0/-1/blank): uncertain vs --labels

@@ -3,6 +3,7 @@
     python evaluate.py [--checkpoint models/RUN/best.pth] [--calibration platt] [--tta true]
     python evaluate.py --compare RUN_A RUN_B [--compare_split test]
     python evaluate.py --checkpoint CKPT --dataset nih --data_root DIR [--split test]
+    python evaluate.py --checkpoint models/a/best.pth,models/b/best.pth   (or models/RUN/top_k)
 
 Reads  the checkpoint (default: --run_name's best.pth, else the newest models/*/best.pth) and
        <data_dir>/splits/val.csv, test.csv. The model is rebuilt from the checkpoint's own config,
@@ -25,6 +26,12 @@ Writes next to the checkpoint:
 With --compare RUN_A RUN_B (a run folder under --models_dir, or a checkpoint path): per-class AUC
 differences B - A with paired patient-bootstrap intervals on --compare_split, printed and written
 to <B's folder>/compare_<split>_vs_<A>.{csv,md}.
+With several checkpoints (a comma list, or a folder of them such as a run's top_k/ from
+--keep_top_k), an ensemble: the mean of the members' probabilities, each member calibrated on
+its own val predictions; the ensemble's calibration and thresholds are fitted on val like a
+checkpoint's. Writes ensemble.json (the members and their calibrations), thresholds.json and the
+reports into the folder given, or <models_dir>/ensemble-<id>/ for a list; each report shows the
+ensemble beside every member, with paired intervals (cxr/ensemble.py).
 With --dataset nih|mimic|padchest --data_root DIR (external validation): every image of DIR in
 its publisher's layout (its official test split with --split test), labels mapped onto CheXpert's
 (cxr/nih.py, ...; a label the dataset does not annotate is n/a), scored with the calibration and
@@ -44,14 +51,18 @@ import pandas as pd
 from config import Config, ConfigError
 from cxr.atomic import write_csv_atomic, write_text_atomic
 from cxr.calibration import calibrated_logits, sigmoid
-from cxr.checkpoints import resolve_checkpoint
+from cxr.checkpoints import model_id, resolve_checkpoint
 from cxr.cli import given_fields, run_cli
 from cxr.device import choose_device
-from cxr.evaluation import Predictions, evaluate_predictions, fit_on_val, load_model, \
-    paired_differences, predict_frame, predict_split, resolve_run, run_label
+from cxr.ensemble import check_members, checkpoint_paths, ensemble_folder, ensemble_id, \
+    is_ensemble, write_ensemble_file
+from cxr.evaluation import Predictions, combined_predictions, evaluate_predictions, \
+    fit_and_write_thresholds, fit_on_val, load_model, members_beside, paired_differences, \
+    predict_frame, predict_split, resolve_run, run_label, val_calibration
 from cxr.external import dataset_record, external_rows, report_name
 from cxr.plots import forest_plot, pr_grid, reliability_grid, roc_grid
-from cxr.report import comparison_report, comparison_text, print_report, write_reports
+from cxr.report import comparison_report, comparison_text, ensemble_text, print_report, \
+    write_reports
 from dataset import check_data_options
 
 SPLITS = ("val", "test")  # val first: it fits the calibration and the thresholds
@@ -96,6 +107,44 @@ def evaluate_checkpoint(cfg: Config) -> None:
         print_report(result, path, cfg)
     print(f"\nevaluate: wrote {path.parent}/thresholds.json, "
           f"eval_{{{','.join(SPLITS)}}}.{{json,md,csv}}, {{roc,pr,reliability,subgroups}}_*.png")
+
+
+def evaluate_ensemble(cfg: Config) -> None:
+    """--checkpoint A,B,... or a folder of checkpoints: each member predicts val and test; its
+    calibration is fitted on its val predictions; the ensemble (the mean of the members'
+    calibrated probabilities) gets its own calibration and thresholds on val, as one checkpoint
+    does, and a report with every member beside it."""
+    paths = checkpoint_paths(cfg.checkpoint)
+    device = choose_device(cfg.device)
+    members = [load_model(path, cfg, device) for path in paths]
+    checkpoints = [checkpoint for _, checkpoint, _ in members]
+    check_members(paths, [tuple(c["labels"]) for c in checkpoints], [t for _, _, t in members])
+    member_ids = [model_id(checkpoint) for checkpoint in checkpoints]
+    folder = ensemble_folder(cfg.checkpoint, paths, cfg)
+    print(f"evaluate: an ensemble of {len(paths)} checkpoints -> {folder}")
+    predictions = {split: [predict_split(model, split, path, checkpoint, trained, cfg, device)
+                           for path, (model, checkpoint, trained) in zip(paths, members)]
+                   for split in SPLITS}
+    calibrations = [val_calibration(preds, cfg) for preds in predictions["val"]]
+    handle = write_ensemble_file(folder, paths, member_ids, calibrations)
+    scores = {"tta": cfg.tta, "view_mode": members[0][2].view_mode, "ensemble": len(paths),
+              "logit_offset_removed": all("logit_offset" in c["model"] for c in checkpoints)}
+    thresholds = calibration = None
+    for split in SPLITS:
+        preds = combined_predictions(predictions[split], calibrations)
+        if thresholds is None:  # the val split, first
+            thresholds, calibration = fit_and_write_thresholds(
+                preds, handle, ensemble_id(member_ids), scores, cfg)
+        result = {"split": split, "checkpoint": str(folder), "epoch": None,
+                  **evaluate_predictions(preds, thresholds, calibration, cfg),
+                  "ensemble": members_beside(predictions[split], preds, paths, member_ids, cfg)}
+        plots = draw_plots(preds, result, cfg, folder)
+        write_reports(result, plots, cfg, folder)
+        print_report(result, folder, cfg)
+        print(ensemble_text(result["ensemble"], cfg.ci_level))
+    print(f"\nevaluate: wrote {handle}, {folder}/thresholds.json, "
+          f"eval_{{{','.join(SPLITS)}}}.{{json,md,csv}}, {{roc,pr,reliability,subgroups}}_*.png "
+          f"(predict.py --checkpoint {folder} uses the ensemble)")
 
 
 def external_validation(cfg: Config) -> None:
@@ -167,6 +216,8 @@ def main(cfg: Config, given: set[str] = frozenset()) -> None:
     cfg = check_data_options(cfg, set(given), "evaluate.py")
     if cfg.compare:
         compare_runs(cfg)
+    elif is_ensemble(cfg.checkpoint):
+        evaluate_ensemble(cfg)
     else:
         evaluate_checkpoint(cfg)
 

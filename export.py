@@ -32,10 +32,10 @@ from torch import nn
 from config import Config, PipelineError
 from cxr.atomic import write_atomic, write_text_atomic
 from cxr.calibration import calibration_arrays
-from cxr.checkpoints import checkpoint_warnings, load_checkpoint, model_from_checkpoint, model_id, \
-    resolve_checkpoint
+from cxr.checkpoints import resolve_checkpoint
 from cxr.cli import run_cli
-from cxr.thresholds import read_thresholds
+from cxr.ensemble import checkpoint_paths, is_ensemble
+from cxr.inference import load_predictor
 
 OPSET = 17
 INPUT, OUTPUTS = "images", ("probabilities", "logits")
@@ -104,41 +104,42 @@ def onnx_difference(model: ServingModel, path: Path, image_size: int) -> float:
 
 def main(cfg: Config) -> None:
     path = resolve_checkpoint(cfg)
-    checkpoint = load_checkpoint(path)
-    model, trained = model_from_checkpoint(checkpoint)
-    labels = list(checkpoint["labels"])
-    weights_id = model_id(checkpoint)
-    thresholds = read_thresholds(path, labels, weights_id, tta=False,
-                                 allow_mismatch=cfg.allow_threshold_mismatch)
-    for warning in [*checkpoint_warnings(checkpoint), *thresholds.warnings]:
+    # fp32 on the CPU, one pass per image; an ensemble (several checkpoints) is one model
+    predictor = load_predictor(path, Config(device="cpu", precision="fp32", channels_last=False,
+                                            tta=False, models_dir=cfg.models_dir,
+                                            allow_threshold_mismatch=cfg.allow_threshold_mismatch))
+    labels, thresholds = list(predictor.labels), predictor.thresholds
+    for warning in predictor.warnings:
         print(f"warning: {warning}")
-    serving = ServingModel(model, *calibration_arrays(thresholds.calibration, tuple(labels))).eval()
+    serving = ServingModel(predictor.model,
+                           *calibration_arrays(thresholds.calibration, tuple(labels))).eval()
     output = Path(cfg.output or "model.onnx")
     if output.suffix.lower() != ".onnx":
         raise PipelineError(f"--output {output} should end in .onnx (the TorchScript and JSON "
                             "files are written beside it with the same stem)")
     output.parent.mkdir(parents=True, exist_ok=True)
-    example = example_input(trained.image_size)
+    size, side = predictor.image_size, predictor.side
+    example = example_input(size)
     with quiet_tracing():
         export_onnx(serving, example, output)
         export_torchscript(serving, example, output.with_suffix(".pt"))
     spec = {"checkpoint": str(path), "labels": labels,
-            "input": {"name": INPUT, "dtype": "uint8",
-                      "shape": ["batch", 1, trained.image_size, trained.image_size],
-                      "preprocessing": f"grayscale, resized to {trained.stored_side} x "
-                                       f"{trained.stored_side} px (area interpolation when "
-                                       f"shrinking), centre crop {trained.image_size} px"},
-            "view_mode": trained.view_mode,
-            "views": "frontal films only" if trained.view_mode == "frontal" else
+            "input": {"name": INPUT, "dtype": "uint8", "shape": ["batch", 1, size, size],
+                      "preprocessing": f"grayscale, resized to {side} x {side} px (area "
+                                       f"interpolation when shrinking), centre crop {size} px"},
+            "view_mode": predictor.view_mode,
+            "views": "frontal films only" if predictor.view_mode == "frontal" else
                      "one view of a study (the single-image path of a study-mode model)",
-            "model_id": weights_id, "outputs": list(OUTPUTS), "thresholds": thresholds.values,
-            "thresholds_source": thresholds.source,
+            "model_id": predictor.model_id, "outputs": list(OUTPUTS),
+            "thresholds": thresholds.values, "thresholds_source": thresholds.source,
             "calibration": {"method": thresholds.method, "parameters": thresholds.calibration},
-            "logit_offset_removed": "logit_offset" in checkpoint["model"]}
+            "logit_offset_removed": predictor.logit_offset_removed,
+            **({"ensemble": [str(p) for p in checkpoint_paths(str(path))]}
+               if is_ensemble(str(path)) else {})}
     write_text_atomic(json.dumps(spec, indent=2), output.with_suffix(".json"))
-    difference = onnx_difference(serving, output, trained.image_size)
+    difference = onnx_difference(serving, output, size)
     print(f"export: wrote {output}, {output.with_suffix('.pt')} and {output.with_suffix('.json')}"
-          f" from {path} (input uint8 N x 1 x {trained.image_size} x {trained.image_size}; "
+          f" from {path} (input uint8 N x 1 x {size} x {size}; "
           f"largest |onnxruntime - PyTorch| probability difference {difference:.1e})")
 
 

@@ -2,6 +2,7 @@
 
     python score.py --predictions P.csv --labels groundtruth.csv \
         [--radiologists bc4.csv,bc6.csv,bc8.csv] [--compare X.csv,Y.csv] [--output_dir DIR]
+    python score.py --predictions A.csv,B.csv,C.csv --labels groundtruth.csv     (an ensemble)
     python score.py --labels groundtruth.csv --labeler chexpert_labels.csv
 
 Reads  --predictions: probabilities keyed by Study or Path (CheXpert's test-set files, the
@@ -14,7 +15,10 @@ Reads  --predictions: probabilities keyed by Study or Path (CheXpert's test-set 
        Keys are matched across files with CheXpert's release folder, download folder and
        trailing slashes normalised (cxr/score_files.py); a study in one file and not the other is
        an error (--unmatched skip: a counted skip). Scores must be probabilities in [0, 1]
-       (--score_scale any: any finite scores, which AUCs only rank).
+       (--score_scale any: any finite scores, which AUCs only rank). Several --predictions
+       files (a comma list: each model's predict.py output) are scored as their ensemble, the
+       mean of their probabilities on the rows and labels all hold, and each file is compared
+       with it as a --compare file is (B = the ensemble, paired intervals).
 Writes to --output_dir (default scores/<predictions stem>/):
        score.json   n_studies, auc per label, mean_auc, competition5_auc, the report card with
                     its intervals, radiologists {reader: {label: sensitivity, specificity,
@@ -38,12 +42,15 @@ from cxr.cli import run_cli
 from cxr.plots import forest_plot, pr_grid, roc_grid
 from cxr.score_files import read_reference
 from cxr.score_report import print_labelers, print_score, write_documents
-from cxr.scoring import labeler_results, score
+from cxr.scoring import labeler_results, prediction_paths, score
 
 
 def output_dir(cfg: Config) -> Path:
     if cfg.output_dir:
         return Path(cfg.output_dir)
+    files = prediction_paths(cfg)
+    if len(files) > 1:
+        return Path("scores") / f"ensemble-{len(files)}-{Path(files[0]).stem}"
     return Path("scores") / (Path(cfg.predictions).stem if cfg.predictions else "labeler")
 
 

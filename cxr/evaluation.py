@@ -23,10 +23,11 @@ from cxr.augment import TTAModel
 from cxr.calibration import calibrated_logits, fit_calibration, mean_ece, per_class_ece, sigmoid
 from cxr.checkpoints import checkpoint_warnings, load_checkpoint, model_from_checkpoint, model_id, \
     require_finite
-from cxr.compare import paired_auc_differences
+from cxr.compare import paired_auc_differences, verdict
+from cxr.ensemble import ensemble_logits
 from cxr.device import autocast, autocast_dtype, prepare_model, to_device
 from cxr.labels import masked_counts
-from cxr.metrics import STUDY_KEYS, aggregate_studies, summarise_level
+from cxr.metrics import MEANS, STUDY_KEYS, aggregate_studies, summarise_level
 from cxr.operating_points import choose_thresholds, operating_point_table
 from cxr.subgroups import subgroup_table
 from cxr.thresholds import thresholds_payload, write_thresholds
@@ -185,18 +186,29 @@ def evaluate_predictions(preds: Predictions, thresholds: dict, calibration: dict
                                         cfg.min_positives, cfg.age_bands)}
 
 
+def val_calibration(val: Predictions, cfg: Config) -> dict:
+    """Each class's --calibration map fitted on the val split: {"method", "parameters"}."""
+    return {"method": cfg.calibration,
+            "parameters": fit_calibration(val.logits, val.targets, val.labels, cfg.calibration)}
+
+
 def fit_on_val(val: Predictions, path: Path, checkpoint: dict, trained: Config, cfg: Config
                ) -> tuple[dict, dict]:
     """Each class's calibration map and its thresholds from the val split (uncertain masked);
     thresholds.json, bound to these weights and saying how the scores were made."""
-    calibration = {"method": cfg.calibration,
-                   "parameters": fit_calibration(val.logits, val.targets, val.labels,
-                                                 cfg.calibration)}
-    probs = sigmoid(calibrated_logits(val.logits, calibration["parameters"], val.labels))
-    thresholds = choose_thresholds(val.targets, probs, val.labels, cfg.target_sensitivity)
     scores = {"tta": cfg.tta, "view_mode": trained.view_mode,
               "logit_offset_removed": "logit_offset" in checkpoint["model"]}
-    write_thresholds(thresholds_payload(path, model_id(checkpoint), val.labels, thresholds,
+    return fit_and_write_thresholds(val, path, model_id(checkpoint), scores, cfg)
+
+
+def fit_and_write_thresholds(val: Predictions, path: Path, weights_id: str, scores: dict,
+                             cfg: Config) -> tuple[dict, dict]:
+    """fit_on_val for any predictor (a checkpoint, an ensemble): thresholds.json beside `path`,
+    bound to `weights_id`."""
+    calibration = val_calibration(val, cfg)
+    probs = sigmoid(calibrated_logits(val.logits, calibration["parameters"], val.labels))
+    thresholds = choose_thresholds(val.targets, probs, val.labels, cfg.target_sensitivity)
+    write_thresholds(thresholds_payload(path, weights_id, val.labels, thresholds,
                                         cfg.target_sensitivity, calibration, scores,
                                         masked_counts(val.targets, val.labels)),
                      path.parent / "thresholds.json")
@@ -276,3 +288,46 @@ def paired_differences(a: Predictions, b: Predictions, cfg: Config, per_study: b
                                   both.frame["patient_id"], a.labels, cfg.bootstrap_resamples,
                                   cfg.ci_level, cfg.seed, cfg.min_positives)
     return rows, both
+
+
+# ---- an ensemble's predictions (cxr/ensemble.py) ------------------------------------------------
+
+def combined_predictions(members: list[Predictions], calibrations: list[dict]) -> Predictions:
+    """The ensemble's predictions on a split: the logit of the mean of the members' calibrated
+    probabilities, on the rows every member predicted in the same order."""
+    first = members[0]
+    for other in members[1:]:
+        if not first.frame["image_path"].reset_index(drop=True).equals(
+                other.frame["image_path"].reset_index(drop=True)):
+            raise PipelineError("the ensemble's members predicted different rows of the split "
+                                "(trained on other data?)")
+    logits = ensemble_logits([m.logits for m in members],
+                             [c["parameters"] for c in calibrations], first.labels)
+    return Predictions(first.frame, logits, first.targets, first.labels, first.per_study,
+                       first.n_images, first.not_labelled)
+
+
+def members_beside(members: list[Predictions], ensemble: Predictions, paths: list[Path],
+                   member_ids: list[str], cfg: Config) -> dict:
+    """Each member's mean AUCs beside the ensemble's, with the paired interval of ensemble -
+    member (compare.py, the same patient resamples for both)."""
+    rows = []
+    for preds, path, member_id in zip(members, paths, member_ids):
+        differences, both = paired_differences(preds, ensemble, cfg)
+        means = {}
+        for key, title, _ in MEANS:
+            row = next((r for r in differences if r["pathology"].startswith(f"{title} (")), None)
+            if row is not None:
+                means[key] = {"name": row["pathology"], "member": row["auc_a"],
+                              "ensemble": row["auc_b"], "difference": row["difference"],
+                              "ci_low": row["ci_low"], "ci_high": row["ci_high"],
+                              "verdict": verdict(row["ci_low"], row["ci_high"],
+                                                 "ensemble better", "member better")}
+        rows.append({"checkpoint": str(path), "model_id": member_id, "means": means,
+                     "per_class": {r["pathology"]: {"member": r["auc_a"],
+                                                    "difference": r["difference"],
+                                                    "ci_low": r["ci_low"], "ci_high": r["ci_high"]}
+                                   for r in differences if r["pathology"] in ensemble.labels},
+                     "unit": both.unit})
+    return {"members": rows, "combination": "mean of the members' calibrated probabilities",
+            "calibration": "each member's fitted on its val predictions (ensemble.json)"}

@@ -1,8 +1,9 @@
 """Grad-CAM heatmaps: where in a radiograph the model found the evidence for one finding.
 
-Grad-CAM (Selvaraju et al., 2017) weighs each channel of the last DenseNet block's output
-(`model.backbone`, 1024 x H/32 x W/32) by the mean gradient of the finding's logit and keeps
-the positive sum: a coarse map (10 x 10 at 320 px) that is scaled to the image. The
+Grad-CAM (Selvaraju et al., 2017) weighs each channel of the backbone's last feature map
+(`model.backbone`, e.g. DenseNet121's 1024 x H/32 x W/32) by the mean gradient of the finding's
+logit and keeps the positive sum: a coarse map (10 x 10 at 320 px) that is scaled to the image.
+For an ensemble, the map of each member's backbone for the ensemble's logit, averaged. The
 `grad-cam` package (pytorch_grad_cam) computes it; the model takes the same uint8 batch as
 for prediction, normalised inside forward, and runs in fp32 (gradients under bf16 autocast
 would be coarser for no gain on a few images).
@@ -25,7 +26,8 @@ IMAGE_WEIGHT = 0.55  # share of the radiograph in the overlay; the rest is the c
 def grad_cam(model: nn.Module, images: torch.Tensor, class_index: int) -> np.ndarray:
     """n x size x size Grad-CAM maps (each scaled to 0..1) of one class for a uint8 batch on the
     model's device."""
-    cam = GradCAM(model=model, target_layers=[model.backbone])
+    # an ensemble (cxr/ensemble.py) has every member's backbone: GradCAM averages their maps
+    cam = GradCAM(model=model, target_layers=getattr(model, "backbones", None) or [model.backbone])
     try:
         return cam(input_tensor=images,
                    targets=[ClassifierOutputTarget(class_index)] * len(images))

@@ -31,6 +31,8 @@ from cxr.calibration import calibrated_probs
 from cxr.checkpoints import checkpoint_warnings, load_checkpoint, model_from_checkpoint, model_id, \
     require_finite
 from cxr.device import autocast, autocast_dtype, choose_device, prepare_model, to_device
+from cxr.ensemble import ENSEMBLE_FILE, EnsembleModel, check_members, checkpoint_paths, \
+    ensemble_folder, ensemble_id, is_ensemble, read_ensemble_file
 from cxr.imaging import ImageReadError, decode_grayscale, decode_square, decode_square_bytes, \
     dicom_view, is_dicom, read_grayscale, view_from_name
 from cxr.thresholds import Thresholds, read_thresholds
@@ -57,11 +59,15 @@ class Predictor:
     tta: bool = False
     warnings: list[str] = dataclasses.field(default_factory=list)  # checkpoint and thresholds
     frontal_only: bool = True  # trained on frontal films only (the checkpoint's frontal_only)
+    logit_offset_removed: bool = True  # False: an old checkpoint (checkpoint_warnings)
 
 
 def load_predictor(path: str | Path, cfg: Config) -> Predictor:
     """The checkpoint's model on --device with --precision, under TTA with --tta; its
-    thresholds.json checked against its weights and --tta; all else from the checkpoint."""
+    thresholds.json checked against its weights and --tta; all else from the checkpoint.
+    Several checkpoints (cxr/ensemble.py: a comma list, a folder) make an ensemble."""
+    if is_ensemble(str(path)):
+        return load_ensemble_predictor(str(path), cfg)
     path = Path(path)
     checkpoint = load_checkpoint(path)
     model, trained = model_from_checkpoint(checkpoint)
@@ -75,7 +81,37 @@ def load_predictor(path: str | Path, cfg: Config) -> Predictor:
                      autocast_dtype(cfg.precision, device), cfg.channels_last, path,
                      trained.view_mode, trained.max_views, weights_id, cfg.tta,
                      [*checkpoint_warnings(checkpoint), *thresholds.warnings],
-                     trained.frontal_only)
+                     trained.frontal_only, "logit_offset" in checkpoint["model"])
+
+
+def load_ensemble_predictor(spec: str, cfg: Config) -> Predictor:
+    """The members as one model (ensemble.EnsembleModel): each member's calibration from
+    ensemble.json, the ensemble's thresholds.json beside it, bound to the ensemble's model_id."""
+    paths = checkpoint_paths(spec)
+    checkpoints = [load_checkpoint(path) for path in paths]
+    built = [model_from_checkpoint(checkpoint) for checkpoint in checkpoints]
+    labels = tuple(checkpoints[0]["labels"])
+    check_members(paths, [tuple(c["labels"]) for c in checkpoints], [t for _, t in built])
+    member_ids = [model_id(checkpoint) for checkpoint in checkpoints]
+    folder = ensemble_folder(spec, paths, cfg)
+    stored, warnings = read_ensemble_file(folder, member_ids)
+    calibrations = [stored.calibrations[i] if stored else None for i in member_ids]
+    device = choose_device(cfg.device)
+    members = [prepare_model(model, device, cfg) for model, _ in built]
+    network = EnsembleModel(members, calibrations, labels).to(device)
+    scorer = EnsembleModel([TTAModel(m) for m in members], calibrations, labels).to(device) \
+        if cfg.tta else network
+    handle = folder / ENSEMBLE_FILE
+    weights_id = ensemble_id(member_ids)
+    thresholds = read_thresholds(handle, labels, weights_id, cfg.tta,
+                                 cfg.allow_threshold_mismatch)
+    trained = built[0][1]
+    notes = [f"{path}: {w}" for path, c in zip(paths, checkpoints) for w in checkpoint_warnings(c)]
+    return Predictor(network, scorer, labels, trained.image_size, trained.stored_side, thresholds,
+                     device, autocast_dtype(cfg.precision, device), cfg.channels_last, handle,
+                     trained.view_mode, trained.max_views, weights_id, cfg.tta,
+                     [*notes, *warnings, *thresholds.warnings], trained.frontal_only,
+                     all("logit_offset" in c["model"] for c in checkpoints))
 
 
 def find_label(name: str, labels: Sequence[str]) -> str:

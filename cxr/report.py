@@ -200,6 +200,54 @@ def reference_of(result: dict) -> str:
                                   f"{', '.join(not_labelled)}" if not_labelled else "")
 
 
+def model_text(result: dict) -> str:
+    """"checkpoint `models/r/best.pth` (epoch 5)", or "an ensemble of 3 checkpoints (...)"."""
+    ensemble = result.get("ensemble")
+    if ensemble is None:
+        return f"checkpoint `{result['checkpoint']}` (epoch {result['epoch']})"
+    return (f"an ensemble of {len(ensemble['members'])} checkpoints (`{result['checkpoint']}`; "
+            f"{ensemble['combination']}, {ensemble['calibration']})")
+
+
+def ensemble_header(level: float) -> list[str]:
+    return ["Member", "Mean AUC", "Ensemble", f"Ensemble - member [paired {level:.0%} CI]",
+            "Comp-5 AUC", "Ensemble", f"Ensemble - member [paired {level:.0%} CI]", "Verdict (mean)"]
+
+
+def ensemble_cells(member: dict) -> list[str]:
+    cells = [member["checkpoint"]]
+    for key in ("all", "competition"):
+        mean = member["means"].get(key)
+        if mean is None:
+            cells += ["n/a"] * 3
+            continue
+        cells += [number_text(mean["member"]), number_text(mean["ensemble"]),
+                  f"{number_text(mean['difference'], signed=True)} "
+                  f"{interval_text(mean['ci_low'], mean['ci_high'], signed=True)}"]
+    verdict = member["means"].get("all", {}).get("verdict", "n/a")
+    return [*cells, verdict]
+
+
+def ensemble_text(ensemble: dict, level: float) -> str:
+    """The members beside the ensemble, for the terminal."""
+    rows = [ensemble_cells(member) for member in ensemble["members"]]
+    return "ensemble beside each member:\n" + text_table(ensemble_header(level), rows,
+                                                          left=(0, 7))
+
+
+def ensemble_markdown(result: dict, level: float) -> list[str]:
+    ensemble = result.get("ensemble")
+    if ensemble is None:
+        return []
+    rows = [ensemble_cells(member) for member in ensemble["members"]]
+    return [f"## The ensemble beside each member ({len(rows)} members)", "",
+            markdown_table(ensemble_header(level), rows, left=(0, 7)), "",
+            "Each member is scored on the same rows as the ensemble; a difference's interval is "
+            "paired (the same resampled patients for both), so one that excludes 0 is unlikely "
+            "to come from which patients are in the split. Per observation: `eval_"
+            f"{result['split']}.json`, `ensemble.members[].per_class`.", ""]
+
+
 def markdown_report(result: dict, plots: dict[str, str], cfg: Config) -> str:
     calibration = result["calibration"]
     boot = result["bootstrap"]
@@ -207,7 +255,7 @@ def markdown_report(result: dict, plots: dict[str, str], cfg: Config) -> str:
     lines = [
         f"# Evaluation report: {title_of(result)}", "",
         f"{result['n_images']} images, {result['n_studies']} studies, {result['n_patients']} "
-        f"patients; checkpoint `{result['checkpoint']}` (epoch {result['epoch']}).", "",
+        f"patients; {model_text(result)}.", "",
         f"Reference standard: {reference_of(result)}. {masked_text(result)}",
         "",
         f"Intervals: {boot['level']:.0%} percentile intervals over {boot['resamples']} bootstrap "
@@ -218,6 +266,7 @@ def markdown_report(result: dict, plots: dict[str, str], cfg: Config) -> str:
         f"## Report card ({'studies' if per_study(result) else 'images'})", "",
         report_card_markdown(report_rows(result["image"], study), cfg.ci_level), "",
         left_out_text(result["image"]), "",
+        *ensemble_markdown(result, cfg.ci_level),
         dropped_resamples_text(result["image"]), "",
         f"## Study level ({result['n_studies']} studies, {study_unit_text(result)})", "",
         report_card_markdown(report_rows(study), cfg.ci_level, study_column=False), "",
@@ -374,8 +423,10 @@ def write_reports(result: dict, plots: dict[str, str], cfg: Config, out_dir: Pat
 
 
 def print_report(result: dict, path: Path, cfg: Config) -> None:
+    model = (f"an ensemble of {len(result['ensemble']['members'])} checkpoints ({path})"
+             if "ensemble" in result else f"checkpoint {path}")
     print(f"\nReport card: {title_of(result)} ({result['n_images']} images, "
-          f"{result['n_studies']} studies, {result['n_patients']} patients), checkpoint {path}")
+          f"{result['n_studies']} studies, {result['n_patients']} patients), {model}")
     print(report_card_text(report_rows(result["image"], result["study"]), cfg.ci_level))
     means = [f"{mean['name']} {number_text(mean['auc'])} "
              f"{interval_text(mean['ci']['low'], mean['ci']['high'])}"

@@ -27,7 +27,7 @@ def described(result: dict) -> str:
             f"predictions, {skipped['reference_only']} only in the labels"
             if any(skipped.values()) else "")
     return (f"{result['n_rows']} {unit} ({result['n_patients']} patients) of "
-            f"{result['predictions']}{skip}. Reference standard: {result['reference']}.")
+            f"{ensemble_name(result)}{skip}. Reference standard: {result['reference']}.")
 
 
 def bootstrap_text(result: dict) -> str:
@@ -108,7 +108,15 @@ def compare_description(path: str, result: dict) -> list[str]:
     unit = "studies" if result["unit"] == "study" else "images"
     return [f"AUC of B - A on the {result['compare_n'][path]} {unit} and the labels both cover, "
             f"{result['bootstrap']['resamples']} paired patient-bootstrap resamples",
-            f"A = {path}", f"B = {result['predictions']}"]
+            f"A = {path}", f"B = {ensemble_name(result)}"]
+
+
+def ensemble_name(result: dict) -> str:
+    """The predictions scored: the file, or "the ensemble of A.csv, B.csv (mean probability)"."""
+    ensemble = result.get("ensemble")
+    if ensemble is None:
+        return result["predictions"]
+    return f"the ensemble of {', '.join(ensemble['members'])} (mean of their probabilities)"
 
 
 # ---- labelers -----------------------------------------------------------------------------------
@@ -179,7 +187,8 @@ def markdown_document(result: dict, plots: dict[str, str]) -> str:
         lines = [f"# Labelers against {result['labels_file']}", ""]
     else:
         level = result["bootstrap"]["level"]
-        lines = [f"# Score: {Path(result['predictions']).name}", "", described(result), "",
+        title = "an ensemble" if "ensemble" in result else Path(result["predictions"]).name
+        lines = [f"# Score: {title}", "", described(result), "",
                  bootstrap_text(result), ""]
     if card:
         lines += ["## Report card", "", report_card_markdown(report_rows(card), level,

@@ -142,12 +142,14 @@ def reader_summary(comparisons: dict[str, dict]) -> tuple[dict, dict]:
 
 # ---- other models -------------------------------------------------------------------------------
 
-def compare_files(model: Scored, reference: LabelFile, cfg: Config
+def compare_files(model: Scored, reference: LabelFile, cfg: Config,
+                  paths: tuple[str, ...] | None = None
                   ) -> tuple[dict[str, list[dict]], list[Scored]]:
-    """Each --compare file (A) against the predictions (B) on the rows and labels both cover:
-    compare.py's rows of B - A with paired patient-bootstrap intervals."""
+    """Each --compare file (or `paths`) (A) against the predictions (B) on the rows and labels
+    both cover: compare.py's rows of B - A with paired patient-bootstrap intervals."""
     rows, others = {}, []
-    for name, path in zip(file_names(cfg.compare), cfg.compare):
+    paths = cfg.compare if paths is None else paths
+    for name, path in zip(file_names(paths), paths):
         other = line_up(read_scores(Path(path), cfg.score_scale), reference, cfg,
                         within=model.keys, name=name)
         labels = tuple(label for label in model.labels if label in other.labels)
@@ -214,10 +216,53 @@ def labeler_results(paths: tuple[str, ...], reference: LabelFile, cfg: Config) -
 
 # ---- everything ---------------------------------------------------------------------------------
 
+# ---- an ensemble of predictions files ---------------------------------------------------------------
+
+def prediction_paths(cfg: Config) -> tuple[str, ...]:
+    """--predictions: one file, or a comma list of files whose probabilities are averaged."""
+    return tuple(part.strip() for part in cfg.predictions.split(",") if part.strip())
+
+
+def mean_of_files(paths: tuple[str, ...], cfg: Config) -> LabelFile:
+    """The ensemble of several predictions files: the mean of their probabilities, on the rows
+    (keys) and labels every file holds."""
+    if cfg.score_scale != "probability":
+        raise PipelineError("--predictions with several files averages their probabilities: "
+                            "it needs --score_scale probability (scores that only rank cannot "
+                            "be averaged across models)")
+    files = [read_scores(Path(path), cfg.score_scale) for path in paths]
+    units = {f.unit for f in files}
+    if len(units) > 1:
+        raise PipelineError(f"--predictions {cfg.predictions}: some files hold studies, others "
+                            "images; an ensemble averages files of one unit")
+    keys = files[0].keys
+    for other in files[1:]:
+        keys = keys[keys.isin(other.keys)]
+    labels = [label for label in files[0].labels if all(label in f.labels for f in files)]
+    dropped = {str(f.path): len(f.keys) - len(keys) for f in files if len(f.keys) > len(keys)}
+    if dropped and cfg.unmatched == "error":
+        raise PipelineError(f"--predictions: the files do not hold the same rows ({dropped} rows "
+                            "held by only some of them); --unmatched skip averages the rows "
+                            "every file holds")
+    if not labels or keys.empty:
+        raise PipelineError(f"--predictions {cfg.predictions}: the files share no rows or no "
+                            "label columns to average")
+    values = sum(f.values.loc[keys, labels] for f in files) / len(files)
+    written = files[0].written.set_axis(files[0].keys).loc[keys].reset_index(drop=True)
+    return LabelFile(Path(f"ensemble of {len(files)} files"), keys, written, values,
+                     files[0].unit)
+
+
 def score(cfg: Config, reference: LabelFile) -> tuple[dict, Scored, dict]:
     """score.json's contents, the scored predictions (for the figures), and the readers'
-    comparisons by label (their points are drawn on the ROC curves)."""
-    model = line_up(read_scores(Path(cfg.predictions), cfg.score_scale), reference, cfg)
+    comparisons by label (their points are drawn on the ROC curves). Several --predictions
+    files are scored as their ensemble, with each file compared against it."""
+    members = prediction_paths(cfg)
+    if len(members) > 1:
+        model = line_up(mean_of_files(members, cfg), reference, cfg, name="ensemble")
+    else:
+        members = ()
+        model = line_up(read_scores(Path(cfg.predictions), cfg.score_scale), reference, cfg)
     if reference.unit != model.unit:  # per-image labels, study predictions: score studies
         reference = by_study(reference, "max")
     readers = read_readers(cfg.radiologists, reference, cfg)
@@ -232,13 +277,15 @@ def score(cfg: Config, reference: LabelFile) -> tuple[dict, Scored, dict]:
                                   model.labels, model.patient_ids, cfg.bootstrap_resamples,
                                   cfg.ci_level, cfg.seed)
     by_reader, below = reader_summary(comparisons)
-    compared, others = compare_files(model, reference, cfg)
+    compared, others = compare_files(model, reference, cfg, (*members, *cfg.compare))
     subgroups = subgroup_table(model.scores, model.targets, audit_frame(model, reference),
                                model.labels, cfg.bootstrap_resamples, cfg.ci_level, cfg.seed,
                                cfg.min_positives, cfg.age_bands)
     board = leaderboard([(model, card)] + [(other, report_card(other, cfg)) for other in others])
     result = {
         "predictions": str(cfg.predictions), "labels_file": str(cfg.labels),
+        **({"ensemble": {"members": list(members),
+                         "combination": "mean of the files' probabilities"}} if members else {}),
         "reference": reference_text(reference), "unit": model.unit,
         "n_studies": len(set(model.keys.map(study_of))), "n_rows": len(model.keys),
         "n_patients": int(model.patient_ids.nunique()), "skipped": model.skipped,

@@ -163,3 +163,29 @@ def demo_model(tmp_path_factory):
     run_script("train.py", *data_dir, "--models_dir", str(out / "models"), *DEMO_TRAINING,
                "--run_name", "cam")
     return out / "models" / "cam" / "best.pth", out / "demo"
+
+
+# ---- app.py through Streamlit's AppTest -------------------------------------------------------
+
+def app_with_upload(checkpoint: str | Path, monkeypatch, name: str = "gray16_xray.png"):
+    """app.py started on `checkpoint` (a path, or an ensemble's), one shared radiograph uploaded.
+    Use with the keep_main_module fixture."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("CHEXPERT_CHECKPOINT", str(checkpoint))
+    monkeypatch.chdir(ROOT)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.run()
+    files = [(name, shared(f"bad-inputs/images/{name}").read_bytes(), "application/octet-stream")]
+    at.file_uploader[0].set_value(files).run()
+    assert not at.exception, at.exception
+    return at
+
+
+@pytest.fixture
+def keep_main_module():
+    """AppTest leaves app.py as sys.modules["__main__"]: a multiprocessing pool spawned by a later
+    test (cache.py's) would then run the page in each worker. Put the real one back."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main

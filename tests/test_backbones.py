@@ -4,7 +4,6 @@ layer, and the consumers (checkpoint, predict.py, study mode, export.py, app.py)
 from __future__ import annotations
 
 import shutil
-import sys
 import urllib.error
 
 import numpy as np
@@ -12,11 +11,10 @@ import onnxruntime
 import pandas as pd
 import pytest
 import torch
-from streamlit.testing.v1 import AppTest
 
 import export
 from config import LABELS, Config, ConfigError, PipelineError, validate
-from conftest import ROOT, shared, tiny_checkpoint
+from conftest import app_with_upload, shared, tiny_checkpoint
 from cxr.checkpoints import load_checkpoint, model_from_checkpoint
 from cxr.gradcam import grad_cam
 from model_architecture import BACKBONES, CheXpertNet, backbone_network, build_model
@@ -133,25 +131,10 @@ def test_predict_fuses_a_study_and_draws_grad_cam_with_another_backbone(tmp_path
     assert len(list((tmp_path / "predictions_gradcam").glob("*.png"))) == 2  # one per view
 
 
-@pytest.fixture
-def keep_main_module():
-    """AppTest leaves app.py as sys.modules["__main__"] (see test_app.py): put it back."""
-    main = sys.modules["__main__"]
-    yield
-    sys.modules["__main__"] = main
-
-
 @pytest.mark.usefixtures("keep_main_module")
 def test_the_app_predicts_and_draws_a_heatmap_with_another_backbone(tmp_path, monkeypatch):
     checkpoint = tiny_checkpoint(tmp_path / "run" / "best.pth", backbone="resnet50")
-    monkeypatch.setenv("CHEXPERT_CHECKPOINT", str(checkpoint))
-    monkeypatch.chdir(ROOT)
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
-    at.run()
-    files = [("gray16_xray.png", shared("bad-inputs/images/gray16_xray.png").read_bytes(),
-              "application/octet-stream")]
-    at.file_uploader[0].set_value(files).run()
-    assert not at.exception, at.exception
+    at = app_with_upload(checkpoint, monkeypatch)
     assert sorted(at.dataframe[0].value["finding"]) == sorted(LABELS)
     captions = [caption for image in at.get("image") for caption in image.captions]
     assert len(captions) == 1 and "probability" in captions[0]
