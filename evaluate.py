@@ -205,6 +205,10 @@ def write_comparison(rows: list[dict], description: list[str], paths: list[Path]
 def main(cfg: Config, given: set[str] = frozenset()) -> None:
     """`given`: the options set on the command line (data-building ones are checked against the
     data, dataset.check_data_options)."""
+    if cfg.dataset != "chexpert" and is_ensemble(cfg.checkpoint):
+        raise ConfigError("--dataset scores one checkpoint on another dataset; an ensemble is "
+                          "not supported there yet: validate each member with its own "
+                          "--checkpoint")
     if cfg.dataset != "chexpert":  # --data_root, --missing_images: of the other dataset
         external = {name: getattr(cfg, name) for name in EXTERNAL_FIELDS}
         cfg = check_data_options(cfg, set(given) - set(EXTERNAL_FIELDS), "evaluate.py")

@@ -16,7 +16,7 @@ from scipy.special import expit, logit
 
 import evaluate
 import export
-from config import LABELS, Config, PipelineError
+from config import LABELS, Config, ConfigError, PipelineError
 from conftest import app_with_upload, shared, tiny_checkpoint
 from cxr.calibration import calibrated_logits
 from cxr.ensemble import EnsembleModel, check_members, checkpoint_paths, ensemble_logits, \
@@ -76,6 +76,13 @@ def test_members_that_see_other_images_are_refused(tmp_path):
     paths = [tmp_path / "a.pth", tmp_path / "b.pth"]
     with pytest.raises(PipelineError, match="b.pth was trained with --image_size 96"):
         check_members(paths, [LABELS, LABELS], [Config(image_size=64), Config(image_size=96)])
+
+
+def test_external_validation_of_an_ensemble_is_refused(tmp_path):
+    a, b = (tiny_checkpoint(tmp_path / f"{name}.pth", seed=i) for i, name in enumerate("ab"))
+    with pytest.raises(ConfigError, match="an ensemble is not supported there yet"):
+        evaluate.main(Config(checkpoint=f"{a},{b}", dataset="nih", data_root=str(tmp_path)),
+                      given={"checkpoint", "dataset", "data_root"})
 
 
 # ---- evaluate.py, predict.py, export.py, app.py on one ensemble ---------------------------------------
