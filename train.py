@@ -1,4 +1,5 @@
-"""Train DenseNet121 + GeM on the patient-level splits: frozen warm-up, then fine-tuning.
+"""Train DenseNet121 (or --backbone) + GeM on the patient-level splits: frozen warm-up, then
+fine-tuning.
 
     python train.py [--epochs 5] [--image_size 320] [--batch_size 16] [--run_name NAME]
     python train.py --resume models/RUN/last.pth       (or: --resume auto --run_name RUN)
@@ -8,7 +9,10 @@ Reads  <data_dir>/splits/train.csv, val.csv, splits.json (make_splits.py),
        <data_dir>/processed/stats.json (preprocess.py).
 Writes models/<run_name>/best.pth (best val mean AUC), last.pth (every epoch, every
        --checkpoint_every_steps optimizer steps, and on Ctrl-C / SIGTERM), config.json,
-       run_info.json, metrics.csv (one row per epoch). Checkpoints load with weights_only=True.
+       run_info.json, metrics.csv (one row per epoch); with --keep_top_k K also top_k/epoch_NNN.pth,
+       the K epochs of best val mean AUC (an ensemble for evaluate.py --checkpoint RUN/top_k).
+       Checkpoints load with weights_only=True. With --ema_decay the weights' moving average is
+       validated every epoch and is every checkpoint's model (cxr/ema.py).
 
 The val split is scored against its raw labels with uncertain masked, whatever the training
 policy (labels.evaluation_targets), and its mean AUC takes the classes with at least

@@ -12,6 +12,13 @@ A checkpoint is a dict of plain types and tensors, so torch.load(weights_only=Tr
     data                                     what the data were built with (stats.json and
                                              splits.json settings), not the command line
     val_auc                                  {label: AUC or None} of that epoch
+    online_model, ema                        with --ema_decay: model is the weights' moving
+                                             average (what was validated; every consumer loads
+                                             it), online_model the weights that train (a resumed
+                                             run continues them), ema {"decay", "updates"}
+A top_k/ member (--keep_top_k) holds the same without what only resuming needs (optimizer,
+scheduler, scaler, rng, online_model). config["backbone"] names the network (absent in
+checkpoints from before --backbone: DenseNet121).
 """
 
 from __future__ import annotations
