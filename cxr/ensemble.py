@@ -38,6 +38,7 @@ from torch import nn
 from config import Config, PipelineError
 from cxr.atomic import write_text_atomic
 from cxr.calibration import calibrated_logits, calibration_arrays
+from cxr.thresholds import THRESHOLDS_FILE
 
 ENSEMBLE_FILE = "ensemble.json"
 # the members' settings that must agree: they see the same images and predict the same labels
@@ -103,7 +104,6 @@ def ensemble_folder(spec: str, paths: Sequence[Path], cfg: Config) -> Path:
 def predictor_files(spec: str, cfg: Config) -> list[Path]:
     """The files a predictor of --checkpoint reads: its checkpoint(s), then the thresholds.json
     (and an ensemble's ensemble.json) used when present."""
-    from cxr.thresholds import THRESHOLDS_FILE  # thresholds.py needs nothing of this module
     if not is_ensemble(spec):
         return [Path(spec), Path(spec).parent / THRESHOLDS_FILE]
     paths = checkpoint_paths(spec)
