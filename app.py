@@ -10,9 +10,10 @@ sidebar asks for (--tta sets its default), else the app refuses and names evalua
 (--allow_threshold_mismatch true goes on with a warning). A frontal-only model warns about uploads
 that look lateral (DICOM header or file name). Uploads (JPEG, PNG, DICOM) are
 decoded in memory and predicted exactly as predict.py predicts files (inference.py): one image
-gets its findings, most probable first, with confidence bars and decisions, and a Grad-CAM
-overlay for the finding chosen; a batch also gets a results table and its CSV, and with a
-study-mode checkpoint (view_mode study) the findings of the uploads fused as one study's views.
+gets its findings, most probable first (all 14 in view, without scrolling), with confidence
+bars and decisions, and a Grad-CAM overlay for the finding chosen; a batch also gets a results
+table and its CSV, and with a study-mode checkpoint (view_mode study) the findings of the uploads
+fused as one study's views.
 An ensemble (a comma list of checkpoints, a run's top_k/ folder, an ensemble's folder: see
 cxr/ensemble.py) is typed as the path and used like one checkpoint. An upload that cannot be
 read shows why. A research demo of a model trained on CheXpert labels,
@@ -37,6 +38,7 @@ from cxr.ensemble import checkpoint_paths, predictor_files
 CHECKPOINT_ENV = "CHEXPERT_CHECKPOINT"  # a checkpoint path to start with
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "dcm", "dicom"]
 BATCH_SIZE = 8
+ROW_PX = 35  # st.dataframe's row height, in pixels (its default)
 PROBABILITY = st.column_config.ProgressColumn("probability", min_value=0.0, max_value=1.0,
                                               format="percent")
 
@@ -92,6 +94,12 @@ def cached_overlay(path: str, key: tuple, name: str, data: bytes, label: str):
 
 
 # ---- page parts ------------------------------------------------------------------------------------
+
+def unscrolled(table: pd.DataFrame) -> dict:
+    """st.dataframe options that show every row of `table` and its header without scrolling
+    (its default height scrolls after 10 rows: the 14 findings would hide 4)."""
+    return {"row_height": ROW_PX, "height": (len(table) + 1) * ROW_PX + 3}  # + the borders
+
 
 def checkpoint_choice() -> str:
     """Sidebar: a found run's best.pth, or a typed path (which wins when filled in)."""
@@ -160,7 +168,7 @@ def show_image(predictor: Predictor, row: pd.Series, upload: Upload, path: str,
     left, right = st.columns([3, 2])
     with left:
         st.subheader(upload.name)
-        st.dataframe(findings, hide_index=True, column_config={
+        st.dataframe(findings, hide_index=True, **unscrolled(findings), column_config={
             "probability": PROBABILITY,
             "threshold": st.column_config.NumberColumn("threshold", format="%.3f"),
         })
@@ -183,7 +191,8 @@ def show_study(path: str, key: tuple, uploads: list[Upload], predictor: Predicto
     st.caption(f"This model fuses a study's views ({predictor.max_views} at most, frontal first): "
                f"{row['views']}." + (f" Left out: {', '.join(left_out)}." if left_out else "")
                + " The findings of each radiograph on its own are below.")
-    st.dataframe(findings_of(row, predictor), hide_index=True, column_config={
+    findings = findings_of(row, predictor)
+    st.dataframe(findings, hide_index=True, **unscrolled(findings), column_config={
         "probability": PROBABILITY,
         "threshold": st.column_config.NumberColumn("threshold", format="%.3f"),
     })

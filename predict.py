@@ -15,12 +15,17 @@ Reads  the inputs, given before the first option (or with --inputs): image files
        class is flagged at 0.5, with a warning).
 Writes --output (default predictions.csv): path, view (frontal / lateral / unknown: from the
        CSV, the DICOM header, or the file name; a frontal-only model warns about lateral films),
-       the calibrated probability of each of the checkpoint's labels and a 0/1
+       what the DICOM header says about the film (ViewPosition, PatientSex, PatientAge,
+       StudyDate as written there; blank when absent or not a DICOM), header_warning (blank,
+       or why the header says the film is not a chest radiograph: a Modality other than CR/DX
+       or a BodyPartExamined other than CHEST; such films are still scored, with a warning
+       counting them), the calibrated probability of each of the checkpoint's labels and a 0/1
        "<label> positive" column per label (probability >= its threshold);
        a study-mode checkpoint (view_mode study) predicts studies instead: with --study_grouping
        folder (default) the images of one folder are one study's views (CheXpert's layout), fused
        as in training, and a row holds study (the folder), views (their paths), n_views and the
-       same columns; --study_grouping image makes every image a study of its own;
+       same columns (a study's header columns join its views' values); --study_grouping image
+       makes every image a study of its own;
        <output stem>_studies.csv beside it, for an image-mode checkpoint with --study_grouping
        folder (default): a row per study (the folder of its images, CheXpert's layout): study,
        views (the paths used), n_views and each label's --study_aggregation (max or mean) of its
@@ -28,7 +33,9 @@ Writes --output (default predictions.csv): path, view (frontal / lateral / unkno
        films out (a study of laterals only is aggregated over them, with a warning); no decision
        columns, as the thresholds were chosen on images, not on aggregates;
        <output stem>_errors.csv beside it: path, reason of every file that could not be read
-       (corrupt, empty, not an image, decompression bomb, ...), the others are still predicted;
+       (corrupt, empty, not an image, decompression bomb; a colour, multi-frame or pixel-less
+       DICOM, or one whose transfer syntax no installed decoder handles, with what to do), the
+       others are still predicted;
        with --gradcam, one Grad-CAM overlay PNG per image and label in --gradcam_dir (default
        <output stem>_gradcam/).
 """
@@ -47,9 +54,10 @@ from cxr.atomic import write_csv_atomic
 from cxr.checkpoints import resolve_checkpoint
 from cxr.chexpert import RELEASE_PREFIX
 from cxr.cli import run_cli
-from cxr.imaging import DICOM_MAGIC, DICOM_MAGIC_OFFSET, IMAGE_SUFFIXES, ImageReadError
-from cxr.inference import Predictor, film_view, find_label, frontal_first, lateral_warning, \
-    load_predictor, predict_sources, predict_studies, radiograph, study_table
+from cxr.imaging import DICOM_MAGIC, DICOM_MAGIC_OFFSET, IMAGE_SUFFIXES, DicomHeader, \
+    ImageReadError, not_chest_reason
+from cxr.inference import Predictor, film_header, film_view, find_label, frontal_first, \
+    lateral_warning, load_predictor, predict_sources, predict_studies, radiograph, study_table
 
 PATH_COLUMNS = ("image_path", "Path")  # a CSV's path column, in order of preference
 VIEW_COLUMNS = ("view", "Frontal/Lateral")  # a CSV's view column (frontal / lateral)
@@ -205,6 +213,54 @@ def image_studies(table: pd.DataFrame, predictor: Predictor, cfg: Config) -> pd.
     return studies
 
 
+# ---- what the DICOM header says ------------------------------------------------------------------
+
+# Output columns (DICOM keywords) -> DicomHeader fields; blank when the header does not say, or
+# the file is not a DICOM. Values as written in the header: PatientAge "065Y", StudyDate YYYYMMDD.
+HEADER_COLUMNS = {"ViewPosition": "view_position", "PatientSex": "patient_sex",
+                  "PatientAge": "patient_age", "StudyDate": "study_date"}
+WARNING_COLUMN = "header_warning"  # why the header says a film is not a chest radiograph
+
+
+def header_warning(header: DicomHeader) -> str:
+    """The header_warning of one film: blank unless its Modality or BodyPartExamined says it
+    is not a chest radiograph."""
+    reason = not_chest_reason(header)
+    return f"not a chest radiograph by its DICOM header: {reason}" if reason else ""
+
+
+def joined(values) -> str:
+    """A study's values over its views: each distinct non-blank one, in order, joined by "; "
+    (one film: its value)."""
+    return "; ".join(dict.fromkeys(value for value in values if value))
+
+
+def with_header_columns(table: pd.DataFrame, members, headers: list[DicomHeader]
+                        ) -> pd.DataFrame:
+    """The predictions table with HEADER_COLUMNS and header_warning after its view column
+    (a study's after n_views): each row's from its film's header (`members`: the source
+    positions of each row, PredictedFiles.members), a study's joined over its views."""
+    columns = {name: [joined(getattr(headers[i], field) for i in row) for row in members]
+               for name, field in HEADER_COLUMNS.items()}
+    columns[WARNING_COLUMN] = [joined(header_warning(headers[i]) for i in row) for row in members]
+    where = table.columns.get_loc("view" if "view" in table else "n_views") + 1
+    before, after = table.iloc[:, :where], table.iloc[:, where:]
+    return pd.concat([before, pd.DataFrame(columns, index=table.index), after], axis=1)
+
+
+def not_chest_warning(table: pd.DataFrame, view_mode: str) -> str | None:
+    """Films whose header says they are not chest radiographs are still scored, but their
+    findings mean nothing: say which (as lateral_warning does for laterals)."""
+    flagged = table.loc[table[WARNING_COLUMN] != "", table.columns[0]].tolist()
+    if not flagged:
+        return None
+    rows = "study(ies) hold films that are" if view_mode == "study" else "film(s) are"
+    return (f"{len(flagged)} {rows} not chest radiographs by their DICOM header (Modality not "
+            f"CR or DX, or BodyPartExamined not CHEST: {', '.join(map(str, flagged[:3]))}"
+            f"{', ...' if len(flagged) > 3 else ''}): their findings mean nothing (they are "
+            f"marked in the {WARNING_COLUMN} column)")
+
+
 # ---- outputs ---------------------------------------------------------------------------------------
 
 def output_paths(cfg: Config) -> tuple[Path, Path, Path]:
@@ -250,7 +306,9 @@ def overlay_writer(predictor: Predictor, paths: list[str], folder: Path):
 
 def main(cfg: Config) -> None:
     paths, given_views = collect_inputs(cfg.inputs)
-    views = [film_view(path, given) for path, given in zip(paths, given_views)]
+    headers = [film_header(path) for path in paths]  # each read once, up to the pixel data
+    views = [film_view(path, given, header)
+             for path, given, header in zip(paths, given_views, headers)]
     checkpoint = resolve_checkpoint(cfg)
     predictor = load_predictor(checkpoint, cfg)
     for warning in predictor.warnings:
@@ -267,14 +325,18 @@ def main(cfg: Config) -> None:
         warning = lateral_warning(result.table, predictor)
         if warning:
             print(f"warning: {warning}")
-    studies = image_studies(result.table, predictor, cfg)
-    write_csv_atomic(result.table, output)
+    table = with_header_columns(result.table, result.members, headers)
+    warning = not_chest_warning(table, predictor.view_mode)
+    if warning:
+        print(f"warning: {warning}")
+    studies = image_studies(table, predictor, cfg)
+    write_csv_atomic(table, output)
     if studies is not None:
         write_csv_atomic(studies, studies_path(output))
     write_csv_atomic(result.errors, errors_path)
     for reason in result.errors["reason"]:
         print(f"skipped: {reason}")
-    if result.table.empty:
+    if table.empty:
         raise PipelineError(f"none of the {len(paths)} images could be read; reasons in "
                             f"{errors_path}")
     heatmaps = f", Grad-CAM overlays of {', '.join(labels)} in {gradcam_dir}/" if labels else ""
@@ -282,7 +344,7 @@ def main(cfg: Config) -> None:
     films = "frontal films" if predictor.frontal_only else "films"
     by_study = "" if studies is None else (f", {len(studies)} studies ({cfg.study_aggregation} "
                                            f"over their {films}) to {studies_path(output)}")
-    print(f"predict: wrote {len(result.table)} {unit} of {checkpoint} to {output} "
+    print(f"predict: wrote {len(table)} {unit} of {checkpoint} to {output} "
           f"(thresholds: {predictor.thresholds.source}; calibration: "
           f"{predictor.thresholds.method}{'; TTA' if predictor.tta else ''}){by_study}, "
           f"{len(result.errors)} unreadable "

@@ -9,10 +9,14 @@ Reads  <data_dir>/splits/train.csv, val.csv, splits.json (make_splits.py),
        <data_dir>/processed/stats.json (preprocess.py).
 Writes models/<run_name>/best.pth (best val mean AUC), last.pth (every epoch, every
        --checkpoint_every_steps optimizer steps, and on Ctrl-C / SIGTERM), config.json,
-       run_info.json, metrics.csv (one row per epoch); with --keep_top_k K also top_k/epoch_NNN.pth,
-       the K epochs of best val mean AUC (an ensemble for evaluate.py --checkpoint RUN/top_k).
-       Checkpoints load with weights_only=True. With --ema_decay the weights' moving average is
-       validated every epoch and is every checkpoint's model (cxr/ema.py).
+       run_info.json, metrics.csv (one row per epoch), curves.png (train/val loss and val mean
+       AUC per epoch), TensorBoard events.out.tfevents.* (per step loss, learning rates and
+       images/s; per epoch val loss and AUCs; the best epochs' val PR curves; a grid of augmented
+       training images: cxr/tensorboard_log.py, `tensorboard --logdir models`); with
+       --keep_top_k K also top_k/epoch_NNN.pth, the K epochs of best val mean AUC (an ensemble
+       for evaluate.py --checkpoint RUN/top_k). Checkpoints load with weights_only=True. With
+       --ema_decay the weights' moving average is validated every epoch and is every
+       checkpoint's model (cxr/ema.py).
 
 The val split is scored against its raw labels with uncertain masked, whatever the training
 policy (labels.evaluation_targets), and its mean AUC takes the classes with at least
@@ -50,10 +54,13 @@ from cxr.evaluation import predict_logits
 from cxr.labels import class_policies, logit_offsets, masked_counts, multiclass_flags, \
     positive_class_weights
 from cxr.metrics import mean_auc, mean_exclusions, per_class_auc
+from cxr.plots import training_curves
 from cxr.randomness import rng_state, seed_everything, set_deterministic
 from cxr.resume import config_for_launch, resume_command, resume_training, training_checkpoint
 from cxr.run_folder import epoch_row, prepare_run_dir, write_metrics
 from cxr.stop_signals import StopSignals, TrainingStopped
+from cxr.tensorboard_log import event_log, flush_events, learning_rates, log_epoch, log_step, \
+    log_training_images
 from cxr.training_state import Progress, RunState, Trainer
 from dataset import EpochSampler, ShardSampler, check_data_options, data_settings, make_dataset, \
     make_loader, read_split
@@ -297,24 +304,31 @@ def train_one_epoch(trainer: Trainer, loader, progress: Progress, frozen: bool, 
     plan = accumulation_plan(n_items, cfg.batch_size, cfg.accumulation_steps)
     total_batches, plan = len(plan), plan[progress.batches_done:]
     loss_finite, seen_before, start = True, progress.seen, time.perf_counter()
+    step_loss, step_seen, step_start = 0.0, progress.seen, start  # since the last step
     bar = tqdm(loader, desc=desc, unit="batch", leave=False, total=len(plan),
                disable=not world.is_main)
     for (images, targets), (weight, step_now) in zip(bar, plan):
         # DDP averages gradients across processes only on the micro-batch before a step.
         loss = forward_backward(trainer, images, targets, weight,
-                                sync=step_now or not world.distributed)
-        if torch.isfinite(loss):
-            progress.loss_sum += loss.item() * len(targets)
+                                sync=step_now or not world.distributed).item()
+        if math.isfinite(loss):
+            progress.loss_sum += loss * len(targets)
         else:
             loss_finite = False
+        step_loss += loss * weight  # the weights of a step's group sum to 1
         progress.seen += len(targets)
         progress.batches_done += 1
         if not step_now:
             continue
         stop_now, bad = any_rank(world, [trainer.stop is not None and trainer.stop.received
                                          is not None, not loss_finite], trainer.device)
+        lrs = learning_rates(trainer.optimizer)
         outcome = optimizer_step(trainer, loss_finite=not bad)
         progress.global_step += 1
+        now = time.perf_counter()
+        log_step(trainer.events, progress.global_step, step_loss, lrs,
+                 (progress.seen - step_seen) * world.size / (now - step_start))
+        step_loss, step_seen, step_start = 0.0, progress.seen, now
         if outcome == "nonfinite":
             record_nonfinite(progress, cfg, world)
         else:
@@ -357,7 +371,8 @@ def validation_metrics(trainer: Trainer, loader, desc: str) -> dict | None:
     excluded = mean_exclusions(labels, LABELS, aucs, trainer.cfg.min_positives)
     return {"val_loss": loss, "val_auc": aucs, "val_mean_auc": mean_auc(aucs, excluded),
             "n_val": len(targets), "masked": masked_counts(labels, LABELS),
-            "left_out": excluded}
+            "left_out": excluded, "targets": labels,
+            "probabilities": torch.sigmoid(logits.double()).numpy()}
 
 
 def epoch_line(row: dict, epochs: int, is_best: bool, ema: bool = False) -> str:
@@ -404,6 +419,7 @@ def save_training_state(trainer: Trainer, progress: Progress, epochs_done: int,
     if not trainer.world.is_main:
         return
     payload = training_checkpoint(trainer, progress, epochs_done, rng)
+    flush_events(trainer.events)  # what a resumed run keeps of them is on disk
     for path in paths:
         assert_finite(trainer.model, path)
         assert_finite(trainer.validated, path)
@@ -507,7 +523,13 @@ def run(cfg: Config, given: set[str], world: World, stop: StopSignals) -> None:
         print(start_line(trainer, train_loader, val_loader, where), flush=True)
         print(offsets_line(trainer.records["pos_weight"].values(),
                            trainer.model.logit_offset.tolist()), flush=True)
-    stopped_early = fit(trainer, train_loader, val_loader, progress)
+    # a fresh run logs from step 0 on, a resumed one from the step after its checkpoint's
+    with event_log(cfg.run_dir, world, 0 if checkpoint is None else progress.global_step + 1) \
+            as events:
+        trainer.events = events
+        if checkpoint is None:
+            log_training_images(trainer.events, train_loader, trainer.model, stats)
+        stopped_early = fit(trainer, train_loader, val_loader, progress)
     if world.is_main:
         best = trainer.state.best
         best_text = "n/a" if best is None else f"{best:.4f}"
@@ -515,7 +537,8 @@ def run(cfg: Config, given: set[str], world: World, stop: StopSignals) -> None:
                if stopped_early else "")
         weights = ", the weights' moving average" if trainer.ema is not None else ""
         print(f"train: wrote {cfg.run_dir}/best.pth (val mean AUC {best_text}{weights}), last.pth, "
-              f"metrics.csv, config.json, run_info.json{why}")
+              f"metrics.csv, curves.png, events.out.tfevents.* (TensorBoard), config.json, "
+              f"run_info.json{why}")
 
 
 def fit(trainer: Trainer, train_loader: DataLoader, val_loader: DataLoader,
@@ -571,6 +594,9 @@ def end_of_epoch(trainer: Trainer, val_loader: DataLoader, progress: Progress, f
                         images_per_s, seconds, progress.nonfinite_total)
         decision = record_epoch(trainer.state, row, cfg)
         write_metrics(trainer.state.history, cfg.run_dir)
+        log_epoch(trainer.events, progress.global_step, row, val, is_best=decision[0])
+        training_curves(trainer.state.history, cfg.run_dir / "curves.png", cfg.run_name,
+                        "val (moving average)" if trainer.ema is not None else "val")
         print(epoch_line(row, cfg.epochs, decision[0], trainer.ema is not None), flush=True)
     trainer.state = broadcast(world, trainer.state)
     return broadcast(world, decision)

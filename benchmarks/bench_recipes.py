@@ -13,7 +13,8 @@ Prints, and writes to models/ablation-<name>/recipes.md, one row per configurati
 mean AUC over all evaluable observations (the mean over seeds, its SD, and B - the first
 configuration with ablate.py's two-level interval over patients and seeds), the seed ensemble's
 and the epoch ensemble's mean AUC with their own patient-bootstrap intervals, the training time
-of one run (the mean over seeds of the epochs' seconds in metrics.csv) and the parameters.
+of one run (the median over seeds of the sum of its epochs' seconds in metrics.csv: the median,
+because a seed that shared the CPU with other work would move a mean) and the parameters.
 
 The default --ema_decay 0.99 averages over about the last 100 optimizer steps: the demo's runs
 take 68 steps per epoch, 544 in all, too few for the usual 0.999 (a window of 1000 steps).
@@ -74,9 +75,9 @@ def configurations(backbones: list[str], ema_decay: str) -> list[str]:
 
 
 def training_seconds(run_dirs: list[str]) -> float:
-    """The mean over runs of the sum of their epochs' seconds (metrics.csv)."""
-    return sum(pd.read_csv(ROOT / d / "metrics.csv")["epoch_seconds"].sum()
-               for d in run_dirs) / len(run_dirs)
+    """The median over runs of the sum of their epochs' seconds (metrics.csv)."""
+    return float(pd.Series([pd.read_csv(ROOT / d / "metrics.csv")["epoch_seconds"].sum()
+                            for d in run_dirs]).median())
 
 
 def ensemble_mean(folder: Path) -> tuple[float | None, float | None, float | None]:

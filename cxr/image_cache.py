@@ -41,17 +41,29 @@ def cache_folder(data_dir: str, side: int) -> Path:
 
 # ---- what a cache was built from ----------------------------------------------------------------
 
+# pydicom's pixel-decoder plugins: which one is installed decides a compressed DICOM's pixels
+# (gdcm and pylibjpeg may round a lossy JPEG differently).
+DICOM_PLUGINS = ("pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pyjpegls",
+                 "python-gdcm")
+
+
+def installed_version(package: str) -> str | None:
+    """A package's version from its installed metadata (no import), None when absent."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def decoder_versions() -> dict:
     """The libraries that decide the decoded pixels: other versions rebuild the cache.
 
-    pydicom's version comes from its installed metadata rather than an import, so that training
-    does not pay pydicom's import time; None when it is not installed.
+    pydicom's and its plugins' versions come from their installed metadata rather than an
+    import, so that training does not pay pydicom's import time; None when not installed.
     """
-    try:
-        pydicom = importlib.metadata.version("pydicom")
-    except importlib.metadata.PackageNotFoundError:
-        pydicom = None
-    return {"opencv": cv2.__version__, "pillow": PIL.__version__, "pydicom": pydicom}
+    versions = {"opencv": cv2.__version__, "pillow": PIL.__version__,
+                "pydicom": installed_version("pydicom")}
+    return versions | {name: installed_version(name) for name in DICOM_PLUGINS}
 
 
 def file_stats(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:

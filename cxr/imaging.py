@@ -1,5 +1,6 @@
-"""Reading radiographs as 8-bit grayscale arrays, whatever their format (JPEG, PNG, TIFF, DICOM)
-or pixel mode.
+"""Reading radiographs as 8-bit grayscale arrays, whatever their format (JPEG, PNG, TIFF, DICOM
+uncompressed or in any compressed transfer syntax a PACS exports) or pixel mode; and what a
+DICOM header says about the film.
 
 Kept free of torch so that CSV-only stages start quickly.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import BinaryIO, NamedTuple
 
 import cv2
 import numpy as np
@@ -87,32 +89,93 @@ def is_dicom(data: bytes, name: str | Path = "") -> bool:
             or Path(name).suffix.lower() in DICOM_SUFFIXES)
 
 
-def _dicom_gray(data: bytes) -> np.ndarray:
-    """A DICOM radiograph as 8-bit grayscale, shown the way a viewer shows it (bright = dense).
+# What to install for each compressed transfer syntax (by UID; pydicom is imported lazily, so
+# these are strings). pydicom decodes them through plugins: pylibjpeg with pylibjpeg-libjpeg or
+# pylibjpeg-openjpeg, pyjpegls, or python-gdcm for all of them (requirements.txt lists each).
+LIBJPEG, OPENJPEG = "pylibjpeg pylibjpeg-libjpeg", "pylibjpeg pylibjpeg-openjpeg"
+DECODER_PACKAGES = {
+    "1.2.840.10008.1.2.4.50": LIBJPEG,  # JPEG Baseline 8-bit
+    "1.2.840.10008.1.2.4.51": LIBJPEG,  # JPEG Extended 12-bit
+    "1.2.840.10008.1.2.4.57": LIBJPEG,  # JPEG Lossless P14
+    "1.2.840.10008.1.2.4.70": LIBJPEG,  # JPEG Lossless SV1, the commonest PACS export
+    "1.2.840.10008.1.2.4.80": "pyjpegls",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81": "pyjpegls",  # JPEG-LS Near Lossless
+    "1.2.840.10008.1.2.4.90": OPENJPEG,  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91": OPENJPEG,  # JPEG 2000
+    "1.2.840.10008.1.2.4.201": OPENJPEG,  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202": OPENJPEG,  # HTJ2K Lossless RPCL
+    "1.2.840.10008.1.2.4.203": OPENJPEG,  # HTJ2K
+}
+GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
+EXPORT_ONE_GRAY_FRAME = "export a single-frame grayscale image (MONOCHROME1 or MONOCHROME2)"
+
+
+def one_line(message: object) -> str:
+    """pydicom's messages span lines (one per plugin): one line for errors.csv and the log."""
+    return " ".join(str(message).split())
+
+
+def decoder_problem(uid) -> str | None:
+    """Why no installed pydicom decoder handles this transfer syntax, and what to do; None when
+    one does (pydicom.pixels.get_decoder: one decoder per syntax, available when at least one
+    of its plugins has its dependencies installed)."""
+    from pydicom.pixels import get_decoder
+
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:  # a syntax pydicom has no decoder for at all (MPEG video, ...)
+        return (f"no pydicom decoder exists for its transfer syntax {uid.name} ({uid}): export it "
+                "uncompressed or as JPEG, JPEG-LS, JPEG 2000 or RLE")
+    if decoder.is_available:
+        return None
+    missing = "; ".join(decoder.missing_dependencies) or "no decoder plugin installed"
+    packages = DECODER_PACKAGES.get(str(uid))
+    install = f"pip install {packages}" if packages else "pip install -r requirements.txt"
+    return f"no installed decoder for its transfer syntax {uid.name} ({uid}): {install} ({missing})"
+
+
+def dicom_problem(ds) -> str | None:
+    """Why a DICOM dataset is not one decodable grayscale radiograph (from its header alone,
+    before any pixel is decoded), with what to do; None when it is."""
+    if "PixelData" not in ds:
+        return ("it holds no pixel data (a report, presentation state or other non-image "
+                "object): export the radiograph itself")
+    rows, columns = ds.get("Rows"), ds.get("Columns")
+    if not rows or not columns:
+        return "its header has no Rows or Columns: the export is damaged; export it again"
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if int(rows) * int(columns) * frames > 2 * Image.MAX_IMAGE_PIXELS:  # PIL's limit on others
+        return (f"{columns} x {rows} x {frames} px could be a decompression bomb attack; "
+                "refusing to decode it")
+    if frames != 1:
+        return f"multi-frame DICOM ({frames} frames), not a single radiograph: " \
+               f"{EXPORT_ONE_GRAY_FRAME}"
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    if samples != 1 or (photometric and photometric not in GRAYSCALE):
+        return (f"colour DICOM ({photometric or 'no PhotometricInterpretation'}, {samples} "
+                f"samples per pixel), not a grayscale radiograph: {EXPORT_ONE_GRAY_FRAME}")
+    uid = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
+    return decoder_problem(uid) if uid else None  # without one, pydicom's own error tells
+
+
+def _dicom_gray(ds) -> np.ndarray:
+    """A DICOM radiograph (one grayscale frame, dicom_problem checked) as 8-bit grayscale,
+    shown the way a viewer shows it (bright = dense).
 
     Rescale / Modality LUT first (stored values -> physical units), then the VOI LUT or window
     the file asks for (pydicom implements both per the standard), then the image's own
     min..max stretched to 0..255 as for 16-bit PNGs. MONOCHROME1 stores dense as dark: it is
-    inverted so that it matches MONOCHROME2 and the JPEGs the model was trained on.
+    inverted so that it matches MONOCHROME2 and the JPEGs the model was trained on. Compressed
+    pixel data (JPEG, JPEG-LS, JPEG 2000, RLE) go through pydicom's decoder of the file's
+    transfer syntax.
     """
-    import pydicom  # imported here: only DICOM inputs pay its import time (CSV stages never do)
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    ds = pydicom.dcmread(io.BytesIO(data), force=True)  # force: files without the preamble
-    if "PixelData" not in ds:
-        raise ValueError("the DICOM file holds no pixel data")
-    rows, columns = int(ds.Rows), int(ds.Columns)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if rows * columns * frames > 2 * Image.MAX_IMAGE_PIXELS:  # the limit PIL enforces on others
-        raise ValueError(f"{columns} x {rows} x {frames} px could be a decompression bomb "
-                         "attack; refusing to decode it")
-    if frames != 1:
-        raise ValueError(f"multi-frame DICOM ({frames} frames) is not a single radiograph")
     pixels = ds.pixel_array
-    if int(ds.get("SamplesPerPixel", 1)) != 1:  # colour (secondary capture): pydicom gives RGB
-        if pixels.dtype != np.uint8:
-            raise ValueError(f"{pixels.dtype} colour pixels are not supported")
-        return cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2GRAY)
+    if pixels.ndim != 2:
+        raise ValueError(f"the pixel data decode to a {pixels.shape} array, not one grayscale "
+                         f"image: {EXPORT_ONE_GRAY_FRAME}")
     unit = _stretch(apply_voi_lut(apply_modality_lut(pixels, ds), ds).astype(np.float64))
     if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
         unit = 1.0 - unit
@@ -122,6 +185,10 @@ def _dicom_gray(data: bytes) -> np.ndarray:
 # DICOM ViewPosition values (PS3.16 CID 4010 and what CheXpert's AP/PA column holds) by projection.
 LATERAL_POSITIONS = {"LL", "RL", "LAT", "LATERAL", "LLAT", "RLAT"}
 FRONTAL_POSITIONS = {"AP", "PA", "APS", "PAS"}
+# What a chest radiograph's header says when it says: Modality (0008,0060) computed or digital
+# radiography, BodyPartExamined (0018,0015) CHEST (PS3.16 CID 4031's code meaning).
+CHEST_MODALITIES = ("CR", "DX")
+CHEST_BODY_PARTS = ("CHEST",)
 
 
 def view_from_orientation(orientation) -> str | None:
@@ -138,24 +205,73 @@ def view_from_orientation(orientation) -> str | None:
     return None
 
 
-def dicom_view(data: bytes) -> str | None:
-    """"frontal" or "lateral" from a DICOM header (ViewPosition, else PatientOrientation), or
-    None when it does not say (the pixel data are not decoded)."""
-    import pydicom
+class DicomHeader(NamedTuple):
+    """What a DICOM header says about the film; blank where it does not say (and for files that
+    are not DICOM: NO_HEADER). Values as written in the file: PatientAge as DICOM's AS
+    ("065Y"), StudyDate as its DA (YYYYMMDD)."""
+    view_position: str = ""  # ViewPosition: AP, PA, LL, ...
+    patient_orientation: tuple[str, ...] = ()  # PatientOrientation: row, column directions
+    patient_sex: str = ""  # PatientSex: M, F, O
+    patient_age: str = ""  # PatientAge
+    study_date: str = ""  # StudyDate
+    modality: str = ""  # Modality: CR, DX, CT, ...
+    body_part: str = ""  # BodyPartExamined: CHEST, ...
+
+
+NO_HEADER = DicomHeader()
+
+
+def _text(ds, keyword: str) -> str:
+    """One element's value as text, blank when absent or empty."""
+    return str(ds.get(keyword, "") or "").strip()
+
+
+def _values(value) -> tuple[str, ...]:
+    """A multi-valued element (pydicom's MultiValue, or a str when it holds one value) as
+    strings; () when absent or empty."""
+    if not value:
+        return ()
+    return (str(value),) if isinstance(value, str) else tuple(str(item) for item in value)
+
+
+def read_dicom_header(source: bytes | BinaryIO) -> DicomHeader | None:
+    """The header of a DICOM file (its bytes, or an open binary file), read up to the pixel data
+    (stop_before_pixels: nothing is decoded); None when it cannot be parsed (the pixel decoder
+    reports such files, naming the problem)."""
+    import pydicom  # imported here: only DICOM inputs pay its import time (CSV stages never do)
     from pydicom.errors import InvalidDicomError
 
+    handle = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
-        position = str(ds.get("ViewPosition", "") or "").strip().upper()
-        orientation = ds.get("PatientOrientation", None)
+        ds = pydicom.dcmread(handle, stop_before_pixels=True, force=True)  # force: no preamble
+        return DicomHeader(
+            _text(ds, "ViewPosition").upper(), _values(ds.get("PatientOrientation", None)),
+            _text(ds, "PatientSex"), _text(ds, "PatientAge"), _text(ds, "StudyDate"),
+            _text(ds, "Modality").upper(), _text(ds, "BodyPartExamined").upper())
     except (InvalidDicomError, AttributeError, KeyError, TypeError, ValueError, OSError,
             EOFError):
-        return None  # unreadable headers are reported when the pixels are read
-    if position in LATERAL_POSITIONS:
+        return None
+
+
+def header_view(header: DicomHeader) -> str | None:
+    """"frontal" or "lateral" from ViewPosition, else PatientOrientation; None when neither says."""
+    if header.view_position in LATERAL_POSITIONS:
         return "lateral"
-    if position in FRONTAL_POSITIONS:
+    if header.view_position in FRONTAL_POSITIONS:
         return "frontal"
-    return view_from_orientation(orientation)
+    return view_from_orientation(header.patient_orientation)
+
+
+def not_chest_reason(header: DicomHeader) -> str:
+    """Why the header says this is not a chest radiograph ("" when it does not say so): a
+    Modality other than CR/DX, or a BodyPartExamined other than CHEST. Absent tags say nothing."""
+    reasons = []
+    if header.modality and header.modality not in CHEST_MODALITIES:
+        reasons.append(f"Modality {header.modality} (not {' or '.join(CHEST_MODALITIES)})")
+    if header.body_part and header.body_part not in CHEST_BODY_PARTS:
+        reasons.append(f"BodyPartExamined {header.body_part} (not "
+                       f"{' or '.join(CHEST_BODY_PARTS)})")
+    return "; ".join(reasons)
 
 
 def view_from_name(name: str | Path) -> str | None:
@@ -169,15 +285,24 @@ def view_from_name(name: str | Path) -> str | None:
 
 
 def _read_dicom(data: bytes, name: str | Path) -> np.ndarray:
+    """A DICOM file's one grayscale frame, or ImageReadError naming the file, the problem and
+    what to do (a colour, multi-frame or pixel-less file, a transfer syntax no installed
+    decoder handles: dicom_problem)."""
+    import pydicom  # imported here: only DICOM inputs pay its import time (CSV stages never do)
     from pydicom.errors import InvalidDicomError
 
+    # pydicom reports a damaged file with any of these (a missing tag is an AttributeError, a
+    # corrupt codestream a RuntimeError from the plugin, ...)
+    damaged = (InvalidDicomError, AttributeError, KeyError, TypeError, ValueError, OSError,
+               NotImplementedError, RuntimeError, EOFError)
     try:
-        return _dicom_gray(data)
-    # pydicom reports a damaged or unsupported file with any of these (a missing Rows tag is an
-    # AttributeError, compressed pixels without a decoder a RuntimeError, ...)
-    except (InvalidDicomError, AttributeError, KeyError, TypeError, ValueError, OSError,
-            NotImplementedError, RuntimeError, EOFError) as err:
-        raise ImageReadError(f"cannot read DICOM image {name}: {err}") from None
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)  # force: files without the preamble
+        problem = dicom_problem(ds)
+        if problem is None:
+            return _dicom_gray(ds)
+    except damaged as err:
+        problem = one_line(err)
+    raise ImageReadError(f"cannot read DICOM image {name}: {problem}")
 
 
 def _read_other(data: bytes, name: str | Path, size_hint: int | None) -> np.ndarray:

@@ -33,8 +33,9 @@ from cxr.checkpoints import checkpoint_warnings, load_checkpoint, model_from_che
 from cxr.device import autocast, autocast_dtype, choose_device, prepare_model, to_device
 from cxr.ensemble import ENSEMBLE_FILE, EnsembleModel, check_members, checkpoint_paths, \
     ensemble_folder, ensemble_id, is_ensemble, read_ensemble_file
-from cxr.imaging import ImageReadError, decode_grayscale, decode_square, decode_square_bytes, \
-    dicom_view, is_dicom, read_grayscale, view_from_name
+from cxr.imaging import DICOM_MAGIC, DICOM_MAGIC_OFFSET, NO_HEADER, DicomHeader, ImageReadError, \
+    decode_grayscale, decode_square, decode_square_bytes, header_view, is_dicom, \
+    read_dicom_header, read_grayscale, view_from_name
 from cxr.thresholds import Thresholds, read_thresholds
 from dataset import default_workers, keep_batch
 
@@ -267,6 +268,7 @@ class PredictedFiles(NamedTuple):
     table: pd.DataFrame  # path, one probability column per label, one "<label> positive" 0/1
     errors: pd.DataFrame  # path, reason: the files that could not be read
     positions: list[int]  # each row's position in the sources (its study's, predict_studies)
+    members: Sequence[Sequence[int]] = ()  # each row's sources: its image, or its study's views
 
 
 def flag_column(label: str) -> str:
@@ -348,7 +350,8 @@ def predict_sources(predictor: Predictor, sources: Sequence[Source], batch_size:
     names = [source_name(sources[i]) for i in positions]
     table = results_table(names, finite_probabilities(rows, predictor), predictor)
     table.insert(1, "view", [views[i] for i in positions])
-    return PredictedFiles(table, pd.DataFrame(errors, columns=["path", "reason"]), positions)
+    return PredictedFiles(table, pd.DataFrame(errors, columns=["path", "reason"]), positions,
+                          [[position] for position in positions])
 
 
 def finite_probabilities(rows: list[torch.Tensor], predictor: Predictor) -> np.ndarray:
@@ -393,36 +396,40 @@ def predict_studies(predictor: Predictor, sources: Sequence[Source],
     table = table.rename(columns={"path": "study"})
     table.insert(1, "views", ["; ".join(source_name(sources[i]) for i in views) for views in used])
     table.insert(2, "n_views", [len(views) for views in used])
-    return PredictedFiles(table, pd.DataFrame(errors, columns=["path", "reason"]), done)
+    return PredictedFiles(table, pd.DataFrame(errors, columns=["path", "reason"]), done, used)
 
 
 UNKNOWN_VIEW = "unknown"
 
 
-def film_view(source: Source, given: str | None = None) -> str:
+def film_view(source: Source, given: str | None = None, header: DicomHeader | None = None
+              ) -> str:
     """"frontal", "lateral" or "unknown": the view given with the input (a CSV's `view` or
-    `Frontal/Lateral` column), else the DICOM header's ViewPosition / PatientOrientation, else
-    the file name (CheXpert's view1_frontal.jpg, view2_lateral.jpg)."""
+    `Frontal/Lateral` column), else the DICOM header's ViewPosition / PatientOrientation (its
+    film_header, read here unless given), else the file name (CheXpert's view1_frontal.jpg,
+    view2_lateral.jpg)."""
     if given:
         return given
-    name = source_name(source)
+    header = header if header is not None else film_header(source)
+    return header_view(header) or view_from_name(source_name(source)) or UNKNOWN_VIEW
+
+
+def film_header(source: Source) -> DicomHeader:
+    """What a source's DICOM header says (imaging.read_dicom_header: read up to the pixel data,
+    nothing decoded); NO_HEADER for any other file, and for one that cannot be read or parsed
+    (the decoder names that problem when the pixels are read)."""
     if isinstance(source, Upload):
-        header = source.data if is_dicom(source.data, name) else None
-    else:
-        header = dicom_header(Path(name))
-    view = dicom_view(header) if header is not None else None
-    return view or view_from_name(name) or UNKNOWN_VIEW
-
-
-def dicom_header(path: Path, limit: int = 1 << 16) -> bytes | None:
-    """The first bytes of a DICOM file (its header usually lies within them), None for any other
-    file; an unreadable file is left to the decoder, which names the problem."""
+        if not is_dicom(source.data, source.name):
+            return NO_HEADER
+        return read_dicom_header(source.data) or NO_HEADER
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(limit)
+        with open(source, "rb") as handle:
+            if not is_dicom(handle.read(DICOM_MAGIC_OFFSET + len(DICOM_MAGIC)), source):
+                return NO_HEADER
+            handle.seek(0)
+            return read_dicom_header(handle) or NO_HEADER
     except OSError:
-        return None
-    return head if is_dicom(head, path) else None
+        return NO_HEADER
 
 
 def lateral_warning(table: pd.DataFrame, predictor: Predictor) -> str | None:

@@ -7,6 +7,7 @@ Agg renderer), not pyplot: no display, no global backend switch, nothing to clos
     pr_grid            one precision-recall curve per class, AUPRC (average precision) in the legend
     reliability_grid   one reliability diagram per class: observed vs predicted frequency, with ECE
     forest_plot        the subgroup audit of the competition five: AUC and interval per stratum
+    training_curves    a run's train and val loss and val mean AUC per epoch (train.py's curves.png)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, \
     roc_curve
 
@@ -225,3 +227,46 @@ def forest_plot(subgroups: dict, labels: tuple[str, ...], path: Path, title: str
         loc="lower center", ncol=legend_columns, fontsize=8, frameon=False)
     _save(figure, path, bottom=legend_inches / height)
     return True
+
+
+# ---- training curves (train.py) ----------------------------------------------------------------
+
+def _column(history: list[dict], name: str) -> list[float]:
+    """One metrics.csv column over the epochs, a missing value (no mean AUC) as NaN."""
+    return [math.nan if row[name] is None else row[name] for row in history]
+
+
+def training_curves(history: list[dict], path: Path, title: str, validated: str = "val"
+                    ) -> None:
+    """curves.png: the train and val loss per epoch beside the val mean AUC per epoch, its best
+    epoch marked, from the run's metrics.csv rows. `validated` names what val scored ("val
+    (moving average)" with --ema_decay). The two losses differ in kind: train is the
+    positive-weighted BCE on the training targets, val the log-loss of the probabilities on
+    the labelled val images."""
+    epochs = [row["epoch"] for row in history]
+    figure = Figure(figsize=(2 * PANEL_INCHES * 1.25, PANEL_INCHES))
+    loss_ax, auc_ax = figure.subplots(1, 2)
+    figure.suptitle(title)
+    loss_ax.plot(epochs, _column(history, "train_loss"), marker="o",
+                 label="train (weighted BCE)")
+    loss_ax.plot(epochs, _column(history, "val_loss"), marker="o", label=f"{validated} (log-loss)")
+    loss_ax.set(xlabel="epoch", ylabel="loss")
+    loss_ax.legend(fontsize=8)
+    aucs = _column(history, "val_mean_auc")
+    if all(math.isnan(auc) for auc in aucs):
+        auc_ax.text(0.5, 0.5, "no val mean AUC: no class has\n--min_positives positives and "
+                    "negatives", ha="center", va="center", transform=auc_ax.transAxes)
+        auc_ax.set_xticks([])
+        auc_ax.set_yticks([])
+    else:
+        best = int(np.nanargmax(aucs))  # the first of equals, as best.pth
+        auc_ax.plot(epochs, aucs, marker="o", color="C2", label=f"{validated} mean AUC")
+        auc_ax.plot(epochs[best], aucs[best], marker="*", markersize=14, color="C3",
+                    linestyle="none", label=f"best: epoch {epochs[best]} ({aucs[best]:.4f})")
+        auc_ax.legend(fontsize=8)
+        auc_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    auc_ax.set(xlabel="epoch", ylabel="mean AUC")
+    loss_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in (loss_ax, auc_ax):
+        ax.grid(color="0.92")
+    _save(figure, path)

@@ -30,8 +30,10 @@ from cxr.imaging import IMAGE_SUFFIXES
 from cxr.labels import RAW_VALUES, UNCERTAIN
 
 KEY_COLUMNS = ("Study", "Path", "study", "path", "image_path")  # a file's key: the first found
-# Columns that are neither a key nor a label: CheXpert's metadata, predict.py's view columns.
-OTHER_COLUMNS = (*META_COLUMNS[1:], "view", "views", "n_views")
+# Columns that are neither a key nor a label: CheXpert's metadata, predict.py's view columns and
+# what it copies from the DICOM header (predict.HEADER_COLUMNS, header_warning).
+OTHER_COLUMNS = (*META_COLUMNS[1:], "view", "views", "n_views", "ViewPosition", "PatientSex",
+                 "PatientAge", "StudyDate", "header_warning")
 FLAG_SUFFIX = " positive"  # predict.py's 0/1 decision columns, "<label> positive": not scores
 # the release folder anywhere in a path: "/data/CheXpert-v1.0/test/..." -> "test/..."
 RELEASE_FOLDER = re.compile(r"^(?:.*/)?" + RELEASE_PREFIX.pattern.removeprefix("^"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -15,6 +16,9 @@ from config import Config
 from cxr.distributed import World
 from cxr.stop_signals import StopSignals
 from model_architecture import CheXpertNet
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 
 @dataclass
@@ -63,6 +67,7 @@ class Trainer:
     state: RunState = field(default_factory=lambda: RunState(history=[]))
     records: dict = field(default_factory=dict)  # the run's fixed facts every checkpoint carries
     ema: AveragedModel | None = None  # the weights' moving average (--ema_decay), else None
+    events: SummaryWriter | None = None  # TensorBoard events, rank 0 (cxr/tensorboard_log.py)
 
     @property
     def validated(self) -> nn.Module:

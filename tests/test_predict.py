@@ -26,6 +26,8 @@ BAD = {"truncated.jpg": "truncated", "empty.jpg": "cannot identify",
        "not_an_image.jpg": "cannot identify", "decompression_bomb.png": "decompression bomb",
        "one_pixel.png": "1 x 1 px", "extreme_aspect.png": "3000 x 12 px"}
 CPU = Config(device="cpu", num_workers=0)
+# what predict.py copies from the DICOM header, after `view` (tests/test_dicom.py checks them)
+HEADER_COLUMNS = ("ViewPosition", "PatientSex", "PatientAge", "StudyDate")
 
 
 def run_predict(*args: str) -> subprocess.CompletedProcess:
@@ -62,7 +64,7 @@ def test_folder_of_good_and_bad_files(checkpoint, tmp_path):
     assert "6 unreadable file(s)" in last and "Traceback" not in result.stderr
 
     table = pd.read_csv(output)
-    assert list(table.columns) == ["path", "view", *LABELS,
+    assert list(table.columns) == ["path", "view", *HEADER_COLUMNS, "header_warning", *LABELS,
                                    *[f"{label} positive" for label in LABELS]]
     assert sorted(table["path"].map(lambda p: p.rsplit("/", 1)[-1])) == sorted(GOOD)
     probabilities = table[list(LABELS)].to_numpy()
