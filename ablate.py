@@ -19,8 +19,8 @@ a frontal run's images aggregated to studies as its report's study level does.
 
 --seeds N (N > 1): every configuration is trained N times, with the seeds --seed, --seed + 1,
 ..., --seed + N - 1 (the same for all), as models/<ablation_name>-<NAME>-s<seed>/ (log
-<NAME>-s<seed>.log); train.py gets --seed <seed>, evaluate.py the ablation's --seed (its
-bootstrap seed, the same for every run); --seeds itself reaches neither. The runs go seed by
+<NAME>-s<seed>.log); train.py gets --seed <seed> (evaluate.py draws nothing at random); --seeds
+itself reaches neither. The runs go seed by
 seed (every configuration's first seed, then the next), each trained, evaluated, skipped or
 resumed as above. A configuration's AUC is then the mean over its runs of each run's AUC, with
 their SD and range, and B - baseline has a two-level bootstrap interval: the test patients
@@ -30,9 +30,9 @@ resampled (cxr/seeds.py). With --seeds 1 (the default) the runs, files and table
 Reads  <data_dir>/splits/*.csv (through train.py and evaluate.py), each run's eval_test.json.
 Writes models/ablation-<name>/ablation.csv   one row per configuration: test mean AUC over all
                                              evaluable observations and over the competition
-                                             five, with patient-bootstrap intervals; the
-                                             per-observation AUCs; and B - baseline with a
-                                             paired patient-bootstrap interval
+                                             five, with their intervals (cxr/intervals.py);
+                                             the per-observation AUCs; and B - baseline with
+                                             a paired interval
        models/ablation-<name>/ablation.md    the same as Markdown tables, with the commands
        models/ablation-<name>/<NAME>.log     the output of train.py and evaluate.py
 With --seeds N the CSV's row holds, for mean_auc and competition_auc: the mean over the seeds,
@@ -269,8 +269,7 @@ def stream(command: list[str], log_path: Path) -> int:
 def stage_options(script: str, shared: Options, configuration: Configuration,
                   seed: int | None = None) -> list[str]:
     """The shared options, then the configuration's own, that `script` reads (config.ACCEPTS).
-    `seed`: a run's seed of several, given to train.py; evaluate.py keeps the ablation's --seed
-    (its bootstrap seed), so every run's report resamples the same patients."""
+    `seed`: a run's seed of several, given to train.py (evaluate.py reads no seed)."""
     merged = {**shared, **configuration.given}
     if seed is not None and script == "train.py":
         merged["seed"] = [str(seed)]
@@ -493,10 +492,10 @@ def markdown_report(rows: list[dict], configurations: list[Configuration], name:
         f"## Mean AUC ({SPLIT} split)", "",
         markdown_table(summary_header(cfg.ci_level), [summary_cells(r) for r in rows],
                        left=(0, 5)), "",
-        f"Intervals: the AUC intervals are {level} percentile intervals over "
-        f"{cfg.bootstrap_resamples} bootstrap resamples of the {SPLIT} patients (each patient's "
-        "images together). A difference's interval is *paired*: both models are scored on the "
-        "same resampled patients, so it is narrower than the two AUC intervals suggest, and one "
+        f"Intervals: {level} cluster-robust DeLong intervals (each patient's images one "
+        "cluster; cxr/intervals.py, coverage: benchmarks/bench_coverage.py). A difference's interval is "
+        "*paired*: both models are scored on the same patients, so it is narrower than the two "
+        "AUC intervals suggest, and one "
         "that excludes 0 (`better` / `worse`) is unlikely to come from which patients happen to "
         "be in the test split. It does not cover training noise: each configuration was trained "
         "once, with one seed, so a small difference may still come from the seed (`--seeds N` "

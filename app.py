@@ -13,7 +13,9 @@ decoded in memory and predicted exactly as predict.py predicts files (inference.
 gets its findings, most probable first (all 14 in view, without scrolling), with confidence
 bars and decisions, and a Grad-CAM overlay for the finding chosen; a batch also gets a results
 table and its CSV, and with a study-mode checkpoint (view_mode study) the findings of the uploads
-fused as one study's views.
+fused as one study's views. A label the checkpoint's training split never labelled (an NIH
+model's Enlarged Cardiomediastinum, Fracture, Support Devices) gets no probability, decision or
+heatmap: it says "not trained".
 An ensemble (a comma list of checkpoints, a run's top_k/ folder, an ensemble's folder: see
 cxr/ensemble.py) is typed as the path and used like one checkpoint. An upload that cannot be
 read shows why. A research demo of a model trained on CheXpert labels,
@@ -31,8 +33,9 @@ import streamlit as st
 
 from config import Config, ConfigError, PipelineError
 from cxr.cli import parse_args
-from cxr.inference import PredictedFiles, Predictor, Upload, film_view, findings_of, \
-    frontal_first, lateral_warning, load_predictor, overlay_of, predict_sources, predict_studies
+from cxr.inference import NOT_TRAINED, PredictedFiles, Predictor, Upload, film_view, \
+    findings_of, frontal_first, lateral_warning, load_predictor, overlay_of, predict_sources, \
+    predict_studies
 from cxr.ensemble import checkpoint_paths, predictor_files
 
 CHECKPOINT_ENV = "CHEXPERT_CHECKPOINT"  # a checkpoint path to start with
@@ -150,12 +153,13 @@ def show_batch(table: pd.DataFrame, predictor: Predictor) -> None:
     """Every image's probabilities as bars, its positive findings, and the CSV to download."""
     st.subheader(f"{len(table)} radiographs")
     shown = table[["path", *(["view"] if "view" in table else []), *predictor.labels]].copy()
-    flags = table[[f"{label} positive" for label in predictor.labels]].to_numpy()
-    shown.insert(1, "positive findings", ["; ".join(l for l, f in zip(predictor.labels, row) if f)
+    trained = predictor.trained
+    flags = table[[f"{label} positive" for label in trained]].to_numpy()
+    shown.insert(1, "positive findings", ["; ".join(l for l, f in zip(trained, row) if f)
                                           for row in flags])
     columns = {label: st.column_config.ProgressColumn(label, min_value=0.0, max_value=1.0,
                                                       format="percent")
-               for label in predictor.labels}
+               for label in trained}  # an untrained label's column says NOT_TRAINED
     st.dataframe(shown, hide_index=True, column_config={"path": "image", **columns})
     st.download_button("Download the results (CSV)", table.to_csv(index=False),
                        file_name="predictions.csv", mime="text/csv")
@@ -173,7 +177,8 @@ def show_image(predictor: Predictor, row: pd.Series, upload: Upload, path: str,
             "threshold": st.column_config.NumberColumn("threshold", format="%.3f"),
         })
     with right:
-        label = st.selectbox("Grad-CAM heatmap for", findings["finding"].tolist())
+        trained = findings.loc[findings["decision"] != NOT_TRAINED, "finding"]
+        label = st.selectbox("Grad-CAM heatmap for", trained.tolist())
         picture = cached_overlay(path, key, upload.name, upload.data, label)
         probability = float(row[label])
         st.image(picture, caption=f"{label}: probability {probability:.1%}. Red marks where the "

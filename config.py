@@ -47,6 +47,7 @@ DATA_FIELDS = {"data_root": "preprocess.py", "frontal_only": "preprocess.py",
                "check_images": "preprocess.py", "missing_images": "preprocess.py",
                "stats_sample": "preprocess.py", "fallback_mean": "preprocess.py",
                "fallback_std": "preprocess.py", "test_fraction": "preprocess.py",
+               "label_hierarchy": "preprocess.py", "padchest_label_source": "preprocess.py",
                "val_fraction": "make_splits.py"}
 
 # How an uncertain (-1) label is trained (labels.training_targets): as positive, as negative,
@@ -80,8 +81,13 @@ class Config:
 
     # ---- preprocessing (preprocess.py) -----------------------------------------------------
     frontal_only: bool = True  # keep only Frontal/Lateral == "Frontal" rows
-    uncertainty_policy: UncertaintyPolicy = "U-Ones"  # how uncertain (-1) labels train; labels.py
-    uncertainty_policy_by_class: tuple[str, ...] = ()  # exceptions: Edema=U-Ones,Atelectasis=U-Ignore
+    # CheXpert's hierarchy (adapters.HIERARCHY), the same rule for CheXpert and every other
+    # dataset: none = the labels as published; fill_blank = a positive child makes a blank (not
+    # mentioned) parent positive, never an explicit 0, -1 or not labelled one
+    label_hierarchy: Literal["none", "fill_blank"] = "none"
+    # PadChest's rows by who labelled them (its MethodLabel): physician = the 24 % read by
+    # radiologists; all = also the 76 % labelled by their network (RNN_model)
+    padchest_label_source: Literal["physician", "all"] = "physician"
     check_images: bool = True  # check every image file exists (and compute mean/std from them)
     missing_images: Literal["error", "skip"] = "error"  # error: stop, list; skip: drop, count, list
     stats_sample: int = 1000  # images (seeded sample) used to compute the pixel mean/std
@@ -104,6 +110,8 @@ class Config:
     dropout: float = 0.2  # dropout probability before the linear head
 
     # ---- training (train.py) ------------------------------------------------------------------
+    uncertainty_policy: UncertaintyPolicy = "U-Ones"  # how uncertain (-1) labels train; labels.py
+    uncertainty_policy_by_class: tuple[str, ...] = ()  # exceptions: Edema=U-Ones,Atelectasis=U-Ignore
     image_size: int = 320  # pixels, square input side (CheXpert paper: 320)
     batch_size: int = 16  # images per forward pass (micro-batch)
     accumulation_steps: int = 2  # micro-batches per optimizer step: effective batch 16 x 2 = 32
@@ -112,7 +120,10 @@ class Config:
     lr_head: float = 1e-3  # AdamW learning rate of GeM + head, per optimizer step
     lr_backbone: float = 1e-4  # AdamW learning rate of the backbone once unfrozen
     weight_decay: float = 1e-5  # AdamW decoupled weight decay
-    warmup_steps: int = 100  # optimizer steps of linear LR warm-up at the start of training
+    # optimizer steps of linear LR warm-up of each parameter group (the backbone's starts when it
+    # is unfrozen); none: warmup_share of the steps the group trains, at most 100 (cxr/schedule.py)
+    warmup_steps: int | None = None
+    warmup_share: float = 0.1  # the default warm-up's share of a group's steps (a short run's)
     lr_schedule: Literal["cosine", "constant"] = "cosine"  # after warm-up; cosine ends at 0
     grad_clip_norm: float = 0.0  # clip the gradient norm to this (after fp16 unscaling); 0 = off
     max_pos_weight: float = 50.0  # cap on the per-class BCE positive weight (neg/pos count)
@@ -127,7 +138,12 @@ class Config:
     num_workers: int = -1  # DataLoader worker processes; -1 = chosen from the CPU count
     max_nonfinite_steps: int = 5  # stop after this many optimizer steps in a row skipped for NaN/inf
     checkpoint_every_steps: int = 500  # also write last.pth every N optimizer steps; 0 = epochs only
-    early_stopping_patience: int = 3  # stop after N epochs without a better val mean AUC; 0 = off
+    # stop after N epochs without a better val mean AUC, counted once the warm-up is over; 0 = off
+    early_stopping_patience: int = 3
+    # a val split too small to rank epochs (fewer than half the classes with train positives have
+    # min_positives positives and negatives in val): false = best.pth is the last epoch and no
+    # early stopping; true = rank epochs on its mean AUC anyway
+    select_on_small_val: bool = False
     deterministic: bool = False  # bitwise-reproducible kernels (slower on GPU); resume is exact
     # exponential moving average of the weights, updated every optimizer step and validated every
     # epoch (best.pth then holds the average); 0 = off, 0.999 a usual value
@@ -147,8 +163,10 @@ class Config:
     # checkpoint to evaluate; empty = run_name's best.pth, else the newest; several (a comma list,
     # a folder such as a run's top_k/, an ensemble's folder): an ensemble (cxr/ensemble.py)
     checkpoint: str = ""
-    bootstrap_resamples: int = 1000  # patient bootstrap resamples of the AUC intervals; 0 = none
-    ci_level: float = 0.95  # coverage of the percentile intervals (0.95 = 95 %)
+    # patient bootstrap resamples of score.py's readers against the curves and of ablate.py
+    # --seeds' two-level intervals; 0 = none (AUC intervals need none: cxr/intervals.py)
+    bootstrap_resamples: int = 1000
+    ci_level: float = 0.95  # coverage of every interval (0.95 = 95 %)
     target_sensitivity: float = 0.9  # second operating point: highest val threshold reaching it
     # a study's prediction from its images' (evaluate.py, predict.py's _studies.csv, score.py)
     study_aggregation: Literal["max", "mean"] = "max"
@@ -227,8 +245,8 @@ _CHECKPOINT = ("models_dir", "run_name", "checkpoint")  # checkpoints.resolve_ch
 _INFERENCE = ("device", "precision", "channels_last", "tta", "batch_size", "num_workers")
 READS: dict[str, tuple[str, ...]] = {
     "preprocess.py": ("data_root", "dataset", "test_fraction", "data_dir", "frontal_only",
-                      "uncertainty_policy", "check_images", "missing_images", "stats_sample",
-                      "fallback_mean", "fallback_std", "seed"),
+                      "label_hierarchy", "padchest_label_source", "check_images",
+                      "missing_images", "stats_sample", "fallback_mean", "fallback_std", "seed"),
     "make_splits.py": ("data_dir", "val_fraction", "seed"),
     "cache.py": ("data_dir", "image_size", "crop_margin", "cache_on_error", "cache_retry_errors"),
     "train.py": ("data_dir", "models_dir", "run_name", "resume", "uncertainty_policy",
@@ -239,12 +257,15 @@ READS: dict[str, tuple[str, ...]] = {
                  "warmup_steps", "lr_schedule", "grad_clip_norm", "max_pos_weight", "augment",
                  "view_mode", "view_fusion", "max_views", "device", "precision", "channels_last",
                  "num_workers", "max_nonfinite_steps", "checkpoint_every_steps",
-                 "early_stopping_patience", "deterministic", "use_cache", "min_positives"),
-    "evaluate.py": ("data_dir", *_CHECKPOINT, *_INFERENCE, "seed", "use_cache",
-                    "bootstrap_resamples", "ci_level", "target_sensitivity", "study_aggregation",
+                 "early_stopping_patience", "deterministic", "use_cache", "min_positives",
+                 "warmup_share", "select_on_small_val"),
+    "evaluate.py": ("data_dir", *_CHECKPOINT, *_INFERENCE, "use_cache",
+                    "ci_level", "target_sensitivity", "study_aggregation",
                     "calibration", "calibration_bins", "min_positives", "compare",
-                    "compare_split", "age_bands", "dataset", "split"),
-    "ablate.py": ("ablation", "ablation_name", "seeds"),  # and every field of its STAGES
+                    "compare_split", "age_bands", "dataset", "split", "label_hierarchy",
+                    "padchest_label_source"),
+    # and every field of its STAGES
+    "ablate.py": ("ablation", "ablation_name", "seeds", "bootstrap_resamples"),
     "predict.py": (*_CHECKPOINT, *_INFERENCE, "inputs", "output", "gradcam", "gradcam_dir",
                    "study_grouping", "study_aggregation", "allow_threshold_mismatch"),
     "score.py": ("predictions", "labels", "radiologists", "labeler", "compare", "output_dir",
@@ -301,7 +322,7 @@ def validate(cfg: Config) -> Config:
     non_negative = ("warmup_steps", "grad_clip_norm", "checkpoint_every_steps",
                     "early_stopping_patience")
     for name in non_negative:
-        if getattr(cfg, name) < 0:
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 0:
             raise ConfigError(f"--{name} must be 0 or more, got {getattr(cfg, name)}")
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise ConfigError(f"--ema_decay must be in [0, 1) (0 = off, 0.999 a usual value), got "
@@ -319,6 +340,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"--val_fraction must be between 0 and 1, got {cfg.val_fraction}")
     if not 0.0 <= cfg.crop_margin <= 0.5:
         raise ConfigError(f"--crop_margin must be between 0 and 0.5, got {cfg.crop_margin}")
+    if not 0.0 < cfg.warmup_share <= 1.0:
+        raise ConfigError(f"--warmup_share must be in (0, 1], got {cfg.warmup_share}")
     if not 0 <= cfg.frozen_epochs <= cfg.epochs:
         raise ConfigError(f"--frozen_epochs must be between 0 and --epochs ({cfg.epochs})")
     if not 0.0 < cfg.ci_level < 1.0:

@@ -35,7 +35,8 @@ def batch_tensor(shape: tuple[int, ...]) -> torch.Tensor:
 
 
 class CheXpertDataset(Dataset):
-    """Rows of a processed/split CSV: `image_path` plus the label columns as 0/1 targets.
+    """Rows of a processed/split CSV: `image_path` plus targets (default: the label columns,
+    each row's reference standard, blank masked).
 
     An item is (uint8 1 x image_size x image_size tensor, float targets); a target of NaN is a
     masked label that the loss ignores. Items are asked for by index, or by the
@@ -52,7 +53,7 @@ class CheXpertDataset(Dataset):
                  labels: tuple[str, ...] = LABELS, cache: ImageCache | None = None,
                  seed: int = 0, targets: np.ndarray | None = None):
         self.paths = frame["image_path"].tolist()
-        if targets is None:  # the binary label columns
+        if targets is None:  # the label columns: the reference standard, blank masked
             targets = frame[list(labels)].to_numpy(dtype=np.float32)
         self.targets = torch.tensor(targets)
         self.image_size, self.side, self.augment, self.cache = image_size, side, augment, cache
@@ -237,7 +238,7 @@ def read_split(path: Path, labels: tuple[str, ...] = LABELS) -> pd.DataFrame:
     if missing:
         raise PipelineError(f"{path} lacks column(s) {missing}: re-run preprocess.py and "
                             "make_splits.py with this version of the code")
-    # blank: a finding the dataset does not annotate (labels.NOT_LABELLED), masked
+    # the reference standard (labels.reference_columns): blank where uncertain or not labelled
     targets = frame[list(labels)]
     not_binary = ~(targets.isin([0, 1]) | targets.isna()).all()
     if not_binary.any():
@@ -251,13 +252,13 @@ def read_split(path: Path, labels: tuple[str, ...] = LABELS) -> pd.DataFrame:
 def data_settings(cfg: Config) -> dict:
     """What the data in --data_dir were built with: preprocess.py's settings (stats.json) and
     make_splits.py's (splits.json); a field an older version did not record is absent (older
-    stats.json files kept data_root, frontal_only and the policy at their top level)."""
+    stats.json files kept data_root and frontal_only at their top level)."""
     settings = {}
     for path in (cfg.processed_dir / "stats.json", cfg.splits_dir / "splits.json"):
         if path.is_file():
             stored = json.loads(path.read_text())
-            settings.update({key: stored[key] for key in ("data_root", "frontal_only",
-                                                          "uncertainty_policy") if key in stored})
+            settings.update({key: stored[key] for key in ("data_root", "frontal_only")
+                             if key in stored})
             settings.update(stored.get("settings", {}))
     return settings
 

@@ -16,7 +16,7 @@ Writes next to the checkpoint:
                                    (Youden's J and the threshold reaching --target_sensitivity),
                                    bound to the checkpoint's weights (model_id) and saying how
                                    the scores were made (TTA, view mode)
-       eval_<split>.json/.md/.csv  per class: AUC with a patient-bootstrap interval, AUPRC,
+       eval_<split>.json/.md/.csv  per class: AUC with its interval (cxr/intervals.py), AUPRC,
                                    prevalence, masked labels, study-level AUC, ECE, the val
                                    thresholds' sensitivity, specificity, PPV, NPV, F1; the means
                                    over the classes with at least --min_positives positives
@@ -24,7 +24,7 @@ Writes next to the checkpoint:
        roc_<split>.png, pr_<split>.png, reliability_<split>.png, subgroups_<split>.png (the
                                    competition five by subgroup)  (embedded in eval_<split>.md)
 With --compare RUN_A RUN_B (a run folder under --models_dir, or a checkpoint path): per-class AUC
-differences B - A with paired patient-bootstrap intervals on --compare_split, printed and written
+differences B - A with paired intervals on --compare_split, printed and written
 to <B's folder>/compare_<split>_vs_<A>.{csv,md}.
 With several checkpoints (a comma list, or a folder of them such as a run's top_k/ from
 --keep_top_k), an ensemble: the mean of the members' probabilities, each member calibrated on
@@ -34,8 +34,10 @@ reports into the folder given, or <models_dir>/ensemble-<id>/ for a list; each r
 ensemble beside every member, with paired intervals (cxr/ensemble.py).
 With --dataset nih|mimic|padchest --data_root DIR (external validation): every image of DIR in
 its publisher's layout (its official test split with --split test), labels mapped onto CheXpert's
-(cxr/nih.py, ...; a label the dataset does not annotate is n/a), scored with the calibration and
-thresholds fitted on the checkpoint's own val split; writes eval_<dataset>.{json,md,csv} (with
+(cxr/nih.py, ...; a label the dataset does not annotate is n/a; the hierarchy is the training
+data's --label_hierarchy; PadChest's rows those of --padchest_label_source), scored with the
+calibration and thresholds fitted on the checkpoint's own val split; the reference standard names
+who labelled the rows; writes eval_<dataset>.{json,md,csv} (with
 --split test eval_<dataset>_test.*) and its figures beside the checkpoint, never over its own
 reports. The JSON is shaped like eval_test.json, plus "dataset".
 """
@@ -59,14 +61,15 @@ from cxr.ensemble import check_members, checkpoint_paths, ensemble_folder, ensem
 from cxr.evaluation import Predictions, combined_predictions, evaluate_predictions, \
     fit_and_write_thresholds, fit_on_val, load_model, members_beside, paired_differences, \
     predict_frame, predict_split, resolve_run, run_label, val_calibration
-from cxr.external import dataset_record, external_rows, report_name
+from cxr.external import dataset_record, external_rows, reference_text, report_name
 from cxr.plots import forest_plot, pr_grid, reliability_grid, roc_grid
 from cxr.report import comparison_report, comparison_text, ensemble_text, print_report, \
     write_reports
 from dataset import check_data_options
 
 SPLITS = ("val", "test")  # val first: it fits the calibration and the thresholds
-EXTERNAL_FIELDS = ("data_root", "missing_images")  # with --dataset they describe that dataset
+# with --dataset they describe that dataset (--label_hierarchy is the training data's own)
+EXTERNAL_FIELDS = ("data_root", "missing_images", "padchest_label_source")
 
 
 # ---- predictions --------------------------------------------------------------------------------
@@ -161,8 +164,7 @@ def external_validation(cfg: Config) -> None:
                           use_cache=False, not_labelled=not_labelled)
     result = {"split": name, "checkpoint": str(path), "epoch": checkpoint.get("epoch"),
               **evaluate_predictions(preds, thresholds, calibration, cfg),
-              "reference": f"{adapted.title}'s labels mapped onto CheXpert's "
-                           f"(cxr/{cfg.dataset}.py), uncertain (-1) masked",
+              "reference": reference_text(cfg, adapted),
               "dataset": dataset_record(cfg, adapted, n_missing)}
     plots = draw_plots(preds, result, cfg, path.parent)
     write_reports(result, plots, cfg, path.parent)
@@ -184,8 +186,8 @@ def compare_runs(cfg: Config) -> None:
         *[predict_split(model, split, path, checkpoint, trained, cfg, device)
           for path, (model, checkpoint, trained) in zip(paths, models)], cfg)
     description = [f"AUC of B - A on the {split} split ({len(both.frame)} {both.unit}, "
-                   f"{both.frame['patient_id'].nunique()} patients), {cfg.bootstrap_resamples} "
-                   f"paired patient-bootstrap resamples (seed {cfg.seed})",
+                   f"{both.frame['patient_id'].nunique()} patients), paired intervals "
+                   "(cluster-robust DeLong over the patients)",
                    f"A = {paths[0]}", f"B = {paths[1]}"]
     print("\n" + "\n  ".join(description) + "\n" + comparison_text(rows, cfg.ci_level))
     write_comparison(rows, description, paths, split, cfg)

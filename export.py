@@ -6,7 +6,8 @@ Reads  the checkpoint (default: --run_name's best.pth, else the newest models/*/
        thresholds.json beside it, when there is one.
 Writes --output (default model.onnx; ONNX opset 17), <stem>.pt beside it (TorchScript) and
        <stem>.json (labels, input shape, view mode, thresholds, calibration, model_id,
-       checkpoint).
+       checkpoint, and not_trained: the labels the checkpoint's training split never labelled,
+       whose outputs mean nothing; their thresholds are null).
 Both models take one input, "images": uint8 N x 1 x S x S grayscale pixels, S = the checkpoint's
 image_size, built like predict.py builds them (imaging.decode_square to the stored side, then
 dataset.centre_view); pixel normalisation happens inside. They return "probabilities" (float32
@@ -131,7 +132,10 @@ def main(cfg: Config) -> None:
             "views": "frontal films only" if predictor.view_mode == "frontal" else
                      "one view of a study (the single-image path of a study-mode model)",
             "model_id": predictor.model_id, "outputs": list(OUTPUTS),
-            "thresholds": thresholds.values, "thresholds_source": thresholds.source,
+            "thresholds": {label: None if label in predictor.untrained else value
+                           for label, value in thresholds.values.items()},
+            "not_trained": list(predictor.untrained),
+            "thresholds_source": thresholds.source,
             "calibration": {"method": thresholds.method, "parameters": thresholds.calibration},
             "logit_offset_removed": predictor.logit_offset_removed,
             **({"ensemble": [str(p) for p in checkpoint_paths(str(path))]}

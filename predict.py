@@ -20,7 +20,10 @@ Writes --output (default predictions.csv): path, view (frontal / lateral / unkno
        or why the header says the film is not a chest radiograph: a Modality other than CR/DX
        or a BodyPartExamined other than CHEST; such films are still scored, with a warning
        counting them), the calibrated probability of each of the checkpoint's labels and a 0/1
-       "<label> positive" column per label (probability >= its threshold);
+       "<label> positive" column per label (probability >= its threshold); both cells say "not
+       trained" for a label the checkpoint's training split never labelled (its record
+       trained_labels; an NIH model's Enlarged Cardiomediastinum, Fracture, Support Devices),
+       whose output means nothing;
        a study-mode checkpoint (view_mode study) predicts studies instead: with --study_grouping
        folder (default) the images of one folder are one study's views (CheXpert's layout), fused
        as in training, and a row holds study (the folder), views (their paths), n_views and the
@@ -205,7 +208,7 @@ def image_studies(table: pd.DataFrame, predictor: Predictor, cfg: Config) -> pd.
     if predictor.view_mode == "study" or cfg.study_grouping != "folder":
         return None
     studies, no_frontal = study_table(table, predictor.labels, cfg.study_aggregation,
-                                      predictor.frontal_only)
+                                      predictor.frontal_only, predictor.untrained)
     if no_frontal:
         print(f"warning: {len(no_frontal)} study(ies) have no frontal film ({no_frontal[0]}"
               f"{', ...' if len(no_frontal) > 1 else ''}): aggregated over their lateral films, "
@@ -313,7 +316,7 @@ def main(cfg: Config) -> None:
     predictor = load_predictor(checkpoint, cfg)
     for warning in predictor.warnings:
         print(f"warning: {warning}")
-    labels = [find_label(name, predictor.labels) for name in cfg.gradcam]
+    labels = [find_label(name, predictor.labels, predictor.untrained) for name in cfg.gradcam]
     output, errors_path, gradcam_dir = output_paths(cfg)
     output.parent.mkdir(parents=True, exist_ok=True)
     if predictor.view_mode == "study":

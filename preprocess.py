@@ -1,23 +1,29 @@
-"""Validate CheXpert's CSVs, keep the raw labels with 0/1 targets, compute the pixel mean/std.
+"""Validate CheXpert's CSVs, keep the raw labels beside the reference standard, compute the pixel
+mean/std.
 
-    python preprocess.py --data_root /path/to/CheXpert-v1.0-small
+    python preprocess.py --data_root /path/to/CheXpert-v1.0-small [--label_hierarchy none]
     python preprocess.py --dataset nih --data_root /path/to/ChestX-ray14   (also mimic, padchest)
 
 Reads  <data_root>/train.csv, <data_root>/valid.csv and (unless --check_images false) the images.
-Writes <data_dir>/processed/train.csv, valid.csv: CheXpert's columns with the 14 labels replaced
-       by 0/1 targets (uncertain -> 1; -> 0 under U-Zeros/U-Zeros-LSR), plus "<label> (raw)"
-       columns (1, 0, -1 or blank), from which train.py derives its training targets under any
-       policy (no re-preprocessing) and every split's reference standard (uncertain masked), and
-       patient_id, study_id and image_path (absolute);
-       <data_dir>/processed/stats.json: pixel mean/std, row, patient and label counts, and the
-       settings these data were built with;
+Writes <data_dir>/processed/train.csv, valid.csv: CheXpert's columns with the 14 labels holding
+       the reference standard every split is scored against (1, 0 for negative or blank, blank
+       for uncertain or not labelled: the same whatever the uncertainty policy, which only
+       train.py reads), plus "<label> (raw)" columns (1, 0, -1 or blank), from which train.py
+       derives its training targets under any policy and every split its reference standard,
+       and patient_id, study_id and image_path (absolute); the labels are CheXpert's under
+       --label_hierarchy (none: as published; fill_blank: a positive child makes a blank parent
+       positive, adapters.apply_hierarchy);
+       <data_dir>/processed/stats.json: pixel mean/std, row, patient and label counts, the
+       labels the hierarchy set, and the settings these data were built with;
        <data_dir>/processed/missing_images.csv when --missing_images skip dropped rows.
 
 --dataset nih|mimic|padchest reads that dataset in its publisher's layout instead (cxr/nih.py,
 cxr/mimic.py, cxr/padchest.py), maps its labels onto CheXpert's 14 (a label it does not annotate
-is "not labelled": raw -2, blank target, masked) and writes the same files: train.csv, and as
-valid.csv (make_splits.py's test split) its official test list, else --test_fraction of its
-patients. stats.json also records the mapping's counts, skipped rows and unmapped terms.
+is "not labelled": raw -2, blank target, masked), applies the same --label_hierarchy and writes
+the same files: train.csv, and as valid.csv (make_splits.py's test split) its official test
+list, else --test_fraction of its patients. stats.json also records the mapping's counts, who
+labelled the rows (label_sources; PadChest: --padchest_label_source), rows masked or skipped and
+unmapped terms.
 """
 
 from __future__ import annotations
@@ -34,10 +40,10 @@ from config import DATA_FIELDS, LABELS, META_COLUMNS, Config, PipelineError
 from cxr.atomic import write_csv_atomic, write_text_atomic
 from cxr.chexpert import RELEASE_PREFIX, VIEW_VALUES, extract_patient_study, read_csv_text
 from cxr.cli import run_cli
-from cxr.adapters import SPLIT_COLUMN, processed_frame, summary_lines
+from cxr.adapters import SPLIT_COLUMN, apply_hierarchy, processed_frame, summary_lines
 from cxr.datasets import read_dataset
-from cxr.labels import NOT_LABELLED, apply_uncertainty_policy, find_bad_label_values, \
-    parse_raw_labels, raw_column
+from cxr.labels import NOT_LABELLED, find_bad_label_values, parse_raw_labels, raw_column, \
+    reference_columns
 from cxr.splits import split_by_patient
 
 # CheXpert's Path column starts with the release folder name; the data root *is* that folder.
@@ -125,10 +131,9 @@ def process_csv(path: Path, cfg: Config) -> tuple[pd.DataFrame, dict]:
     validate_values(df, path)
     relative = relative_image_paths(df, path)
     ids = patient_and_study(df, path)
-    counts = {"rows_in_csv": len(df)}
-    raw = parse_raw_labels(df)
-    targets = apply_uncertainty_policy(raw, cfg.uncertainty_policy)
-    out = pd.concat([df[list(META_COLUMNS)], targets,
+    raw, filled = apply_hierarchy(parse_raw_labels(df), cfg.label_hierarchy)
+    counts = {"rows_in_csv": len(df), "hierarchy_filled": filled}
+    out = pd.concat([df[list(META_COLUMNS)], reference_columns(raw),
                      raw.astype("Int8").rename(columns=raw_column), ids], axis=1)
     out["image_path"] = str(Path(cfg.data_root).resolve()) + "/" + relative
     if cfg.frontal_only:
@@ -173,8 +178,7 @@ def label_counts(df: pd.DataFrame) -> dict:
     counts = {}
     for label in LABELS:
         raw = df[raw_column(label)]
-        counts[label] = {"positive_target": int(df[label].sum()),
-                         "raw_positive": int((raw == 1).sum()), "raw_negative": int((raw == 0).sum()),
+        counts[label] = {"raw_positive": int((raw == 1).sum()), "raw_negative": int((raw == 0).sum()),
                          "raw_uncertain": int((raw == -1).sum()), "raw_blank": int(raw.isna().sum()),
                          "not_labelled": int((raw == NOT_LABELLED).sum())}
     return counts
@@ -185,8 +189,7 @@ def built_with(cfg: Config) -> dict:
     "settings": train.py and evaluate.py check theirs against them, checkpoints record them."""
     settings = {name: getattr(cfg, name) for name, script in DATA_FIELDS.items()
                 if script == "preprocess.py"}
-    return {**settings, "data_root": str(Path(cfg.data_root).resolve()),
-            "uncertainty_policy": cfg.uncertainty_policy}
+    return {**settings, "data_root": str(Path(cfg.data_root).resolve())}
 
 
 # ---- the two kinds of input --------------------------------------------------------------------
@@ -205,9 +208,9 @@ def adapted_tables(cfg: Config) -> tuple[dict, dict, dict, dict]:
     """Another dataset in its publisher's layout (--dataset), mapped onto CheXpert's labels: the
     official test list as valid.csv (make_splits.py's test split) when it has one, else
     --test_fraction of its patients; returns chexpert_tables' three and stats.json's extra keys."""
-    adapted = read_dataset(cfg.dataset, cfg.data_root)
+    adapted = read_dataset(cfg.dataset, cfg.data_root, cfg)
     print("\n".join(summary_lines(adapted)))
-    frame = processed_frame(adapted, cfg.data_root, cfg.uncertainty_policy)
+    frame = processed_frame(adapted, cfg.data_root)
     if adapted.has_official_test:
         is_test = frame[SPLIT_COLUMN] == "test"
         parts = {"train": frame[~is_test], "valid": frame[is_test]}
@@ -224,7 +227,9 @@ def adapted_tables(cfg: Config) -> tuple[dict, dict, dict, dict]:
                                               "rows_after_view_filter": len(kept)}
     extra = {"dataset": cfg.dataset, "title": adapted.title, "sources": list(adapted.sources),
              "test_split": test_split, "not_labelled": list(adapted.not_labelled),
-             "not_labelled_note": adapted.not_labelled_note(), "skipped": adapted.skipped,
+             "not_labelled_note": adapted.not_labelled_note(),
+             "label_sources": adapted.label_sources, "hierarchy_filled": adapted.hierarchy_filled,
+             "masked": adapted.masked, "skipped": adapted.skipped,
              "unmapped_terms": adapted.unmapped_terms}
     source = Path(cfg.data_root) / adapted.sources[0]
     return tables, counts, dict.fromkeys(SPLITS, source), extra
@@ -273,7 +278,8 @@ def main(cfg: Config) -> None:
     train = stats["train"]
     print(f"preprocess: wrote {out_dir}/train.csv ({train['rows_kept']:,} of {train['rows_in_csv']:,} "
           f"rows, {train['patients']:,} patients), valid.csv ({stats['valid']['rows_kept']:,} rows) "
-          f"and stats.json (mean {stats['mean']:.3f}, std {stats['std']:.3f}, {cfg.uncertainty_policy})")
+          f"and stats.json (mean {stats['mean']:.3f}, std {stats['std']:.3f}, --label_hierarchy "
+          f"{cfg.label_hierarchy})")
 
 
 if __name__ == "__main__":

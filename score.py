@@ -8,9 +8,11 @@
 Reads  --predictions: probabilities keyed by Study or Path (CheXpert's test-set files, the
        leaderboard's *_predictions.csv, predict.py's predictions.csv or its _studies.csv), label
        columns by name, any order, any subset of the 14; an image file is aggregated to studies
-       (--study_aggregation) when the labels are per study. --labels: 1 / 0 per study or image
-       (CheXpert's test groundtruth.csv: five radiologists' majority vote); -1 and blank are
-       masked. --radiologists: readers' 0/1 reads, same schema (a model's *_decisions.csv too).
+       (--study_aggregation) when the labels are per study, as predict.py writes its
+       _studies.csv: lateral films (its `view` column, else the file name) left out, as for a
+       frontal-only model. --labels: 1 / 0 per study or image (CheXpert's test
+       groundtruth.csv: five radiologists' majority vote); -1 and blank are masked.
+       --radiologists: readers' 0/1 reads, same schema (a model's *_decisions.csv too).
        --compare: other predictions files. --labeler: report labelers' 1 / 0 / -1 / blank output.
        Keys are matched across files with CheXpert's release folder, download folder and
        trailing slashes normalised (cxr/score_files.py); a study in one file and not the other is
@@ -22,14 +24,16 @@ Reads  --predictions: probabilities keyed by Study or Path (CheXpert's test-set 
 Writes to --output_dir (default scores/<predictions stem>/):
        score.json   n_studies, auc per label, mean_auc, competition5_auc, the report card with
                     its intervals, radiologists {reader: {label: sensitivity, specificity,
-                    below_curve, model_sensitivity, ... with intervals}},
-                    radiologists_below_curve {label: count} with its bootstrap distribution,
+                    below_curve, model_sensitivity, precision, below_pr_curve,
+                    model_precision, ... with intervals}}, radiologists_below_curve and
+                    radiologists_below_pr_curve {label: count} (the ROC and the PR curve,
+                    compared in counts) with their bootstrap distributions,
                     compare {file: {label: B - A}} with paired intervals, the leaderboard,
                     the labeler table
        score.md     the same as tables, with the figures; score.csv one row per label
        roc.png      ROC curves with each radiologist's operating point; pr.png PR curves;
        subgroups.png  the competition five's AUC by subgroup (a forest plot)
-The report card is evaluate.py's, from the same code (patient-bootstrap AUC intervals, AUPRC,
+The report card is evaluate.py's, from the same code (AUC intervals from cxr/intervals.py, AUPRC,
 positives, the means over labels and over the competition five).
 """
 

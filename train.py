@@ -7,8 +7,9 @@ fine-tuning.
 
 Reads  <data_dir>/splits/train.csv, val.csv, splits.json (make_splits.py),
        <data_dir>/processed/stats.json (preprocess.py).
-Writes models/<run_name>/best.pth (best val mean AUC), last.pth (every epoch, every
-       --checkpoint_every_steps optimizer steps, and on Ctrl-C / SIGTERM), config.json,
+Writes models/<run_name>/best.pth (best val mean AUC; the last epoch when val is too small to
+       rank epochs: cxr/schedule.py), last.pth (every epoch, every --checkpoint_every_steps
+       optimizer steps, and on Ctrl-C / SIGTERM), config.json,
        run_info.json, metrics.csv (one row per epoch), curves.png (train/val loss and val mean
        AUC per epoch), TensorBoard events.out.tfevents.* (per step loss, learning rates and
        images/s; per epoch val loss and AUCs; the best epochs' val PR curves; a grid of augmented
@@ -20,8 +21,10 @@ Writes models/<run_name>/best.pth (best val mean AUC), last.pth (every epoch, ev
 
 The val split is scored against its raw labels with uncertain masked, whatever the training
 policy (labels.evaluation_targets), and its mean AUC takes the classes with at least
---min_positives positives and negatives, exactly as evaluate.py scores it. Options that only
-preprocess.py / make_splits.py read are refused unless they match what the data were built with.
+--min_positives positives and negatives, exactly as evaluate.py scores it. A short run warms up
+over a share of its steps, and early stopping counts only the epochs after the warm-up
+(cxr/schedule.py). Options that only preprocess.py / make_splits.py read are refused unless
+they match what the data were built with.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from config import LABELS, Config, PipelineError
+from cxr.atomic import write_text_atomic
 from cxr.checkpoints import save_checkpoint
 from cxr.cli import given_fields, run_cli
 from cxr.device import autocast, autocast_dtype, choose_device, prepare_model, to_device
@@ -51,13 +55,14 @@ from cxr.distributed import (World, all_gather, any_rank, barrier, broadcast, cl
                              sync_buffers)
 from cxr.ema import make_ema
 from cxr.evaluation import predict_logits
-from cxr.labels import class_policies, logit_offsets, masked_counts, multiclass_flags, \
-    positive_class_weights
+from cxr.labels import class_policies, evaluation_targets, logit_offsets, masked_counts, \
+    multiclass_flags, positive_class_weights, trained_labels
 from cxr.metrics import mean_auc, mean_exclusions, per_class_auc
 from cxr.plots import training_curves
 from cxr.randomness import rng_state, seed_everything, set_deterministic
 from cxr.resume import config_for_launch, resume_command, resume_training, training_checkpoint
-from cxr.run_folder import epoch_row, prepare_run_dir, write_metrics
+from cxr.run_folder import epoch_row, prepare_run_dir, read_run_info, write_metrics
+from cxr.schedule import EpochRules, ValRanking, val_ranking, warmup_end, warmup_line, warmup_plan
 from cxr.stop_signals import StopSignals, TrainingStopped
 from cxr.tensorboard_log import event_log, flush_events, learning_rates, log_epoch, log_step, \
     log_training_images
@@ -91,21 +96,23 @@ def make_loaders(cfg: Config, train_frame, val_frame, policies: dict[str, str], 
 
 
 def make_trainer(cfg: Config, stats: dict, train_loader: DataLoader, policies: dict[str, str],
-                 fresh: bool, device: torch.device, dtype: torch.dtype | None, world: World,
-                 stop: StopSignals) -> Trainer:
+                 warmup: dict[str, int], fresh: bool, device: torch.device,
+                 dtype: torch.dtype | None, world: World, stop: StopSignals) -> Trainer:
     """The model (pretrained weights only for a fresh run: a resumed one loads its own), the
-    loss with the training split's positive-class weights, AdamW and its schedule, the
-    GradScaler (enabled for fp16 only), and the records every checkpoint carries."""
+    loss with the training split's positive-class weights, AdamW and its schedule (`warmup`:
+    each parameter group's warm-up steps), the GradScaler (enabled for fp16 only), and the
+    records every checkpoint carries."""
     model = build_model(dataclasses.replace(cfg, pretrained=cfg.pretrained and fresh), stats)
     model = prepare_model(model, device, cfg)
     pos_weight = positive_class_weights(train_loader.dataset.targets.numpy(), cfg.max_pos_weight)
     model.set_logit_offset(logit_offsets(pos_weight, multiclass_flags(policies)))
     optimizer = make_optimizer(model, cfg)
     steps_per_epoch = optimizer_steps(train_loader.sampler.num_samples, cfg)
-    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch, warmup)
     criterion = MaskedBCE(torch.from_numpy(pos_weight), multiclass_flags(policies)).to(device)
     records = {"normalization": stats, "data": data_settings(cfg),
-               "pos_weight": dict(zip(LABELS, pos_weight.tolist()))}
+               "pos_weight": dict(zip(LABELS, pos_weight.tolist())), "warmup": warmup,
+               "trained_labels": trained_labels(train_loader.dataset.targets.numpy())}
     return Trainer(model, model, criterion, optimizer, scheduler,
                    torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
                    cfg, device, dtype, world, stop, records=records,
@@ -138,19 +145,22 @@ def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str 
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def make_scheduler(optimizer: torch.optim.AdamW, cfg: Config, steps_per_epoch: int
-                   ) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(optimizer: torch.optim.AdamW, cfg: Config, steps_per_epoch: int,
+                   warmup: dict[str, int] | None = None) -> torch.optim.lr_scheduler.LambdaLR:
     """Per parameter group: the head warms up from the first step; the pretrained backbone gets
     its own warm-up from 0 when it is unfrozen (after the frozen epochs), so that its first
-    updates, with Adam's moments still empty, are small. Both decay to 0 at the last step."""
+    updates, with Adam's moments still empty, are small. Both decay to 0 at the last step.
+    `warmup`: each group's warm-up steps (default: cxr.schedule.warmup_plan's)."""
     total = cfg.epochs * steps_per_epoch
     starts = {"head": 0, "backbone": cfg.frozen_epochs * steps_per_epoch}
+    warmup = warmup or warmup_plan(cfg, steps_per_epoch)
 
-    def multiplier(start: int):
-        return lambda step: lr_multiplier(step, cfg.warmup_steps, total, cfg.lr_schedule, start)
+    def multiplier(group: str):
+        return lambda step: lr_multiplier(step, warmup[group], total, cfg.lr_schedule,
+                                          starts[group])
 
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, [multiplier(starts[group["name"]]) for group in optimizer.param_groups])
+        optimizer, [multiplier(group["name"]) for group in optimizer.param_groups])
 
 
 def set_backbone_frozen(model: CheXpertNet, frozen: bool) -> None:
@@ -385,15 +395,21 @@ def epoch_line(row: dict, epochs: int, is_best: bool, ema: bool = False) -> str:
             f"{row['images_per_s']:.1f} img/s  {row['epoch_seconds']:.0f} s")
 
 
-def record_epoch(state: RunState, row: dict, cfg: Config) -> tuple[bool, bool]:
-    """Add an epoch's row; returns (is the best so far, stop early now)."""
+def record_epoch(state: RunState, row: dict, cfg: Config, rules: EpochRules, steps_taken: int
+                 ) -> tuple[bool, bool]:
+    """Add an epoch's row; returns (is the epoch to keep as best.pth, stop early now). When val
+    cannot rank epochs the last one is kept; an epoch without improvement counts toward the
+    patience only after the warm-up (`steps_taken`: the optimizer steps taken so far)."""
     state.history.append(row)
     state.val_auc = {label: row[f"auc {label}"] for label in LABELS}
     score = row["val_mean_auc"]
+    if not rules.ranking.ranks:
+        state.best = score
+        return True, False
     is_best = score is not None and (state.best is None or score > state.best)
     if is_best:
         state.best, state.epochs_without_improvement = score, 0
-    else:
+    elif rules.counts_toward_patience(steps_taken):
         state.epochs_without_improvement += 1
     patience = cfg.early_stopping_patience
     return is_best, bool(patience) and state.epochs_without_improvement >= patience
@@ -436,8 +452,11 @@ RESUME_ONLY = ("optimizer", "scheduler", "scaler", "rng", "online_model")  # not
 TOP_K_DIR = "top_k"
 
 
-def top_epochs(history: list[dict], k: int) -> list[int]:
-    """The k epochs of highest val mean AUC, best first (the earlier of equals, as best.pth)."""
+def top_epochs(history: list[dict], k: int, ranks: bool = True) -> list[int]:
+    """The k epochs of highest val mean AUC, best first (the earlier of equals, as best.pth);
+    the k last ones, latest first, when val cannot rank epochs (`ranks` False)."""
+    if not ranks:
+        return [row["epoch"] for row in history[::-1][:k]]
     scored = [(row["val_mean_auc"], row["epoch"]) for row in history
               if row["val_mean_auc"] is not None]
     return [epoch for _, epoch in sorted(scored, key=lambda pair: (-pair[0], pair[1]))[:k]]
@@ -505,13 +524,21 @@ def run(cfg: Config, given: set[str], world: World, stop: StopSignals) -> None:
     val_frame = read_split(cfg.splits_dir / "val.csv")
     policies = class_policies(cfg.uncertainty_policy, cfg.uncertainty_policy_by_class)
     train_loader, val_loader = make_loaders(cfg, train_frame, val_frame, policies, world, device)
-    trainer = make_trainer(cfg, stats, train_loader, policies, fresh=checkpoint is None,
+    steps_per_epoch = optimizer_steps(train_loader.sampler.num_samples, cfg)
+    # a resumed run warms up as it began (its checkpoint keeps the steps), whatever --epochs now
+    warmup = (checkpoint or {}).get("warmup") or warmup_plan(cfg, steps_per_epoch)
+    rules = EpochRules(warmup_end(warmup, cfg, steps_per_epoch),
+                       val_ranking(evaluation_targets(train_frame),
+                                   val_loader.dataset.targets.numpy(), LABELS, cfg))
+    trainer = make_trainer(cfg, stats, train_loader, policies, warmup, fresh=checkpoint is None,
                            device=device, dtype=dtype, world=world, stop=stop)
+    trainer.records["epoch_selection"] = rules.ranking.record()
     progress = Progress()
     if checkpoint is not None:
         progress = resume_training(trainer, checkpoint, resume_from)
     if world.is_main:
         prepare_run_dir(cfg, device, world, resumed=checkpoint is not None)
+        record_rules(cfg.run_dir, warmup, rules.ranking)
     barrier(world)
     last = cfg.run_dir / "last.pth"
     # The run state is read from the trainer when the checkpoint is written, never captured here.
@@ -523,29 +550,39 @@ def run(cfg: Config, given: set[str], world: World, stop: StopSignals) -> None:
         print(start_line(trainer, train_loader, val_loader, where), flush=True)
         print(offsets_line(trainer.records["pos_weight"].values(),
                            trainer.model.logit_offset.tolist()), flush=True)
+        for line in (warmup_line(warmup, cfg, steps_per_epoch), rules.ranking.line()):
+            if line:
+                print(line, flush=True)
     # a fresh run logs from step 0 on, a resumed one from the step after its checkpoint's
     with event_log(cfg.run_dir, world, 0 if checkpoint is None else progress.global_step + 1) \
             as events:
         trainer.events = events
         if checkpoint is None:
             log_training_images(trainer.events, train_loader, trainer.model, stats)
-        stopped_early = fit(trainer, train_loader, val_loader, progress)
+        stopped_early = fit(trainer, train_loader, val_loader, progress, rules)
     if world.is_main:
         best = trainer.state.best
         best_text = "n/a" if best is None else f"{best:.4f}"
-        why = (f" (early stop: no better val mean AUC for {cfg.early_stopping_patience} epochs)"
-               if stopped_early else "")
+        why = (f" (early stop: no better val mean AUC for {cfg.early_stopping_patience} epochs "
+               "after the warm-up)" if stopped_early else "")
+        kept = "" if rules.ranking.ranks else "the last epoch, val too small to rank epochs; "
         weights = ", the weights' moving average" if trainer.ema is not None else ""
-        print(f"train: wrote {cfg.run_dir}/best.pth (val mean AUC {best_text}{weights}), last.pth, "
-              f"metrics.csv, curves.png, events.out.tfevents.* (TensorBoard), config.json, "
-              f"run_info.json{why}")
+        print(f"train: wrote {cfg.run_dir}/best.pth ({kept}val mean AUC {best_text}{weights}), "
+              f"last.pth, metrics.csv, curves.png, events.out.tfevents.* (TensorBoard), "
+              f"config.json, run_info.json{why}")
+
+
+def record_rules(run_dir: Path, warmup: dict[str, int], ranking: ValRanking) -> None:
+    """run_info.json also says how this launch warms up and picks best.pth."""
+    info = {**read_run_info(run_dir), "warmup": warmup, "epoch_selection": ranking.record()}
+    write_text_atomic(json.dumps(info, indent=2), run_dir / "run_info.json")
 
 
 def fit(trainer: Trainer, train_loader: DataLoader, val_loader: DataLoader,
-        progress: Progress) -> bool:
-    """The epochs from `progress` on: train, validate, record, write last.pth (and best.pth).
-    Returns whether early stopping ended the run. After a stop signal it writes last.pth and
-    raises TrainingStopped."""
+        progress: Progress, rules: EpochRules) -> bool:
+    """The epochs from `progress` on: train, validate, record, write last.pth (and best.pth,
+    as `rules` judge the epochs). Returns whether early stopping ended the run. After a stop
+    signal it writes last.pth and raises TrainingStopped."""
     cfg, world = trainer.cfg, trainer.world
     last, best = cfg.run_dir / "last.pth", cfg.run_dir / "best.pth"
     for epoch in range(progress.epoch, cfg.epochs + 1):
@@ -563,10 +600,11 @@ def fit(trainer: Trainer, train_loader: DataLoader, val_loader: DataLoader,
             raise TrainingStopped(progress.stopped_by)
         seconds = time.perf_counter() - start
         images_per_s = (progress.seen - done_before) * world.size / seconds
-        is_best, stopped_early = end_of_epoch(trainer, val_loader, progress, frozen,
+        is_best, stopped_early = end_of_epoch(trainer, val_loader, progress, frozen, rules,
                                               images_per_s, seconds)
         paths = [last, best] if is_best or not best.exists() else [last]
-        kept = top_epochs(trainer.state.history, cfg.keep_top_k) if cfg.keep_top_k > 1 else []
+        kept = top_epochs(trainer.state.history, cfg.keep_top_k, rules.ranking.ranks) \
+            if cfg.keep_top_k > 1 else []
         progress = Progress(epoch=epoch + 1, global_step=progress.global_step,
                             nonfinite_total=progress.nonfinite_total)
         save_training_state(trainer, progress, epoch, paths,
@@ -582,9 +620,10 @@ def fit(trainer: Trainer, train_loader: DataLoader, val_loader: DataLoader,
 
 
 def end_of_epoch(trainer: Trainer, val_loader: DataLoader, progress: Progress, frozen: bool,
-                 images_per_s: float, seconds: float) -> tuple[bool, bool]:
+                 rules: EpochRules, images_per_s: float, seconds: float) -> tuple[bool, bool]:
     """Validate; on rank 0 add the epoch's row to the run state and metrics.csv and print its
-    line; then every process takes rank 0's state and decision: (best so far, stop early)."""
+    line; then every process takes rank 0's state and decision: (keep as best.pth, stop
+    early)."""
     cfg, world = trainer.cfg, trainer.world
     loss_sum, seen = sum_over_ranks(world, [progress.loss_sum, progress.seen], trainer.device)
     val = validation_metrics(trainer, val_loader, "validate")
@@ -592,12 +631,13 @@ def end_of_epoch(trainer: Trainer, val_loader: DataLoader, progress: Progress, f
     if world.is_main:
         row = epoch_row(progress.epoch, frozen, loss_sum / max(1, seen), val, trainer.optimizer,
                         images_per_s, seconds, progress.nonfinite_total)
-        decision = record_epoch(trainer.state, row, cfg)
+        decision = record_epoch(trainer.state, row, cfg, rules, trainer.scheduler.last_epoch)
         write_metrics(trainer.state.history, cfg.run_dir)
         log_epoch(trainer.events, progress.global_step, row, val, is_best=decision[0])
         training_curves(trainer.state.history, cfg.run_dir / "curves.png", cfg.run_name,
                         "val (moving average)" if trainer.ema is not None else "val")
-        print(epoch_line(row, cfg.epochs, decision[0], trainer.ema is not None), flush=True)
+        print(epoch_line(row, cfg.epochs, decision[0] and rules.ranking.ranks,
+                         trainer.ema is not None), flush=True)
     trainer.state = broadcast(world, trainer.state)
     return broadcast(world, decision)
 

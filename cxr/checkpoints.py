@@ -11,7 +11,14 @@ A checkpoint is a dict of plain types and tensors, so torch.load(weights_only=Tr
                                              the model's logit_offset buffer holds log of it
     data                                     what the data were built with (stats.json and
                                              splits.json settings), not the command line
+    trained_labels                           the labels with a labelled value in the training
+                                             split (labels.trained_labels); absent in older
+                                             checkpoints: every label counts as trained
     val_auc                                  {label: AUC or None} of that epoch
+    warmup                                   {"head": steps, "backbone": steps}: the warm-up
+                                             the run began with (cxr/schedule.py)
+    epoch_selection                          how best.pth is chosen: by val mean AUC, or the
+                                             last epoch when val is too small to rank epochs
     online_model, ema                        with --ema_decay: model is the weights' moving
                                              average (what was validated; every consumer loads
                                              it), online_model the weights that train (a resumed
@@ -75,6 +82,15 @@ def model_id(checkpoint: dict) -> str:
         digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)};".encode())
         digest.update(flat.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def untrained_labels(checkpoint: dict) -> tuple[str, ...]:
+    """The checkpoint's labels that its training split never labelled (not in its
+    "trained_labels"): their outputs mean nothing. () for a checkpoint without the record."""
+    trained = checkpoint.get("trained_labels")
+    if trained is None:
+        return ()
+    return tuple(label for label in checkpoint["labels"] if label not in set(trained))
 
 
 def checkpoint_warnings(checkpoint: dict) -> list[str]:

@@ -1,23 +1,28 @@
 """The datasets preprocess.py and evaluate.py --dataset read besides CheXpert, by name: each is
-cxr/<name>.py with read_<name>(root) -> adapters.Adapted."""
+cxr/<name>.py with read_<name>(root, **options) -> adapters.Adapted. read_dataset then applies
+--label_hierarchy, the rule preprocess.py applies to CheXpert's own labels."""
 
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
 
-from config import PipelineError
-from cxr.adapters import Adapted
+from config import Config, PipelineError
+from cxr.adapters import Adapted, with_hierarchy
 
 DATASETS = {"nih": "NIH ChestX-ray14", "mimic": "MIMIC-CXR-JPG", "padchest": "PadChest"}
+# A reader's keyword options -> the config fields that give them.
+READER_OPTIONS: dict[str, dict[str, str]] = {"padchest": {"label_source": "padchest_label_source"}}
 
 
-def read_dataset(name: str, root: str | Path) -> Adapted:
-    """The dataset `name` unpacked under `root`, in this pipeline's schema (only its own module
-    is imported)."""
+def read_dataset(name: str, root: str | Path, cfg: Config) -> Adapted:
+    """The dataset `name` unpacked under `root`, in this pipeline's schema, read with its options
+    from `cfg` and under cfg.label_hierarchy (only its own module is imported)."""
     root = Path(root)
     if not root.is_dir():
         raise PipelineError(f"--data_root {root} is not a folder: point it at the folder "
                             f"{DATASETS[name]} was unpacked into")
     reader = getattr(importlib.import_module(f"cxr.{name}"), f"read_{name}")
-    return reader(root)
+    options = {keyword: getattr(cfg, field) for keyword, field in
+               READER_OPTIONS.get(name, {}).items()}
+    return with_hierarchy(reader(root, **options), cfg.label_hierarchy)

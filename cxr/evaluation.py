@@ -25,6 +25,7 @@ from cxr.checkpoints import checkpoint_warnings, load_checkpoint, model_from_che
     require_finite
 from cxr.compare import paired_auc_differences, verdict
 from cxr.ensemble import ensemble_logits
+from cxr.intervals import interval_methods
 from cxr.device import autocast, autocast_dtype, prepare_model, to_device
 from cxr.labels import masked_counts
 from cxr.metrics import MEANS, STUDY_KEYS, aggregate_studies, summarise_level
@@ -164,6 +165,9 @@ def evaluate_predictions(preds: Predictions, thresholds: dict, calibration: dict
     study = summarise_level(study_probs, study_targets, studies["patient_id"], labels, cfg,
                             unlabelled)
     audited = [c for c, label in enumerate(labels) if label not in unlabelled]
+    audit = subgroup_table(scores[:, audited], targets[:, audited], preds.frame,
+                           tuple(labels[c] for c in audited), cfg.ci_level, cfg.min_positives,
+                           cfg.age_bands)
     return {"n_images": preds.image_count, "n_patients": int(preds.frame["patient_id"].nunique()),
             "n_studies": len(studies),
             "unit": "study" if preds.per_study else "image",  # what one prediction is of
@@ -173,17 +177,13 @@ def evaluate_predictions(preds: Predictions, thresholds: dict, calibration: dict
             "mean_auc": image["means"]["all"]["auc"],
             "image": image, "study": {"aggregation": cfg.study_aggregation, **study},
             "calibration": calibration_summary(preds, calibration, probs, cfg),
-            "operating_points": operating_point_table(targets, probs, labels, thresholds),
-            "bootstrap": {"resamples": cfg.bootstrap_resamples, "level": cfg.ci_level,
-                          "seed": cfg.seed, "unit": "patient",
-                          "classes": "stratified by the class's positive patients",
-                          "means": "one draw of patients shared by every class"},
+            "operating_points": operating_point_table(targets, probs, labels, thresholds,
+                                                      preds.frame["patient_id"], cfg.ci_level),
+            "intervals": interval_methods(cfg.ci_level),
             "min_positives": cfg.min_positives, "tta": cfg.tta,
             "not_labelled": unlabelled,
-            "subgroups": subgroup_table(scores[:, audited], targets[:, audited], preds.frame,
-                                        tuple(labels[c] for c in audited),
-                                        cfg.bootstrap_resamples, cfg.ci_level, cfg.seed,
-                                        cfg.min_positives, cfg.age_bands)}
+            "subgroups": audit.table,
+            "subgroup_comparisons": audit.multiplicity(cfg.ci_level)}
 
 
 def val_calibration(val: Predictions, cfg: Config) -> dict:
@@ -285,8 +285,8 @@ def paired_differences(a: Predictions, b: Predictions, cfg: Config, per_study: b
     """compare.py's rows of B - A (per class, then the means, with paired intervals)."""
     both = paired(a, b, cfg.study_aggregation, per_study)
     rows = paired_auc_differences(both.scores_a, both.scores_b, both.targets,
-                                  both.frame["patient_id"], a.labels, cfg.bootstrap_resamples,
-                                  cfg.ci_level, cfg.seed, cfg.min_positives)
+                                  both.frame["patient_id"], a.labels, cfg.ci_level,
+                                  cfg.min_positives)
     return rows, both
 
 
@@ -310,7 +310,7 @@ def combined_predictions(members: list[Predictions], calibrations: list[dict]) -
 def members_beside(members: list[Predictions], ensemble: Predictions, paths: list[Path],
                    member_ids: list[str], cfg: Config) -> dict:
     """Each member's mean AUCs beside the ensemble's, with the paired interval of ensemble -
-    member (compare.py, the same patient resamples for both)."""
+    member (compare.py: paired over the same patients)."""
     rows = []
     for preds, path, member_id in zip(members, paths, member_ids):
         differences, both = paired_differences(preds, ensemble, cfg)

@@ -3,7 +3,9 @@ another hospital's images, in the layout their publisher ships (cxr/adapters.py)
 
 The calibration maps and thresholds are the ones fitted on the checkpoint's own val split, so
 the operating points are those a user would deploy; the reference standard is the other
-dataset's labels mapped onto CheXpert's, with the labels it does not annotate n/a.
+dataset's labels mapped onto CheXpert's, under the --label_hierarchy the checkpoint's training
+data were built with (evaluate.py takes it from --data_dir's stats.json), with the labels it
+does not annotate n/a, and the report says who labelled its rows (label_sources).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import pandas as pd
 
 from config import Config, PipelineError
-from cxr.adapters import SPLIT_COLUMN, Adapted, processed_frame, summary_lines
+from cxr.adapters import SPLIT_COLUMN, Adapted, counts_text, processed_frame, summary_lines
 from cxr.datasets import read_dataset
 
 
@@ -26,10 +28,9 @@ def external_rows(cfg: Config) -> tuple[pd.DataFrame, Adapted, int]:
     """The images of --data_root to score (every one, or --split test's), with their mapped
     labels, the Adapted they come from, and how many were left out because the file is missing
     (--missing_images skip; an error otherwise)."""
-    adapted = read_dataset(cfg.dataset, cfg.data_root)
+    adapted = read_dataset(cfg.dataset, cfg.data_root, cfg)
     print("\n".join(summary_lines(adapted)))
-    # the policy only sets the 0/1 columns; evaluation reads the raw ones, uncertain masked
-    frame = processed_frame(adapted, cfg.data_root, "U-Ones")
+    frame = processed_frame(adapted, cfg.data_root)
     if cfg.split == "test":
         if not adapted.has_official_test:
             raise PipelineError(f"--split test: {cfg.data_root} holds no official test list of "
@@ -55,5 +56,15 @@ def dataset_record(cfg: Config, adapted: Adapted, n_missing: int) -> dict:
     """eval_<name>.json's "dataset": what was scored and against which reference."""
     return {"name": cfg.dataset, "title": adapted.title, "data_root": str(cfg.data_root),
             "split": cfg.split, "sources": list(adapted.sources),
-            "not_labelled": list(adapted.not_labelled), "skipped": adapted.skipped,
+            "not_labelled": list(adapted.not_labelled), "label_sources": adapted.label_sources,
+            "label_hierarchy": adapted.hierarchy, "hierarchy_filled": adapted.hierarchy_filled,
+            "masked": adapted.masked, "skipped": adapted.skipped,
             "missing_images_skipped": n_missing, "unmapped_terms": adapted.unmapped_terms}
+
+
+def reference_text(cfg: Config, adapted: Adapted) -> str:
+    """eval_<name>.json's "reference" (the report's reference standard): the mapped labels,
+    who labelled the rows read, and the hierarchy."""
+    return (f"{adapted.title}'s labels mapped onto CheXpert's (cxr/{cfg.dataset}.py), uncertain "
+            f"(-1) masked; labelled by (rows read): {counts_text(adapted.label_sources)}; "
+            f"--label_hierarchy {adapted.hierarchy}")

@@ -29,13 +29,14 @@ from config import Config, PipelineError
 from cxr.augment import TTAModel, centre_view
 from cxr.calibration import calibrated_probs
 from cxr.checkpoints import checkpoint_warnings, load_checkpoint, model_from_checkpoint, model_id, \
-    require_finite
+    require_finite, untrained_labels
 from cxr.device import autocast, autocast_dtype, choose_device, prepare_model, to_device
 from cxr.ensemble import ENSEMBLE_FILE, EnsembleModel, check_members, checkpoint_paths, \
     ensemble_folder, ensemble_id, is_ensemble, read_ensemble_file
 from cxr.imaging import DICOM_MAGIC, DICOM_MAGIC_OFFSET, NO_HEADER, DicomHeader, ImageReadError, \
     decode_grayscale, decode_square, decode_square_bytes, header_view, is_dicom, \
     read_dicom_header, read_grayscale, view_from_name
+from cxr.labels import NOT_TRAINED
 from cxr.thresholds import Thresholds, read_thresholds
 from dataset import default_workers, keep_batch
 
@@ -61,6 +62,23 @@ class Predictor:
     warnings: list[str] = dataclasses.field(default_factory=list)  # checkpoint and thresholds
     frontal_only: bool = True  # trained on frontal films only (the checkpoint's frontal_only)
     logit_offset_removed: bool = True  # False: an old checkpoint (checkpoint_warnings)
+    # labels its training split never labelled (checkpoints.untrained_labels): no probability
+    # or decision is given for them, only NOT_TRAINED
+    untrained: tuple[str, ...] = ()
+
+    @property
+    def trained(self) -> tuple[str, ...]:
+        """The labels with a probability and a decision, in output order."""
+        return tuple(label for label in self.labels if label not in self.untrained)
+
+
+def untrained_note(untrained: Sequence[str]) -> list[str]:
+    """The warning a predictor carries when some labels are not trained."""
+    if not untrained:
+        return []
+    return [f"{NOT_TRAINED}: {', '.join(untrained)} (the training split had no labelled value of "
+            f"them, e.g. a dataset that does not annotate them): no probability or decision is "
+            f"given for them"]
 
 
 def load_predictor(path: str | Path, cfg: Config) -> Predictor:
@@ -77,12 +95,14 @@ def load_predictor(path: str | Path, cfg: Config) -> Predictor:
     weights_id = model_id(checkpoint)
     thresholds = read_thresholds(path, labels, weights_id, cfg.tta, cfg.allow_threshold_mismatch)
     model = prepare_model(model, device, cfg)
+    untrained = untrained_labels(checkpoint)
     return Predictor(model, TTAModel(model) if cfg.tta else model, labels, trained.image_size,
                      trained.stored_side, thresholds, device,
                      autocast_dtype(cfg.precision, device), cfg.channels_last, path,
                      trained.view_mode, trained.max_views, weights_id, cfg.tta,
-                     [*checkpoint_warnings(checkpoint), *thresholds.warnings],
-                     trained.frontal_only, "logit_offset" in checkpoint["model"])
+                     [*checkpoint_warnings(checkpoint), *thresholds.warnings,
+                      *untrained_note(untrained)],
+                     trained.frontal_only, "logit_offset" in checkpoint["model"], untrained)
 
 
 def load_ensemble_predictor(spec: str, cfg: Config) -> Predictor:
@@ -108,19 +128,27 @@ def load_ensemble_predictor(spec: str, cfg: Config) -> Predictor:
                                  cfg.allow_threshold_mismatch)
     trained = built[0][1]
     notes = [f"{path}: {w}" for path, c in zip(paths, checkpoints) for w in checkpoint_warnings(c)]
+    # a label any member did not train: the members' mean would include its meaningless output
+    untrained = tuple(label for label in labels
+                      if any(label in untrained_labels(c) for c in checkpoints))
     return Predictor(network, scorer, labels, trained.image_size, trained.stored_side, thresholds,
                      device, autocast_dtype(cfg.precision, device), cfg.channels_last, handle,
                      trained.view_mode, trained.max_views, weights_id, cfg.tta,
-                     [*notes, *warnings, *thresholds.warnings], trained.frontal_only,
-                     all("logit_offset" in c["model"] for c in checkpoints))
+                     [*notes, *warnings, *thresholds.warnings, *untrained_note(untrained)],
+                     trained.frontal_only, all("logit_offset" in c["model"] for c in checkpoints),
+                     untrained)
 
 
-def find_label(name: str, labels: Sequence[str]) -> str:
-    """A label by name, ignoring case ("cardiomegaly"); an unknown name lists the valid ones."""
+def find_label(name: str, labels: Sequence[str], untrained: Sequence[str] = ()) -> str:
+    """A label by name, ignoring case ("cardiomegaly"); an unknown name lists the valid ones, an
+    untrained one says so."""
     matches = [label for label in labels if label.lower() == name.strip().lower()]
     if not matches:
         raise PipelineError(f"unknown finding {name!r}; the checkpoint predicts: "
-                            f"{', '.join(labels)}")
+                            f"{', '.join(label for label in labels if label not in untrained)}")
+    if matches[0] in untrained:
+        raise PipelineError(f"{matches[0]}: {NOT_TRAINED} (the checkpoint's training split had "
+                            f"no labelled value of it), so it has no heatmap either")
     return matches[0]
 
 
@@ -293,20 +321,23 @@ def to_probabilities(logits: torch.Tensor, thresholds: Thresholds, labels: Seque
 
 def results_table(names: list[str], probabilities: np.ndarray, predictor: Predictor
                   ) -> pd.DataFrame:
-    """One row per image: path, the probability of each label, and its 0/1 decision."""
+    """One row per image: path, the probability of each label, and its 0/1 decision; both
+    NOT_TRAINED for a label the checkpoint was not trained on."""
     table = pd.DataFrame(probabilities.astype(np.float64).reshape(len(names), -1),
                          columns=list(predictor.labels))
     table.insert(0, "path", names)
     for label in predictor.labels:
         threshold = predictor.thresholds.values[label]
         table[flag_column(label)] = (table[label] >= threshold).astype(int)
+    for label in predictor.untrained:
+        table[label] = table[flag_column(label)] = NOT_TRAINED
     return table
 
 
 def heatmaps(predictor: Predictor, images: torch.Tensor, label: str) -> np.ndarray:
     """Grad-CAM maps (n x size x size, 0..1) of one label for a uint8 batch (cxr.gradcam)."""
     from cxr.gradcam import grad_cam  # imported here: only heatmap runs need pytorch_grad_cam
-    index = predictor.labels.index(find_label(label, predictor.labels))
+    index = predictor.labels.index(find_label(label, predictor.labels, predictor.untrained))
     return grad_cam(predictor.model, to_device(images, predictor.device, predictor.channels_last),
                     index)
 
@@ -444,8 +475,8 @@ def lateral_warning(table: pd.DataFrame, predictor: Predictor) -> str | None:
             "only, so their findings are not reliable (they are marked in the view column)")
 
 
-def study_table(table: pd.DataFrame, labels: Sequence[str], how: str, frontal_only: bool
-                ) -> tuple[pd.DataFrame, list[str]]:
+def study_table(table: pd.DataFrame, labels: Sequence[str], how: str, frontal_only: bool,
+                untrained: Sequence[str] = ()) -> tuple[pd.DataFrame, list[str]]:
     """An image model's per-image table (predict_sources) as studies, and the studies that had
     no frontal film.
 
@@ -456,10 +487,11 @@ def study_table(table: pd.DataFrame, labels: Sequence[str], how: str, frontal_on
     as lateral_warning keeps them (nothing says they are lateral, and most chest films are
     frontal). A study with only lateral films is aggregated over all of them, and listed.
     Columns: study, views (the paths used, joined by "; "), n_views, one probability column per
-    label. No "<label> positive" decisions: the stored thresholds were chosen on single images,
-    not on max or mean aggregates, whose distribution differs (the max of several images is
-    higher).
+    label (NOT_TRAINED for the `untrained` labels). No "<label> positive" decisions: the stored
+    thresholds were chosen on single images, not on max or mean aggregates, whose distribution
+    differs (the max of several images is higher).
     """
+    trained = [label for label in labels if label not in untrained]
     folders: dict[str, list[int]] = {}  # in order of first appearance
     for position, path in enumerate(table["path"]):
         folders.setdefault(os.path.dirname(os.path.abspath(path)), []).append(position)
@@ -473,7 +505,8 @@ def study_table(table: pd.DataFrame, labels: Sequence[str], how: str, frontal_on
             no_frontal.append(name)
         images = table.iloc[used]
         rows.append({"study": name, "views": "; ".join(images["path"]), "n_views": len(used),
-                     **images[list(labels)].agg(how).to_dict()})
+                     **images[trained].astype(float).agg(how).to_dict(),
+                     **dict.fromkeys(untrained, NOT_TRAINED)})
     return pd.DataFrame(rows, columns=["study", "views", "n_views", *labels]), no_frontal
 
 
@@ -487,12 +520,17 @@ def frontal_first(names: Sequence[str], max_views: int, views: Sequence[str] | N
 
 
 def findings_of(table_row: pd.Series, predictor: Predictor) -> pd.DataFrame:
-    """One image's findings, most probable first: finding, probability, threshold, decision."""
+    """One image's findings, most probable first: finding, probability, threshold, decision;
+    then the untrained labels, with no probability or threshold and the decision NOT_TRAINED."""
+    trained = list(predictor.trained)
     frame = pd.DataFrame({
-        "finding": list(predictor.labels),
-        "probability": [float(table_row[label]) for label in predictor.labels],
-        "threshold": [predictor.thresholds.values[label] for label in predictor.labels],
+        "finding": trained,
+        "probability": [float(table_row[label]) for label in trained],
+        "threshold": [predictor.thresholds.values[label] for label in trained],
     })
     frame["decision"] = np.where(frame["probability"] >= frame["threshold"], "positive",
                                  "negative")
-    return frame.sort_values("probability", ascending=False, kind="stable").reset_index(drop=True)
+    frame = frame.sort_values("probability", ascending=False, kind="stable")
+    untrained = pd.DataFrame({"finding": list(predictor.untrained), "probability": np.nan,
+                              "threshold": np.nan, "decision": NOT_TRAINED})
+    return pd.concat([frame, untrained] if len(untrained) else [frame], ignore_index=True)

@@ -1,4 +1,5 @@
-"""CheXpert label logic: raw value parsing, uncertainty policies, positive-class weights.
+"""CheXpert label logic: raw value parsing, the reference standard, uncertainty policies,
+positive-class weights.
 
 CheXpert's labeler writes 1.0 (positive), 0.0 (negative), -1.0 (uncertain) or leaves the cell
 blank (not mentioned in the report). Columns are always addressed by their CheXpert name.
@@ -16,6 +17,9 @@ POSITIVE, NEGATIVE, UNCERTAIN = 1.0, 0.0, -1.0
 # (NIH: Fracture, Support Devices; cxr/adapters.py). Unlike blank (not mentioned = negative) it
 # is unknown: masked from the loss and from every reference standard, shown n/a in reports.
 NOT_LABELLED = -2.0
+# What predictions, the GUI and model.json say of a label the model's training split never
+# labelled (no probability, no decision).
+NOT_TRAINED = "not trained"
 MULTICLASS_UNCERTAIN = 2.0  # class index of "uncertain" in a U-MultiClass target (0 neg, 1 pos)
 # Label smoothing regularisation (Pham et al. 2021): an uncertain label becomes a soft target
 # drawn once, uniformly in this range.
@@ -57,24 +61,18 @@ def parse_raw_labels(df: pd.DataFrame) -> pd.DataFrame:
                          for label in LABELS}, index=df.index)
 
 
-def apply_uncertainty_policy(raw: pd.DataFrame, policy: str) -> pd.DataFrame:
-    """Binary (0/1, int8) targets from raw labels: the label columns of the processed CSVs.
+def reference_columns(raw: pd.DataFrame) -> pd.DataFrame:
+    """The 14 observation columns of the processed and split CSVs (nullable Int8): each row's
+    reference standard, the values evaluation_targets computes from the raw columns: 1 positive,
+    0 negative or blank (not mentioned), <NA> where the label is uncertain (-1) or NOT_LABELLED.
 
-    U-Ones: uncertain -> 1 (the CheXpert paper's best policy for Atelectasis and Edema);
-    U-Zeros (and U-Zeros-LSR): uncertain -> 0; the other policies, which have no binary form,
-    store U-Ones. These columns are what the val split is scored against; training re-derives
-    its own targets from the raw columns (training_targets), so one preprocessing serves every
-    policy and runs with different policies are scored on the same labels. Blank (not
-    mentioned) is negative: CheXpert's labeler leaves a finding blank when the report does not
-    mention it. NOT_LABELLED (another dataset's unannotated finding) is left blank: unknown,
-    not negative.
+    The same under every uncertainty policy, which only train.py reads (training_targets, from
+    the raw columns): the processed data do not depend on it, and one preprocessing serves
+    every policy.
     """
-    uncertain_value = NEGATIVE if policy in ("U-Zeros", "U-Zeros-LSR") else POSITIVE
-    targets = raw[list(LABELS)].replace(UNCERTAIN, uncertain_value)
-    targets = targets.fillna(NEGATIVE)  # blank means "not mentioned": negative
-    if not (targets == NOT_LABELLED).any().any():
-        return targets.astype(np.int8)
-    return targets.mask(targets == NOT_LABELLED).astype("Int8")
+    values = raw[list(LABELS)]
+    unknown = (values == UNCERTAIN) | (values == NOT_LABELLED)
+    return (values == POSITIVE).astype("Int8").mask(unknown)
 
 
 def class_policies(default: str, by_class: tuple[str, ...] = ()) -> dict[str, str]:
@@ -180,3 +178,13 @@ def positive_class_weights(targets: np.ndarray, max_weight: float) -> np.ndarray
         negatives = ((targets >= 0.0) & (targets < 0.5)).sum(axis=0)
     weights = np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0)
     return np.clip(weights, 1.0 / max_weight, max_weight).astype(np.float32)
+
+
+def trained_labels(targets: np.ndarray, labels: tuple[str, ...] = LABELS) -> list[str]:
+    """The labels with at least one unmasked target in the training split (rows x labels, NaN
+    masked): what a checkpoint records as "trained_labels". A label no training row labels
+    (NIH's Enlarged Cardiomediastinum, Fracture, Support Devices: NOT_LABELLED on every row)
+    adds nothing to the loss, so its output is that of the initial weights; predict.py, app.py
+    and export.py mark it "not trained" instead of giving a probability."""
+    observed = ~np.isnan(np.asarray(targets, dtype=np.float64))
+    return [label for column, label in enumerate(labels) if observed[:, column].any()]

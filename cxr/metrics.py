@@ -1,6 +1,6 @@
 """Per-class metrics of a split, the numbers of the report card (report.py renders it).
 
-AUC with a patient-bootstrap interval (bootstrap.py), AUPRC and prevalence per class, the means
+AUC with its interval (intervals.py: patients as clusters), AUPRC and prevalence per class, the means
 over the classes with enough positives and negatives and over CheXpert's five competition
 observations, and the study-level view (a study's images aggregated into one prediction). Label
 columns are addressed by name. A NaN target is a masked label (uncertain in the reference
@@ -14,8 +14,9 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from config import Config, PipelineError
-from cxr.bootstrap import BootstrapAUCs, Interval, bootstrap_aucs, mean_over, no_interval, \
-    percentile_interval
+from cxr.bootstrap import patient_codes
+from cxr.intervals import Influence, Interval, auc_influence, auc_interval, mean_interval, \
+    no_interval
 
 # Status words of the report card, highest band first (AUC lower bound, word).
 STATUS_BANDS = ((0.85, "Excellent"), (0.80, "Good"), (0.70, "Fair"), (0.0, "Challenging"))
@@ -72,8 +73,8 @@ def mean_exclusions(targets: np.ndarray, labels: tuple[str, ...], aucs: dict[str
     """The classes left out of the means, each with why: an undefined AUC, or fewer than
     `min_positives` positive or negative labels (images, or studies in a study report). With
     CheXpert's official valid.csv (Fracture 0 positives, Lung Lesion and Pleural Other 1 each) an
-    AUC of one or two images would weigh as much in the mean as Pleural Effusion's of 67, and a
-    patient bootstrap of the mean would drop every resample without those patients."""
+    AUC of one or two images would weigh as much in the mean as Pleural Effusion's of 67, and the
+    mean's interval would rest on those one or two patients."""
     reasons = {}
     for column, label in enumerate(labels):
         y = targets[:, column]
@@ -111,45 +112,38 @@ def undefined_note(targets: np.ndarray, column: int) -> str:
 
 # ---- one split (or its studies): classes and means with intervals -------------------------------
 
-def class_intervals(aucs: dict[str, float | None], matrix: np.ndarray | None, level: float,
-                    labels: tuple[str, ...], note: str) -> dict[str, Interval]:
-    """The bootstrap interval of every class from its stratified resamples; `note` says why there
-    are none when matrix is None."""
-    intervals = {}
-    for column, label in enumerate(labels):
-        if aucs[label] is None:
-            intervals[label] = no_interval("n/a: AUC undefined")
-        elif matrix is None:
-            intervals[label] = no_interval(note)
-        else:
-            intervals[label] = percentile_interval(matrix[:, column], level)
-    return intervals
+def class_influences(scores: np.ndarray, targets: np.ndarray, patient_ids, labels: tuple[str, ...]
+                     ) -> dict[str, Influence | None]:
+    """Each class's AUC with its per-patient influence (intervals.auc_influence), None where the
+    class has one label value."""
+    codes, n_patients = patient_codes(patient_ids)
+    return {label: auc_influence(scores[:, c], targets[:, c], codes, n_patients)
+            for c, label in enumerate(labels)}
 
 
-def mean_summaries(aucs: dict, auprcs: dict, prevalences: dict, matrix: np.ndarray | None,
-                   level: float, labels: tuple[str, ...], note: str, excluded: dict[str, str]
-                   ) -> dict[str, dict]:
+def class_intervals(aucs: dict[str, float | None], influences: dict[str, Influence | None],
+                    level: float) -> dict[str, Interval]:
+    """Every class's interval (intervals.auc_interval), n/a where its AUC is."""
+    return {label: auc_interval(influences[label], level) if auc is not None
+            else no_interval("n/a: AUC undefined") for label, auc in aucs.items()}
+
+
+def mean_summaries(aucs: dict, auprcs: dict, prevalences: dict,
+                   influences: dict[str, Influence | None], level: float,
+                   labels: tuple[str, ...], excluded: dict[str, str]) -> dict[str, dict]:
     """The means over all classes and over the competition five, each with its interval, of the
-    classes not `excluded` (mean_exclusions), which each mean lists with the reason.
-
-    `matrix` holds the joint resamples (one patient draw for every class). A resample enters a
-    mean's interval only if every class of that mean has both label values in it, so each
-    resampled mean averages the same classes as the point estimate.
-    """
+    classes not `excluded` (mean_exclusions), which each mean lists with the reason. The
+    interval is intervals.mean_interval: the classes' per-patient influences averaged, so their
+    correlation (the same patients) is in it."""
     means = {}
     for key, title, subset in MEANS:
         members = [label for label in labels if (subset is None or label in subset)
                    and label not in excluded]
-        columns = [labels.index(label) for label in members]
         wanted = len(labels) if subset is None else sum(label in labels for label in subset)
         if wanted == 0:  # labels other than CheXpert's (tests, other datasets): no such mean
             continue
-        if not members:
-            interval = no_interval("n/a: no evaluable class")
-        elif matrix is None:
-            interval = no_interval(note)
-        else:
-            interval = percentile_interval(mean_over(matrix, columns), level)
+        interval = mean_interval([influences[m] for m in members], level) if members \
+            else no_interval("n/a: no evaluable class")
         means[key] = {
             "name": title, "title": f"{title} ({len(members)} of {wanted} classes)",
             "classes": members,
@@ -158,20 +152,21 @@ def mean_summaries(aucs: dict, auprcs: dict, prevalences: dict, matrix: np.ndarr
             "auc": float(np.mean([aucs[m] for m in members])) if members else None,
             "auprc": float(np.mean([auprcs[m] for m in members])) if members else None,
             "prevalence": float(np.mean([prevalences[m] for m in members])) if members else None,
-            "ci": interval.as_dict()}
+            "ci": interval.as_dict(), "ci_note": interval.note}
     return means
 
 
-def summarise(probs: np.ndarray, targets: np.ndarray, labels: tuple[str, ...],
-              bootstrap: BootstrapAUCs | None, level: float, note: str = "",
-              min_positives: int = 10, not_labelled: dict[str, str] | None = None) -> dict:
+def summarise(probs: np.ndarray, targets: np.ndarray, labels: tuple[str, ...], patient_ids,
+              level: float, min_positives: int = 10,
+              not_labelled: dict[str, str] | None = None) -> dict:
     """Per-class AUC (+ interval), AUPRC, prevalence, positives and masked labels; and the means
     over the classes with at least `min_positives` positives and negatives.
 
-    `bootstrap` holds the resampled AUCs of these predictions (bootstrap.bootstrap_aucs), or is
-    None (then `note` says why there are no intervals). `probs` may be any scores that rank the
-    rows as the probabilities do (evaluate.py passes calibrated logits). `not_labelled` maps the
-    labels the dataset does not annotate to the note shown for them (n/a, never a negative).
+    `patient_ids` give each row's patient: the intervals (intervals.py) treat a patient's rows as
+    one cluster. `probs` may be any scores that rank the rows as the probabilities do
+    (evaluate.py passes calibrated logits). `not_labelled` maps the labels the dataset does not
+    annotate to the note shown for them (n/a, never a negative). A class's `ci_note` says when
+    its interval is approximate (few patients on one side, or an AUC of 0 or 1) or missing.
     """
     not_labelled = not_labelled or {}
     aucs = {label: None if label in not_labelled else auc
@@ -183,12 +178,13 @@ def summarise(probs: np.ndarray, targets: np.ndarray, labels: tuple[str, ...],
     prevalences = {label: float(np.nanmean(targets[:, c]))
                    if has_observed(targets[:, c]) and label not in not_labelled else None
                    for c, label in enumerate(labels)}
-    intervals = class_intervals(aucs, None if bootstrap is None else bootstrap.per_class, level,
-                                labels, note)
+    influences = class_influences(probs, targets, patient_ids, labels)
+    intervals = class_intervals(aucs, influences, level)
     classes = {}
     for column, label in enumerate(labels):
         auc, y = aucs[label], targets[:, column]
-        classes[label] = {"auc": auc, "ci": intervals[label].as_dict(), "auprc": auprcs[label],
+        classes[label] = {"auc": auc, "ci": intervals[label].as_dict(),
+                          "ci_note": intervals[label].note, "auprc": auprcs[label],
                           "prevalence": prevalences[label],
                           "positives": int(np.nansum(y)), "negatives": int((y == 0).sum()),
                           "masked": int(np.isnan(y).sum()),
@@ -197,25 +193,14 @@ def summarise(probs: np.ndarray, targets: np.ndarray, labels: tuple[str, ...],
                           else status(auc) if auc is not None
                           else undefined_note(targets, column)}
     return {"n": len(targets), "classes": classes,
-            "means": mean_summaries(aucs, auprcs, prevalences, None if bootstrap is None
-                                    else bootstrap.joint, level, labels, note, excluded)}
-
-
-def bootstrap_matrix(scores: np.ndarray, targets: np.ndarray, patient_ids: pd.Series, cfg: Config
-                     ) -> tuple[BootstrapAUCs | None, str]:
-    """Per-resample AUCs of the patient bootstrap, or None and why there are no intervals."""
-    if cfg.bootstrap_resamples == 0:
-        return None, "no interval: --bootstrap_resamples 0"
-    if patient_ids.nunique() < 2:
-        return None, "n/a: one patient in this split, no patient bootstrap"
-    return bootstrap_aucs(scores, targets, patient_ids, cfg.bootstrap_resamples, cfg.seed), ""
+            "means": mean_summaries(aucs, auprcs, prevalences, influences, level, labels,
+                                    excluded)}
 
 
 def summarise_level(scores: np.ndarray, targets: np.ndarray, patient_ids: pd.Series,
                     labels: tuple[str, ...], cfg: Config,
                     not_labelled: dict[str, str] | None = None) -> dict:
-    boot, note = bootstrap_matrix(scores, targets, patient_ids, cfg)
-    return summarise(scores, targets, labels, boot, cfg.ci_level, note, cfg.min_positives,
+    return summarise(scores, targets, labels, patient_ids, cfg.ci_level, cfg.min_positives,
                      not_labelled)
 
 

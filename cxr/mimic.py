@@ -18,9 +18,10 @@ Decisions:
   LAO, RAO, SWIMMERS, decubitus views ...) is neither a standard frontal nor a lateral film: left
   out and counted per value. An image is counted under one reason: no label row first, then view.
   The values are matched as published (upper case), surrounding spaces removed.
-- The labels are CheXpert's: blank stays blank (not mentioned, negative downstream) and -1 stays
-  uncertain; no label is "not labelled". CheXpert's hierarchy then makes a parent positive where
-  a child is (the labeler's table does not enforce it).
+- The labels are CheXpert's, as published: blank stays blank (not mentioned, negative
+  downstream) and -1 stays uncertain; no label is "not labelled". The labeler's table does not
+  apply CheXpert's hierarchy, nor do CheXpert's own CSVs: --label_hierarchy (applied by
+  datasets.read_dataset to every dataset alike) decides, never overwriting an explicit 0 or -1.
 - MIMIC-CXR-JPG holds neither sex nor age (they are in MIMIC-IV's patients table, which is a
   separate, linked dataset): Sex is blank and Age NaN, which reports show as unknown.
 - patient_id is "p<subject_id>" and study_id "p<subject_id>/s<study_id>", as in the folders.
@@ -44,8 +45,7 @@ import numpy as np
 import pandas as pd
 
 from config import LABELS, PipelineError
-from cxr.adapters import SPLIT_COLUMN, Adapted, apply_hierarchy, first_file, require_columns, \
-    with_raw_columns
+from cxr.adapters import SPLIT_COLUMN, Adapted, first_file, require_columns, with_raw_columns
 from cxr.chexpert import read_csv_text
 from cxr.labels import find_bad_label_values, parse_raw_labels
 
@@ -62,6 +62,7 @@ LATERAL_VIEWS = ("LATERAL", "LL", "XTABLE LATERAL")
 # The publisher's split -> this pipeline's: validate is training data here (make_splits.py
 # holds out its own val patients), test is the official test list.
 SPLITS = {"train": "train", "validate": "train", "test": "test"}
+LABEL_SOURCE = "CheXpert's labeler (NLP of the reports)"  # every row's labels
 
 
 def read_table(path: Path, columns: tuple[str, ...], what: str) -> pd.DataFrame:
@@ -191,7 +192,7 @@ def read_mimic(root: Path) -> Adapted:
         "patient_id": subject,
         "study_id": subject + "/s" + images["study_id"].astype(str),
         SPLIT_COLUMN: images[SPLIT_COLUMN]})
-    raw = apply_hierarchy(images[list(LABELS)])
+    raw = images[list(LABELS)]
     sources = (metadata_path.name, label_path.name) + ((split_path.name,) if split_path else ())
     return Adapted("mimic", TITLE, with_raw_columns(meta, raw), (), skipped=skipped,
-                   sources=sources)
+                   sources=sources, label_sources={LABEL_SOURCE: len(images)})

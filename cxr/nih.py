@@ -9,9 +9,11 @@ The layout NIH ships, under the data root:
         name per line.
 
 Every NIH film is frontal; each image is its own follow-up (study). NIH's labels come from its
-reports by NLP over 14 findings, mapped below. NIH does not annotate Fracture or Support Devices
-at all, nor Enlarged Cardiomediastinum (positive only through Cardiomegaly, CheXpert's
-hierarchy): they are not labelled, never negative.
+reports by NLP over 14 findings, mapped below: a finding present is 1, one absent blank (not
+mentioned). NIH does not annotate Fracture, Support Devices or Enlarged Cardiomediastinum at
+all: they are not labelled (fully masked), never negative, and --label_hierarchy fill_blank
+never fills them (Cardiomegaly does not make NIH's Enlarged Cardiomediastinum positive: a label
+seen only through its positives would train on positives alone).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ MAPPING: dict[str, tuple[str, ...]] = {
     "Pneumothorax": ("Pneumothorax",),
 }
 NOT_LABELLED = ("Enlarged Cardiomediastinum", "Fracture", "Support Devices")
+LABEL_SOURCE = "NIH's text mining of the reports (NLP)"  # every row's labels
 SEX = {"M": "Male", "F": "Female"}
 MAX_AGE = 120  # the v2017 table holds ages such as 414 (typos): unknown, not 80+
 AGE = re.compile(r"^(\d+)\s*([YMD]?)$")  # 58, or "058Y" / "011M" / "020D" in some copies
@@ -136,4 +139,4 @@ def read_nih(root: Path) -> Adapted:
     sources = (path.name,) + (("test_list.txt",) if (root / "test_list.txt").is_file() else ())
     return Adapted("nih", TITLE, with_raw_columns(meta, raw), NOT_LABELLED,
                    term_counts=dict(counts), unmapped_terms=unmapped(counts, MAPPING),
-                   sources=sources)
+                   sources=sources, label_sources={LABEL_SOURCE: len(table)})

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import confusion_matrix, roc_curve
 
+from cxr.bootstrap import patient_codes
+from cxr.intervals import proportion_interval
 from cxr.metrics import has_both_values, observed
 
 METHODS = ("youden", "target_sensitivity")
@@ -79,14 +81,35 @@ def metrics_at(targets: np.ndarray, probs: np.ndarray, threshold: float) -> dict
             "tp": tp, "fp": fp, "tn": tn, "fn": fn}
 
 
+def rate_intervals(targets: np.ndarray, probs: np.ndarray, threshold: float, codes: np.ndarray,
+                   n_patients: int, level: float) -> dict:
+    """Wilson intervals of the sensitivity and specificity at a threshold, each a proportion of
+    images counted per patient (intervals.proportion_interval: the clusters' effective n)."""
+    keep = ~np.isnan(targets)
+    positive, called, codes = targets[keep] > 0.5, probs[keep] >= threshold, codes[keep]
+    fields = {}
+    for key, among, hit in (("sensitivity", positive, called), ("specificity", ~positive,
+                                                                 ~called)):
+        trials = np.bincount(codes[among], minlength=n_patients)
+        hits = np.bincount(codes[among], hit[among].astype(float), minlength=n_patients)
+        interval = proportion_interval(hits, trials, level)
+        fields[f"{key}_ci"] = [interval.low, interval.high]
+    return fields
+
+
 def operating_point_table(targets: np.ndarray, probs: np.ndarray, labels: tuple[str, ...],
-                          thresholds: dict[str, dict[str, float | None]]) -> list[dict]:
-    """One row per class and method: the val thresholds applied to this split's predictions."""
+                          thresholds: dict[str, dict[str, float | None]], patient_ids,
+                          level: float) -> list[dict]:
+    """One row per class and method: the val thresholds applied to this split's predictions,
+    the sensitivity and specificity with their intervals (patients as clusters)."""
+    codes, n_patients = patient_codes(patient_ids)
     rows = []
     for method in METHODS:
         for column, label in enumerate(labels):
             threshold = thresholds[method][label]
-            values = (metrics_at(targets[:, column], probs[:, column], threshold)
+            values = ({**metrics_at(targets[:, column], probs[:, column], threshold),
+                       **rate_intervals(targets[:, column], probs[:, column], threshold, codes,
+                                        n_patients, level)}
                       if threshold is not None else {"threshold": None})
             rows.append({"pathology": label, "method": method, **values})
     return rows

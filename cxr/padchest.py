@@ -11,10 +11,18 @@ The layout BIMCV ships, under the data root:
 
 Each report was annotated with terms of PadChest's vocabulary (174 radiographic findings and 19
 diagnoses; by radiologists for 24 % of the rows, MethodLabel Physician, by a network trained on
-them for the others), mapped below. Every finding goes through those terms, so a label none of
-whose terms is present is 0 (not mentioned): PadChest labels all 14 CheXpert labels, and none
-is uncertain. No Finding is its term 'normal', with no finding beside it (CheXpert's rule).
-PadChest has no official split.
+them for the others, RNN_model), mapped below. --padchest_label_source physician (the default)
+keeps the radiologists' rows only, and counts the others as skipped; all keeps both. Every
+finding goes through those terms, so a label none of whose terms is present is blank (not
+mentioned, as CheXpert's labeler leaves it): PadChest labels all 14 CheXpert labels, and none is
+uncertain. Two kinds of rows are masked (all 14 not labelled, counted in `masked`): those whose
+only term is 'unchanged' (the report refers to the prior study, "no change since", and says
+nothing of the findings on this film) and those with an empty list of terms. No Finding follows
+CheXpert's labeler (stanfordmlgroup/chexpert-labeler, stages/aggregate.py): positive when no
+term is a finding, blank otherwise; every term but Support Devices' and NOT_FINDINGS is one,
+the unmapped ones too ('COPD signs', 'scoliosis', ...: CheXpert's labeler counts "copd",
+"scoliosis", "calcifi", "hernia", ... among the findings outside its 14). PadChest has no
+official split.
 """
 
 from __future__ import annotations
@@ -29,21 +37,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from config import LABELS, PipelineError
+from config import LABELS, Config, PipelineError
 from cxr.adapters import SPLIT_COLUMN, Adapted, first_file, raw_from_terms, require_columns, \
     unmapped, with_raw_columns
+from cxr.labels import NOT_LABELLED as NOT_LABELLED_VALUE  # the raw value -2
 
 TITLE = "PadChest"
 LABELS_FILES = ("PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv",
                 "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz")
 COLUMNS = ("ImageID", "ImageDir", "StudyID", "PatientID", "PatientBirth", "PatientSex_DICOM",
-           "StudyDate_DICOM", "Projection", "Labels")
+           "StudyDate_DICOM", "Projection", "MethodLabel", "Labels")
+# MethodLabel: who gave the row its terms, and the --padchest_label_source choices that keep it
+LABEL_SOURCES = {"Physician": ("physician", "all"), "RNN_model": ("all",)}
 
 # PadChest report term -> the CheXpert labels it implies (CheXpert's labeler phrase lists,
-# stanfordmlgroup/chexpert-labeler, where a choice was needed). The hierarchy (Lung Opacity
-# above its five children, Enlarged Cardiomediastinum above Cardiomegaly) is added by
-# adapters.raw_from_terms. Terms left out are not CheXpert findings: they are counted and listed
-# as unmapped, e.g. 'COPD signs', 'scoliosis', 'aortic elongation', and also
+# stanfordmlgroup/chexpert-labeler, where a choice was needed). A parent label comes from its
+# own terms only (Lung Opacity from opacities, not from an edema term): CheXpert's hierarchy is
+# --label_hierarchy's, applied to every dataset alike (cxr/datasets.py). Terms left out are not
+# CheXpert findings (but unset No Finding, is_finding): they are counted and listed as unmapped,
+# e.g. 'COPD signs', 'scoliosis', 'aortic elongation', and also
 #   'costophrenic angle blunting', 'volume loss', 'vascular redistribution', 'granuloma',
 #       'fissure thickening': CheXpert's labeler files "blunt", "volume loss", "cephalization",
 #       "granuloma", "fissure" among the findings outside its 14 (which only unset No Finding);
@@ -58,7 +70,7 @@ COLUMNS = ("ImageID", "ImageDir", "StudyID", "PatientID", "PatientBirth", "Patie
 #   'tuberculosis sequelae', 'asbestosis signs', 'hilar enlargement', 'goiter': no CheXpert
 #       label (pleural plaques and opacities are reported with their own terms).
 MAPPING: dict[str, tuple[str, ...]] = {
-    # ---- No Finding (also unset where a finding is present: no_finding_without_findings)
+    # ---- No Finding (positive where no term is a finding, 'normal' or not: cell_labels)
     "normal": ("No Finding",),
     # ---- Enlarged Cardiomediastinum, Cardiomegaly
     "mediastinal enlargement": ("Enlarged Cardiomediastinum",),
@@ -157,6 +169,20 @@ MAPPING: dict[str, tuple[str, ...]] = {
     "humeral prosthesis": ("Support Devices",),  # CheXpert: "arthroplasty"
 }
 NOT_LABELLED: tuple[str, ...] = ()  # every CheXpert label is annotated through the terms
+# Terms that are no finding of the patient's chest, so they leave No Finding positive (as
+# 'normal' and the Support Devices terms do): about the study, not the patient; what PadChest
+# names a look-alike of a nodule, not a nodule; and traces of surgery (placed, like devices,
+# and named by no phrase of CheXpert's labeler).
+NOT_FINDINGS = ("unchanged", "suboptimal study",
+                "pseudonodule", "nipple shadow", "end on vessel",
+                "sternotomy", "suture material", "metal", "bone cement", "mastectomy",
+                "mammary prosthesis", "prosthesis", "surgery", "surgery breast", "surgery neck",
+                "surgery lung", "surgery heart", "surgery humeral")
+# A row whose terms are only these refers to the prior study ("no change since"): it says
+# nothing of this film's findings, so its labels are masked, not negative.
+PRIOR_STUDY_TERMS = ("unchanged",)
+MASKED_PRIOR = "Labels only 'unchanged' (the report refers to the prior study)"
+MASKED_EMPTY = "Labels an empty list of terms"
 
 # Projection -> (Frontal/Lateral, AP/PA); AP_horizontal is a supine AP film. Other values (COSTAL:
 # rib views, EXCLUDE, UNK) are left out and counted.
@@ -169,6 +195,8 @@ LABELS_BLANK = "Labels blank"  # the skipped reason of rows without report terms
 # PadChest's own term 'exclude' (1,301 rows) marks a film its labelling says to leave out: its
 # other terms, or their absence, are no reference standard
 EXCLUDED = "Labels hold 'exclude' (PadChest marks the film to be left out)"
+NETWORK_LABELLED = ("MethodLabel RNN_model (labelled by PadChest's network; "
+                    "--padchest_label_source physician keeps Physician rows only)")
 
 
 def is_blank(values: pd.Series) -> pd.Series:
@@ -237,16 +265,51 @@ def report_terms(table: pd.DataFrame, path: Path) -> dict[str, list[str]]:
     return parsed
 
 
-def raw_labels(cells: pd.Series, terms_of: dict[str, list[str]]) -> tuple[pd.DataFrame, Counter]:
-    """The raw label columns of each row (adapters.raw_from_terms, then No Finding's rule) and
-    each term's row count, computed once per distinct cell and spread over its rows."""
+def is_finding(term: str) -> bool:
+    """Whether a term unsets No Finding: any but 'normal', the Support Devices terms and
+    NOT_FINDINGS (an unmapped finding such as 'COPD signs' does, as in CheXpert's labeler)."""
+    labels = set(MAPPING.get(term, ()))
+    if labels:
+        return bool(labels - {"No Finding", "Support Devices"})
+    return term not in NOT_FINDINGS
+
+
+def masked_reason(terms: list[str]) -> str | None:
+    """Why a row's labels are all masked (its terms say nothing of its findings), or None."""
+    if not terms:
+        return MASKED_EMPTY
+    if set(terms) <= set(PRIOR_STUDY_TERMS):
+        return MASKED_PRIOR
+    return None
+
+
+def cell_labels(terms: list[list[str]]) -> pd.DataFrame:
+    """The raw labels of each list of terms: adapters.raw_from_terms, No Finding by CheXpert's
+    rule (1 when no term is a finding, else blank), all 14 NOT_LABELLED where masked_reason."""
+    raw, _ = raw_from_terms(terms, MAPPING, NOT_LABELLED)
+    no_finding = [not any(map(is_finding, row)) for row in terms]
+    raw["No Finding"] = np.where(no_finding, 1.0, np.nan)
+    masked = np.array([masked_reason(row) is not None for row in terms], dtype=bool)
+    raw.loc[masked, list(LABELS)] = NOT_LABELLED_VALUE
+    return raw
+
+
+def raw_labels(cells: pd.Series, terms_of: dict[str, list[str]]
+               ) -> tuple[pd.DataFrame, Counter, dict[str, int]]:
+    """The raw label columns of each row (cell_labels), each term's row count and the rows
+    masked by reason: computed once per distinct cell and spread over its rows."""
     codes, distinct = pd.factorize(cells)
-    raw, _ = raw_from_terms([terms_of[cell] for cell in distinct], MAPPING, NOT_LABELLED)
+    terms = [terms_of[cell] for cell in distinct]
+    rows = np.bincount(codes, minlength=len(distinct))
     counts: Counter = Counter()
-    for cell, rows in zip(distinct, np.bincount(codes, minlength=len(distinct))):
-        counts.update(dict.fromkeys(set(terms_of[cell]), int(rows)))
-    raw = no_finding_without_findings(raw).iloc[codes].reset_index(drop=True)
-    return raw, counts
+    masked: Counter = Counter()
+    for cell_terms, n in zip(terms, rows):
+        counts.update(dict.fromkeys(set(cell_terms), int(n)))
+        reason = masked_reason(cell_terms)
+        if reason:
+            masked[reason] += int(n)
+    raw = cell_labels(terms).iloc[codes].reset_index(drop=True)
+    return raw, counts, dict(masked.most_common())
 
 
 def parse_ages(table: pd.DataFrame, path: Path) -> np.ndarray:
@@ -266,19 +329,12 @@ def parse_ages(table: pd.DataFrame, path: Path) -> np.ndarray:
     return age.where((age >= 0) & (age <= MAX_AGE)).to_numpy(dtype=float)
 
 
-def no_finding_without_findings(raw: pd.DataFrame) -> pd.DataFrame:
-    """CheXpert's No Finding: positive only when no other label is (Support Devices aside). A
-    report marked 'normal' for one sentence ('normal heart') may carry a finding elsewhere."""
-    findings = [label for label in LABELS if label not in ("No Finding", "Support Devices")]
-    raw = raw.copy()
-    raw.loc[(raw[findings] == 1.0).any(axis=1), "No Finding"] = 0.0
-    return raw
-
-
-def skipped_rows(projection: pd.Series, labels_blank: pd.Series, excluded: pd.Series
-                 ) -> tuple[pd.Series, dict[str, int]]:
-    """The rows kept (a PA, AP or lateral film with report terms, not marked 'exclude') and the
-    others counted by reason, each naming the Projection value."""
+def skipped_rows(projection: pd.Series, labels_blank: pd.Series, excluded: pd.Series,
+                 other_source: pd.Series) -> tuple[pd.Series, dict[str, int]]:
+    """The rows kept (a PA, AP or lateral film with report terms, not marked 'exclude', not of
+    `other_source`: labelled by the network under --padchest_label_source physician) and the
+    others counted by reason, each row under its first: the Projection value, blank Labels,
+    'exclude', then MethodLabel."""
     known = projection.isin(list(VIEWS))
     skipped = {f"Projection {value!r} (not a PA, AP or lateral chest film)": int(n)
                for value, n in projection[~known].value_counts().items()}
@@ -288,18 +344,42 @@ def skipped_rows(projection: pd.Series, labels_blank: pd.Series, excluded: pd.Se
     marked = known & ~blank & excluded
     if marked.any():
         skipped[EXCLUDED] = int(marked.sum())
-    return known & ~blank & ~marked, skipped
+    elsewhere = known & ~blank & ~marked & other_source
+    if elsewhere.any():
+        skipped[NETWORK_LABELLED] = int(elsewhere.sum())
+    return known & ~blank & ~marked & ~elsewhere, skipped
 
 
-def read_padchest(root: Path) -> Adapted:
-    """PadChest's label table under `root` as an Adapted (one row per image)."""
+def method_labels(table: pd.DataFrame, path: Path) -> pd.Series:
+    """Each row's MethodLabel (Physician or RNN_model); any other value is an error."""
+    method = table["MethodLabel"].str.strip()
+    bad = ~method.isin(list(LABEL_SOURCES))
+    if bad.any():
+        raise bad_cell(path, table, bad, "MethodLabel", " or ".join(LABEL_SOURCES))
+    return method
+
+
+def kept_by_source(method: pd.Series, label_source: str) -> pd.Series:
+    """Whether --padchest_label_source keeps each row (of MethodLabel `method`)."""
+    choices = sorted({choice for kept in LABEL_SOURCES.values() for choice in kept})
+    if label_source not in choices:
+        raise PipelineError(f"--padchest_label_source {label_source!r} is not one of "
+                            f"{', '.join(choices)}")
+    return method.map(lambda value: label_source in LABEL_SOURCES[value])
+
+
+def read_padchest(root: Path, label_source: str = Config.padchest_label_source) -> Adapted:
+    """PadChest's label table under `root` as an Adapted (one row per image), keeping the rows
+    of `label_source` (--padchest_label_source: physician or all)."""
     path = first_file(Path(root), LABELS_FILES, "PadChest label table (PADCHEST_*_labels_*.csv)")
     table = read_table(path)
     terms_of = report_terms(table, path)
     ages = parse_ages(table, path)
+    method = method_labels(table, path)
     projection = table["Projection"].str.strip()
     excluded = table["Labels"].map(lambda cell: "exclude" in (terms_of.get(cell) or ()))
-    kept, skipped = skipped_rows(projection, is_blank(table["Labels"]), excluded)
+    kept, skipped = skipped_rows(projection, is_blank(table["Labels"]), excluded,
+                                 ~kept_by_source(method, label_source))
     table, projection, ages = table[kept], projection[kept], ages[kept.to_numpy()]
     image_path = table["ImageDir"].str.strip() + "/" + table["ImageID"].str.strip()
     duplicated = image_path.duplicated()
@@ -317,7 +397,9 @@ def read_padchest(root: Path) -> Adapted:
         "patient_id": patient,
         "study_id": patient + "/" + table["StudyID"].str.strip(),
         SPLIT_COLUMN: ""})
-    raw, counts = raw_labels(table["Labels"], terms_of)
+    raw, counts, masked = raw_labels(table["Labels"], terms_of)
+    sources = method[kept].value_counts()
     return Adapted("padchest", TITLE, with_raw_columns(meta, raw), NOT_LABELLED,
                    term_counts=dict(counts), unmapped_terms=unmapped(counts, MAPPING),
-                   skipped=skipped, sources=(path.name,))
+                   skipped=skipped, sources=(path.name,), masked=masked,
+                   label_sources={name: int(sources.get(name, 0)) for name in LABEL_SOURCES})

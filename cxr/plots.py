@@ -192,8 +192,8 @@ def forest_plot(subgroups: dict, labels: tuple[str, ...], path: Path, title: str
     """The subgroup audit (subgroups.subgroup_table) of the competition five among `labels`:
     one panel per label, one row per stratum under its audit's heading, the AUC within it with
     its interval, a dashed line at the label's AUC over the split; red where the stratum is
-    clearly lower than the rest. False, and nothing written, when there is nothing to draw (no
-    competition label audited, or no stratum with an AUC)."""
+    clearly lower than the rest after the audit's Holm adjustment. False, and nothing written,
+    when there is nothing to draw (no competition label audited, or no stratum with an AUC)."""
     five = next(subset for key, _, subset in MEANS if key == "competition")
     audited = {label for strata in subgroups.values() for entry in strata.values()
                for label in entry["labels"]}  # a label the dataset does not annotate: no panel
@@ -222,7 +222,7 @@ def forest_plot(subgroups: dict, labels: tuple[str, ...], path: Path, title: str
     figure.legend(handles=[
         Line2D([], [], color=POINT_COLOUR, marker="o", label="AUC within the stratum, interval"),
         Line2D([], [], color=LOWER_COLOUR, marker="o",
-               label="clearly lower than the rest (paired interval below 0)"),
+               label="clearly lower than the rest (Holm-adjusted over the audit)"),
         Line2D([], [], color="gray", linestyle="--", label="AUC over the whole split")],
         loc="lower center", ncol=legend_columns, fontsize=8, frameon=False)
     _save(figure, path, bottom=legend_inches / height)

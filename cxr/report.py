@@ -42,17 +42,39 @@ def report_rows(image: dict, study: dict | None = None) -> list[dict]:
         if values["auc"] is not None and label in left_out:
             note += f"; not in the means: {left_out[label]}"
         rows.append({"pathology": label, "auc": values["auc"], "ci_low": values["ci"]["low"],
-                     "ci_high": values["ci"]["high"], "auprc": values["auprc"],
-                     "prevalence": values["prevalence"], "positives": values["positives"],
-                     "study_auc": study_auc, "status": note})
+                     "ci_high": values["ci"]["high"], "ci_note": values["ci_note"],
+                     "auprc": values["auprc"], "prevalence": values["prevalence"],
+                     "positives": values["positives"], "study_auc": study_auc, "status": note})
     rows.sort(key=lambda row: -row["auc"] if row["auc"] is not None else math.inf)
     for key, mean in image["means"].items():
         study_auc = study["means"][key]["auc"] if study else None
         rows.append({"pathology": mean["title"], "auc": mean["auc"], "ci_low": mean["ci"]["low"],
-                     "ci_high": mean["ci"]["high"], "auprc": mean["auprc"],
-                     "prevalence": mean["prevalence"], "positives": None,
-                     "study_auc": study_auc, "status": mean["ci"]["note"]})
+                     "ci_high": mean["ci"]["high"], "ci_note": mean["ci_note"],
+                     "auprc": mean["auprc"], "prevalence": mean["prevalence"], "positives": None,
+                     "study_auc": study_auc,
+                     "status": "" if is_approximate(mean["ci_note"]) else mean["ci_note"]})
     return rows
+
+
+APPROXIMATE = "*"  # after an interval that is approximate (approximate_text says why)
+
+
+def is_approximate(note: str) -> bool:
+    return note.startswith("approximate")
+
+
+def marked_interval(low: float | None, high: float | None, note: str, signed: bool = False
+                    ) -> str:
+    """interval_text, with APPROXIMATE after it when its note says it is approximate."""
+    return interval_text(low, high, signed) + (APPROXIMATE if is_approximate(note) else "")
+
+
+def approximate_text(rows: list[dict]) -> str:
+    """The line under a report card: which intervals are approximate, and why."""
+    notes = [f"{row['pathology']} ({row['ci_note'].removeprefix('approximate: ')})"
+             for row in rows if is_approximate(row.get("ci_note", ""))]
+    return (f"{APPROXIMATE} approximate interval (its coverage is below the nominal level in "
+            "simulation, benchmarks/bench_coverage.py): " + "; ".join(notes) + ".") if notes else ""
 
 
 def _without_study(cells: list[str], study_column: bool) -> list[str]:
@@ -68,7 +90,8 @@ def report_card_header(ci_level: float, study_column: bool) -> list[str]:
 def report_card_cells(row: dict, study_column: bool) -> list[str]:
     positives = "" if row["positives"] is None else str(row["positives"])
     cells = [row["pathology"], number_text(row["auc"]),
-             interval_text(row["ci_low"], row["ci_high"]), number_text(row["auprc"]),
+             marked_interval(row["ci_low"], row["ci_high"], row["ci_note"]),
+             number_text(row["auprc"]),
              number_text(row["prevalence"], 3), positives, number_text(row["study_auc"]),
              row["status"]]
     return _without_study(cells, study_column)
@@ -109,8 +132,9 @@ def operating_points_markdown(rows: list[dict], target: float) -> str:
         if row["threshold"] is None:
             cells.append([*line, "n/a: one label value on val"])  # the rest left blank
             continue
-        cells.append([*line, *(number_text(row[key], 3) for key in ("sensitivity", "specificity",
-                                                                     "ppv", "npv", "f1"))])
+        rates = [f"{number_text(row[key], 3)} {interval_text(*row[f'{key}_ci'])}"
+                 for key in ("sensitivity", "specificity")]
+        cells.append([*line, *rates, *(number_text(row[key], 3) for key in ("ppv", "npv", "f1"))])
     return markdown_table(header, cells, left=(0, 2))
 
 
@@ -154,15 +178,6 @@ def masked_text(result: dict) -> str:
         return "No label of this split is uncertain."
     return ("Uncertain (-1) labels masked, not counted as positive or negative: "
             + ", ".join(f"{label} {n}" for label, n in masked.items()) + ".")
-
-
-def dropped_resamples_text(summary: dict) -> str:
-    """Which classes lost resamples (a class with one label value in them), for the report."""
-    dropped = [f"{label} {values['ci']['resamples_dropped']}"
-               for label, values in summary["classes"].items()
-               if values["ci"]["resamples_dropped"]]
-    return ("Resamples left out of a class's interval because the class had one label value in "
-            f"them: {', '.join(dropped)}." if dropped else "")
 
 
 def per_study(result: dict) -> bool:
@@ -248,26 +263,33 @@ def ensemble_markdown(result: dict, level: float) -> list[str]:
             f"{result['split']}.json`, `ensemble.members[].per_class`.", ""]
 
 
+def intervals_text(methods: dict) -> str:
+    """What the report's intervals are (intervals.interval_methods)."""
+    return (f"Intervals: {methods['level']:.0%}, a patient's images taken as one cluster: "
+            f"an AUC by {methods['auc']}; a mean of AUCs by {methods['mean']}; a difference by "
+            f"{methods['difference']}; an AUC of 0 or 1 by {methods['auc_at_bound']}. Their "
+            f"coverage is {methods['coverage']}; "
+            f"those resting on fewer than {methods['approximate_below_patients']} positive or "
+            f"negative patients are marked {APPROXIMATE}.")
+
+
 def markdown_report(result: dict, plots: dict[str, str], cfg: Config) -> str:
     calibration = result["calibration"]
-    boot = result["bootstrap"]
     study = result["study"]
+    rows = report_rows(result["image"], study)
     lines = [
         f"# Evaluation report: {title_of(result)}", "",
         f"{result['n_images']} images, {result['n_studies']} studies, {result['n_patients']} "
         f"patients; {model_text(result)}.", "",
         f"Reference standard: {reference_of(result)}. {masked_text(result)}",
         "",
-        f"Intervals: {boot['level']:.0%} percentile intervals over {boot['resamples']} bootstrap "
-        f"resamples of patients (seed {boot['seed']}; every image of a drawn patient is taken); "
-        "a class's resamples are stratified by its positive patients, the means share one plain "
-        f"draw. {calibration_text(calibration)} "
+        f"{intervals_text(result['intervals'])} {calibration_text(calibration)} "
         f"Test-time augmentation: {'on' if result['tta'] else 'off'}. " + study_text(result), "",
         f"## Report card ({'studies' if per_study(result) else 'images'})", "",
-        report_card_markdown(report_rows(result["image"], study), cfg.ci_level), "",
+        report_card_markdown(rows, cfg.ci_level), "",
+        approximate_text(rows), "",
         left_out_text(result["image"]), "",
         *ensemble_markdown(result, cfg.ci_level),
-        dropped_resamples_text(result["image"]), "",
         f"## Study level ({result['n_studies']} studies, {study_unit_text(result)})", "",
         report_card_markdown(report_rows(study), cfg.ci_level, study_column=False), "",
         "## Operating points (thresholds chosen on the val split)", "",
@@ -282,6 +304,18 @@ def markdown_report(result: dict, plots: dict[str, str], cfg: Config) -> str:
     return "\n".join(lines)
 
 
+def p_text(p: float | None) -> str:
+    return "n/a" if p is None else "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def versus_rest_cells(values: dict) -> list[str]:
+    """A subgroup cell's or mean's difference to the rest: the difference, its unadjusted paired
+    interval, the p-value adjusted over the audit's family, the adjusted verdict."""
+    return [number_text(values["difference"], signed=True),
+            interval_text(*values["difference_ci"], signed=True), p_text(values["p_adjusted"]),
+            values["verdict"]]
+
+
 def subgroup_cells(subgroups: dict) -> list[list[str]]:
     """The scorable cells of the subgroup audit (subgroups.py): one row per stratum and label."""
     rows = []
@@ -292,10 +326,9 @@ def subgroup_cells(subgroups: dict) -> list[list[str]]:
                     continue
                 rows.append([audit, stratum, label, str(entry["n_images"]),
                              str(entry["n_patients"]), str(cell["positives"]),
-                             number_text(cell["auc"]), interval_text(*cell["ci"]),
-                             number_text(cell["difference"], signed=True),
-                             interval_text(*cell["difference_ci"], signed=True),
-                             cell["verdict"]])
+                             number_text(cell["auc"]), marked_interval(*cell["ci"],
+                                                                       cell["ci_note"]),
+                             *versus_rest_cells(cell)])
     return rows
 
 
@@ -321,10 +354,8 @@ def subgroup_mean_cells(subgroups: dict) -> list[list[str]]:
                     continue
                 rows.append([audit, stratum, mean["title"], str(entry["n_images"]),
                              str(entry["n_patients"]), number_text(mean["auc"]),
-                             interval_text(*mean["ci"]),
-                             number_text(mean["difference"], signed=True),
-                             interval_text(*mean["difference_ci"], signed=True),
-                             mean["verdict"]])
+                             marked_interval(*mean["ci"], mean["ci_note"]),
+                             *versus_rest_cells(mean)])
     return rows
 
 
@@ -354,6 +385,28 @@ def subgroup_flags(subgroups: dict) -> list[str]:
     return flags
 
 
+def multiplicity_text(result: dict) -> str:
+    """How many comparisons the audit made, and how the error rate is held."""
+    family = result.get("subgroup_comparisons")
+    if not family:
+        return ""
+    return (f"{family['comparisons']} comparisons (strata x labels and means; a two-stratum "
+            f"audit's mirrored pair counted once); {family['method']} holds the chance of any "
+            f"false 'lower' or 'higher' verdict in this audit at {family['family_wise_error_rate']:.0%}. "
+            "The intervals are unadjusted 95 % intervals; the verdict and the flags follow the "
+            "adjusted p-values.")
+
+
+def subgroup_line(result: dict) -> str:
+    """The terminal's line on the subgroup audit: its comparisons and what was flagged."""
+    family = result.get("subgroup_comparisons")
+    if not family:
+        return ""
+    flags = subgroup_flags(result["subgroups"])
+    return (f"subgroup audit: {family['comparisons']} comparisons, Holm-adjusted; "
+            + (f"clearly lower: {'; '.join(flags)}" if flags else "no stratum clearly lower"))
+
+
 def subgroup_markdown(result: dict, figure: str | None = None) -> list[str]:
     """The subgroup section: per-label cells, the means by stratum, the flags; `figure` is the
     forest plot's file name (plots.forest_plot), linked when given."""
@@ -361,25 +414,26 @@ def subgroup_markdown(result: dict, figure: str | None = None) -> list[str]:
     if not subgroups:
         return []
     header = ["Audit", "Stratum", "Pathology", "Images", "Patients", "Pos", "AUC", "CI",
-              "vs rest", "CI (paired)", "Verdict"]
+              "vs rest", "CI (paired)", "p (Holm)", "Verdict"]
     means = subgroup_mean_cells(subgroups)
     mean_header = ["Audit", "Stratum", "Mean", "Images", "Patients", "AUC", "CI", "vs rest",
-                   "CI (paired)", "Verdict"]
+                   "CI (paired)", "p (Holm)", "Verdict"]
     flags = subgroup_flags(subgroups)
     return ["## Subgroups", "",
-            "AUC within each stratum and its difference to the rest of the split, both over "
-            "one plain patient bootstrap of the split (paired); a cell needs at least "
-            "min_positives positives and negatives on both sides (the others are left out "
-            "here and n/a in the JSON).", "",
-            markdown_table(header, subgroup_cells(subgroups), left=(0, 1, 2, 10)), "",
+            "AUC within each stratum and its difference to the rest of the split, paired over "
+            "the patients (a patient with films on both sides counts on both); a cell needs at "
+            "least min_positives positives and negatives on both sides (the others are left out "
+            "here and n/a in the JSON). " + multiplicity_text(result), "",
+            markdown_table(header, subgroup_cells(subgroups), left=(0, 1, 2, 11)), "",
             *(["### Means by subgroup", "",
                "The report card's means within each stratum, over the classes whose cell is "
                "scored both there and in the rest (their number in the name), and the "
-               "difference to the same classes' mean in the rest, on the same resamples.", "",
-               markdown_table(mean_header, means, left=(0, 1, 2, 9)), ""] if means else []),
+               "difference to the same classes' mean in the rest, paired.", "",
+               markdown_table(mean_header, means, left=(0, 1, 2, 10)), ""] if means else []),
             *([f"![Subgroup forest plot]({figure})", ""] if figure else []),
-            *(["Clearly lower than the rest: " + "; ".join(flags) + "."] if flags else
-              ["No stratum is clearly lower than the rest of the split."]), ""]
+            *(["Clearly lower than the rest (after Holm's adjustment): " + "; ".join(flags) + "."]
+              if flags else ["No stratum is clearly lower than the rest of the split after "
+                             "Holm's adjustment."]), ""]
 
 
 def csv_rows(result: dict) -> list[dict]:
@@ -395,11 +449,14 @@ def csv_rows(result: dict) -> list[dict]:
                "in_means": values["in_means"],
                "study_auc": study["auc"], "study_ci_low": study["ci"]["low"],
                "study_ci_high": study["ci"]["high"], "ece": result["calibration"]["ece"][label],
-               "status": values["status"]}
+               "status": values["status"], "ci_note": values["ci_note"]}
         for method in ("youden", "target_sensitivity"):
             point = points[(label, method)]
             for key in ("threshold", "sensitivity", "specificity", "ppv", "npv", "f1"):
                 row[f"{method}_{key}"] = point.get(key)
+            for key in ("sensitivity", "specificity"):
+                row[f"{method}_{key}_ci_low"], row[f"{method}_{key}_ci_high"] = \
+                    point.get(f"{key}_ci", [None, None])
         rows.append(row)
     for key, mean in result["image"]["means"].items():
         rows.append({"pathology": mean["title"], "auc": mean["auc"], "ci_low": mean["ci"]["low"],
@@ -408,7 +465,7 @@ def csv_rows(result: dict) -> list[dict]:
                      "study_auc": result["study"]["means"][key]["auc"],
                      "study_ci_low": result["study"]["means"][key]["ci"]["low"],
                      "study_ci_high": result["study"]["means"][key]["ci"]["high"],
-                     "status": mean["ci"]["note"]})
+                     "ci_note": mean["ci_note"]})
     return rows
 
 
@@ -427,13 +484,15 @@ def print_report(result: dict, path: Path, cfg: Config) -> None:
              if "ensemble" in result else f"checkpoint {path}")
     print(f"\nReport card: {title_of(result)} ({result['n_images']} images, "
           f"{result['n_studies']} studies, {result['n_patients']} patients), {model}")
-    print(report_card_text(report_rows(result["image"], result["study"]), cfg.ci_level))
+    rows = report_rows(result["image"], result["study"])
+    print(report_card_text(rows, cfg.ci_level))
     means = [f"{mean['name']} {number_text(mean['auc'])} "
-             f"{interval_text(mean['ci']['low'], mean['ci']['high'])}"
+             f"{marked_interval(mean['ci']['low'], mean['ci']['high'], mean['ci_note'])}"
              for mean in result["study"]["means"].values()]
     print(f"study level ({result['n_studies']} studies, {study_unit_text(result)}): "
           f"{', '.join(means)}")
-    for text in (left_out_text(result["image"]), masked_text(result)):
+    for text in (approximate_text(rows), left_out_text(result["image"]), masked_text(result),
+                 subgroup_line(result)):
         if text:
             print(text)
     calibration = result["calibration"]
@@ -445,27 +504,40 @@ def print_report(result: dict, path: Path, cfg: Config) -> None:
 # ---- a paired comparison of two runs (evaluate.py --compare; compare.py computes the rows) ----
 
 def comparison_header(level: float) -> list[str]:
-    return ["Pathology", "AUC A", "AUC B", "B - A", f"{level:.0%} CI (paired)", "Verdict"]
+    return ["Pathology", "AUC A", "AUC B", "B - A", f"{level:.0%} CI (paired)", "p", "Verdict"]
 
 
 def comparison_cells(row: dict) -> list[str]:
     return [row["pathology"], number_text(row["auc_a"]), number_text(row["auc_b"]),
             number_text(row["difference"], signed=True),
-            interval_text(row["ci_low"], row["ci_high"], signed=True), row["verdict"]]
+            marked_interval(row["ci_low"], row["ci_high"], row["note"], signed=True),
+            p_text(row["p_adjusted"]), row["verdict"]]
+
+
+def n_classes(rows: list[dict]) -> int:
+    """Rows before the means (they come last)."""
+    titles = tuple(title for _, title, _ in MEANS)
+    return next((i for i, row in enumerate(rows) if row["pathology"].startswith(titles)),
+                len(rows))
+
+
+def comparison_note(rows: list[dict]) -> str:
+    compared = sum(row["difference"] is not None for row in rows[:n_classes(rows)])
+    approximate = any(is_approximate(row["note"]) for row in rows)
+    return (f"p: the observations' Holm-adjusted over the {compared} compared, the verdicts "
+            "following it; the means are the primary comparisons, each on its own."
+            + (f" {APPROXIMATE} approximate interval (JSON: note)." if approximate else ""))
 
 
 def comparison_text(rows: list[dict], level: float) -> str:
     """Plain-text table for the terminal; a rule before the means (they come last)."""
-    titles = tuple(title for _, title, _ in MEANS)
-    n_classes = next((i for i, row in enumerate(rows) if row["pathology"].startswith(titles)),
-                     len(rows))
     return text_table(comparison_header(level), [comparison_cells(row) for row in rows],
-                      left=(0, 5), rules=(n_classes,))
+                      left=(0, 6), rules=(n_classes(rows),)) + "\n" + comparison_note(rows)
 
 
 def comparison_markdown(rows: list[dict], level: float) -> str:
     return markdown_table(comparison_header(level), [comparison_cells(row) for row in rows],
-                          left=(0, 5))
+                          left=(0, 6)) + "\n\n" + comparison_note(rows)
 
 
 def comparison_report(rows: list[dict], description: list[str], name_a: str, name_b: str,
@@ -476,5 +548,5 @@ def comparison_report(rows: list[dict], description: list[str], name_a: str, nam
         f"# Comparison: {name_b} (B) vs {name_a} (A)", "",
         description[0], "", *(f"- {line}" for line in description[1:]), "",
         comparison_markdown(rows, level), "",
-        "An interval that excludes 0 means the difference is unlikely to be resampling noise "
-        "(verdict `B better` / `A better`).", ""])
+        "An interval that excludes 0 means the difference is unlikely to come from which "
+        "patients are in the split (verdict `B better` / `A better`).", ""])

@@ -19,8 +19,9 @@ from cxr.training_state import Progress, RunState, Trainer
 FIXED_ON_RESUME = ("frontal_only", "uncertainty_policy", "uncertainty_policy_by_class", "seed", "backbone",
                    "gem_p", "dropout", "image_size", "crop_margin", "batch_size",
                    "accumulation_steps", "frozen_epochs", "lr_head", "lr_backbone", "weight_decay",
-                   "warmup_steps", "lr_schedule", "grad_clip_norm", "max_pos_weight", "augment",
-                   "precision", "view_mode", "view_fusion", "max_views", "ema_decay", "keep_top_k")
+                   "warmup_steps", "warmup_share", "lr_schedule", "grad_clip_norm",
+                   "max_pos_weight", "augment", "precision", "view_mode", "view_fusion",
+                   "max_views", "ema_decay", "keep_top_k")
 
 
 # ---- which run, with which config --------------------------------------------------------------

@@ -11,12 +11,22 @@ part is an image file is an image; its study is the folder.
 Every value is checked where it is read, and a bad one is an error naming the file, the CSV line
 (the header is line 1), the key and the column: a score that is not a number, blank, NaN or
 infinite, outside [0, 1] (unless --score_scale any), a duplicated key, an unknown label name, a
-reference label other than 1 / 0 / -1 / blank, a read other than 1 / 0.
+reference label other than 1 / 0 / -1 / blank, a read other than 1 / 0, a view other than
+frontal / lateral / unknown / blank.
+
+A per-image predictions file scored against per-study labels is aggregated to studies as
+predict.py writes its _studies.csv (inference.study_table): each film's view comes from the
+file's `view` column (predict.py's), else CheXpert's `Frontal/Lateral`, else the file name
+(view1_frontal.jpg, view2_lateral.jpg); lateral films are left out of their study, as for a
+frontal-only model (this pipeline's default, and what CheXpert's competition models are), and a
+study with only lateral films is aggregated over them. A model trained on every view
+(frontal_only false) is scored through its _studies.csv, which says which films it used.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +36,16 @@ import pandas as pd
 
 from config import LABELS, META_COLUMNS, PipelineError
 from cxr.chexpert import RELEASE_PREFIX, read_csv_text
-from cxr.imaging import IMAGE_SUFFIXES
-from cxr.labels import RAW_VALUES, UNCERTAIN
+from cxr.imaging import IMAGE_SUFFIXES, view_from_name
+from cxr.labels import NOT_TRAINED, RAW_VALUES, UNCERTAIN
 
 KEY_COLUMNS = ("Study", "Path", "study", "path", "image_path")  # a file's key: the first found
 # Columns that are neither a key nor a label: CheXpert's metadata, predict.py's view columns and
 # what it copies from the DICOM header (predict.HEADER_COLUMNS, header_warning).
 OTHER_COLUMNS = (*META_COLUMNS[1:], "view", "views", "n_views", "ViewPosition", "PatientSex",
                  "PatientAge", "StudyDate", "header_warning")
+VIEW_COLUMNS = ("view", "Frontal/Lateral")  # a film's view, as predict.py reads and writes it
+VIEWS = ("frontal", "lateral", "unknown")
 FLAG_SUFFIX = " positive"  # predict.py's 0/1 decision columns, "<label> positive": not scores
 # the release folder anywhere in a path: "/data/CheXpert-v1.0/test/..." -> "test/..."
 RELEASE_FOLDER = re.compile(r"^(?:.*/)?" + RELEASE_PREFIX.pattern.removeprefix("^"))
@@ -78,6 +90,8 @@ class LabelFile:
     values: pd.DataFrame  # label columns by name, float; NaN = masked (reference files only)
     unit: str  # "study" or "image"
     masked: dict[str, dict[str, int]] | None = None  # reference files: {label: {why: count}}
+    views: pd.Series | None = None  # image predictions: each film's view (VIEWS), by key
+    study_views: dict | None = None  # aggregated image predictions: what by_study left out
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -168,13 +182,52 @@ def read_label_file(path: Path, what: str
     return (frame, labels, *file_keys(frame, column, path))
 
 
+def untrained_columns(frame: pd.DataFrame, labels: list[str], path: Path) -> list[str]:
+    """The label columns predict.py wrote "not trained" in (a model whose training split had no
+    labelled value of the label): every cell so, or it is an error naming the first other."""
+    untrained = []
+    for label in labels:
+        said = frame[label].str.strip() == NOT_TRAINED
+        if said.all():
+            untrained.append(label)
+        elif said.any():
+            row = int(np.flatnonzero(said.to_numpy())[0])
+            raise PipelineError(f"{path} line {row + 2}, column {label!r}: {NOT_TRAINED!r} in "
+                                "some rows only; a label the model was not trained on says so "
+                                "in every row")
+    return untrained
+
+
 def read_scores(path: Path, scale: str = "probability") -> LabelFile:
     """A predictions file: every cell of a label column a finite score, in [0, 1] when
-    `scale` is "probability" ("any": scores that only rank, such as logits)."""
+    `scale` is "probability" ("any": scores that only rank, such as logits). A column that says
+    "not trained" in every row (predict.py, for a label its model never saw labelled) is left
+    out, and said so."""
     frame, labels, keys, written, unit = read_label_file(path, "predictions")
+    untrained = untrained_columns(frame, labels, path)
+    if untrained:
+        print(f"score: {path}: not trained, so not scored: {', '.join(untrained)}")
+        labels = [label for label in labels if label not in untrained]
     values = pd.DataFrame({label: score_column(frame[label], label, path, written, scale)
                            for label in labels})
-    return LabelFile(Path(path), keys, written, values.set_axis(keys), unit)
+    views = film_views(frame, keys, written, path) if unit == "image" else None
+    return LabelFile(Path(path), keys, written, values.set_axis(keys), unit, views=views)
+
+
+def film_views(frame: pd.DataFrame, keys: pd.Index, written: pd.Series, path: Path
+               ) -> pd.Series:
+    """Each film's view: the `view` (or CheXpert's `Frontal/Lateral`) column, lower-cased;
+    where it is blank or absent, the file name's (view_from_name), else "unknown"."""
+    column = next((name for name in VIEW_COLUMNS if name in frame.columns), None)
+    given = (frame[column].str.strip().str.lower() if column is not None
+             else pd.Series([""] * len(frame)))
+    bad = np.flatnonzero(~given.isin([*VIEWS, ""]).to_numpy())
+    if len(bad):
+        raise PipelineError(f"{row_place(path, written, bad[0])}, column {column!r}: "
+                            f"{frame[column].iloc[bad[0]]!r} is not frontal, lateral, unknown "
+                            f"or blank ({len(bad)} such cell(s))")
+    named = [view_from_name(key) or "unknown" for key in keys]
+    return pd.Series(np.where(given == "", named, given), index=keys)
 
 
 def score_column(cells: pd.Series, label: str, path: Path, written: pd.Series, scale: str
@@ -246,15 +299,44 @@ def coded_column(cells: pd.Series, label: str, path: Path, written: pd.Series,
 
 def by_study(file: LabelFile, how: str) -> LabelFile:
     """An image file's rows as studies (their folders): each label's `how` over the images
-    (scores: max or mean, as evaluate.py's study level; labels: max, positive if any image is,
-    masked if every image is: pandas skips NaN)."""
+    (scores: max or mean over the frontal films, as predict.py's _studies.csv: scores_by_study;
+    labels: max, positive if any image is, masked if every image is: pandas skips NaN)."""
     if file.unit == "study":
         return file
+    if file.views is not None:
+        return scores_by_study(file, how)
     studies = np.asarray(file.keys.map(study_of))
     values = file.values.groupby(studies, sort=False).agg(how)
     written = file.written.groupby(studies, sort=False).first().map(study_of)
     return LabelFile(file.path, pd.Index(values.index), written.reset_index(drop=True), values,
                      "study", file.masked)
+
+
+def scores_by_study(file: LabelFile, how: str) -> LabelFile:
+    """Per-image predictions as predict.py's study rows, from the same function
+    (inference.study_table, as for a frontal-only model): lateral films left out, a study of
+    laterals only aggregated over them; what was left out is printed and kept in study_views."""
+    from cxr.inference import study_table  # here: torch loads only for per-image predictions
+    table = pd.DataFrame({"path": list(file.keys), "view": file.views.to_numpy(),
+                          **{label: file.values[label].to_numpy() for label in file.labels}})
+    studies, no_frontal = study_table(table, file.labels, how, frontal_only=True)
+    keys = pd.Index(studies["study"])
+    values = studies[list(file.labels)].set_axis(keys)
+    first = file.written.groupby(np.asarray(file.keys.map(study_of)), sort=False).first()
+    written = first.map(study_of).reindex(keys).fillna(pd.Series(keys, index=keys))
+    lateral = int((file.views == "lateral").sum())
+    left_out = lateral - int(table.loc[table["path"].map(os.path.dirname).isin(no_frontal),
+                                       "view"].eq("lateral").sum())
+    study_views = {"lateral_films_left_out": left_out,
+                   "studies_without_frontal": len(no_frontal)}
+    if lateral:
+        print(f"score: {file.path}: {left_out} lateral film(s) left out of their studies' "
+              f"{how}, as predict.py's _studies.csv leaves them out for a frontal-only model"
+              + (f"; {len(no_frontal)} study(ies) without a frontal film ({no_frontal[0]}"
+                 f"{', ...' if len(no_frontal) > 1 else ''}) scored over their laterals"
+                 if no_frontal else ""))
+    return LabelFile(file.path, keys, written.reset_index(drop=True), values, "study",
+                     file.masked, study_views=study_views)
 
 
 def same_unit(scores: LabelFile, reference: LabelFile, how: str) -> tuple[LabelFile, LabelFile]:

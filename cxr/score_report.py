@@ -1,8 +1,8 @@
 """score.py's tables and documents, rendered from the numbers scoring.py computes.
 
-    score.md    the report card (evaluate.py's, report.py), the readers against the curve, the
-                paired comparisons, the leaderboard, the labeler table, the figures
-    score.csv   one row per label: the report card, the readers below the curve
+    score.md    the report card (evaluate.py's, report.py), the readers against the ROC and PR
+                curves, the paired comparisons, the leaderboard, the labeler table, the figures
+    score.csv   one row per label: the report card, the readers below each curve
     the same tables printed on the terminal
 """
 
@@ -15,8 +15,9 @@ import pandas as pd
 
 from cxr.atomic import write_csv_atomic, write_text_atomic
 from cxr.metrics import COMPETITION_LABELS
-from cxr.report import comparison_markdown, comparison_text, dropped_resamples_text, \
-    left_out_text, report_card_markdown, report_card_text, report_rows, subgroup_markdown
+from cxr.report import approximate_text, comparison_markdown, comparison_text, \
+    intervals_text, left_out_text, report_card_markdown, report_card_text, report_rows, \
+    subgroup_line, subgroup_markdown
 from cxr.tables import interval_text, markdown_table, number_text, text_table
 
 
@@ -32,10 +33,12 @@ def described(result: dict) -> str:
 
 def bootstrap_text(result: dict) -> str:
     boot = result["bootstrap"]
-    return (f"Intervals: {boot['level']:.0%} percentile intervals over {boot['resamples']} patient "
-            f"bootstrap resamples (seed {boot['seed']}); a label's resamples are stratified by "
-            "its positive patients (its AUC, and the readers' points and the curve together), "
-            "the means share one plain draw.")
+    return (f"{intervals_text(result['intervals'])} A reader's sensitivity, specificity and "
+            "precision: Wilson's interval over the patients' clusters. The model's curves at a "
+            f"reader's point, the gains and the counts below the curves: {boot['resamples']} "
+            f"patient bootstrap resamples (seed {boot['seed']}), stratified by the label's "
+            "positive patients, percentile intervals (approximate: their coverage is not "
+            "simulated).")
 
 
 # ---- readers ----------------------------------------------------------------------------------
@@ -50,39 +53,64 @@ def reader_cells(label: str, name: str, point: dict) -> list[str]:
             "yes" if point["below_curve"] else "no"]
 
 
+def reader_pr_cells(label: str, name: str, point: dict) -> list[str]:
+    return [label, name, number_text(point["sensitivity"], 3),
+            number_text(point["precision"], 3), interval_text(*point["precision_ci"]),
+            number_text(point["model_precision"], 3),
+            interval_text(*point["model_precision_ci"]),
+            number_text(point["precision_gain"], 3, signed=True),
+            interval_text(*point["precision_gain_ci"], signed=True),
+            "yes" if point["below_pr_curve"] else "no"]
+
+
 READER_HEADER = ["Pathology", "Reader", "Sens", "CI", "Spec", "CI", "Model sens at spec", "CI",
                  "Model - reader", "CI", "Below curve"]
+READER_PR_HEADER = ["Pathology", "Reader", "Recall", "Precision", "CI",
+                    "Model prec at recall", "CI", "Model - reader", "CI", "Below PR curve"]
 
 
-def reader_rows(comparisons: dict) -> list[list[str]]:
-    return [reader_cells(label, name, point) for label, comparison in comparisons.items()
+def reader_rows(comparisons: dict, cells=reader_cells) -> list[list[str]]:
+    return [cells(label, name, point) for label, comparison in comparisons.items()
             for name, point in comparison["readers"].items()]
 
 
-def below_header(n_readers: int) -> list[str]:
-    return ["Pathology", "Readers below curve", "CI",
-            *(f"P({k})" for k in range(n_readers + 1))]
+CURVE_NAMES = {"below_curve": "Readers below ROC curve",
+               "below_pr_curve": "Readers below PR curve"}
 
 
-def below_cells(label: str, comparison: dict, n_readers: int) -> list[str]:
-    if comparison["below_curve"] is None:  # the note, the other cells blank
-        return [label, comparison["note"], *[""] * (n_readers + 2)]
-    distribution = comparison.get("below_curve_distribution", {})
-    ci = comparison.get("below_curve_ci", [None, None])
-    return [label, f"{comparison['below_curve']} of {len(comparison['readers'])}",
+def below_header(n_readers: int, key: str = "below_curve") -> list[str]:
+    return ["Pathology", CURVE_NAMES[key], "CI", *(f"P({k})" for k in range(n_readers + 1))]
+
+
+def below_cells(label: str, comparison: dict, n_readers: int, key: str = "below_curve"
+                ) -> list[str]:
+    if comparison.get(key) is None:  # the note, the other cells blank
+        return [label, comparison.get("note", "n/a"), *[""] * (n_readers + 2)]
+    distribution = comparison.get(f"{key}_distribution", {})
+    ci = comparison.get(f"{key}_ci", [None, None])
+    return [label, f"{comparison[key]} of {len(comparison['readers'])}",
             "n/a" if ci[0] is None else f"[{ci[0]:.0f}, {ci[1]:.0f}]",
             *(number_text(distribution.get(str(k)), 3) for k in range(n_readers + 1))]
 
 
-def below_rows(comparisons: dict) -> tuple[list[str], list[list[str]]]:
+def below_rows(comparisons: dict, key: str = "below_curve"
+               ) -> tuple[list[str], list[list[str]]]:
     n = max((len(c["readers"]) for c in comparisons.values()), default=0)
-    return below_header(n), [below_cells(label, c, n) for label, c in comparisons.items()]
+    return below_header(n, key), [below_cells(label, c, n, key)
+                                  for label, c in comparisons.items()]
 
 
-READERS_NOTE = ("A reader is below the curve when the model's ROC curve (roc_curve's points "
-                "joined by straight lines) reaches a higher sensitivity at the reader's "
-                "specificity. P(k): the share of bootstrap resamples in which k readers are below "
-                "it.")
+P_NOTE = ("P(k) is the bootstrap distribution of the number of readers below the curve "
+          "(resampling patients): the share of resamples in which k readers are below it, not "
+          "a posterior probability or a p-value.")
+READERS_NOTE = ("Compared in counts (true and false positives), so a reader on a point of the "
+                "curve is on it, not below. ROC: a reader is below the curve when the model's ROC "
+                "curve (its thresholds' points joined by straight lines; at a vertical step its "
+                "top) reaches more true positives at the reader's false positives, i.e. a higher "
+                "sensitivity at the reader's specificity. PR: a reader is below the curve when "
+                "some threshold of the model has at least the reader's recall and a higher "
+                "precision (the model's precision at recall r: the highest precision at a recall "
+                "of r or more). " + P_NOTE)
 
 
 # ---- other models -------------------------------------------------------------------------------
@@ -107,7 +135,7 @@ def leaderboard_rows(result: dict) -> list[list[str]]:
 def compare_description(path: str, result: dict) -> list[str]:
     unit = "studies" if result["unit"] == "study" else "images"
     return [f"AUC of B - A on the {result['compare_n'][path]} {unit} and the labels both cover, "
-            f"{result['bootstrap']['resamples']} paired patient-bootstrap resamples",
+            "paired intervals (cluster-robust DeLong over the patients)",
             f"A = {path}", f"B = {ensemble_name(result)}"]
 
 
@@ -152,7 +180,8 @@ def print_score(result: dict) -> None:
     card = result["report_card"]
     print(f"\nReport card: {described(result)}")
     print(report_card_text(report_rows(card), result["bootstrap"]["level"], study_column=False))
-    for text in (left_out_text(card), dropped_resamples_text(card)):
+    for text in (left_out_text(card), approximate_text(report_rows(card)),
+                 subgroup_line(result)):
         if text:
             print(text)
     comparisons = result["readers_by_label"]
@@ -161,8 +190,13 @@ def print_score(result: dict) -> None:
         rows = reader_rows(comparisons)
         if len(rows) <= MAX_PRINTED_READER_ROWS:
             print(text_table(READER_HEADER, rows, left=(0, 1, 10)))
-        header, rows = below_rows(comparisons)
-        print(text_table(header, rows))
+        print(text_table(*below_rows(comparisons)))
+        print("\nReaders against the model's precision-recall curve")
+        if len(rows) <= MAX_PRINTED_READER_ROWS:
+            print(text_table(READER_PR_HEADER, reader_rows(comparisons, reader_pr_cells),
+                             left=(0, 1, 9)))
+        print(text_table(*below_rows(comparisons, "below_pr_curve")))
+        print(P_NOTE)
     level = result["bootstrap"]["level"]
     for path, rows in result["compare_rows"].items():
         print("\n" + "\n  ".join(compare_description(path, result)))
@@ -193,13 +227,17 @@ def markdown_document(result: dict, plots: dict[str, str]) -> str:
     if card:
         lines += ["## Report card", "", report_card_markdown(report_rows(card), level,
                                                              study_column=False), "",
-                  left_out_text(card), "", dropped_resamples_text(card), ""]
+                  left_out_text(card), "", approximate_text(report_rows(card)), ""]
     comparisons = result.get("readers_by_label", {})
     if comparisons:
-        header, rows = below_rows(comparisons)
-        lines += ["## Readers against the model's ROC curve", "", READERS_NOTE, "",
-                  markdown_table(header, rows), "",
-                  markdown_table(READER_HEADER, reader_rows(comparisons), left=(0, 1, 10)), ""]
+        lines += ["## Readers against the model's ROC and precision-recall curves", "",
+                  READERS_NOTE, "", markdown_table(*below_rows(comparisons)), "",
+                  markdown_table(*below_rows(comparisons, "below_pr_curve")), "",
+                  "### ROC curve", "",
+                  markdown_table(READER_HEADER, reader_rows(comparisons), left=(0, 1, 10)), "",
+                  "### Precision-recall curve", "",
+                  markdown_table(READER_PR_HEADER, reader_rows(comparisons, reader_pr_cells),
+                                 left=(0, 1, 9)), ""]
     lines += subgroup_markdown(result, plots.get("subgroups"))
     for path, rows in result.get("compare_rows", {}).items():
         description = compare_description(path, result)
@@ -223,13 +261,16 @@ def markdown_document(result: dict, plots: dict[str, str]) -> str:
 
 
 def csv_rows(result: dict) -> list[dict]:
-    """score.csv: one row per label (report card, readers below the curve), then the means."""
+    """score.csv: one row per label (report card, readers below the ROC and the PR curve), then
+    the means."""
     rows = []
     below = result.get("radiologists_below_curve", {})
+    below_pr = result.get("radiologists_below_pr_curve", {})
     for row in report_rows(result["report_card"]):
         label = row["pathology"]
         rows.append({**{k: v for k, v in row.items() if k != "study_auc"},
-                     "readers_below_curve": below.get(label)})
+                     "readers_below_curve": below.get(label),
+                     "readers_below_pr_curve": below_pr.get(label)})
     return rows
 
 
@@ -239,5 +280,6 @@ def write_documents(result: dict, plots: dict[str, str], out_dir: Path) -> None:
     write_text_atomic(markdown_document(result, plots), out_dir / "score.md")
     if result.get("report_card") is not None:
         table = pd.DataFrame(csv_rows(result)).astype({"positives": "Int64",
-                                                        "readers_below_curve": "Int64"})
+                                                        "readers_below_curve": "Int64",
+                                                        "readers_below_pr_curve": "Int64"})
         write_csv_atomic(table, out_dir / "score.csv")

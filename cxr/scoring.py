@@ -1,7 +1,7 @@
 """score.py's numbers: predictions CSVs against a reference standard, readers and each other.
 
 The report card is evaluate.py's, from the same code (metrics.summarise_level: AUC with its
-stratified patient-bootstrap interval, AUPRC, positives, the means over labels and over the
+interval, intervals.py, AUPRC, positives, the means over labels and over the
 competition five); readers.py compares readers' operating points with the model's curve;
 compare.py gives the paired differences of AUC. This module lines the files up (score_files.py
 reads them) and gathers the results into one dict, the contents of score.json.
@@ -17,6 +17,7 @@ import pandas as pd
 
 from config import Config, PipelineError
 from cxr.compare import paired_auc_differences
+from cxr.intervals import interval_methods
 from cxr.labeler_check import labeler_table
 from cxr.labels import masked_counts
 from cxr.metrics import summarise_level
@@ -50,6 +51,7 @@ class Scored:
     targets: np.ndarray  # (rows, labels), NaN = masked
     unit: str  # "study" or "image"
     skipped: dict[str, int]  # rows only in the predictions, only in the reference
+    study_views: dict | None = None  # per-image predictions aggregated: laterals left out
 
     @property
     def patient_ids(self) -> pd.Series:
@@ -82,14 +84,14 @@ def line_up(scores: LabelFile, reference: LabelFile, cfg: Config, within: pd.Ind
     return Scored(name or Path(scores.path).stem, scores.path, keys, labels,
                   scores.values.loc[keys, list(labels)].to_numpy(dtype=float),
                   reference.values.loc[keys, list(labels)].to_numpy(dtype=float),
-                  reference.unit, skipped)
+                  reference.unit, skipped, scores.study_views)
 
 
 def restrict(scored: Scored, keys: pd.Index) -> Scored:
     """The same predictions on a subset of their rows (the studies every reader read)."""
     rows = scored.keys.get_indexer(keys)
     return Scored(scored.name, scored.path, keys, scored.labels, scored.scores[rows],
-                  scored.targets[rows], scored.unit, scored.skipped)
+                  scored.targets[rows], scored.unit, scored.skipped, scored.study_views)
 
 
 def report_card(scored: Scored, cfg: Config) -> dict:
@@ -129,15 +131,16 @@ def reader_arrays(readers: dict[str, LabelFile], scored: Scored) -> dict[str, di
             for name, reads in readers.items()}
 
 
-def reader_summary(comparisons: dict[str, dict]) -> tuple[dict, dict]:
-    """score.json's "radiologists" ({reader: {label: point}}) and
-    "radiologists_below_curve" ({label: count})."""
+def reader_summary(comparisons: dict[str, dict]) -> tuple[dict, dict, dict]:
+    """score.json's "radiologists" ({reader: {label: point}}), "radiologists_below_curve"
+    (the ROC curve: {label: count}) and "radiologists_below_pr_curve" (the PR curve)."""
     by_reader: dict[str, dict] = {}
     for label, comparison in comparisons.items():
         for name, point in comparison["readers"].items():
             by_reader.setdefault(name, {})[label] = point
     below = {label: comparison["below_curve"] for label, comparison in comparisons.items()}
-    return by_reader, below
+    below_pr = {label: comparison["below_pr_curve"] for label, comparison in comparisons.items()}
+    return by_reader, below, below_pr
 
 
 # ---- other models -------------------------------------------------------------------------------
@@ -146,7 +149,7 @@ def compare_files(model: Scored, reference: LabelFile, cfg: Config,
                   paths: tuple[str, ...] | None = None
                   ) -> tuple[dict[str, list[dict]], list[Scored]]:
     """Each --compare file (or `paths`) (A) against the predictions (B) on the rows and labels
-    both cover: compare.py's rows of B - A with paired patient-bootstrap intervals."""
+    both cover: compare.py's rows of B - A with paired intervals."""
     rows, others = {}, []
     paths = cfg.compare if paths is None else paths
     for name, path in zip(file_names(paths), paths):
@@ -161,8 +164,7 @@ def compare_files(model: Scored, reference: LabelFile, cfg: Config,
         columns_a = [other.labels.index(label) for label in labels]
         rows[path] = paired_auc_differences(
             other.scores[:, columns_a], mine.scores[:, columns_b], mine.targets[:, columns_b],
-            other.patient_ids, labels, cfg.bootstrap_resamples, cfg.ci_level, cfg.seed,
-            cfg.min_positives)
+            other.patient_ids, labels, cfg.ci_level, cfg.min_positives)
         others.append(other)
     return rows, others
 
@@ -249,8 +251,9 @@ def mean_of_files(paths: tuple[str, ...], cfg: Config) -> LabelFile:
                             "label columns to average")
     values = sum(f.values.loc[keys, labels] for f in files) / len(files)
     written = files[0].written.set_axis(files[0].keys).loc[keys].reset_index(drop=True)
+    views = None if files[0].views is None else files[0].views.loc[keys]
     return LabelFile(Path(f"ensemble of {len(files)} files"), keys, written, values,
-                     files[0].unit)
+                     files[0].unit, views=views)
 
 
 def score(cfg: Config, reference: LabelFile) -> tuple[dict, Scored, dict]:
@@ -276,11 +279,10 @@ def score(cfg: Config, reference: LabelFile) -> tuple[dict, Scored, dict]:
     comparisons = compare_readers(model.targets, model.scores, reader_arrays(readers, model),
                                   model.labels, model.patient_ids, cfg.bootstrap_resamples,
                                   cfg.ci_level, cfg.seed)
-    by_reader, below = reader_summary(comparisons)
+    by_reader, below, below_pr = reader_summary(comparisons)
     compared, others = compare_files(model, reference, cfg, (*members, *cfg.compare))
-    subgroups = subgroup_table(model.scores, model.targets, audit_frame(model, reference),
-                               model.labels, cfg.bootstrap_resamples, cfg.ci_level, cfg.seed,
-                               cfg.min_positives, cfg.age_bands)
+    audit = subgroup_table(model.scores, model.targets, audit_frame(model, reference),
+                           model.labels, cfg.ci_level, cfg.min_positives, cfg.age_bands)
     board = leaderboard([(model, card)] + [(other, report_card(other, cfg)) for other in others])
     result = {
         "predictions": str(cfg.predictions), "labels_file": str(cfg.labels),
@@ -295,17 +297,20 @@ def score(cfg: Config, reference: LabelFile) -> tuple[dict, Scored, dict]:
         "competition5_auc": card["means"].get("competition", {}).get("auc"),
         "report_card": card,
         "radiologists": by_reader, "radiologists_below_curve": below,
+        "radiologists_below_pr_curve": below_pr,
         "readers_by_label": comparisons,
         "compare": {path: differences(rows) for path, rows in compared.items()},
-        "subgroups": subgroups,
+        "subgroups": audit.table, "subgroup_comparisons": audit.multiplicity(cfg.ci_level),
         "compare_rows": compared, "compare_n": {path: len(other.keys) for path, other
                                                 in zip(compared, others)},
         "leaderboard": board,
+        "intervals": interval_methods(cfg.ci_level),
         "bootstrap": {"resamples": cfg.bootstrap_resamples, "level": cfg.ci_level,
                       "seed": cfg.seed, "unit": "patient",
-                      "classes": "stratified by the label's positive patients (AUC, readers)",
-                      "means": "one draw of patients shared by every label"},
-        "study_aggregation": cfg.study_aggregation, "min_positives": cfg.min_positives}
+                      "for": "the readers against the curves (stratified by the label's "
+                             "positive patients)"},
+        "study_aggregation": cfg.study_aggregation, "min_positives": cfg.min_positives,
+        **({"study_views": model.study_views} if model.study_views else {})}
     return result, model, comparisons
 
 

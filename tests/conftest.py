@@ -66,9 +66,11 @@ def row(split: str, patient: int, study: int = 1, view: str = "Frontal", **label
     return values
 
 
-def tiny_checkpoint(path: Path, image_size: int = 64, seed: int = 0, **fields) -> Path:
+def tiny_checkpoint(path: Path, image_size: int = 64, seed: int = 0,
+                    trained_labels: list[str] | None = None, **fields) -> Path:
     """A random-weight checkpoint of this pipeline's format (for inference, export and GUI tests);
-    `fields` set Config fields, e.g. view_mode="study"."""
+    `fields` set Config fields, e.g. view_mode="study"; `trained_labels` its record of the labels
+    its training split labelled (absent by default, as in older checkpoints)."""
     import dataclasses
 
     import torch
@@ -84,9 +86,10 @@ def tiny_checkpoint(path: Path, image_size: int = 64, seed: int = 0, **fields) -
     model = CheXpertNet(len(LABELS), cfg.gem_p, cfg.dropout, pixel_mean=0.5, pixel_std=0.25,
                         fusion=fusion_of(cfg), backbone=cfg.backbone)
     path.parent.mkdir(parents=True, exist_ok=True)
+    record = {} if trained_labels is None else {"trained_labels": list(trained_labels)}
     save_checkpoint({"model": model.state_dict(), "config": dataclasses.asdict(cfg),
                      "labels": list(LABELS), "normalization": {"mean": 0.5, "std": 0.25},
-                     "epoch": 0}, path)
+                     "epoch": 0, **record}, path)
     return path
 
 

@@ -6,7 +6,8 @@ The three tables as .csv.gz with their published columns and column orders, and 
 JPEGs under files/p1X/p1XXXXXXX/s5XXXXXXX/<dicom_id>.jpg. Each subject has 2 or 3 studies; a
 study is PA + LATERAL, or a portable AP (+ LATERAL one time in two). The known cases:
 - the first study: Cardiomegaly and Atelectasis positive with their parents (Enlarged
-  Cardiomediastinum, Lung Opacity) blank and 0.0: the hierarchy must make the parents positive;
+  Cardiomediastinum, Lung Opacity) blank and 0.0: --label_hierarchy fill_blank makes the blank
+  parent positive and must leave the explicit 0.0 as it is;
 - one lateral film is LL (left lateral) and one extra image has ViewPosition blank;
 - the last subject's last study has images but no label row;
 - every label mixes 1.0, 0.0, -1.0 and blank;

@@ -18,7 +18,6 @@ import pytest
 import ablate
 from cxr import seeds
 from cxr.checkpoints import load_checkpoint, save_checkpoint
-from cxr.bootstrap import bootstrap_aucs
 from config import Config, ConfigError, PipelineError
 from cxr.cli import command_line_options, given_options, parse_args
 from conftest import ROOT, tiny_checkpoint
@@ -52,8 +51,10 @@ def test_each_stage_gets_the_options_it_reads():
     found = configurations(["a:", "b: --dropout 0.5 --tta=true"], ["--epochs", "3"])
     assert ablate.stage_options("train.py", shared, found[1]) == [
         "--data_dir", "d", "--epochs", "3", "--num_workers", "-1", "--dropout", "0.5"]
+    # evaluate.py's intervals draw no resamples: --bootstrap_resamples is ablate.py's own (the
+    # --seeds table's two-level bootstrap)
     assert ablate.stage_options("evaluate.py", shared, found[1]) == [
-        "--data_dir", "d", "--num_workers", "-1", "--bootstrap_resamples", "10", "--tta", "true"]
+        "--data_dir", "d", "--num_workers", "-1", "--tta", "true"]
 
 
 def test_configurations_have_a_name_and_the_options_that_differ():
@@ -120,9 +121,7 @@ def fake_predictions(rng, noise: float) -> Predictions:
 def fake_report(preds: Predictions, cfg: Config) -> dict:
     """What ablate.py reads of an eval_test.json."""
     probs = 1 / (1 + np.exp(-preds.logits))
-    boot = bootstrap_aucs(probs, preds.targets, preds.frame["patient_id"],
-                          cfg.bootstrap_resamples, cfg.seed)
-    image = summarise(probs, preds.targets, LABELS, boot, cfg.ci_level)
+    image = summarise(probs, preds.targets, LABELS, preds.frame["patient_id"], cfg.ci_level)
     return json.loads(json.dumps({"n_images": len(preds.frame), "n_studies": 60,
                                   "n_patients": 60, "image": image}))
 
@@ -236,8 +235,7 @@ def test_two_configurations_end_to_end_then_resumed(data_args, monkeypatch, caps
     assert train[2:] == [*options, *SHARED[:10], "--min_positives", "1", "--dropout", "0.0",
                          "--run_name", "tiny-no-dropout"]
     assert evaluate[1:] == [str(ROOT / "evaluate.py"), "--tta", "false", *options,
-                            "--num_workers", "0", "--bootstrap_resamples", "100",
-                            "--min_positives", "1", "--checkpoint",
+                            "--num_workers", "0", "--min_positives", "1", "--checkpoint",
                             str(models / "tiny-no-dropout" / "best.pth")]
     table = pd.read_csv(out / "ablation.csv")
     assert table["configuration"].tolist() == ["no-dropout", "dropout"]
@@ -314,9 +312,10 @@ def test_seeds_train_every_configuration_with_each_seed(tmp_path, monkeypatch):
                        ("a", 9, "x-a-s9", "a-s9.log"), ("b", 9, "x-b-s9", "b-s9.log")]
     for script, options, name, seed, _ in launched:
         assert "--seeds" not in options and not any(o.startswith("--seeds=") for o in options)
-        assert options.count("--seed") == 1
-        # train.py trains the run's seed; evaluate.py bootstraps with the ablation's --seed
-        assert options[options.index("--seed") + 1] == str(seed if script == "train.py" else 7)
+        # train.py trains the run's seed; evaluate.py draws nothing at random
+        assert options.count("--seed") == (script == "train.py")
+        if script == "train.py":
+            assert options[options.index("--seed") + 1] == str(seed)
         if script == "evaluate.py":
             assert options[-2:] == ["--checkpoint", str(tmp_path / f"x-{name}-s{seed}" /
                                                          "best.pth")]

@@ -87,6 +87,27 @@ def test_one_image_sorted_findings_and_heatmap(app):
     assert len(captions) == 1 and captions[0].startswith("Cardiomegaly: probability")
 
 
+def test_untrained_labels_say_not_trained(tmp_path, monkeypatch):
+    """An NIH-like checkpoint (trained_labels without Fracture and Support Devices): no
+    probability, decision or heatmap for them, "not trained" instead."""
+    untrained = {"Fracture", "Support Devices"}
+    checkpoint = tiny_checkpoint(tmp_path / "run" / "best.pth",
+                                 trained_labels=[l for l in LABELS if l not in untrained])
+    at = upload(start(checkpoint, monkeypatch), "xray_monochrome1.dcm")
+    assert any("not trained: Fracture, Support Devices" in w.value for w in at.warning)
+    findings = at.dataframe[0].value
+    assert sorted(findings["finding"]) == sorted(LABELS)
+    marked = findings[findings["decision"] == "not trained"]
+    assert set(marked["finding"]) == untrained and marked["probability"].isna().all()
+    assert findings["finding"].tolist()[-2:] == sorted(untrained)  # after the sorted ones
+    heatmap_choice = [box for box in at.selectbox if box.label == "Grad-CAM heatmap for"][0]
+    assert not untrained & set(heatmap_choice.options)
+    upload(at, "gray16_xray.png", "xray_monochrome2.dcm")
+    batch = at.dataframe[0].value
+    assert (batch["Fracture"] == "not trained").all()
+    assert not batch["positive findings"].str.contains("Fracture").any()
+
+
 def test_batch_table_download_and_bad_uploads(app):
     upload(app, "gray16_xray.png", "not_an_image.jpg", "xray_monochrome2.dcm", "empty.jpg")
     errors = [error.value for error in app.error]

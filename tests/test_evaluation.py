@@ -1,7 +1,7 @@
 """Statistics of evaluate.py against references: scikit-learn on explicit resamples, hand cases.
 
-Patient bootstrap (weighted AUC, stratified class intervals, dropped resamples), the means'
-min_positives rule, masked (uncertain) labels, paired comparison, operating points, calibration
+Patient bootstrap (weighted AUC, stratified resamples: readers, seeds), the report card's
+intervals (never conditional on a rare patient), the means' min_positives rule, masked (uncertain) labels, paired comparison, operating points, calibration
 (ECE, per-class Platt and temperature), study aggregation, the thresholds.json contract,
 degenerate splits, and the report files written from synthetic predictions (no model needed).
 """
@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from cxr.bootstrap import Resamples, bootstrap_auc_matrix, bootstrap_aucs, draw_resamples, \
@@ -25,7 +26,7 @@ from config import LABELS, Config, ConfigError, PipelineError
 from cxr.cli import parse_args
 from cxr.checkpoints import require_finite
 from cxr.evaluation import Predictions, evaluate_predictions
-from cxr.metrics import COMPETITION_LABELS, aggregate_studies, bootstrap_matrix, summarise
+from cxr.metrics import COMPETITION_LABELS, aggregate_studies, summarise
 from cxr.operating_points import choose_thresholds, metrics_at, operating_point_table, \
     sensitivity_threshold, youden_threshold
 from cxr.thresholds import thresholds_payload, write_thresholds
@@ -91,19 +92,19 @@ def test_intervals_are_never_conditional_on_a_rare_patient_being_drawn():
     labels = ("A", "B", "C", "D", "E")
     plain = bootstrap_auc_matrix(scores, targets, draw_resamples(patients, 300, seed=0))
     assert np.isnan(plain[:, 4]).sum() > 50  # what the old intervals were conditional on
-    summary = summarise(scores, targets, labels, bootstrap_aucs(scores, targets, patients, 300, 0),
-                        0.95)
+    summary = summarise(scores, targets, labels, patients, 0.95)
     for label in labels:
         values = summary["classes"][label]
         assert values["ci"]["low"] - 1e-12 <= values["auc"] <= values["ci"]["high"] + 1e-12
-        assert values["ci"]["resamples_used"] == 300  # stratified: the positive patient is
-        assert values["ci"]["resamples_dropped"] == 0  # in every resample of its class
+        assert values["ci"]["high"] > values["ci"]["low"]
+    # one positive patient: an interval, marked approximate, and very wide
+    assert summary["classes"]["E"]["ci_note"].startswith("approximate")
+    assert summary["classes"]["E"]["ci"]["high"] - summary["classes"]["E"]["ci"]["low"] > 0.3
     mean = summary["means"]["all"]
     assert mean["classes"] == ["A", "B", "C", "D"] and "E" in mean["left_out"]
     assert "fewer than 10" in mean["left_out"]["E"] and mean["title"] == "AVERAGE (4 of 5 classes)"
     assert mean["auc"] == pytest.approx(np.mean([summary["classes"][lb]["auc"] for lb in "ABCD"]))
-    assert mean["ci"]["low"] <= mean["auc"] <= mean["ci"]["high"]
-    assert mean["ci"]["resamples_dropped"] == 0
+    assert mean["ci"]["low"] <= mean["auc"] <= mean["ci"]["high"] and mean["ci_note"] == ""
     assert not summary["classes"]["E"]["in_means"] and summary["classes"]["A"]["in_means"]
 
 
@@ -124,8 +125,7 @@ def test_masked_labels_take_no_part_in_any_number():
     masked = targets.copy()
     masked[::7, 0] = np.nan
     keep = ~np.isnan(masked[:, 0])
-    summary = summarise(scores, masked, ("A", "B"), bootstrap_aucs(scores, masked, patients,
-                                                                  50, 0), 0.95)
+    summary = summarise(scores, masked, ("A", "B"), patients, 0.95)
     values = summary["classes"]["A"]
     assert values["auc"] == pytest.approx(roc_auc_score(targets[keep, 0], scores[keep, 0]))
     assert values["masked"] == int((~keep).sum()) and values["positives"] == targets[keep, 0].sum()
@@ -142,18 +142,17 @@ def test_masked_labels_take_no_part_in_any_number():
 
 def test_competition_mean_covers_the_five_observations():
     patients, targets, scores = synthetic(300, 60, len(LABELS), seed=4)
-    summary = summarise(scores, targets, LABELS, None, 0.95, note="none asked")
+    summary = summarise(scores, targets, LABELS, patients, 0.95)
     competition = summary["means"]["competition"]
     assert competition["classes"] == [label for label in LABELS if label in COMPETITION_LABELS]
     assert competition["title"] == "COMPETITION 5 (5 of 5 classes)"
-    assert competition["ci"]["low"] is None and competition["ci"]["note"] == "none asked"
+    assert competition["ci"]["low"] < competition["auc"] < competition["ci"]["high"]
 
 
 def test_paired_comparison_of_a_model_with_itself_is_exactly_zero():
     patients, targets, scores = synthetic(300, 50, 4, seed=5)
     labels = ("A", "B", "C", "D")
-    rows = paired_auc_differences(scores, scores, targets, pd.Series(patients), labels, 200,
-                                  0.95, seed=0)
+    rows = paired_auc_differences(scores, scores, targets, pd.Series(patients), labels, 0.95)
     assert len(rows) == 4 + 1  # classes, then the mean (no competition five among A-D)
     for row in rows:
         assert row["difference"] == 0.0 and row["ci_low"] == 0.0 and row["ci_high"] == 0.0
@@ -164,8 +163,7 @@ def test_paired_comparison_detects_a_better_model():
     patients, targets, scores = synthetic(600, 150, 2, seed=6)
     noise = np.random.default_rng(0).normal(size=scores.shape)
     better = sigmoid(3 * targets + noise)  # B separates the classes far better than A
-    rows = paired_auc_differences(scores, better, targets, pd.Series(patients), ("A", "B"), 300,
-                                  0.95, seed=0)
+    rows = paired_auc_differences(scores, better, targets, pd.Series(patients), ("A", "B"), 0.95)
     for row in rows:
         assert row["difference"] > 0 and row["ci_low"] > 0 and row["verdict"] == "B better"
     text = comparison_text(rows, 0.95)
@@ -220,8 +218,14 @@ def test_thresholds_json_contract(tmp_path):
                        "calibration": {"method": "platt", "fitted_on": "val",
                                        "parameters": calibration["parameters"]},
                        "masked_uncertain": {"A": 3, "B": 0}}
-    rows = operating_point_table(targets, probs, ("A", "B"), thresholds)
+    rows = operating_point_table(targets, probs, ("A", "B"), thresholds,
+                                 np.arange(len(targets)), 0.95)
     assert [row["threshold"] for row in rows] == [0.7, None, 0.7, None]
+    # the rates' Wilson intervals (one image per patient: scipy's)
+    point = metrics_at(targets[:, 0], probs[:, 0], 0.7)
+    expected = stats.binomtest(point["tp"], point["tp"] + point["fn"]).proportion_ci(
+        0.95, method="wilson")
+    assert rows[0]["sensitivity_ci"] == pytest.approx([expected.low, expected.high])
 
 
 # ---- calibration ------------------------------------------------------------------------------
@@ -295,24 +299,27 @@ def test_study_aggregation_groups_by_patient_and_study():
 # ---- degenerate splits --------------------------------------------------------------------------
 
 def test_one_label_value_and_one_patient_give_notes_not_crashes():
-    cfg = Config(bootstrap_resamples=100)
     targets = np.array([[0, 1], [1, 1], [0, 1], [1, 1]], dtype=float)  # B: every image positive
     probs = np.array([[0.1, 0.5], [0.8, 0.6], [0.3, 0.2], [0.7, 0.9]])
     one_patient = pd.Series(["p1"] * 4)
-    matrix, note = bootstrap_matrix(probs, targets, one_patient, cfg)
-    assert matrix is None and "one patient" in note
-    summary = summarise(probs, targets, ("A", "B"), matrix, 0.95, note, min_positives=1)
-    assert summary["classes"]["A"]["auc"] == 1.0 and summary["classes"]["A"]["ci"]["low"] is None
-    assert "one patient" in summary["classes"]["A"]["ci"]["note"]
+    summary = summarise(probs, targets, ("A", "B"), one_patient, 0.95, min_positives=1)
+    a = summary["classes"]["A"]
+    assert a["auc"] == 1.0 and a["ci"]["high"] == 1.0 and a["ci"]["low"] < 0.5  # one patient
+    assert a["ci_note"].startswith("approximate")
     assert summary["classes"]["B"]["auc"] is None
     assert summary["classes"]["B"]["status"] == "n/a: every image in this split is positive"
     assert summary["means"]["all"]["title"] == "AVERAGE (1 of 2 classes)"
-    rows = paired_auc_differences(probs, probs, targets, one_patient, ("A", "B"), 100, 0.95, 0,
+    rows = paired_auc_differences(probs, probs, targets, one_patient, ("A", "B"), 0.95,
                                   min_positives=1)
-    assert rows[0]["verdict"] == "n/a" and "one patient" in rows[0]["note"]
-    assert rows[1]["difference"] is None
-    assert bootstrap_matrix(probs, targets, pd.Series(["p1", "p2"] * 2),
-                            Config(bootstrap_resamples=0))[1].startswith("no interval")
+    # a model against itself: exactly 0, even where both rank perfectly (zero variance)
+    assert rows[0]["verdict"] == "no clear difference" and rows[0]["ci_low"] == 0 == \
+        rows[0]["ci_high"]
+    other = np.array([[0.3, 0.5], [0.7, 0.6], [0.1, 0.2], [0.8, 0.9]])  # A: perfect, reordered
+    two = paired_auc_differences(probs, other, targets, one_patient, ("A", "B"), 0.95,
+                                 min_positives=1)[0]
+    assert two["difference"] == 0 and two["ci_low"] < 0 < two["ci_high"]
+    assert two["note"].startswith("approximate")
+    assert rows[1]["difference"] is None and rows[1]["verdict"] == "n/a"
 
 
 def test_nan_predictions_are_an_error_naming_the_checkpoint(tmp_path):
@@ -371,7 +378,8 @@ def test_report_of_a_split_is_written_with_thresholds_from_val(tmp_path):
     assert {"ci_low", "auprc", "prevalence", "study_auc", "ece", "youden_threshold",
             "target_sensitivity_ppv"} <= set(table.columns)
     saved = json.loads((tmp_path / "eval_test.json").read_text())
-    assert saved["image"]["means"]["all"]["ci"]["resamples_used"] > 0
+    assert saved["image"]["means"]["all"]["ci"]["method"].startswith("cluster-robust DeLong")
+    assert saved["intervals"]["auc"].startswith("cluster-robust DeLong")
     # the subgroup audit: no Sex/Age/AP/PA columns here, so the Support Devices strata alone
     assert set(saved["subgroups"]) == {"Support Devices"} and "## Subgroups" in markdown
 
@@ -429,3 +437,22 @@ def test_tta_averages_fixed_views_without_flipping():
     views = [model(shifted_view(x, *view)) for view in wrapper.views]
     assert out.shape == (2, 1) and torch.allclose(out, torch.stack(views).mean(0))
     assert torch.allclose(TTAModel(model, views=((0.0, 0.0, 1.0),))(images), model(x))
+
+
+def test_paired_comparison_adjusts_the_observations_verdicts_with_holm():
+    """One of 14 observations' intervals excluding 0 at p = 0.03 is not a better model once 14
+    are compared; a mean (the primary comparison) keeps its own verdict."""
+    from cxr.compare import adjust_classes
+    rows = [{"pathology": f"class {i}", "difference": 0.01, "p_value": 0.5, "p_adjusted": 0.5,
+             "verdict": "no clear difference", "verdict_unadjusted": "no clear difference"}
+            for i in range(13)]
+    rows.append({"pathology": "class 13", "difference": 0.04, "p_value": 0.03,
+                 "p_adjusted": 0.03, "verdict": "B better", "verdict_unadjusted": "B better"})
+    assert adjust_classes(rows, 0.95) == 14
+    assert rows[-1]["p_adjusted"] == pytest.approx(0.42) and rows[-1]["verdict"] == \
+        "no clear difference" and rows[-1]["verdict_unadjusted"] == "B better"
+    patients, targets, scores = synthetic(600, 150, 2, seed=6)
+    better = sigmoid(3 * targets + np.random.default_rng(0).normal(size=scores.shape))
+    rows = paired_auc_differences(scores, better, targets, pd.Series(patients), ("A", "B"), 0.95)
+    assert all(row["p_adjusted"] < 0.001 and row["verdict"] == "B better" for row in rows)
+    assert "Holm-adjusted over the 2 compared" in comparison_text(rows, 0.95)

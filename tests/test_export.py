@@ -95,3 +95,24 @@ def test_output_must_be_an_onnx_file(exported):
     checkpoint, output = exported
     with pytest.raises(PipelineError, match="should end in .onnx"):
         export.main(Config(checkpoint=str(checkpoint), output=str(output.with_suffix(".bin"))))
+
+
+def test_untrained_labels_are_listed_without_a_threshold(tmp_path):
+    """model.json names the labels the checkpoint's training split never labelled (an NIH
+    model's Fracture and Support Devices): their outputs mean nothing, their thresholds null."""
+    untrained = ["Fracture", "Support Devices"]
+    checkpoint = tiny_checkpoint(tmp_path / "run" / "best.pth", trained_labels=[
+        label for label in LABELS if label not in untrained])
+    write_thresholds_json(checkpoint, thresholds={label: 0.4 for label in LABELS})
+    output = tmp_path / "out" / "model.onnx"
+    export.main(Config(checkpoint=str(checkpoint), output=str(output)))
+    spec = json.loads(output.with_suffix(".json").read_text())
+    assert spec["not_trained"] == untrained
+    assert spec["thresholds"]["Fracture"] is None and spec["thresholds"]["Edema"] == 0.4
+    assert spec["labels"] == list(LABELS)  # the outputs keep their order and number
+
+
+def test_a_checkpoint_without_the_record_lists_none(exported):
+    _, output = exported
+    spec = json.loads(output.with_suffix(".json").read_text())
+    assert spec["not_trained"] == [] and None not in spec["thresholds"].values()

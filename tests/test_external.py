@@ -41,8 +41,7 @@ def test_external_validation_on_mimics_test_split(demo_model, tmp_path):
     write_mimic_tree(tmp_path / "mimic", n_subjects=40)
     run_script("evaluate.py", "--checkpoint", str(checkpoint),
                "--data_dir", str(trained.parents[2] / "data"), "--dataset", "mimic",
-               "--data_root", str(tmp_path / "mimic"), "--split", "test",
-               "--bootstrap_resamples", "20")
+               "--data_root", str(tmp_path / "mimic"), "--split", "test")
     report = json.loads((tmp_path / "run" / "eval_mimic_test.json").read_text())
     assert report["dataset"]["split"] == "test" and report["split"] == "mimic_test"
     rows = read_mimic(tmp_path / "mimic").frame
@@ -53,19 +52,29 @@ def test_external_validation_on_mimics_test_split(demo_model, tmp_path):
     assert "Sex" not in report["subgroups"] and "Age" not in report["subgroups"]
     assert set(report["subgroups"]["AP/PA"]) <= {"AP", "PA"}
     assert (tmp_path / "run" / "eval_mimic_test.md").is_file()
+    # who labelled the rows, in the JSON and in the report's reference standard
+    assert report["dataset"]["label_sources"] == {"CheXpert's labeler (NLP of the reports)":
+                                                  len(rows)}
+    assert report["dataset"]["label_hierarchy"] == "none"  # the training data's own rule
+    assert "labelled by (rows read): CheXpert's labeler (NLP of the reports)" in \
+        (tmp_path / "run" / "eval_mimic_test.md").read_text()
 
 
 def test_preprocess_maps_padchest_at_full_scale_without_images(tmp_path):
-    """PadChest's real 160,861-row table, images unchecked: a patient hold-out as the test."""
+    """PadChest's real 160,861-row table, images unchecked: a patient hold-out as the test; the
+    physicians' rows (the default --padchest_label_source), counted by source in stats.json."""
     data_dir = ["--data_dir", str(tmp_path / "data")]
     output = run_script("preprocess.py", "--dataset", "padchest", "--data_root",
                         str(shared("padchest-labels")), "--check_images", "false", *data_dir)
-    assert "terms outside the mapping" in output and "'COPD signs' 23,238" in output
+    assert "terms outside the mapping" in output and "'COPD signs' 4,822" in output
     stats = json.loads((tmp_path / "data" / "processed" / "stats.json").read_text())
     assert stats["test_split"].startswith("0.2 of the patients held out (seed 42)")
+    assert stats["label_sources"] == {"Physician": 38_958, "RNN_model": 0}
+    assert stats["settings"]["padchest_label_source"] == "physician"
+    assert sum(stats["masked"].values()) == 1_065  # only 'unchanged': not negative
     frontal = stats["train"]["rows_kept"] + stats["valid"]["rows_kept"]
     assert frontal == stats["train"]["rows_after_view_filter"] + \
-        stats["valid"]["rows_after_view_filter"] < 158_808  # laterals left out (frontal_only)
+        stats["valid"]["rows_after_view_filter"] < 38_958  # laterals left out (frontal_only)
     train = pd.read_csv(tmp_path / "data" / "processed" / "train.csv",
                         usecols=["patient_id", "Cardiomegaly"])
     valid = pd.read_csv(tmp_path / "data" / "processed" / "valid.csv",

@@ -1,6 +1,7 @@
 """MIMIC-CXR-JPG in PhysioNet's layout (cxr/mimic.py), on a small synthetic tree of that layout
 (tests/mimic_tree.py): the rows kept and skipped, paths, views, the official split, ids, labels
-read by name with CheXpert's hierarchy, and bad tables named by file, line and column."""
+read by name as published, CheXpert's hierarchy under --label_hierarchy (never over an explicit
+0 or -1), and bad tables named by file, line and column."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from config import LABELS, META_COLUMNS, PipelineError
+from config import LABELS, META_COLUMNS, Config, PipelineError
 from cxr.adapters import HIERARCHY, SPLIT_COLUMN, processed_frame
+from cxr.datasets import read_dataset
 from cxr.labels import raw_column
 from cxr.mimic import read_mimic
 from mimic_tree import write_mimic_tree
@@ -143,34 +145,56 @@ def csv_labels(root: Path, frame: pd.DataFrame) -> pd.DataFrame:
     return values.loc[frame["study_id"]].reset_index(drop=True)
 
 
-def test_labels_are_the_csv_cells_by_name_with_the_hierarchy(tree):
+def raw_labels(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[[raw_column(label) for label in LABELS]].set_axis(list(LABELS), axis=1)
+
+
+def test_labels_are_the_csv_cells_by_name_as_published(tree):
     root, counts, adapted = tree
     frame = adapted.frame
     cells = csv_labels(root, frame)
-    raw = frame[[raw_column(label) for label in LABELS]].set_axis(list(LABELS), axis=1)
-    expected = cells.copy()
-    for parent, children in HIERARCHY.items():
-        expected.loc[(cells[list(children)] == 1).any(axis=1), parent] = 1.0
-    pd.testing.assert_frame_equal(raw, expected)
-    # the first study: Cardiomegaly and Atelectasis positive, their parents raised
-    first = frame["study_id"] == counts["hierarchy_study"]
-    row = cells[first.to_numpy()].iloc[0]
+    raw = raw_labels(frame)
+    pd.testing.assert_frame_equal(raw, cells)  # no hierarchy: the labeler's table as it is
+    # the first study: Cardiomegaly and Atelectasis positive, their parents blank and 0
+    first = (frame["study_id"] == counts["hierarchy_study"]).to_numpy()
+    row = raw[first].iloc[0]
     assert row["Cardiomegaly"] == 1 and np.isnan(row["Enlarged Cardiomediastinum"])
     assert row["Atelectasis"] == 1 and row["Lung Opacity"] == 0
-    assert (raw.loc[first, ["Enlarged Cardiomediastinum", "Lung Opacity"]] == 1).all().all()
-    # blank stays blank (not mentioned) and -1 stays uncertain, outside the parents
-    leaves = [label for label in LABELS if label not in HIERARCHY]
-    assert raw[leaves].isna().sum().sum() == cells[leaves].isna().sum().sum() > 0
-    assert (raw[leaves] == -1).sum().sum() == (cells[leaves] == -1).sum().sum() > 0
+    assert raw.isna().sum().sum() > 0 and (raw == -1).sum().sum() > 0
     assert set(np.unique(raw.to_numpy()[~np.isnan(raw.to_numpy())])) == {-1.0, 0.0, 1.0}
+    assert adapted.label_sources == {"CheXpert's labeler (NLP of the reports)": len(frame)}
 
 
-def test_the_processed_schema_reads_blank_as_negative(tree):
+def test_the_hierarchy_fills_blank_parents_and_never_an_explicit_value(tree):
+    """--label_hierarchy fill_blank: the same rule as for CheXpert's CSVs. Before it, the adapter
+    made every parent of a positive child positive, over an explicit 0 or -1 too."""
+    root, counts, adapted = tree
+    cells = csv_labels(root, adapted.frame)
+    filled = read_dataset("mimic", root, Config(label_hierarchy="fill_blank"))
+    raw = raw_labels(filled.frame)
+    expected = cells.copy()
+    for parent, children in HIERARCHY.items():
+        blank = cells[parent].isna() & (cells[list(children)] == 1).any(axis=1)
+        expected.loc[blank, parent] = 1.0
+        assert filled.hierarchy_filled[parent] == int(blank.sum()) > 0
+    pd.testing.assert_frame_equal(raw, expected)
+    first = (filled.frame["study_id"] == counts["hierarchy_study"]).to_numpy()
+    assert raw[first].iloc[0]["Enlarged Cardiomediastinum"] == 1  # blank: filled
+    assert raw[first].iloc[0]["Lung Opacity"] == 0  # an explicit 0 stays
+    kept = cells.notna()
+    assert (raw[kept] == cells[kept]).sum().sum() == kept.sum().sum()
+    none = read_dataset("mimic", root, Config())  # the default: the labels as published
+    pd.testing.assert_frame_equal(raw_labels(none.frame), cells)
+    assert none.hierarchy == "none" and none.hierarchy_filled == dict.fromkeys(HIERARCHY, 0)
+
+
+def test_the_processed_schema_holds_the_reference_standard(tree):
     root, _, adapted = tree
-    processed = processed_frame(adapted, root, "U-Ones")
+    processed = processed_frame(adapted, root)
     raw = adapted.frame[raw_column("Edema")]
     assert (processed.loc[raw.isna(), "Edema"] == 0).all()  # not mentioned: negative
-    assert (processed.loc[raw == -1, "Edema"] == 1).all()  # U-Ones
+    assert processed.loc[raw == -1, "Edema"].isna().all()  # uncertain: masked, any policy
+    assert (processed.loc[raw == 1, "Edema"] == 1).all()
     assert processed["image_path"].map(lambda path: Path(path).is_file()).all()
 
 

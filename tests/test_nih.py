@@ -12,10 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from config import PipelineError
+import torch
+
+from config import LABELS, Config, PipelineError
 from conftest import run_script, shared
 from cxr.adapters import summary_lines
-from cxr.labels import NOT_LABELLED, raw_column
+from cxr.datasets import read_dataset
+from cxr.labels import NOT_LABELLED, raw_column, trained_labels, training_targets
 from cxr.nih import read_nih
 
 NIH = "nih-native"
@@ -48,13 +51,12 @@ def test_full_table_maps_onto_chexpert_labels():
 
     assert ((raw("Pleural Effusion") == 1) == has("Effusion")).all()
     assert ((raw("Lung Lesion") == 1) == has("Mass", "Nodule")).all()
-    # CheXpert's hierarchy: Lung Opacity above its children, Enlarged Cardiomediastinum above
-    # Cardiomegaly (NIH does not annotate it otherwise: not labelled, never negative)
-    assert ((raw("Lung Opacity") == 1) == has("Infiltration", "Mass", "Nodule", "Consolidation",
-                                              "Edema", "Pneumonia", "Atelectasis")).all()
-    assert ((raw("Enlarged Cardiomediastinum") == 1) == has("Cardiomegaly")).all()
-    assert set(np.unique(raw("Enlarged Cardiomediastinum"))) == {1.0, NOT_LABELLED}
-    for label in ("Fracture", "Support Devices"):
+    assert np.isnan(raw("Pleural Effusion")[~has("Effusion")]).all()  # absent: not mentioned
+    # a parent from its own finding only: the hierarchy is --label_hierarchy's (read_dataset)
+    assert ((raw("Lung Opacity") == 1) == has("Infiltration")).all()
+    # NIH annotates neither Enlarged Cardiomediastinum, Fracture nor Support Devices: fully
+    # masked, no positive from Cardiomegaly (a label seen only through its positives)
+    for label in ("Enlarged Cardiomediastinum", "Fracture", "Support Devices"):
         assert (raw(label) == NOT_LABELLED).all()
     assert ((raw("No Finding") == 1) == has("No Finding")).all()
     assert int((raw("Cardiomegaly") == 1).sum()) == 2_776
@@ -65,6 +67,28 @@ def test_full_table_maps_onto_chexpert_labels():
     assert frame["Age"].max() <= 120 and frame["Age"].isna().sum() == 0  # v2020 fixed the typos
     lines = "\n".join(summary_lines(adapted))
     assert "Fracture" in lines and "not labelled by NIH ChestX-ray14" in lines
+    assert adapted.label_sources == {"NIH's text mining of the reports (NLP)": 112_120}
+    assert "labelled by (rows): NIH's text mining of the reports (NLP) 112,120" in lines
+
+
+def test_the_hierarchy_fills_nih_parents_but_never_a_not_labelled_one():
+    """--label_hierarchy fill_blank on the full table: Lung Opacity from its children where it
+    is not mentioned; Enlarged Cardiomediastinum stays not labelled on every row (before, the
+    hierarchy made 2,776 of its rows positive and left 109,344 masked: pos_weight 0.02)."""
+    root = shared(NIH)
+    as_mapped = read_nih(root).frame
+    filled = read_dataset("nih", root, Config(label_hierarchy="fill_blank"))
+    raw = filled.frame
+    with gzip.open(root / "Data_Entry_2017_v2020.csv.gz", "rt") as handle:
+        findings = pd.read_csv(handle, dtype=str)["Finding Labels"].str.split("|")  # row order
+    opacity = findings.map(lambda row: bool(set(row) & {
+        "Infiltration", "Mass", "Nodule", "Consolidation", "Edema", "Pneumonia", "Atelectasis"}))
+    assert ((raw[raw_column("Lung Opacity")] == 1) == opacity).all()
+    assert (raw[raw_column("Enlarged Cardiomediastinum")] == NOT_LABELLED).all()
+    infiltration = int((as_mapped[raw_column("Lung Opacity")] == 1).sum())
+    assert filled.hierarchy_filled == {"Lung Opacity": int(opacity.sum()) - infiltration,
+                                       "Enlarged Cardiomediastinum": 0}
+    assert filled.hierarchy == "fill_blank"
 
 
 def test_bad_tables_name_the_file_line_and_column(tmp_path):
@@ -97,8 +121,9 @@ def test_unknown_terms_ages_and_the_tarball_layout(tmp_path):
     adapted = read_nih(root)
     frame = adapted.frame
     assert adapted.unmapped_terms == {"Efusion": 1, "Hernia": 1}
-    assert frame[raw_column("Edema")].tolist() == [1, 0, 0]
-    assert frame[raw_column("Pleural Effusion")].tolist() == [0, 0, 0]  # never silently mapped
+    assert frame[raw_column("Edema")].fillna(0).tolist() == [1, 0, 0]
+    assert frame[raw_column("Edema")].isna().tolist() == [False, True, True]  # not mentioned
+    assert frame[raw_column("Pleural Effusion")].isna().all()  # never silently mapped
     assert frame["Age"].iloc[0] == 58 and np.isnan(frame["Age"].iloc[1])
     assert frame["Age"].iloc[2] == pytest.approx(0.5)
     assert frame["Path"].tolist() == ["images/00000001_000.png",
@@ -119,8 +144,7 @@ def nih_chain(tmp_path_factory):
     outputs["train"] = run_script("train.py", *data_dir, "--models_dir", str(out / "models"),
                                   "--run_name", "nih", *TINY)
     outputs["evaluate"] = run_script("evaluate.py", *data_dir, "--models_dir",
-                                     str(out / "models"), "--run_name", "nih",
-                                     "--bootstrap_resamples", "50")
+                                     str(out / "models"), "--run_name", "nih")
     return out, outputs
 
 
@@ -132,7 +156,17 @@ def test_the_chain_runs_on_nih_images(nih_chain):
     kept = stats["train"]["rows_kept"] + stats["valid"]["rows_kept"]
     assert kept == 404  # every image present, the other rows skipped and listed
     assert "no official test split" in stats["test_split"]
-    assert stats["train"]["labels"]["Fracture"]["not_labelled"] == stats["train"]["rows_kept"]
+    for label in ("Enlarged Cardiomediastinum", "Fracture"):  # fully masked, not one positive
+        assert stats["train"]["labels"][label]["not_labelled"] == stats["train"]["rows_kept"]
+    assert stats["label_sources"] == {"NIH's text mining of the reports (NLP)": 112_120}
+    assert stats["settings"]["label_hierarchy"] == "none"
+    checkpoint = torch.load(out / "models" / "nih" / "best.pth", weights_only=True)
+    assert checkpoint["pos_weight"]["Enlarged Cardiomediastinum"] == 1.0  # was 0.02: positives only
+    split = pd.read_csv(out / "data" / "splits" / "train.csv")
+    targets = training_targets(split, dict.fromkeys(LABELS, "U-Ones"), 0)
+    assert set(LABELS) - set(trained_labels(targets)) == {
+        "Enlarged Cardiomediastinum", "Fracture", "Support Devices"}
+    assert checkpoint["trained_labels"] == trained_labels(targets)  # train.py records them
     test = pd.read_csv(out / "data" / "splits" / "test.csv")
     train = pd.read_csv(out / "data" / "splits" / "train.csv")
     assert not set(test["patient_id"]) & set(train["patient_id"])
@@ -161,7 +195,7 @@ def test_external_validation_of_a_chexpert_model_on_nih(demo_model, tmp_path):
     data_dir = ["--data_dir", str(trained.parents[2] / "data")]
     output = run_script("evaluate.py", "--checkpoint", str(checkpoint), *data_dir,
                         "--dataset", "nih", "--data_root", str(shared(NIH)),
-                        "--missing_images", "skip", "--bootstrap_resamples", "50")
+                        "--missing_images", "skip")
     report = json.loads((run_folder / "eval_nih.json").read_text())
     assert report["dataset"]["name"] == "nih" and report["n_images"] == 404
     assert report["dataset"]["missing_images_skipped"] == 112_120 - 404

@@ -183,7 +183,7 @@ def test_demo_chain_end_to_end_learns(demo_root, tmp_path):
 def check_compare_and_broken_checkpoint(tmp_path) -> None:
     """--compare of a run with itself gives 0 everywhere; NaN weights: one line naming the file."""
     common = ["--data_dir", str(tmp_path / "data"), "--models_dir", str(tmp_path / "models"),
-              "--num_workers", "1", "--bootstrap_resamples", "200"]
+              "--num_workers", "1"]
     stdout = run_script("evaluate.py", *common, "--compare", "run", "run")
     assert "B - A" in stdout and "evaluate: wrote" in stdout
     table = pd.read_csv(tmp_path / "models" / "run" / "compare_test_vs_run.csv")

@@ -301,6 +301,44 @@ def test_studies_file_aggregates_an_image_model_by_folder(checkpoint, tmp_path, 
     assert "_studies.csv" not in out
 
 
+# ---- labels the checkpoint's training split never labelled ----------------------------------------
+
+UNTRAINED = ("Fracture", "Support Devices")  # NIH annotates neither
+
+
+def test_untrained_labels_are_marked_not_trained(tmp_path, capsys):
+    """A checkpoint whose trained_labels leave out Fracture and Support Devices (an NIH model):
+    no probability or decision for them, in the images' and the studies' files; no heatmap."""
+    checkpoint = tiny_checkpoint(tmp_path / "nih" / "best.pth", trained_labels=[
+        label for label in LABELS if label not in UNTRAINED])
+    scans = tmp_path / "scans" / "patient00001" / "study1"
+    scans.mkdir(parents=True)
+    for name in ("view1_frontal.png", "view2_frontal.png"):
+        Image.fromarray(np.full((80, 64), 90 if "1" in name else 160, np.uint8)).save(scans / name)
+    output = tmp_path / "out" / "predictions.csv"
+    code, out, err = run_in_process(capsys, str(tmp_path / "scans"), "--checkpoint",
+                                    str(checkpoint), "--output", str(output), "--device", "cpu")
+    assert code == 0, err
+    assert "not trained: Fracture, Support Devices (the training split had no labelled value" in out
+    table = pd.read_csv(output, dtype=str, keep_default_na=False)
+    for label in UNTRAINED:
+        assert (table[label] == "not trained").all()
+        assert (table[f"{label} positive"] == "not trained").all()
+    trained = [label for label in LABELS if label not in UNTRAINED]
+    assert table[trained].astype(float).apply(lambda c: c.between(0, 1)).all().all()
+    assert set(table["Edema positive"]) <= {"0", "1"}
+    studies = pd.read_csv(output.with_name("predictions_studies.csv"), dtype=str)
+    assert (studies["Fracture"] == "not trained").all()
+    assert studies[trained].astype(float).notna().all().all()
+    code, _, err = run_in_process(capsys, str(tmp_path / "scans"), "--checkpoint",
+                                  str(checkpoint), "--gradcam", "fracture", "--output",
+                                  str(tmp_path / "cam" / "predictions.csv"), "--device", "cpu")
+    assert code != 0 and "Fracture: not trained" in err
+    # a checkpoint without the record (older ones): every label is predicted, as before
+    old = load_predictor(tiny_checkpoint(tmp_path / "old" / "best.pth"), CPU)
+    assert old.untrained == () and old.trained == LABELS
+
+
 # ---- Grad-CAM on a demo model that learned where the findings are ----------------------------------
 
 # Demo phantoms at 160 x 192 px, a 96 px model (3 x 3 Grad-CAM cells) trained from random weights

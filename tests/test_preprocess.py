@@ -1,4 +1,5 @@
-"""preprocess.py: CSV validation, the uncertainty policy, path handling and real-scale counts."""
+"""preprocess.py: CSV validation, the reference-standard columns (the same under every uncertainty
+policy), CheXpert's hierarchy (--label_hierarchy), path handling and real-scale counts."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, make_root, row, shared
-from config import LABELS, Config, PipelineError
+from config import LABELS, Config, ConfigError, PipelineError
+from cxr.adapters import HIERARCHY, apply_hierarchy
 from cxr.atomic import write_csv_atomic
 from cxr.chexpert import PATIENT_STUDY, extract_patient_study
-from cxr.labels import apply_uncertainty_policy, parse_raw_labels, raw_column
+from cxr.cli import parse_args
+from cxr.labels import parse_raw_labels, raw_column, training_targets
 import preprocess
 
 
@@ -90,27 +93,67 @@ def test_bom_and_crlf_parse(tmp_path):
     assert not train["Support Devices"].isna().any()
 
 
-def test_policy_views_patients_and_raw_columns(tmp_path):
+def test_reference_columns_views_patients_and_raw_columns(tmp_path):
     train = [row("train", 1, Cardiomegaly="-1.0", Edema="1.0"),
              row("train", 1, study=2, view="Lateral", Cardiomegaly="1.0"),
              row("train", 2, Cardiomegaly="0.0", Edema="-1.0")]
     root = make_root(tmp_path, train, [row("valid", 9, Edema="1.0")])
-    ones, valid, stats = run(root, tmp_path)
-    assert ones["Path"].tolist() == [train[0]["Path"], train[2]["Path"]]  # lateral dropped
-    assert ones["patient_id"].tolist() == ["patient00001", "patient00002"]
-    assert ones["study_id"].tolist() == ["patient00001/study1", "patient00002/study1"]
-    assert ones["Cardiomegaly"].tolist() == [1, 0] and ones["Edema"].tolist() == [1, 1]
-    assert ones["Atelectasis"].tolist() == [0, 0]  # blank -> 0
-    assert ones[raw_column("Cardiomegaly")].tolist() == [-1, 0]
-    assert ones[raw_column("Atelectasis")].isna().all()  # blank stays blank in the raw column
-    assert ones["image_path"].iloc[0] == str(root.resolve() / "train/patient00001/study1/view1_frontal.jpg")
+    processed, valid, stats = run(root, tmp_path)
+    assert processed["Path"].tolist() == [train[0]["Path"], train[2]["Path"]]  # lateral dropped
+    assert processed["patient_id"].tolist() == ["patient00001", "patient00002"]
+    assert processed["study_id"].tolist() == ["patient00001/study1", "patient00002/study1"]
+    # the reference standard: uncertain blank (masked), whatever the policy
+    assert processed["Cardiomegaly"].isna().tolist() == [True, False]
+    assert processed["Cardiomegaly"].iloc[1] == 0 and processed["Edema"].iloc[0] == 1
+    assert np.isnan(processed["Edema"].iloc[1])
+    assert processed["Atelectasis"].tolist() == [0, 0]  # blank -> 0
+    assert processed[raw_column("Cardiomegaly")].tolist() == [-1, 0]
+    assert processed[raw_column("Atelectasis")].isna().all()  # blank stays blank in the raw column
+    assert processed["image_path"].iloc[0] == str(root.resolve() / "train/patient00001/study1/view1_frontal.jpg")
     assert 0.3 < stats["mean"] < 0.7 and stats["train"]["patients"] == 2
-
-    zeros, _, _ = run(root, tmp_path, uncertainty_policy="U-Zeros")
-    assert zeros["Cardiomegaly"].tolist() == [0, 0] and zeros["Edema"].tolist() == [1, 0]
+    assert "uncertainty_policy" not in stats["settings"]
 
     with_laterals, _, _ = run(root, tmp_path, frontal_only=False)
     assert len(with_laterals) == 3
+
+
+def test_the_processed_data_do_not_depend_on_the_uncertainty_policy(tmp_path):
+    """uncertainty_policy has one reader, train.py: preprocess.py refuses it, and a Config
+    holding another policy writes the same bytes."""
+    train = [row("train", 1, Cardiomegaly="-1.0", Edema="1.0"),
+             row("train", 2, Cardiomegaly="0.0", Edema="-1.0")]
+    root = make_root(tmp_path, train, [row("valid", 9, Edema="1.0")], images=False)
+    written = {}
+    for policy in ("U-Ones", "U-Zeros"):
+        cfg = Config(data_root=str(root), data_dir=str(tmp_path / policy), check_images=False,
+                     uncertainty_policy=policy)
+        preprocess.main(cfg)
+        written[policy] = [(cfg.processed_dir / name).read_bytes()
+                           for name in ("train.csv", "valid.csv", "stats.json")]
+    assert written["U-Ones"][:2] == written["U-Zeros"][:2]
+    assert json.loads(written["U-Ones"][2])["settings"] == \
+        json.loads(written["U-Zeros"][2])["settings"]
+    with pytest.raises(ConfigError, match="--uncertainty_policy is read by train.py"):
+        parse_args(["--uncertainty_policy", "U-Zeros"], "preprocess.py")
+
+
+def test_label_hierarchy_fills_blank_parents_only(tmp_path):
+    train = [row("train", 1, Cardiomegaly="1.0", Edema="1.0"),  # parents blank: filled
+             row("train", 2, Cardiomegaly="1.0", Edema="1.0", **{
+                 "Enlarged Cardiomediastinum": "0.0", "Lung Opacity": "-1.0"})]  # kept
+    root = make_root(tmp_path, train, [row("valid", 9, Atelectasis="1.0")], images=False)
+    none, _, stats = run(root, tmp_path, check_images=False)
+    assert none[raw_column("Lung Opacity")].isna().tolist() == [True, False]
+    assert stats["settings"]["label_hierarchy"] == "none"
+    assert stats["train"]["hierarchy_filled"] == {"Lung Opacity": 0, "Enlarged Cardiomediastinum": 0}
+    filled, valid, stats = run(root, tmp_path / "fill", check_images=False,
+                               label_hierarchy="fill_blank")
+    assert filled[raw_column("Lung Opacity")].tolist() == [1, -1]  # -1 is never overwritten
+    assert filled[raw_column("Enlarged Cardiomediastinum")].tolist() == [1, 0]  # nor 0
+    assert valid[raw_column("Lung Opacity")].tolist() == [1]
+    assert stats["settings"]["label_hierarchy"] == "fill_blank"
+    assert stats["train"]["hierarchy_filled"] == {"Lung Opacity": 1, "Enlarged Cardiomediastinum": 1}
+    assert stats["valid"]["hierarchy_filled"]["Lung Opacity"] == 1
 
 
 def test_missing_data_root_names_what_to_pass(tmp_path):
@@ -145,18 +188,27 @@ def test_real_scale_counts(tmp_path, real_labels):
     train, _, stats = run(root, tmp_path, check_images=False)
     assert len(train) == 191_027 and train["patient_id"].nunique() == 64_534
     assert stats["train"]["rows_in_csv"] == 223_414
-    assert not (train[list(LABELS)] == -1).any().any()
-    assert set(pd.unique(train[list(LABELS)].values.ravel())) == {0, 1}
-    rates = train[list(LABELS)].mean()  # published in ../shared/data/README.md
+    # the label columns are the reference standard: uncertain masked, no -1
+    assert set(pd.unique(train[list(LABELS)].values.ravel()[
+        ~np.isnan(train[list(LABELS)].values.ravel())])) == {0, 1}
+    assert (train[list(LABELS)].isna() == (train[[raw_column(l) for l in LABELS]] == -1)
+            .set_axis(list(LABELS), axis=1)).all().all()
+    # training under U-Ones, from the raw columns: the rates published in ../shared/data/README.md
+    policies = dict.fromkeys(LABELS, "U-Ones")
+    rates = pd.Series(training_targets(train, policies, seed=0).mean(axis=0), index=list(LABELS))
     assert rates["Support Devices"] == pytest.approx(0.566, abs=5e-4)
     assert rates["Pleural Other"] == pytest.approx(0.023, abs=5e-4)
     assert stats["stats_source"].startswith("fallback")
+    assert stats["train"]["hierarchy_filled"] == dict.fromkeys(HIERARCHY, 0)  # the default: none
 
 
 def test_uncertainty_policies_on_real_rows(real_labels):
     raw = parse_raw_labels(real_labels)
-    ones = apply_uncertainty_policy(raw, "U-Ones")
-    zeros = apply_uncertainty_policy(raw, "U-Zeros")
+    frame = raw.rename(columns=raw_column)
+    ones = pd.DataFrame(training_targets(frame, dict.fromkeys(LABELS, "U-Ones"), 0),
+                        columns=list(LABELS))
+    zeros = pd.DataFrame(training_targets(frame, dict.fromkeys(LABELS, "U-Zeros"), 0),
+                         columns=list(LABELS))
     uncertain = raw == -1
     assert int(uncertain["Atelectasis"].sum()) == 33_739  # published count, all rows
     assert (ones[uncertain] == 1).sum().sum() == uncertain.sum().sum()
@@ -164,6 +216,41 @@ def test_uncertainty_policies_on_real_rows(real_labels):
     certain = raw.notna() & ~uncertain
     assert (ones[certain] == raw[certain]).sum().sum() == certain.sum().sum()
     assert (ones[raw.isna()] == 0).sum().sum() == raw.isna().sum().sum()
+
+
+def forced_parents(raw: pd.DataFrame) -> pd.DataFrame:
+    """The rule the MIMIC adapter applied before --label_hierarchy: every parent of a positive
+    child positive, over an explicit 0 or -1 too."""
+    raw = raw.copy()
+    for parent, children in HIERARCHY.items():
+        raw.loc[(raw[list(children)] == 1).any(axis=1), parent] = 1.0
+    return raw
+
+
+def test_label_hierarchy_on_the_real_train_csv(real_labels):
+    """The counts the README gives for each --label_hierarchy on CheXpert's train.csv."""
+    raw = parse_raw_labels(real_labels)
+    frontal = (real_labels["Frontal/Lateral"] == "Frontal").to_numpy()
+    none, nothing = apply_hierarchy(raw, "none")
+    assert none.equals(raw) and nothing == dict.fromkeys(HIERARCHY, 0)
+    filled, counts = apply_hierarchy(raw, "fill_blank")
+    assert counts == {"Lung Opacity": 45_501, "Enlarged Cardiomediastinum": 24_616}
+    changed = (filled != raw) & raw.notna()  # an explicit 0 or -1 changed: never
+    assert not changed.any().any()
+    set_on_frontal = {parent: int((filled[parent].notna() & raw[parent].isna())[frontal].sum())
+                      for parent in HIERARCHY}
+    assert set_on_frontal == {"Lung Opacity": 40_590, "Enlarged Cardiomediastinum": 21_418}
+    # the old MIMIC rule on the same rows: 43,347 and 21,803 frontal labels raised (the issue's
+    # counts), of which 2,757 and 385 over an explicit 0 or -1
+    forced = forced_parents(raw)
+    raised = forced.eq(1) & raw.ne(1)
+    assert {parent: int(raised[parent][frontal].sum()) for parent in HIERARCHY} == \
+        {"Lung Opacity": 43_347, "Enlarged Cardiomediastinum": 21_803}
+    explicit = raised & raw.notna()
+    assert {parent: int(explicit[parent][frontal].sum()) for parent in HIERARCHY} == \
+        {"Lung Opacity": 2_757, "Enlarged Cardiomediastinum": 385}
+    with pytest.raises(PipelineError, match="--label_hierarchy 'always' is not one of none"):
+        apply_hierarchy(raw, "always")
 
 
 # ---- fast CSV reading and writing give what pandas' own reader and writer give -----------------

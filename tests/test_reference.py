@@ -121,9 +121,12 @@ def test_every_policy_and_preprocessing_is_scored_on_the_same_reference(uncertai
     preprocess.main(zeros)
     make_splits.main(zeros)
     zeros_frame = read_split(zeros.splits_dir / "val.csv")
-    assert not zeros_frame[list(FOUR)].equals(frame[list(FOUR)])  # other 0/1 columns...
+    pd.testing.assert_frame_equal(zeros_frame, frame)  # preprocess.py does not read the policy
     zeros_targets = make_dataset(zeros_frame, zeros, zeros.data_dir, False, "val").targets
-    assert np.array_equal(zeros_targets.numpy(), reference, equal_nan=True)  # ...same reference
+    assert np.array_equal(zeros_targets.numpy(), reference, equal_nan=True)
+    label_columns = frame[list(FOUR)].to_numpy(dtype=float)  # the columns are that reference
+    assert np.array_equal(label_columns, reference[:, [LABELS.index(l) for l in FOUR]],
+                          equal_nan=True)
 
 
 # ---- 5. training's val AUC is evaluate.py's ------------------------------------------------------

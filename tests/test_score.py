@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,10 @@ from sklearn.metrics import roc_auc_score
 from conftest import ROOT, shared
 from config import Config, PipelineError
 from cxr.metrics import summarise_level
-from cxr.readers import curve_sensitivity, is_below, label_comparison
+from cxr.bootstrap import class_resamples, patient_codes
+from cxr.inference import study_table
+from cxr.readers import label_comparison, model_curve, pr_precision, resampled_points, \
+    roc_true_positives
 from cxr.score_files import normalised_key, read_reference, read_scores
 from cxr.scoring import labeler_results, score
 
@@ -87,59 +91,198 @@ def test_radiologists_operating_points_equal_direct_counts(scored):
             assert low <= point["sensitivity"] <= high
 
 
-def direct_curve_sensitivity(y: np.ndarray, s: np.ndarray, fpr: float) -> float:
-    """The curve's sensitivity at a false-positive rate, from the thresholds themselves: the
-    corners (FPR, TPR) of calling score >= t positive, joined by straight lines."""
-    corners = sorted({(0.0, 0.0)} | {(float(((s >= t) & (y == 0)).sum() / (y == 0).sum()),
-                                       float(((s >= t) & (y == 1)).sum() / (y == 1).sum()))
-                                      for t in np.unique(s)})
-    xs, ys = np.array(corners).T
-    at = ys[xs == fpr]
-    if len(at):
-        return float(at.max())
-    right = np.flatnonzero(xs > fpr)[0]
-    left = right - 1
-    return float(ys[left] + (fpr - xs[left]) * (ys[right] - ys[left]) / (xs[right] - xs[left]))
+def direct_vertices(y: np.ndarray, s: np.ndarray, w: np.ndarray | None = None
+                    ) -> list[tuple[int, int]]:
+    """The model's (FP, TP) at every threshold, from the thresholds themselves (no sklearn):
+    calling score >= t positive, rows weighted by w (a resample's draw counts)."""
+    w = np.ones(len(y), dtype=int) if w is None else w.astype(int)
+    return [(0, 0)] + [(int(w[(s >= t) & (y == 0)].sum()), int(w[(s >= t) & (y == 1)].sum()))
+                       for t in np.unique(s)[::-1]]
 
 
-def test_below_curve_equals_a_direct_computation(scored):
+def direct_roc_tp(vertices: list[tuple[int, int]], fp: int) -> Fraction:
+    """The curve's TP at exactly fp false positives: the top of a vertical step, else the
+    straight line between the vertices on either side, as a fraction."""
+    at = [tp for f, tp in vertices if f == fp]
+    if at:
+        return Fraction(max(at))
+    (f0, t0), (f1, t1) = next((a, b) for a, b in zip(vertices, vertices[1:]) if a[0] < fp < b[0])
+    return t0 + Fraction((t1 - t0) * (fp - f0), f1 - f0)
+
+
+def direct_pr_below(vertices: list[tuple[int, int]], tp: int, fp: int) -> bool:
+    """Some threshold with at least the reader's true positives and a higher precision."""
+    return tp + fp > 0 and any(Fraction(t, t + f) > Fraction(tp, tp + fp)
+                               for f, t in vertices[1:] if t >= tp)
+
+
+def test_below_curves_equal_a_direct_computation_in_counts(scored):
+    """Every reader x label of hieupham's predictions, against the curves rebuilt from the
+    thresholds with exact fractions."""
     _, result, model = scored
     for label, count in result["radiologists_below_curve"].items():
         column = model.labels.index(label)
         y, s = model.targets[:, column], model.scores[:, column]
-        below = 0
+        vertices = direct_vertices(y, s)
+        below = below_pr = 0
         for reader in READERS:
             point = result["radiologists"][reader][label]
-            direct = direct_curve_sensitivity(y, s, 1 - point["specificity"])
-            assert abs(point["model_sensitivity"] - direct) < 1e-12
-            assert point["below_curve"] == (direct > point["sensitivity"] + 1e-12)
+            model_tp = direct_roc_tp(vertices, point["fp"])
+            assert point["model_tp"] == float(model_tp)
+            assert point["model_sensitivity"] == float(model_tp / (y == 1).sum())
+            assert point["below_curve"] == (model_tp > point["tp"])
+            assert point["below_pr_curve"] == direct_pr_below(vertices, point["tp"], point["fp"])
             below += point["below_curve"]
-        assert count == below
-        distribution = result["readers_by_label"][label]["below_curve_distribution"]
-        assert abs(sum(distribution.values()) - 1) < 1e-9
+            below_pr += point["below_pr_curve"]
+        assert count == below and result["radiologists_below_pr_curve"][label] == below_pr
+        for key in ("below_curve", "below_pr_curve"):
+            distribution = result["readers_by_label"][label][f"{key}_distribution"]
+            assert abs(sum(distribution.values()) - 1) < 1e-9
+
+
+def test_a_reader_at_the_top_of_a_vertical_step_is_compared_exactly(scored):
+    """bc4's Pleural Effusion: 21 false positives of 396, 85 true positives of 104. hieupham's
+    curve has thresholds at exactly 21 false positives with 84 and 87 true positives, so it
+    reaches 87/104 at bc4's rate: bc4 is below it. As rates, 1 - 375/396 is one bit below
+    21/396, the curve's points at 21 fell out and score.py read 84/104 and "not below"."""
+    _, result, model = scored
+    point = result["radiologists"]["bc4"]["Pleural Effusion"]
+    assert (point["fp"], point["tn"], point["tp"], point["fn"]) == (21, 375, 85, 19)
+    assert 1 - 375 / 396 != 21 / 396  # the rates that dropped the curve's points
+    assert point["below_curve"] and point["model_sensitivity"] == 87 / 104
+    assert result["radiologists_below_curve"]["Pleural Effusion"] == 3
+    assert point["model_tp"] == 87
+
+
+def test_desmonds_atelectasis_counts_bc4_below_exactly():
+    """The same on desmond's Atelectasis: 123 of 153 at bc4's 74 false positives read as rates,
+    124 in counts (the top of the step at exactly 74), so bc4 is below the curve."""
+    cfg = config(predictions=shared_file("leaderboard/desmond_predictions.csv"),
+                 labels=shared_file("groundtruth.csv"),
+                 radiologists=(shared_file("radiologists/bc4.csv"),), score_scale="any",
+                 bootstrap_resamples=0)
+    result, _, _ = score(cfg, read_reference(Path(cfg.labels)))
+    point = result["radiologists"]["bc4"]["Atelectasis"]
+    assert (point["fp"], point["tp"], point["model_sensitivity"]) == (74, 123, 124 / 153)
+    assert point["below_curve"] and result["radiologists_below_curve"]["Atelectasis"] == 1
+
+
+def exact_case(rows: list[tuple[int, float, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(targets, scores, reads) from (label, score, read, how many such rows)."""
+    y, s, r = (np.repeat([row[i] for row in rows], [row[3] for row in rows]).astype(float)
+               for i in range(3))
+    return y, s, r
+
+
+def test_a_reader_on_a_vertex_of_bc4s_edema_counts():
+    """bc4's Edema counts (36 false positives of 422 negatives, 49 true positives of 78) against a
+    curve with thresholds at (35, 48), then at exactly 36 false positives (36, 49) and (36, 50):
+    the curve reaches 50/78 at bc4's rate and bc4 is below it; a reader at (36, 50) is on it."""
+    y, s, r = exact_case([
+        (1, 0.95, 1, 48), (0, 0.90, 1, 35), (0, 0.80, 1, 1), (1, 0.80, 1, 1),
+        (1, 0.70, 0, 1), (0, 0.10, 0, 386), (1, 0.05, 0, 28)])
+    assert r[y == 0].sum() == 36 and r[y == 1].sum() == 49  # the reader: (36, 49)
+    assert 1 - 386 / 422 != 36 / 422  # the rates miss the curve's points at 36
+    ids = pd.Series([f"p{i}" for i in range(len(y))])
+    comparison = label_comparison(y, s, {"bc4": r}, ids, 0, 0, 0.95, 0)
+    point = comparison["readers"]["bc4"]
+    assert point["below_curve"] and point["model_sensitivity"] == 50 / 78
+    assert comparison["below_curve"] == 1
+    on = r.copy()
+    on[np.flatnonzero((y == 1) & (r == 0))[0]] = 1  # one more true positive: (36, 50)
+    point = label_comparison(y, s, {"on": on}, ids, 0, 0, 0.95, 0)["readers"]["on"]
+    assert not point["below_curve"] and point["model_sensitivity"] == point["sensitivity"]
+    curve = model_curve(y, s)
+    assert roc_true_positives(curve, 36) == 50 and roc_true_positives(curve, 35) == 48
+
+
+def test_a_reader_on_a_straight_segment_is_on_the_curve():
+    """Thresholds at (10, 20) and (40, 50) false/true positives (of 70 and 60): the straight line
+    between them passes through (25, 35) exactly. A reader there is on the curve, its model
+    sensitivity 35/60 to the last bit; one true positive fewer is below it."""
+    y, s, r = exact_case([
+        (1, 0.9, 1, 20), (0, 0.9, 1, 10), (1, 0.5, 1, 15), (1, 0.5, 0, 15), (0, 0.5, 1, 15),
+        (0, 0.5, 0, 15), (0, 0.1, 0, 30), (1, 0.1, 0, 10)])
+    ids = pd.Series([f"p{i}" for i in range(len(y))])
+    point = label_comparison(y, s, {"r": r}, ids, 0, 0, 0.95, 0)["readers"]["r"]
+    assert (point["fp"], point["tp"]) == (25, 35)
+    # as rates the model's sensitivity came out one bit below the reader's: -1.1e-16
+    assert not point["below_curve"] and point["model_sensitivity"] == 35 / 60
+    assert point["sensitivity_gain"] == 0.0
+    fewer = r.copy()
+    fewer[np.flatnonzero((y == 1) & (r == 1))[0]] = 0
+    assert label_comparison(y, s, {"r": fewer}, ids, 0, 0, 0.95, 0)["readers"]["r"]["below_curve"]
+    curve = model_curve(y, s)
+    assert roc_true_positives(curve, 25) == 35 and roc_true_positives(curve, 26) == Fraction(36)
+
+
+def test_pr_curve_is_the_highest_precision_at_a_recall_at_least_the_readers():
+    """Thresholds (FP, TP) of 10 positives: (0, 2), (4, 4), (4, 8), (12, 10). Precision 1 at
+    recall 0.2, 0.5 at 0.4, 2/3 at 0.8, 0.45 at 1.0."""
+    y, s, _ = exact_case([(1, 0.9, 0, 2), (1, 0.8, 0, 2), (0, 0.8, 0, 4), (1, 0.7, 0, 4),
+                          (1, 0.2, 0, 2), (0, 0.2, 0, 8), (0, 0.1, 0, 20)])
+    curve = model_curve(y, s)
+    # recall 0.4 (tp 4): sklearn's step reads 0.5 there, the envelope 2/3 (threshold (4, 8))
+    assert pr_precision(curve, 4, 3) == (pytest.approx(2 / 3), True)  # reader 4/7 < 2/3
+    assert pr_precision(curve, 4, 2) == (pytest.approx(2 / 3), False)  # 4/6 = 2/3: on it
+    assert pr_precision(curve, 8, 4)[1] is False  # exactly the threshold (4, 8)
+    assert pr_precision(curve, 9, 4)[1] is False  # recall 0.9: only (12, 10), 0.45 < 9/13
+    assert pr_precision(curve, 9, 12)[1] is True  # 9/21 < 0.45
+    assert pr_precision(curve, 2, 0)[1] is False  # a perfect reader at recall 0.2
+    assert pr_precision(curve, 0, 0)[1] is False  # calls nothing positive: no precision
+    reads = {"below": np.zeros(len(y)), "on": np.zeros(len(y)), "above": np.zeros(len(y))}
+    for name, (tp, fp) in {"below": (4, 3), "on": (4, 2), "above": (6, 1)}.items():
+        reads[name][np.flatnonzero(y == 1)[:tp]] = 1
+        reads[name][np.flatnonzero(y == 0)[:fp]] = 1
+    ids = pd.Series([f"p{i}" for i in range(len(y))])
+    comparison = label_comparison(y, s, reads, ids, 0, 100, 0.95, 0)
+    assert comparison["below_pr_curve"] == 1
+    assert [comparison["readers"][n]["below_pr_curve"] for n in reads] == [True, False, False]
+    assert comparison["readers"]["below"]["model_precision"] == pytest.approx(2 / 3)
+    assert comparison["readers"]["below"]["precision"] == pytest.approx(4 / 7)
+    assert abs(sum(comparison["below_pr_curve_distribution"].values()) - 1) < 1e-12
+    low, high = comparison["readers"]["below"]["model_precision_ci"]
+    assert low <= high
+
+
+def test_resampled_comparisons_are_exact_in_draw_counts(scored):
+    """In every resample, below each curve equals the direct exact computation on the patients'
+    draw counts (integers), for bc4's Edema and Pleural Effusion against hieupham's curves."""
+    _, _, model = scored
+    truth = frame(shared_file("groundtruth.csv"))
+    for label in ("Edema", "Pleural Effusion"):
+        column = model.labels.index(label)
+        y, s = model.targets[:, column], model.scores[:, column]
+        r = frame(shared_file("radiologists/bc4.csv")).loc[truth.index, label].to_numpy(float)
+        codes, n = patient_codes(model.patient_ids)
+        values = resampled_points(y, s, {"bc4": r}, codes, n, 60, 0, column)["bc4"]
+        counts = class_resamples(y, codes, n, 60, 0, column)
+        for b in range(60):
+            w = counts[b, codes]
+            vertices = direct_vertices(y, s, w)
+            tp, fp = int(w[(r == 1) & (y == 1)].sum()), int(w[(r == 1) & (y == 0)].sum())
+            model_tp = direct_roc_tp(vertices, fp)
+            assert values["below_curve"][b] == (model_tp > tp)
+            assert values["model_sensitivity"][b] == float(model_tp / int(w[y == 1].sum()))
+            assert values["below_pr_curve"][b] == direct_pr_below(vertices, tp, fp)
 
 
 def test_below_curve_on_hand_made_curves():
-    # scores 0.9 (pos), 0.8 (neg), 0.7 (pos), 0.1 (neg): corners (0,0) (0,.5) (.5,.5) (.5,1) (1,1)
+    # scores 0.9 (pos), 0.8 (neg), 0.7 (pos), 0.1 (neg): corners (0,0) (0,1) (1,1) (1,2) (2,2)
     y = np.array([1, 0, 1, 0.0])
     s = np.array([0.9, 0.8, 0.7, 0.1])
-    from sklearn.metrics import roc_curve
-    fpr, tpr, _ = roc_curve(y, s)
-    assert curve_sensitivity(fpr, tpr, 0.0) == 0.5
-    assert curve_sensitivity(fpr, tpr, 0.25) == 0.5  # flat between (0, .5) and (.5, .5)
-    assert curve_sensitivity(fpr, tpr, 0.5) == 1.0  # the top of the vertical step
-    assert is_below(fpr, tpr, sensitivity=0.4, specificity=1.0)
-    assert not is_below(fpr, tpr, sensitivity=0.5, specificity=0.75)  # on the curve
-    assert not is_below(fpr, tpr, sensitivity=0.6, specificity=0.75)  # above it
+    curve = model_curve(y, s)
+    assert roc_true_positives(curve, 0) == 1
+    assert roc_true_positives(curve, 1) == 2  # the top of the vertical step
     # a tie between a positive and a negative: the curve is the diagonal between the corners
-    fpr, tpr, _ = roc_curve(np.array([1, 0.0]), np.array([0.5, 0.5]))
-    assert curve_sensitivity(fpr, tpr, 0.3) == pytest.approx(0.3)
+    tie = model_curve(np.array([1, 1, 1, 0, 0, 0.0]), np.array([0.5] * 6))
+    assert roc_true_positives(tie, 1) == 1 and roc_true_positives(tie, 2) == 2
     # readers on a perfect model: every reader below unless perfect too
     y = np.array([1, 1, 0, 0.0])
     perfect = label_comparison(y, np.array([0.9, 0.8, 0.2, 0.1]),
                                {"a": np.array([1, 0, 0, 0.0]), "b": np.array([1, 1, 0, 0.0])},
                                pd.Series(["p1", "p2", "p3", "p4"]), 0, 20, 0.95, 0)
-    assert perfect["below_curve"] == 1
+    assert perfect["below_curve"] == 1 and perfect["below_pr_curve"] == 0
     assert perfect["readers"]["a"]["below_curve"] and not perfect["readers"]["b"]["below_curve"]
 
 
@@ -232,6 +375,76 @@ def test_image_predictions_are_aggregated_to_studies(tmp_path):
         assert result["unit"] == "study" and result["n_studies"] == 8
         assert "majority vote" not in result["reference"]  # not CheXpert's test patients
         assert abs(result["auc"]["Edema"] - expected) < 1e-12
+
+
+def predict_py_files(tmp_path: Path, how: str) -> tuple[Path, Path, str]:
+    """A per-image predictions file as predict.py writes it for a frontal-only model (path,
+    view, the DICOM columns, probabilities, decisions), its _studies.csv (inference.study_table,
+    which predict.py calls), and the studies' labels. Study 1 of each pair is negative; its
+    lateral film scores 0.90 and its frontal 0.10."""
+    rng = np.random.default_rng(1)
+    images, truth = [], []
+    for p in range(1, 25):
+        study = f"/data/CheXpert-v1.0/test/patient{p:05d}/study1"
+        edema = p % 2
+        truth.append((f"CheXpert-v1.0/test/patient{p:05d}/study1", edema, (p // 2) % 2))
+        frontal = 0.10 if p == 2 else float(np.clip(0.3 * edema + rng.random() * 0.7, 0, 1))
+        views = [("view1_frontal.jpg", "frontal" if p % 7 else "unknown", frontal)]
+        if p % 3 != 1:  # two studies in three have a lateral film, scored high when negative
+            views.append(("view2_lateral.jpg", "lateral", 0.90 if not edema else 0.2))
+        if p == 12:  # a study of laterals only: aggregated over them
+            views = [("view1_lateral.jpg", "lateral", 0.3), ("view2_lateral.jpg", "lateral", 0.6)]
+        for name, view, score in views:
+            images.append({"path": f"{study}/{name}", "view": view, "ViewPosition": "",
+                           "PatientSex": "", "PatientAge": "", "StudyDate": "",
+                           "header_warning": "", "Edema": score,
+                           "Cardiomegaly": float(rng.random()), "Edema positive": int(score > .5),
+                           "Cardiomegaly positive": 0})
+    table = pd.DataFrame(images)
+    studies, no_frontal = study_table(table, ["Edema", "Cardiomegaly"], how, frontal_only=True)
+    assert len(no_frontal) == 1 and len(studies) == 24
+    image_file, study_file = tmp_path / "predict.csv", tmp_path / "predict_studies.csv"
+    table.to_csv(image_file, index=False)
+    studies.to_csv(study_file, index=False)
+    reference = write(tmp_path / "truth.csv", "Study,Edema,Cardiomegaly\n" + "".join(
+        f"{key},{edema},{cardio}\n" for key, edema, cardio in truth))
+    return image_file, study_file, reference
+
+
+@pytest.mark.parametrize("how", ["max", "mean"])
+def test_image_predictions_score_as_their_studies_file(tmp_path, how):
+    """score.py on predict.py's per-image file gives the AUCs of its _studies.csv: a
+    frontal-only model's laterals are left out of their study (frontal 0.10 and lateral 0.90
+    score 0.10), as predict.py leaves them out; a study of laterals only is scored over them."""
+    image_file, study_file, reference = predict_py_files(tmp_path, how)
+    saved = {}
+    for name, path in (("images", image_file), ("studies", study_file)):
+        out = tmp_path / name
+        result = run_score("--predictions", str(path), "--labels", reference,
+                           "--study_aggregation", how, "--bootstrap_resamples", "0",
+                           "--output_dir", str(out))
+        assert result.returncode == 0, result.stderr
+        saved[name] = json.loads((out / "score.json").read_text())
+    assert saved["images"]["auc"] == saved["studies"]["auc"]
+    assert saved["images"]["n_studies"] == saved["studies"]["n_studies"] == 24
+    assert saved["images"]["study_views"] == {"lateral_films_left_out": 15,
+                                              "studies_without_frontal": 1}
+    _, model, _ = score(config(predictions=str(image_file), labels=reference,
+                               study_aggregation=how, bootstrap_resamples=0),
+                        read_reference(Path(reference)))
+    edema = dict(zip(model.keys, model.scores[:, model.labels.index("Edema")]))
+    assert edema["patient00002/study1"] == 0.10  # its frontal, not its lateral's 0.90
+    expected = 0.45 if how == "mean" else 0.6  # laterals only: 0.3 and 0.6
+    assert edema["patient00012/study1"] == pytest.approx(expected)
+
+
+def test_a_bad_view_is_one_clear_error(tmp_path):
+    path = write(tmp_path / "p.csv", "path,view,Edema\n"
+                 "a/patient00001/study1/view1_frontal.jpg,frontal,0.1\n"
+                 "a/patient00001/study1/view2_lateral.jpg,sideways,0.2\n")
+    with pytest.raises(PipelineError, match=r"p.csv line 3 .*column 'view': 'sideways' is not "
+                                            r"frontal, lateral, unknown or blank"):
+        read_scores(Path(path))
 
 
 def test_unmatched_studies_error_or_counted_skip(tmp_path):
@@ -345,3 +558,19 @@ def test_command_errors_are_one_line(tmp_path):
     assert "desmond_predictions.csv line " in result.stderr
     missing = run_score("--predictions", shared_file("leaderboard/drnet_predictions.csv"))
     assert missing.returncode == 2 and "score.py needs --labels" in missing.stderr
+
+
+def test_a_label_the_model_was_not_trained_on_is_left_out(tmp_path, capsys):
+    """predict.py writes "not trained" in every row of such a label: score.py skips the column
+    and says so; "not trained" in some rows only is an error naming the line."""
+    predictions = frame(shared_file("leaderboard/drnet_predictions.csv")).reset_index()
+    predictions["Fracture"] = "not trained"
+    path = tmp_path / "predictions.csv"
+    predictions.to_csv(path, index=False)
+    scores = read_scores(path)
+    assert "Fracture" not in scores.values.columns and "Edema" in scores.values.columns
+    assert "not trained, so not scored: Fracture" in capsys.readouterr().out
+    predictions.loc[3, "Fracture"] = "0.2"
+    predictions.to_csv(path, index=False)
+    with pytest.raises(PipelineError, match=r"line 2, column 'Fracture': 'not trained' in some"):
+        read_scores(path)

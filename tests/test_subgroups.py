@@ -1,6 +1,7 @@
 """The subgroup audit (cxr/subgroups.py): strata from a split's columns, AUC within a stratum and
-its paired difference to the rest, n/a cells with their reason, the means within strata, the
-forest plot (plots.py) and the Markdown (report.py)."""
+its paired difference to the rest, n/a cells with their reason, the means within strata, Holm's
+control of the audit's family-wise error rate (on a real leaderboard model's test-set scores with
+random strata), the forest plot (plots.py) and the Markdown (report.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from PIL import Image
 
 from conftest import shared
 from config import LABELS, ConfigError
-from cxr.bootstrap import draw_resamples, mean_over, percentile_interval, weighted_aucs
+from cxr.bootstrap import patient_codes
+from cxr.intervals import auc_influence, difference_interval, holm, mean_interval, t_test
 from cxr.cli import parse_args
 from cxr.metrics import COMPETITION_LABELS
 from cxr.plots import forest_plot
@@ -58,7 +60,7 @@ def hand_made(n: int = 400, seed: int = 0):
 
 def test_perfect_in_one_subgroup_random_in_the_other_gives_the_verdict():
     frame, scores, targets = hand_made()
-    table = subgroup_table(scores, targets, frame, ("Edema",), 200, 0.95, 0)
+    table = subgroup_table(scores, targets, frame, ("Edema",), 0.95).table
     women, men = (table["Sex"][sex]["labels"]["Edema"] for sex in ("Female", "Male"))
     assert women["auc"] == 1.0 and women["verdict"] == "higher in this subgroup"
     assert men["verdict"] == "lower in this subgroup" and men["difference_ci"][1] < 0
@@ -72,13 +74,6 @@ def test_perfect_in_one_subgroup_random_in_the_other_gives_the_verdict():
     unknown = table["Age"]["unknown"]["labels"]["Edema"]
     assert unknown["auc"] is None and unknown["note"].startswith("n/a: ")
     assert table["Age"]["40-59"]["labels"]["Edema"]["note"].endswith("in the rest of the split")
-
-
-def test_without_resamples_the_points_and_no_intervals():
-    frame, scores, targets = hand_made()
-    cell = subgroup_table(scores, targets, frame, ("Edema",), 0, 0.95, 0)["Sex"]["Male"]
-    assert cell["labels"]["Edema"]["auc"] is not None
-    assert cell["labels"]["Edema"]["ci"] == [None, None]
 
 
 def test_support_devices_and_ap_pa_strata():
@@ -111,8 +106,8 @@ def test_a_finding_read_from_the_devices_is_flagged_as_a_shortcut():
     scores = np.stack([pneumothorax, devices + 0.01 * rng.random(n)], axis=1)
     targets = np.stack([y, devices], axis=1)
     frame = pd.DataFrame({"patient_id": [f"p{i}" for i in range(n)]})
-    table = subgroup_table(scores, targets, frame, ("Pneumothorax", "Support Devices"), 200,
-                           0.95, 0)
+    table = subgroup_table(scores, targets, frame, ("Pneumothorax", "Support Devices"),
+                           0.95).table
     assert table["Support Devices"]["absent"]["labels"]["Pneumothorax"]["verdict"] == \
         "lower in this subgroup"
     # no competition label here, so the all-classes mean alone; of one class (Support Devices
@@ -130,7 +125,7 @@ MEAN_LABELS = ("Edema", "Cardiomegaly", "Fracture")  # Fracture: too few positiv
 
 def test_means_within_strata_average_the_evaluable_cells():
     frame, scores, targets = ranked_in_women(MEAN_LABELS, prevalences=(0.3, 0.3, 0.02))
-    table = subgroup_table(scores, targets, frame, MEAN_LABELS, 200, 0.95, 0)
+    table = subgroup_table(scores, targets, frame, MEAN_LABELS, 0.95).table
     women, men = (table["Sex"][sex] for sex in ("Female", "Male"))
     assert set(men["means"]) == {"all", "competition"}
     mean = men["means"]["all"]
@@ -156,41 +151,90 @@ def test_means_within_strata_average_the_evaluable_cells():
     assert unknown["ci"] == [None, None] and unknown["verdict"] == "n/a"
 
 
-def test_the_means_intervals_come_from_the_cells_shared_draw():
-    """Recomputed by hand from the same patient draw: a resample in which a class of the mean
-    has one label value (min_positives 2 lets that happen) is dropped, as in the report card."""
+def test_the_means_difference_is_paired_over_the_patients():
+    """Recomputed by hand from the cells' influences: the mean within the stratum minus the
+    same classes' mean in the rest, each patient's influence on both sides differenced."""
     labels = ("Edema", "Cardiomegaly")
-    frame, scores, targets = ranked_in_women(labels, n=60, seed=2)
-    targets[:, 1] = np.isin(np.arange(60), [1, 3, 0, 2, 4]).astype(float)  # 2 men, 3 women
-    scores[:, 1] = np.random.default_rng(3).random(60) + targets[:, 1] * (frame["Sex"] == "Female")
-    table = subgroup_table(scores, targets, frame, labels, 300, 0.9, 5, min_positives=2)
-    men = table["Sex"]["Male"]
-    assert men["means"]["all"]["classes"] == list(labels)
-    resamples = draw_resamples(frame["patient_id"], 300, 5)
+    frame, scores, targets = ranked_in_women(labels, n=120, seed=2)
+    frame["patient_id"] = [f"p{i // 2}" for i in range(120)]  # a woman and a man share a patient
+    table = subgroup_table(scores, targets, frame, labels, 0.9, min_positives=2).table
+    men = table["Sex"]["Male"]["means"]["all"]
+    codes, n = patient_codes(frame["patient_id"])
     inside = (frame["Sex"] == "Male").to_numpy()
-    sides = [np.stack([weighted_aucs(scores[rows, c], targets[rows, c],
-                                     resamples.patient_of_image[rows], resamples.counts)
-                       for c in range(len(labels))], axis=1) for rows in (inside, ~inside)]
-    within, rest = (mean_over(side, [0, 1]) for side in sides)
-    assert np.isnan(within).any()  # some resamples drew no man with Cardiomegaly
-    interval, gap = percentile_interval(within, 0.9), percentile_interval(within - rest, 0.9)
-    assert men["means"]["all"]["ci"] == [interval.low, interval.high]
-    assert men["means"]["all"]["difference_ci"] == [gap.low, gap.high]
+    within = [auc_influence(scores[inside, c], targets[inside, c], codes[inside], n)
+              for c in range(2)]
+    rest = [auc_influence(scores[~inside, c], targets[~inside, c], codes[~inside], n)
+            for c in range(2)]
+    gap = difference_interval([(0.5, w) for w in within] + [(-0.5, r) for r in rest], 0.9,
+                              (mean_interval(within, 0.9), mean_interval(rest, 0.9)))
+    assert men["difference_ci"] == pytest.approx([gap.low, gap.high])
+    assert men["p_value"] == pytest.approx(t_test(gap, men["difference"]))
+    interval = mean_interval(within, 0.9)
+    assert men["ci"] == pytest.approx([interval.low, interval.high])
 
 
-def test_without_resamples_the_means_have_no_interval():
-    frame, scores, targets = ranked_in_women(MEAN_LABELS, prevalences=(0.3, 0.3, 0.02))
-    mean = subgroup_table(scores, targets, frame, MEAN_LABELS, 0, 0.95, 0)["Sex"]["Male"][
-        "means"]["all"]
-    assert mean["auc"] is not None and mean["difference"] is not None
-    assert mean["ci"] == [None, None] and mean["difference_ci"] == [None, None]
-    assert mean["verdict"] == "n/a"
+def test_holm_adjusts_step_down():
+    # p sorted 0.01, 0.02, 0.04, 0.30 over m = 4: 0.04, 0.06, 0.08, 0.30 (monotone)
+    assert holm([0.04, 0.01, 0.30, 0.02]) == pytest.approx([0.08, 0.04, 0.30, 0.06])
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
+
+
+def drnet_test_set():
+    """drnet's leaderboard probabilities of the five competition labels on CheXpert's 500 test
+    studies, and the radiologists' majority labels."""
+    folder = shared("chexpert-test-labels")
+    truth = pd.read_csv(folder / "groundtruth.csv").set_index("Study")
+    predictions = pd.read_csv(folder / "leaderboard" / "drnet_predictions.csv").set_index("Study")
+    labels = tuple(predictions.columns)
+    return (predictions.loc[truth.index].to_numpy(float), truth[list(labels)].to_numpy(float),
+            labels, [study.split("/")[2] for study in truth.index])
+
+
+def random_strata(patients: list[str], seed: int) -> pd.DataFrame:
+    """Sex, age and AP/PA drawn at random: no subgroup can truly differ."""
+    rng = np.random.default_rng(seed)
+    n = len(patients)
+    return pd.DataFrame({"patient_id": patients, "Sex": rng.choice(["Female", "Male"], n),
+                         "Age": rng.uniform(20, 90, n), "AP/PA": rng.choice(["AP", "PA"], n),
+                         "Frontal/Lateral": "Frontal"})
+
+
+def test_random_strata_raise_a_flag_in_at_most_5_percent_of_audits():
+    """Before Holm, 12 of 20 such audits of drnet's predictions raised a 'clearly lower' flag."""
+    scores, targets, labels, patients = drnet_test_set()
+    flagged, unadjusted = 0, 0
+    for seed in range(40):
+        audit = subgroup_table(scores, targets, random_strata(patients, seed), labels, 0.95)
+        # at most 5 labels and their mean in Sex and AP/PA (mirrored: once) and 4 age bands
+        assert 20 <= audit.comparisons <= 6 + 4 * 6 + 6
+        flagged += bool(subgroup_flags(audit.table))
+        unadjusted += any(cell["verdict_unadjusted"] != "no clear difference"
+                          for strata_ in audit.table.values() for entry in strata_.values()
+                          for cell in entry["labels"].values() if cell["auc"] is not None)
+    assert flagged <= 2  # 5 % of 40
+    assert unadjusted >= 10  # what the unadjusted verdicts would have flagged
+
+
+def test_a_planted_difference_is_still_flagged():
+    """One stratum's Edema scores made uninformative (random) among men."""
+    scores, targets, labels, patients = drnet_test_set()
+    frame = random_strata(patients, 0)
+    men = (frame["Sex"] == "Male").to_numpy()
+    edema = labels.index("Edema")
+    scores[men, edema] = np.random.default_rng(1).random(men.sum())
+    audit = subgroup_table(scores, targets, frame, labels, 0.95)
+    cell = audit.table["Sex"]["Male"]["labels"]["Edema"]
+    assert cell["verdict"] == "lower in this subgroup" and cell["p_adjusted"] < 0.05
+    assert any(flag.startswith("Edema among Sex Male") for flag in subgroup_flags(audit.table))
+    markdown = "\n".join(subgroup_markdown({"subgroups": audit.table,
+                                            "subgroup_comparisons": audit.multiplicity(0.95)}))
+    assert f"{audit.comparisons} comparisons" in markdown and "Holm" in markdown
 
 
 def test_forest_plot_of_the_competition_five(tmp_path):
     labels = COMPETITION_LABELS + ("Fracture",)
     frame, scores, targets = ranked_in_women(labels)
-    table = subgroup_table(scores, targets, frame, labels, 100, 0.95, 0)
+    table = subgroup_table(scores, targets, frame, labels, 0.95).table
     path = tmp_path / "subgroups_test.png"
     assert forest_plot(table, labels, path, "Subgroups: test split")
     assert path.stat().st_size > 10_000 and not list(tmp_path.glob(".*.tmp"))
@@ -205,7 +249,7 @@ def test_forest_plot_of_the_competition_five(tmp_path):
 
 def test_markdown_has_the_means_and_flags_a_lower_mean():
     frame, scores, targets = ranked_in_women(MEAN_LABELS, prevalences=(0.3, 0.3, 0.02))
-    table = subgroup_table(scores, targets, frame, MEAN_LABELS, 200, 0.95, 0)
+    table = subgroup_table(scores, targets, frame, MEAN_LABELS, 0.95).table
     mean = table["Sex"]["Male"]["means"]["all"]
     markdown = "\n".join(subgroup_markdown({"subgroups": table}, "subgroups_test.png"))
     assert "### Means by subgroup" in markdown and "![Subgroup forest plot](subgroups_test.png)" \
@@ -225,7 +269,7 @@ def test_markdown_has_the_means_and_flags_a_lower_mean():
 def test_each_stratum_leads_with_its_aucs_and_mean():
     """The issue's shape: {"Sex": {"Female": {"auc": {label: AUC}, "mean_auc", "n_images", ...}}}."""
     frame, scores, targets = hand_made()
-    table = subgroup_table(scores, targets, frame, ("Edema",), 0, 0.95, 0)
+    table = subgroup_table(scores, targets, frame, ("Edema",), 0.95).table
     women = table["Sex"]["Female"]
     assert women["auc"] == {"Edema": women["labels"]["Edema"]["auc"]} and women["auc"]["Edema"] == 1
     assert women["mean_auc"] == women["means"]["all"]["auc"] == 1.0
