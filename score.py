@@ -71,7 +71,7 @@ def check_options(cfg: Config) -> None:
 
 
 def draw_figures(model, comparisons: dict, subgroups: dict, out_dir: Path) -> dict[str, str]:
-    """roc.png with every reader's operating point, pr.png, subgroups.png (the forest plot);
+    """roc.png and pr.png with every reader's operating point, subgroups.png (the forest plot);
     returns their file names."""
     points = {label: {name: (point["sensitivity"], point["specificity"])
                       for name, point in comparison["readers"].items()}
@@ -80,8 +80,12 @@ def draw_figures(model, comparisons: dict, subgroups: dict, out_dir: Path) -> di
     title = f"{model.name}: {len(model.keys)} {unit}"
     roc_grid(model.targets, model.scores, model.labels, out_dir / "roc.png",
              f"ROC curves, {title}" + (" (markers: readers)" if points else ""), points)
+    pr_points = {label: {name: (point["sensitivity"], point["precision"])
+                         for name, point in comparison["readers"].items()}
+                 for label, comparison in comparisons.items()}
     pr_grid(model.targets, model.scores, model.labels, out_dir / "pr.png",
-            f"Precision-recall curves, {title}")
+            f"Precision-recall curves, {title}" + (" (markers: readers)" if pr_points else ""),
+            pr_points)
     names = {"roc": "roc.png", "pr": "pr.png"}
     if forest_plot(subgroups, model.labels, out_dir / "subgroups.png",
                    f"Competition five by subgroup, {title}"):

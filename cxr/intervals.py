@@ -134,14 +134,14 @@ def approximate_note(influence: Influence, misranked: bool = True) -> str:
     """'approximate: why' when an AUC's interval covered less than 90 % in the benchmark's
     settings like it: fewer than APPROXIMATE_BELOW positive or negative patients, or (`misranked`)
     fewer than MIN_MISRANKED misranked ones; '' otherwise."""
-    fewest = min(influence.positive_patients, influence.negative_patients)
+    side, fewest = min((("positive", influence.positive_patients),
+                        ("negative", influence.negative_patients)), key=lambda pair: pair[1])
     if fewest < APPROXIMATE_BELOW:
-        return (f"approximate: {fewest} positive or negative patient(s), fewer than "
-                f"{APPROXIMATE_BELOW}")
+        return f"approximate: {fewest} {side} patient(s), fewer than {APPROXIMATE_BELOW}"
     errors = fewest * (1.0 - influence.auc)
     if misranked and errors < MIN_MISRANKED:
-        return (f"approximate: AUC {influence.auc:.3f} from {fewest} positive or negative "
-                f"patients, about {errors:.1f} of them misranked (fewer than {MIN_MISRANKED:g})")
+        return (f"approximate: AUC {influence.auc:.3f} with {fewest} {side} patients, about "
+                f"{errors:.1f} of them misranked (fewer than {MIN_MISRANKED:g})")
     return ""
 
 
@@ -204,9 +204,9 @@ def auc_interval(influence: Influence, level: float) -> Interval:
     low, high = score_interval(influence.auc, influence.positive_patients,
                                influence.negative_patients, level)
     return Interval(low, high, SCORE_METHOD,
-                    f"approximate: AUC of {influence.auc:g} (every positive ranked "
-                    f"{'above' if influence.auc == 1 else 'below'} every negative) has no "
-                    "DeLong variance; bound from Hanley-McNeil's variance at the bound")
+                    f"approximate: AUC {influence.auc:g}, every positive "
+                    f"{'above' if influence.auc == 1 else 'below'} every negative: no DeLong "
+                    "variance, Hanley-McNeil's bound")
 
 
 def mean_interval(influences: list[Influence], level: float) -> Interval:

@@ -84,24 +84,35 @@ def roc_grid(targets: np.ndarray, probs: np.ndarray, labels: tuple[str, ...], pa
         fpr, tpr, _ = roc_curve(y, p)
         ax.plot(fpr, tpr, label=f"AUC = {roc_auc_score(y, p):.3f}")
         ax.plot([0, 1], [0, 1], linestyle="--", color="gray", label="chance (0.5)")
-        readers = (points or {}).get(label, {})
-        for i, (reader, (sensitivity, specificity)) in enumerate(readers.items()):
-            ax.plot(1 - specificity, sensitivity, linestyle="none", color="black",
-                    marker=READER_MARKERS[i % len(READER_MARKERS)], markerfacecolor="none",
-                    label=reader)
+        _reader_markers(ax, {reader: (1 - specificity, sensitivity) for reader, (sensitivity,
+                             specificity) in (points or {}).get(label, {}).items()})
         ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity", ylabel="sensitivity")
         ax.set_title(label, fontsize=10)
         ax.legend(loc="lower right", fontsize=8)
     _save(figure, path)
 
 
+def _reader_markers(ax, points: dict[str, tuple[float, float]]) -> None:
+    """Each reader's (x, y) point, one hollow marker a reader."""
+    for i, (reader, (x, y)) in enumerate(points.items()):
+        ax.plot(x, y, linestyle="none", color="black", markerfacecolor="none",
+                marker=READER_MARKERS[i % len(READER_MARKERS)], label=reader)
+
+
 def pr_grid(targets: np.ndarray, probs: np.ndarray, labels: tuple[str, ...], path: Path,
-            title: str) -> None:
+            title: str, points: dict[str, dict[str, tuple[float, float]]] | None = None
+            ) -> None:
+    """The precision-recall curve drawn as readers are compared with it (readers.pr_precision):
+    at recall r, the highest precision of a threshold with recall r or more. `points`: readers'
+    {label: {reader: (recall, precision)}}, precision None when a reader called nothing."""
     figure, panels = _curve_panels(targets, probs, labels, title)
     for ax, label, y, p in panels:
-        precision, recall, _ = precision_recall_curve(y, p)
-        ax.step(recall, precision, where="post",
+        precision, recall, _ = precision_recall_curve(y, p)  # recall non-increasing
+        envelope = np.maximum.accumulate(precision)
+        ax.step(recall[::-1], envelope[::-1], where="pre",
                 label=f"AUPRC = {average_precision_score(y, p):.3f}")
+        _reader_markers(ax, {reader: point for reader, point
+                             in (points or {}).get(label, {}).items() if point[1] is not None})
         ax.axhline(y.mean(), linestyle="--", color="gray", label=f"chance ({y.mean():.3f})")
         ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall (sensitivity)", ylabel="precision (PPV)")
         ax.set_title(label, fontsize=10)
