@@ -129,9 +129,9 @@ def binormal(rng, positives: int, negatives: int, mu: float):
 
 @pytest.mark.parametrize("positives, goal", [(10, 0.90), (30, 0.93)])
 def test_report_card_intervals_cover_by_simulation(positives, goal):
-    """The issue's setting (true AUC 0.856, 400 negatives): the stratified-bootstrap percentile
-    interval covered 0.82 at 10 positives and 0.91 at 30. 400 datasets: a coverage of 0.90
-    measures within about +-0.015 (one standard error)."""
+    """The issue's setting (true AUC 0.856, 400 negatives), 400 seeded datasets: the interval
+    covers 0.93 of them at 10 positives and 0.965 at 30; the stratified-bootstrap percentile
+    interval used before (300 resamples) covered 0.86 and 0.94 of the same datasets."""
     auc, mu = 0.856, np.sqrt(2) * stats.norm.ppf(0.856)
     rng = np.random.default_rng(positives)
     covered = []
@@ -140,7 +140,7 @@ def test_report_card_intervals_cover_by_simulation(positives, goal):
         ci = summarise(scores[:, None], targets[:, None], ("A",), np.arange(len(targets)), 0.95,
                        min_positives=1)["classes"]["A"]["ci"]
         covered.append(ci["low"] <= auc <= ci["high"])
-    assert np.mean(covered) >= goal - 0.015
+    assert np.mean(covered) >= goal
 
 
 def test_paired_difference_interval_covers_by_simulation():
