@@ -46,7 +46,6 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from config import LABELS, Config, PipelineError
-from cxr.atomic import write_text_atomic
 from cxr.checkpoints import save_checkpoint
 from cxr.cli import given_fields, run_cli
 from cxr.device import autocast, autocast_dtype, choose_device, prepare_model, to_device
@@ -61,8 +60,8 @@ from cxr.metrics import mean_auc, mean_exclusions, per_class_auc
 from cxr.plots import training_curves
 from cxr.randomness import rng_state, seed_everything, set_deterministic
 from cxr.resume import config_for_launch, resume_command, resume_training, training_checkpoint
-from cxr.run_folder import epoch_row, prepare_run_dir, read_run_info, write_metrics
-from cxr.schedule import EpochRules, ValRanking, val_ranking, warmup_end, warmup_line, warmup_plan
+from cxr.run_folder import epoch_row, prepare_run_dir, write_metrics
+from cxr.schedule import EpochRules, val_ranking, warmup_end, warmup_line, warmup_plan
 from cxr.stop_signals import StopSignals, TrainingStopped
 from cxr.tensorboard_log import event_log, flush_events, learning_rates, log_epoch, log_step, \
     log_training_images
@@ -537,8 +536,8 @@ def run(cfg: Config, given: set[str], world: World, stop: StopSignals) -> None:
     if checkpoint is not None:
         progress = resume_training(trainer, checkpoint, resume_from)
     if world.is_main:
-        prepare_run_dir(cfg, device, world, resumed=checkpoint is not None)
-        record_rules(cfg.run_dir, warmup, rules.ranking)
+        prepare_run_dir(cfg, device, world, resumed=checkpoint is not None,
+                        rules={"warmup": warmup, "epoch_selection": rules.ranking.record()})
     barrier(world)
     last = cfg.run_dir / "last.pth"
     # The run state is read from the trainer when the checkpoint is written, never captured here.
@@ -570,12 +569,6 @@ def run(cfg: Config, given: set[str], world: World, stop: StopSignals) -> None:
         print(f"train: wrote {cfg.run_dir}/best.pth ({kept}val mean AUC {best_text}{weights}), "
               f"last.pth, metrics.csv, curves.png, events.out.tfevents.* (TensorBoard), "
               f"config.json, run_info.json{why}")
-
-
-def record_rules(run_dir: Path, warmup: dict[str, int], ranking: ValRanking) -> None:
-    """run_info.json also says how this launch warms up and picks best.pth."""
-    info = {**read_run_info(run_dir), "warmup": warmup, "epoch_selection": ranking.record()}
-    write_text_atomic(json.dumps(info, indent=2), run_dir / "run_info.json")
 
 
 def fit(trainer: Trainer, train_loader: DataLoader, val_loader: DataLoader,

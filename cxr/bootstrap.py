@@ -1,4 +1,6 @@
-"""Patient-level bootstrap: confidence intervals of per-class AUCs and their means.
+"""Patient-level bootstrap: the resamples behind score.py's readers against the model's curves
+(the bootstrap distribution of how many are below) and ablate.py --seeds' two-level intervals.
+The report card's own intervals need none (intervals.py).
 
 Images of one patient are correlated (same anatomy, often the same findings in every study),
 so resampling images would make intervals too narrow. Every resample draws patients with
@@ -29,6 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import sparse
+
+from cxr.intervals import Interval, no_interval
 
 # Resamples per matrix product: bounds memory at about chunk x (images + patients) floats.
 CHUNK = 250
@@ -173,32 +177,21 @@ def bootstrap_aucs(probs: np.ndarray, targets: np.ndarray, patient_ids, n_resamp
                          joint)
 
 
-@dataclass
-class Interval:
-    low: float | None
-    high: float | None
-    used: int  # resamples that had both label values (for a mean: in every class of the mean)
-    dropped: int  # resamples left out because a class had one label value
-    note: str = ""  # why there is no interval, when low/high are None
-
-    def as_dict(self) -> dict:
-        return {"low": self.low, "high": self.high, "resamples_used": self.used,
-                "resamples_dropped": self.dropped, "note": self.note}
+PERCENTILE = "percentile of the patient bootstrap"
 
 
 def percentile_interval(values: np.ndarray, level: float) -> Interval:
-    """Percentile interval of the finite values; NaN entries are the dropped resamples."""
+    """Percentile interval of the finite values; NaN entries are the dropped resamples (their
+    count in the note)."""
     finite = values[np.isfinite(values)]
     dropped = len(values) - len(finite)
     if len(finite) == 0:
-        return Interval(None, None, 0, dropped, "n/a: no resample had both label values")
+        return no_interval("n/a: no resample had both label values")
     tail = (1.0 - level) / 2 * 100
     low, high = np.percentile(finite, [tail, 100 - tail])
-    return Interval(float(low), float(high), len(finite), dropped)
-
-
-def no_interval(note: str) -> Interval:
-    return Interval(None, None, 0, 0, note)
+    note = f"{dropped} of {len(values)} resamples had one label value, left out" if dropped \
+        else ""
+    return Interval(float(low), float(high), PERCENTILE, note)
 
 
 def mean_over(matrix: np.ndarray, columns: list[int]) -> np.ndarray:

@@ -90,7 +90,8 @@ def untrained_labels(checkpoint: dict) -> tuple[str, ...]:
     trained = checkpoint.get("trained_labels")
     if trained is None:
         return ()
-    return tuple(label for label in checkpoint["labels"] if label not in set(trained))
+    trained = set(trained)
+    return tuple(label for label in checkpoint["labels"] if label not in trained)
 
 
 def checkpoint_warnings(checkpoint: dict) -> list[str]:

@@ -1,9 +1,9 @@
 """Confidence intervals that keep their promise: AUCs, their differences and means, proportions.
 
 The methods were chosen by their simulated coverage (benchmarks/bench_coverage.py, its table in
-the README), which the patient bootstrap's percentile intervals failed: they covered a class AUC
-0.75 of the time with 5 positives, 0.82 with 10 and 0.91 with 30, and gave an AUC of 1.0 an
-interval of zero width.
+docs/evaluation.md), which the patient bootstrap's percentile intervals failed: at a true AUC of
+0.856 they covered a class AUC 0.76 of the time with 5 positives, 0.89 with 10 and 0.91 with 30,
+and they gave an AUC of 1.0 an interval of zero width.
 
 - An AUC: DeLong's variance made cluster-robust (Obuchowski 1997: a patient's images form one
   cluster, and a patient may hold positive and negative images), on the logit scale, with a t
@@ -75,6 +75,10 @@ class Interval:
 
     def as_dict(self) -> dict:
         return {"low": self.low, "high": self.high, "method": self.method, "note": self.note}
+
+    @property
+    def bounds(self) -> list[float | None]:
+        return [self.low, self.high]
 
 
 def no_interval(note: str) -> Interval:
@@ -313,10 +317,20 @@ def proportion_interval(hits: np.ndarray, trials: np.ndarray, level: float) -> I
     return Interval(low, high, PROPORTION_METHOD)
 
 
+def rate_interval(among: np.ndarray, hit: np.ndarray, codes: np.ndarray, n_patients: int,
+                  level: float) -> Interval:
+    """proportion_interval of the share of the rows `among` (a boolean mask) that `hit`, the
+    rows counted per patient (`codes`: each row's patient): a sensitivity (among the
+    positives, the ones called), a specificity, a precision."""
+    trials = np.bincount(codes[among], minlength=n_patients)
+    hits = np.bincount(codes[among], hit[among].astype(float), minlength=n_patients)
+    return proportion_interval(hits, trials, level)
+
+
 def interval_methods(level: float) -> dict:
     """What a report's intervals are, for its JSON ("intervals")."""
     return {"level": level, "cluster": "patient (a patient's images are one cluster)",
             "auc": AUC_METHOD, "auc_at_bound": SCORE_METHOD, "mean": MEAN_METHOD,
             "difference": DIFFERENCE_METHOD, "proportion": PROPORTION_METHOD,
             "approximate_below_patients": APPROXIMATE_BELOW,
-            "coverage": "simulated in benchmarks/bench_coverage.py (the README's table)"}
+            "coverage": "simulated in benchmarks/bench_coverage.py (docs/evaluation.md)"}

@@ -169,8 +169,9 @@ def summarise(probs: np.ndarray, targets: np.ndarray, labels: tuple[str, ...], p
     its interval is approximate (few patients on one side, or an AUC of 0 or 1) or missing.
     """
     not_labelled = not_labelled or {}
-    aucs = {label: None if label in not_labelled else auc
-            for label, auc in per_class_auc(targets, probs, labels).items()}
+    influences = class_influences(probs, targets, patient_ids, labels)
+    aucs = {label: None if label in not_labelled or influence is None else influence.auc
+            for label, influence in influences.items()}
     auprcs = {label: None if label in not_labelled else auprc
               for label, auprc in per_class_auprc(targets, probs, labels).items()}
     excluded = {**mean_exclusions(targets, labels, aucs, min_positives),
@@ -178,7 +179,6 @@ def summarise(probs: np.ndarray, targets: np.ndarray, labels: tuple[str, ...], p
     prevalences = {label: float(np.nanmean(targets[:, c]))
                    if has_observed(targets[:, c]) and label not in not_labelled else None
                    for c, label in enumerate(labels)}
-    influences = class_influences(probs, targets, patient_ids, labels)
     intervals = class_intervals(aucs, influences, level)
     classes = {}
     for column, label in enumerate(labels):

@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, roc_curve
 
 from cxr.bootstrap import patient_codes
-from cxr.intervals import proportion_interval
+from cxr.intervals import rate_interval
 from cxr.metrics import has_both_values, observed
 
 METHODS = ("youden", "target_sensitivity")
@@ -87,14 +87,8 @@ def rate_intervals(targets: np.ndarray, probs: np.ndarray, threshold: float, cod
     images counted per patient (intervals.proportion_interval: the clusters' effective n)."""
     keep = ~np.isnan(targets)
     positive, called, codes = targets[keep] > 0.5, probs[keep] >= threshold, codes[keep]
-    fields = {}
-    for key, among, hit in (("sensitivity", positive, called), ("specificity", ~positive,
-                                                                 ~called)):
-        trials = np.bincount(codes[among], minlength=n_patients)
-        hits = np.bincount(codes[among], hit[among].astype(float), minlength=n_patients)
-        interval = proportion_interval(hits, trials, level)
-        fields[f"{key}_ci"] = [interval.low, interval.high]
-    return fields
+    return {"sensitivity_ci": rate_interval(positive, called, codes, n_patients, level).bounds,
+            "specificity_ci": rate_interval(~positive, ~called, codes, n_patients, level).bounds}
 
 
 def operating_point_table(targets: np.ndarray, probs: np.ndarray, labels: tuple[str, ...],

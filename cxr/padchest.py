@@ -283,13 +283,13 @@ def masked_reason(terms: list[str]) -> str | None:
     return None
 
 
-def cell_labels(terms: list[list[str]]) -> pd.DataFrame:
+def cell_labels(terms: list[list[str]], masked: np.ndarray) -> pd.DataFrame:
     """The raw labels of each list of terms: adapters.raw_from_terms, No Finding by CheXpert's
-    rule (1 when no term is a finding, else blank), all 14 NOT_LABELLED where masked_reason."""
+    rule (1 when no term is a finding, else blank), all 14 NOT_LABELLED where `masked` (rows
+    with a masked_reason)."""
     raw, _ = raw_from_terms(terms, MAPPING, NOT_LABELLED)
     no_finding = [not any(map(is_finding, row)) for row in terms]
     raw["No Finding"] = np.where(no_finding, 1.0, np.nan)
-    masked = np.array([masked_reason(row) is not None for row in terms], dtype=bool)
     raw.loc[masked, list(LABELS)] = NOT_LABELLED_VALUE
     return raw
 
@@ -301,15 +301,15 @@ def raw_labels(cells: pd.Series, terms_of: dict[str, list[str]]
     codes, distinct = pd.factorize(cells)
     terms = [terms_of[cell] for cell in distinct]
     rows = np.bincount(codes, minlength=len(distinct))
+    reasons = [masked_reason(cell_terms) for cell_terms in terms]
     counts: Counter = Counter()
     masked: Counter = Counter()
-    for cell_terms, n in zip(terms, rows):
+    for cell_terms, reason, n in zip(terms, reasons, rows):
         counts.update(dict.fromkeys(set(cell_terms), int(n)))
-        reason = masked_reason(cell_terms)
         if reason:
             masked[reason] += int(n)
-    raw = cell_labels(terms).iloc[codes].reset_index(drop=True)
-    return raw, counts, dict(masked.most_common())
+    raw = cell_labels(terms, np.array([r is not None for r in reasons], dtype=bool))
+    return raw.iloc[codes].reset_index(drop=True), counts, dict(masked.most_common())
 
 
 def parse_ages(table: pd.DataFrame, path: Path) -> np.ndarray:

@@ -41,7 +41,7 @@ import numpy as np
 from sklearn.metrics import roc_curve
 
 from cxr.bootstrap import class_resamples, no_interval, patient_codes, percentile_interval
-from cxr.intervals import proportion_interval
+from cxr.intervals import rate_interval
 from cxr.metrics import has_both_values
 from cxr.operating_points import metrics_at
 
@@ -153,28 +153,24 @@ def interval_fields(name: str, values: np.ndarray | None, level: float, note: st
     return {f"{name}_ci": [interval.low, interval.high]}
 
 
-PROPORTIONS = ("sensitivity", "specificity", "precision")  # a reader's: Wilson, clustered
 CURVE_KEYS = ("model_sensitivity", "sensitivity_gain", "model_precision",
               "precision_gain")  # the model's curve at the reader's point: bootstrap percentile
 BOOTSTRAP_NOTE = ("approximate: percentile intervals over stratified patient resamples, coverage "
                   "not simulated")
 
 
+CURVES = ("below_curve", "below_pr_curve")  # ROC, PR
+
+
 def proportion_fields(targets: np.ndarray, reads: np.ndarray, codes: np.ndarray,
                       n_patients: int, level: float) -> dict:
-    """A reader's sensitivity, specificity and precision intervals: each a proportion of rows
-    counted per patient (hits, trials), Wilson's interval with the clusters' effective n."""
+    """A reader's sensitivity, specificity and precision intervals (intervals.rate_interval:
+    Wilson over the patients' clusters)."""
     positive, called = targets > 0.5, reads > 0.5
     rows = {"sensitivity": (positive, called), "specificity": (~positive, ~called),
             "precision": (called, positive)}
-    fields = {}
-    for key, (among, hit) in rows.items():
-        trials = np.bincount(codes[among], minlength=n_patients)
-        hits = np.bincount(codes[among], hit[among].astype(float), minlength=n_patients)
-        interval = proportion_interval(hits, trials, level)
-        fields[f"{key}_ci"] = [interval.low, interval.high]
-    return fields
-CURVES = ("below_curve", "below_pr_curve")  # ROC, PR
+    return {f"{key}_ci": rate_interval(among, hit, codes, n_patients, level).bounds
+            for key, (among, hit) in rows.items()}
 
 
 def label_comparison(targets: np.ndarray, scores: np.ndarray, reads: dict[str, np.ndarray],
@@ -216,28 +212,18 @@ def label_comparison(targets: np.ndarray, scores: np.ndarray, reads: dict[str, n
     return summary
 
 
-def rates(targets: np.ndarray, reads: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
-    """(sensitivity, specificity) of the reads with each row weighted (its patient's draw count
-    in a resample); NaN where the resample holds no positive (or no negative)."""
-    positive, negative = targets > 0.5, targets <= 0.5
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sensitivity = weights[positive] @ reads[positive] / weights[positive].sum()
-        specificity = weights[negative] @ (1.0 - reads[negative]) / weights[negative].sum()
-    return float(sensitivity), float(specificity)
-
-
 def resampled_points(targets: np.ndarray, scores: np.ndarray, reads: dict[str, np.ndarray],
                      codes: np.ndarray, n_patients: int, n_resamples: int, seed: int,
                      column: int) -> dict[str, dict[str, np.ndarray]]:
-    """Per reader, per resample: sensitivity, specificity, precision, the model's curves at the
-    reader's point (sensitivity at its false positives, precision at its recall), the
-    differences, and whether the reader is below each curve (compared in weighted counts).
+    """Per reader, per resample: sensitivity, precision, the model's curves at the reader's
+    point (sensitivity at its false positives, precision at its recall), the differences, and
+    whether the reader is below each curve (compared in weighted counts).
 
     One roc_curve per resample (1,000 x 14 labels take a few seconds): sklearn's curve, with the
     resample's draw counts as sample weights, rather than a hand-written weighted curve.
     """
     counts = class_resamples(targets, codes, n_patients, n_resamples, seed, column)
-    keys = ("sensitivity", "specificity", "model_sensitivity", "precision", "model_precision")
+    keys = ("sensitivity", "model_sensitivity", "precision", "model_precision")
     values = {name: {key: np.empty(n_resamples) for key in keys} for name in reads}
     for name in reads:
         values[name].update({key: np.zeros(n_resamples, dtype=bool) for key in CURVES})
@@ -246,9 +232,9 @@ def resampled_points(targets: np.ndarray, scores: np.ndarray, reads: dict[str, n
         curve = model_curve(targets, scores, weights)
         for name, r in reads.items():
             entry = values[name]
-            entry["sensitivity"][b], entry["specificity"][b] = rates(targets, r, weights)
             tp, fp = reader_counts(targets, r, weights)
             model_tp = roc_true_positives(curve, fp)
+            entry["sensitivity"][b] = tp / curve.positives
             entry["model_sensitivity"][b] = float(model_tp / curve.positives)
             entry["below_curve"][b] = model_tp > tp
             entry["precision"][b] = tp / (tp + fp) if tp + fp else np.nan

@@ -58,9 +58,11 @@ def read_run_info(run_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def prepare_run_dir(cfg: Config, device: torch.device, world: World, resumed: bool) -> Path:
+def prepare_run_dir(cfg: Config, device: torch.device, world: World, resumed: bool,
+                    rules: dict | None = None) -> Path:
     """Create models/<run_name>/ with the resolved config and what produced it. A resumed run
-    keeps the first launch's run_info.json and appends its own launch to its "resumed" list."""
+    keeps the first launch's run_info.json and appends its own launch to its "resumed" list.
+    `rules`: how this launch warms up and picks best.pth (train.py), recorded as they are now."""
     run_dir = cfg.run_dir
     if not resumed and (run_dir / "last.pth").exists():
         raise PipelineError(f"{run_dir} already holds a trained run; continue it with --resume "
@@ -71,6 +73,7 @@ def prepare_run_dir(cfg: Config, device: torch.device, world: World, resumed: bo
     launch = launch_info(device, world)
     info = {**launch, "resumed": info.get("resumed", [])} if not resumed else \
         {**info, "resumed": [*info.get("resumed", []), launch]}
+    info.update(rules or {})
     write_text_atomic(json.dumps(info, indent=2), run_dir / "run_info.json")
     return run_dir
 

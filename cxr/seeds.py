@@ -205,5 +205,5 @@ def seed_difference(base: SeedRuns, other: SeedRuns, columns: list[int], level: 
                     else percentile_interval(resampled(other, columns, joint)
                                              - resampled(base, columns, joint), level))
     return {"difference": difference, "ci_low": interval.low, "ci_high": interval.high,
-            "resamples_used": interval.used, "verdict": verdict(interval.low, interval.high),
+            "verdict": verdict(interval.low, interval.high),
             "note": interval.note}

@@ -36,7 +36,7 @@ from cxr.bootstrap import patient_codes
 from cxr.compare import verdict
 from cxr.intervals import Influence, auc_influence, auc_interval, difference_interval, holm, \
     mean_interval, t_test
-from cxr.metrics import MEANS, mean_exclusions, per_class_auc
+from cxr.metrics import MEANS, class_influences, mean_exclusions
 
 AGE_BANDS = (18, 40, 60, 80)  # years: each band from its bound up to the next (18-39, ..., 80+)
 UNKNOWN = "unknown"
@@ -86,13 +86,12 @@ def strata(frame: pd.DataFrame, targets: np.ndarray, labels: tuple[str, ...],
             if not (values == UNKNOWN).all()}
 
 
-def auc_and_reason(targets: np.ndarray, scores: np.ndarray, min_positives: int
-                   ) -> tuple[float | None, str]:
-    """One label's AUC over these rows, and why it cannot be audited ('' when it can): the rule
-    of the report card's means (metrics.mean_exclusions)."""
-    auc = per_class_auc(targets[:, None], scores[:, None], ("label",))["label"]
+def audit_reason(targets: np.ndarray, influence: Influence | None, min_positives: int) -> str:
+    """Why one label cannot be audited over these rows ('' when it can): the rule of the report
+    card's means (metrics.mean_exclusions); `influence` is None where the AUC is undefined."""
+    auc = None if influence is None else influence.auc
     reason = mean_exclusions(targets[:, None], ("label",), {"label": auc}, min_positives)
-    return auc, f"n/a: {reason['label']}" if reason else ""
+    return f"n/a: {reason['label']}" if reason else ""
 
 
 LOWER, HIGHER = "lower in this subgroup", "higher in this subgroup"
@@ -134,12 +133,12 @@ def measure_cell(scores: np.ndarray, targets: np.ndarray, codes: np.ndarray, n_p
               "auc": None, "ci": [None, None], "ci_note": "", "difference": None,
               "difference_ci": [None, None], "p_value": None, "p_adjusted": None,
               "verdict": "n/a", "verdict_unadjusted": "n/a", "overall_auc": overall}
-    _, own = auc_and_reason(y, scores[inside], min_positives)
-    _, rest = auc_and_reason(targets[~inside], scores[~inside], min_positives)
-    if own or rest:
-        return Measured({**result, "note": own or f"{rest} in the rest of the split"})
     within = auc_influence(scores[inside], y, codes[inside], n_patients)
     outside = auc_influence(scores[~inside], targets[~inside], codes[~inside], n_patients)
+    own = audit_reason(y, within, min_positives)
+    rest = audit_reason(targets[~inside], outside, min_positives)
+    if own or rest:
+        return Measured({**result, "note": own or f"{rest} in the rest of the split"})
     result.update(auc=within.auc, note="", **compared([within], [outside], level))
     return Measured(result, within, outside)
 
@@ -236,7 +235,8 @@ def subgroup_table(scores: np.ndarray, targets: np.ndarray, frame: pd.DataFrame,
     """
     patients = frame["patient_id"].astype(str).reset_index(drop=True)
     codes, n_patients = patient_codes(patients)
-    overall = per_class_auc(targets, scores, labels)
+    overall = {label: None if influence is None else influence.auc for label, influence
+               in class_influences(scores, targets, patients, labels).items()}
     table = {}
     for audit, groups in strata(frame, targets, labels, age_bounds).items():
         table[audit] = {}
