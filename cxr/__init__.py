@@ -1,1 +1,1 @@
-"""The library beneath the scripts: one module per thing it owns (README: How the code is organised)."""
+"""The library beneath the scripts: one module per thing it owns (docs/architecture.md)."""

@@ -1,7 +1,7 @@
 """app.py through Streamlit's AppTest (no browser), and through a real browser when one is here.
 
 The browser test drives headless Chromium with Playwright; it runs only when the `playwright`
-package and a `chromium` executable are installed (see the README), and is skipped otherwise,
+package and a `chromium` executable are installed (see docs/inference.md), and is skipped otherwise,
 except in CI (CXR_REQUIRE_BROWSER=1, set by .ci/run), where it fails instead.
 """
 
@@ -202,7 +202,7 @@ def test_a_lateral_upload_is_flagged_for_a_frontal_model(tmp_path, monkeypatch):
 # `streamlit run app.py` driven by headless Chromium through Playwright. Skipped without the
 # `playwright` package or a `chromium` executable, except under CXR_REQUIRE_BROWSER=1 (.ci/run
 # sets it), where that is a failure. The screenshot goes to tmp_path, and also to
-# $CXR_SCREENSHOT_DIR when set: CXR_SCREENSHOT_DIR=docs makes the README's docs/app_browser.png.
+# $CXR_SCREENSHOT_DIR when set: CXR_SCREENSHOT_DIR=docs makes docs/inference.md's docs/app_browser.png.
 
 REQUIRE_BROWSER = "CXR_REQUIRE_BROWSER"
 SCREENSHOT_DIR = "CXR_SCREENSHOT_DIR"

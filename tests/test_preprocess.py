@@ -228,7 +228,7 @@ def forced_parents(raw: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_label_hierarchy_on_the_real_train_csv(real_labels):
-    """The counts the README gives for each --label_hierarchy on CheXpert's train.csv."""
+    """The counts docs/datasets.md gives for each --label_hierarchy on CheXpert's train.csv."""
     raw = parse_raw_labels(real_labels)
     frontal = (real_labels["Frontal/Lateral"] == "Frontal").to_numpy()
     none, nothing = apply_hierarchy(raw, "none")

@@ -1,4 +1,4 @@
-"""The README's path to the CheXpert paper's comparison, on a test-layout tree of demo phantoms:
+"""docs/scoring.md's path to the CheXpert paper's comparison, on a test-layout tree of demo phantoms:
 predict.py on CheXpert-v1.0/test/, then score.py against a groundtruth-format CSV and readers."""
 
 from __future__ import annotations
