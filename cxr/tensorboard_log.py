@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,6 +54,21 @@ EPOCH_SCALARS = {"train/epoch_loss": "train_loss", "val/loss": "val_loss",
                  "val/mean_auc": "val_mean_auc"}  # tag: metrics.csv column
 
 
+EVENT_FILE = re.compile(r"events\.out\.tfevents\.(\d+)\.")  # the writer's creation second
+
+
+def wait_for_a_later_second(run_dir: Path) -> None:
+    """Wait (under a second) until the clock has passed the second in which the folder's newest
+    event file was created. TensorBoard reads a folder's event files in the order of their
+    names, which start with that second and go on with the host and the process id: a launch
+    resumed within the same second (from a process of smaller id) would be read first, and its
+    purge would then wipe the earlier launch's steps instead of the ones it replaces."""
+    seconds = [int(m.group(1)) for path in run_dir.glob("events.out.tfevents.*")
+               if (m := EVENT_FILE.match(path.name))]
+    while seconds and int(time.time()) <= max(seconds):
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def event_log(run_dir: Path, world: World, first_step: int) -> Iterator[SummaryWriter | None]:
     """The run folder's TensorBoard writer on rank 0 (None on the other ranks), closed, so
@@ -61,6 +78,7 @@ def event_log(run_dir: Path, world: World, first_step: int) -> Iterator[SummaryW
     if not world.is_main:
         yield None
         return
+    wait_for_a_later_second(run_dir)
     writer = SummaryWriter(str(run_dir), purge_step=first_step, flush_secs=FLUSH_SECONDS)
     try:
         yield writer

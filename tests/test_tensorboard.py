@@ -149,3 +149,16 @@ def test_a_killed_run_resumes_the_same_curves_with_no_step_twice(data_args, refe
     assert steps_of(events) == steps_of(uninterrupted)
     for tag in ("train/loss", "train/lr_head", "val/mean_auc", "val/loss"):
         assert values_of(events, tag) == pytest.approx(values_of(uninterrupted, tag)), tag
+
+
+def test_a_resumed_launch_writes_its_events_file_in_a_later_second(tmp_path):
+    """TensorBoard reads event files in name order (creation second, host, process id): a
+    launch resumed within the second of the one it continues waits, so it is read after it."""
+    from cxr.tensorboard_log import wait_for_a_later_second
+    now = int(time.time())
+    (tmp_path / f"events.out.tfevents.{now}.host.99999.0").touch()
+    wait_for_a_later_second(tmp_path)
+    assert int(time.time()) > now
+    start = time.monotonic()
+    wait_for_a_later_second(tmp_path / "elsewhere")  # no event file: no wait
+    assert time.monotonic() - start < 0.01
