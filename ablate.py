@@ -25,12 +25,12 @@ seed (every configuration's first seed, then the next), each trained, evaluated,
 resumed as above. A configuration's AUC is then the mean over its runs of each run's AUC, with
 their SD and range, and B - baseline has a two-level bootstrap interval: the test patients
 resampled (one draw shared by every run) and, independently for each configuration, its N runs
-resampled (cxr/seeds.py). With --seeds 1 (the default) the runs, files and table are as above.
+resampled (cxr/evaluation/seeds.py). With --seeds 1 (the default) the runs, files and table are as above.
 
 Reads  <data_dir>/splits/*.csv (through train.py and evaluate.py), each run's eval_test.json.
 Writes models/ablation-<name>/ablation.csv   one row per configuration: test mean AUC over all
                                              evaluable observations and over the competition
-                                             five, with their intervals (cxr/intervals.py);
+                                             five, with their intervals (cxr/evaluation/intervals.py);
                                              the per-observation AUCs; and B - baseline with
                                              a paired interval
        models/ablation-<name>/ablation.md    the same as Markdown tables, with the commands
@@ -60,20 +60,22 @@ from pathlib import Path
 
 import pandas as pd
 
-from config import ACCEPTS, DATA_FIELDS, READS, Config, ConfigError, PipelineError, validate
+from config import ACCEPTS, DATA_FIELDS, READS, Config, validate
 from cxr.atomic import write_csv_atomic, write_text_atomic
-from cxr.checkpoints import load_checkpoint
 from cxr.cli import PIPELINE_ENV, Options, apply_options, command_line_options, given_options, \
     option_tokens, run_cli
-from cxr.device import choose_device
-from cxr.evaluation import Predictions, load_model, paired_differences, predict_split
-from cxr.metrics import MEANS
-from cxr.resume import FIXED_ON_RESUME  # the fields that shape a run
-from cxr.run_folder import read_run_config
-from cxr.seeds import SeedRuns, align_runs, mean_members, score_runs, seed_difference, \
+from cxr.errors import ConfigError, PipelineError
+from cxr.evaluation.metrics import MEANS
+from cxr.evaluation.predictions import Predictions, load_model, paired_differences, predict_split
+from cxr.evaluation.seeds import SeedRuns, align_runs, mean_members, score_runs, seed_difference, \
     seed_summary
-from cxr.tables import interval_text, markdown_table, number_text, text_table
-from dataset import check_data_options
+from cxr.reporting.tables import interval_text, markdown_table, number_text, text_table
+from cxr.training.checkpoint import load_checkpoint
+from cxr.training.resume import FIXED_ON_RESUME  # the fields that shape a run
+from cxr.training.run_folder import read_run_config
+from cxr.training.runtime import choose_device
+from dataset import check_data_options, make_dataset
+from model_architecture import model_from_checkpoint
 
 ROOT = Path(__file__).resolve().parent
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -302,7 +304,7 @@ def training_finished(run_dir: Path, cfg: Config) -> bool:
 
 def check_existing_run(run_dir: Path, configuration: Configuration) -> None:
     """A run folder left by an earlier launch must hold what this configuration asks."""
-    saved = read_run_config(run_dir)
+    saved = read_run_config(run_dir, Config)
     if saved is None:
         return
     cfg = configuration.cfg
@@ -357,8 +359,8 @@ def test_predictions(configuration: Configuration, run_dir: Path) -> Predictions
     """The run's best.pth predictions on the test split (as evaluate.py --compare makes them)."""
     cfg, path = configuration.cfg, run_dir / "best.pth"
     device = choose_device(cfg.device)
-    model, checkpoint, trained = load_model(path, cfg, device)
-    return predict_split(model, SPLIT, path, checkpoint, trained, cfg, device)
+    model, checkpoint, trained = load_model(path, cfg, device, rebuild=model_from_checkpoint)
+    return predict_split(model, SPLIT, path, checkpoint, trained, cfg, device, make_dataset=make_dataset)
 
 
 def table_level(configurations: list[Configuration]) -> str:
@@ -493,7 +495,7 @@ def markdown_report(rows: list[dict], configurations: list[Configuration], name:
         markdown_table(summary_header(cfg.ci_level), [summary_cells(r) for r in rows],
                        left=(0, 5)), "",
         f"Intervals: {level} cluster-robust DeLong intervals (each patient's images one "
-        "cluster; cxr/intervals.py, coverage: benchmarks/bench_coverage.py). A difference's interval is "
+        "cluster; cxr/evaluation/intervals.py, coverage: benchmarks/bench_coverage.py). A difference's interval is "
         "*paired*: both models are scored on the same patients, so it is narrower than the two "
         "AUC intervals suggest, and one "
         "that excludes 0 (`better` / `worse`) is unlikely to come from which patients happen to "

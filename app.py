@@ -17,7 +17,7 @@ fused as one study's views. A label the checkpoint's training split never labell
 model's Enlarged Cardiomediastinum, Fracture, Support Devices) gets no probability, decision or
 heatmap: it says "not trained".
 An ensemble (a comma list of checkpoints, a run's top_k/ folder, an ensemble's folder: see
-cxr/ensemble.py) is typed as the path and used like one checkpoint. An upload that cannot be
+cxr/evaluation/ensemble.py) is typed as the path and used like one checkpoint. An upload that cannot be
 read shows why. A research demo of a model trained on CheXpert labels,
 not a medical device.
 """
@@ -31,12 +31,14 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from config import Config, ConfigError, PipelineError
+from config import Config
 from cxr.cli import parse_args
-from cxr.inference import NOT_TRAINED, PredictedFiles, Predictor, Upload, film_view, \
+from cxr.errors import ConfigError, PipelineError
+from cxr.evaluation.ensemble import checkpoint_paths, predictor_files
+from cxr.inference.predictor import NOT_TRAINED, PredictedFiles, Predictor, Upload, film_view, \
     findings_of, frontal_first, lateral_warning, load_predictor, overlay_of, predict_sources, \
     predict_studies
-from cxr.ensemble import checkpoint_paths, predictor_files
+from model_architecture import model_from_checkpoint
 
 CHECKPOINT_ENV = "CHEXPERT_CHECKPOINT"  # a checkpoint path to start with
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "dcm", "dicom"]
@@ -68,7 +70,7 @@ def predictor_key(path: str, tta: bool, allow_mismatch: bool) -> tuple:
 def cached_predictor(path: str, key: tuple) -> Predictor:
     _, tta, allow_mismatch = key
     return load_predictor(path, Config(num_workers=0, device=OPTIONS.device, tta=tta,
-                                       allow_threshold_mismatch=allow_mismatch))
+                                       allow_threshold_mismatch=allow_mismatch), rebuild=model_from_checkpoint)
 
 
 @st.cache_data(max_entries=8, show_spinner="Reading the radiographs ...")

@@ -24,11 +24,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from config import Config, PipelineError
+from config import Config
 from cxr.cli import run_cli
-from cxr.image_cache import begin_build, build, cache_folder, changed_rows, finish_build, \
-    fingerprint, listed_errors, read_meta, redo_changed, report_retried, source_index, \
+from cxr.data.image_cache import begin_build, build, cache_folder, changed_rows, fingerprint, \
+    finish_build, listed_errors, read_meta, redo_changed, report_retried, source_index, \
     stale_reason, start_over
+from cxr.errors import PipelineError
 
 SPLITS = ("train", "val", "test")
 

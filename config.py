@@ -18,26 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-# The 14 CheXpert observations, in the order of the CheXpert CSVs. Code refers to them by name.
-LABELS: tuple[str, ...] = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
-
-# CheXpert's metadata columns, kept unchanged in every processed and split CSV.
-META_COLUMNS: tuple[str, ...] = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")
+from cxr.data.labels import UncertaintyPolicy
+from cxr.errors import ConfigError
 
 # Fields that only the data-building scripts read, and which script: train.py, evaluate.py and
 # ablate.py refuse them when they differ from what the data in --data_dir were built with (an
@@ -50,11 +32,6 @@ DATA_FIELDS = {"data_root": "preprocess.py", "frontal_only": "preprocess.py",
                "label_hierarchy": "preprocess.py", "padchest_label_source": "preprocess.py",
                "val_fraction": "make_splits.py"}
 
-# How an uncertain (-1) label is trained (labels.training_targets): as positive, as negative,
-# masked out of the loss, as a third class, or as a soft positive / negative target.
-UncertaintyPolicy = Literal["U-Ones", "U-Zeros", "U-Ignore", "U-MultiClass", "U-Ones-LSR",
-                            "U-Zeros-LSR"]
-UNCERTAINTY_POLICIES: tuple[str, ...] = typing.get_args(UncertaintyPolicy)
 # Per-class calibration maps fitted on val (calibration.fit_calibration).
 CalibrationMethod = Literal["platt", "temperature", "none"]
 Backbone = Literal["densenet121", "densenet169", "resnet50", "efficientnet_b0", "efficientnet_b3",
@@ -70,7 +47,7 @@ WHOLE_ITEMS = {"split_commas": False}
 class Config:
     # ---- data locations -------------------------------------------------------------------
     data_root: str = "data/CheXpert-v1.0-small"  # folder holding train.csv, valid.csv, train/, valid/
-    # the dataset in --data_root, in its publisher's layout (cxr/nih.py, mimic.py, padchest.py);
+    # the dataset in --data_root, in its publisher's layout (cxr/data/nih.py, mimic.py, padchest.py);
     # evaluate.py --dataset nih: validate a checkpoint on that dataset (external validation)
     dataset: Literal["chexpert", "nih", "mimic", "padchest"] = "chexpert"
     test_fraction: float = 0.2  # preprocess.py: patients held out as test without an official split
@@ -121,7 +98,7 @@ class Config:
     lr_backbone: float = 1e-4  # AdamW learning rate of the backbone once unfrozen
     weight_decay: float = 1e-5  # AdamW decoupled weight decay
     # optimizer steps of linear LR warm-up of each parameter group (the backbone's starts when it
-    # is unfrozen); none: warmup_share of the steps the group trains, at most 100 (cxr/schedule.py)
+    # is unfrozen); none: warmup_share of the steps the group trains, at most 100 (cxr/training/schedule.py)
     warmup_steps: int | None = None
     warmup_share: float = 0.1  # the default warm-up's share of a group's steps (a short run's)
     lr_schedule: Literal["cosine", "constant"] = "cosine"  # after warm-up; cosine ends at 0
@@ -161,10 +138,10 @@ class Config:
 
     # ---- evaluation (evaluate.py) -------------------------------------------------------------
     # checkpoint to evaluate; empty = run_name's best.pth, else the newest; several (a comma list,
-    # a folder such as a run's top_k/, an ensemble's folder): an ensemble (cxr/ensemble.py)
+    # a folder such as a run's top_k/, an ensemble's folder): an ensemble (cxr/evaluation/ensemble.py)
     checkpoint: str = ""
     # patient bootstrap resamples of score.py's readers against the curves and of ablate.py
-    # --seeds' two-level intervals; 0 = none (AUC intervals need none: cxr/intervals.py)
+    # --seeds' two-level intervals; 0 = none (AUC intervals need none: cxr/evaluation/intervals.py)
     bootstrap_resamples: int = 1000
     ci_level: float = 0.95  # coverage of every interval (0.95 = 95 %)
     target_sensitivity: float = 0.9  # second operating point: highest val threshold reaching it
@@ -358,10 +335,3 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"--calibration_bins must be at least 1, got {cfg.calibration_bins}")
     return cfg
 
-
-class ConfigError(ValueError):
-    """A bad command-line override or config value; the message says which and why."""
-
-
-class PipelineError(RuntimeError):
-    """A problem the user can fix (bad input, missing stage output); the message says how."""

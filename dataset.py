@@ -9,19 +9,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
-from config import DATA_FIELDS, LABELS, Config, ConfigError, PipelineError
-from cxr.augment import centre_view, random_view
-from cxr.image_cache import ImageCache, drop_unreadable, open_cache
-from cxr.imaging import decode_square
-from cxr.labels import evaluation_targets, training_targets
+from config import DATA_FIELDS, Config
+from cxr.data.augment import centre_view, random_view
+from cxr.data.image_cache import ImageCache, drop_unreadable, open_cache
+from cxr.data.imaging import decode_square
+from cxr.data.labels import LABELS, evaluation_targets, training_targets
+from cxr.data.loading import keep_batch
+from cxr.errors import ConfigError
 
 # ---- dataset ------------------------------------------------------------------------------------
 
@@ -48,6 +49,7 @@ class CheXpertDataset(Dataset):
     side x side square from the cache when one is given, else decoded and resized the same way
     (imaging.decode_square), so both give identical tensors.
     """
+    collate_fn = staticmethod(keep_batch)  # __getitems__ returns the stacked batch
 
     def __init__(self, frame: pd.DataFrame, image_size: int, side: int, augment: bool,
                  labels: tuple[str, ...] = LABELS, cache: ImageCache | None = None,
@@ -89,11 +91,6 @@ class CheXpertDataset(Dataset):
         targets = self.targets[[index for index, _, _ in triples]]
         targets[[not real for _, _, real in triples]] = float("nan")  # padding: all labels masked
         return batch, targets
-
-
-def keep_batch(batch):
-    """collate_fn for CheXpertDataset: __getitems__ already returns the stacked batch."""
-    return batch
 
 
 def frontal_rows(frame: pd.DataFrame, name: str) -> pd.DataFrame:
@@ -138,6 +135,7 @@ class StudyDataset(Dataset):
     on its own, from (seed, epoch, image). `paths` holds each study's first image, in the order
     the studies first appear in the frame, so evaluation can line its rows up with the items.
     """
+    collate_fn = staticmethod(keep_batch)  # __getitems__ returns the stacked batch
 
     def __init__(self, frame: pd.DataFrame, images: CheXpertDataset, max_views: int, name: str):
         self.images, self.max_views = images, max_views
@@ -228,27 +226,6 @@ class ShardSampler(Sampler):
 
 # ---- split files and loaders ----------------------------------------------------------------------
 
-def read_split(path: Path, labels: tuple[str, ...] = LABELS) -> pd.DataFrame:
-    """A split CSV written by make_splits.py, checked for the columns training needs."""
-    if not path.is_file():
-        raise PipelineError(f"{path} not found: run preprocess.py and make_splits.py first "
-                            "(with the same --data_dir)")
-    frame = pd.read_csv(path)
-    missing = [c for c in ("image_path", "patient_id", *labels) if c not in frame.columns]
-    if missing:
-        raise PipelineError(f"{path} lacks column(s) {missing}: re-run preprocess.py and "
-                            "make_splits.py with this version of the code")
-    # the reference standard (labels.reference_columns): blank where uncertain or not labelled
-    targets = frame[list(labels)]
-    not_binary = ~(targets.isin([0, 1]) | targets.isna()).all()
-    if not_binary.any():
-        raise PipelineError(f"{path}: label column(s) {list(not_binary[not_binary].index)} hold "
-                            "values other than 0/1; re-run preprocess.py")
-    if frame.empty:
-        raise PipelineError(f"{path} has no rows")
-    return frame
-
-
 def data_settings(cfg: Config) -> dict:
     """What the data in --data_dir were built with: preprocess.py's settings (stats.json) and
     make_splits.py's (splits.json); a field an older version did not record is absent (older
@@ -284,39 +261,3 @@ def check_data_options(cfg: Config, given: set[str], script: str) -> Config:
                 f"another --data_dir, then point {script} at that --data_dir")
     known = {name: settings[name] for name in DATA_FIELDS if name in settings}
     return dataclasses.replace(cfg, **known)
-
-
-def default_workers(requested: int) -> int:
-    """-1 = one worker per spare core (the main process needs one), between 1 and 8."""
-    if requested >= 0:
-        return requested
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
-
-
-def own_process_group(_worker_id: int) -> None:
-    """Move a DataLoader worker out of the terminal's process group: Ctrl-C (and a SIGTERM sent
-    to the whole group) then reaches only the main process, which finishes its optimizer step,
-    saves and shuts the workers down itself. Workers keep the default signal handlers, so
-    Python's exit can still terminate them."""
-    if hasattr(os, "setpgrp"):
-        os.setpgrp()
-
-
-def make_loader(dataset: Dataset, cfg: Config, train: bool, device: torch.device,
-                sampler: Sampler | None = None) -> DataLoader:
-    """Batches of `dataset`; the order comes from `sampler` when given (train.py passes an
-    EpochSampler), else shuffled for training and in file order otherwise."""
-    workers = default_workers(cfg.num_workers)
-    return DataLoader(
-        dataset,
-        batch_size=cfg.batch_size,
-        shuffle=train and sampler is None,
-        sampler=sampler,
-        num_workers=workers,
-        worker_init_fn=own_process_group,
-        pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None,
-        generator=torch.Generator().manual_seed(cfg.seed),
-        collate_fn=keep_batch if isinstance(dataset, (CheXpertDataset, StudyDataset)) else None,
-    )

@@ -16,7 +16,7 @@ Writes next to the checkpoint:
                                    (Youden's J and the threshold reaching --target_sensitivity),
                                    bound to the checkpoint's weights (model_id) and saying how
                                    the scores were made (TTA, view mode)
-       eval_<split>.json/.md/.csv  per class: AUC with its interval (cxr/intervals.py), AUPRC,
+       eval_<split>.json/.md/.csv  per class: AUC with its interval (cxr/evaluation/intervals.py), AUPRC,
                                    prevalence, masked labels, study-level AUC, ECE, the val
                                    thresholds' sensitivity, specificity, PPV, NPV, F1; the means
                                    over the classes with at least --min_positives positives
@@ -31,10 +31,10 @@ With several checkpoints (a comma list, or a folder of them such as a run's top_
 its own val predictions; the ensemble's calibration and thresholds are fitted on val like a
 checkpoint's. Writes ensemble.json (the members and their calibrations), thresholds.json and the
 reports into the folder given, or <models_dir>/ensemble-<id>/ for a list; each report shows the
-ensemble beside every member, with paired intervals (cxr/ensemble.py).
+ensemble beside every member, with paired intervals (cxr/evaluation/ensemble.py).
 With --dataset nih|mimic|padchest --data_root DIR (external validation): every image of DIR in
 its publisher's layout (its official test split with --split test), labels mapped onto CheXpert's
-(cxr/nih.py, ...; a label the dataset does not annotate is n/a; the hierarchy is the training
+(cxr/data/nih.py, ...; a label the dataset does not annotate is n/a; the hierarchy is the training
 data's --label_hierarchy; PadChest's rows those of --padchest_label_source), scored with the
 calibration and thresholds fitted on the checkpoint's own val split; the reference standard names
 who labelled the rows; writes eval_<dataset>.{json,md,csv} (with
@@ -50,22 +50,24 @@ from pathlib import Path
 
 import pandas as pd
 
-from config import Config, ConfigError
+from config import Config
 from cxr.atomic import write_csv_atomic, write_text_atomic
-from cxr.calibration import calibrated_logits, sigmoid
-from cxr.checkpoints import model_id, resolve_checkpoint
 from cxr.cli import given_fields, run_cli
-from cxr.device import choose_device
-from cxr.ensemble import check_members, checkpoint_paths, ensemble_folder, ensemble_id, \
+from cxr.errors import ConfigError
+from cxr.evaluation.calibration import calibrated_logits, sigmoid
+from cxr.evaluation.ensemble import check_members, checkpoint_paths, ensemble_folder, ensemble_id, \
     is_ensemble, write_ensemble_file
-from cxr.evaluation import Predictions, combined_predictions, evaluate_predictions, \
+from cxr.evaluation.external import dataset_record, external_rows, reference_text, report_name
+from cxr.evaluation.predictions import Predictions, combined_predictions, evaluate_predictions, \
     fit_and_write_thresholds, fit_on_val, load_model, members_beside, paired_differences, \
     predict_frame, predict_split, resolve_run, run_label, val_calibration
-from cxr.external import dataset_record, external_rows, reference_text, report_name
-from cxr.plots import forest_plot, pr_grid, reliability_grid, roc_grid
-from cxr.report import comparison_report, comparison_text, ensemble_text, print_report, \
-    write_reports
-from dataset import check_data_options
+from cxr.reporting.evaluation_report import comparison_report, comparison_text, ensemble_text, \
+    print_report, write_reports
+from cxr.reporting.plots import forest_plot, pr_grid, reliability_grid, roc_grid
+from cxr.training.checkpoint import model_id, resolve_checkpoint
+from cxr.training.runtime import choose_device
+from dataset import check_data_options, make_dataset
+from model_architecture import model_from_checkpoint
 
 SPLITS = ("val", "test")  # val first: it fits the calibration and the thresholds
 # with --dataset they describe that dataset (--label_hierarchy is the training data's own)
@@ -97,10 +99,10 @@ def draw_plots(preds: Predictions, result: dict, cfg: Config, out_dir: Path) -> 
 def evaluate_checkpoint(cfg: Config) -> None:
     path = resolve_checkpoint(cfg)
     device = choose_device(cfg.device)
-    model, checkpoint, trained = load_model(path, cfg, device)
+    model, checkpoint, trained = load_model(path, cfg, device, rebuild=model_from_checkpoint)
     thresholds, calibration = None, None
     for split in SPLITS:
-        preds = predict_split(model, split, path, checkpoint, trained, cfg, device)
+        preds = predict_split(model, split, path, checkpoint, trained, cfg, device, make_dataset=make_dataset)
         if thresholds is None:  # the val split, first
             thresholds, calibration = fit_on_val(preds, path, checkpoint, trained, cfg)
         result = {"split": split, "checkpoint": str(path), "epoch": checkpoint.get("epoch"),
@@ -119,13 +121,13 @@ def evaluate_ensemble(cfg: Config) -> None:
     does, and a report with every member beside it."""
     paths = checkpoint_paths(cfg.checkpoint)
     device = choose_device(cfg.device)
-    members = [load_model(path, cfg, device) for path in paths]
+    members = [load_model(path, cfg, device, rebuild=model_from_checkpoint) for path in paths]
     checkpoints = [checkpoint for _, checkpoint, _ in members]
     check_members(paths, [tuple(c["labels"]) for c in checkpoints], [t for _, _, t in members])
     member_ids = [model_id(checkpoint) for checkpoint in checkpoints]
     folder = ensemble_folder(cfg.checkpoint, paths, cfg)
     print(f"evaluate: an ensemble of {len(paths)} checkpoints -> {folder}")
-    predictions = {split: [predict_split(model, split, path, checkpoint, trained, cfg, device)
+    predictions = {split: [predict_split(model, split, path, checkpoint, trained, cfg, device, make_dataset=make_dataset)
                            for path, (model, checkpoint, trained) in zip(paths, members)]
                    for split in SPLITS}
     calibrations = [val_calibration(preds, cfg) for preds in predictions["val"]]
@@ -154,14 +156,14 @@ def external_validation(cfg: Config) -> None:
     """--dataset: the checkpoint on another dataset; calibration and thresholds from its val."""
     path = resolve_checkpoint(cfg)
     device = choose_device(cfg.device)
-    model, checkpoint, trained = load_model(path, cfg, device)
+    model, checkpoint, trained = load_model(path, cfg, device, rebuild=model_from_checkpoint)
     frame, adapted, n_missing = external_rows(cfg)
     name = report_name(cfg)
-    val = predict_split(model, "val", path, checkpoint, trained, cfg, device)
+    val = predict_split(model, "val", path, checkpoint, trained, cfg, device, make_dataset=make_dataset)
     thresholds, calibration = fit_on_val(val, path, checkpoint, trained, cfg)
     not_labelled = {label: adapted.not_labelled_note() for label in adapted.not_labelled}
     preds = predict_frame(model, frame, name, path, checkpoint, trained, cfg, device,
-                          use_cache=False, not_labelled=not_labelled)
+                          use_cache=False, not_labelled=not_labelled, make_dataset=make_dataset)
     result = {"split": name, "checkpoint": str(path), "epoch": checkpoint.get("epoch"),
               **evaluate_predictions(preds, thresholds, calibration, cfg),
               "reference": reference_text(cfg, adapted),
@@ -181,9 +183,9 @@ def compare_runs(cfg: Config) -> None:
     paths = [resolve_run(name, cfg) for name in cfg.compare]
     device = choose_device(cfg.device)
     split = cfg.compare_split
-    models = [load_model(path, cfg, device) for path in paths]  # both load before predicting
+    models = [load_model(path, cfg, device, rebuild=model_from_checkpoint) for path in paths]  # both load before predicting
     rows, both = paired_differences(
-        *[predict_split(model, split, path, checkpoint, trained, cfg, device)
+        *[predict_split(model, split, path, checkpoint, trained, cfg, device, make_dataset=make_dataset)
           for path, (model, checkpoint, trained) in zip(paths, models)], cfg)
     description = [f"AUC of B - A on the {split} split ({len(both.frame)} {both.unit}, "
                    f"{both.frame['patient_id'].nunique()} patients), paired intervals "

@@ -30,13 +30,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from config import Config, PipelineError
+from config import Config
 from cxr.atomic import write_atomic, write_text_atomic
-from cxr.calibration import calibration_arrays
-from cxr.checkpoints import resolve_checkpoint
 from cxr.cli import run_cli
-from cxr.ensemble import checkpoint_paths, is_ensemble
-from cxr.inference import load_predictor
+from cxr.errors import PipelineError
+from cxr.evaluation.calibration import calibration_arrays
+from cxr.evaluation.ensemble import checkpoint_paths, is_ensemble
+from cxr.inference.predictor import load_predictor
+from cxr.training.checkpoint import resolve_checkpoint
+from model_architecture import model_from_checkpoint
 
 OPSET = 17
 INPUT, OUTPUTS = "images", ("probabilities", "logits")
@@ -108,7 +110,7 @@ def main(cfg: Config) -> None:
     # fp32 on the CPU, one pass per image; an ensemble (several checkpoints) is one model
     predictor = load_predictor(path, Config(device="cpu", precision="fp32", channels_last=False,
                                             tta=False, models_dir=cfg.models_dir,
-                                            allow_threshold_mismatch=cfg.allow_threshold_mismatch))
+                                            allow_threshold_mismatch=cfg.allow_threshold_mismatch), rebuild=model_from_checkpoint)
     labels, thresholds = list(predictor.labels), predictor.thresholds
     for warning in predictor.warnings:
         print(f"warning: {warning}")

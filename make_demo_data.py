@@ -47,8 +47,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from config import LABELS, META_COLUMNS, ConfigError, PipelineError
 from cxr.cli import run_cli
+from cxr.data.chexpert import META_COLUMNS
+from cxr.data.labels import LABELS
+from cxr.errors import ConfigError, PipelineError
 
 
 @dataclass

@@ -17,12 +17,12 @@ import shutil
 
 import pandas as pd
 
-
-from config import Config, PipelineError
+from config import Config
 from cxr.atomic import write_atomic, write_csv_atomic, write_text_atomic
-from cxr.chexpert import read_csv_text
 from cxr.cli import run_cli
-from cxr.splits import assert_no_patient_overlap, split_by_patient
+from cxr.data.chexpert import read_csv_text
+from cxr.data.splits import assert_no_patient_overlap, split_by_patient
+from cxr.errors import PipelineError
 
 
 def read_processed(path) -> pd.DataFrame:

@@ -4,7 +4,7 @@
 
 The backbone is --backbone (BACKBONES): DenseNet121 (the default, C = 1024), DenseNet169,
 ResNet50, EfficientNet-B0/B3 or ConvNeXt-Tiny, cut before its own pooling and classifier. Its
-output, the last feature map, is also what Grad-CAM weighs (cxr/gradcam.py).
+output, the last feature map, is also what Grad-CAM weighs (cxr/inference/gradcam.py).
 
 In study mode (view_mode study) the input is a study's views, B x V x 1 x H x W with a B x V mask
 of the views present: the backbone and GeM run on each present view, and the pooled features
@@ -22,6 +22,7 @@ whose sigmoid estimates the probability.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -34,8 +35,10 @@ import torch.nn.functional as F
 import torchvision.models as tv
 from torch import nn
 
-from config import LABELS, Config, PipelineError
-
+from config import Config
+from cxr.data.labels import LABELS
+from cxr.errors import PipelineError
+from cxr.training.checkpoint import load_weights, recorded_config
 
 # ---- backbones -------------------------------------------------------------------------------------
 
@@ -218,7 +221,8 @@ class CheXpertNet(nn.Module):
 
 def multiclass_of(cfg: Config) -> tuple[bool, ...]:
     """Which labels have a 3-way output under the config's uncertainty policies."""
-    from cxr.labels import class_policies, multiclass_flags  # labels imports pandas: only when needed
+    from cxr.data.labels import class_policies, multiclass_flags \
+        # labels imports pandas: only when needed
     return multiclass_flags(class_policies(cfg.uncertainty_policy, cfg.uncertainty_policy_by_class))
 
 
@@ -239,6 +243,19 @@ def build_model(cfg: Config, normalization: dict | None = None,
     if cfg.pretrained:
         model.backbone.load_state_dict(imagenet_backbone_state(cfg.backbone, cfg.pretrained_path))
     return model
+
+
+def model_from_checkpoint(checkpoint: dict) -> tuple[CheXpertNet, Config]:
+    """The trained model (on the CPU, eval mode) and its Config, rebuilt from the checkpoint alone
+    by build_model, as training built it.
+
+    Architecture, labels and pixel statistics come from the checkpoint, never from current
+    defaults, so evaluate.py, predict.py, export.py and app.py all see the model that was trained.
+    """
+    trained = recorded_config(checkpoint["config"], Config)
+    built = dataclasses.replace(trained, pretrained=False, memory_efficient=False)
+    model = build_model(built, checkpoint["normalization"], len(checkpoint["labels"]))
+    return load_weights(model, checkpoint), trained
 
 
 # ---- ImageNet weights ------------------------------------------------------------------------------

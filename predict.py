@@ -52,15 +52,17 @@ from pathlib import Path
 import cv2
 import pandas as pd
 
-from config import Config, PipelineError
+from config import Config
 from cxr.atomic import write_csv_atomic
-from cxr.checkpoints import resolve_checkpoint
-from cxr.chexpert import RELEASE_PREFIX
 from cxr.cli import run_cli
-from cxr.imaging import DICOM_MAGIC, DICOM_MAGIC_OFFSET, IMAGE_SUFFIXES, DicomHeader, \
+from cxr.data.chexpert import RELEASE_PREFIX
+from cxr.data.imaging import DICOM_MAGIC, DICOM_MAGIC_OFFSET, IMAGE_SUFFIXES, DicomHeader, \
     ImageReadError, not_chest_reason
-from cxr.inference import Predictor, film_header, film_view, find_label, frontal_first, \
+from cxr.errors import PipelineError
+from cxr.inference.predictor import Predictor, film_header, film_view, find_label, frontal_first, \
     lateral_warning, load_predictor, predict_sources, predict_studies, radiograph, study_table
+from cxr.training.checkpoint import resolve_checkpoint
+from model_architecture import model_from_checkpoint
 
 PATH_COLUMNS = ("image_path", "Path")  # a CSV's path column, in order of preference
 VIEW_COLUMNS = ("view", "Frontal/Lateral")  # a CSV's view column (frontal / lateral)
@@ -288,7 +290,8 @@ def overlay_name(path: str, root: str, label: str) -> str:
 
 def overlay_writer(predictor: Predictor, paths: list[str], folder: Path):
     """on_heatmap callback of predict_sources: saves each overlay as a PNG in `folder`."""
-    from cxr.gradcam import overlay  # imported here: only --gradcam needs pytorch_grad_cam
+    from cxr.inference.gradcam import \
+        overlay  # imported here: only --gradcam needs pytorch_grad_cam
 
     folder.mkdir(parents=True, exist_ok=True)
     parents = [os.path.dirname(os.path.abspath(p)) for p in paths]
@@ -313,7 +316,7 @@ def main(cfg: Config) -> None:
     views = [film_view(path, given, header)
              for path, given, header in zip(paths, given_views, headers)]
     checkpoint = resolve_checkpoint(cfg)
-    predictor = load_predictor(checkpoint, cfg)
+    predictor = load_predictor(checkpoint, cfg, rebuild=model_from_checkpoint)
     for warning in predictor.warnings:
         print(f"warning: {warning}")
     labels = [find_label(name, predictor.labels, predictor.untrained) for name in cfg.gradcam]

@@ -17,8 +17,8 @@ Writes <data_dir>/processed/train.csv, valid.csv: CheXpert's columns with the 14
        labels the hierarchy set, and the settings these data were built with;
        <data_dir>/processed/missing_images.csv when --missing_images skip dropped rows.
 
---dataset nih|mimic|padchest reads that dataset in its publisher's layout instead (cxr/nih.py,
-cxr/mimic.py, cxr/padchest.py), maps its labels onto CheXpert's 14 (a label it does not annotate
+--dataset nih|mimic|padchest reads that dataset in its publisher's layout instead (cxr/data/nih.py,
+cxr/data/mimic.py, cxr/data/padchest.py), maps its labels onto CheXpert's 14 (a label it does not annotate
 is "not labelled": raw -2, blank target, masked), applies the same --label_hierarchy and writes
 the same files: train.csv, and as valid.csv (make_splits.py's test split) its official test
 list, else --test_fraction of its patients. stats.json also records the mapping's counts, who
@@ -36,15 +36,17 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from config import DATA_FIELDS, LABELS, META_COLUMNS, Config, PipelineError
+from config import DATA_FIELDS, Config
 from cxr.atomic import write_csv_atomic, write_text_atomic
-from cxr.chexpert import RELEASE_PREFIX, VIEW_VALUES, extract_patient_study, read_csv_text
 from cxr.cli import run_cli
-from cxr.adapters import SPLIT_COLUMN, apply_hierarchy, processed_frame, summary_lines
-from cxr.datasets import read_dataset
-from cxr.labels import NOT_LABELLED, find_bad_label_values, parse_raw_labels, raw_column, \
-    reference_columns
-from cxr.splits import split_by_patient
+from cxr.data.adapters import SPLIT_COLUMN, apply_hierarchy, processed_frame, summary_lines
+from cxr.data.chexpert import META_COLUMNS, RELEASE_PREFIX, VIEW_VALUES, extract_patient_study, \
+    read_csv_text
+from cxr.data.datasets import read_dataset
+from cxr.data.labels import LABELS, NOT_LABELLED, find_bad_label_values, parse_raw_labels, \
+    raw_column, reference_columns
+from cxr.data.splits import split_by_patient
+from cxr.errors import PipelineError
 
 # CheXpert's Path column starts with the release folder name; the data root *is* that folder.
 SPLITS = ("train", "valid")  # the processed CSVs: make_splits.py draws val from train; valid is test
@@ -161,7 +163,7 @@ def pixel_stats(paths: list[str], cfg: Config) -> tuple[float, float]:
     """Mean and std of pixel values in [0, 1] over a seeded sample of training images."""
     # imported here, not at the top: it loads OpenCV and Pillow (150 MB of libraries, 0.2 s or
     # more at start-up), which a labels-only run (--check_images false) never needs
-    from cxr.imaging import decode_square
+    from cxr.data.imaging import decode_square
 
     rng = np.random.default_rng(cfg.seed)
     sample = rng.choice(len(paths), size=min(cfg.stats_sample, len(paths)), replace=False)

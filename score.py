@@ -15,7 +15,7 @@ Reads  --predictions: probabilities keyed by Study or Path (CheXpert's test-set 
        --radiologists: readers' 0/1 reads, same schema (a model's *_decisions.csv too).
        --compare: other predictions files. --labeler: report labelers' 1 / 0 / -1 / blank output.
        Keys are matched across files with CheXpert's release folder, download folder and
-       trailing slashes normalised (cxr/score_files.py); a study in one file and not the other is
+       trailing slashes normalised (cxr/scoring/files.py); a study in one file and not the other is
        an error (--unmatched skip: a counted skip). Scores must be probabilities in [0, 1]
        (--score_scale any: any finite scores, which AUCs only rank). Several --predictions
        files (a comma list: each model's predict.py output) are scored as their ensemble, the
@@ -33,7 +33,7 @@ Writes to --output_dir (default scores/<predictions stem>/):
        score.md     the same as tables, with the figures; score.csv one row per label
        roc.png      ROC curves with each radiologist's operating point; pr.png PR curves;
        subgroups.png  the competition five's AUC by subgroup (a forest plot)
-The report card is evaluate.py's, from the same code (AUC intervals from cxr/intervals.py, AUPRC,
+The report card is evaluate.py's, from the same code (AUC intervals from cxr/evaluation/intervals.py, AUPRC,
 positives, the means over labels and over the competition five).
 """
 
@@ -41,12 +41,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from config import Config, ConfigError
+from config import Config
 from cxr.cli import run_cli
-from cxr.plots import forest_plot, pr_grid, roc_grid
-from cxr.score_files import read_reference
-from cxr.score_report import print_labelers, print_score, write_documents
-from cxr.scoring import labeler_results, prediction_paths, score
+from cxr.errors import ConfigError
+from cxr.reporting.plots import forest_plot, pr_grid, roc_grid
+from cxr.reporting.score_report import print_labelers, print_score, write_documents
+from cxr.scoring.files import read_reference
+from cxr.scoring.results import labeler_results, prediction_paths, score
 
 
 def output_dir(cfg: Config) -> Path:

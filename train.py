@@ -8,22 +8,22 @@ fine-tuning.
 Reads  <data_dir>/splits/train.csv, val.csv, splits.json (make_splits.py),
        <data_dir>/processed/stats.json (preprocess.py).
 Writes models/<run_name>/best.pth (best val mean AUC; the last epoch when val is too small to
-       rank epochs: cxr/schedule.py), last.pth (every epoch, every --checkpoint_every_steps
+       rank epochs: cxr/training/schedule.py), last.pth (every epoch, every --checkpoint_every_steps
        optimizer steps, and on Ctrl-C / SIGTERM), config.json,
        run_info.json, metrics.csv (one row per epoch), curves.png (train/val loss and val mean
        AUC per epoch), TensorBoard events.out.tfevents.* (per step loss, learning rates and
        images/s; per epoch val loss and AUCs; the best epochs' val PR curves; a grid of augmented
-       training images: cxr/tensorboard_log.py, `tensorboard --logdir models`); with
+       training images: cxr/training/tensorboard_log.py, `tensorboard --logdir models`); with
        --keep_top_k K also top_k/epoch_NNN.pth, the K epochs of best val mean AUC (an ensemble
        for evaluate.py --checkpoint RUN/top_k). Checkpoints load with weights_only=True. With
        --ema_decay the weights' moving average is validated every epoch and is every
-       checkpoint's model (cxr/ema.py).
+       checkpoint's model (cxr/training/ema.py).
 
 The val split is scored against its raw labels with uncertain masked, whatever the training
 policy (labels.evaluation_targets), and its mean AUC takes the classes with at least
 --min_positives positives and negatives, exactly as evaluate.py scores it. A short run warms up
 over a share of its steps, and early stopping counts only the epochs after the warm-up
-(cxr/schedule.py). Options that only preprocess.py / make_splits.py read are refused unless
+(cxr/training/schedule.py). Options that only preprocess.py / make_splits.py read are refused unless
 they match what the data were built with.
 """
 
@@ -45,29 +45,30 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from config import LABELS, Config, PipelineError
-from cxr.checkpoints import save_checkpoint
+from config import Config
 from cxr.cli import given_fields, run_cli
-from cxr.device import autocast, autocast_dtype, choose_device, prepare_model, to_device
-from cxr.distributed import (World, all_gather, any_rank, barrier, broadcast, close_world,
-                             device_for, gather_to_main, init_world, merge_shards, sum_over_ranks,
-                             sync_buffers)
-from cxr.ema import make_ema
-from cxr.evaluation import predict_logits
-from cxr.labels import class_policies, evaluation_targets, logit_offsets, masked_counts, \
-    multiclass_flags, positive_class_weights, trained_labels
-from cxr.metrics import mean_auc, mean_exclusions, per_class_auc
-from cxr.plots import training_curves
-from cxr.randomness import rng_state, seed_everything, set_deterministic
-from cxr.resume import config_for_launch, resume_command, resume_training, training_checkpoint
-from cxr.run_folder import epoch_row, prepare_run_dir, write_metrics
-from cxr.schedule import EpochRules, val_ranking, warmup_end, warmup_line, warmup_plan
-from cxr.stop_signals import StopSignals, TrainingStopped
-from cxr.tensorboard_log import event_log, flush_events, learning_rates, log_epoch, log_step, \
-    log_training_images
-from cxr.training_state import Progress, RunState, Trainer
-from dataset import EpochSampler, ShardSampler, check_data_options, data_settings, make_dataset, \
-    make_loader, read_split
+from cxr.data.labels import LABELS, class_policies, evaluation_targets, logit_offsets, \
+    masked_counts, multiclass_flags, positive_class_weights, trained_labels
+from cxr.data.loading import make_loader
+from cxr.data.splits import read_split
+from cxr.errors import PipelineError
+from cxr.evaluation.metrics import mean_auc, mean_exclusions, per_class_auc
+from cxr.evaluation.predictions import predict_logits
+from cxr.reporting.plots import training_curves
+from cxr.training.checkpoint import save_checkpoint
+from cxr.training.ema import make_ema
+from cxr.training.resume import config_for_launch, resume_command, resume_training, \
+    training_checkpoint
+from cxr.training.run_folder import epoch_row, prepare_run_dir, write_metrics
+from cxr.training.runtime import StopSignals, TrainingStopped, World, all_gather, any_rank, \
+    autocast, autocast_dtype, barrier, broadcast, choose_device, close_world, device_for, \
+    gather_to_main, init_world, merge_shards, prepare_model, rng_state, seed_everything, \
+    set_deterministic, sum_over_ranks, sync_buffers, to_device
+from cxr.training.schedule import EpochRules, val_ranking, warmup_end, warmup_line, warmup_plan
+from cxr.training.state import Progress, RunState, Trainer
+from cxr.training.tensorboard_log import event_log, flush_events, learning_rates, log_epoch, \
+    log_step, log_training_images
+from dataset import EpochSampler, ShardSampler, check_data_options, data_settings, make_dataset
 from model_architecture import CheXpertNet, build_model, output_starts
 
 # ---- setup -------------------------------------------------------------------------------------
@@ -149,7 +150,7 @@ def make_scheduler(optimizer: torch.optim.AdamW, cfg: Config, steps_per_epoch: i
     """Per parameter group: the head warms up from the first step; the pretrained backbone gets
     its own warm-up from 0 when it is unfrozen (after the frozen epochs), so that its first
     updates, with Adam's moments still empty, are small. Both decay to 0 at the last step.
-    `warmup`: each group's warm-up steps (default: cxr.schedule.warmup_plan's)."""
+    `warmup`: each group's warm-up steps (default: cxr.training.schedule.warmup_plan's)."""
     total = cfg.epochs * steps_per_epoch
     starts = {"head": 0, "backbone": cfg.frozen_epochs * steps_per_epoch}
     warmup = warmup or warmup_plan(cfg, steps_per_epoch)
@@ -426,7 +427,7 @@ def assert_finite(model: nn.Module, path: Path) -> None:
 
 def save_training_state(trainer: Trainer, progress: Progress, epochs_done: int,
                         paths: list[Path], weights_path: Path | None = None) -> None:
-    """Write the full training state (cxr.resume.training_checkpoint) to each path (rank 0;
+    """Write the full training state (cxr.training.resume.training_checkpoint) to each path (rank 0;
     every rank must call this, since the RNG states of all processes are collected). At an
     epoch's end `progress` is the next epoch's, with no batch done. `weights_path` gets the
     same checkpoint without what only resuming needs (a top_k/ member)."""

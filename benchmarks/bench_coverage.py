@@ -16,7 +16,7 @@ mu 0.3 higher). It measures the intervals the reports give, each against its tru
 - the paired difference B - A of two models' AUCs (middle class);
 - the mean AUC over the 5 classes (model A; only from 10 positives, as the report card's means);
 - the sensitivity and the specificity at a fixed threshold (mu / 2, the middle class).
-Each is made by the method the reports use now (cxr/intervals.py) and, for comparison, by the
+Each is made by the method the reports use now (cxr/evaluation/intervals.py) and, for comparison, by the
 patient bootstrap's percentile intervals that the reports used before (stratified per class for a
 class AUC, a difference and a proportion; one shared draw for the mean). Prints coverage (share
 of datasets whose interval holds the true value) and mean width per cell. Fixed seeds.
@@ -37,11 +37,11 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cxr.bootstrap import bootstrap_auc_matrix, class_resamples, draw_resamples, \
-    mean_over, percentile_interval, stratified_auc_matrix  # noqa: E402
 from cxr.cli import parse_args  # noqa: E402
-from cxr.intervals import auc_influence, auc_interval, difference_interval, mean_interval, \
-    proportion_interval  # noqa: E402
+from cxr.evaluation.bootstrap import bootstrap_auc_matrix, class_resamples, draw_resamples, \
+    mean_over, percentile_interval, stratified_auc_matrix  # noqa: E402
+from cxr.evaluation.intervals import auc_influence, auc_interval, difference_interval, \
+    mean_interval, proportion_interval  # noqa: E402
 
 CLASSES, MIDDLE = 5, 2
 SHIFTS = np.linspace(-0.4, 0.4, CLASSES)  # each class's mu around the cell's
@@ -120,7 +120,7 @@ def proportion_counts(data: Dataset, threshold: float, positive: bool):
 
 
 def new_intervals(data: Dataset, truth: dict) -> dict[str, tuple[float, float]]:
-    """The intervals the reports give now (cxr/intervals.py)."""
+    """The intervals the reports give now (cxr/evaluation/intervals.py)."""
     influences = [auc_influence(data.scores_a[:, c], data.targets[:, c], data.codes,
                                 data.n_patients) for c in range(CLASSES)]
     b = auc_influence(data.scores_b[:, MIDDLE], data.targets[:, MIDDLE], data.codes,
@@ -211,7 +211,7 @@ def main() -> None:
         results = list(tqdm(pool.map(run_cell, cells), total=len(cells), desc="cells"))
     for auc in sorted({r["cell"][2] for r in results}):
         print(f"\ntrue AUC {auc} (middle class, model A); coverage (mean width) of 95 % "
-              f"intervals over {args.datasets} datasets per cell; 'now' = cxr/intervals.py, "
+              f"intervals over {args.datasets} datasets per cell; 'now' = cxr/evaluation/intervals.py, "
               f"'before' = patient-bootstrap percentile ({args.bootstrap_resamples} resamples), "
               "'unmarked' = coverage of the intervals now not marked approximate (their share)")
         print("\n".join(summary_rows([r for r in results if r["cell"][2] == auc])))

@@ -35,12 +35,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import cache  # noqa: E402
-from cxr import image_cache  # noqa: E402
+import cxr.data.image_cache as image_cache  # noqa: E402
 import preprocess  # noqa: E402
-from config import LABELS, Config  # noqa: E402
+from config import Config
 from cxr.cli import apply_overrides  # noqa: E402
-from dataset import CheXpertDataset, keep_batch, make_dataset  # noqa: E402
-from cxr.device import autocast, autocast_dtype, prepare_model  # noqa: E402
+from cxr.data.labels import LABELS
+from cxr.data.loading import keep_batch
+from cxr.training.runtime import autocast, autocast_dtype, prepare_model  # noqa: E402
+from dataset import CheXpertDataset, make_dataset  # noqa: E402
 from model_architecture import CheXpertNet  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"

@@ -22,10 +22,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cxr.bootstrap import bootstrap_aucs, draw_resamples  # noqa: E402
-from cxr.cli import parse_args  # noqa: E402
-from cxr.metrics import summarise  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
+
+from cxr.cli import parse_args  # noqa: E402
+from cxr.evaluation.bootstrap import bootstrap_aucs, draw_resamples  # noqa: E402
+from cxr.evaluation.metrics import summarise  # noqa: E402
 
 CLASSES = 14
 

@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from config import LABELS  # noqa: E402
+from cxr.data.labels import LABELS
 from model_architecture import BACKBONES, CheXpertNet  # noqa: E402
 
 WARMUP_STEPS = 2

@@ -20,9 +20,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from config import LABELS, Config  # noqa: E402
+from config import Config
 from cxr.cli import parse_args  # noqa: E402
-from cxr.device import autocast, autocast_dtype, cpu_has_native_bf16, prepare_model  # noqa: E402
+from cxr.data.labels import LABELS
+from cxr.training.runtime import autocast, autocast_dtype, cpu_has_native_bf16, prepare_model \
+    # noqa: E402
 from model_architecture import CheXpertNet  # noqa: E402
 
 CPU = torch.device("cpu")

@@ -29,10 +29,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import predict  # noqa: E402
-from config import Config  # noqa: E402
-from cxr.cli import parse_args  # noqa: E402
+from config import Config
 from conftest import tiny_checkpoint  # noqa: E402
-from cxr.inference import RadiographFiles, batch_logits, load_predictor  # noqa: E402
+from cxr.cli import parse_args  # noqa: E402
+from cxr.inference.predictor import RadiographFiles, batch_logits, load_predictor  # noqa: E402
+from model_architecture import model_from_checkpoint
 
 NIH = ROOT.parent / "shared" / "data" / "nih-cxr-small" / "CheXpert-v1.0-small"
 
@@ -44,7 +45,7 @@ def predict_rate(cfg: Config, n_images: int) -> float:
 
 
 def compute_rate(cfg: Config, paths: list[str]) -> float:
-    predictor = load_predictor(cfg.checkpoint, cfg)
+    predictor = load_predictor(cfg.checkpoint, cfg, rebuild=model_from_checkpoint)
     data = RadiographFiles(paths, predictor.image_size, predictor.side)
     batches = [data.__getitems__(list(range(i, min(i + cfg.batch_size, len(paths))))).images
                for i in range(0, len(paths), cfg.batch_size)]

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import make_splits  # noqa: E402
 import preprocess  # noqa: E402
-from config import Config  # noqa: E402
+from config import Config
 from cxr.cli import parse_args  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"

@@ -33,9 +33,10 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from config import Config  # noqa: E402
-from cxr.ensemble import checkpoint_paths, ensemble_folder  # noqa: E402
-from cxr.tables import interval_text, markdown_table, number_text, text_table  # noqa: E402
+from config import Config
+from cxr.evaluation.ensemble import checkpoint_paths, ensemble_folder  # noqa: E402
+from cxr.reporting.tables import interval_text, markdown_table, number_text, text_table \
+    # noqa: E402
 from model_architecture import BACKBONES, CheXpertNet  # noqa: E402
 
 DEMO = ["--data_root", "data/demo/CheXpert-v1.0-small", "--data_dir", "data/demo",

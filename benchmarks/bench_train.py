@@ -40,9 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from config import LABELS, Config  # noqa: E402
+from config import Config
 from cxr.cli import apply_overrides  # noqa: E402
-from cxr.device import autocast, autocast_dtype, prepare_model, to_device  # noqa: E402
+from cxr.data.labels import LABELS
+from cxr.training.runtime import autocast, autocast_dtype, prepare_model, to_device  # noqa: E402
 from model_architecture import CheXpertNet, build_model  # noqa: E402
 
 NIH = ROOT.parent / "shared" / "data" / "nih-cxr-small" / "CheXpert-v1.0-small"
@@ -78,8 +79,9 @@ def compute_only(cfg: Config, batches: int) -> float:
 
 def real_loop(cfg: Config, batches: int) -> float:
     """Images/s of train.py's epoch loop, cached real JPEGs, default workers."""
-    from dataset import EpochSampler, make_dataset, make_loader
-    from cxr.training_state import Progress, Trainer
+    from cxr.data.loading import make_loader
+    from cxr.training.state import Progress, Trainer
+    from dataset import EpochSampler, make_dataset
     from train import MaskedBCE, make_optimizer, train_one_epoch
     device = torch.device("cpu")
     frame = pd.read_csv(cfg.splits_dir / "train.csv")

@@ -23,14 +23,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_preprocess import LABELS_CSV, build_root  # noqa: E402
+
 import make_splits  # noqa: E402
 import preprocess  # noqa: E402
-from bench_preprocess import LABELS_CSV, build_root  # noqa: E402
-from config import LABELS, Config  # noqa: E402
-from dataset import read_split  # noqa: E402
+from config import Config
 from cxr.cli import parse_args  # noqa: E402
-from cxr.labels import class_policies, evaluation_targets, logit_offsets, multiclass_flags, \
-    positive_class_weights, raw_column, training_targets  # noqa: E402
+from cxr.data.labels import LABELS, class_policies, evaluation_targets, logit_offsets, \
+    multiclass_flags, positive_class_weights, raw_column, training_targets  # noqa: E402
+from cxr.data.splits import read_split  # noqa: E402
 
 
 @dataclass

@@ -38,8 +38,9 @@ import textwrap
 import types
 import typing
 
-from config import ACCEPTS, POSITIONAL, READ_BY, READS, Config, ConfigError, PipelineError, \
-    literal_values, not_one_of, validate
+from config import validate  # FIXME layering
+from config import ACCEPTS, POSITIONAL, READ_BY, READS, Config, literal_values, not_one_of
+from cxr.errors import ConfigError, PipelineError
 
 PIPELINE_ENV = "PIPELINE_OPTIONS"  # options shared by a chain of stages, see above
 

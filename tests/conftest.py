@@ -14,7 +14,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from config import LABELS, META_COLUMNS  # noqa: E402
+from cxr.data.chexpert import META_COLUMNS
+from cxr.data.labels import LABELS
 
 # Tests pass their options explicitly: options shared through the caller's environment
 # (cxr/cli.py's PIPELINE_OPTIONS) would reach every script the tests run.
@@ -75,8 +76,8 @@ def tiny_checkpoint(path: Path, image_size: int = 64, seed: int = 0,
 
     import torch
 
-    from cxr.checkpoints import save_checkpoint
     from config import Config
+    from cxr.training.checkpoint import save_checkpoint
     from model_architecture import CheXpertNet
 
     torch.manual_seed(seed)
@@ -120,8 +121,8 @@ def write_thresholds_json(checkpoint: Path, thresholds: dict | None = None,
     (or to `model_id`); `calibration` maps label -> {"scale", "bias"} (default: identity)."""
     import json
 
-    from cxr import checkpoints
-    from cxr.thresholds import thresholds_payload
+    import cxr.training.checkpoint as checkpoints
+    from cxr.evaluation.thresholds import thresholds_payload
 
     values = {label: 0.3 for label in LABELS} if thresholds is None else thresholds
     fitted = {label: {"scale": 1.0, "bias": 0.0} for label in LABELS}

@@ -1,4 +1,4 @@
-"""A small MIMIC-CXR-JPG 2.0.0 tree in the layout PhysioNet ships (cxr/mimic.py), for tests.
+"""A small MIMIC-CXR-JPG 2.0.0 tree in the layout PhysioNet ships (cxr/data/mimic.py), for tests.
 
     write_mimic_tree(root)  ->  counts the tests check against
 

@@ -14,16 +14,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 import ablate
-from cxr import seeds
-from cxr.checkpoints import load_checkpoint, save_checkpoint
-from config import Config, ConfigError, PipelineError
-from cxr.cli import command_line_options, given_options, parse_args
+import cxr.evaluation.seeds as seeds
+from config import Config
 from conftest import ROOT, tiny_checkpoint
-from cxr.evaluation import Predictions
-from cxr.metrics import summarise
-from sklearn.metrics import roc_auc_score
+from cxr.cli import command_line_options, given_options, parse_args
+from cxr.errors import ConfigError, PipelineError
+from cxr.evaluation.metrics import summarise
+from cxr.evaluation.predictions import Predictions
+from cxr.training.checkpoint import load_checkpoint, save_checkpoint
 
 LABELS = ("Atelectasis", "Cardiomegaly", "Edema", "Fracture")
 

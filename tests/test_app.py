@@ -24,7 +24,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT, SHARED_DATA, shared, tiny_checkpoint, write_thresholds_json
-from config import LABELS
+from cxr.data.labels import LABELS
 
 APP = str(ROOT / "app.py")
 WAIT_MS = 180_000  # the browser test's longest wait for any one step (the first loads torch)

@@ -13,11 +13,14 @@ import pytest
 import torch
 
 import export
-from config import LABELS, Config, ConfigError, PipelineError, validate
+from config import Config, validate
 from conftest import app_with_upload, shared, tiny_checkpoint
-from cxr.checkpoints import load_checkpoint, model_from_checkpoint
-from cxr.gradcam import grad_cam
-from model_architecture import BACKBONES, CheXpertNet, backbone_network, build_model
+from cxr.data.labels import LABELS
+from cxr.errors import ConfigError, PipelineError
+from cxr.inference.gradcam import grad_cam
+from cxr.training.checkpoint import load_checkpoint
+from model_architecture import BACKBONES, CheXpertNet, backbone_network, build_model, \
+    model_from_checkpoint
 
 NAMES = list(BACKBONES)
 

@@ -13,15 +13,16 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_root, row
-from config import Config, PipelineError
-from cxr import image_cache
-from cxr.image_cache import open_cache
-from dataset import make_dataset
-from cxr.imaging import decode_square
 import cache
+import cxr.data.image_cache as image_cache
 import make_splits
 import preprocess
+from config import Config
+from conftest import make_root, row
+from cxr.data.image_cache import open_cache
+from cxr.data.imaging import decode_square
+from cxr.errors import PipelineError
+from dataset import make_dataset
 
 
 @pytest.fixture

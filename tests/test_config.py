@@ -13,9 +13,11 @@ from dataclasses import dataclass
 import pytest
 
 from config import ACCEPTS, CALIBRATION_METHODS, DATA_FIELDS, POSITIONAL, READ_BY, READS, STAGES, \
-    UNCERTAINTY_POLICIES, CalibrationMethod, Config, ConfigError, UncertaintyPolicy, validate
+    CalibrationMethod, Config, validate
 from conftest import ROOT
 from cxr.cli import apply_overrides, given_fields, parse_args, run_cli
+from cxr.data.labels import UNCERTAINTY_POLICIES, UncertaintyPolicy
+from cxr.errors import ConfigError
 
 
 def test_overrides_convert_by_field_type_in_both_spellings():

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 import make_demo_data
-from config import LABELS, ConfigError
+from cxr.data.labels import LABELS
+from cxr.errors import ConfigError
 from make_demo_data import DemoConfig
 
 TINY = dict(patients=4, valid_patients=2, width=64, height=80, seed=7, lateral_fraction=0.5)

@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from config import LABELS
 from conftest import shared, tiny_checkpoint
-from cxr.imaging import ImageReadError, read_grayscale
+from cxr.data.imaging import ImageReadError, read_grayscale
+from cxr.data.labels import LABELS
 
 pydicom = pytest.importorskip("pydicom")
 gdcm = pytest.importorskip("gdcm")  # python-gdcm: the JPEG Lossless and Baseline encoder here
@@ -343,7 +343,7 @@ def test_the_errors_file_lists_only_the_unusable_dicoms(run):
 
 
 def test_the_image_cache_lists_them_with_the_same_reasons(folder, run):
-    from cxr.image_cache import _decode_chunk
+    from cxr.data.image_cache import _decode_chunk
 
     names = [*UNUSABLE, "JPEGLosslessSV1.dcm"]
     rows, images, errors = _decode_chunk((list(range(len(names))),

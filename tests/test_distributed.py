@@ -10,12 +10,14 @@ import pandas as pd
 import pytest
 import torch
 
-from cxr.checkpoints import model_from_checkpoint
-from config import LABELS, Config
+from config import Config
 from conftest import ROOT
-from dataset import make_dataset, make_loader
-from cxr.evaluation import predict_logits
-from cxr.metrics import per_class_auc
+from cxr.data.labels import LABELS
+from cxr.data.loading import make_loader
+from cxr.evaluation.metrics import per_class_auc
+from cxr.evaluation.predictions import predict_logits
+from dataset import make_dataset
+from model_architecture import model_from_checkpoint
 
 
 def test_two_gloo_processes_train_and_validate_on_the_whole_val_split(data_args):

@@ -13,21 +13,24 @@ import pandas as pd
 import pytest
 import torch
 from scipy.special import expit, logit
+from test_score import shared_file
 
 import evaluate
 import export
-from config import LABELS, Config, ConfigError, PipelineError
+from config import Config
 from conftest import app_with_upload, shared, tiny_checkpoint
-from cxr.calibration import calibrated_logits
-from cxr.ensemble import EnsembleModel, check_members, checkpoint_paths, ensemble_logits, \
-    mean_probability_logit
-from cxr.evaluation import combined_predictions, load_model, predict_split
-from cxr.inference import load_predictor
-from cxr.score_files import read_reference
-from cxr.scoring import score
-from dataset import make_dataset, read_split
-from test_score import shared_file
-
+from cxr.data.labels import LABELS
+from cxr.data.splits import read_split
+from cxr.errors import ConfigError, PipelineError
+from cxr.evaluation.calibration import calibrated_logits
+from cxr.evaluation.ensemble import EnsembleModel, check_members, checkpoint_paths, \
+    ensemble_logits, mean_probability_logit
+from cxr.evaluation.predictions import combined_predictions, load_model, predict_split
+from cxr.inference.predictor import load_predictor
+from cxr.scoring.files import read_reference
+from cxr.scoring.results import score
+from dataset import make_dataset
+from model_architecture import model_from_checkpoint
 
 # ---- the arithmetic --------------------------------------------------------------------------------
 
@@ -131,14 +134,14 @@ def test_evaluation_and_prediction_give_the_ensemble_the_same_scores(ensemble):
     device = torch.device("cpu")
     per_member = []
     for path in members:
-        model, checkpoint, trained = load_model(path, cfg, device)
-        per_member.append(predict_split(model, "test", path, checkpoint, trained, cfg, device))
+        model, checkpoint, trained = load_model(path, cfg, device, rebuild=model_from_checkpoint)
+        per_member.append(predict_split(model, "test", path, checkpoint, trained, cfg, device, make_dataset=make_dataset))
     combined = combined_predictions(per_member, calibrations)
-    predictor = load_predictor(str(top_k), cfg)
+    predictor = load_predictor(str(top_k), cfg, rebuild=model_from_checkpoint)
     assert predictor.model_id == stored["model_id"]
     assert not [w for w in predictor.warnings if "ensemble.json" in w or "mismatch" in w]
     frame = read_split(Path(cfg.data_dir) / "splits" / "test.csv")
-    _, trained = load_model(members[0], cfg, device)[1:]
+    _, trained = load_model(members[0], cfg, device, rebuild=model_from_checkpoint)[1:]
     data = make_dataset(frame, trained, cfg.data_dir, augment=False, name="test", use_cache=False)
     images = torch.stack([data[i][0] for i in range(len(data))])
     with torch.no_grad():
@@ -166,7 +169,7 @@ def test_predict_and_export_serve_the_ensemble(ensemble, tmp_path, capsys):
     export.main(Config(checkpoint=str(top_k), output=str(onnx), models_dir=cfg.models_dir))
     spec = json.loads(onnx.with_suffix(".json").read_text())
     assert spec["ensemble"] == [str(p) for p in members]
-    predictor = load_predictor(str(top_k), Config(device="cpu", channels_last=False))
+    predictor = load_predictor(str(top_k), Config(device="cpu", channels_last=False), rebuild=model_from_checkpoint)
     images = torch.randint(0, 256, (3, 1, 32, 32), dtype=torch.uint8)
     session = onnxruntime.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
     exported = session.run(["probabilities"], {"images": images.numpy()})[0]
@@ -179,14 +182,14 @@ def test_predict_and_export_serve_the_ensemble(ensemble, tmp_path, capsys):
 def test_a_comma_list_gets_its_own_folder_and_other_members_are_noticed(ensemble, tmp_path):
     cfg, top_k, members = ensemble
     spec = ",".join(map(str, members))
-    predictor = load_predictor(spec, cfg)  # not evaluated as a list: uncalibrated, 0.5
+    predictor = load_predictor(spec, cfg, rebuild=model_from_checkpoint)  # not evaluated as a list: uncalibrated, 0.5
     assert any("ensemble.json not found" in w for w in predictor.warnings)
     assert predictor.checkpoint.parent.name.startswith("ensemble-")
     other = tiny_checkpoint(tmp_path / "other.pth", image_size=32, seed=7)
     shutil.copy(other, top_k / "epoch_009.pth")  # the folder now holds another member
     try:
         with pytest.raises(PipelineError, match="written for other members"):
-            load_predictor(str(top_k), cfg)
+            load_predictor(str(top_k), cfg, rebuild=model_from_checkpoint)
     finally:
         (top_k / "epoch_009.pth").unlink()
 

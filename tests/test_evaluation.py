@@ -17,22 +17,24 @@ import torch
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from cxr.bootstrap import Resamples, bootstrap_auc_matrix, bootstrap_aucs, draw_resamples, \
-    weighted_aucs
-from cxr.calibration import calibrated_logits, calibrated_probs, expected_calibration_error, \
-    fit_calibration, reliability_bins, sigmoid
-from cxr.compare import paired_auc_differences
-from config import LABELS, Config, ConfigError, PipelineError
+from config import Config
 from cxr.cli import parse_args
-from cxr.checkpoints import require_finite
-from cxr.evaluation import Predictions, evaluate_predictions
-from cxr.metrics import COMPETITION_LABELS, aggregate_studies, summarise
-from cxr.operating_points import choose_thresholds, metrics_at, operating_point_table, \
+from cxr.data.augment import TTAModel, shifted_view
+from cxr.data.labels import LABELS
+from cxr.errors import ConfigError, PipelineError
+from cxr.evaluation.bootstrap import Resamples, bootstrap_auc_matrix, bootstrap_aucs, \
+    draw_resamples, weighted_aucs
+from cxr.evaluation.calibration import calibrated_logits, calibrated_probs, \
+    expected_calibration_error, fit_calibration, reliability_bins, sigmoid
+from cxr.evaluation.compare import paired_auc_differences
+from cxr.evaluation.metrics import COMPETITION_LABELS, aggregate_studies, summarise
+from cxr.evaluation.operating_points import choose_thresholds, metrics_at, operating_point_table, \
     sensitivity_threshold, youden_threshold
-from cxr.thresholds import thresholds_payload, write_thresholds
-from cxr.plots import pr_grid, reliability_grid, roc_grid
-from cxr.report import comparison_text, write_reports
-from cxr.augment import TTAModel, shifted_view
+from cxr.evaluation.predictions import Predictions, evaluate_predictions
+from cxr.evaluation.thresholds import thresholds_payload, write_thresholds
+from cxr.reporting.evaluation_report import comparison_text, write_reports
+from cxr.reporting.plots import pr_grid, reliability_grid, roc_grid
+from cxr.training.checkpoint import require_finite
 
 
 def synthetic(n_images: int, n_patients: int, n_classes: int, seed: int = 0, ties: bool = False):
@@ -442,7 +444,7 @@ def test_tta_averages_fixed_views_without_flipping():
 def test_paired_comparison_adjusts_the_observations_verdicts_with_holm():
     """One of 14 observations' intervals excluding 0 at p = 0.03 is not a better model once 14
     are compared; a mean (the primary comparison) keeps its own verdict."""
-    from cxr.compare import adjust_classes
+    from cxr.evaluation.compare import adjust_classes
     rows = [{"pathology": f"class {i}", "difference": 0.01, "p_value": 0.5, "p_adjusted": 0.5,
              "verdict": "no clear difference", "verdict_unadjusted": "no clear difference"}
             for i in range(13)]

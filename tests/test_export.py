@@ -10,11 +10,13 @@ import pytest
 import torch
 
 import export
-from cxr.checkpoints import load_checkpoint, model_from_checkpoint, model_id
+from config import Config
 from conftest import shared, tiny_checkpoint, write_thresholds_json
-from config import LABELS, Config, PipelineError
-from cxr.inference import RadiographFiles
-
+from cxr.data.labels import LABELS
+from cxr.errors import PipelineError
+from cxr.inference.predictor import RadiographFiles
+from cxr.training.checkpoint import load_checkpoint, model_id
+from model_architecture import model_from_checkpoint
 
 SCALES = np.linspace(0.5, 1.5, len(LABELS))  # the calibration's per-class scales
 

@@ -10,7 +10,7 @@ import shutil
 import pandas as pd
 
 from conftest import run_script, shared
-from cxr.mimic import read_mimic
+from cxr.data.mimic import read_mimic
 from mimic_tree import write_mimic_tree
 
 

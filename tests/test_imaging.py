@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
 from conftest import shared
+from cxr.data.imaging import ImageReadError, read_grayscale
+from cxr.data.labels import LABELS
 from dataset import CheXpertDataset
-from cxr.imaging import ImageReadError, read_grayscale
-import pandas as pd
-
-from config import LABELS
 
 
 @pytest.mark.parametrize("name", ["rgba_xray.png", "gray16_xray.png", "cmyk_xray.jpg"])

@@ -1,4 +1,4 @@
-"""Intervals that keep their promise (cxr/intervals.py): DeLong's variance against its textbook
+"""Intervals that keep their promise (cxr/evaluation/intervals.py): DeLong's variance against its textbook
 form, the clustered variance against Obuchowski's formulas written out, coverage by simulation
 through the report card's own code, and no zero-width interval for a perfect AUC."""
 
@@ -10,10 +10,10 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from cxr.compare import paired_auc_differences
-from cxr.intervals import APPROXIMATE_BELOW, auc_influence, auc_interval, effective_n, \
+from cxr.evaluation.compare import paired_auc_differences
+from cxr.evaluation.intervals import APPROXIMATE_BELOW, auc_influence, auc_interval, effective_n, \
     proportion_interval, wilson
-from cxr.metrics import summarise
+from cxr.evaluation.metrics import summarise
 
 
 def psi(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -189,7 +189,7 @@ def test_wilson_equals_scipy_without_clusters_and_widens_with_them():
 def test_readers_proportions_have_wilson_intervals_over_the_patients():
     """A reader's sensitivity and specificity: Wilson's interval (one study per patient: exactly
     scipy's); the model's curve at its point stays a bootstrap interval, marked approximate."""
-    from cxr.readers import label_comparison
+    from cxr.scoring.readers import label_comparison
     rng = np.random.default_rng(4)
     targets = np.r_[np.ones(30), np.zeros(120)]
     scores = rng.normal(size=150) + 1.5 * targets

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from cxr.metrics import mean_auc, per_class_auc, per_class_auprc, summarise
-from cxr.report import report_card_markdown, report_card_text, report_rows
+from cxr.evaluation.metrics import mean_auc, per_class_auc, per_class_auprc, summarise
+from cxr.reporting.evaluation_report import report_card_markdown, report_card_text, report_rows
 
 LABELS = ("A", "B", "C")
 

@@ -1,4 +1,4 @@
-"""MIMIC-CXR-JPG in PhysioNet's layout (cxr/mimic.py), on a small synthetic tree of that layout
+"""MIMIC-CXR-JPG in PhysioNet's layout (cxr/data/mimic.py), on a small synthetic tree of that layout
 (tests/mimic_tree.py): the rows kept and skipped, paths, views, the official split, ids, labels
 read by name as published, CheXpert's hierarchy under --label_hierarchy (never over an explicit
 0 or -1), and bad tables named by file, line and column."""
@@ -15,11 +15,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from config import LABELS, META_COLUMNS, Config, PipelineError
-from cxr.adapters import HIERARCHY, SPLIT_COLUMN, processed_frame
-from cxr.datasets import read_dataset
-from cxr.labels import raw_column
-from cxr.mimic import read_mimic
+from config import Config
+from cxr.data.adapters import HIERARCHY, SPLIT_COLUMN, processed_frame
+from cxr.data.chexpert import META_COLUMNS
+from cxr.data.datasets import read_dataset
+from cxr.data.labels import LABELS, raw_column
+from cxr.data.mimic import read_mimic
+from cxr.errors import PipelineError
 from mimic_tree import write_mimic_tree
 
 LABEL_FILE = "mimic-cxr-2.0.0-chexpert.csv.gz"

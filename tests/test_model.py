@@ -8,9 +8,11 @@ import pytest
 import torch
 import torchvision
 
-from cxr.checkpoints import config_from_checkpoint, load_checkpoint, save_checkpoint
-from config import LABELS, Config, PipelineError
-from model_architecture import GeM, CheXpertNet, build_model
+from config import Config
+from cxr.data.labels import LABELS
+from cxr.errors import PipelineError
+from cxr.training.checkpoint import load_checkpoint, recorded_config, save_checkpoint
+from model_architecture import CheXpertNet, GeM, build_model
 
 
 def test_gem_is_average_pooling_at_p1_and_approaches_max_for_large_p():
@@ -102,7 +104,7 @@ def test_checkpoint_round_trip_is_weights_only(tmp_path):
     restored.load_state_dict(loaded["model"])
     for a, b in zip(restored.state_dict().values(), model.state_dict().values()):
         assert torch.equal(a, b)
-    assert config_from_checkpoint(load_checkpoint(tmp_path / "c.pth")).image_size == 64
+    assert recorded_config(load_checkpoint(tmp_path / "c.pth")["config"], Config).image_size == 64
 
 
 def test_pickled_model_is_refused(tmp_path):

@@ -1,4 +1,4 @@
-"""NIH ChestX-ray14 in NIH's own layout (cxr/nih.py): the full 112,120-row table mapped onto
+"""NIH ChestX-ray14 in NIH's own layout (cxr/data/nih.py): the full 112,120-row table mapped onto
 CheXpert's labels, bad tables, the tarball layout, and the chain on the 404 real images."""
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 import torch
 
-from config import LABELS, Config, PipelineError
+from config import Config
 from conftest import run_script, shared
-from cxr.adapters import summary_lines
-from cxr.datasets import read_dataset
-from cxr.labels import NOT_LABELLED, raw_column, trained_labels, training_targets
-from cxr.nih import read_nih
+from cxr.data.adapters import summary_lines
+from cxr.data.datasets import read_dataset
+from cxr.data.labels import LABELS, NOT_LABELLED, raw_column, trained_labels, training_targets
+from cxr.data.nih import read_nih
+from cxr.errors import PipelineError
 
 NIH = "nih-native"
 HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"

@@ -1,4 +1,4 @@
-"""PadChest in BIMCV's own layout (cxr/padchest.py): the full 160,861-row label table mapped onto
+"""PadChest in BIMCV's own layout (cxr/data/padchest.py): the full 160,861-row label table mapped onto
 CheXpert's labels and recounted independently (the physicians' rows, or all of them), and small
 hand-written tables (bad cells, missing columns, No Finding, masked rows, ages, views)."""
 
@@ -14,13 +14,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from config import LABELS, Config, PipelineError
+from config import Config
 from conftest import shared
-from cxr.adapters import summary_lines
-from cxr.datasets import read_dataset
-from cxr.labels import NOT_LABELLED, raw_column
-from cxr.padchest import LABELS_FILES, MAPPING, MASKED_EMPTY, MASKED_PRIOR, NOT_FINDINGS, \
+from cxr.data.adapters import summary_lines
+from cxr.data.datasets import read_dataset
+from cxr.data.labels import LABELS, NOT_LABELLED, raw_column
+from cxr.data.padchest import LABELS_FILES, MAPPING, MASKED_EMPTY, MASKED_PRIOR, NOT_FINDINGS, \
     read_padchest
+from cxr.errors import PipelineError
 
 PADCHEST = "padchest-labels"
 # PadChest's columns, in its order (the first one is the unnamed index pandas wrote).
@@ -200,7 +201,7 @@ def test_terms_views_ages_and_sex(tmp_path):
         image(4, "nan"),  # blank Labels
         image(5, "['callus rib fracture']", Projection="COSTAL"),
         image(6, "[]", PatientSex_DICOM="nan", StudyDate_DICOM="")])
-    adapted = read_padchest(root)
+    adapted = read_padchest(root, "physician")
     frame = adapted.frame
 
     def raw(label):
@@ -239,7 +240,7 @@ def test_no_finding_follows_chexperts_rule_and_prior_study_rows_are_masked(tmp_p
         image(4, "['NSG tube', 'sternotomy']"),  # a device and a trace of surgery: No Finding
         image(5, "['normal', 'scoliosis']"),  # 'normal' beside a finding: blank
         image(6, "['normal']")])
-    adapted = read_padchest(root)
+    adapted = read_padchest(root, "physician")
     raw = adapted.frame[[raw_column(label) for label in LABELS]]
     assert (raw.iloc[0] == NOT_LABELLED).all() and not (raw.iloc[1:] == NOT_LABELLED).any().any()
     assert adapted.masked == {MASKED_PRIOR: 1}
@@ -253,7 +254,7 @@ def test_the_label_source_keeps_the_physicians_rows_or_all(tmp_path):
     rows = [image(0, "['cardiomegaly']"), image(1, "['normal']", MethodLabel="RNN_model"),
             image(2, "['nodule']", MethodLabel="RNN_model")]
     root = write_table(tmp_path / "pc", rows)
-    physician = read_padchest(root)  # the default, as config.Config's
+    physician = read_padchest(root, "physician")  # config.Config's default
     assert physician.frame["Path"].tolist() == ["0/img0.png"]
     assert physician.label_sources == {"Physician": 1, "RNN_model": 0}
     assert list(physician.skipped.values()) == [2]
@@ -265,7 +266,7 @@ def test_the_label_source_keeps_the_physicians_rows_or_all(tmp_path):
     bad = write_table(tmp_path / "bad", [image(0), image(1, MethodLabel="Nurse")])
     with pytest.raises(PipelineError, match=r"line 3, column 'MethodLabel': 'Nurse' is not "
                                             r"Physician or RNN_model"):
-        read_padchest(bad)
+        read_padchest(bad, "physician")
 
 
 @pytest.mark.parametrize("name", LABELS_FILES)
@@ -274,26 +275,26 @@ def test_a_bad_labels_cell_names_its_line(tmp_path, name):
     rows = [image(0, Report="line one\nline two"), image(1, "['cardiomegaly'")]
     root = write_table(tmp_path / "pc", rows, name=name)
     with pytest.raises(PipelineError, match=r"line 4, column 'Labels': \"\['cardiomegaly'\""):
-        read_padchest(root)
+        read_padchest(root, "physician")
     for bad in ("'cardiomegaly'", "[1, 2]", "{'a': 1}"):
         root = write_table(tmp_path / bad[:3], [image(0), image(1, bad)], name=name)
         with pytest.raises(PipelineError, match=r"line 3, column 'Labels'.*list of report terms"):
-            read_padchest(root)
+            read_padchest(root, "physician")
 
 
 def test_bad_tables_name_the_file_and_what_is_expected(tmp_path):
     with pytest.raises(PipelineError, match=r"no PadChest label table .*labels_160K_01\.02\.19"):
-        read_padchest(tmp_path)
+        read_padchest(tmp_path, "physician")
     root = write_table(tmp_path / "cols", [image(0)],
                        header=tuple(c for c in HEADER if c != "Projection"))
     with pytest.raises(PipelineError, match=r"lacks column\(s\) \['Projection'\]"):
-        read_padchest(root)
+        read_padchest(root, "physician")
     root = write_table(tmp_path / "birth", [image(0), image(1, PatientBirth="thirties")])
     with pytest.raises(PipelineError, match=r"line 3, column 'PatientBirth': 'thirties'"):
-        read_padchest(root)
+        read_padchest(root, "physician")
     root = write_table(tmp_path / "date", [image(0, StudyDate_DICOM="2014-09-15")])
     with pytest.raises(PipelineError, match=r"line 2, column 'StudyDate_DICOM'.*YYYYMMDD"):
-        read_padchest(root)
+        read_padchest(root, "physician")
     root = write_table(tmp_path / "dup", [image(0), image(0)])
     with pytest.raises(PipelineError, match=r"line 3, column 'ImageID'.*appears twice"):
-        read_padchest(root)
+        read_padchest(root, "physician")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import ROOT, shared
-from config import LABELS
+from cxr.data.labels import LABELS
 
 # Small and quick: 64 px, from random initialisation, one frozen and one fine-tuning epoch.
 TINY = ["--pretrained", "false", "--image_size", "64", "--batch_size", "16", "--epochs", "2",

@@ -8,13 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cxr.checkpoints import model_from_checkpoint
-from config import LABELS, UNCERTAINTY_POLICIES, Config, ConfigError
+from config import Config
 from conftest import shared
-from dataset import make_dataset, read_split
-from cxr.labels import (class_policies, multiclass_flags, parse_raw_labels, positive_class_weights,
-                    raw_column, training_targets)
-from model_architecture import CheXpertNet
+from cxr.data.labels import LABELS, UNCERTAINTY_POLICIES, class_policies, multiclass_flags, \
+    parse_raw_labels, positive_class_weights, raw_column, training_targets
+from cxr.data.splits import read_split
+from cxr.errors import ConfigError
+from dataset import make_dataset
+from model_architecture import CheXpertNet, model_from_checkpoint
 from train import MaskedBCE, masked_bce
 
 

@@ -13,12 +13,15 @@ import pytest
 import torch
 from PIL import Image
 
-from cxr.checkpoints import load_checkpoint, model_id
+from config import Config
 from conftest import ROOT, shared, tiny_checkpoint, write_thresholds_json
-from config import LABELS, Config, PipelineError
+from cxr.data.labels import LABELS
+from cxr.errors import PipelineError
+from cxr.inference.predictor import RadiographFiles, Upload, batch_logits, load_predictor, \
+    predict_sources, read_thresholds
+from cxr.training.checkpoint import load_checkpoint, model_id
 from dataset import CheXpertDataset
-from cxr.inference import (RadiographFiles, Upload, batch_logits, load_predictor, predict_sources,
-                       read_thresholds)
+from model_architecture import model_from_checkpoint
 
 GOOD = ("gray16_xray.png", "rgba_xray.png", "cmyk_xray.jpg", "xray_monochrome1.dcm",
         "xray_monochrome2.dcm")
@@ -42,7 +45,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def predictor(checkpoint):
-    return load_predictor(checkpoint, CPU)
+    return load_predictor(checkpoint, CPU, rebuild=model_from_checkpoint)
 
 
 def test_folder_of_good_and_bad_files(checkpoint, tmp_path):
@@ -117,7 +120,7 @@ def test_stored_thresholds_and_calibration_are_used(checkpoint, tmp_path):
     scales = np.linspace(0.5, 2.0, len(LABELS))
     maps = {label: {"scale": float(a), "bias": -1.0} for label, a in zip(LABELS, scales)}
     write_thresholds_json(folder / "best.pth", thresholds=values, calibration=maps)
-    predictor = load_predictor(folder / "best.pth", CPU)
+    predictor = load_predictor(folder / "best.pth", CPU, rebuild=model_from_checkpoint)
     assert predictor.thresholds.calibration["Edema"] == maps["Edema"]
     assert predictor.thresholds.values["Edema"] == 0.5  # null: the default, with a warning
     assert any("no threshold for Edema" in w for w in predictor.warnings)
@@ -198,7 +201,7 @@ def dicom_with(tmp_path, name: str, **tags) -> str:
 
 
 def test_a_frontal_model_flags_lateral_films(checkpoint, tmp_path, capsys):
-    from cxr.inference import Upload, film_view
+    from cxr.inference.predictor import Upload, film_view
 
     jpeg = shared("bad-inputs/images/cmyk_xray.jpg")
     study = tmp_path / "scans" / "patient00001" / "study1"
@@ -335,7 +338,7 @@ def test_untrained_labels_are_marked_not_trained(tmp_path, capsys):
                                   str(tmp_path / "cam" / "predictions.csv"), "--device", "cpu")
     assert code != 0 and "Fracture: not trained" in err
     # a checkpoint without the record (older ones): every label is predicted, as before
-    old = load_predictor(tiny_checkpoint(tmp_path / "old" / "best.pth"), CPU)
+    old = load_predictor(tiny_checkpoint(tmp_path / "old" / "best.pth"), CPU, rebuild=model_from_checkpoint)
     assert old.untrained == () and old.trained == LABELS
 
 
@@ -346,14 +349,14 @@ def test_untrained_labels_are_marked_not_trained(tmp_path, capsys):
 CAM_LABEL = "Support Devices"  # tubes, lines and pacemakers: the trace the demo model learns first
 CAM_MARGIN = 0.05  # of the image's width / height, around the annotated box
 def test_gradcam_peak_falls_on_the_planted_finding(demo_model, tmp_path):
-    from cxr.gradcam import peak
+    from cxr.inference.gradcam import peak
 
     checkpoint, demo = demo_model
     boxes = pd.read_csv(demo / "annotations.csv")
     boxes = boxes[(boxes["label"] == CAM_LABEL) & boxes["Path"].str.contains("/valid/")
                   & boxes["Path"].str.endswith("frontal.jpg")].reset_index(drop=True)
     paths = [str(demo / path) for path in boxes["Path"]]
-    predictor = load_predictor(checkpoint, CPU)
+    predictor = load_predictor(checkpoint, CPU, rebuild=model_from_checkpoint)
     maps = {}
     predict_sources(predictor, paths, progress=False, heatmap_labels=[CAM_LABEL],
                     on_heatmap=lambda position, label, cam: maps.__setitem__(position, cam))

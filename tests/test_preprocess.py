@@ -12,14 +12,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, make_root, row, shared
-from config import LABELS, Config, ConfigError, PipelineError
-from cxr.adapters import HIERARCHY, apply_hierarchy
-from cxr.atomic import write_csv_atomic
-from cxr.chexpert import PATIENT_STUDY, extract_patient_study
-from cxr.cli import parse_args
-from cxr.labels import parse_raw_labels, raw_column, training_targets
 import preprocess
+from config import Config
+from conftest import ROOT, make_root, row, shared
+from cxr.atomic import write_csv_atomic
+from cxr.cli import parse_args
+from cxr.data.adapters import HIERARCHY, apply_hierarchy
+from cxr.data.chexpert import PATIENT_STUDY, extract_patient_study
+from cxr.data.labels import LABELS, parse_raw_labels, raw_column, training_targets
+from cxr.errors import ConfigError, PipelineError
 
 
 def run(root, tmp_path, **overrides):

@@ -22,21 +22,25 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+import cxr.evaluation.predictions as evaluation
 import evaluate
-from cxr import evaluation
 import make_splits
 import predict
 import preprocess
 import train
-from cxr.calibration import calibrated_probs
-from cxr.checkpoints import checkpoint_warnings, load_checkpoint, model_from_checkpoint, model_id
-from config import LABELS, UNCERTAINTY_POLICIES, Config, ConfigError, PipelineError
-from cxr.cli import run_cli
+from config import Config
 from conftest import ROOT, make_root, row, tiny_checkpoint
-from dataset import check_data_options, make_dataset, read_split
-from cxr.inference import load_predictor, predict_sources
-from cxr.labels import class_policies, evaluation_targets, positive_class_weights, training_targets
-from cxr.augment import TTAModel
+from cxr.cli import run_cli
+from cxr.data.augment import TTAModel
+from cxr.data.labels import LABELS, UNCERTAINTY_POLICIES, class_policies, evaluation_targets, \
+    positive_class_weights, training_targets
+from cxr.data.splits import read_split
+from cxr.errors import ConfigError, PipelineError
+from cxr.evaluation.calibration import calibrated_probs
+from cxr.inference.predictor import load_predictor, predict_sources
+from cxr.training.checkpoint import checkpoint_warnings, load_checkpoint, model_id
+from dataset import check_data_options, make_dataset
+from model_architecture import model_from_checkpoint
 
 FOUR = ("Atelectasis", "Cardiomegaly", "Edema", "Pleural Effusion")
 
@@ -79,8 +83,8 @@ def val_predictions(run_dir, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
     """best.pth's label logits (float64) on the val split, as evaluate.py makes them, and the
     targets they are scored against."""
     path, cpu = run_dir / "best.pth", torch.device("cpu")
-    model, checkpoint, trained_cfg = evaluation.load_model(path, cfg, cpu)
-    preds = evaluation.predict_split(model, "val", path, checkpoint, trained_cfg, cfg, cpu)
+    model, checkpoint, trained_cfg = evaluation.load_model(path, cfg, cpu, rebuild=model_from_checkpoint)
+    preds = evaluation.predict_split(model, "val", path, checkpoint, trained_cfg, cfg, cpu, make_dataset=make_dataset)
     return preds.logits, preds.targets
 
 
@@ -188,7 +192,7 @@ def test_checkpoint_holds_pos_weight_and_the_offset_is_removed_from_the_logits(t
 
 
 def test_multiclass_labels_get_no_offset():
-    from cxr.labels import logit_offsets
+    from cxr.data.labels import logit_offsets
     offsets = logit_offsets(np.array([4.0, 9.0]), (False, True))
     assert offsets.tolist() == pytest.approx([np.log(4.0), 0.0])
 
@@ -198,7 +202,7 @@ def test_a_checkpoint_without_the_offset_loads_with_a_warning(tmp_path):
     checkpoint = torch.load(path, weights_only=True)
     del checkpoint["model"]["logit_offset"]  # as written before the offset existed
     torch.save(checkpoint, path)
-    predictor = load_predictor(path, Config(device="cpu", num_workers=0))
+    predictor = load_predictor(path, Config(device="cpu", num_workers=0), rebuild=model_from_checkpoint)
     assert any("predates the removal of the positive-weight offset" in w
                for w in predictor.warnings)
     assert torch.equal(predictor.model.logit_offset, torch.zeros(len(LABELS)))
@@ -213,7 +217,7 @@ def test_calibration_and_thresholds_are_fitted_on_val_and_applied_by_predict(tra
     val = read_split(uncertain_data.splits_dir / "val.csv")
     paths = val["image_path"].tolist()[:6]
     predictor = load_predictor(trained / "best.pth", Config(device="cpu", num_workers=0,
-                                                            precision="fp32"))
+                                                            precision="fp32"), rebuild=model_from_checkpoint)
     table = predict_sources(predictor, paths, progress=False).table
     logits, _ = val_predictions(trained, uncertain_data)
     expected = calibrated_probs(logits[:6], thresholds["calibration"]["parameters"], LABELS)
@@ -233,18 +237,18 @@ def copy_run(run_dir, target):
 def test_thresholds_of_other_weights_are_refused_naming_evaluate(trained, tmp_path, capsys):
     checkpoint = copy_run(trained, tmp_path / "run")
     cpu = Config(device="cpu", num_workers=0)
-    load_predictor(checkpoint, cpu)  # fitted for these weights: fine
+    load_predictor(checkpoint, cpu, rebuild=model_from_checkpoint)  # fitted for these weights: fine
     saved = torch.load(checkpoint, weights_only=True)  # a resumed run rewrites best.pth
     saved["model"]["head.bias"] += 0.1
     torch.save(saved, checkpoint)
     with pytest.raises(PipelineError, match=r"fitted for other weights.*evaluate\.py --checkpoint"):
-        load_predictor(checkpoint, cpu)
-    allowed = load_predictor(checkpoint, dataclasses.replace(cpu, allow_threshold_mismatch=True))
+        load_predictor(checkpoint, cpu, rebuild=model_from_checkpoint)
+    allowed = load_predictor(checkpoint, dataclasses.replace(cpu, allow_threshold_mismatch=True), rebuild=model_from_checkpoint)
     assert any("used anyway" in warning for warning in allowed.warnings)
     other = tiny_checkpoint(tmp_path / "other" / "best.pth", image_size=32)
     shutil.copy(trained / "thresholds.json", other.parent)  # copied from another run
     with pytest.raises(PipelineError, match="fitted for other weights"):
-        load_predictor(other, cpu)
+        load_predictor(other, cpu, rebuild=model_from_checkpoint)
     image = read_split(Path(trained.parent.parent) / "data" / "splits" / "val.csv")["image_path"][0]
     with pytest.raises(SystemExit) as stop:
         run_cli(predict.main, script="predict.py",
@@ -263,13 +267,13 @@ def test_thresholds_fitted_with_tta_are_applied_with_tta_only(trained, uncertain
     assert stored["scores"]["tta"] is True
     cpu = Config(device="cpu", num_workers=0)
     with pytest.raises(PipelineError, match="with test-time augmentation.*--tta true"):
-        load_predictor(checkpoint, cpu)
-    predictor = load_predictor(checkpoint, dataclasses.replace(cpu, tta=True))
+        load_predictor(checkpoint, cpu, rebuild=model_from_checkpoint)
+    predictor = load_predictor(checkpoint, dataclasses.replace(cpu, tta=True), rebuild=model_from_checkpoint)
     assert isinstance(predictor.scorer, TTAModel) and predictor.tta
     untta = dict(stored, scores={**stored["scores"], "tta": False})
     (checkpoint.parent / "thresholds.json").write_text(json.dumps(untta))
     with pytest.raises(PipelineError, match="without test-time augmentation"):
-        load_predictor(checkpoint, dataclasses.replace(cpu, tta=True))
+        load_predictor(checkpoint, dataclasses.replace(cpu, tta=True), rebuild=model_from_checkpoint)
 
 
 # ---- 4. options only preprocessing reads ----------------------------------------------------------

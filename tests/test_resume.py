@@ -11,9 +11,10 @@ import time
 import pytest
 import torch
 
-from cxr.checkpoints import save_checkpoint
-from config import Config, PipelineError
+from config import Config
 from conftest import ROOT
+from cxr.errors import PipelineError
+from cxr.training.checkpoint import save_checkpoint
 from dataset import EpochSampler
 
 # 32 px, 2 epochs (1 frozen) of 8 micro-batches in 4 optimizer steps, a checkpoint every step.

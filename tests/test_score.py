@@ -17,15 +17,16 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from config import Config
 from conftest import ROOT, shared
-from config import Config, PipelineError
-from cxr.metrics import summarise_level
-from cxr.bootstrap import class_resamples, patient_codes
-from cxr.inference import study_table
-from cxr.readers import label_comparison, model_curve, pr_precision, resampled_points, \
+from cxr.errors import PipelineError
+from cxr.evaluation.bootstrap import class_resamples, patient_codes
+from cxr.evaluation.metrics import summarise_level
+from cxr.inference.predictor import study_table
+from cxr.scoring.files import normalised_key, read_reference, read_scores
+from cxr.scoring.readers import label_comparison, model_curve, pr_precision, resampled_points, \
     roc_true_positives
-from cxr.score_files import normalised_key, read_reference, read_scores
-from cxr.scoring import labeler_results, score
+from cxr.scoring.results import labeler_results, score
 
 TEST_SET = "chexpert-test-labels"
 LEADERBOARD = ("desmond", "drnet", "hieupham", "ihil", "jfaboy")

@@ -1,4 +1,4 @@
-"""A recipe that scales down to a short run (cxr/schedule.py): the warm-up a share of the run,
+"""A recipe that scales down to a short run (cxr/training/schedule.py): the warm-up a share of the run,
 early stopping counted only after it, and a val split too small to rank epochs keeping the last
 epoch. The runs: 32 px, 4 optimizer steps an epoch on the 40-patient dataset (8 val patients)."""
 
@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from config import LABELS, Config
+from config import Config
+from cxr.data.labels import LABELS
 from model_architecture import CheXpertNet
 
 STEPS_PER_EPOCH = 4  # 32 train images, batch 4, 2 accumulation steps
@@ -80,12 +81,12 @@ def test_a_short_run_reaches_its_learning_rates_after_a_tenth_of_its_steps(froze
         assert lrs[begin + warmup:] == pytest.approx(target * expected)
     epoch_5 = 4 * spe  # epoch 5's first step: 0.75-0.85 of the targets (100 steps: 0.40-0.53)
     assert head[epoch_5] > 0.74e-3 and backbone[epoch_5] > 0.74e-4
-    from cxr.schedule import warmup_plan
+    from cxr.training.schedule import warmup_plan
     assert warmup_plan(cfg, spe) == {"head": head_warmup, "backbone": backbone_warmup}
 
 
 def test_a_long_run_keeps_100_steps_and_an_explicit_warm_up_is_taken_as_given():
-    from cxr.schedule import warmup_plan
+    from cxr.training.schedule import warmup_plan
 
     assert warmup_plan(Config(epochs=5, frozen_epochs=1), 5000) == {"head": 100, "backbone": 100}
     # the demo (make demo): 8 epochs of ~68 steps with --warmup_steps 50, unchanged
@@ -136,7 +137,7 @@ def test_early_stopping_counts_only_the_epochs_after_the_warm_up(data_args, caps
 # ---- a val split too small to rank epochs ------------------------------------------------------
 
 def test_the_too_small_rule_counts_the_classes_trained_that_val_can_rank():
-    from cxr.schedule import val_ranking
+    from cxr.training.schedule import val_ranking
 
     train = np.zeros((50, len(LABELS)))
     val = np.zeros((30, len(LABELS)))

@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import make_root, row, shared
-from config import Config, PipelineError
 import make_splits
 import preprocess
+from config import Config
+from conftest import make_root, row, shared
+from cxr.errors import PipelineError
 
 
 def test_split_keeps_every_patient_on_one_side(tmp_path):

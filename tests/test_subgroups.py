@@ -1,4 +1,4 @@
-"""The subgroup audit (cxr/subgroups.py): strata from a split's columns, AUC within a stratum and
+"""The subgroup audit (cxr/evaluation/subgroups.py): strata from a split's columns, AUC within a stratum and
 its paired difference to the rest, n/a cells with their reason, the means within strata, Holm's
 control of the audit's family-wise error rate (on a real leaderboard model's test-set scores with
 random strata), the forest plot (plots.py) and the Markdown (report.py)."""
@@ -8,19 +8,19 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from PIL import Image
-
 from conftest import shared
-from config import LABELS, ConfigError
-from cxr.bootstrap import patient_codes
-from cxr.intervals import auc_influence, difference_interval, holm, mean_interval, t_test
 from cxr.cli import parse_args
-from cxr.metrics import COMPETITION_LABELS
-from cxr.plots import forest_plot
-from cxr.report import subgroup_flags, subgroup_markdown
-from cxr.subgroups import age_band, strata, subgroup_table
+from cxr.data.labels import LABELS
+from cxr.errors import ConfigError
+from cxr.evaluation.bootstrap import patient_codes
+from cxr.evaluation.intervals import auc_influence, difference_interval, holm, mean_interval, t_test
+from cxr.evaluation.metrics import COMPETITION_LABELS
+from cxr.evaluation.subgroups import age_band, strata, subgroup_table
+from cxr.reporting.evaluation_report import subgroup_flags, subgroup_markdown
+from cxr.reporting.plots import forest_plot
 
 
 def test_age_bands():

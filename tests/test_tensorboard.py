@@ -11,14 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import \
-    STORE_EVERYTHING_SIZE_GUIDANCE, EventAccumulator
+from tensorboard.backend.event_processing.event_accumulator import STORE_EVERYTHING_SIZE_GUIDANCE, \
+    EventAccumulator
 from tensorboard.util.tensor_util import make_ndarray
+from test_resume import TRAIN_ARGS, interrupt_after_first_checkpoint
 from torch.utils.tensorboard import SummaryWriter
 
-from config import LABELS, Config
-from cxr.tensorboard_log import GRID_COLUMNS, GRID_IMAGES, log_pr_curves
-from test_resume import TRAIN_ARGS, interrupt_after_first_checkpoint
+from config import Config
+from cxr.data.labels import LABELS
+from cxr.training.tensorboard_log import GRID_COLUMNS, GRID_IMAGES, log_pr_curves
 
 STEPS_PER_EPOCH, EPOCHS = 4, 2  # TRAIN_ARGS: 8 micro-batches of 4 in 4 optimizer steps, 2 epochs
 PER_STEP = ("train/loss", "train/lr_head", "train/lr_backbone", "train/images_per_s")
@@ -154,7 +155,7 @@ def test_a_killed_run_resumes_the_same_curves_with_no_step_twice(data_args, refe
 def test_a_resumed_launch_writes_its_events_file_in_a_later_second(tmp_path):
     """TensorBoard reads event files in name order (creation second, host, process id): a
     launch resumed within the second of the one it continues waits, so it is read after it."""
-    from cxr.tensorboard_log import wait_for_a_later_second
+    from cxr.training.tensorboard_log import wait_for_a_later_second
     now = int(time.time())
     (tmp_path / f"events.out.tfevents.{now}.host.99999.0").touch()
     wait_for_a_later_second(tmp_path)

@@ -11,12 +11,12 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from config import Config
-from cxr.labels import positive_class_weights
+from cxr.data.labels import positive_class_weights
+from cxr.errors import PipelineError
+from cxr.training.state import Progress, Trainer
 from model_architecture import CheXpertNet
-from config import PipelineError
-from cxr.training_state import Progress, Trainer
-from train import (MaskedBCE, accumulation_plan, lr_multiplier, masked_bce, set_backbone_frozen,
-                   train_one_epoch)
+from train import MaskedBCE, accumulation_plan, lr_multiplier, masked_bce, set_backbone_frozen, \
+    train_one_epoch
 
 
 def test_accumulation_plan_weights_groups_including_the_last_partial_one():
@@ -228,7 +228,7 @@ def test_gradient_clipping_applies_to_unscaled_fp16_gradients():
 def test_auto_precision_takes_bf16_on_a_cpu_only_where_it_is_native(native, monkeypatch):
     """Emulated bf16 is several times slower than fp32 (an AVX2 CPU), so auto falls back to fp32
     there; explicit choices are kept."""
-    import cxr.device as engine
+    import cxr.training.runtime as engine
     monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: native)
     cpu = torch.device("cpu")
     assert engine.autocast_dtype("auto", cpu) is (torch.bfloat16 if native else None)
@@ -238,14 +238,14 @@ def test_auto_precision_takes_bf16_on_a_cpu_only_where_it_is_native(native, monk
 
 
 def test_the_native_bf16_check_answers_on_this_cpu():
-    import cxr.device as engine
+    import cxr.training.runtime as engine
     assert isinstance(engine.cpu_has_native_bf16(), bool)
 
 
 def test_ema_follows_the_warmed_up_decay_and_copies_integer_buffers():
     """ema = d_t * ema + (1 - d_t) * weight after each update, d_t = min(decay, (1+n)/(10+n));
     the first update copies the weights; BatchNorm's counter is copied, not averaged."""
-    from cxr.ema import make_ema, warmed_decay
+    from cxr.training.ema import make_ema, warmed_decay
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))

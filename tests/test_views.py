@@ -10,11 +10,12 @@ import torch
 
 import make_splits
 import preprocess
-from cxr.checkpoints import model_from_checkpoint
-from config import LABELS, Config
+from config import Config
 from conftest import make_root, row
-from dataset import StudyDataset, make_dataset, read_split
-from model_architecture import CheXpertNet
+from cxr.data.labels import LABELS
+from cxr.data.splits import read_split
+from dataset import StudyDataset, make_dataset
+from model_architecture import CheXpertNet, model_from_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +126,7 @@ def test_tta_shifts_every_view_of_a_study_alike(study_run):
     import json
 
     import evaluate
-    from cxr.augment import TTAModel, shifted_view
+    from cxr.data.augment import TTAModel, shifted_view
     torch.manual_seed(0)
     model = CheXpertNet(len(LABELS), dropout=0.0, fusion="attention").eval()
     views = torch.randint(0, 256, (3, 2, 1, 32, 32), dtype=torch.uint8)
@@ -154,7 +155,7 @@ def test_predict_fuses_the_views_of_each_study_folder(study_run, tmp_path, capsy
     import pandas as pd
 
     import predict
-    from cxr.inference import load_predictor, predict_sources
+    from cxr.inference.predictor import load_predictor, predict_sources
     cfg = study_run
     (cfg.run_dir / "thresholds.json").unlink(missing_ok=True)  # the model's own probabilities
     frame = read_split(cfg.splits_dir / "train.csv")
@@ -182,7 +183,7 @@ def test_predict_fuses_the_views_of_each_study_folder(study_run, tmp_path, capsy
     shutil.copy(data.paths[two], study / "view1_frontal.jpg")
     (study / "view2_lateral.jpg").write_bytes(b"")
     predictor = load_predictor(cfg.run_dir / "best.pth", Config(device="cpu", precision="fp32",
-                                                               num_workers=0))
+                                                               num_workers=0), rebuild=model_from_checkpoint)
     single = predict_sources(predictor, [str(study / "view1_frontal.jpg")], progress=False)
     predict.main(Config(**{**cfg.__dict__, "inputs": (str(tmp_path / "scans"),),
                            "output": str(output), "device": "cpu", "precision": "fp32"}))

@@ -1,0 +1,555 @@
+"""Every report table and document of evaluate.py, rendered from the numbers others compute.
+
+    eval_<split>.md     report card, study level, operating points, calibration, linked figures
+    eval_<split>.csv    one row per class (image and study AUC, ECE, both operating points), means
+    eval_<split>.json   every number of the result dict, plus the figure names
+    the report card printed for each split, and the tables of a paired comparison (--compare)
+
+metrics.py, compare.py and evaluation.py compute; this module chooses the rows, columns and
+words, and tables.py lays the cells out as text or Markdown.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from cxr.atomic import write_csv_atomic, write_text_atomic
+from cxr.evaluation.metrics import MEANS
+from cxr.reporting.tables import interval_text, markdown_table, number_text, text_table
+
+if TYPE_CHECKING:
+    from config import Config
+
+
+# ---- the report card ----------------------------------------------------------------------------
+
+REPORT_CARD_HEADER = ("Pathology", "AUC", "95% CI", "AUPRC", "Prev", "Pos", "Study AUC", "Status")
+STUDY_COLUMN = REPORT_CARD_HEADER.index("Study AUC")
+
+
+def report_rows(image: dict, study: dict | None = None) -> list[dict]:
+    """Report card rows: classes by AUC (best first), then the n/a ones, then the means.
+
+    `image` and `study` are metrics.summarise() results of the images and of the studies.
+    """
+    rows = []
+    left_out = next(iter(image["means"].values()), {}).get("left_out", {})
+    for label, values in image["classes"].items():
+        study_auc = study["classes"][label]["auc"] if study else None
+        note = values["status"]
+        if values["auc"] is not None and label in left_out:
+            note += f"; not in the means: {left_out[label]}"
+        rows.append({"pathology": label, "auc": values["auc"], "ci_low": values["ci"]["low"],
+                     "ci_high": values["ci"]["high"], "ci_note": values["ci_note"],
+                     "auprc": values["auprc"], "prevalence": values["prevalence"],
+                     "positives": values["positives"], "study_auc": study_auc, "status": note})
+    rows.sort(key=lambda row: -row["auc"] if row["auc"] is not None else math.inf)
+    for key, mean in image["means"].items():
+        study_auc = study["means"][key]["auc"] if study else None
+        rows.append({"pathology": mean["title"], "auc": mean["auc"], "ci_low": mean["ci"]["low"],
+                     "ci_high": mean["ci"]["high"], "ci_note": mean["ci_note"],
+                     "auprc": mean["auprc"], "prevalence": mean["prevalence"], "positives": None,
+                     "study_auc": study_auc,
+                     "status": "" if is_approximate(mean["ci_note"]) else mean["ci_note"]})
+    return rows
+
+
+APPROXIMATE = "*"  # after an interval that is approximate (approximate_text says why)
+
+
+def is_approximate(note: str) -> bool:
+    return note.startswith("approximate")
+
+
+def marked_interval(low: float | None, high: float | None, note: str, signed: bool = False
+                    ) -> str:
+    """interval_text, with APPROXIMATE after it when its note says it is approximate."""
+    return interval_text(low, high, signed) + (APPROXIMATE if is_approximate(note) else "")
+
+
+def approximate_text(rows: list[dict]) -> str:
+    """The line under a report card: which intervals are approximate, and why."""
+    notes = [f"{row['pathology']} ({row['ci_note'].removeprefix('approximate: ')})"
+             for row in rows if is_approximate(row.get("ci_note", ""))]
+    return (f"{APPROXIMATE} approximate interval (its coverage is below the nominal level in "
+            "simulation, benchmarks/bench_coverage.py): " + "; ".join(notes) + ".") if notes else ""
+
+
+def _without_study(cells: list[str], study_column: bool) -> list[str]:
+    return cells if study_column else cells[:STUDY_COLUMN] + cells[STUDY_COLUMN + 1:]
+
+
+def report_card_header(ci_level: float, study_column: bool) -> list[str]:
+    header = list(REPORT_CARD_HEADER)
+    header[2] = f"{ci_level:.0%} CI"
+    return _without_study(header, study_column)
+
+
+def report_card_cells(row: dict, study_column: bool) -> list[str]:
+    positives = "" if row["positives"] is None else str(row["positives"])
+    cells = [row["pathology"], number_text(row["auc"]),
+             marked_interval(row["ci_low"], row["ci_high"], row["ci_note"]),
+             number_text(row["auprc"]),
+             number_text(row["prevalence"], 3), positives, number_text(row["study_auc"]),
+             row["status"]]
+    return _without_study(cells, study_column)
+
+
+def report_card_text(rows: list[dict], ci_level: float = 0.95, study_column: bool = True
+                     ) -> str:
+    """Plain-text table for the terminal; a rule separates the classes from the means."""
+    header = report_card_header(ci_level, study_column)
+    means = [i for i, row in enumerate(rows) if row["positives"] is None][:1]
+    # rule_extra: the rules have always reached 8 characters into the Status column
+    return text_table(header, [report_card_cells(row, study_column) for row in rows],
+                      left=(0, len(header) - 1), rules=means, rule_extra=2)
+
+
+def report_card_markdown(rows: list[dict], ci_level: float = 0.95, study_column: bool = True
+                         ) -> str:
+    """The report card as Markdown, the means' names and AUCs in bold."""
+    header = report_card_header(ci_level, study_column)
+    cells = []
+    for row in rows:
+        line = report_card_cells(row, study_column)
+        if row["positives"] is None:  # a mean
+            line[0], line[1] = f"**{line[0]}**", f"**{line[1]}**"
+        cells.append(line)
+    return markdown_table(header, cells, left=(0, len(header) - 1))
+
+
+# ---- operating points and calibration -----------------------------------------------------------
+
+def operating_points_markdown(rows: list[dict], target: float) -> str:
+    names = {"youden": "Youden", "target_sensitivity": f"sensitivity >= {target:g}"}
+    header = ["Pathology", "Threshold (val)", "Method", "Sensitivity", "Specificity", "PPV",
+              "NPV", "F1"]
+    cells = []
+    for row in sorted(rows, key=lambda r: r["pathology"]):
+        line = [row["pathology"], number_text(row["threshold"]), names[row["method"]]]
+        if row["threshold"] is None:
+            cells.append([*line, "n/a: one label value on val"])  # the rest left blank
+            continue
+        rates = [f"{number_text(row[key], 3)} {interval_text(*row[f'{key}_ci'])}"
+                 for key in ("sensitivity", "specificity")]
+        cells.append([*line, *rates, *(number_text(row[key], 3) for key in ("ppv", "npv", "f1"))])
+    return markdown_table(header, cells, left=(0, 2))
+
+
+def calibration_markdown(calibration: dict) -> str:
+    """Per class: ECE after the calibration map and before it, and the map (scale, bias)."""
+    before, parameters = calibration["ece_uncalibrated"], calibration["parameters"] or {}
+    cells = []
+    for label, ece in calibration["ece"].items():
+        fitted = parameters.get(label)
+        cells.append([label, number_text(ece), number_text(before[label]),
+                      *([number_text(fitted["scale"], 3), number_text(fitted["bias"], 3, True)]
+                        if fitted else ["n/a: one label value on val", ""])])
+    cells.append(["**mean**", f"**{number_text(calibration['mean_ece'])}**",
+                  number_text(calibration["mean_ece_uncalibrated"])])  # scale, bias blank
+    return markdown_table(["Pathology", "ECE", "ECE before calibration", "scale", "bias"], cells)
+
+
+def calibration_text(calibration: dict) -> str:
+    method = calibration["method"]
+    if method == "none":
+        return "Calibration: none (the model's probabilities, positive-weight offset removed)."
+    return (f"Calibration: {method} per class, fitted on the val split (uncertain labels masked); "
+            "the positive-weight offset of training is removed before it.")
+
+
+def left_out_text(summary: dict) -> str:
+    """Which classes the means leave out, and why."""
+    left_out = next(iter(summary["means"].values()), {}).get("left_out", {})
+    if not left_out:
+        return ""
+    return ("Left out of the means (a class needs both label values and at least min_positives "
+            "positives and negatives): "
+            + "; ".join(f"{label} ({reason})" for label, reason in left_out.items()) + ".")
+
+
+def masked_text(result: dict) -> str:
+    not_labelled = result.get("not_labelled", {})  # masked too, and said so elsewhere
+    masked = {label: n for label, n in result.get("masked_uncertain", {}).items()
+              if n and label not in not_labelled}
+    if not masked:
+        return "No label of this split is uncertain."
+    return ("Uncertain (-1) labels masked, not counted as positive or negative: "
+            + ", ".join(f"{label} {n}" for label, n in masked.items()) + ".")
+
+
+def per_study(result: dict) -> bool:
+    """A study-mode model's report: one prediction per study, its views fused by the model."""
+    return result.get("unit") == "study"
+
+
+def study_unit_text(result: dict) -> str:
+    return ("views fused by the model" if per_study(result)
+            else f"{result['study']['aggregation']} over images")
+
+
+def study_text(result: dict) -> str:
+    if per_study(result):
+        return ("Study-mode model: each prediction is of a study, its views fused by the model, "
+                "so the report card is already per study.")
+    aggregation = result["study"]["aggregation"]
+    return f"Study AUC: a study's prediction is the {aggregation} over its images."
+
+
+def title_of(result: dict) -> str:
+    """"test split", or "NIH ChestX-ray14, every image (external validation)"."""
+    dataset = result.get("dataset")
+    if dataset is None:
+        return f"{result['split']} split"
+    part = "every image" if dataset["split"] == "all" else f"its official {dataset['split']} split"
+    return f"{dataset['title']}, {part} (external validation)"
+
+
+def reference_of(result: dict) -> str:
+    if "dataset" not in result:
+        return "the split's labels, uncertain (-1) masked"
+    not_labelled = result["dataset"]["not_labelled"]
+    return result["reference"] + (f"; not labelled by {result['dataset']['title']}, so n/a: "
+                                  f"{', '.join(not_labelled)}" if not_labelled else "")
+
+
+def model_text(result: dict) -> str:
+    """"checkpoint `models/r/best.pth` (epoch 5)", or "an ensemble of 3 checkpoints (...)"."""
+    ensemble = result.get("ensemble")
+    if ensemble is None:
+        return f"checkpoint `{result['checkpoint']}` (epoch {result['epoch']})"
+    return (f"an ensemble of {len(ensemble['members'])} checkpoints (`{result['checkpoint']}`; "
+            f"{ensemble['combination']}, {ensemble['calibration']})")
+
+
+def ensemble_header(level: float) -> list[str]:
+    return ["Member", "Mean AUC", "Ensemble", f"Ensemble - member [paired {level:.0%} CI]",
+            "Comp-5 AUC", "Ensemble", f"Ensemble - member [paired {level:.0%} CI]", "Verdict (mean)"]
+
+
+def ensemble_cells(member: dict) -> list[str]:
+    cells = [member["checkpoint"]]
+    for key in ("all", "competition"):
+        mean = member["means"].get(key)
+        if mean is None:
+            cells += ["n/a"] * 3
+            continue
+        cells += [number_text(mean["member"]), number_text(mean["ensemble"]),
+                  f"{number_text(mean['difference'], signed=True)} "
+                  f"{interval_text(mean['ci_low'], mean['ci_high'], signed=True)}"]
+    verdict = member["means"].get("all", {}).get("verdict", "n/a")
+    return [*cells, verdict]
+
+
+def ensemble_text(ensemble: dict, level: float) -> str:
+    """The members beside the ensemble, for the terminal."""
+    rows = [ensemble_cells(member) for member in ensemble["members"]]
+    return "ensemble beside each member:\n" + text_table(ensemble_header(level), rows,
+                                                          left=(0, 7))
+
+
+def ensemble_markdown(result: dict, level: float) -> list[str]:
+    ensemble = result.get("ensemble")
+    if ensemble is None:
+        return []
+    rows = [ensemble_cells(member) for member in ensemble["members"]]
+    return [f"## The ensemble beside each member ({len(rows)} members)", "",
+            markdown_table(ensemble_header(level), rows, left=(0, 7)), "",
+            "Each member is scored on the same rows as the ensemble; a difference's interval is "
+            "paired (the same resampled patients for both), so one that excludes 0 is unlikely "
+            "to come from which patients are in the split. Per observation: `eval_"
+            f"{result['split']}.json`, `ensemble.members[].per_class`.", ""]
+
+
+def intervals_text(methods: dict) -> str:
+    """What the report's intervals are (intervals.interval_methods)."""
+    return (f"Intervals: {methods['level']:.0%}, a patient's images taken as one cluster: "
+            f"an AUC by {methods['auc']}; a mean of AUCs by {methods['mean']}; a difference by "
+            f"{methods['difference']}; an AUC of 0 or 1 by {methods['auc_at_bound']}. Their "
+            f"coverage is {methods['coverage']}; "
+            f"those resting on fewer than {methods['approximate_below_patients']} positive or "
+            f"negative patients are marked {APPROXIMATE}.")
+
+
+def markdown_report(result: dict, plots: dict[str, str], cfg: Config) -> str:
+    calibration = result["calibration"]
+    study = result["study"]
+    rows = report_rows(result["image"], study)
+    lines = [
+        f"# Evaluation report: {title_of(result)}", "",
+        f"{result['n_images']} images, {result['n_studies']} studies, {result['n_patients']} "
+        f"patients; {model_text(result)}.", "",
+        f"Reference standard: {reference_of(result)}. {masked_text(result)}",
+        "",
+        f"{intervals_text(result['intervals'])} {calibration_text(calibration)} "
+        f"Test-time augmentation: {'on' if result['tta'] else 'off'}. " + study_text(result), "",
+        f"## Report card ({'studies' if per_study(result) else 'images'})", "",
+        report_card_markdown(rows, cfg.ci_level), "",
+        approximate_text(rows), "",
+        left_out_text(result["image"]), "",
+        *ensemble_markdown(result, cfg.ci_level),
+        f"## Study level ({result['n_studies']} studies, {study_unit_text(result)})", "",
+        report_card_markdown(report_rows(study), cfg.ci_level, study_column=False), "",
+        "## Operating points (thresholds chosen on the val split)", "",
+        operating_points_markdown(result["operating_points"], cfg.target_sensitivity), "",
+        f"## Calibration ({calibration['bins']} bins)", "",
+        calibration_markdown(calibration), "",
+        f"![Reliability diagrams]({plots['reliability']})", "",
+        *subgroup_markdown(result, plots.get("subgroups")),
+        "## ROC and precision-recall curves", "",
+        f"![ROC curves]({plots['roc']})", "",
+        f"![Precision-recall curves]({plots['pr']})", ""]
+    return "\n".join(lines)
+
+
+def p_text(p: float | None) -> str:
+    return "n/a" if p is None else "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def versus_rest_cells(values: dict) -> list[str]:
+    """A subgroup cell's or mean's difference to the rest: the difference, its unadjusted paired
+    interval, the p-value adjusted over the audit's family, the adjusted verdict."""
+    return [number_text(values["difference"], signed=True),
+            interval_text(*values["difference_ci"], signed=True), p_text(values["p_adjusted"]),
+            values["verdict"]]
+
+
+def subgroup_cells(subgroups: dict) -> list[list[str]]:
+    """The scorable cells of the subgroup audit (subgroups.py): one row per stratum and label."""
+    rows = []
+    for audit, strata in subgroups.items():
+        for stratum, entry in strata.items():
+            for label, cell in entry["labels"].items():
+                if cell["auc"] is None:
+                    continue
+                rows.append([audit, stratum, label, str(entry["n_images"]),
+                             str(entry["n_patients"]), str(cell["positives"]),
+                             number_text(cell["auc"]), marked_interval(*cell["ci"],
+                                                                       cell["ci_note"]),
+                             *versus_rest_cells(cell)])
+    return rows
+
+
+# What a stratum clearly below the rest suggests, for the shortcut checks.
+SUBGROUP_HINTS = {
+    ("Support Devices", "absent"): "a shortcut? the model may find the tubes and drains that "
+                                   "come with this finding rather than the finding",
+    ("Support Devices", "present"): "films with devices are harder: lines over the lungs, "
+                                    "sicker patients",
+    ("AP/PA", "PA"): "a shortcut? the model may read the portable AP projection of sicker "
+                     "patients rather than the finding",
+    ("AP/PA", "AP"): "portable AP films are harder: projection, sicker patients"}
+
+
+def subgroup_mean_cells(subgroups: dict) -> list[list[str]]:
+    """The scorable means of the subgroup audit: one row per stratum and mean (all classes, the
+    competition five), the classes it averages in its title."""
+    rows = []
+    for audit, strata in subgroups.items():
+        for stratum, entry in strata.items():
+            for mean in entry.get("means", {}).values():
+                if mean["auc"] is None:
+                    continue
+                rows.append([audit, stratum, mean["title"], str(entry["n_images"]),
+                             str(entry["n_patients"]), number_text(mean["auc"]),
+                             marked_interval(*mean["ci"], mean["ci_note"]),
+                             *versus_rest_cells(mean)])
+    return rows
+
+
+def _lower_text(name: str, audit: str, stratum: str, values: dict) -> str:
+    hint = SUBGROUP_HINTS.get((audit, stratum), "")
+    return (f"{name} among {audit} {stratum}: AUC {values['auc']:.3f}, "
+            f"{values['difference']:+.3f} against the rest" + (f" ({hint})" if hint else ""))
+
+
+def subgroup_flags(subgroups: dict) -> list[str]:
+    """Cells clearly below the rest of the split, with what a device or view stratum suggests;
+    then the means clearly below it. A mean of one class is that class's cell, and a mean of the
+    same classes as one already flagged says nothing new: neither is flagged again."""
+    flags = []
+    for audit, strata in subgroups.items():
+        for stratum, entry in strata.items():
+            for label, cell in entry["labels"].items():
+                if cell["verdict"] == "lower in this subgroup":
+                    flags.append(_lower_text(label, audit, stratum, cell))
+            flagged = set()
+            for mean in entry.get("means", {}).values():
+                classes = tuple(mean["classes"])
+                if mean["verdict"] == "lower in this subgroup" and len(classes) > 1 \
+                        and classes not in flagged:
+                    flagged.add(classes)
+                    flags.append(_lower_text(f"the {mean['title']} mean", audit, stratum, mean))
+    return flags
+
+
+def multiplicity_text(result: dict) -> str:
+    """How many comparisons the audit made, and how the error rate is held."""
+    family = result.get("subgroup_comparisons")
+    if not family:
+        return ""
+    return (f"{family['comparisons']} comparisons (strata x labels and means; a two-stratum "
+            f"audit's mirrored pair counted once); {family['method']} holds the chance of any "
+            f"false 'lower' or 'higher' verdict in this audit at {family['family_wise_error_rate']:.0%}. "
+            "The intervals are unadjusted 95 % intervals; the verdict and the flags follow the "
+            "adjusted p-values.")
+
+
+def subgroup_line(result: dict) -> str:
+    """The terminal's line on the subgroup audit: its comparisons and what was flagged."""
+    family = result.get("subgroup_comparisons")
+    if not family:
+        return ""
+    flags = subgroup_flags(result["subgroups"])
+    return (f"subgroup audit: {family['comparisons']} comparisons, Holm-adjusted; "
+            + (f"clearly lower: {'; '.join(flags)}" if flags else "no stratum clearly lower"))
+
+
+def subgroup_markdown(result: dict, figure: str | None = None) -> list[str]:
+    """The subgroup section: per-label cells, the means by stratum, the flags; `figure` is the
+    forest plot's file name (plots.forest_plot), linked when given."""
+    subgroups = result.get("subgroups") or {}
+    if not subgroups:
+        return []
+    header = ["Audit", "Stratum", "Pathology", "Images", "Patients", "Pos", "AUC", "CI",
+              "vs rest", "CI (paired)", "p (Holm)", "Verdict"]
+    means = subgroup_mean_cells(subgroups)
+    mean_header = ["Audit", "Stratum", "Mean", "Images", "Patients", "AUC", "CI", "vs rest",
+                   "CI (paired)", "p (Holm)", "Verdict"]
+    flags = subgroup_flags(subgroups)
+    return ["## Subgroups", "",
+            "AUC within each stratum and its difference to the rest of the split, paired over "
+            "the patients (a patient with films on both sides counts on both); a cell needs at "
+            "least min_positives positives and negatives on both sides (the others are left out "
+            "here and n/a in the JSON). " + multiplicity_text(result), "",
+            markdown_table(header, subgroup_cells(subgroups), left=(0, 1, 2, 11)), "",
+            *(["### Means by subgroup", "",
+               "The report card's means within each stratum, over the classes whose cell is "
+               "scored both there and in the rest (their number in the name), and the "
+               "difference to the same classes' mean in the rest, paired.", "",
+               markdown_table(mean_header, means, left=(0, 1, 2, 10)), ""] if means else []),
+            *([f"![Subgroup forest plot]({figure})", ""] if figure else []),
+            *(["Clearly lower than the rest (after Holm's adjustment): " + "; ".join(flags) + "."]
+              if flags else ["No stratum is clearly lower than the rest of the split after "
+                             "Holm's adjustment."]), ""]
+
+
+def csv_rows(result: dict) -> list[dict]:
+    """One row per class (image level, study AUC, ECE, operating points), then the means."""
+    rows = []
+    points = {(row["pathology"], row["method"]): row for row in result["operating_points"]}
+    for label, values in result["image"]["classes"].items():
+        study = result["study"]["classes"][label]
+        row = {"pathology": label, "auc": values["auc"], "ci_low": values["ci"]["low"],
+               "ci_high": values["ci"]["high"], "auprc": values["auprc"],
+               "prevalence": values["prevalence"], "positives": values["positives"],
+               "negatives": values["negatives"], "masked": values["masked"],
+               "in_means": values["in_means"],
+               "study_auc": study["auc"], "study_ci_low": study["ci"]["low"],
+               "study_ci_high": study["ci"]["high"], "ece": result["calibration"]["ece"][label],
+               "status": values["status"], "ci_note": values["ci_note"]}
+        for method in ("youden", "target_sensitivity"):
+            point = points[(label, method)]
+            for key in ("threshold", "sensitivity", "specificity", "ppv", "npv", "f1"):
+                row[f"{method}_{key}"] = point.get(key)
+            for key in ("sensitivity", "specificity"):
+                row[f"{method}_{key}_ci_low"], row[f"{method}_{key}_ci_high"] = \
+                    point.get(f"{key}_ci", [None, None])
+        rows.append(row)
+    for key, mean in result["image"]["means"].items():
+        rows.append({"pathology": mean["title"], "auc": mean["auc"], "ci_low": mean["ci"]["low"],
+                     "ci_high": mean["ci"]["high"], "auprc": mean["auprc"],
+                     "prevalence": mean["prevalence"],
+                     "study_auc": result["study"]["means"][key]["auc"],
+                     "study_ci_low": result["study"]["means"][key]["ci"]["low"],
+                     "study_ci_high": result["study"]["means"][key]["ci"]["high"],
+                     "ci_note": mean["ci_note"]})
+    return rows
+
+
+def write_reports(result: dict, plots: dict[str, str], cfg: Config, out_dir: Path) -> None:
+    split = result["split"]
+    write_text_atomic(json.dumps({**result, "plots": plots}, indent=2) + "\n",
+                      out_dir / f"eval_{split}.json")
+    write_text_atomic(markdown_report(result, plots, cfg), out_dir / f"eval_{split}.md")
+    table = pd.DataFrame(csv_rows(result)).astype(  # blank for the means
+        {"positives": "Int64", "negatives": "Int64", "masked": "Int64"})
+    write_csv_atomic(table, out_dir / f"eval_{split}.csv")
+
+
+def print_report(result: dict, path: Path, cfg: Config) -> None:
+    model = (f"an ensemble of {len(result['ensemble']['members'])} checkpoints ({path})"
+             if "ensemble" in result else f"checkpoint {path}")
+    print(f"\nReport card: {title_of(result)} ({result['n_images']} images, "
+          f"{result['n_studies']} studies, {result['n_patients']} patients), {model}")
+    rows = report_rows(result["image"], result["study"])
+    print(report_card_text(rows, cfg.ci_level))
+    means = [f"{mean['name']} {number_text(mean['auc'])} "
+             f"{marked_interval(mean['ci']['low'], mean['ci']['high'], mean['ci_note'])}"
+             for mean in result["study"]["means"].values()]
+    print(f"study level ({result['n_studies']} studies, {study_unit_text(result)}): "
+          f"{', '.join(means)}")
+    for text in (approximate_text(rows), left_out_text(result["image"]), masked_text(result),
+                 subgroup_line(result)):
+        if text:
+            print(text)
+    calibration = result["calibration"]
+    print(f"mean ECE {number_text(calibration['mean_ece'])} ({calibration['bins']} bins, "
+          f"{calibration['method']} calibration fitted on val; "
+          f"{number_text(calibration['mean_ece_uncalibrated'])} before it)")
+
+
+# ---- a paired comparison of two runs (evaluate.py --compare; compare.py computes the rows) ----
+
+def comparison_header(level: float) -> list[str]:
+    return ["Pathology", "AUC A", "AUC B", "B - A", f"{level:.0%} CI (paired)", "p", "Verdict"]
+
+
+def comparison_cells(row: dict) -> list[str]:
+    return [row["pathology"], number_text(row["auc_a"]), number_text(row["auc_b"]),
+            number_text(row["difference"], signed=True),
+            marked_interval(row["ci_low"], row["ci_high"], row["note"], signed=True),
+            p_text(row["p_adjusted"]), row["verdict"]]
+
+
+def n_classes(rows: list[dict]) -> int:
+    """Rows before the means (they come last)."""
+    titles = tuple(title for _, title, _ in MEANS)
+    return next((i for i, row in enumerate(rows) if row["pathology"].startswith(titles)),
+                len(rows))
+
+
+def comparison_note(rows: list[dict]) -> str:
+    compared = sum(row["difference"] is not None for row in rows[:n_classes(rows)])
+    approximate = any(is_approximate(row["note"]) for row in rows)
+    return (f"p: the observations' Holm-adjusted over the {compared} compared, the verdicts "
+            "following it; the means are the primary comparisons, each on its own."
+            + (f" {APPROXIMATE} approximate interval (JSON: note)." if approximate else ""))
+
+
+def comparison_text(rows: list[dict], level: float) -> str:
+    """Plain-text table for the terminal; a rule before the means (they come last)."""
+    return text_table(comparison_header(level), [comparison_cells(row) for row in rows],
+                      left=(0, 6), rules=(n_classes(rows),)) + "\n" + comparison_note(rows)
+
+
+def comparison_markdown(rows: list[dict], level: float) -> str:
+    return markdown_table(comparison_header(level), [comparison_cells(row) for row in rows],
+                          left=(0, 6)) + "\n\n" + comparison_note(rows)
+
+
+def comparison_report(rows: list[dict], description: list[str], name_a: str, name_b: str,
+                      level: float) -> str:
+    """compare_<split>_vs_<A>.md: `description` is the line saying what was compared, then the
+    lines naming A and B."""
+    return "\n".join([
+        f"# Comparison: {name_b} (B) vs {name_a} (A)", "",
+        description[0], "", *(f"- {line}" for line in description[1:]), "",
+        comparison_markdown(rows, level), "",
+        "An interval that excludes 0 means the difference is unlikely to come from which "
+        "patients are in the split (verdict `B better` / `A better`).", ""])
