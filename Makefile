@@ -11,12 +11,11 @@ ifndef RUN
 RUN := $(shell date +%Y%m%d-%H%M%S)
 endif
 
-# The demo: synthetic phantoms, from random initialisation (no downloads), sized for a CPU.
+# The demo: synthetic phantoms in DEMO_DIR, trained with the recipe in configs/demo.options
+# (random initialisation, no downloads, sized for a CPU).
 DEMO_DIR ?= data/demo
 DEMO_ARGS := --data_root $(DEMO_DIR)/CheXpert-v1.0-small --data_dir $(DEMO_DIR) \
-	--models_dir models --pretrained false --image_size 96 --batch_size 16 \
-	--accumulation_steps 1 --epochs 8 --frozen_epochs 1 --lr_head 1e-3 --lr_backbone 1e-3 \
-	--warmup_steps 50
+	--models_dir models @configs/demo.options
 
 # The demo's test set (CheXpert's test layout) is scored against three synthetic readers.
 DEMO_READERS = $(subst $() ,$(comma),$(foreach n,1 2 3,$(DEMO_DIR)/test_readers/reader$(n).csv))
@@ -29,7 +28,7 @@ quote = '$(subst ','\'',$(1))'
 DEMO_OPTIONS = PIPELINE_OPTIONS=$(call quote,$(DEMO_ARGS) $(ARGS))
 SHARED_OPTIONS = PIPELINE_OPTIONS=$(call quote,$(ARGS))
 
-.PHONY: install demo pipeline test clean
+.PHONY: install demo pipeline test docs clean
 
 install: $(VENV)/.installed
 
@@ -61,6 +60,12 @@ pipeline: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+# docs/config.md, the configuration reference, generated from config.py's fields (their types,
+# defaults, readers, facts and comments); tests/test_config.py fails while it is out of date.
+docs: install
+	$(PY) -c "from config import Config; from cxr.cli import config_reference; \
+		print(config_reference(Config), end='')" > docs/config.md
 
 clean:
 	rm -rf $(DEMO_DIR) $(VENV)

@@ -25,12 +25,14 @@ seed (every configuration's first seed, then the next), each trained, evaluated,
 resumed as above. A configuration's AUC is then the mean over its runs of each run's AUC, with
 their SD and range, and B - baseline has a two-level bootstrap interval: the test patients
 resampled (one draw shared by every run) and, independently for each configuration, its N runs
-resampled (cxr/evaluation/seeds.py). With --seeds 1 (the default) the runs, files and table are as above.
+resampled (cxr/evaluation/seeds.py). With --seeds 1 (the default) the runs, files and table are
+as above.
 
 Reads  <data_dir>/splits/*.csv (through train.py and evaluate.py), each run's eval_test.json.
 Writes models/ablation-<name>/ablation.csv   one row per configuration: test mean AUC over all
                                              evaluable observations and over the competition
-                                             five, with their intervals (cxr/evaluation/intervals.py);
+                                             five, with their intervals
+                                             (cxr/evaluation/intervals.py);
                                              the per-observation AUCs; and B - baseline with
                                              a paired interval
        models/ablation-<name>/ablation.md    the same as Markdown tables, with the commands
@@ -60,18 +62,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from config import ACCEPTS, DATA_FIELDS, READS, Config, validate
+from config import ACCEPTS, DATA_FIELDS, FIXED_ON_RESUME, READS, Config, validate
 from cxr.atomic import write_csv_atomic, write_text_atomic
 from cxr.cli import PIPELINE_ENV, Options, apply_options, command_line_options, given_options, \
     option_tokens, run_cli
 from cxr.errors import ConfigError, PipelineError
 from cxr.evaluation.metrics import MEANS
 from cxr.evaluation.predictions import Predictions, load_model, paired_differences, predict_split
+from cxr.evaluation.report import EvaluationReport, MeanSummary
 from cxr.evaluation.seeds import SeedRuns, align_runs, mean_members, score_runs, seed_difference, \
     seed_summary
-from cxr.reporting.tables import interval_text, markdown_table, number_text, text_table
+from cxr.reporting.ablation_report import AblationSetup, ConfigurationRuns, markdown_report, \
+    seed_markdown_report, summary_text
+from cxr.reporting.evaluation_report import read_report
 from cxr.training.checkpoint import load_checkpoint
-from cxr.training.resume import FIXED_ON_RESUME  # the fields that shape a run
 from cxr.training.run_folder import read_run_config
 from cxr.training.runtime import choose_device
 from dataset import check_data_options, make_dataset
@@ -138,7 +142,8 @@ def resolve_configurations(shared: Config, given: Options) -> list[Configuration
     for configuration in configurations:
         where = f"--ablation {configuration.name!r}"
         try:
-            configuration.given = command_line_options(configuration.options, "ablate.py")
+            configuration.given = command_line_options(configuration.options, "ablate.py",
+                                                       Config)
             cfg = validate(apply_options(shared, configuration.given))
         except ConfigError as err:
             raise ConfigError(f"{where}: {err}") from None
@@ -360,20 +365,14 @@ def test_predictions(configuration: Configuration, run_dir: Path) -> Predictions
     cfg, path = configuration.cfg, run_dir / "best.pth"
     device = choose_device(cfg.device)
     model, checkpoint, trained = load_model(path, cfg, device, rebuild=model_from_checkpoint)
-    return predict_split(model, SPLIT, path, checkpoint, trained, cfg, device, make_dataset=make_dataset)
+    return predict_split(model, SPLIT, path, checkpoint, trained, cfg, device,
+                         make_dataset=make_dataset)
 
 
 def table_level(configurations: list[Configuration]) -> str:
     """The unit every row is scored on: "study" when any configuration predicts studies (an image
     model's images then aggregated as its report's study level does), else "image"."""
     return "study" if any(c.cfg.view_mode == "study" for c in configurations) else "image"
-
-
-def split_text(report: dict, level: str) -> str:
-    """'278 images, 120 patients' or '229 studies, 120 patients' (the baseline's report)."""
-    if level == "study":
-        return f"{report['n_studies']} studies, {report['n_patients']} patients"
-    return f"{report['n_images']} images, {report['n_patients']} patients"
 
 
 def verdict_text(verdict: str) -> str:
@@ -387,21 +386,21 @@ def mean_rows(differences: list[dict]) -> dict[str, dict]:
             if row["pathology"].startswith(f"{title} (")}
 
 
-def table_row(configuration: Configuration, run_dir: Path, report: dict,
+def table_row(configuration: Configuration, run_dir: Path, report: EvaluationReport,
               differences: list[dict] | None, labels: tuple[str, ...], level: str) -> dict:
     """One configuration: its test AUCs at `level` with intervals, and its paired difference to
     the baseline (`differences` is None for the baseline itself)."""
     row = {"configuration": configuration.name, "options": shlex.join(configuration.options),
            "run": str(run_dir), "baseline": differences is None, "level": level,
-           "n_images": report["n_images"], "n_studies": report["n_studies"],
-           "n_patients": report["n_patients"]}
-    means = report[level]["means"]
+           "n_images": report.n_images, "n_studies": report.n_studies,
+           "n_patients": report.n_patients}
+    summary = report.level(level)
     paired = mean_rows(differences or [])
     for key, stem in MEAN_COLUMNS.items():
-        mean = means.get(key, {"auc": None, "ci": {"low": None, "high": None}})
+        mean = summary.means.get(key)
+        auc, low, high = (mean.auc, mean.ci.low, mean.ci.high) if mean else (None, None, None)
         diff = paired.get(key, {})
-        row.update({stem: mean["auc"], f"{stem}_ci_low": mean["ci"]["low"],
-                    f"{stem}_ci_high": mean["ci"]["high"],
+        row.update({stem: auc, f"{stem}_ci_low": low, f"{stem}_ci_high": high,
                     f"diff_{stem}": diff.get("difference"),
                     f"diff_{stem}_ci_low": diff.get("ci_low"),
                     f"diff_{stem}_ci_high": diff.get("ci_high"),
@@ -409,109 +408,18 @@ def table_row(configuration: Configuration, run_dir: Path, report: dict,
     by_class = {r["pathology"]: r for r in differences or []}
     for label in labels:
         diff = by_class.get(label, {})
-        row.update({f"auc {label}": report[level]["classes"][label]["auc"],
+        row.update({f"auc {label}": summary.classes[label].auc,
                     f"diff {label}": diff.get("difference"),
                     f"diff {label} ci_low": diff.get("ci_low"),
                     f"diff {label} ci_high": diff.get("ci_high")})
     return row
 
 
-def auc_cell(auc, low, high) -> str:
-    return "n/a" if auc is None else f"{number_text(auc)} {interval_text(low, high)}"
-
-
-def diff_cell(row: dict, stem: str) -> str:
-    if row["baseline"]:
-        return "baseline"
-    diff = row[f"diff_{stem}"]
-    if diff is None:
-        return "n/a"
-    low, high = row[f"diff_{stem}_ci_low"], row[f"diff_{stem}_ci_high"]
-    return f"{number_text(diff, signed=True)} {interval_text(low, high, signed=True)}"
-
-
-def summary_header(level: float) -> list[str]:
-    ci = f"[{level:.0%} CI]"
-    return ["Configuration", f"Mean AUC {ci}", f"Comp-5 AUC {ci}",
-            f"Mean - baseline [paired {level:.0%} CI]",
-            f"Comp-5 - baseline [paired {level:.0%} CI]", "Verdict (mean)"]
-
-
-def summary_cells(row: dict) -> list[str]:
-    return [row["configuration"],
-            auc_cell(row["mean_auc"], row["mean_auc_ci_low"], row["mean_auc_ci_high"]),
-            auc_cell(row["competition_auc"], row["competition_auc_ci_low"],
-                     row["competition_auc_ci_high"]),
-            diff_cell(row, "mean_auc"), diff_cell(row, "competition_auc"),
-            "" if row["baseline"] else row["diff_mean_auc_verdict"] or "n/a"]
-
-
-def format_summary(rows: list[dict], level: float) -> str:
-    """Plain-text table for the terminal."""
-    header, cells = summary_table(rows, level)
-    return text_table(header, cells, left=(0, len(header) - 1))
-
-
-def per_class_markdown(rows: list[dict], labels: tuple[str, ...]) -> str:
-    """Observations down, configurations across: AUC, and for the others B - baseline."""
-    header = ["Observation", *[f"{r['configuration']}" + (" (baseline)" if r["baseline"] else "")
-                               for r in rows]]
-    cells = []
-    for label in labels:
-        line = [label]
-        for row in rows:
-            auc, diff = row[f"auc {label}"], row[f"diff {label}"]
-            text = number_text(auc)
-            if not row["baseline"] and diff is not None:
-                interval = interval_text(row[f"diff {label} ci_low"], row[f"diff {label} ci_high"],
-                                         signed=True)
-                text += f" ({number_text(diff, signed=True)} {interval})"
-            line.append(text)
-        cells.append(line)
-    return markdown_table(header, cells)
-
-
-def markdown_report(rows: list[dict], configurations: list[Configuration], name: str,
-                    command: str, report: dict, labels: tuple[str, ...], cfg: Config) -> str:
-    level_name = rows[0]["level"]
-    means = report[level_name]["means"]
-    counted = "; ".join(f"{m['name'].lower()}: {len(m['classes'])} evaluable observations"
-                        for m in means.values())
-    level = f"{cfg.ci_level:.0%}"
-    lines = [
-        f"# Ablation {name}", "",
-        f"Every configuration was trained on `{cfg.data_dir}` with seed {cfg.seed} for "
-        f"{cfg.epochs} epoch{'s' * (cfg.epochs != 1)} and evaluated on the {SPLIT} split "
-        f"({split_text(report, level_name)}; {counted}). The first configuration is the "
-        "baseline." + (" Every configuration is scored per study, as at least one predicts "
-                       "studies: an image model's study prediction is the "
-                       f"{cfg.study_aggregation} over the study's images."
-                       if level_name == "study" else ""),
-        "", f"Command: `{command}`", "",
-        markdown_table(["Configuration", "Options", "Run"],
-                       [[c.name, f"`{c.options_text}`", f"`{r['run']}`"]
-                        for c, r in zip(configurations, rows)], left=(0, 1, 2)), "",
-        f"## Mean AUC ({SPLIT} split)", "",
-        markdown_table(summary_header(cfg.ci_level), [summary_cells(r) for r in rows],
-                       left=(0, 5)), "",
-        f"Intervals: {level} cluster-robust DeLong intervals (each patient's images one "
-        "cluster; cxr/evaluation/intervals.py, coverage: benchmarks/bench_coverage.py). A difference's interval is "
-        "*paired*: both models are scored on the same patients, so it is narrower than the two "
-        "AUC intervals suggest, and one "
-        "that excludes 0 (`better` / `worse`) is unlikely to come from which patients happen to "
-        "be in the test split. It does not cover training noise: each configuration was trained "
-        "once, with one seed, so a small difference may still come from the seed (`--seeds N` "
-        "trains each configuration N times, and its interval covers the seed too).", "",
-        f"## Per observation ({SPLIT} split): AUC, and for the others the difference to the "
-        f"baseline [paired {level} CI]", "",
-        per_class_markdown(rows, labels), ""]
-    return "\n".join(lines)
-
-
-def build_table(configurations: list[Configuration], name: str) -> tuple[list[dict], dict,
-                                                                          tuple[str, ...]]:
-    """(rows, the baseline's report, labels) from the runs' eval_test.json and predictions."""
-    reports = {c.name: json.loads((run_dir_of(c, name) / f"eval_{SPLIT}.json").read_text())
+def build_table(configurations: list[Configuration], name: str
+                ) -> tuple[list[dict], dict[str, MeanSummary], tuple[str, ...]]:
+    """(rows, the baseline's means at the table's level, labels) from the runs' eval_test.json
+    and predictions."""
+    reports = {c.name: read_report(run_dir_of(c, name) / f"eval_{SPLIT}.json")
                for c in configurations}
     baseline, *others = configurations
     print(f"ablate: paired differences to {baseline.name} on the {SPLIT} split", flush=True)
@@ -526,53 +434,14 @@ def build_table(configurations: list[Configuration], name: str) -> tuple[list[di
                                             per_study=level == "study")
         rows.append(table_row(configuration, run_dir_of(configuration, name),
                               reports[configuration.name], differences, labels, level))
-    return rows, reports[baseline.name], labels
+    return rows, reports[baseline.name].level(level).means, labels
 
 
 # ---- the table across seeds (--seeds N > 1) ------------------------------------------------------
 
-def spread_cell(row: dict, stem: str) -> str:
-    """'0.0123 (0.801-0.830)': the SD across seeds and the seeds' range."""
-    if row[stem] is None:
-        return "n/a"
-    low, high = row[f"{stem}_min"], row[f"{stem}_max"]
-    return f"{number_text(row[f'{stem}_sd'])} ({low:.3f}-{high:.3f})"
-
-
-def seed_summary_header(level: float, n_seeds: int) -> list[str]:
-    ci = f"[{level:.0%} CI]"
-    return ["Configuration", f"Mean AUC, {n_seeds} seeds {ci}", "SD (min-max)",
-            f"Comp-5 AUC, {n_seeds} seeds {ci}", "SD (min-max)",
-            f"Mean - baseline [two-level {level:.0%} CI]",
-            f"Comp-5 - baseline [two-level {level:.0%} CI]", "Verdict (mean)"]
-
-
-def seed_summary_cells(row: dict) -> list[str]:
-    return [row["configuration"],
-            auc_cell(row["mean_auc"], row["mean_auc_ci_low"], row["mean_auc_ci_high"]),
-            spread_cell(row, "mean_auc"),
-            auc_cell(row["competition_auc"], row["competition_auc_ci_low"],
-                     row["competition_auc_ci_high"]),
-            spread_cell(row, "competition_auc"),
-            diff_cell(row, "mean_auc"), diff_cell(row, "competition_auc"),
-            "" if row["baseline"] else row["diff_mean_auc_verdict"] or "n/a"]
-
-
-def seeded(rows: list[dict]) -> bool:
-    """Whether the rows are a table across seeds (--seeds N > 1)."""
-    return "seeds" in rows[0]
-
-
-def summary_table(rows: list[dict], level: float) -> tuple[list[str], list[list[str]]]:
-    """(header, cells) of the summary: one seed, or the means over the seeds."""
-    if seeded(rows):
-        return (seed_summary_header(level, rows[0]["n_seeds"]),
-                [seed_summary_cells(row) for row in rows])
-    return summary_header(level), [summary_cells(row) for row in rows]
-
-
 def seed_row(configuration: Configuration, runs: list[Run], scored: SeedRuns,
-             base: SeedRuns | None, report: dict, members: dict, labels: tuple[str, ...],
+             base: SeedRuns | None, report: EvaluationReport, members: dict,
+             labels: tuple[str, ...],
              level: str, ci_level: float) -> dict:
     """One configuration across its seeds: the mean over its runs of each mean AUC and each
     observation's AUC, their spread and every run's value, and (`base` None for the baseline
@@ -580,8 +449,8 @@ def seed_row(configuration: Configuration, runs: list[Run], scored: SeedRuns,
     row = {"configuration": configuration.name, "options": shlex.join(configuration.options),
            "runs": ";".join(str(run.run_dir) for run in runs),
            "seeds": " ".join(str(seed) for seed in scored.seeds), "n_seeds": len(runs),
-           "baseline": base is None, "level": level, "n_images": report["n_images"],
-           "n_studies": report["n_studies"], "n_patients": report["n_patients"]}
+           "baseline": base is None, "level": level, "n_images": report.n_images,
+           "n_studies": report.n_studies, "n_patients": report.n_patients}
     for key, stem in MEAN_COLUMNS.items():
         columns = members.get(key, ("", []))[1]
         mean = seed_summary(scored, columns, ci_level)
@@ -607,9 +476,9 @@ def seed_row(configuration: Configuration, runs: list[Run], scored: SeedRuns,
 
 
 def build_seed_table(configurations: list[Configuration], runs: dict[str, list[Run]]
-                     ) -> tuple[list[dict], dict, tuple[str, ...]]:
-    """(rows, the baseline's first run's report, labels) from every run's predictions on the test
-    split: all runs scored on the rows every one predicted, one patient draw for all."""
+                     ) -> tuple[list[dict], tuple[str, ...]]:
+    """(rows, labels) from every run's predictions on the test split: all runs scored on the
+    rows every one predicted, one patient draw for all."""
     baseline = configurations[0]
     cfg = baseline.cfg  # the shared --seed, bootstrap_resamples, ci_level, min_positives
     level = table_level(configurations)
@@ -628,80 +497,27 @@ def build_seed_table(configurations: list[Configuration], runs: dict[str, list[R
                          cfg.seed, i)
               for i, c in enumerate(configurations)]
     members = mean_members(aligned.targets, aligned.labels, cfg.min_positives)
-    reports = {c.name: json.loads((runs[c.name][0].run_dir / f"eval_{SPLIT}.json").read_text())
+    reports = {c.name: read_report(runs[c.name][0].run_dir / f"eval_{SPLIT}.json")
                for c in configurations}
     rows = [seed_row(c, runs[c.name], scored[i], None if i == 0 else scored[0], reports[c.name],
                      members, aligned.labels, level, cfg.ci_level)
             for i, c in enumerate(configurations)]
-    return rows, reports[baseline.name], aligned.labels
-
-
-def seed_markdown_report(rows: list[dict], configurations: list[Configuration],
-                         runs: dict[str, list[Run]], name: str, command: str, report: dict,
-                         labels: tuple[str, ...], cfg: Config) -> str:
-    level_name, n_seeds = rows[0]["level"], rows[0]["n_seeds"]
-    seeds = ", ".join(str(run.seed) for run in runs[configurations[0].name])
-    counted = (f"all: {rows[0]['mean_auc_classes']} evaluable observations; competition 5: "
-               f"{rows[0]['competition_auc_classes']}")
-    level = f"{cfg.ci_level:.0%}"
-    lines = [
-        f"# Ablation {name}", "",
-        f"Every configuration was trained {n_seeds} times, with seeds {seeds}, on "
-        f"`{cfg.data_dir}` for {cfg.epochs} epoch{'s' * (cfg.epochs != 1)} and evaluated on the "
-        f"{SPLIT} split ({split_text(report, level_name)}; {counted}). The first configuration "
-        "is the baseline. A configuration's AUC is the mean over its runs of each run's AUC; SD "
-        "is the sample standard deviation across its runs, min-max their range, and each run's "
-        "value is in ablation.csv." + (
-            " Every configuration is scored per study, as at least one predicts studies: an "
-            f"image model's study prediction is the {cfg.study_aggregation} over the study's "
-            "images." if level_name == "study" else ""),
-        "", f"Command: `{command}`", "",
-        markdown_table(["Configuration", "Options", "Runs"],
-                       [[c.name, f"`{c.options_text}`",
-                         ", ".join(f"`{run.run_dir}`" for run in runs[c.name])]
-                        for c in configurations], left=(0, 1, 2)), "",
-        f"## Mean AUC over {n_seeds} seeds ({SPLIT} split)", "",
-        markdown_table(*summary_table(rows, cfg.ci_level), left=(0, 7)), "",
-        f"Intervals: {level} percentile intervals of a two-level bootstrap with "
-        f"{cfg.bootstrap_resamples} resamples. Each resample draws the {SPLIT} patients with "
-        "replacement (each patient's images together), one draw shared by every run, so a "
-        "difference is paired over patients; and, independently for each configuration, "
-        f"{n_seeds} of its {n_seeds} runs with replacement. A configuration's resampled AUC is the "
-        "mean over the drawn runs of their AUCs on the resampled patients. The interval of a "
-        "difference thus covers both which patients happen to be in the test split and which "
-        "seeds happened to be trained: one that excludes 0 (`better` / `worse`) is unlikely to "
-        "come from either, and `no clear difference` means that neither the patients nor the "
-        "seeds rule out a difference of 0. Runs of two configurations with the same seed are "
-        "not paired: each configuration's seeds are drawn independently.", "",
-        f"**The seed part of each interval rests on {n_seeds} runs per configuration.** A "
-        f"bootstrap of {n_seeds} values shows only the spread those runs happened to show, and "
-        f"understates it: the bootstrap variance of a mean of {n_seeds} runs is "
-        f"{n_seeds - 1}/{n_seeds} of the usual SD²/{n_seeds}, and the SD of {n_seeds} runs can "
-        "itself be several times too small. Read the intervals as lower bounds of the "
-        "uncertainty; more seeds make them honest.", "",
-        f"## Per observation ({SPLIT} split): AUC (mean over {n_seeds} seeds), and for the others "
-        f"the difference to the baseline [two-level {level} CI]", "",
-        per_class_markdown(rows, labels), ""]
-    return "\n".join(lines)
+    return rows, aligned.labels
 
 
 # ---- main ----------------------------------------------------------------------------------------
 
-def main(cfg: Config, given: Options) -> None:
-    """`given`: the options ablate.py was given (its command line and PIPELINE_OPTIONS), by
-    field (cli.given_options); each stage gets those it reads."""
-    shared = {key: tokens for key, tokens in given.items() if key not in OWN}
-    configurations = resolve_configurations(cfg, shared)
-    name = ablation_name(cfg)
-    seeds = seed_list(cfg)
-    command = shlex.join(["python", "ablate.py", *option_tokens(shared), "--ablation",
-                          *[f"{c.name}: {shlex.join(c.options)}".rstrip() for c in configurations],
-                          "--ablation_name", name,
-                          *(["--seeds", str(cfg.seeds)] if cfg.seeds > 1 else [])])
-    out_dir = Path(cfg.models_dir) / f"ablation-{name}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    runs = {c.name: runs_of(c, name, seeds) for c in configurations}
-    order = training_order(configurations, runs)
+def ablation_command(shared: Options, configurations: list[Configuration], name: str,
+                     cfg: Config) -> str:
+    """The command that runs this ablation, and continues it when re-run."""
+    return shlex.join(["python", "ablate.py", *option_tokens(shared), "--ablation",
+                       *[f"{c.name}: {shlex.join(c.options)}".rstrip() for c in configurations],
+                       "--ablation_name", name,
+                       *(["--seeds", str(cfg.seeds)] if cfg.seeds > 1 else [])])
+
+
+def announce(configurations: list[Configuration], order: list[Run], seeds: list[int], name: str,
+             cfg: Config) -> None:
     if cfg.seeds > 1:
         print(f"ablate: {len(configurations)} configurations x {cfg.seeds} seeds "
               f"({', '.join(map(str, seeds))}) = {len(order)} runs, {cfg.epochs} epochs, data "
@@ -710,6 +526,41 @@ def main(cfg: Config, given: Options) -> None:
         print(f"ablate: {len(configurations)} configurations, seed {cfg.seed}, {cfg.epochs} "
               f"epochs, data {cfg.data_dir}; runs {cfg.models_dir}/{name}-<configuration>",
               flush=True)
+
+
+def setup_of(configurations: list[Configuration], runs: dict[str, list[Run]], name: str,
+             command: str, cfg: Config) -> AblationSetup:
+    """What the documents say of how the ablation was run."""
+    return AblationSetup(name, command, SPLIT,
+                         [ConfigurationRuns(c.name, c.options_text,
+                                            [run.run_dir for run in runs[c.name]],
+                                            [run.seed for run in runs[c.name]])
+                          for c in configurations], cfg)
+
+
+def tabulate(configurations: list[Configuration], runs: dict[str, list[Run]],
+             setup: AblationSetup) -> tuple[list[dict], str]:
+    """ablation.csv's rows and ablation.md: across the seeds with --seeds N > 1."""
+    if setup.cfg.seeds > 1:
+        rows, labels = build_seed_table(configurations, runs)
+        return rows, seed_markdown_report(rows, setup, labels)
+    rows, means, labels = build_table(configurations, setup.name)
+    return rows, markdown_report(rows, setup, means, labels)
+
+
+def main(cfg: Config, given: Options) -> None:
+    """`given`: the options ablate.py was given (its command line and PIPELINE_OPTIONS), by
+    field (cli.given_options); each stage gets those it reads."""
+    shared = {key: tokens for key, tokens in given.items() if key not in OWN}
+    configurations = resolve_configurations(cfg, shared)
+    name = ablation_name(cfg)
+    seeds = seed_list(cfg)
+    command = ablation_command(shared, configurations, name, cfg)
+    out_dir = Path(cfg.models_dir) / f"ablation-{name}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs = {c.name: runs_of(c, name, seeds) for c in configurations}
+    order = training_order(configurations, runs)
+    announce(configurations, order, seeds, name, cfg)
     try:
         for index, run in enumerate(order, 1):
             train_and_evaluate(run, shared, out_dir, f"{index}/{len(order)}")
@@ -717,19 +568,11 @@ def main(cfg: Config, given: Options) -> None:
         print(f"\nablate: stopped; finished runs are kept and an interrupted run resumes from "
               f"its last.pth. Continue with:\n  {command}", flush=True)
         raise SystemExit(stopped.code) from None
-    if cfg.seeds > 1:
-        rows, report, labels = build_seed_table(configurations, runs)
-        markdown = seed_markdown_report(rows, configurations, runs, name, command, report, labels,
-                                        cfg)
-    else:
-        rows, report, labels = build_table(configurations, name)
-        markdown = markdown_report(rows, configurations, name, command, report, labels, cfg)
+    setup = setup_of(configurations, runs, name, command, cfg)
+    rows, markdown = tabulate(configurations, runs, setup)
     write_csv_atomic(pd.DataFrame(rows), out_dir / "ablation.csv")
     write_text_atomic(markdown, out_dir / "ablation.md")
-    across = f", means over {cfg.seeds} seeds" if cfg.seeds > 1 else ""
-    print(f"\nAblation {name}: {SPLIT} split ({split_text(report, rows[0]['level'])}), "
-          f"baseline {configurations[0].name}{across}")
-    print(format_summary(rows, cfg.ci_level))
+    print(summary_text(rows, setup))
     logs = "<configuration>-s<seed>.log" if cfg.seeds > 1 else "<configuration>.log"
     print(f"\nablate: wrote {out_dir}/ablation.csv, ablation.md ({len(rows)} configurations; "
           f"per-observation AUCs in both, logs in {out_dir}/{logs})")
@@ -738,4 +581,5 @@ def main(cfg: Config, given: Options) -> None:
 if __name__ == "__main__":
     if "-h" in sys.argv or "--help" in sys.argv:
         print(__doc__)
-    run_cli(lambda cfg: main(cfg, given_options(sys.argv[1:], "ablate.py")), script="ablate.py")
+    run_cli(lambda cfg: main(cfg, given_options(sys.argv[1:], "ablate.py", Config)),
+            script="ablate.py", defaults=Config())

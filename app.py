@@ -8,17 +8,17 @@ environment variable CHEXPERT_CHECKPOINT (or --checkpoint after `--`) fills that
 thresholds.json must have been fitted for these weights and with the test-time augmentation the
 sidebar asks for (--tta sets its default), else the app refuses and names evaluate.py
 (--allow_threshold_mismatch true goes on with a warning). A frontal-only model warns about uploads
-that look lateral (DICOM header or file name). Uploads (JPEG, PNG, DICOM) are
-decoded in memory and predicted exactly as predict.py predicts files (inference.py): one image
-gets its findings, most probable first (all 14 in view, without scrolling), with confidence
+that look lateral (DICOM header or file name). Uploads (JPEG, PNG, DICOM) are decoded in memory
+and predicted exactly as predict.py predicts files (cxr/inference/predictor.py): one image gets
+its findings, most probable first (all 14 in view, without scrolling), with confidence
 bars and decisions, and a Grad-CAM overlay for the finding chosen; a batch also gets a results
 table and its CSV, and with a study-mode checkpoint (view_mode study) the findings of the uploads
 fused as one study's views. A label the checkpoint's training split never labelled (an NIH
 model's Enlarged Cardiomediastinum, Fracture, Support Devices) gets no probability, decision or
 heatmap: it says "not trained".
 An ensemble (a comma list of checkpoints, a run's top_k/ folder, an ensemble's folder: see
-cxr/evaluation/ensemble.py) is typed as the path and used like one checkpoint. An upload that cannot be
-read shows why. A research demo of a model trained on CheXpert labels,
+cxr/evaluation/ensemble.py) is typed as the path and used like one checkpoint. An upload that cannot
+be read shows why. A research demo of a model trained on CheXpert labels,
 not a medical device.
 """
 
@@ -51,7 +51,7 @@ PROBABILITY = st.column_config.ProgressColumn("probability", min_value=0.0, max_
 def app_options() -> Config:
     """The command line after `streamlit run app.py --` (none under other runners, e.g. tests)."""
     argv = sys.argv[1:] if Path(sys.argv[0]).name == "app.py" else []
-    return parse_args(argv, script="app.py")
+    return parse_args(argv, script="app.py", defaults=Config())
 
 
 # ---- cached work: the model once per predictor, predictions once per upload set ------------------
@@ -70,7 +70,8 @@ def predictor_key(path: str, tta: bool, allow_mismatch: bool) -> tuple:
 def cached_predictor(path: str, key: tuple) -> Predictor:
     _, tta, allow_mismatch = key
     return load_predictor(path, Config(num_workers=0, device=OPTIONS.device, tta=tta,
-                                       allow_threshold_mismatch=allow_mismatch), rebuild=model_from_checkpoint)
+                                       allow_threshold_mismatch=allow_mismatch),
+                          rebuild=model_from_checkpoint)
 
 
 @st.cache_data(max_entries=8, show_spinner="Reading the radiographs ...")

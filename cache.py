@@ -84,4 +84,4 @@ def main(cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main, script="cache.py")
+    run_cli(main, script="cache.py", defaults=Config())

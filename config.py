@@ -1,36 +1,34 @@
 """One typed configuration for every stage of the pipeline.
 
 Edit the defaults below, or override a field on the command line of a script that reads it
-(cxr/cli.py parses the options; READS below says which script reads which field):
+(cxr/cli.py parses the options; each field names the scripts that read it):
 
     python train.py --epochs 3 --image_size=224 --pretrained false
 
 Defaults are the real CheXpert recipe: DenseNet121 + GeM + Dropout(0.2) + Linear(1024 -> 14),
 320 px, batch 16 x 2 accumulation steps (effective 32), AdamW, U-Ones, frontal views only,
 5 epochs of which the first trains the head on a frozen backbone.
+
+Each field is declared with cxr.settings.setting: its default, the scripts that read it and its
+other facts (data: built into the data by that script; fixed_on_resume; same_for_members of an
+ensemble; whole_items: a tuple not split on commas; positional: the script's leading tokens).
+The comment above a field documents it (in --help and docs/config.md, which `make docs` writes).
+Every table of fields (READS, ACCEPTS, READ_BY, DATA_FIELDS, FIXED_ON_RESUME, SAME_FOR_MEMBERS,
+POSITIONAL) is derived from these declarations: adding a field is one edit here, plus its use.
+How a command line reads, PIPELINE_OPTIONS and pretrained weights: docs/configuration.md.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from cxr.data.labels import UncertaintyPolicy
 from cxr.errors import ConfigError
-
-# Fields that only the data-building scripts read, and which script: train.py, evaluate.py and
-# ablate.py refuse them when they differ from what the data in --data_dir were built with (an
-# ablation "views: --frontal_only false" would otherwise train on the same data and report no
-# difference).
-DATA_FIELDS = {"data_root": "preprocess.py", "frontal_only": "preprocess.py",
-               "check_images": "preprocess.py", "missing_images": "preprocess.py",
-               "stats_sample": "preprocess.py", "fallback_mean": "preprocess.py",
-               "fallback_std": "preprocess.py", "test_fraction": "preprocess.py",
-               "label_hierarchy": "preprocess.py", "padchest_label_source": "preprocess.py",
-               "val_fraction": "make_splits.py"}
+from cxr.settings import accepts, data_fields, fixed_on_resume, literal_values, not_one_of, \
+    positional_fields, read_by, reads_by_script, same_for_members, setting
 
 # Per-class calibration maps fitted on val (calibration.fit_calibration).
 CalibrationMethod = Literal["platt", "temperature", "none"]
@@ -38,161 +36,256 @@ Backbone = Literal["densenet121", "densenet169", "resnet50", "efficientnet_b0", 
                    "convnext_tiny"]
 CALIBRATION_METHODS: tuple[str, ...] = typing.get_args(CalibrationMethod)
 
-# Metadata of a tuple field whose items may hold commas (paths, ablation configurations): on the
-# command line each token is one item, not split on commas (cxr/cli.py).
-WHOLE_ITEMS = {"split_commas": False}
-
 
 @dataclass
 class Config:
+    # ---- the scripts ---------------------------------------------------------------------------
+    # A script's command line takes only the fields it reads: cxr/cli.py refuses any other, naming
+    # the scripts that read it. A field's readers are found from each script's code path: its own
+    # `cfg.<field>` and those of the cxr/, dataset.py and model_architecture.py functions it calls
+    # with its config (tests/test_config.py follows that path). evaluate.py, predict.py, export.py
+    # and app.py rebuild the model from the checkpoint's own config, so they read none of the
+    # model's or training's fields.
+    SCRIPTS: ClassVar[tuple[str, ...]] = (
+        "preprocess.py", "make_splits.py", "cache.py", "train.py", "evaluate.py", "ablate.py",
+        "predict.py", "score.py", "export.py", "app.py")
+    # A script that runs others (with the options each reads) takes their fields too.
+    STAGES: ClassVar[dict[str, tuple[str, ...]]] = {"ablate.py": ("train.py", "evaluate.py")}
+    # These (and ablate.py, through them) also take the fields built into the data (data=...), to
+    # check them against the data in --data_dir (dataset.check_data_options): a different value is
+    # an error, not a silent no-op (an ablation "views: --frontal_only false" would otherwise train
+    # on the same data and report no difference).
+    CHECKS_DATA: ClassVar[tuple[str, ...]] = ("train.py", "evaluate.py")
+
     # ---- data locations -------------------------------------------------------------------
-    data_root: str = "data/CheXpert-v1.0-small"  # folder holding train.csv, valid.csv, train/, valid/
-    # the dataset in --data_root, in its publisher's layout (cxr/data/nih.py, mimic.py, padchest.py);
-    # evaluate.py --dataset nih: validate a checkpoint on that dataset (external validation)
-    dataset: Literal["chexpert", "nih", "mimic", "padchest"] = "chexpert"
-    test_fraction: float = 0.2  # preprocess.py: patients held out as test without an official split
-    split: Literal["all", "test"] = "all"  # evaluate.py --dataset: every image, or the official test
-    data_dir: str = "data"  # outputs of preprocess/make_splits go to <data_dir>/processed, /splits
-    models_dir: str = "models"  # each run writes models/<run_name>/
-    run_name: str = ""  # run folder name; empty: train.py uses a timestamp (20261122-153000)
+    # folder holding train.csv, valid.csv, train/, valid/
+    data_root: str = setting("data/CheXpert-v1.0-small", data="preprocess.py")
+    # the dataset in --data_root, in its publisher's layout (cxr/data/nih.py, mimic.py,
+    # padchest.py); evaluate.py --dataset nih: validate a checkpoint on that dataset (external
+    # validation)
+    dataset: Literal["chexpert", "nih", "mimic", "padchest"] = setting("chexpert", "preprocess.py",
+                                                                       "evaluate.py")
+    # preprocess.py: patients held out as test without an official split
+    test_fraction: float = setting(0.2, data="preprocess.py")
+    # evaluate.py --dataset: every image, or the official test
+    split: Literal["all", "test"] = setting("all", "evaluate.py")
+    # outputs of preprocess/make_splits go to <data_dir>/processed, /splits
+    data_dir: str = setting("data", "preprocess.py", "make_splits.py", "cache.py", "train.py",
+                            "evaluate.py")
+    # each run writes models/<run_name>/
+    models_dir: str = setting("models", "train.py", "evaluate.py", "predict.py", "export.py")
+    # run folder name; empty: train.py uses a timestamp (20261122-153000)
+    run_name: str = setting("", "train.py", "evaluate.py", "predict.py", "export.py")
 
     # ---- preprocessing (preprocess.py) -----------------------------------------------------
-    frontal_only: bool = True  # keep only Frontal/Lateral == "Frontal" rows
+    # keep only Frontal/Lateral == "Frontal" rows
+    frontal_only: bool = setting(True, data="preprocess.py", fixed_on_resume=True,
+                                 same_for_members=True)
     # CheXpert's hierarchy (adapters.HIERARCHY), the same rule for CheXpert and every other
     # dataset: none = the labels as published; fill_blank = a positive child makes a blank (not
     # mentioned) parent positive, never an explicit 0, -1 or not labelled one
-    label_hierarchy: Literal["none", "fill_blank"] = "none"
+    label_hierarchy: Literal["none", "fill_blank"] = setting("none", "evaluate.py",
+                                                             data="preprocess.py")
     # PadChest's rows by who labelled them (its MethodLabel): physician = the 24 % read by
     # radiologists; all = also the 76 % labelled by their network (RNN_model)
-    padchest_label_source: Literal["physician", "all"] = "physician"
-    check_images: bool = True  # check every image file exists (and compute mean/std from them)
-    missing_images: Literal["error", "skip"] = "error"  # error: stop, list; skip: drop, count, list
-    stats_sample: int = 1000  # images (seeded sample) used to compute the pixel mean/std
-    fallback_mean: float = 0.506  # pixel mean in [0, 1] used when images are not read
-    fallback_std: float = 0.290  # pixel std in [0, 1] used when images are not read
+    padchest_label_source: Literal["physician", "all"] = setting("physician", "evaluate.py",
+                                                                 data="preprocess.py")
+    # check every image file exists (and compute mean/std from them)
+    check_images: bool = setting(True, data="preprocess.py")
+    # error: stop, list; skip: drop, count, list
+    missing_images: Literal["error", "skip"] = setting("error", data="preprocess.py")
+    # images (seeded sample) used to compute the pixel mean/std
+    stats_sample: int = setting(1000, data="preprocess.py")
+    # pixel mean in [0, 1] used when images are not read
+    fallback_mean: float = setting(0.506, data="preprocess.py")
+    # pixel std in [0, 1] used when images are not read
+    fallback_std: float = setting(0.290, data="preprocess.py")
 
     # ---- patient-level split (make_splits.py) ------------------------------------------------
-    val_fraction: float = 0.1  # fraction of training *patients* held out for model selection
-    seed: int = 42  # seeds the split, the stats sample, weight init and data order
+    # fraction of training *patients* held out for model selection
+    val_fraction: float = setting(0.1, data="make_splits.py")
+    # seeds the split, the stats sample, weight init and data order
+    seed: int = setting(42, "preprocess.py", "make_splits.py", "train.py", "score.py",
+                        fixed_on_resume=True)
 
     # ---- model (model_architecture.py) ----------------------------------------------------------
     # torchvision network under the GeM + dropout + linear head (model_architecture.BACKBONES)
-    backbone: Backbone = "densenet121"
-    pretrained: bool = True  # start from the backbone's torchvision ImageNet weights
-    pretrained_path: str = ""  # optional local file with those weights (densenet121-a639ec97.pth)
-    gem_p: float = 3.0  # initial GeM exponent (learnable); 1 = average pooling
+    backbone: Backbone = setting("densenet121", "train.py", fixed_on_resume=True)
+    # start from the backbone's torchvision ImageNet weights
+    pretrained: bool = setting(True, "train.py")
+    # optional local file with those weights (densenet121-a639ec97.pth)
+    pretrained_path: str = setting("", "train.py")
+    # initial GeM exponent (learnable); 1 = average pooling
+    gem_p: float = setting(3.0, "train.py", fixed_on_resume=True)
     # DenseNet's dense layers recomputed in the backward pass instead of kept (torch.utils.
-    # checkpoint): less activation memory for small GPUs, the same gradients, slower steps
-    memory_efficient: bool = False
-    dropout: float = 0.2  # dropout probability before the linear head
+    # checkpoint): less activation memory for small GPUs, the same gradients, slower steps (2-core
+    # CPU, 160 px: 6.35 img/s against 9.80; docs/benchmarks.md)
+    memory_efficient: bool = setting(False, "train.py")
+    # dropout probability before the linear head
+    dropout: float = setting(0.2, "train.py", fixed_on_resume=True)
 
     # ---- training (train.py) ------------------------------------------------------------------
-    uncertainty_policy: UncertaintyPolicy = "U-Ones"  # how uncertain (-1) labels train; labels.py
-    uncertainty_policy_by_class: tuple[str, ...] = ()  # exceptions: Edema=U-Ones,Atelectasis=U-Ignore
-    image_size: int = 320  # pixels, square input side (CheXpert paper: 320)
-    batch_size: int = 16  # images per forward pass (micro-batch)
-    accumulation_steps: int = 2  # micro-batches per optimizer step: effective batch 16 x 2 = 32
-    epochs: int = 5  # total epochs, including the frozen warm-up
-    frozen_epochs: int = 1  # first epochs train only GeM + head, backbone frozen
-    lr_head: float = 1e-3  # AdamW learning rate of GeM + head, per optimizer step
-    lr_backbone: float = 1e-4  # AdamW learning rate of the backbone once unfrozen
-    weight_decay: float = 1e-5  # AdamW decoupled weight decay
+    # how uncertain (-1) labels train; labels.py
+    uncertainty_policy: UncertaintyPolicy = setting("U-Ones", "train.py", fixed_on_resume=True)
+    # exceptions: Edema=U-Ones,Atelectasis=U-Ignore
+    uncertainty_policy_by_class: tuple[str, ...] = setting((), "train.py", fixed_on_resume=True)
+    # pixels, square input side (CheXpert paper: 320)
+    image_size: int = setting(320, "cache.py", "train.py", fixed_on_resume=True,
+                              same_for_members=True)
+    # images per forward pass (micro-batch)
+    batch_size: int = setting(16, "train.py", "evaluate.py", "predict.py", fixed_on_resume=True)
+    # micro-batches per optimizer step: effective batch 16 x 2 = 32
+    accumulation_steps: int = setting(2, "train.py", fixed_on_resume=True)
+    # total epochs, including the frozen warm-up
+    epochs: int = setting(5, "train.py")
+    # first epochs train only GeM + head, backbone frozen
+    frozen_epochs: int = setting(1, "train.py", fixed_on_resume=True)
+    # AdamW learning rate of GeM + head, per optimizer step
+    lr_head: float = setting(1e-3, "train.py", fixed_on_resume=True)
+    # AdamW learning rate of the backbone once unfrozen
+    lr_backbone: float = setting(1e-4, "train.py", fixed_on_resume=True)
+    # AdamW decoupled weight decay
+    weight_decay: float = setting(1e-5, "train.py", fixed_on_resume=True)
     # optimizer steps of linear LR warm-up of each parameter group (the backbone's starts when it
-    # is unfrozen); none: warmup_share of the steps the group trains, at most 100 (cxr/training/schedule.py)
-    warmup_steps: int | None = None
-    warmup_share: float = 0.1  # the default warm-up's share of a group's steps (a short run's)
-    lr_schedule: Literal["cosine", "constant"] = "cosine"  # after warm-up; cosine ends at 0
-    grad_clip_norm: float = 0.0  # clip the gradient norm to this (after fp16 unscaling); 0 = off
-    max_pos_weight: float = 50.0  # cap on the per-class BCE positive weight (neg/pos count)
-    augment: bool = True  # light random affine (rotate/shift/scale) on training images only
-    view_mode: Literal["frontal", "study"] = "frontal"  # an image per item, or a study's views
-    view_fusion: Literal["mean", "max", "attention"] = "mean"  # study mode: fuses the views
-    max_views: int = 3  # study mode: views per study, frontal first (the rest are left out)
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: cuda, then mps, then cpu
-    # auto: fp16 on cuda; on cpu bf16 where it is native, else fp32
-    precision: Literal["auto", "fp16", "bf16", "fp32"] = "auto"
-    channels_last: bool = True  # NHWC memory format: faster convolutions on CPU and tensor cores
-    num_workers: int = -1  # DataLoader worker processes; -1 = chosen from the CPU count
-    max_nonfinite_steps: int = 5  # stop after this many optimizer steps in a row skipped for NaN/inf
-    checkpoint_every_steps: int = 500  # also write last.pth every N optimizer steps; 0 = epochs only
+    # is unfrozen); none: warmup_share of the steps the group trains, at most 100
+    # (cxr/training/schedule.py)
+    warmup_steps: int | None = setting(None, "train.py", fixed_on_resume=True)
+    # the default warm-up's share of a group's steps (a short run's)
+    warmup_share: float = setting(0.1, "train.py", fixed_on_resume=True)
+    # after warm-up; cosine ends at 0
+    lr_schedule: Literal["cosine", "constant"] = setting("cosine", "train.py", fixed_on_resume=True)
+    # clip the gradient norm to this (after fp16 unscaling); 0 = off
+    grad_clip_norm: float = setting(0.0, "train.py", fixed_on_resume=True)
+    # cap on the per-class BCE positive weight (neg/pos count)
+    max_pos_weight: float = setting(50.0, "train.py", fixed_on_resume=True)
+    # light random affine (rotate/shift/scale) on training images only
+    augment: bool = setting(True, "train.py", fixed_on_resume=True)
+    # an image per item, or a study's views
+    view_mode: Literal["frontal", "study"] = setting("frontal", "train.py", fixed_on_resume=True,
+                                                     same_for_members=True)
+    # study mode: fuses the views
+    view_fusion: Literal["mean", "max", "attention"] = setting("mean", "train.py",
+                                                               fixed_on_resume=True)
+    # study mode: views per study, frontal first (the rest are left out)
+    max_views: int = setting(3, "train.py", fixed_on_resume=True, same_for_members=True)
+    # auto: cuda, then mps, then cpu
+    device: Literal["auto", "cpu", "cuda", "mps"] = setting("auto", "train.py", "evaluate.py",
+                                                            "predict.py", "app.py")
+    # auto: fp16 + GradScaler on cuda; on a CPU bf16 where it computes bf16 natively (AVX512-BF16,
+    # AMX, Arm BF16), else fp32 (emulated bf16 is several times slower than fp32)
+    precision: Literal["auto", "fp16", "bf16", "fp32"] = setting("auto", "train.py", "evaluate.py",
+                                                                 "predict.py", fixed_on_resume=True)
+    # NHWC memory format: faster convolutions on CPU and tensor cores
+    channels_last: bool = setting(True, "train.py", "evaluate.py", "predict.py")
+    # DataLoader worker processes; -1 = one per CPU core but one, at most 8
+    num_workers: int = setting(-1, "train.py", "evaluate.py", "predict.py")
+    # stop after this many optimizer steps in a row skipped for NaN/inf
+    max_nonfinite_steps: int = setting(5, "train.py")
+    # also write last.pth every N optimizer steps; 0 = epochs only
+    checkpoint_every_steps: int = setting(500, "train.py")
     # stop after N epochs without a better val mean AUC, counted once the warm-up is over; 0 = off
-    early_stopping_patience: int = 3
+    early_stopping_patience: int = setting(3, "train.py")
     # a val split too small to rank epochs (fewer than half the classes with train positives have
     # min_positives positives and negatives in val): false = best.pth is the last epoch and no
     # early stopping; true = rank epochs on its mean AUC anyway
-    select_on_small_val: bool = False
-    deterministic: bool = False  # bitwise-reproducible kernels (slower on GPU); resume is exact
+    select_on_small_val: bool = setting(False, "train.py")
+    # bitwise-reproducible kernels (slower on GPU); resume is exact
+    deterministic: bool = setting(False, "train.py")
     # exponential moving average of the weights, updated every optimizer step and validated every
     # epoch (best.pth then holds the average); 0 = off, 0.999 a usual value
-    ema_decay: float = 0.0
-    keep_top_k: int = 1  # also keep the k best epochs' weights (top_k/), for an ensemble; 1 = best only
-    compile: bool = False  # torch.compile the model (minutes of compiling first; pays off on GPUs)
-    resume: str = ""  # continue a run: path to its last.pth, or "auto" (--run_name's, else newest)
+    ema_decay: float = setting(0.0, "train.py", fixed_on_resume=True)
+    # also keep the k best epochs' weights (top_k/), for an ensemble; 1 = best only
+    keep_top_k: int = setting(1, "train.py", fixed_on_resume=True)
+    # torch.compile the model (minutes of compiling first; pays off on GPUs)
+    compile: bool = setting(False, "train.py")
+    # continue a run: path to its last.pth, or "auto" (--run_name's, else newest)
+    resume: str = setting("", "train.py")
 
     # ---- image cache (cache.py) ------------------------------------------------------------------
-    crop_margin: float = 0.0625  # images are resized to image_size x (1 + margin), then cropped
-    use_cache: bool = True  # read <data_dir>/cache/<side>px when it holds the images (cache.py)
+    # images are resized to image_size x (1 + margin), then cropped
+    crop_margin: float = setting(0.0625, "cache.py", "train.py", fixed_on_resume=True,
+                                 same_for_members=True)
+    # read <data_dir>/cache/<side>px when it holds the images (cache.py)
+    use_cache: bool = setting(True, "train.py", "evaluate.py")
     # an image unreadable while caching: stop, or exclude it everywhere (training, evaluation)
-    cache_on_error: Literal["stop", "exclude"] = "stop"
-    cache_retry_errors: bool = False  # cache.py: decode the images in errors.csv again (fixed?)
+    cache_on_error: Literal["stop", "exclude"] = setting("stop", "cache.py")
+    # cache.py: decode the images in errors.csv again (fixed?)
+    cache_retry_errors: bool = setting(False, "cache.py")
 
     # ---- evaluation (evaluate.py) -------------------------------------------------------------
     # checkpoint to evaluate; empty = run_name's best.pth, else the newest; several (a comma list,
-    # a folder such as a run's top_k/, an ensemble's folder): an ensemble (cxr/evaluation/ensemble.py)
-    checkpoint: str = ""
+    # a folder such as a run's top_k/, an ensemble's folder): an ensemble
+    # (cxr/evaluation/ensemble.py)
+    checkpoint: str = setting("", "evaluate.py", "predict.py", "export.py", "app.py")
     # patient bootstrap resamples of score.py's readers against the curves and of ablate.py
     # --seeds' two-level intervals; 0 = none (AUC intervals need none: cxr/evaluation/intervals.py)
-    bootstrap_resamples: int = 1000
-    ci_level: float = 0.95  # coverage of every interval (0.95 = 95 %)
-    target_sensitivity: float = 0.9  # second operating point: highest val threshold reaching it
+    bootstrap_resamples: int = setting(1000, "ablate.py", "score.py")
+    # coverage of every interval (0.95 = 95 %)
+    ci_level: float = setting(0.95, "evaluate.py", "score.py")
+    # second operating point: highest val threshold reaching it
+    target_sensitivity: float = setting(0.9, "evaluate.py")
     # a study's prediction from its images' (evaluate.py, predict.py's _studies.csv, score.py)
-    study_aggregation: Literal["max", "mean"] = "max"
-    calibration_bins: int = 10  # equal-width probability bins of the ECE and reliability diagrams
+    study_aggregation: Literal["max", "mean"] = setting("max", "evaluate.py", "predict.py",
+                                                        "score.py")
+    # equal-width probability bins of the ECE and reliability diagrams
+    calibration_bins: int = setting(10, "evaluate.py")
     # per-class calibration fitted on val (uncertain masked), stored with the thresholds and
     # applied by every consumer: platt (scale and bias), temperature (scale) or none
-    calibration: CalibrationMethod = "platt"
-    min_positives: int = 10  # a class enters the means with at least this many positives and
+    calibration: CalibrationMethod = setting("platt", "evaluate.py")
+    # a class enters the means with at least this many positives and
     # negatives in the split (fewer: its AUC is shown, but left out of the means)
-    tta: bool = False  # test-time augmentation: mean logits of 4 views (shifts, zoom; no flips)
+    min_positives: int = setting(10, "train.py", "evaluate.py", "score.py")
+    # test-time augmentation: mean logits of 4 views (shifts, zoom; no flips)
+    tta: bool = setting(False, "evaluate.py", "predict.py", "app.py")
     # years: the subgroup audit's age bands start at these (18-39, 40-59, 60-79, 80+)
-    age_bands: tuple[int, ...] = (18, 40, 60, 80)
+    age_bands: tuple[int, ...] = setting((18, 40, 60, 80), "evaluate.py", "score.py")
     # evaluate.py --compare RUN_A RUN_B (folders or checkpoints): AUC of B - A on compare_split;
     # score.py --compare X.csv,Y.csv: other models' predictions, each paired with --predictions
-    compare: tuple[str, ...] = ()
-    compare_split: Literal["val", "test"] = "test"  # split of evaluate.py --compare
+    compare: tuple[str, ...] = setting((), "evaluate.py", "score.py")
+    # split of evaluate.py --compare
+    compare_split: Literal["val", "test"] = setting("test", "evaluate.py")
 
-    # ---- scoring predictions CSVs against a reference standard (score.py) -------------------------
+    # ---- scoring predictions CSVs against a reference standard (score.py) ----------------------
     # CSV of probabilities, keyed by Study or Path (predict.py's output too); several (a comma
     # list): scored as their ensemble, the mean of their probabilities, each compared with it
-    predictions: str = ""
-    labels: str = ""  # reference-standard CSV, e.g. CheXpert's test groundtruth.csv (0/1 per study)
-    radiologists: tuple[str, ...] = ()  # readers' binary reads, same schema as --labels
-    labeler: tuple[str, ...] = ()  # report labelers' output (1/0/-1/blank): uncertain vs --labels
-    output_dir: str = ""  # score.py's reports; empty = scores/<predictions file stem>/
+    predictions: str = setting("", "score.py")
+    # reference-standard CSV, e.g. CheXpert's test groundtruth.csv (0/1 per study)
+    labels: str = setting("", "score.py")
+    # readers' binary reads, same schema as --labels
+    radiologists: tuple[str, ...] = setting((), "score.py")
+    # report labelers' output (1/0/-1/blank): uncertain vs --labels
+    labeler: tuple[str, ...] = setting((), "score.py")
+    # score.py's reports; empty = scores/<predictions file stem>/
+    output_dir: str = setting("", "score.py")
     # a study in one file and not the other: error (list the first few) | skip (count, list)
-    unmatched: Literal["error", "skip"] = "error"
+    unmatched: Literal["error", "skip"] = setting("error", "score.py")
     # probability: every score in [0, 1] | any: finite scores that only rank (logits, sums)
-    score_scale: Literal["probability", "any"] = "probability"
+    score_scale: Literal["probability", "any"] = setting("probability", "score.py")
 
-    # ---- ablation (ablate.py) ---------------------------------------------------------------------
+    # ---- ablation (ablate.py) ------------------------------------------------------------------
     # the configurations, --ablation "NAME: --field value ..." "NAME2: ...", the first the baseline
-    ablation: tuple[str, ...] = field(default=(), metadata=WHOLE_ITEMS)
-    ablation_name: str = ""  # models/ablation-<name>/, runs <name>-<configuration>; empty = timestamp
-    seeds: int = 1  # ablate.py: each configuration trained with seeds seed, seed+1, ... (N runs)
+    ablation: tuple[str, ...] = setting((), "ablate.py", whole_items=True)
+    # models/ablation-<name>/, runs <name>-<configuration>; empty = timestamp
+    ablation_name: str = setting("", "ablate.py")
+    # ablate.py: each configuration trained with seeds seed, seed+1, ... (N runs)
+    seeds: int = setting(1, "ablate.py")
 
     # ---- inference (predict.py, export.py, app.py) -----------------------------------------------
     # predict.py's positional arguments: images, folders (searched recursively), CSVs of paths
-    inputs: tuple[str, ...] = field(default=(), metadata=WHOLE_ITEMS)
-    output: str = ""  # predict.py: CSV (default predictions.csv); export.py: .onnx (model.onnx)
-    gradcam: tuple[str, ...] = ()  # labels to draw Grad-CAM overlays of, e.g. Cardiomegaly Edema
-    gradcam_dir: str = ""  # folder of the overlay PNGs; empty = <output stem>_gradcam/ beside it
+    inputs: tuple[str, ...] = setting((), whole_items=True, positional="predict.py")
+    # predict.py: CSV (default predictions.csv); export.py: .onnx (model.onnx)
+    output: str = setting("", "predict.py", "export.py")
+    # labels to draw Grad-CAM overlays of, e.g. Cardiomegaly Edema
+    gradcam: tuple[str, ...] = setting((), "predict.py")
+    # folder of the overlay PNGs; empty = <output stem>_gradcam/ beside it
+    gradcam_dir: str = setting("", "predict.py")
     # predict.py: folder = the images of one folder are one study's views (CheXpert's
     # patient/study/viewN_frontal.jpg layout; a study-mode checkpoint fuses them, an image-mode
     # one also writes <output stem>_studies.csv) | image = each image is a study of its own
-    study_grouping: Literal["folder", "image"] = "folder"
+    study_grouping: Literal["folder", "image"] = setting("folder", "predict.py")
     # predict.py, app.py, export.py: go on (with a warning) when thresholds.json was made for
     # other weights or with other --tta; false = refuse and say to run evaluate.py
-    allow_threshold_mismatch: bool = False
+    allow_threshold_mismatch: bool = setting(False, "predict.py", "export.py", "app.py")
 
     @property
     def processed_dir(self) -> Path:
@@ -211,78 +304,22 @@ class Config:
     def run_dir(self) -> Path:
         return Path(self.models_dir) / self.run_name
 
-
-# ---- which script reads which field --------------------------------------------------------
-# A script's command line takes only the fields it reads: cxr/cli.py refuses any other, naming the
-# scripts that read it. Found from each script's code path: its own `cfg.<field>` and those of the
-# cxr/, dataset.py and model_architecture.py functions it calls with its config. evaluate.py,
-# predict.py, export.py and app.py rebuild the model from the checkpoint's own config, so they read
-# none of the model's or training's fields.
-_CHECKPOINT = ("models_dir", "run_name", "checkpoint")  # checkpoints.resolve_checkpoint
-_INFERENCE = ("device", "precision", "channels_last", "tta", "batch_size", "num_workers")
-READS: dict[str, tuple[str, ...]] = {
-    "preprocess.py": ("data_root", "dataset", "test_fraction", "data_dir", "frontal_only",
-                      "label_hierarchy", "padchest_label_source", "check_images",
-                      "missing_images", "stats_sample", "fallback_mean", "fallback_std", "seed"),
-    "make_splits.py": ("data_dir", "val_fraction", "seed"),
-    "cache.py": ("data_dir", "image_size", "crop_margin", "cache_on_error", "cache_retry_errors"),
-    "train.py": ("data_dir", "models_dir", "run_name", "resume", "uncertainty_policy",
-                 "uncertainty_policy_by_class", "seed", "backbone", "pretrained", "pretrained_path",
-                 "gem_p", "memory_efficient", "ema_decay", "keep_top_k", "compile",
-                 "dropout", "image_size", "crop_margin", "batch_size", "accumulation_steps",
-                 "epochs", "frozen_epochs", "lr_head", "lr_backbone", "weight_decay",
-                 "warmup_steps", "lr_schedule", "grad_clip_norm", "max_pos_weight", "augment",
-                 "view_mode", "view_fusion", "max_views", "device", "precision", "channels_last",
-                 "num_workers", "max_nonfinite_steps", "checkpoint_every_steps",
-                 "early_stopping_patience", "deterministic", "use_cache", "min_positives",
-                 "warmup_share", "select_on_small_val"),
-    "evaluate.py": ("data_dir", *_CHECKPOINT, *_INFERENCE, "use_cache",
-                    "ci_level", "target_sensitivity", "study_aggregation",
-                    "calibration", "calibration_bins", "min_positives", "compare",
-                    "compare_split", "age_bands", "dataset", "split", "label_hierarchy",
-                    "padchest_label_source"),
-    # and every field of its STAGES
-    "ablate.py": ("ablation", "ablation_name", "seeds", "bootstrap_resamples"),
-    "predict.py": (*_CHECKPOINT, *_INFERENCE, "inputs", "output", "gradcam", "gradcam_dir",
-                   "study_grouping", "study_aggregation", "allow_threshold_mismatch"),
-    "score.py": ("predictions", "labels", "radiologists", "labeler", "compare", "output_dir",
-                 "unmatched", "score_scale", "study_aggregation", "bootstrap_resamples",
-                 "ci_level", "seed", "min_positives", "age_bands"),
-    "export.py": (*_CHECKPOINT, "output", "allow_threshold_mismatch"),
-    "app.py": ("checkpoint", "device", "tta", "allow_threshold_mismatch"),
-}
-# A script that runs others (with the options each reads) takes their fields too.
-STAGES: dict[str, tuple[str, ...]] = {"ablate.py": ("train.py", "evaluate.py")}
-# These also take DATA_FIELDS, to check them against the data built in --data_dir
-# (dataset.check_data_options): a different value is an error, not a silent no-op.
-CHECKS_DATA = ("train.py", "evaluate.py")
-# The field that takes the tokens before the first --option (no other script has one).
-POSITIONAL: dict[str, str] = {"predict.py": "inputs"}
+    def validate(self) -> Config:
+        """This config if its values are valid (validate below), else a ConfigError: cxr/cli.py
+        calls it once the options are applied."""
+        return validate(self)
 
 
-def _accepted(script: str) -> frozenset[str]:
-    own = set(READS[script]) | (set(DATA_FIELDS) if script in CHECKS_DATA else set())
-    return frozenset(own.union(*(_accepted(stage) for stage in STAGES.get(script, ()))))
-
-
-# The other directions: what each script's command line accepts, and who reads each field.
-ACCEPTS: dict[str, frozenset[str]] = {script: _accepted(script) for script in READS}
-READ_BY: dict[str, tuple[str, ...]] = {
-    name: tuple(script for script in READS
-                if name in READS[script]
-                or any(name in READS[stage] for stage in STAGES.get(script, ())))
-    for name in (f.name for f in dataclasses.fields(Config))}
+# ---- the tables, derived from the fields' settings (cxr/settings.py) --------------------------
+READS = reads_by_script(Config)  # script -> the fields it reads, in declaration order
+ACCEPTS = accepts(Config)  # script -> what its command line takes (READS, data fields, stages)
+READ_BY = read_by(Config)  # field -> the scripts that read it or run one that does
+DATA_FIELDS = data_fields(Config)  # field built into the data -> the script that builds it in
+FIXED_ON_RESUME = fixed_on_resume(Config)  # a resumed run keeps its checkpoint's values of these
+SAME_FOR_MEMBERS = same_for_members(Config)  # an ensemble's members all have the same values
+POSITIONAL = positional_fields(Config)  # script -> the field its leading tokens fill
 
 _HINTS = typing.get_type_hints(Config)
-
-
-def literal_values(hint) -> tuple:
-    """The allowed values of a Literal type (an alias such as UncertaintyPolicy too); () else."""
-    return typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
-
-
-def not_one_of(name: str, value, allowed: tuple) -> str:
-    return f"--{name} {value!r} is not one of {', '.join(map(str, allowed))}"
 
 
 def validate(cfg: Config) -> Config:

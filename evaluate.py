@@ -16,9 +16,10 @@ Writes next to the checkpoint:
                                    (Youden's J and the threshold reaching --target_sensitivity),
                                    bound to the checkpoint's weights (model_id) and saying how
                                    the scores were made (TTA, view mode)
-       eval_<split>.json/.md/.csv  per class: AUC with its interval (cxr/evaluation/intervals.py), AUPRC,
-                                   prevalence, masked labels, study-level AUC, ECE, the val
-                                   thresholds' sensitivity, specificity, PPV, NPV, F1; the means
+       eval_<split>.json/.md/.csv  per class: AUC with its interval
+                                   (cxr/evaluation/intervals.py), AUPRC, prevalence, masked
+                                   labels, study-level AUC, ECE, the val thresholds'
+                                   sensitivity, specificity, PPV, NPV, F1; the means
                                    over the classes with at least --min_positives positives
                                    and negatives, over all and over the competition five
        roc_<split>.png, pr_<split>.png, reliability_<split>.png, subgroups_<split>.png (the
@@ -57,12 +58,13 @@ from cxr.errors import ConfigError
 from cxr.evaluation.calibration import calibrated_logits, sigmoid
 from cxr.evaluation.ensemble import check_members, checkpoint_paths, ensemble_folder, ensemble_id, \
     is_ensemble, write_ensemble_file
-from cxr.evaluation.external import dataset_record, external_rows, reference_text, report_name
+from cxr.evaluation.external import dataset_record, external_rows, report_name
 from cxr.evaluation.predictions import Predictions, combined_predictions, evaluate_predictions, \
     fit_and_write_thresholds, fit_on_val, load_model, members_beside, paired_differences, \
     predict_frame, predict_split, resolve_run, run_label, val_calibration
-from cxr.reporting.evaluation_report import comparison_report, comparison_text, ensemble_text, \
-    print_report, write_reports
+from cxr.evaluation.report import EvaluationReport
+from cxr.reporting.evaluation_report import comparison_description, comparison_report, \
+    comparison_text, ensemble_text, print_report, reference_text, write_reports
 from cxr.reporting.plots import forest_plot, pr_grid, reliability_grid, roc_grid
 from cxr.training.checkpoint import model_id, resolve_checkpoint
 from cxr.training.runtime import choose_device
@@ -76,19 +78,20 @@ EXTERNAL_FIELDS = ("data_root", "missing_images", "padchest_label_source")
 
 # ---- predictions --------------------------------------------------------------------------------
 
-def draw_plots(preds: Predictions, result: dict, cfg: Config, out_dir: Path) -> dict[str, str]:
+def draw_plots(preds: Predictions, result: EvaluationReport, cfg: Config, out_dir: Path
+               ) -> dict[str, str]:
     """The split's figures (ROC, PR, reliability; the subgroup forest plot when the competition
     five are scored); returns their file names (relative to out_dir)."""
-    split, labels = result["split"], preds.labels
-    probs = sigmoid(calibrated_logits(preds.logits, result["calibration"]["parameters"], labels))
+    split, labels = result.split, preds.labels
+    probs = sigmoid(calibrated_logits(preds.logits, result.calibration.parameters, labels))
     names = {kind: f"{kind}_{split}.png" for kind in ("roc", "pr", "reliability")}
     roc_grid(preds.targets, probs, labels, out_dir / names["roc"], f"ROC curves, {split} split")
     pr_grid(preds.targets, probs, labels, out_dir / names["pr"],
             f"Precision-recall curves, {split} split")
-    reliability_grid(preds.targets, probs, labels, result["calibration"]["ece"],
+    reliability_grid(preds.targets, probs, labels, result.calibration.ece,
                      cfg.calibration_bins, out_dir / names["reliability"],
                      f"Reliability diagrams, {split} split")
-    if forest_plot(result["subgroups"], labels, out_dir / f"subgroups_{split}.png",
+    if forest_plot(result.subgroups, labels, out_dir / f"subgroups_{split}.png",
                    f"Competition five by subgroup, {split}"):
         names["subgroups"] = f"subgroups_{split}.png"
     return names
@@ -102,11 +105,12 @@ def evaluate_checkpoint(cfg: Config) -> None:
     model, checkpoint, trained = load_model(path, cfg, device, rebuild=model_from_checkpoint)
     thresholds, calibration = None, None
     for split in SPLITS:
-        preds = predict_split(model, split, path, checkpoint, trained, cfg, device, make_dataset=make_dataset)
+        preds = predict_split(model, split, path, checkpoint, trained, cfg, device,
+                              make_dataset=make_dataset)
         if thresholds is None:  # the val split, first
             thresholds, calibration = fit_on_val(preds, path, checkpoint, trained, cfg)
-        result = {"split": split, "checkpoint": str(path), "epoch": checkpoint.get("epoch"),
-                  **evaluate_predictions(preds, thresholds, calibration, cfg)}
+        result = evaluate_predictions(preds, thresholds, calibration, cfg, split=split,
+                                      checkpoint=str(path), epoch=checkpoint.get("epoch"))
         plots = draw_plots(preds, result, cfg, path.parent)
         write_reports(result, plots, cfg, path.parent)
         print_report(result, path, cfg)
@@ -127,7 +131,8 @@ def evaluate_ensemble(cfg: Config) -> None:
     member_ids = [model_id(checkpoint) for checkpoint in checkpoints]
     folder = ensemble_folder(cfg.checkpoint, paths, cfg)
     print(f"evaluate: an ensemble of {len(paths)} checkpoints -> {folder}")
-    predictions = {split: [predict_split(model, split, path, checkpoint, trained, cfg, device, make_dataset=make_dataset)
+    predictions = {split: [predict_split(model, split, path, checkpoint, trained, cfg, device,
+                                         make_dataset=make_dataset)
                            for path, (model, checkpoint, trained) in zip(paths, members)]
                    for split in SPLITS}
     calibrations = [val_calibration(preds, cfg) for preds in predictions["val"]]
@@ -140,13 +145,14 @@ def evaluate_ensemble(cfg: Config) -> None:
         if thresholds is None:  # the val split, first
             thresholds, calibration = fit_and_write_thresholds(
                 preds, handle, ensemble_id(member_ids), scores, cfg)
-        result = {"split": split, "checkpoint": str(folder), "epoch": None,
-                  **evaluate_predictions(preds, thresholds, calibration, cfg),
-                  "ensemble": members_beside(predictions[split], preds, paths, member_ids, cfg)}
+        result = dataclasses.replace(
+            evaluate_predictions(preds, thresholds, calibration, cfg, split=split,
+                                 checkpoint=str(folder), epoch=None),
+            ensemble=members_beside(predictions[split], preds, paths, member_ids, cfg))
         plots = draw_plots(preds, result, cfg, folder)
         write_reports(result, plots, cfg, folder)
         print_report(result, folder, cfg)
-        print(ensemble_text(result["ensemble"], cfg.ci_level))
+        print(ensemble_text(result.ensemble, cfg.ci_level))
     print(f"\nevaluate: wrote {handle}, {folder}/thresholds.json, "
           f"eval_{{{','.join(SPLITS)}}}.{{json,md,csv}}, {{roc,pr,reliability,subgroups}}_*.png "
           f"(predict.py --checkpoint {folder} uses the ensemble)")
@@ -159,20 +165,21 @@ def external_validation(cfg: Config) -> None:
     model, checkpoint, trained = load_model(path, cfg, device, rebuild=model_from_checkpoint)
     frame, adapted, n_missing = external_rows(cfg)
     name = report_name(cfg)
-    val = predict_split(model, "val", path, checkpoint, trained, cfg, device, make_dataset=make_dataset)
+    val = predict_split(model, "val", path, checkpoint, trained, cfg, device,
+                        make_dataset=make_dataset)
     thresholds, calibration = fit_on_val(val, path, checkpoint, trained, cfg)
     not_labelled = {label: adapted.not_labelled_note() for label in adapted.not_labelled}
     preds = predict_frame(model, frame, name, path, checkpoint, trained, cfg, device,
                           use_cache=False, not_labelled=not_labelled, make_dataset=make_dataset)
-    result = {"split": name, "checkpoint": str(path), "epoch": checkpoint.get("epoch"),
-              **evaluate_predictions(preds, thresholds, calibration, cfg),
-              "reference": reference_text(cfg, adapted),
-              "dataset": dataset_record(cfg, adapted, n_missing)}
+    result = dataclasses.replace(
+        evaluate_predictions(preds, thresholds, calibration, cfg, split=name,
+                             checkpoint=str(path), epoch=checkpoint.get("epoch")),
+        reference=reference_text(cfg, adapted), dataset=dataset_record(cfg, adapted, n_missing))
     plots = draw_plots(preds, result, cfg, path.parent)
     write_reports(result, plots, cfg, path.parent)
     print_report(result, path, cfg)
     print(f"\nevaluate: wrote {path.parent}/eval_{name}.{{json,md,csv}}, "
-          f"{{roc,pr,reliability}}_{name}.png ({adapted.title}, {result['n_images']} images; "
+          f"{{roc,pr,reliability}}_{name}.png ({adapted.title}, {result.n_images} images; "
           "calibration and thresholds fitted on the checkpoint's val split)")
 
 
@@ -183,14 +190,13 @@ def compare_runs(cfg: Config) -> None:
     paths = [resolve_run(name, cfg) for name in cfg.compare]
     device = choose_device(cfg.device)
     split = cfg.compare_split
-    models = [load_model(path, cfg, device, rebuild=model_from_checkpoint) for path in paths]  # both load before predicting
+    # both load before predicting
+    models = [load_model(path, cfg, device, rebuild=model_from_checkpoint) for path in paths]
     rows, both = paired_differences(
-        *[predict_split(model, split, path, checkpoint, trained, cfg, device, make_dataset=make_dataset)
+        *[predict_split(model, split, path, checkpoint, trained, cfg, device,
+                        make_dataset=make_dataset)
           for path, (model, checkpoint, trained) in zip(paths, models)], cfg)
-    description = [f"AUC of B - A on the {split} split ({len(both.frame)} {both.unit}, "
-                   f"{both.frame['patient_id'].nunique()} patients), paired intervals "
-                   "(cluster-robust DeLong over the patients)",
-                   f"A = {paths[0]}", f"B = {paths[1]}"]
+    description = comparison_description(split, both.frame, both.unit, paths)
     print("\n" + "\n  ".join(description) + "\n" + comparison_text(rows, cfg.ci_level))
     write_comparison(rows, description, paths, split, cfg)
 
@@ -231,4 +237,5 @@ def main(cfg: Config, given: set[str] = frozenset()) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(lambda cfg: main(cfg, given_fields(sys.argv[1:], "evaluate.py")), script="evaluate.py")
+    run_cli(lambda cfg: main(cfg, given_fields(sys.argv[1:], "evaluate.py", Config)),
+            script="evaluate.py", defaults=Config())

@@ -110,7 +110,8 @@ def main(cfg: Config) -> None:
     # fp32 on the CPU, one pass per image; an ensemble (several checkpoints) is one model
     predictor = load_predictor(path, Config(device="cpu", precision="fp32", channels_last=False,
                                             tta=False, models_dir=cfg.models_dir,
-                                            allow_threshold_mismatch=cfg.allow_threshold_mismatch), rebuild=model_from_checkpoint)
+                                            allow_threshold_mismatch=cfg.allow_threshold_mismatch),
+                               rebuild=model_from_checkpoint)
     labels, thresholds = list(predictor.labels), predictor.thresholds
     for warning in predictor.warnings:
         print(f"warning: {warning}")
@@ -150,4 +151,4 @@ def main(cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main, script="export.py")
+    run_cli(main, script="export.py", defaults=Config())

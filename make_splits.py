@@ -62,4 +62,4 @@ def main(cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main, script="make_splits.py")
+    run_cli(main, script="make_splits.py", defaults=Config())

@@ -358,4 +358,4 @@ def main(cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main, script="predict.py")
+    run_cli(main, script="predict.py", defaults=Config())

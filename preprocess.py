@@ -18,9 +18,9 @@ Writes <data_dir>/processed/train.csv, valid.csv: CheXpert's columns with the 14
        <data_dir>/processed/missing_images.csv when --missing_images skip dropped rows.
 
 --dataset nih|mimic|padchest reads that dataset in its publisher's layout instead (cxr/data/nih.py,
-cxr/data/mimic.py, cxr/data/padchest.py), maps its labels onto CheXpert's 14 (a label it does not annotate
-is "not labelled": raw -2, blank target, masked), applies the same --label_hierarchy and writes
-the same files: train.csv, and as valid.csv (make_splits.py's test split) its official test
+cxr/data/mimic.py, cxr/data/padchest.py), maps its labels onto CheXpert's 14 (a label it does not
+annotate is "not labelled": raw -2, blank target, masked), applies the same --label_hierarchy and
+writes the same files: train.csv, and as valid.csv (make_splits.py's test split) its official test
 list, else --test_fraction of its patients. stats.json also records the mapping's counts, who
 labelled the rows (label_sources; PadChest: --padchest_label_source), rows masked or skipped and
 unmapped terms.
@@ -285,4 +285,4 @@ def main(cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main, script="preprocess.py")
+    run_cli(main, script="preprocess.py", defaults=Config())

@@ -33,12 +33,13 @@ Writes to --output_dir (default scores/<predictions stem>/):
        score.md     the same as tables, with the figures; score.csv one row per label
        roc.png      ROC curves with each radiologist's operating point; pr.png PR curves;
        subgroups.png  the competition five's AUC by subgroup (a forest plot)
-The report card is evaluate.py's, from the same code (AUC intervals from cxr/evaluation/intervals.py, AUPRC,
-positives, the means over labels and over the competition five).
+The report card is evaluate.py's, from the same code (AUC intervals from
+cxr/evaluation/intervals.py, AUPRC, positives, the means over labels and over the competition five).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from config import Config
@@ -47,7 +48,8 @@ from cxr.errors import ConfigError
 from cxr.reporting.plots import forest_plot, pr_grid, roc_grid
 from cxr.reporting.score_report import print_labelers, print_score, write_documents
 from cxr.scoring.files import read_reference
-from cxr.scoring.results import labeler_results, prediction_paths, score
+from cxr.scoring.report import LabelerReport, ScoreReport
+from cxr.scoring.results import Scored, labeler_results, prediction_paths, score
 
 
 def output_dir(cfg: Config) -> Path:
@@ -71,7 +73,8 @@ def check_options(cfg: Config) -> None:
                           "pass it too")
 
 
-def draw_figures(model, comparisons: dict, subgroups: dict, out_dir: Path) -> dict[str, str]:
+def draw_figures(model: Scored, comparisons: dict, subgroups: dict, out_dir: Path
+                 ) -> dict[str, str]:
     """roc.png and pr.png with every reader's operating point, subgroups.png (the forest plot);
     returns their file names."""
     points = {label: {name: (point["sensitivity"], point["specificity"])
@@ -99,21 +102,23 @@ def main(cfg: Config) -> None:
     out_dir = output_dir(cfg)
     reference = read_reference(Path(cfg.labels))
     out_dir.mkdir(parents=True, exist_ok=True)
-    result, plots = {"labels_file": cfg.labels}, {}
+    report: ScoreReport | None = None
+    plots: dict[str, str] = {}
     if cfg.predictions:
-        result, model, comparisons = score(cfg, reference)
-        plots = draw_figures(model, comparisons, result["subgroups"], out_dir)
-    if cfg.labeler:
-        result["labeler"] = labeler_results(cfg.labeler, reference, cfg)
-    if cfg.predictions:
-        print_score(result)
+        report, model, comparisons = score(cfg, reference)
+        plots = draw_figures(model, comparisons, report.subgroups, out_dir)
+    labelers = labeler_results(cfg.labeler, reference, cfg) if cfg.labeler else None
+    if report is None:  # the labeler table alone
+        print_labelers(labelers)
+        write_documents(LabelerReport(cfg.labels, labelers), plots, out_dir)
     else:
-        print_labelers(result["labeler"])
-    write_documents(result, plots, out_dir)
+        report = replace(report, labeler=labelers)
+        print_score(report)
+        write_documents(report, plots, out_dir)
     figures = "".join(f", {name}" for name in plots.values())
     print(f"\nscore: wrote {out_dir}/score.json, score.md"
           f"{', score.csv' if cfg.predictions else ''}{figures}")
 
 
 if __name__ == "__main__":
-    run_cli(main, script="score.py")
+    run_cli(main, script="score.py", defaults=Config())

@@ -55,17 +55,16 @@ from cxr.errors import PipelineError
 from cxr.evaluation.metrics import mean_auc, mean_exclusions, per_class_auc
 from cxr.evaluation.predictions import predict_logits
 from cxr.reporting.plots import training_curves
-from cxr.training.checkpoint import save_checkpoint
+from cxr.training.checkpoint import member_payload, save_checkpoint, training_payload
 from cxr.training.ema import make_ema
-from cxr.training.resume import config_for_launch, resume_command, resume_training, \
-    training_checkpoint
+from cxr.training.resume import config_for_launch, resume_command, resume_training
 from cxr.training.run_folder import epoch_row, prepare_run_dir, write_metrics
 from cxr.training.runtime import StopSignals, TrainingStopped, World, all_gather, any_rank, \
     autocast, autocast_dtype, barrier, broadcast, choose_device, close_world, device_for, \
     gather_to_main, init_world, merge_shards, prepare_model, rng_state, seed_everything, \
     set_deterministic, sum_over_ranks, sync_buffers, to_device
 from cxr.training.schedule import EpochRules, val_ranking, warmup_end, warmup_line, warmup_plan
-from cxr.training.state import Progress, RunState, Trainer
+from cxr.training.state import Progress, RunRecords, RunState, Trainer
 from cxr.training.tensorboard_log import event_log, flush_events, learning_rates, log_epoch, \
     log_step, log_training_images
 from dataset import EpochSampler, ShardSampler, check_data_options, data_settings, make_dataset
@@ -96,12 +95,13 @@ def make_loaders(cfg: Config, train_frame, val_frame, policies: dict[str, str], 
 
 
 def make_trainer(cfg: Config, stats: dict, train_loader: DataLoader, policies: dict[str, str],
-                 warmup: dict[str, int], fresh: bool, device: torch.device,
-                 dtype: torch.dtype | None, world: World, stop: StopSignals) -> Trainer:
+                 warmup: dict[str, int], epoch_selection: dict, fresh: bool,
+                 device: torch.device, dtype: torch.dtype | None, world: World,
+                 stop: StopSignals) -> Trainer:
     """The model (pretrained weights only for a fresh run: a resumed one loads its own), the
     loss with the training split's positive-class weights, AdamW and its schedule (`warmup`:
     each parameter group's warm-up steps), the GradScaler (enabled for fp16 only), and the
-    records every checkpoint carries."""
+    records every checkpoint carries (`epoch_selection`: how best.pth is chosen)."""
     model = build_model(dataclasses.replace(cfg, pretrained=cfg.pretrained and fresh), stats)
     model = prepare_model(model, device, cfg)
     pos_weight = positive_class_weights(train_loader.dataset.targets.numpy(), cfg.max_pos_weight)
@@ -110,9 +110,10 @@ def make_trainer(cfg: Config, stats: dict, train_loader: DataLoader, policies: d
     steps_per_epoch = optimizer_steps(train_loader.sampler.num_samples, cfg)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch, warmup)
     criterion = MaskedBCE(torch.from_numpy(pos_weight), multiclass_flags(policies)).to(device)
-    records = {"normalization": stats, "data": data_settings(cfg),
-               "pos_weight": dict(zip(LABELS, pos_weight.tolist())), "warmup": warmup,
-               "trained_labels": trained_labels(train_loader.dataset.targets.numpy())}
+    records = RunRecords(normalization=stats, data=data_settings(cfg),
+                         pos_weight=dict(zip(LABELS, pos_weight.tolist())), warmup=warmup,
+                         trained_labels=trained_labels(train_loader.dataset.targets.numpy()),
+                         epoch_selection=epoch_selection)
     return Trainer(model, model, criterion, optimizer, scheduler,
                    torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
                    cfg, device, dtype, world, stop, records=records,
@@ -427,14 +428,14 @@ def assert_finite(model: nn.Module, path: Path) -> None:
 
 def save_training_state(trainer: Trainer, progress: Progress, epochs_done: int,
                         paths: list[Path], weights_path: Path | None = None) -> None:
-    """Write the full training state (cxr.training.resume.training_checkpoint) to each path (rank 0;
-    every rank must call this, since the RNG states of all processes are collected). At an
-    epoch's end `progress` is the next epoch's, with no batch done. `weights_path` gets the
-    same checkpoint without what only resuming needs (a top_k/ member)."""
+    """Write the full training state (cxr.training.checkpoint.training_payload) to each path
+    (rank 0; every rank must call this, since the RNG states of all processes are collected).
+    At an epoch's end `progress` is the next epoch's, with no batch done. `weights_path` gets
+    the same checkpoint without what only resuming needs (a top_k/ member: member_payload)."""
     rng = all_gather(trainer.world, rng_state())
     if not trainer.world.is_main:
         return
-    payload = training_checkpoint(trainer, progress, epochs_done, rng)
+    payload = training_payload(trainer, progress, epochs_done, rng)
     flush_events(trainer.events)  # what a resumed run keeps of them is on disk
     for path in paths:
         assert_finite(trainer.model, path)
@@ -442,13 +443,11 @@ def save_training_state(trainer: Trainer, progress: Progress, epochs_done: int,
         save_checkpoint(payload, path)
     if weights_path is not None:
         weights_path.parent.mkdir(exist_ok=True)
-        save_checkpoint({key: value for key, value in payload.items()
-                         if key not in RESUME_ONLY}, weights_path)
+        save_checkpoint(member_payload(payload), weights_path)
 
 
 # ---- the k best epochs (--keep_top_k), for an ensemble -------------------------------------------
 
-RESUME_ONLY = ("optimizer", "scheduler", "scaler", "rng", "online_model")  # not in top_k/ files
 TOP_K_DIR = "top_k"
 
 
@@ -514,30 +513,30 @@ def main(cfg: Config, given: set[str] | None = None) -> None:
 
 def run(cfg: Config, given: set[str], world: World, stop: StopSignals) -> None:
     """Set up the run, or pick up its checkpoint; train its epochs; say what it wrote."""
-    cfg, checkpoint, resume_from = config_for_launch(cfg, given, world)
+    cfg, resumed, resume_from = config_for_launch(cfg, given, world)
     set_deterministic(cfg.deterministic)
     seed_everything(cfg.seed + world.rank)
     device = device_for(world, choose_device(cfg.device))
     dtype = autocast_dtype(cfg.precision, device)
-    stats = checkpoint["normalization"] if checkpoint else read_stats(cfg)
+    stats = resumed.normalization if resumed else read_stats(cfg)
     train_frame = read_split(cfg.splits_dir / "train.csv")
     val_frame = read_split(cfg.splits_dir / "val.csv")
     policies = class_policies(cfg.uncertainty_policy, cfg.uncertainty_policy_by_class)
     train_loader, val_loader = make_loaders(cfg, train_frame, val_frame, policies, world, device)
     steps_per_epoch = optimizer_steps(train_loader.sampler.num_samples, cfg)
     # a resumed run warms up as it began (its checkpoint keeps the steps), whatever --epochs now
-    warmup = (checkpoint or {}).get("warmup") or warmup_plan(cfg, steps_per_epoch)
+    warmup = resumed.warmup if resumed and resumed.warmup else warmup_plan(cfg, steps_per_epoch)
     rules = EpochRules(warmup_end(warmup, cfg, steps_per_epoch),
                        val_ranking(evaluation_targets(train_frame),
                                    val_loader.dataset.targets.numpy(), LABELS, cfg))
-    trainer = make_trainer(cfg, stats, train_loader, policies, warmup, fresh=checkpoint is None,
-                           device=device, dtype=dtype, world=world, stop=stop)
-    trainer.records["epoch_selection"] = rules.ranking.record()
+    trainer = make_trainer(cfg, stats, train_loader, policies, warmup, rules.ranking.record(),
+                           fresh=resumed is None, device=device, dtype=dtype, world=world,
+                           stop=stop)
     progress = Progress()
-    if checkpoint is not None:
-        progress = resume_training(trainer, checkpoint, resume_from)
+    if resumed is not None:
+        progress = resume_training(trainer, resumed, resume_from)
     if world.is_main:
-        prepare_run_dir(cfg, device, world, resumed=checkpoint is not None,
+        prepare_run_dir(cfg, device, world, resumed=resumed is not None,
                         rules={"warmup": warmup, "epoch_selection": rules.ranking.record()})
     barrier(world)
     last = cfg.run_dir / "last.pth"
@@ -546,18 +545,18 @@ def run(cfg: Config, given: set[str], world: World, stop: StopSignals) -> None:
 
     if world.is_main:
         where = (f"resuming {resume_from} at epoch {progress.epoch}, batch {progress.batches_done}"
-                 if checkpoint is not None else f"run folder {cfg.run_dir}")
+                 if resumed is not None else f"run folder {cfg.run_dir}")
         print(start_line(trainer, train_loader, val_loader, where), flush=True)
-        print(offsets_line(trainer.records["pos_weight"].values(),
+        print(offsets_line(trainer.records.pos_weight.values(),
                            trainer.model.logit_offset.tolist()), flush=True)
         for line in (warmup_line(warmup, cfg, steps_per_epoch), rules.ranking.line()):
             if line:
                 print(line, flush=True)
     # a fresh run logs from step 0 on, a resumed one from the step after its checkpoint's
-    with event_log(cfg.run_dir, world, 0 if checkpoint is None else progress.global_step + 1) \
+    with event_log(cfg.run_dir, world, 0 if resumed is None else progress.global_step + 1) \
             as events:
         trainer.events = events
-        if checkpoint is None:
+        if resumed is None:
             log_training_images(trainer.events, train_loader, trainer.model, stats)
         stopped_early = fit(trainer, train_loader, val_loader, progress, rules)
     if world.is_main:
@@ -666,4 +665,5 @@ def announce_stop(progress: Progress, last: Path, world: World) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(lambda cfg: main(cfg, given_fields(sys.argv[1:], "train.py")), script="train.py")
+    run_cli(lambda cfg: main(cfg, given_fields(sys.argv[1:], "train.py", Config)),
+            script="train.py", defaults=Config())

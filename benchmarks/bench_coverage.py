@@ -16,9 +16,9 @@ mu 0.3 higher). It measures the intervals the reports give, each against its tru
 - the paired difference B - A of two models' AUCs (middle class);
 - the mean AUC over the 5 classes (model A; only from 10 positives, as the report card's means);
 - the sensitivity and the specificity at a fixed threshold (mu / 2, the middle class).
-Each is made by the method the reports use now (cxr/evaluation/intervals.py) and, for comparison, by the
-patient bootstrap's percentile intervals that the reports used before (stratified per class for a
-class AUC, a difference and a proportion; one shared draw for the mean). Prints coverage (share
+Each is made by the method the reports use now (cxr/evaluation/intervals.py) and, for comparison, by
+the patient bootstrap's percentile intervals that the reports used before (stratified per class for
+a class AUC, a difference and a proportion; one shared draw for the mean). Prints coverage (share
 of datasets whose interval holds the true value) and mean width per cell. Fixed seeds.
 """
 
@@ -211,7 +211,8 @@ def main() -> None:
         results = list(tqdm(pool.map(run_cell, cells), total=len(cells), desc="cells"))
     for auc in sorted({r["cell"][2] for r in results}):
         print(f"\ntrue AUC {auc} (middle class, model A); coverage (mean width) of 95 % "
-              f"intervals over {args.datasets} datasets per cell; 'now' = cxr/evaluation/intervals.py, "
+              f"intervals over {args.datasets} datasets per cell; "
+              "'now' = cxr/evaluation/intervals.py, "
               f"'before' = patient-bootstrap percentile ({args.bootstrap_resamples} resamples), "
               "'unmarked' = coverage of the intervals now not marked approximate (their share)")
         print("\n".join(summary_rows([r for r in results if r["cell"][2] == auc])))

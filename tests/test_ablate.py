@@ -22,17 +22,20 @@ from config import Config
 from conftest import ROOT, tiny_checkpoint
 from cxr.cli import command_line_options, given_options, parse_args
 from cxr.errors import ConfigError, PipelineError
-from cxr.evaluation.metrics import summarise
-from cxr.evaluation.predictions import Predictions
+from cxr.evaluation.predictions import Predictions, evaluate_predictions
+from cxr.evaluation.report import EvaluationReport
+from cxr.evaluation.thresholds import choose_thresholds
+from cxr.reporting.ablation_report import format_summary, markdown_report, split_text
 from cxr.training.checkpoint import load_checkpoint, save_checkpoint
 
 LABELS = ("Atelectasis", "Cardiomegaly", "Edema", "Fracture")
 
 
 def configurations(specs, shared_argv=()):
-    shared = parse_args([*shared_argv, *(["--ablation", *specs] if specs else [])], "ablate.py")
+    shared = parse_args([*shared_argv, *(["--ablation", *specs] if specs else [])], "ablate.py",
+                        defaults=Config())
     return ablate.resolve_configurations(shared, command_line_options(list(shared_argv),
-                                                                      "ablate.py"))
+                                                                      "ablate.py", Config))
 
 
 # ---- command line ------------------------------------------------------------------------------
@@ -40,15 +43,16 @@ def configurations(specs, shared_argv=()):
 def test_ablation_is_a_field_of_whole_configurations():
     argv = ["--data_dir", "d", "--ablation", "a: --dropout 0", "b: --gradcam A,B", "--epochs",
             "3", "--ablation_name", "x"]
-    cfg = parse_args(argv, "ablate.py")
+    cfg = parse_args(argv, "ablate.py", defaults=Config())
     assert cfg.ablation == ("a: --dropout 0", "b: --gradcam A,B")  # not split on commas
     assert (cfg.data_dir, cfg.epochs, cfg.ablation_name) == ("d", 3, "x")
-    assert parse_args(["--ablation=c: --gem_p 1"], "ablate.py").ablation == ("c: --gem_p 1",)
+    assert parse_args(["--ablation=c: --gem_p 1"], "ablate.py",
+                      defaults=Config()).ablation == ("c: --gem_p 1",)
 
 
 def test_each_stage_gets_the_options_it_reads():
     shared = command_line_options(["--data_dir", "d", "--epochs", "3", "--num_workers", "-1",
-                                   "--bootstrap_resamples", "10"], "ablate.py")
+                                   "--bootstrap_resamples", "10"], "ablate.py", Config)
     found = configurations(["a:", "b: --dropout 0.5 --tta=true"], ["--epochs", "3"])
     assert ablate.stage_options("train.py", shared, found[1]) == [
         "--data_dir", "d", "--epochs", "3", "--num_workers", "-1", "--dropout", "0.5"]
@@ -119,12 +123,13 @@ def fake_predictions(rng, noise: float) -> Predictions:
     return Predictions(frame, logits, targets, LABELS)
 
 
-def fake_report(preds: Predictions, cfg: Config) -> dict:
-    """What ablate.py reads of an eval_test.json."""
+def fake_report(preds: Predictions, cfg: Config, checkpoint: str = "best.pth"
+                ) -> EvaluationReport:
+    """The report evaluate.py writes as eval_test.json (uncalibrated: its AUCs are the same)."""
     probs = 1 / (1 + np.exp(-preds.logits))
-    image = summarise(probs, preds.targets, LABELS, preds.frame["patient_id"], cfg.ci_level)
-    return json.loads(json.dumps({"n_images": len(preds.frame), "n_studies": 60,
-                                  "n_patients": 60, "image": image}))
+    thresholds = choose_thresholds(preds.targets, probs, preds.labels, 0.9)
+    return evaluate_predictions(preds, thresholds, {"method": "none", "parameters": None}, cfg,
+                                split="test", checkpoint=checkpoint, epoch=1)
 
 
 def test_table_has_intervals_and_paired_differences_to_the_baseline(tmp_path):
@@ -149,10 +154,11 @@ def test_table_has_intervals_and_paired_differences_to_the_baseline(tmp_path):
     assert first["auc Fracture"] is None and second["diff Fracture"] is None
     assert second["diff Edema"] == pytest.approx(second["auc Edema"] - first["auc Edema"])
 
-    text = ablate.format_summary(rows, cfg.ci_level)
+    text = format_summary(rows, cfg.ci_level)
     assert "baseline" in text.splitlines()[2] and "better" in text.splitlines()[3]
-    markdown = ablate.markdown_report(rows, found, "x", "python ablate.py ...",
-                                      fake_report(base, cfg), LABELS, cfg)
+    runs = {c.name: ablate.runs_of(c, "x", [42]) for c in found}
+    setup = ablate.setup_of(found, runs, "x", "python ablate.py ...", cfg)
+    markdown = markdown_report(rows, setup, fake_report(base, cfg).image.means, LABELS)
     assert "| base | `--dropout 0.2` |" in markdown and "*paired*" in markdown
     assert "| Fracture | n/a | n/a |" in markdown
     assert markdown.count("\n| better |") == 2  # in the configurations and the summary tables
@@ -198,15 +204,16 @@ def test_a_study_table_reads_the_study_level_of_each_report(tmp_path):
     cfg = Config(bootstrap_resamples=50)
     images = fake_predictions(np.random.default_rng(3), noise=1.0)
     report = fake_report(images, cfg)
-    report["study"] = json.loads(json.dumps(report["image"]))
-    report["study"]["means"]["all"]["auc"] = 0.5  # tell the levels apart
+    means = {**report.image.means,  # tell the levels apart
+             "all": dataclasses.replace(report.image.means["all"], auc=0.5)}
+    report = dataclasses.replace(report, study=dataclasses.replace(report.image, means=means))
     found = configurations(["frontal: --view_mode frontal", "study: --view_mode study"])
     assert ablate.table_level(found) == "study"
     assert ablate.table_level(found[:1]) == "image"
     row = ablate.table_row(found[0], tmp_path / "x-frontal", report, None, LABELS, "study")
     assert row["mean_auc"] == 0.5
-    assert ablate.split_text(report, "study") == "60 studies, 60 patients"
-    assert ablate.split_text(report, "image") == "120 images, 60 patients"
+    assert split_text(row, "study") == "60 studies, 60 patients"
+    assert split_text(row, "image") == "120 images, 60 patients"
 
 
 # ---- end to end ----------------------------------------------------------------------------------
@@ -267,7 +274,8 @@ def test_two_configurations_end_to_end_then_resumed(data_args, monkeypatch, caps
 
     monkeypatch.setattr(ablate, "run_step", fake_step)
     argv = [*options, *SHARED, "--ablation", *SPECS]
-    ablate.main(parse_args(argv, "ablate.py"), given_options(argv, "ablate.py"))
+    ablate.main(parse_args(argv, "ablate.py", defaults=Config()),
+                given_options(argv, "ablate.py", Config))
     again = capsys.readouterr().out
     assert launched == [("evaluate.py", "dropout")]
     assert "[1/2] no-dropout: " in again and "already holds its trained and evaluated run" in again
@@ -289,7 +297,7 @@ class TableReached(Exception):
 def test_seeds_train_every_configuration_with_each_seed(tmp_path, monkeypatch):
     argv = ["--models_dir", str(tmp_path), "--seed", "7", "--seeds", "3", "--epochs", "2",
             "--ablation", "a:", "b: --dropout 0.5", "--ablation_name", "x"]
-    cfg = parse_args(argv, "ablate.py")
+    cfg = parse_args(argv, "ablate.py", defaults=Config())
     assert ablate.seed_list(cfg) == [7, 8, 9]
     launched = []
 
@@ -305,7 +313,7 @@ def test_seeds_train_every_configuration_with_each_seed(tmp_path, monkeypatch):
     monkeypatch.setattr(ablate, "run_step", fake_step)
     monkeypatch.setattr(ablate, "build_seed_table", no_table)
     with pytest.raises(TableReached):
-        ablate.main(cfg, given_options(argv, "ablate.py"))
+        ablate.main(cfg, given_options(argv, "ablate.py", Config))
     trained = [(name, seed, options[options.index("--run_name") + 1], log)
                for script, options, name, seed, log in launched if script == "train.py"]
     assert trained == [("a", 7, "x-a-s7", "a-s7.log"), ("b", 7, "x-b-s7", "b-s7.log"),
@@ -443,8 +451,8 @@ def test_two_configurations_with_two_seeds_end_to_end(data_args, monkeypatch, ca
             (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
         else:
             best = step_options[step_options.index("--checkpoint") + 1]
-            report = {"checkpoint": best, "n_images": 6, "n_studies": 6, "n_patients": 6}
-            (Path(best).parent / "eval_test.json").write_text(json.dumps(report))
+            report = fake_report(remembered(configuration, Path(best).parent), cfg, best)
+            (Path(best).parent / "eval_test.json").write_text(json.dumps(report.as_dict()))
 
     predicted = {}  # run folder -> its predictions: the re-run below does not predict again
     real_predictions = ablate.test_predictions
@@ -457,7 +465,8 @@ def test_two_configurations_with_two_seeds_end_to_end(data_args, monkeypatch, ca
     monkeypatch.setattr(ablate, "run_step", fake_step)
     monkeypatch.setattr(ablate, "test_predictions", remembered)
     argv = [*options, *SEEDS_SHARED, "--ablation", *SPECS]
-    ablate.main(parse_args(argv, "ablate.py"), given_options(argv, "ablate.py"))
+    ablate.main(parse_args(argv, "ablate.py", defaults=Config()),
+                given_options(argv, "ablate.py", Config))
     stdout = capsys.readouterr().out
     assert launched == [(script, name) for name in ("no-dropout", "dropout", "no-dropout",
                                                     "dropout") for script in ("train.py",
@@ -495,6 +504,7 @@ def test_two_configurations_with_two_seeds_end_to_end(data_args, monkeypatch, ca
 
     # re-run: every run is finished and evaluated, so nothing is launched
     launched.clear()
-    ablate.main(parse_args(argv, "ablate.py"), given_options(argv, "ablate.py"))
+    ablate.main(parse_args(argv, "ablate.py", defaults=Config()),
+                given_options(argv, "ablate.py", Config))
     assert launched == [] and capsys.readouterr().out.count("already holds its trained") == 4
     assert pd.read_csv(out / "ablation.csv")["diff_mean_auc"].equals(table["diff_mean_auc"])

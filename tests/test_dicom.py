@@ -210,13 +210,14 @@ class Run(NamedTuple):
 def run(folder, tmp_path_factory) -> Run:
     """predict.py once over the folder, the shared source and a PNG, all in one batch."""
     import predict
+    from config import Config
     from cxr.cli import run_cli
 
     checkpoint = tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "run" / "best.pth")
     output = folder.parent / f"{folder.name}-out" / "predictions.csv"
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        run_cli(predict.main, script="predict.py",
+        run_cli(predict.main, script="predict.py", defaults=Config(),
                 argv=[str(folder), str(shared(SOURCE)), str(shared(OTHER_XRAY)),
                       str(shared("bad-inputs/images/gray16_xray.png")), "--checkpoint",
                       str(checkpoint), "--output", str(output), "--device", "cpu",
@@ -302,6 +303,7 @@ def test_a_dicom_that_is_not_a_chest_radiograph_is_flagged(run):
 def test_a_study_models_rows_join_their_views_headers(tmp_path):
     """A study-mode model's row holds each distinct header value of its views, in order."""
     import predict
+    from config import Config
     from cxr.cli import run_cli
 
     source = shared(SOURCE)
@@ -313,7 +315,7 @@ def test_a_study_models_rows_join_their_views_headers(tmp_path):
     output = tmp_path / "predictions.csv"
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
-        run_cli(predict.main, script="predict.py",
+        run_cli(predict.main, script="predict.py", defaults=Config(),
                 argv=[str(tmp_path / "patient00001"), "--checkpoint", str(checkpoint), "--output",
                       str(output), "--device", "cpu", "--num_workers", "0"])
     row = pd.read_csv(output, keep_default_na=False, dtype=str).iloc[0]

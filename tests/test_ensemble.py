@@ -135,7 +135,8 @@ def test_evaluation_and_prediction_give_the_ensemble_the_same_scores(ensemble):
     per_member = []
     for path in members:
         model, checkpoint, trained = load_model(path, cfg, device, rebuild=model_from_checkpoint)
-        per_member.append(predict_split(model, "test", path, checkpoint, trained, cfg, device, make_dataset=make_dataset))
+        per_member.append(predict_split(model, "test", path, checkpoint, trained, cfg, device,
+                                        make_dataset=make_dataset))
     combined = combined_predictions(per_member, calibrations)
     predictor = load_predictor(str(top_k), cfg, rebuild=model_from_checkpoint)
     assert predictor.model_id == stored["model_id"]
@@ -169,7 +170,8 @@ def test_predict_and_export_serve_the_ensemble(ensemble, tmp_path, capsys):
     export.main(Config(checkpoint=str(top_k), output=str(onnx), models_dir=cfg.models_dir))
     spec = json.loads(onnx.with_suffix(".json").read_text())
     assert spec["ensemble"] == [str(p) for p in members]
-    predictor = load_predictor(str(top_k), Config(device="cpu", channels_last=False), rebuild=model_from_checkpoint)
+    predictor = load_predictor(str(top_k), Config(device="cpu", channels_last=False),
+                               rebuild=model_from_checkpoint)
     images = torch.randint(0, 256, (3, 1, 32, 32), dtype=torch.uint8)
     session = onnxruntime.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
     exported = session.run(["probabilities"], {"images": images.numpy()})[0]
@@ -182,7 +184,8 @@ def test_predict_and_export_serve_the_ensemble(ensemble, tmp_path, capsys):
 def test_a_comma_list_gets_its_own_folder_and_other_members_are_noticed(ensemble, tmp_path):
     cfg, top_k, members = ensemble
     spec = ",".join(map(str, members))
-    predictor = load_predictor(spec, cfg, rebuild=model_from_checkpoint)  # not evaluated as a list: uncalibrated, 0.5
+    # not evaluated as a list: uncalibrated, 0.5
+    predictor = load_predictor(spec, cfg, rebuild=model_from_checkpoint)
     assert any("ensemble.json not found" in w for w in predictor.warnings)
     assert predictor.checkpoint.parent.name.startswith("ensemble-")
     other = tiny_checkpoint(tmp_path / "other.pth", image_size=32, seed=7)
@@ -212,8 +215,8 @@ def test_score_averages_predictions_files_and_compares_each_with_the_ensemble():
     cfg = Config(predictions=",".join(members), labels=shared_file("groundtruth.csv"),
                  bootstrap_resamples=100)
     result, model, _ = score(cfg, read_reference(Path(cfg.labels)))
-    assert result["ensemble"]["members"] == list(members)
-    assert set(result["compare"]) == set(members)
+    assert result.ensemble.members == list(members)
+    assert set(result.compare) == set(members)
     frames = [pd.read_csv(m).set_index("Study") for m in members]
     labels = [label for label in frames[0].columns if all(label in f for f in frames)]
     mean = sum(f[labels] for f in frames) / 3
@@ -221,11 +224,11 @@ def test_score_averages_predictions_files_and_compares_each_with_the_ensemble():
     from sklearn.metrics import roc_auc_score
     for label in labels:
         expected = roc_auc_score(reference.loc[mean.index, label], mean[label])
-        assert result["auc"][label] == pytest.approx(expected, abs=1e-9)
+        assert result.auc[label] == pytest.approx(expected, abs=1e-9)
     for member in members:
-        rows = {row["pathology"]: row for row in result["compare_rows"][member]}
+        rows = {row["pathology"]: row for row in result.compare_rows[member]}
         for label in labels:
-            assert rows[label]["auc_b"] == pytest.approx(result["auc"][label], abs=1e-9)
+            assert rows[label]["auc_b"] == pytest.approx(result.auc[label], abs=1e-9)
     with pytest.raises(PipelineError, match="needs --score_scale probability"):
         score(Config(predictions=",".join(members), labels=cfg.labels, score_scale="any"),
               read_reference(Path(cfg.labels)))

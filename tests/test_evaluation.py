@@ -28,11 +28,10 @@ from cxr.evaluation.calibration import calibrated_logits, calibrated_probs, \
     expected_calibration_error, fit_calibration, reliability_bins, sigmoid
 from cxr.evaluation.compare import paired_auc_differences
 from cxr.evaluation.metrics import COMPETITION_LABELS, aggregate_studies, summarise
-from cxr.evaluation.operating_points import choose_thresholds, metrics_at, operating_point_table, \
-    sensitivity_threshold, youden_threshold
 from cxr.evaluation.predictions import Predictions, evaluate_predictions
-from cxr.evaluation.thresholds import thresholds_payload, write_thresholds
-from cxr.reporting.evaluation_report import comparison_text, write_reports
+from cxr.evaluation.thresholds import choose_thresholds, metrics_at, operating_point_table, \
+    sensitivity_threshold, thresholds_payload, write_thresholds, youden_threshold
+from cxr.reporting.evaluation_report import comparison_text, read_report, write_reports
 from cxr.reporting.plots import pr_grid, reliability_grid, roc_grid
 from cxr.training.checkpoint import require_finite
 
@@ -356,17 +355,17 @@ def test_report_of_a_split_is_written_with_thresholds_from_val(tmp_path):
     assert calibration["parameters"]["Fracture"] is None  # one label value on val
     probs = calibrated_probs(val.logits, calibration["parameters"], LABELS)
     thresholds = choose_thresholds(val.targets, probs, LABELS, 0.9)
-    result = {"split": "test", "checkpoint": "models/x/best.pth", "epoch": 3,
-              **evaluate_predictions(test, thresholds, calibration, cfg)}
-    assert result["n_studies"] < result["n_images"] and result["study"]["aggregation"] == "mean"
-    assert result["auc"]["Fracture"] is None and result["mean_auc"] is not None
-    assert result["calibration"]["method"] == "platt"
-    assert result["calibration"]["mean_ece"] < 0.75 * result["calibration"]["mean_ece_uncalibrated"]
-    assert result["masked_uncertain"]["Edema"] == int(np.isnan(test.targets[:, 5]).sum()) > 0
+    source = {"split": "test", "checkpoint": "models/x/best.pth", "epoch": 3}
+    result = evaluate_predictions(test, thresholds, calibration, cfg, **source)
+    assert result.n_studies < result.n_images and result.study.aggregation == "mean"
+    assert result.auc["Fracture"] is None and result.mean_auc is not None
+    assert result.calibration.method == "platt"
+    assert result.calibration.mean_ece < 0.75 * result.calibration.mean_ece_uncalibrated
+    assert result.masked_uncertain["Edema"] == int(np.isnan(test.targets[:, 5]).sum()) > 0
     uncalibrated = evaluate_predictions(test, thresholds, {"method": "none", "parameters": None},
-                                        cfg)
-    assert uncalibrated["auc"] == result["auc"]  # calibration changes no AUC
-    assert uncalibrated["calibration"]["mean_ece"] != result["calibration"]["mean_ece"]
+                                        cfg, **source)
+    assert uncalibrated.auc == result.auc  # calibration changes no AUC
+    assert uncalibrated.calibration.mean_ece != result.calibration.mean_ece
     plots = {kind: f"{kind}_test.png" for kind in ("roc", "pr", "reliability")}
     write_reports(result, plots, cfg, tmp_path)
     markdown = (tmp_path / "eval_test.md").read_text()
@@ -384,6 +383,18 @@ def test_report_of_a_split_is_written_with_thresholds_from_val(tmp_path):
     assert saved["intervals"]["auc"].startswith("cluster-robust DeLong")
     # the subgroup audit: no Sex/Age/AP/PA columns here, so the Support Devices strata alone
     assert set(saved["subgroups"]) == {"Support Devices"} and "## Subgroups" in markdown
+    # the JSON reads back into the same report, and writes the same bytes again
+    again = read_report(tmp_path / "eval_test.json")
+    assert again.image == result.image and again.operating_points == result.operating_points
+    assert json.dumps({**again.as_dict(), "plots": plots}, indent=2) + "\n" == \
+        (tmp_path / "eval_test.json").read_text()
+
+
+def test_a_report_that_is_not_this_versions_is_one_clear_error(tmp_path):
+    path = tmp_path / "eval_test.json"
+    path.write_text(json.dumps({"checkpoint": "best.pth", "n_images": 6}))
+    with pytest.raises(PipelineError, match="not an evaluation report of this version"):
+        read_report(path)
 
 
 def test_figures_are_written_with_a_not_evaluable_class(tmp_path):
@@ -402,10 +413,11 @@ def test_figures_are_written_with_a_not_evaluable_class(tmp_path):
 
 def test_compare_takes_two_values_on_the_command_line():
     cfg = parse_args(["--data_dir", "d", "--compare", "run-a", "models/b/best.pth",
-                      "--compare_split", "val"], "evaluate.py")
+                      "--compare_split", "val"], "evaluate.py", defaults=Config())
     assert (cfg.compare, cfg.compare_split) == (("run-a", "models/b/best.pth"), "val")
-    assert parse_args(["--compare=a,b"], "evaluate.py").compare == ("a", "b")
-    assert parse_args(["--compare", "a"], "evaluate.py").compare == ("a",)  # main says why
+    assert parse_args(["--compare=a,b"], "evaluate.py", defaults=Config()).compare == ("a", "b")
+    # one run parses (main says why it is not enough)
+    assert parse_args(["--compare", "a"], "evaluate.py", defaults=Config()).compare == ("a",)
     import evaluate
     with pytest.raises(ConfigError, match="--compare takes two runs.*got 3: a b c"):
         evaluate.compare_runs(Config(compare=("a", "b", "c")))
@@ -420,7 +432,7 @@ def test_compare_takes_two_values_on_the_command_line():
 ])
 def test_evaluation_fields_are_validated(argv, message):
     with pytest.raises(ConfigError, match=message):
-        parse_args(argv, "evaluate.py")
+        parse_args(argv, "evaluate.py", defaults=Config())
 
 
 def test_tta_averages_fixed_views_without_flipping():

@@ -1,6 +1,6 @@
-"""Intervals that keep their promise (cxr/evaluation/intervals.py): DeLong's variance against its textbook
-form, the clustered variance against Obuchowski's formulas written out, coverage by simulation
-through the report card's own code, and no zero-width interval for a perfect AUC."""
+"""Intervals that keep their promise (cxr/evaluation/intervals.py): DeLong's variance against its
+textbook form, the clustered variance against Obuchowski's formulas written out, coverage by
+simulation through the report card's own code, and no zero-width interval for a perfect AUC."""
 
 from __future__ import annotations
 

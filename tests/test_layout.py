@@ -167,7 +167,8 @@ def test_type_only_imports_name_only_the_config():
 def test_the_layer_check_finds_an_upward_import():
     assert upward_imports({"cxr.data.labels": {"cxr.evaluation.metrics"}}) == \
         [("cxr.data.labels", "cxr.evaluation.metrics")]
-    assert upward_imports({"cxr.training.runtime": {"config"}}) == [("cxr.training.runtime", "config")]
+    assert upward_imports({"cxr.training.runtime": {"config"}}) == \
+        [("cxr.training.runtime", "config")]
     assert upward_imports({"cxr.evaluation.metrics": {"cxr.data.labels", "cxr.errors"}}) == []
 
 

@@ -1,5 +1,5 @@
-"""PadChest in BIMCV's own layout (cxr/data/padchest.py): the full 160,861-row label table mapped onto
-CheXpert's labels and recounted independently (the physicians' rows, or all of them), and small
+"""PadChest in BIMCV's own layout (cxr/data/padchest.py): the full 160,861-row label table mapped
+onto CheXpert's labels and recounted independently (the physicians' rows, or all of them), and small
 hand-written tables (bad cells, missing columns, No Finding, masked rows, ages, views)."""
 
 from __future__ import annotations

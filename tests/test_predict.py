@@ -154,7 +154,7 @@ def run_in_process(capsys, *args: str) -> tuple[int, str, str]:
     from cxr.cli import run_cli
 
     try:
-        run_cli(predict.main, script="predict.py", argv=list(args))
+        run_cli(predict.main, script="predict.py", argv=list(args), defaults=Config())
         code = 0
     except SystemExit as stop:
         code = stop.code
@@ -338,7 +338,8 @@ def test_untrained_labels_are_marked_not_trained(tmp_path, capsys):
                                   str(tmp_path / "cam" / "predictions.csv"), "--device", "cpu")
     assert code != 0 and "Fracture: not trained" in err
     # a checkpoint without the record (older ones): every label is predicted, as before
-    old = load_predictor(tiny_checkpoint(tmp_path / "old" / "best.pth"), CPU, rebuild=model_from_checkpoint)
+    old = load_predictor(tiny_checkpoint(tmp_path / "old" / "best.pth"), CPU,
+                         rebuild=model_from_checkpoint)
     assert old.untrained == () and old.trained == LABELS
 
 

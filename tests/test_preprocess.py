@@ -135,7 +135,7 @@ def test_the_processed_data_do_not_depend_on_the_uncertainty_policy(tmp_path):
     assert json.loads(written["U-Ones"][2])["settings"] == \
         json.loads(written["U-Zeros"][2])["settings"]
     with pytest.raises(ConfigError, match="--uncertainty_policy is read by train.py"):
-        parse_args(["--uncertainty_policy", "U-Zeros"], "preprocess.py")
+        parse_args(["--uncertainty_policy", "U-Zeros"], "preprocess.py", defaults=Config())
 
 
 def test_label_hierarchy_fills_blank_parents_only(tmp_path):

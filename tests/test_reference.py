@@ -83,8 +83,10 @@ def val_predictions(run_dir, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
     """best.pth's label logits (float64) on the val split, as evaluate.py makes them, and the
     targets they are scored against."""
     path, cpu = run_dir / "best.pth", torch.device("cpu")
-    model, checkpoint, trained_cfg = evaluation.load_model(path, cfg, cpu, rebuild=model_from_checkpoint)
-    preds = evaluation.predict_split(model, "val", path, checkpoint, trained_cfg, cfg, cpu, make_dataset=make_dataset)
+    model, checkpoint, trained_cfg = evaluation.load_model(path, cfg, cpu,
+                                                           rebuild=model_from_checkpoint)
+    preds = evaluation.predict_split(model, "val", path, checkpoint, trained_cfg, cfg, cpu,
+                                     make_dataset=make_dataset)
     return preds.logits, preds.targets
 
 
@@ -202,7 +204,8 @@ def test_a_checkpoint_without_the_offset_loads_with_a_warning(tmp_path):
     checkpoint = torch.load(path, weights_only=True)
     del checkpoint["model"]["logit_offset"]  # as written before the offset existed
     torch.save(checkpoint, path)
-    predictor = load_predictor(path, Config(device="cpu", num_workers=0), rebuild=model_from_checkpoint)
+    predictor = load_predictor(path, Config(device="cpu", num_workers=0),
+                               rebuild=model_from_checkpoint)
     assert any("predates the removal of the positive-weight offset" in w
                for w in predictor.warnings)
     assert torch.equal(predictor.model.logit_offset, torch.zeros(len(LABELS)))
@@ -217,7 +220,8 @@ def test_calibration_and_thresholds_are_fitted_on_val_and_applied_by_predict(tra
     val = read_split(uncertain_data.splits_dir / "val.csv")
     paths = val["image_path"].tolist()[:6]
     predictor = load_predictor(trained / "best.pth", Config(device="cpu", num_workers=0,
-                                                            precision="fp32"), rebuild=model_from_checkpoint)
+                                                            precision="fp32"),
+                               rebuild=model_from_checkpoint)
     table = predict_sources(predictor, paths, progress=False).table
     logits, _ = val_predictions(trained, uncertain_data)
     expected = calibrated_probs(logits[:6], thresholds["calibration"]["parameters"], LABELS)
@@ -243,7 +247,8 @@ def test_thresholds_of_other_weights_are_refused_naming_evaluate(trained, tmp_pa
     torch.save(saved, checkpoint)
     with pytest.raises(PipelineError, match=r"fitted for other weights.*evaluate\.py --checkpoint"):
         load_predictor(checkpoint, cpu, rebuild=model_from_checkpoint)
-    allowed = load_predictor(checkpoint, dataclasses.replace(cpu, allow_threshold_mismatch=True), rebuild=model_from_checkpoint)
+    allowed = load_predictor(checkpoint, dataclasses.replace(cpu, allow_threshold_mismatch=True),
+                             rebuild=model_from_checkpoint)
     assert any("used anyway" in warning for warning in allowed.warnings)
     other = tiny_checkpoint(tmp_path / "other" / "best.pth", image_size=32)
     shutil.copy(trained / "thresholds.json", other.parent)  # copied from another run
@@ -251,7 +256,7 @@ def test_thresholds_of_other_weights_are_refused_naming_evaluate(trained, tmp_pa
         load_predictor(other, cpu, rebuild=model_from_checkpoint)
     image = read_split(Path(trained.parent.parent) / "data" / "splits" / "val.csv")["image_path"][0]
     with pytest.raises(SystemExit) as stop:
-        run_cli(predict.main, script="predict.py",
+        run_cli(predict.main, script="predict.py", defaults=Config(),
                 argv=[image, "--checkpoint", str(other), "--device", "cpu", "--output",
                       str(tmp_path / "p.csv")])
     assert stop.value.code == 2
@@ -268,12 +273,14 @@ def test_thresholds_fitted_with_tta_are_applied_with_tta_only(trained, uncertain
     cpu = Config(device="cpu", num_workers=0)
     with pytest.raises(PipelineError, match="with test-time augmentation.*--tta true"):
         load_predictor(checkpoint, cpu, rebuild=model_from_checkpoint)
-    predictor = load_predictor(checkpoint, dataclasses.replace(cpu, tta=True), rebuild=model_from_checkpoint)
+    predictor = load_predictor(checkpoint, dataclasses.replace(cpu, tta=True),
+                               rebuild=model_from_checkpoint)
     assert isinstance(predictor.scorer, TTAModel) and predictor.tta
     untta = dict(stored, scores={**stored["scores"], "tta": False})
     (checkpoint.parent / "thresholds.json").write_text(json.dumps(untta))
     with pytest.raises(PipelineError, match="without test-time augmentation"):
-        load_predictor(checkpoint, dataclasses.replace(cpu, tta=True), rebuild=model_from_checkpoint)
+        load_predictor(checkpoint, dataclasses.replace(cpu, tta=True),
+                       rebuild=model_from_checkpoint)
 
 
 # ---- 4. options only preprocessing reads ----------------------------------------------------------

@@ -14,7 +14,10 @@ import torch
 from config import Config
 from conftest import ROOT
 from cxr.errors import PipelineError
-from cxr.training.checkpoint import save_checkpoint
+from cxr.training.checkpoint import RESUME_ONLY, load_checkpoint, member_payload, save_checkpoint, \
+    saved_training, training_payload
+from cxr.training.ema import make_ema
+from cxr.training.state import Progress, RunRecords, RunState, Trainer
 from dataset import EpochSampler
 
 # 32 px, 2 epochs (1 frozen) of 8 micro-batches in 4 optimizer steps, a checkpoint every step.
@@ -185,6 +188,36 @@ def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one(tmp_path, mo
         save_checkpoint({"model": {"w": torch.zeros(2)}}, path)
     assert torch.equal(torch.load(path, weights_only=True)["model"]["w"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]  # no temporary file left
+
+
+def test_a_training_payload_reads_back_as_written_and_a_top_k_member_cannot_resume(tmp_path):
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(model.parameters())
+    records = RunRecords({"mean": 0.5, "std": 0.25}, {}, {}, {"head": 2, "backbone": 1}, [], {})
+    trainer = Trainer(model, model, None, optimizer,
+                      torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
+                      torch.amp.GradScaler("cpu", enabled=False), Config(ema_decay=0.9),
+                      torch.device("cpu"), None, records=records, ema=make_ema(model, 0.9))
+    trainer.state = RunState([{"epoch": 1}], 0.7, 1, {"Edema": 0.7})
+    progress = Progress(epoch=2, batches_done=3, global_step=5, loss_sum=1.5, seen=12)
+    payload = training_payload(trainer, progress, 1, rng=[])
+    save_checkpoint(payload, tmp_path / "last.pth")
+    saved = saved_training(load_checkpoint(tmp_path / "last.pth"), tmp_path / "last.pth")
+    assert saved.in_epoch == progress and saved.next_epoch == Progress(epoch=2, global_step=5)
+    assert saved.state == trainer.state and saved.warmup == records.warmup
+    assert saved.ema[1] == {"decay": 0.9, "updates": 0}
+    assert saved.weights.keys() == {"weight", "bias"}
+    # an older checkpoint: what it lacks reads as a fresh run's
+    older = {key: value for key, value in payload.items() if key not in (
+        "history", "epochs_without_improvement", "in_epoch", "nonfinite_total", "rng",
+        "world_size", "warmup")}
+    saved = saved_training(older, tmp_path / "last.pth")
+    assert saved.in_epoch is None and saved.state == RunState([], 0.7, 0, {"Edema": 0.7})
+    assert (saved.warmup, saved.world_size, saved.rng) == (None, 1, [])
+    member = member_payload(payload)
+    assert not set(RESUME_ONLY) & member.keys() and member["ema"]
+    with pytest.raises(PipelineError, match="cannot be resumed"):
+        saved_training(member, tmp_path / "top_k" / "epoch_001.pth")
 
 
 def test_early_stopping_ends_the_run_and_keeps_the_best_checkpoint(data_args):

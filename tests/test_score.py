@@ -20,7 +20,8 @@ from sklearn.metrics import roc_auc_score
 from config import Config
 from conftest import ROOT, shared
 from cxr.errors import PipelineError
-from cxr.evaluation.bootstrap import class_resamples, patient_codes
+from cxr.evaluation.bootstrap import class_resamples
+from cxr.evaluation.intervals import patient_codes
 from cxr.evaluation.metrics import summarise_level
 from cxr.inference.predictor import study_table
 from cxr.scoring.files import normalised_key, read_reference, read_scores
@@ -70,12 +71,12 @@ def test_leaderboard_aucs_equal_roc_auc_score(name):
     cfg = config(predictions=path, labels=shared_file("groundtruth.csv"), score_scale="any",
                  bootstrap_resamples=0)
     result, _, _ = score(cfg, read_reference(Path(cfg.labels)))
-    assert result["n_studies"] == 500 and set(result["auc"]) == set(FIVE)
-    assert "CheXpert's test set: the majority vote of five" in result["reference"]
+    assert result.n_studies == 500 and set(result.auc) == set(FIVE)
+    assert "CheXpert's test set: the majority vote of five" in result.reference
     for label in FIVE:
         expected = roc_auc_score(truth.loc[predictions.index, label], predictions[label])
-        assert abs(result["auc"][label] - expected) < 1e-9
-    assert abs(result["competition5_auc"] - np.mean([result["auc"][l] for l in FIVE])) < 1e-12
+        assert abs(result.auc[label] - expected) < 1e-9
+    assert abs(result.competition5_auc - np.mean([result.auc[l] for l in FIVE])) < 1e-12
 
 
 def test_radiologists_operating_points_equal_direct_counts(scored):
@@ -85,7 +86,7 @@ def test_radiologists_operating_points_equal_direct_counts(scored):
         reads = frame(shared_file(f"radiologists/{reader}.csv")).loc[truth.index]
         for label in FIVE:
             y, r = truth[label].to_numpy(), reads[label].to_numpy()
-            point = result["radiologists"][reader][label]
+            point = result.radiologists[reader][label]
             assert point["sensitivity"] == ((y == 1) & (r == 1)).sum() / (y == 1).sum()
             assert point["specificity"] == ((y == 0) & (r == 0)).sum() / (y == 0).sum()
             low, high = point["sensitivity_ci"]
@@ -121,13 +122,13 @@ def test_below_curves_equal_a_direct_computation_in_counts(scored):
     """Every reader x label of hieupham's predictions, against the curves rebuilt from the
     thresholds with exact fractions."""
     _, result, model = scored
-    for label, count in result["radiologists_below_curve"].items():
+    for label, count in result.radiologists_below_curve.items():
         column = model.labels.index(label)
         y, s = model.targets[:, column], model.scores[:, column]
         vertices = direct_vertices(y, s)
         below = below_pr = 0
         for reader in READERS:
-            point = result["radiologists"][reader][label]
+            point = result.radiologists[reader][label]
             model_tp = direct_roc_tp(vertices, point["fp"])
             assert point["model_tp"] == float(model_tp)
             assert point["model_sensitivity"] == float(model_tp / (y == 1).sum())
@@ -135,9 +136,9 @@ def test_below_curves_equal_a_direct_computation_in_counts(scored):
             assert point["below_pr_curve"] == direct_pr_below(vertices, point["tp"], point["fp"])
             below += point["below_curve"]
             below_pr += point["below_pr_curve"]
-        assert count == below and result["radiologists_below_pr_curve"][label] == below_pr
+        assert count == below and result.radiologists_below_pr_curve[label] == below_pr
         for key in ("below_curve", "below_pr_curve"):
-            distribution = result["readers_by_label"][label][f"{key}_distribution"]
+            distribution = result.readers_by_label[label][f"{key}_distribution"]
             assert abs(sum(distribution.values()) - 1) < 1e-9
 
 
@@ -147,11 +148,11 @@ def test_a_reader_at_the_top_of_a_vertical_step_is_compared_exactly(scored):
     reaches 87/104 at bc4's rate: bc4 is below it. As rates, 1 - 375/396 is one bit below
     21/396, the curve's points at 21 fell out and score.py read 84/104 and "not below"."""
     _, result, model = scored
-    point = result["radiologists"]["bc4"]["Pleural Effusion"]
+    point = result.radiologists["bc4"]["Pleural Effusion"]
     assert (point["fp"], point["tn"], point["tp"], point["fn"]) == (21, 375, 85, 19)
     assert 1 - 375 / 396 != 21 / 396  # the rates that dropped the curve's points
     assert point["below_curve"] and point["model_sensitivity"] == 87 / 104
-    assert result["radiologists_below_curve"]["Pleural Effusion"] == 3
+    assert result.radiologists_below_curve["Pleural Effusion"] == 3
     assert point["model_tp"] == 87
 
 
@@ -163,9 +164,9 @@ def test_desmonds_atelectasis_counts_bc4_below_exactly():
                  radiologists=(shared_file("radiologists/bc4.csv"),), score_scale="any",
                  bootstrap_resamples=0)
     result, _, _ = score(cfg, read_reference(Path(cfg.labels)))
-    point = result["radiologists"]["bc4"]["Atelectasis"]
+    point = result.radiologists["bc4"]["Atelectasis"]
     assert (point["fp"], point["tp"], point["model_sensitivity"]) == (74, 123, 124 / 153)
-    assert point["below_curve"] and result["radiologists_below_curve"]["Atelectasis"] == 1
+    assert point["below_curve"] and result.radiologists_below_curve["Atelectasis"] == 1
 
 
 def exact_case(rows: list[tuple[int, float, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -290,14 +291,28 @@ def test_below_curve_on_hand_made_curves():
 def test_report_card_is_evaluates(scored):
     cfg, result, model = scored
     card = summarise_level(model.scores, model.targets, model.patient_ids, model.labels, cfg)
-    assert result["report_card"] == json.loads(json.dumps(card))
+    assert result.report_card.as_dict() == json.loads(json.dumps(card))
+
+
+def test_score_json_keys_in_their_order(scored):
+    """The report's as_dict() is score.json (less "plots"): its keys, in the file's order."""
+    _, result, _ = scored
+    saved = result.as_dict()
+    assert list(saved) == [
+        "predictions", "labels_file", "reference", "unit", "n_studies", "n_rows", "n_patients",
+        "skipped", "labels", "masked", "auc", "mean_auc", "competition5_auc", "report_card",
+        "radiologists", "radiologists_below_curve", "radiologists_below_pr_curve",
+        "readers_by_label", "compare", "subgroups", "subgroup_comparisons", "compare_rows",
+        "compare_n", "leaderboard", "intervals", "bootstrap", "study_aggregation",
+        "min_positives"]
+    assert list(saved["bootstrap"]) == ["resamples", "level", "seed", "unit", "for"]
 
 
 def test_subgroups_read_the_references_support_devices(scored):
     """The leaderboard files do not score Support Devices; the audit takes groundtruth's."""
     _, result, _ = scored
     devices = frame(shared_file("groundtruth.csv"))["Support Devices"]
-    strata = result["subgroups"]["Support Devices"]
+    strata = result.subgroups["Support Devices"]
     assert strata["present"]["n_images"] == (devices == 1).sum() == 261
     assert strata["absent"]["n_images"] == (devices == 0).sum()
     assert set(strata["absent"]["labels"]) == set(FIVE)
@@ -313,10 +328,10 @@ def test_compare_and_leaderboard(scored):
         for label in FIVE:
             expected = (roc_auc_score(truth[label], mine.loc[truth.index, label])
                         - roc_auc_score(truth[label], other.loc[truth.index, label]))
-            assert abs(result["compare"][path][label] - expected) < 1e-9
-        row = result["compare_rows"][path][-1]
+            assert abs(result.compare[path][label] - expected) < 1e-9
+        row = result.compare_rows[path][-1]
         assert row["pathology"].startswith("COMPETITION 5") and row["ci_low"] < row["ci_high"]
-    board = [row["competition5_auc"] for row in result["leaderboard"]]
+    board = [row.competition5_auc for row in result.leaderboard]
     assert board == sorted(board, reverse=True) and len(board) == 5
 
 
@@ -324,7 +339,7 @@ def test_labeler_table_equals_direct_counts():
     path = shared_file("labeler/chexpert_labels.csv")
     cfg = config(labels=shared_file("groundtruth.csv"), labeler=(path,))
     table = labeler_results(cfg.labeler, read_reference(Path(cfg.labels)), cfg)
-    rows = {row["label"]: row for row in table["chexpert_labels"]["rows"]}
+    rows = {row["label"]: row for row in table["chexpert_labels"].rows}
     truth = frame(shared_file("groundtruth.csv"))
     labeler = frame(path).loc[truth.index]
     for label in FIVE:
@@ -373,9 +388,9 @@ def test_image_predictions_are_aggregated_to_studies(tmp_path):
             {"Edema": how, "Cardiomegaly": how})
         truth = pd.read_csv(reference)
         expected = roc_auc_score(truth["Edema"], studies["Edema"].to_numpy())
-        assert result["unit"] == "study" and result["n_studies"] == 8
-        assert "majority vote" not in result["reference"]  # not CheXpert's test patients
-        assert abs(result["auc"]["Edema"] - expected) < 1e-12
+        assert result.unit == "study" and result.n_studies == 8
+        assert "majority vote" not in result.reference  # not CheXpert's test patients
+        assert abs(result.auc["Edema"] - expected) < 1e-12
 
 
 def predict_py_files(tmp_path: Path, how: str) -> tuple[Path, Path, str]:
@@ -458,7 +473,7 @@ def test_unmatched_studies_error_or_counted_skip(tmp_path):
         score(cfg, read_reference(Path(reference)))
     result, _, _ = score(config(predictions=predictions, labels=reference, unmatched="skip"),
                          read_reference(Path(reference)))
-    assert result["n_studies"] == 6 and result["skipped"] == {"predictions_only": 0,
+    assert result.n_studies == 6 and result.skipped == {"predictions_only": 0,
                                                               "reference_only": 2}
 
 

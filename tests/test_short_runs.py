@@ -1,5 +1,5 @@
-"""A recipe that scales down to a short run (cxr/training/schedule.py): the warm-up a share of the run,
-early stopping counted only after it, and a val split too small to rank epochs keeping the last
+"""A recipe that scales down to a short run (cxr/training/schedule.py): the warm-up a share of the
+run, early stopping counted only after it, and a val split too small to rank epochs keeping the last
 epoch. The runs: 32 px, 4 optimizer steps an epoch on the 40-patient dataset (8 val patients)."""
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""The subgroup audit (cxr/evaluation/subgroups.py): strata from a split's columns, AUC within a stratum and
-its paired difference to the rest, n/a cells with their reason, the means within strata, Holm's
-control of the audit's family-wise error rate (on a real leaderboard model's test-set scores with
-random strata), the forest plot (plots.py) and the Markdown (report.py)."""
+"""The subgroup audit (cxr/evaluation/subgroups.py): strata from a split's columns, AUC within a
+stratum and its paired difference to the rest, n/a cells with their reason, the means within
+strata, Holm's control of the audit's family-wise error rate (on a real leaderboard model's
+test-set scores with random strata), the forest plot (plots.py) and the Markdown
+(evaluation_report.py)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from config import Config
 from conftest import shared
 from cxr.cli import parse_args
 from cxr.data.labels import LABELS
 from cxr.errors import ConfigError
-from cxr.evaluation.bootstrap import patient_codes
-from cxr.evaluation.intervals import auc_influence, difference_interval, holm, mean_interval, t_test
+from cxr.evaluation.intervals import auc_influence, difference_interval, holm, mean_interval, \
+    patient_codes, t_test
 from cxr.evaluation.metrics import COMPETITION_LABELS
 from cxr.evaluation.subgroups import age_band, strata, subgroup_table
 from cxr.reporting.evaluation_report import subgroup_flags, subgroup_markdown
@@ -33,9 +35,10 @@ def test_age_bands():
 
 
 def test_age_bands_option():
-    assert parse_args(["--age_bands", "20,50"], "evaluate.py").age_bands == (20, 50)
+    assert parse_args(["--age_bands", "20,50"], "evaluate.py",
+                      defaults=Config()).age_bands == (20, 50)
     with pytest.raises(ConfigError, match="--age_bands must be increasing"):
-        parse_args(["--age_bands", "50,20"], "score.py")
+        parse_args(["--age_bands", "50,20"], "score.py", defaults=Config())
 
 
 def ranked_in_women(labels: tuple[str, ...], n: int = 400, seed: int = 0,
@@ -226,8 +229,7 @@ def test_a_planted_difference_is_still_flagged():
     cell = audit.table["Sex"]["Male"]["labels"]["Edema"]
     assert cell["verdict"] == "lower in this subgroup" and cell["p_adjusted"] < 0.05
     assert any(flag.startswith("Edema among Sex Male") for flag in subgroup_flags(audit.table))
-    markdown = "\n".join(subgroup_markdown({"subgroups": audit.table,
-                                            "subgroup_comparisons": audit.multiplicity(0.95)}))
+    markdown = "\n".join(subgroup_markdown(audit.table, audit.multiplicity(0.95)))
     assert f"{audit.comparisons} comparisons" in markdown and "Holm" in markdown
 
 
@@ -251,7 +253,7 @@ def test_markdown_has_the_means_and_flags_a_lower_mean():
     frame, scores, targets = ranked_in_women(MEAN_LABELS, prevalences=(0.3, 0.3, 0.02))
     table = subgroup_table(scores, targets, frame, MEAN_LABELS, 0.95).table
     mean = table["Sex"]["Male"]["means"]["all"]
-    markdown = "\n".join(subgroup_markdown({"subgroups": table}, "subgroups_test.png"))
+    markdown = "\n".join(subgroup_markdown(table, None, "subgroups_test.png"))
     assert "### Means by subgroup" in markdown and "![Subgroup forest plot](subgroups_test.png)" \
         in markdown
     row = next(line for line in markdown.splitlines()

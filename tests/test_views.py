@@ -183,7 +183,8 @@ def test_predict_fuses_the_views_of_each_study_folder(study_run, tmp_path, capsy
     shutil.copy(data.paths[two], study / "view1_frontal.jpg")
     (study / "view2_lateral.jpg").write_bytes(b"")
     predictor = load_predictor(cfg.run_dir / "best.pth", Config(device="cpu", precision="fp32",
-                                                               num_workers=0), rebuild=model_from_checkpoint)
+                                                               num_workers=0),
+                               rebuild=model_from_checkpoint)
     single = predict_sources(predictor, [str(study / "view1_frontal.jpg")], progress=False)
     predict.main(Config(**{**cfg.__dict__, "inputs": (str(tmp_path / "scans"),),
                            "output": str(output), "device": "cpu", "precision": "fp32"}))

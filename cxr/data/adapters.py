@@ -1,6 +1,6 @@
 """Other hospitals' datasets in this pipeline's schema, so that training, evaluation, prediction
-and scoring run on them unchanged (cxr/data/nih.py, cxr/data/mimic.py, cxr/data/padchest.py read each one in
-the layout its publishers ship).
+and scoring run on them unchanged (cxr/data/nih.py, cxr/data/mimic.py, cxr/data/padchest.py read
+each one in the layout its publishers ship).
 
 Each adapter returns an Adapted: one row per image with CheXpert's metadata columns (Path
 relative to the data root, Sex, Age, Frontal/Lateral, AP/PA), the raw label columns

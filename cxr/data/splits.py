@@ -1,6 +1,7 @@
 """Patient-level splits: no patient has images on two sides (make_splits.py's train/val, and
 preprocess.py's test hold-out of a dataset without an official test split), and the split CSVs
-read back with the columns training and evaluation need."""
+read back with the columns training and evaluation need. No torch here: preprocess.py and
+make_splits.py start without it (the DataLoaders over the splits are in loading.py)."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from cxr.evaluation.intervals import Interval, no_interval
+from cxr.evaluation.intervals import Interval, no_interval, patient_codes
 
 # Resamples per matrix product: bounds memory at about chunk x (images + patients) floats.
 CHUNK = 250
@@ -45,12 +45,6 @@ class Resamples:
     counts: np.ndarray  # (resamples, patients) float64
     patient_of_image: np.ndarray  # (images,) index into the patient axis of counts
     n_patients: int
-
-
-def patient_codes(patient_ids: pd.Series | np.ndarray) -> tuple[np.ndarray, int]:
-    """Each image's patient as an integer 0..P-1, and P."""
-    codes, uniques = pd.factorize(pd.Series(patient_ids).astype(str), sort=True)
-    return codes.astype(np.int64), len(uniques)
 
 
 def draw_resamples(patient_ids: pd.Series | np.ndarray, n_resamples: int, seed: int) -> Resamples:

@@ -5,7 +5,7 @@ the difference must be paired: each patient's influence on B's AUC minus its inf
 (intervals.py, cluster-robust DeLong), much narrower than two separate intervals suggest. An
 interval that excludes 0 says the difference is unlikely to come from which patients are in the
 split. The means average the classes with at least `min_positives` positives and negatives;
-masked (NaN) labels take no part. report.py writes the rows as tables.
+masked (NaN) labels take no part. cxr/reporting writes the rows as tables.
 
 A table compares up to 14 observations and 2 means. The means are the primary comparisons, each
 judged at 1 - level; the observations' verdicts are Holm-adjusted over the observations compared

@@ -39,13 +39,12 @@ from cxr.atomic import write_text_atomic
 from cxr.errors import PipelineError
 from cxr.evaluation.calibration import calibrated_logits, calibration_arrays
 from cxr.evaluation.thresholds import THRESHOLDS_FILE
+from cxr.settings import same_for_members
 
 if TYPE_CHECKING:
     from config import Config
 
 ENSEMBLE_FILE = "ensemble.json"
-# the members' settings that must agree: they see the same images and predict the same labels
-SAME_FOR_MEMBERS = ("image_size", "crop_margin", "view_mode", "max_views", "frontal_only")
 
 
 # ---- which checkpoints ---------------------------------------------------------------------------
@@ -120,7 +119,8 @@ def check_members(paths: Sequence[Path], labels: Sequence[tuple[str, ...]],
     for path, member_labels, config in zip(paths[1:], labels[1:], trained[1:]):
         if member_labels != labels[0]:
             raise PipelineError(f"ensemble member {path} predicts other labels than {paths[0]}")
-        for name in SAME_FOR_MEMBERS:
+        # declared same_for_members: they see the same images and predict the same labels
+        for name in same_for_members(type(trained[0])):
             if getattr(config, name) != getattr(trained[0], name):
                 raise PipelineError(
                     f"ensemble member {path} was trained with --{name} "

@@ -5,7 +5,8 @@ The calibration maps and thresholds are the ones fitted on the checkpoint's own 
 the operating points are those a user would deploy; the reference standard is the other
 dataset's labels mapped onto CheXpert's, under the --label_hierarchy the checkpoint's training
 data were built with (evaluate.py takes it from --data_dir's stats.json), with the labels it
-does not annotate n/a, and the report says who labelled its rows (label_sources).
+does not annotate n/a, and the report says who labelled its rows (label_sources; its words:
+cxr/reporting/evaluation_report.py).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from cxr.data.adapters import SPLIT_COLUMN, Adapted, counts_text, processed_frame, summary_lines
+from cxr.data.adapters import SPLIT_COLUMN, Adapted, processed_frame, summary_lines
 from cxr.data.datasets import read_dataset
 from cxr.errors import PipelineError
+from cxr.evaluation.report import ExternalDataset
 
 if TYPE_CHECKING:
     from config import Config
@@ -56,19 +58,12 @@ def external_rows(cfg: Config) -> tuple[pd.DataFrame, Adapted, int]:
     return frame, adapted, missing
 
 
-def dataset_record(cfg: Config, adapted: Adapted, n_missing: int) -> dict:
+def dataset_record(cfg: Config, adapted: Adapted, n_missing: int) -> ExternalDataset:
     """eval_<name>.json's "dataset": what was scored and against which reference."""
-    return {"name": cfg.dataset, "title": adapted.title, "data_root": str(cfg.data_root),
-            "split": cfg.split, "sources": list(adapted.sources),
-            "not_labelled": list(adapted.not_labelled), "label_sources": adapted.label_sources,
-            "label_hierarchy": adapted.hierarchy, "hierarchy_filled": adapted.hierarchy_filled,
-            "masked": adapted.masked, "skipped": adapted.skipped,
-            "missing_images_skipped": n_missing, "unmapped_terms": adapted.unmapped_terms}
-
-
-def reference_text(cfg: Config, adapted: Adapted) -> str:
-    """eval_<name>.json's "reference" (the report's reference standard): the mapped labels,
-    who labelled the rows read, and the hierarchy."""
-    return (f"{adapted.title}'s labels mapped onto CheXpert's (cxr/{cfg.dataset}.py), uncertain "
-            f"(-1) masked; labelled by (rows read): {counts_text(adapted.label_sources)}; "
-            f"--label_hierarchy {adapted.hierarchy}")
+    return ExternalDataset(
+        name=cfg.dataset, title=adapted.title, data_root=str(cfg.data_root), split=cfg.split,
+        sources=list(adapted.sources), not_labelled=list(adapted.not_labelled),
+        label_sources=adapted.label_sources, label_hierarchy=adapted.hierarchy,
+        hierarchy_filled=adapted.hierarchy_filled, masked=adapted.masked,
+        skipped=adapted.skipped, missing_images_skipped=n_missing,
+        unmapped_terms=adapted.unmapped_terms)

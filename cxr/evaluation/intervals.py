@@ -34,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from scipy import optimize, stats
 
 # Fewer positive (or negative) patients than this: the interval is marked approximate.
@@ -83,6 +84,12 @@ class Interval:
 
 def no_interval(note: str) -> Interval:
     return Interval(None, None, note=note)
+
+
+def patient_codes(patient_ids: pd.Series | np.ndarray) -> tuple[np.ndarray, int]:
+    """Each image's patient as an integer 0..P-1, and P: the clusters of every interval."""
+    codes, uniques = pd.factorize(pd.Series(patient_ids).astype(str), sort=True)
+    return codes.astype(np.int64), len(uniques)
 
 
 def _small_sample_factor(clusters: int) -> float:

@@ -1,4 +1,4 @@
-"""Per-class metrics of a split, the numbers of the report card (report.py renders it).
+"""Per-class metrics of a split, the numbers of the report card (cxr/reporting renders it).
 
 AUC with its interval (intervals.py: patients as clusters), AUPRC and prevalence per class, the means
 over the classes with enough positives and negatives and over CheXpert's five competition
@@ -17,9 +17,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from cxr.data.labels import has_both_values, has_observed, observed
 from cxr.errors import PipelineError
-from cxr.evaluation.bootstrap import patient_codes
 from cxr.evaluation.intervals import Influence, Interval, auc_influence, auc_interval, \
-    mean_interval, no_interval
+    mean_interval, no_interval, patient_codes
 
 if TYPE_CHECKING:
     from config import Config

@@ -31,9 +31,11 @@ from cxr.evaluation.compare import paired_auc_differences, verdict
 from cxr.evaluation.ensemble import ensemble_logits
 from cxr.evaluation.intervals import interval_methods
 from cxr.evaluation.metrics import MEANS, STUDY_KEYS, aggregate_studies, summarise_level
-from cxr.evaluation.operating_points import choose_thresholds, operating_point_table
+from cxr.evaluation.report import CalibrationSummary, EnsembleMember, EnsembleSummary, \
+    EvaluationReport, LevelSummary, MemberMean, OperatingPoint
 from cxr.evaluation.subgroups import subgroup_table
-from cxr.evaluation.thresholds import thresholds_payload, write_thresholds
+from cxr.evaluation.thresholds import choose_thresholds, operating_point_table, \
+    thresholds_payload, write_thresholds
 from cxr.training.checkpoint import Rebuild, checkpoint_warnings, load_checkpoint, model_id, \
     require_finite
 from cxr.training.runtime import autocast, autocast_dtype, prepare_model, to_device
@@ -149,53 +151,61 @@ def recorded_not_labelled(cfg: Config, labels: tuple[str, ...]) -> dict[str, str
 # ---- statistics of one split ----------------------------------------------------------------------
 
 def calibration_summary(preds: Predictions, calibration: dict, probs: np.ndarray, cfg: Config
-                        ) -> dict:
+                        ) -> CalibrationSummary:
     """ECE per class after the calibration map and before it (the model's own probabilities,
     positive-weight offset removed), with the map itself."""
     labels, targets, bins = preds.labels, preds.targets, cfg.calibration_bins
     ece = per_class_ece(targets, probs, labels, bins)
     before = per_class_ece(targets, sigmoid(preds.logits), labels, bins)
-    return {"bins": bins, "method": calibration["method"], "fitted_on": "val",
-            "parameters": calibration["parameters"], "ece": ece, "mean_ece": mean_ece(ece),
-            "ece_uncalibrated": before, "mean_ece_uncalibrated": mean_ece(before)}
+    return CalibrationSummary(bins, calibration["method"], "val", calibration["parameters"], ece,
+                              mean_ece(ece), before, mean_ece(before))
 
 
-def evaluate_predictions(preds: Predictions, thresholds: dict, calibration: dict, cfg: Config
-                         ) -> dict:
-    """Image- and study-level metrics, calibration and operating points of one split.
+def level_summaries(preds: Predictions, scores: np.ndarray, probs: np.ndarray, cfg: Config
+                    ) -> tuple[LevelSummary, LevelSummary, pd.DataFrame]:
+    """(images, studies, the studies' keys): the report card of the rows as predicted, and of
+    the studies (an image model's images aggregated by --study_aggregation)."""
+    labels, targets, unlabelled = preds.labels, preds.targets, preds.not_labelled
+    studies, study_probs, study_targets = aggregate_studies(preds.frame, probs, targets,
+                                                            cfg.study_aggregation)
+    image = summarise_level(scores, targets, preds.frame["patient_id"], labels, cfg, unlabelled)
+    study = summarise_level(study_probs, study_targets, studies["patient_id"], labels, cfg,
+                            unlabelled)
+    return (LevelSummary.from_dict(image),
+            LevelSummary.from_dict({"aggregation": cfg.study_aggregation, **study}), studies)
+
+
+def evaluate_predictions(preds: Predictions, thresholds: dict, calibration: dict, cfg: Config,
+                         *, split: str, checkpoint: str, epoch: int | None) -> EvaluationReport:
+    """Image- and study-level metrics, calibration and operating points of one split, the
+    predictions of `checkpoint` (a path, or an ensemble's folder) at `epoch`.
 
     `calibration` is {"method", "parameters"} fitted on val. AUCs rank the calibrated logits
     (float64: no sigmoid saturating into ties), which order the images as the probabilities do.
     """
-    labels, targets = preds.labels, preds.targets
+    labels, targets, unlabelled = preds.labels, preds.targets, preds.not_labelled
     scores = calibrated_logits(preds.logits, calibration["parameters"], labels)
     probs = sigmoid(scores)
-    studies, study_probs, study_targets = aggregate_studies(preds.frame, probs, targets,
-                                                            cfg.study_aggregation)
-    unlabelled = preds.not_labelled
-    image = summarise_level(scores, targets, preds.frame["patient_id"], labels, cfg, unlabelled)
-    study = summarise_level(study_probs, study_targets, studies["patient_id"], labels, cfg,
-                            unlabelled)
+    image, study, studies = level_summaries(preds, scores, probs, cfg)
     audited = [c for c, label in enumerate(labels) if label not in unlabelled]
     audit = subgroup_table(scores[:, audited], targets[:, audited], preds.frame,
                            tuple(labels[c] for c in audited), cfg.ci_level, cfg.min_positives,
                            cfg.age_bands)
-    return {"n_images": preds.image_count, "n_patients": int(preds.frame["patient_id"].nunique()),
-            "n_studies": len(studies),
-            "unit": "study" if preds.per_study else "image",  # what one prediction is of
-            "reference": "raw labels, uncertain (-1) masked",
-            "masked_uncertain": masked_counts(targets, labels),
-            "auc": {label: image["classes"][label]["auc"] for label in labels},
-            "mean_auc": image["means"]["all"]["auc"],
-            "image": image, "study": {"aggregation": cfg.study_aggregation, **study},
-            "calibration": calibration_summary(preds, calibration, probs, cfg),
-            "operating_points": operating_point_table(targets, probs, labels, thresholds,
-                                                      preds.frame["patient_id"], cfg.ci_level),
-            "intervals": interval_methods(cfg.ci_level),
-            "min_positives": cfg.min_positives, "tta": cfg.tta,
-            "not_labelled": unlabelled,
-            "subgroups": audit.table,
-            "subgroup_comparisons": audit.multiplicity(cfg.ci_level)}
+    points = operating_point_table(targets, probs, labels, thresholds, preds.frame["patient_id"],
+                                   cfg.ci_level)
+    return EvaluationReport(
+        split=split, checkpoint=checkpoint, epoch=epoch, n_images=preds.image_count,
+        n_patients=int(preds.frame["patient_id"].nunique()), n_studies=len(studies),
+        unit="study" if preds.per_study else "image",  # what one prediction is of
+        reference="raw labels, uncertain (-1) masked",
+        masked_uncertain=masked_counts(targets, labels),
+        auc={label: image.classes[label].auc for label in labels},
+        mean_auc=image.means["all"].auc, image=image, study=study,
+        calibration=calibration_summary(preds, calibration, probs, cfg),
+        operating_points=[OperatingPoint.from_dict(point) for point in points],
+        intervals=interval_methods(cfg.ci_level), min_positives=cfg.min_positives, tta=cfg.tta,
+        not_labelled=unlabelled, subgroups=audit.table,
+        subgroup_comparisons=audit.multiplicity(cfg.ci_level))
 
 
 def val_calibration(val: Predictions, cfg: Config) -> dict:
@@ -302,7 +312,7 @@ def paired_differences(a: Predictions, b: Predictions, cfg: Config, per_study: b
     return rows, both
 
 
-# ---- an ensemble's predictions (cxr/evaluation/ensemble.py) ------------------------------------------------
+# ---- an ensemble's predictions (cxr/evaluation/ensemble.py) ------------------------------------
 
 def combined_predictions(members: list[Predictions], calibrations: list[dict]) -> Predictions:
     """The ensemble's predictions on a split: the logit of the mean of the members' calibrated
@@ -319,27 +329,30 @@ def combined_predictions(members: list[Predictions], calibrations: list[dict]) -
                        first.n_images, first.not_labelled)
 
 
+def member_means(differences: list[dict]) -> dict[str, MemberMean]:
+    """The means of compare.py's rows of ensemble - member, by metrics.MEANS key."""
+    means = {}
+    for key, title, _ in MEANS:
+        row = next((r for r in differences if r["pathology"].startswith(f"{title} (")), None)
+        if row is not None:
+            means[key] = MemberMean(row["pathology"], row["auc_a"], row["auc_b"],
+                                    row["difference"], row["ci_low"], row["ci_high"],
+                                    verdict(row["ci_low"], row["ci_high"], "ensemble better",
+                                            "member better"))
+    return means
+
+
 def members_beside(members: list[Predictions], ensemble: Predictions, paths: list[Path],
-                   member_ids: list[str], cfg: Config) -> dict:
+                   member_ids: list[str], cfg: Config) -> EnsembleSummary:
     """Each member's mean AUCs beside the ensemble's, with the paired interval of ensemble -
     member (compare.py: paired over the same patients)."""
     rows = []
     for preds, path, member_id in zip(members, paths, member_ids):
         differences, both = paired_differences(preds, ensemble, cfg)
-        means = {}
-        for key, title, _ in MEANS:
-            row = next((r for r in differences if r["pathology"].startswith(f"{title} (")), None)
-            if row is not None:
-                means[key] = {"name": row["pathology"], "member": row["auc_a"],
-                              "ensemble": row["auc_b"], "difference": row["difference"],
-                              "ci_low": row["ci_low"], "ci_high": row["ci_high"],
-                              "verdict": verdict(row["ci_low"], row["ci_high"],
-                                                 "ensemble better", "member better")}
-        rows.append({"checkpoint": str(path), "model_id": member_id, "means": means,
-                     "per_class": {r["pathology"]: {"member": r["auc_a"],
-                                                    "difference": r["difference"],
-                                                    "ci_low": r["ci_low"], "ci_high": r["ci_high"]}
-                                   for r in differences if r["pathology"] in ensemble.labels},
-                     "unit": both.unit})
-    return {"members": rows, "combination": "mean of the members' calibrated probabilities",
-            "calibration": "each member's fitted on its val predictions (ensemble.json)"}
+        per_class = {r["pathology"]: {"member": r["auc_a"], "difference": r["difference"],
+                                      "ci_low": r["ci_low"], "ci_high": r["ci_high"]}
+                     for r in differences if r["pathology"] in ensemble.labels}
+        rows.append(EnsembleMember(str(path), member_id, member_means(differences), per_class,
+                                   both.unit))
+    return EnsembleSummary(rows, "mean of the members' calibrated probabilities",
+                           "each member's fitted on its val predictions (ensemble.json)")

@@ -21,7 +21,7 @@ needs no resamples). `verdict` is Holm's; `verdict_unadjusted` that of the unadj
 A two-stratum audit (F / M) compares one pair twice, mirrored: it counts once.
 
 evaluate.py and score.py report it (eval_<split>.json / score.json "subgroups" and
-"subgroup_comparisons", the tables and the flags in the Markdown, report.py); plots.forest_plot
+"subgroup_comparisons", the tables and the flags in the Markdown, cxr/reporting); plots.forest_plot
 draws the competition five's strata.
 """
 
@@ -32,10 +32,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from cxr.evaluation.bootstrap import patient_codes
 from cxr.evaluation.compare import verdict
 from cxr.evaluation.intervals import Influence, auc_influence, auc_interval, difference_interval, \
-    holm, mean_interval, t_test
+    holm, mean_interval, patient_codes, t_test
 from cxr.evaluation.metrics import MEANS, class_influences, mean_exclusions
 
 AGE_BANDS = (18, 40, 60, 80)  # years: each band from its bound up to the next (18-39, ..., 80+)

@@ -26,7 +26,8 @@ IMAGE_WEIGHT = 0.55  # share of the radiograph in the overlay; the rest is the c
 def grad_cam(model: nn.Module, images: torch.Tensor, class_index: int) -> np.ndarray:
     """n x size x size Grad-CAM maps (each scaled to 0..1) of one class for a uint8 batch on the
     model's device."""
-    # an ensemble (cxr/evaluation/ensemble.py) has every member's backbone: GradCAM averages their maps
+    # an ensemble (cxr/evaluation/ensemble.py) has every member's backbone: GradCAM averages
+    # their maps
     cam = GradCAM(model=model, target_layers=getattr(model, "backbones", None) or [model.backbone])
     try:
         return cam(input_tensor=images,

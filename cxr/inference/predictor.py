@@ -4,7 +4,7 @@ Everything the model needs (labels, image size, pixel statistics, architecture, 
 offset) comes from the checkpoint; each class's calibration map and decision threshold come from
 thresholds.json beside it (evaluate.py writes it), else probabilities are the model's own and
 every class is flagged at 0.5, with a warning. thresholds.json is bound to the weights it was
-fitted for (checkpoints.model_id) and to test-time augmentation on or off: a mismatch is refused
+fitted for (checkpoint.model_id) and to test-time augmentation on or off: a mismatch is refused
 (evaluate.py makes a new one), or with --allow_threshold_mismatch used with a warning. Images go
 through the decoding and centre view of evaluation (imaging.decode_square, then
 dataset.centre_view), so a file gets the probabilities evaluate.py would give it.
@@ -60,12 +60,12 @@ class Predictor:
     checkpoint: Path
     view_mode: str = "frontal"  # study: the model fuses a study's views (predict_studies)
     max_views: int = 1  # study mode: views fused per study at most
-    model_id: str = ""  # fingerprint of the weights (checkpoints.model_id)
+    model_id: str = ""  # fingerprint of the weights (checkpoint.model_id)
     tta: bool = False
     warnings: list[str] = dataclasses.field(default_factory=list)  # checkpoint and thresholds
     frontal_only: bool = True  # trained on frontal films only (the checkpoint's frontal_only)
     logit_offset_removed: bool = True  # False: an old checkpoint (checkpoint_warnings)
-    # labels its training split never labelled (checkpoints.untrained_labels): no probability
+    # labels its training split never labelled (checkpoint.untrained_labels): no probability
     # or decision is given for them, only NOT_TRAINED
     untrained: tuple[str, ...] = ()
 
@@ -338,7 +338,8 @@ def results_table(names: list[str], probabilities: np.ndarray, predictor: Predic
 
 
 def heatmaps(predictor: Predictor, images: torch.Tensor, label: str) -> np.ndarray:
-    """Grad-CAM maps (n x size x size, 0..1) of one label for a uint8 batch (cxr.inference.gradcam)."""
+    """Grad-CAM maps (n x size x size, 0..1) of one label for a uint8 batch
+    (cxr.inference.gradcam)."""
     from cxr.inference.gradcam import \
         grad_cam  # imported here: only heatmap runs need pytorch_grad_cam
     index = predictor.labels.index(find_label(label, predictor.labels, predictor.untrained))

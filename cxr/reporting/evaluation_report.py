@@ -2,11 +2,13 @@
 
     eval_<split>.md     report card, study level, operating points, calibration, linked figures
     eval_<split>.csv    one row per class (image and study AUC, ECE, both operating points), means
-    eval_<split>.json   every number of the result dict, plus the figure names
+    eval_<split>.json   every number of the report (EvaluationReport.as_dict), plus the figure
+                        names
     the report card printed for each split, and the tables of a paired comparison (--compare)
 
-metrics.py, compare.py and evaluation.py compute; this module chooses the rows, columns and
-words, and tables.py lays the cells out as text or Markdown.
+cxr/evaluation computes (metrics.py, compare.py, predictions.py: an EvaluationReport,
+cxr/evaluation/report.py); this module chooses the rows, columns and words, and tables.py lays
+the cells out as text or Markdown.
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from cxr.atomic import write_csv_atomic, write_text_atomic
+from cxr.data.adapters import Adapted, counts_text
+from cxr.errors import PipelineError
 from cxr.evaluation.metrics import MEANS
+from cxr.evaluation.report import CalibrationSummary, EnsembleMember, EnsembleSummary, \
+    EvaluationReport, LevelSummary, OperatingPoint
 from cxr.reporting.tables import interval_text, markdown_table, number_text, text_table
 
 if TYPE_CHECKING:
@@ -32,30 +38,29 @@ REPORT_CARD_HEADER = ("Pathology", "AUC", "95% CI", "AUPRC", "Prev", "Pos", "Stu
 STUDY_COLUMN = REPORT_CARD_HEADER.index("Study AUC")
 
 
-def report_rows(image: dict, study: dict | None = None) -> list[dict]:
+def report_rows(image: LevelSummary, study: LevelSummary | None = None) -> list[dict]:
     """Report card rows: classes by AUC (best first), then the n/a ones, then the means.
 
-    `image` and `study` are metrics.summarise() results of the images and of the studies.
+    `image` and `study` are the report cards of the images and of the studies.
     """
     rows = []
-    left_out = next(iter(image["means"].values()), {}).get("left_out", {})
-    for label, values in image["classes"].items():
-        study_auc = study["classes"][label]["auc"] if study else None
-        note = values["status"]
-        if values["auc"] is not None and label in left_out:
+    left_out = image.left_out
+    for label, values in image.classes.items():
+        note = values.status
+        if values.auc is not None and label in left_out:
             note += f"; not in the means: {left_out[label]}"
-        rows.append({"pathology": label, "auc": values["auc"], "ci_low": values["ci"]["low"],
-                     "ci_high": values["ci"]["high"], "ci_note": values["ci_note"],
-                     "auprc": values["auprc"], "prevalence": values["prevalence"],
-                     "positives": values["positives"], "study_auc": study_auc, "status": note})
+        rows.append({"pathology": label, "auc": values.auc, "ci_low": values.ci.low,
+                     "ci_high": values.ci.high, "ci_note": values.ci_note,
+                     "auprc": values.auprc, "prevalence": values.prevalence,
+                     "positives": values.positives,
+                     "study_auc": study.classes[label].auc if study else None, "status": note})
     rows.sort(key=lambda row: -row["auc"] if row["auc"] is not None else math.inf)
-    for key, mean in image["means"].items():
-        study_auc = study["means"][key]["auc"] if study else None
-        rows.append({"pathology": mean["title"], "auc": mean["auc"], "ci_low": mean["ci"]["low"],
-                     "ci_high": mean["ci"]["high"], "ci_note": mean["ci_note"],
-                     "auprc": mean["auprc"], "prevalence": mean["prevalence"], "positives": None,
-                     "study_auc": study_auc,
-                     "status": "" if is_approximate(mean["ci_note"]) else mean["ci_note"]})
+    for key, mean in image.means.items():
+        rows.append({"pathology": mean.title, "auc": mean.auc, "ci_low": mean.ci.low,
+                     "ci_high": mean.ci.high, "ci_note": mean.ci_note,
+                     "auprc": mean.auprc, "prevalence": mean.prevalence, "positives": None,
+                     "study_auc": study.means[key].auc if study else None,
+                     "status": "" if is_approximate(mean.ci_note) else mean.ci_note})
     return rows
 
 
@@ -125,47 +130,49 @@ def report_card_markdown(rows: list[dict], ci_level: float = 0.95, study_column:
 
 # ---- operating points and calibration -----------------------------------------------------------
 
-def operating_points_markdown(rows: list[dict], target: float) -> str:
+def operating_points_markdown(points: list[OperatingPoint], target: float) -> str:
     names = {"youden": "Youden", "target_sensitivity": f"sensitivity >= {target:g}"}
     header = ["Pathology", "Threshold (val)", "Method", "Sensitivity", "Specificity", "PPV",
               "NPV", "F1"]
     cells = []
-    for row in sorted(rows, key=lambda r: r["pathology"]):
-        line = [row["pathology"], number_text(row["threshold"]), names[row["method"]]]
-        if row["threshold"] is None:
+    for point in sorted(points, key=lambda p: p.pathology):
+        line = [point.pathology, number_text(point.threshold), names[point.method]]
+        if point.threshold is None:
             cells.append([*line, "n/a: one label value on val"])  # the rest left blank
             continue
-        rates = [f"{number_text(row[key], 3)} {interval_text(*row[f'{key}_ci'])}"
-                 for key in ("sensitivity", "specificity")]
-        cells.append([*line, *rates, *(number_text(row[key], 3) for key in ("ppv", "npv", "f1"))])
+        rates = [f"{number_text(rate, 3)} {interval_text(*ci)}"
+                 for rate, ci in ((point.sensitivity, point.sensitivity_ci),
+                                  (point.specificity, point.specificity_ci))]
+        cells.append([*line, *rates,
+                      *(number_text(value, 3) for value in (point.ppv, point.npv, point.f1))])
     return markdown_table(header, cells, left=(0, 2))
 
 
-def calibration_markdown(calibration: dict) -> str:
+def calibration_markdown(calibration: CalibrationSummary) -> str:
     """Per class: ECE after the calibration map and before it, and the map (scale, bias)."""
-    before, parameters = calibration["ece_uncalibrated"], calibration["parameters"] or {}
+    before, parameters = calibration.ece_uncalibrated, calibration.parameters or {}
     cells = []
-    for label, ece in calibration["ece"].items():
+    for label, ece in calibration.ece.items():
         fitted = parameters.get(label)
         cells.append([label, number_text(ece), number_text(before[label]),
                       *([number_text(fitted["scale"], 3), number_text(fitted["bias"], 3, True)]
                         if fitted else ["n/a: one label value on val", ""])])
-    cells.append(["**mean**", f"**{number_text(calibration['mean_ece'])}**",
-                  number_text(calibration["mean_ece_uncalibrated"])])  # scale, bias blank
+    cells.append(["**mean**", f"**{number_text(calibration.mean_ece)}**",
+                  number_text(calibration.mean_ece_uncalibrated)])  # scale, bias blank
     return markdown_table(["Pathology", "ECE", "ECE before calibration", "scale", "bias"], cells)
 
 
-def calibration_text(calibration: dict) -> str:
-    method = calibration["method"]
+def calibration_text(calibration: CalibrationSummary) -> str:
+    method = calibration.method
     if method == "none":
         return "Calibration: none (the model's probabilities, positive-weight offset removed)."
     return (f"Calibration: {method} per class, fitted on the val split (uncertain labels masked); "
             "the positive-weight offset of training is removed before it.")
 
 
-def left_out_text(summary: dict) -> str:
+def left_out_text(summary: LevelSummary) -> str:
     """Which classes the means leave out, and why."""
-    left_out = next(iter(summary["means"].values()), {}).get("left_out", {})
+    left_out = summary.left_out
     if not left_out:
         return ""
     return ("Left out of the means (a class needs both label values and at least min_positives "
@@ -173,9 +180,9 @@ def left_out_text(summary: dict) -> str:
             + "; ".join(f"{label} ({reason})" for label, reason in left_out.items()) + ".")
 
 
-def masked_text(result: dict) -> str:
-    not_labelled = result.get("not_labelled", {})  # masked too, and said so elsewhere
-    masked = {label: n for label, n in result.get("masked_uncertain", {}).items()
+def masked_text(result: EvaluationReport) -> str:
+    not_labelled = result.not_labelled  # masked too, and said so elsewhere
+    masked = {label: n for label, n in result.masked_uncertain.items()
               if n and label not in not_labelled}
     if not masked:
         return "No label of this split is uncertain."
@@ -183,48 +190,42 @@ def masked_text(result: dict) -> str:
             + ", ".join(f"{label} {n}" for label, n in masked.items()) + ".")
 
 
-def per_study(result: dict) -> bool:
-    """A study-mode model's report: one prediction per study, its views fused by the model."""
-    return result.get("unit") == "study"
+def study_unit_text(result: EvaluationReport) -> str:
+    return ("views fused by the model" if result.per_study
+            else f"{result.study.aggregation} over images")
 
 
-def study_unit_text(result: dict) -> str:
-    return ("views fused by the model" if per_study(result)
-            else f"{result['study']['aggregation']} over images")
-
-
-def study_text(result: dict) -> str:
-    if per_study(result):
+def study_text(result: EvaluationReport) -> str:
+    if result.per_study:
         return ("Study-mode model: each prediction is of a study, its views fused by the model, "
                 "so the report card is already per study.")
-    aggregation = result["study"]["aggregation"]
-    return f"Study AUC: a study's prediction is the {aggregation} over its images."
+    return f"Study AUC: a study's prediction is the {result.study.aggregation} over its images."
 
 
-def title_of(result: dict) -> str:
+def title_of(result: EvaluationReport) -> str:
     """"test split", or "NIH ChestX-ray14, every image (external validation)"."""
-    dataset = result.get("dataset")
+    dataset = result.dataset
     if dataset is None:
-        return f"{result['split']} split"
-    part = "every image" if dataset["split"] == "all" else f"its official {dataset['split']} split"
-    return f"{dataset['title']}, {part} (external validation)"
+        return f"{result.split} split"
+    part = "every image" if dataset.split == "all" else f"its official {dataset.split} split"
+    return f"{dataset.title}, {part} (external validation)"
 
 
-def reference_of(result: dict) -> str:
-    if "dataset" not in result:
+def reference_of(result: EvaluationReport) -> str:
+    if result.dataset is None:
         return "the split's labels, uncertain (-1) masked"
-    not_labelled = result["dataset"]["not_labelled"]
-    return result["reference"] + (f"; not labelled by {result['dataset']['title']}, so n/a: "
-                                  f"{', '.join(not_labelled)}" if not_labelled else "")
+    not_labelled = result.dataset.not_labelled
+    return result.reference + (f"; not labelled by {result.dataset.title}, so n/a: "
+                               f"{', '.join(not_labelled)}" if not_labelled else "")
 
 
-def model_text(result: dict) -> str:
+def model_text(result: EvaluationReport) -> str:
     """"checkpoint `models/r/best.pth` (epoch 5)", or "an ensemble of 3 checkpoints (...)"."""
-    ensemble = result.get("ensemble")
+    ensemble = result.ensemble
     if ensemble is None:
-        return f"checkpoint `{result['checkpoint']}` (epoch {result['epoch']})"
-    return (f"an ensemble of {len(ensemble['members'])} checkpoints (`{result['checkpoint']}`; "
-            f"{ensemble['combination']}, {ensemble['calibration']})")
+        return f"checkpoint `{result.checkpoint}` (epoch {result.epoch})"
+    return (f"an ensemble of {len(ensemble.members)} checkpoints (`{result.checkpoint}`; "
+            f"{ensemble.combination}, {ensemble.calibration})")
 
 
 def ensemble_header(level: float) -> list[str]:
@@ -232,38 +233,37 @@ def ensemble_header(level: float) -> list[str]:
             "Comp-5 AUC", "Ensemble", f"Ensemble - member [paired {level:.0%} CI]", "Verdict (mean)"]
 
 
-def ensemble_cells(member: dict) -> list[str]:
-    cells = [member["checkpoint"]]
+def ensemble_cells(member: EnsembleMember) -> list[str]:
+    cells = [member.checkpoint]
     for key in ("all", "competition"):
-        mean = member["means"].get(key)
+        mean = member.means.get(key)
         if mean is None:
             cells += ["n/a"] * 3
             continue
-        cells += [number_text(mean["member"]), number_text(mean["ensemble"]),
-                  f"{number_text(mean['difference'], signed=True)} "
-                  f"{interval_text(mean['ci_low'], mean['ci_high'], signed=True)}"]
-    verdict = member["means"].get("all", {}).get("verdict", "n/a")
-    return [*cells, verdict]
+        cells += [number_text(mean.member), number_text(mean.ensemble),
+                  f"{number_text(mean.difference, signed=True)} "
+                  f"{interval_text(mean.ci_low, mean.ci_high, signed=True)}"]
+    overall = member.means.get("all")
+    return [*cells, overall.verdict if overall else "n/a"]
 
 
-def ensemble_text(ensemble: dict, level: float) -> str:
+def ensemble_text(ensemble: EnsembleSummary, level: float) -> str:
     """The members beside the ensemble, for the terminal."""
-    rows = [ensemble_cells(member) for member in ensemble["members"]]
+    rows = [ensemble_cells(member) for member in ensemble.members]
     return "ensemble beside each member:\n" + text_table(ensemble_header(level), rows,
                                                           left=(0, 7))
 
 
-def ensemble_markdown(result: dict, level: float) -> list[str]:
-    ensemble = result.get("ensemble")
-    if ensemble is None:
+def ensemble_markdown(result: EvaluationReport, level: float) -> list[str]:
+    if result.ensemble is None:
         return []
-    rows = [ensemble_cells(member) for member in ensemble["members"]]
+    rows = [ensemble_cells(member) for member in result.ensemble.members]
     return [f"## The ensemble beside each member ({len(rows)} members)", "",
             markdown_table(ensemble_header(level), rows, left=(0, 7)), "",
             "Each member is scored on the same rows as the ensemble; a difference's interval is "
             "paired (the same resampled patients for both), so one that excludes 0 is unlikely "
             "to come from which patients are in the split. Per observation: `eval_"
-            f"{result['split']}.json`, `ensemble.members[].per_class`.", ""]
+            f"{result.split}.json`, `ensemble.members[].per_class`.", ""]
 
 
 def intervals_text(methods: dict) -> str:
@@ -276,31 +276,31 @@ def intervals_text(methods: dict) -> str:
             f"negative patients are marked {APPROXIMATE}.")
 
 
-def markdown_report(result: dict, plots: dict[str, str], cfg: Config) -> str:
-    calibration = result["calibration"]
-    study = result["study"]
-    rows = report_rows(result["image"], study)
+def markdown_report(result: EvaluationReport, plots: dict[str, str], cfg: Config) -> str:
+    calibration, study = result.calibration, result.study
+    rows = report_rows(result.image, study)
     lines = [
         f"# Evaluation report: {title_of(result)}", "",
-        f"{result['n_images']} images, {result['n_studies']} studies, {result['n_patients']} "
+        f"{result.n_images} images, {result.n_studies} studies, {result.n_patients} "
         f"patients; {model_text(result)}.", "",
         f"Reference standard: {reference_of(result)}. {masked_text(result)}",
         "",
-        f"{intervals_text(result['intervals'])} {calibration_text(calibration)} "
-        f"Test-time augmentation: {'on' if result['tta'] else 'off'}. " + study_text(result), "",
-        f"## Report card ({'studies' if per_study(result) else 'images'})", "",
+        f"{intervals_text(result.intervals)} {calibration_text(calibration)} "
+        f"Test-time augmentation: {'on' if result.tta else 'off'}. " + study_text(result), "",
+        f"## Report card ({'studies' if result.per_study else 'images'})", "",
         report_card_markdown(rows, cfg.ci_level), "",
         approximate_text(rows), "",
-        left_out_text(result["image"]), "",
+        left_out_text(result.image), "",
         *ensemble_markdown(result, cfg.ci_level),
-        f"## Study level ({result['n_studies']} studies, {study_unit_text(result)})", "",
+        f"## Study level ({result.n_studies} studies, {study_unit_text(result)})", "",
         report_card_markdown(report_rows(study), cfg.ci_level, study_column=False), "",
         "## Operating points (thresholds chosen on the val split)", "",
-        operating_points_markdown(result["operating_points"], cfg.target_sensitivity), "",
-        f"## Calibration ({calibration['bins']} bins)", "",
+        operating_points_markdown(result.operating_points, cfg.target_sensitivity), "",
+        f"## Calibration ({calibration.bins} bins)", "",
         calibration_markdown(calibration), "",
         f"![Reliability diagrams]({plots['reliability']})", "",
-        *subgroup_markdown(result, plots.get("subgroups")),
+        *subgroup_markdown(result.subgroups, result.subgroup_comparisons,
+                           plots.get("subgroups")),
         "## ROC and precision-recall curves", "",
         f"![ROC curves]({plots['roc']})", "",
         f"![Precision-recall curves]({plots['pr']})", ""]
@@ -388,9 +388,9 @@ def subgroup_flags(subgroups: dict) -> list[str]:
     return flags
 
 
-def multiplicity_text(result: dict) -> str:
-    """How many comparisons the audit made, and how the error rate is held."""
-    family = result.get("subgroup_comparisons")
+def multiplicity_text(family: dict | None) -> str:
+    """How many comparisons the audit made (subgroups.Audit.multiplicity), and how the error
+    rate is held."""
     if not family:
         return ""
     return (f"{family['comparisons']} comparisons (strata x labels and means; a two-stratum "
@@ -400,20 +400,20 @@ def multiplicity_text(result: dict) -> str:
             "adjusted p-values.")
 
 
-def subgroup_line(result: dict) -> str:
+def subgroup_line(subgroups: dict, family: dict | None) -> str:
     """The terminal's line on the subgroup audit: its comparisons and what was flagged."""
-    family = result.get("subgroup_comparisons")
     if not family:
         return ""
-    flags = subgroup_flags(result["subgroups"])
+    flags = subgroup_flags(subgroups)
     return (f"subgroup audit: {family['comparisons']} comparisons, Holm-adjusted; "
             + (f"clearly lower: {'; '.join(flags)}" if flags else "no stratum clearly lower"))
 
 
-def subgroup_markdown(result: dict, figure: str | None = None) -> list[str]:
-    """The subgroup section: per-label cells, the means by stratum, the flags; `figure` is the
-    forest plot's file name (plots.forest_plot), linked when given."""
-    subgroups = result.get("subgroups") or {}
+def subgroup_markdown(subgroups: dict | None, family: dict | None = None,
+                      figure: str | None = None) -> list[str]:
+    """The subgroup section: per-label cells, the means by stratum, the flags; `subgroups` and
+    `family` are subgroups.subgroup_table's table and multiplicity, `figure` the forest plot's
+    file name (plots.forest_plot), linked when given."""
     if not subgroups:
         return []
     header = ["Audit", "Stratum", "Pathology", "Images", "Patients", "Pos", "AUC", "CI",
@@ -426,7 +426,7 @@ def subgroup_markdown(result: dict, figure: str | None = None) -> list[str]:
             "AUC within each stratum and its difference to the rest of the split, paired over "
             "the patients (a patient with films on both sides counts on both); a cell needs at "
             "least min_positives positives and negatives on both sides (the others are left out "
-            "here and n/a in the JSON). " + multiplicity_text(result), "",
+            "here and n/a in the JSON). " + multiplicity_text(family), "",
             markdown_table(header, subgroup_cells(subgroups), left=(0, 1, 2, 11)), "",
             *(["### Means by subgroup", "",
                "The report card's means within each stratum, over the classes whose cell is "
@@ -439,42 +439,47 @@ def subgroup_markdown(result: dict, figure: str | None = None) -> list[str]:
                              "Holm's adjustment."]), ""]
 
 
-def csv_rows(result: dict) -> list[dict]:
+def point_cells(point: OperatingPoint) -> dict:
+    """An operating point's columns of eval_<split>.csv, named after its method."""
+    cells = {f"{point.method}_{key}": getattr(point, key)
+             for key in ("threshold", "sensitivity", "specificity", "ppv", "npv", "f1")}
+    for key in ("sensitivity", "specificity"):
+        cells[f"{point.method}_{key}_ci_low"], cells[f"{point.method}_{key}_ci_high"] = \
+            getattr(point, f"{key}_ci") or [None, None]
+    return cells
+
+
+def csv_rows(result: EvaluationReport) -> list[dict]:
     """One row per class (image level, study AUC, ECE, operating points), then the means."""
     rows = []
-    points = {(row["pathology"], row["method"]): row for row in result["operating_points"]}
-    for label, values in result["image"]["classes"].items():
-        study = result["study"]["classes"][label]
-        row = {"pathology": label, "auc": values["auc"], "ci_low": values["ci"]["low"],
-               "ci_high": values["ci"]["high"], "auprc": values["auprc"],
-               "prevalence": values["prevalence"], "positives": values["positives"],
-               "negatives": values["negatives"], "masked": values["masked"],
-               "in_means": values["in_means"],
-               "study_auc": study["auc"], "study_ci_low": study["ci"]["low"],
-               "study_ci_high": study["ci"]["high"], "ece": result["calibration"]["ece"][label],
-               "status": values["status"], "ci_note": values["ci_note"]}
+    points = {(point.pathology, point.method): point for point in result.operating_points}
+    for label, values in result.image.classes.items():
+        study = result.study.classes[label]
+        row = {"pathology": label, "auc": values.auc, "ci_low": values.ci.low,
+               "ci_high": values.ci.high, "auprc": values.auprc,
+               "prevalence": values.prevalence, "positives": values.positives,
+               "negatives": values.negatives, "masked": values.masked,
+               "in_means": values.in_means,
+               "study_auc": study.auc, "study_ci_low": study.ci.low,
+               "study_ci_high": study.ci.high, "ece": result.calibration.ece[label],
+               "status": values.status, "ci_note": values.ci_note}
         for method in ("youden", "target_sensitivity"):
-            point = points[(label, method)]
-            for key in ("threshold", "sensitivity", "specificity", "ppv", "npv", "f1"):
-                row[f"{method}_{key}"] = point.get(key)
-            for key in ("sensitivity", "specificity"):
-                row[f"{method}_{key}_ci_low"], row[f"{method}_{key}_ci_high"] = \
-                    point.get(f"{key}_ci", [None, None])
+            row.update(point_cells(points[(label, method)]))
         rows.append(row)
-    for key, mean in result["image"]["means"].items():
-        rows.append({"pathology": mean["title"], "auc": mean["auc"], "ci_low": mean["ci"]["low"],
-                     "ci_high": mean["ci"]["high"], "auprc": mean["auprc"],
-                     "prevalence": mean["prevalence"],
-                     "study_auc": result["study"]["means"][key]["auc"],
-                     "study_ci_low": result["study"]["means"][key]["ci"]["low"],
-                     "study_ci_high": result["study"]["means"][key]["ci"]["high"],
-                     "ci_note": mean["ci_note"]})
+    for key, mean in result.image.means.items():
+        study = result.study.means[key]
+        rows.append({"pathology": mean.title, "auc": mean.auc, "ci_low": mean.ci.low,
+                     "ci_high": mean.ci.high, "auprc": mean.auprc,
+                     "prevalence": mean.prevalence, "study_auc": study.auc,
+                     "study_ci_low": study.ci.low, "study_ci_high": study.ci.high,
+                     "ci_note": mean.ci_note})
     return rows
 
 
-def write_reports(result: dict, plots: dict[str, str], cfg: Config, out_dir: Path) -> None:
-    split = result["split"]
-    write_text_atomic(json.dumps({**result, "plots": plots}, indent=2) + "\n",
+def write_reports(result: EvaluationReport, plots: dict[str, str], cfg: Config, out_dir: Path
+                  ) -> None:
+    split = result.split
+    write_text_atomic(json.dumps({**result.as_dict(), "plots": plots}, indent=2) + "\n",
                       out_dir / f"eval_{split}.json")
     write_text_atomic(markdown_report(result, plots, cfg), out_dir / f"eval_{split}.md")
     table = pd.DataFrame(csv_rows(result)).astype(  # blank for the means
@@ -482,26 +487,36 @@ def write_reports(result: dict, plots: dict[str, str], cfg: Config, out_dir: Pat
     write_csv_atomic(table, out_dir / f"eval_{split}.csv")
 
 
-def print_report(result: dict, path: Path, cfg: Config) -> None:
-    model = (f"an ensemble of {len(result['ensemble']['members'])} checkpoints ({path})"
-             if "ensemble" in result else f"checkpoint {path}")
-    print(f"\nReport card: {title_of(result)} ({result['n_images']} images, "
-          f"{result['n_studies']} studies, {result['n_patients']} patients), {model}")
-    rows = report_rows(result["image"], result["study"])
+def read_report(path: Path) -> EvaluationReport:
+    """The report an eval_<split>.json holds (write_reports wrote it)."""
+    try:
+        return EvaluationReport.from_dict(json.loads(path.read_text()))
+    except (KeyError, TypeError, json.JSONDecodeError) as err:
+        raise PipelineError(f"{path} is not an evaluation report of this version of evaluate.py "
+                            f"({type(err).__name__}: {err}); delete it and evaluate the run "
+                            "again") from None
+
+
+def print_report(result: EvaluationReport, path: Path, cfg: Config) -> None:
+    model = (f"an ensemble of {len(result.ensemble.members)} checkpoints ({path})"
+             if result.ensemble is not None else f"checkpoint {path}")
+    print(f"\nReport card: {title_of(result)} ({result.n_images} images, "
+          f"{result.n_studies} studies, {result.n_patients} patients), {model}")
+    rows = report_rows(result.image, result.study)
     print(report_card_text(rows, cfg.ci_level))
-    means = [f"{mean['name']} {number_text(mean['auc'])} "
-             f"{marked_interval(mean['ci']['low'], mean['ci']['high'], mean['ci_note'])}"
-             for mean in result["study"]["means"].values()]
-    print(f"study level ({result['n_studies']} studies, {study_unit_text(result)}): "
+    means = [f"{mean.name} {number_text(mean.auc)} "
+             f"{marked_interval(mean.ci.low, mean.ci.high, mean.ci_note)}"
+             for mean in result.study.means.values()]
+    print(f"study level ({result.n_studies} studies, {study_unit_text(result)}): "
           f"{', '.join(means)}")
-    for text in (approximate_text(rows), left_out_text(result["image"]), masked_text(result),
-                 subgroup_line(result)):
+    for text in (approximate_text(rows), left_out_text(result.image), masked_text(result),
+                 subgroup_line(result.subgroups, result.subgroup_comparisons)):
         if text:
             print(text)
-    calibration = result["calibration"]
-    print(f"mean ECE {number_text(calibration['mean_ece'])} ({calibration['bins']} bins, "
-          f"{calibration['method']} calibration fitted on val; "
-          f"{number_text(calibration['mean_ece_uncalibrated'])} before it)")
+    calibration = result.calibration
+    print(f"mean ECE {number_text(calibration.mean_ece)} ({calibration.bins} bins, "
+          f"{calibration.method} calibration fitted on val; "
+          f"{number_text(calibration.mean_ece_uncalibrated)} before it)")
 
 
 # ---- a paired comparison of two runs (evaluate.py --compare; compare.py computes the rows) ----
@@ -543,6 +558,16 @@ def comparison_markdown(rows: list[dict], level: float) -> str:
                           left=(0, 6)) + "\n\n" + comparison_note(rows)
 
 
+def comparison_description(split: str, frame: pd.DataFrame, unit: str, paths: list[Path]
+                           ) -> list[str]:
+    """What a comparison compared (`frame`: the rows both runs predicted, in `unit`), then the
+    lines naming A and B."""
+    return [f"AUC of B - A on the {split} split ({len(frame)} {unit}, "
+            f"{frame['patient_id'].nunique()} patients), paired intervals "
+            "(cluster-robust DeLong over the patients)",
+            f"A = {paths[0]}", f"B = {paths[1]}"]
+
+
 def comparison_report(rows: list[dict], description: list[str], name_a: str, name_b: str,
                       level: float) -> str:
     """compare_<split>_vs_<A>.md: `description` is the line saying what was compared, then the
@@ -553,3 +578,13 @@ def comparison_report(rows: list[dict], description: list[str], name_a: str, nam
         comparison_markdown(rows, level), "",
         "An interval that excludes 0 means the difference is unlikely to come from which "
         "patients are in the split (verdict `B better` / `A better`).", ""])
+
+
+# ---- external validation (evaluate.py --dataset) -------------------------------------------------
+
+def reference_text(cfg: Config, adapted: Adapted) -> str:
+    """eval_<name>.json's "reference" (the report's reference standard): the mapped labels,
+    who labelled the rows read, and the hierarchy."""
+    return (f"{adapted.title}'s labels mapped onto CheXpert's (cxr/data/{cfg.dataset}.py), "
+            f"uncertain (-1) masked; labelled by (rows read): "
+            f"{counts_text(adapted.label_sources)}; --label_hierarchy {adapted.hierarchy}")

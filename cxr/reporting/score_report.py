@@ -1,4 +1,5 @@
-"""score.py's tables and documents, rendered from the numbers scoring.py computes.
+"""score.py's tables and documents, rendered from the report cxr/scoring/results.py computes
+(a ScoreReport, cxr/scoring/report.py; a LabelerReport for the labeler table alone).
 
     score.md    the report card (evaluate.py's, report.py), the readers against the ROC and PR
                 curves, the paired comparisons, the leaderboard, the labeler table, the figures
@@ -19,24 +20,28 @@ from cxr.reporting.evaluation_report import approximate_text, comparison_markdow
     comparison_text, intervals_text, left_out_text, report_card_markdown, report_card_text, \
     report_rows, subgroup_line, subgroup_markdown
 from cxr.reporting.tables import interval_text, markdown_table, number_text, text_table
+from cxr.scoring.report import LabelerReport, LabelerResult, LeaderboardRow, ScoreReport
 
 
-def described(result: dict) -> str:
-    unit = "studies" if result["unit"] == "study" else "images"
-    skipped = result["skipped"]
+def unit_words(report: ScoreReport) -> str:
+    return "studies" if report.per_study else "images"
+
+
+def described(report: ScoreReport) -> str:
+    skipped = report.skipped
     skip = (f"; skipped (--unmatched skip): {skipped['predictions_only']} only in the "
             f"predictions, {skipped['reference_only']} only in the labels"
             if any(skipped.values()) else "")
-    return (f"{result['n_rows']} {unit} ({result['n_patients']} patients) of "
-            f"{ensemble_name(result)}{skip}. Reference standard: {result['reference']}.")
+    return (f"{report.n_rows} {unit_words(report)} ({report.n_patients} patients) of "
+            f"{ensemble_name(report)}{skip}. Reference standard: {report.reference}.")
 
 
-def bootstrap_text(result: dict) -> str:
-    boot = result["bootstrap"]
-    return (f"{intervals_text(result['intervals'])} A reader's sensitivity, specificity and "
+def bootstrap_text(report: ScoreReport) -> str:
+    boot = report.bootstrap
+    return (f"{intervals_text(report.intervals)} A reader's sensitivity, specificity and "
             "precision: Wilson's interval over the patients' clusters. The model's curves at a "
-            f"reader's point, the gains and the counts below the curves: {boot['resamples']} "
-            f"patient bootstrap resamples (seed {boot['seed']}), stratified by the label's "
+            f"reader's point, the gains and the counts below the curves: {boot.resamples} "
+            f"patient bootstrap resamples (seed {boot.seed}), stratified by the label's "
             "positive patients, percentile intervals (approximate: their coverage is not "
             "simulated).")
 
@@ -119,32 +124,31 @@ def leaderboard_header() -> list[str]:
     return ["Rank", "Model", "Competition-5 AUC", "CI", *COMPETITION_LABELS, "Mean AUC", "n"]
 
 
-def leaderboard_cells(rank: int, row: dict) -> list[str]:
-    competition = number_text(row["competition5_auc"])
-    if row["competition5_auc"] is not None and row["competition5_classes"] < 5:
-        competition += f" ({row['competition5_classes']} of 5)"
-    return [str(rank), row["model"], competition, interval_text(*row["competition5_ci"]),
-            *(number_text(row["auc"].get(label)) for label in COMPETITION_LABELS),
-            number_text(row["mean_auc"]), str(row["n"])]
+def leaderboard_cells(rank: int, row: LeaderboardRow) -> list[str]:
+    competition = number_text(row.competition5_auc)
+    if row.competition5_auc is not None and row.competition5_classes < 5:
+        competition += f" ({row.competition5_classes} of 5)"
+    return [str(rank), row.model, competition, interval_text(*row.competition5_ci),
+            *(number_text(row.auc.get(label)) for label in COMPETITION_LABELS),
+            number_text(row.mean_auc), str(row.n)]
 
 
-def leaderboard_rows(result: dict) -> list[list[str]]:
-    return [leaderboard_cells(rank, row) for rank, row in enumerate(result["leaderboard"], 1)]
+def leaderboard_rows(report: ScoreReport) -> list[list[str]]:
+    return [leaderboard_cells(rank, row) for rank, row in enumerate(report.leaderboard, 1)]
 
 
-def compare_description(path: str, result: dict) -> list[str]:
-    unit = "studies" if result["unit"] == "study" else "images"
-    return [f"AUC of B - A on the {result['compare_n'][path]} {unit} and the labels both cover, "
-            "paired intervals (cluster-robust DeLong over the patients)",
-            f"A = {path}", f"B = {ensemble_name(result)}"]
+def compare_description(path: str, report: ScoreReport) -> list[str]:
+    return [f"AUC of B - A on the {report.compare_n[path]} {unit_words(report)} and the labels "
+            "both cover, paired intervals (cluster-robust DeLong over the patients)",
+            f"A = {path}", f"B = {ensemble_name(report)}"]
 
 
-def ensemble_name(result: dict) -> str:
+def ensemble_name(report: ScoreReport) -> str:
     """The predictions scored: the file, or "the ensemble of A.csv, B.csv (mean probability)"."""
-    ensemble = result.get("ensemble")
-    if ensemble is None:
-        return result["predictions"]
-    return f"the ensemble of {', '.join(ensemble['members'])} (mean of their probabilities)"
+    if report.ensemble is None:
+        return report.predictions
+    return (f"the ensemble of {', '.join(report.ensemble.members)} (mean of their "
+            "probabilities)")
 
 
 # ---- labelers -----------------------------------------------------------------------------------
@@ -176,82 +180,110 @@ LABELER_NOTE = ("k/n: of the n studies the labeler labelled uncertain (-1), left
 MAX_PRINTED_READER_ROWS = 20  # more readers x labels: the terminal shows the counts, score.md all
 
 
-def print_score(result: dict) -> None:
-    card = result["report_card"]
-    print(f"\nReport card: {described(result)}")
-    print(report_card_text(report_rows(card), result["bootstrap"]["level"], study_column=False))
+def print_score(report: ScoreReport) -> None:
+    card, level = report.report_card, report.bootstrap.level
+    print(f"\nReport card: {described(report)}")
+    print(report_card_text(report_rows(card), level, study_column=False))
     for text in (left_out_text(card), approximate_text(report_rows(card)),
-                 subgroup_line(result)):
+                 subgroup_line(report.subgroups, report.subgroup_comparisons)):
         if text:
             print(text)
-    comparisons = result["readers_by_label"]
-    if comparisons:
-        print("\nReaders against the model's ROC curve")
-        rows = reader_rows(comparisons)
-        if len(rows) <= MAX_PRINTED_READER_ROWS:
-            print(text_table(READER_HEADER, rows, left=(0, 1, 10)))
-        print(text_table(*below_rows(comparisons)))
-        print("\nReaders against the model's precision-recall curve")
-        if len(rows) <= MAX_PRINTED_READER_ROWS:
-            print(text_table(READER_PR_HEADER, reader_rows(comparisons, reader_pr_cells),
-                             left=(0, 1, 9)))
-        print(text_table(*below_rows(comparisons, "below_pr_curve")))
-        print(P_NOTE)
-    level = result["bootstrap"]["level"]
-    for path, rows in result["compare_rows"].items():
-        print("\n" + "\n  ".join(compare_description(path, result)))
+    print_readers(report.readers_by_label)
+    for path, rows in report.compare_rows.items():
+        print("\n" + "\n  ".join(compare_description(path, report)))
         print(comparison_text(rows, level))
-    if len(result["leaderboard"]) > 1:
+    if len(report.leaderboard) > 1:
         print("\nLeaderboard (by the competition-five mean AUC)")
-        print(text_table(leaderboard_header(), leaderboard_rows(result), left=(1,)))
-    print_labelers(result.get("labeler", {}))
+        print(text_table(leaderboard_header(), leaderboard_rows(report), left=(1,)))
+    print_labelers(report.labeler or {})
 
 
-def print_labelers(labelers: dict) -> None:
+def print_readers(comparisons: dict) -> None:
+    """The readers against the ROC and the PR curve: each reader's point (unless too many), the
+    counts below the curves."""
+    if not comparisons:
+        return
+    print("\nReaders against the model's ROC curve")
+    rows = reader_rows(comparisons)
+    if len(rows) <= MAX_PRINTED_READER_ROWS:
+        print(text_table(READER_HEADER, rows, left=(0, 1, 10)))
+    print(text_table(*below_rows(comparisons)))
+    print("\nReaders against the model's precision-recall curve")
+    if len(rows) <= MAX_PRINTED_READER_ROWS:
+        print(text_table(READER_PR_HEADER, reader_rows(comparisons, reader_pr_cells),
+                         left=(0, 1, 9)))
+    print(text_table(*below_rows(comparisons, "below_pr_curve")))
+    print(P_NOTE)
+
+
+def print_labelers(labelers: dict[str, LabelerResult]) -> None:
     for name, entry in labelers.items():
-        print(f"\nLabeler {name} ({entry['n']} studies): of the studies it labelled -1, blank, "
+        print(f"\nLabeler {name} ({entry.n} studies): of the studies it labelled -1, blank, "
               "1, 0 or blank, those positive in the reference standard")
-        print(text_table(LABELER_HEADER, [labeler_cells(row) for row in entry["rows"]],
+        print(text_table(LABELER_HEADER, [labeler_cells(row) for row in entry.rows],
                          left=(0, 10)))
 
 
-def markdown_document(result: dict, plots: dict[str, str]) -> str:
-    card = result.get("report_card")
-    if card is None:  # the labeler table alone
-        lines = [f"# Labelers against {result['labels_file']}", ""]
-    else:
-        level = result["bootstrap"]["level"]
-        title = "an ensemble" if "ensemble" in result else Path(result["predictions"]).name
-        lines = [f"# Score: {title}", "", described(result), "",
-                 bootstrap_text(result), ""]
-    if card:
-        lines += ["## Report card", "", report_card_markdown(report_rows(card), level,
-                                                             study_column=False), "",
-                  left_out_text(card), "", approximate_text(report_rows(card)), ""]
-    comparisons = result.get("readers_by_label", {})
-    if comparisons:
-        lines += ["## Readers against the model's ROC and precision-recall curves", "",
-                  READERS_NOTE, "", markdown_table(*below_rows(comparisons)), "",
-                  markdown_table(*below_rows(comparisons, "below_pr_curve")), "",
-                  "### ROC curve", "",
-                  markdown_table(READER_HEADER, reader_rows(comparisons), left=(0, 1, 10)), "",
-                  "### Precision-recall curve", "",
-                  markdown_table(READER_PR_HEADER, reader_rows(comparisons, reader_pr_cells),
-                                 left=(0, 1, 9)), ""]
-    lines += subgroup_markdown(result, plots.get("subgroups"))
-    for path, rows in result.get("compare_rows", {}).items():
-        description = compare_description(path, result)
+def readers_markdown(comparisons: dict) -> list[str]:
+    if not comparisons:
+        return []
+    return ["## Readers against the model's ROC and precision-recall curves", "",
+            READERS_NOTE, "", markdown_table(*below_rows(comparisons)), "",
+            markdown_table(*below_rows(comparisons, "below_pr_curve")), "",
+            "### ROC curve", "",
+            markdown_table(READER_HEADER, reader_rows(comparisons), left=(0, 1, 10)), "",
+            "### Precision-recall curve", "",
+            markdown_table(READER_PR_HEADER, reader_rows(comparisons, reader_pr_cells),
+                           left=(0, 1, 9)), ""]
+
+
+def comparisons_markdown(report: ScoreReport) -> list[str]:
+    """Each --compare file (and an ensemble's members) against the predictions, paired."""
+    lines = []
+    for path, rows in report.compare_rows.items():
+        description = compare_description(path, report)
         lines += [f"## Compared with {Path(path).name}", "", description[0], "",
                   *(f"- {line}" for line in description[1:]), "",
-                  comparison_markdown(rows, level), ""]
-    if len(result.get("leaderboard", [])) > 1:
-        lines += ["## Leaderboard", "", "Every model scored, by the competition-five mean AUC "
-                  "(each on the studies it shares with the predictions).", "",
-                  markdown_table(leaderboard_header(), leaderboard_rows(result), left=(1,)), ""]
-    for name, entry in result.get("labeler", {}).items():
+                  comparison_markdown(rows, report.bootstrap.level), ""]
+    return lines
+
+
+def leaderboard_markdown(report: ScoreReport) -> list[str]:
+    if len(report.leaderboard) <= 1:
+        return []
+    return ["## Leaderboard", "", "Every model scored, by the competition-five mean AUC "
+            "(each on the studies it shares with the predictions).", "",
+            markdown_table(leaderboard_header(), leaderboard_rows(report), left=(1,)), ""]
+
+
+def score_markdown(report: ScoreReport, plots: dict[str, str]) -> list[str]:
+    """score.md's sections of the predictions: the report card, the readers, the subgroups,
+    the comparisons, the leaderboard."""
+    card = report.report_card
+    title = "an ensemble" if report.ensemble else Path(report.predictions).name
+    return [f"# Score: {title}", "", described(report), "", bootstrap_text(report), "",
+            "## Report card", "", report_card_markdown(report_rows(card), report.bootstrap.level,
+                                                       study_column=False), "",
+            left_out_text(card), "", approximate_text(report_rows(card)), "",
+            *readers_markdown(report.readers_by_label),
+            *subgroup_markdown(report.subgroups, report.subgroup_comparisons,
+                               plots.get("subgroups")),
+            *comparisons_markdown(report), *leaderboard_markdown(report)]
+
+
+def labelers_markdown(labelers: dict[str, LabelerResult]) -> list[str]:
+    lines = []
+    for name, entry in labelers.items():
         lines += [f"## Labeler {name}: uncertain and blank labels", "", LABELER_NOTE, "",
-                  markdown_table(LABELER_HEADER, [labeler_cells(row) for row in entry["rows"]],
+                  markdown_table(LABELER_HEADER, [labeler_cells(row) for row in entry.rows],
                                  left=(0, 10)), ""]
+    return lines
+
+
+def markdown_document(report: ScoreReport | LabelerReport, plots: dict[str, str]) -> str:
+    lines = (score_markdown(report, plots) if isinstance(report, ScoreReport)
+             else [f"# Labelers against {report.labels_file}", ""])
+    lines += labelers_markdown(report.labeler or {})
     lines += [f"![{kind.upper()} curves]({name})" for kind, name in plots.items()
               if kind != "subgroups"]  # the forest plot sits in the subgroup section
     text = "\n".join(lines)
@@ -260,26 +292,25 @@ def markdown_document(result: dict, plots: dict[str, str]) -> str:
     return text.strip() + "\n"
 
 
-def csv_rows(result: dict) -> list[dict]:
+def csv_rows(report: ScoreReport) -> list[dict]:
     """score.csv: one row per label (report card, readers below the ROC and the PR curve), then
     the means."""
     rows = []
-    below = result.get("radiologists_below_curve", {})
-    below_pr = result.get("radiologists_below_pr_curve", {})
-    for row in report_rows(result["report_card"]):
+    for row in report_rows(report.report_card):
         label = row["pathology"]
         rows.append({**{k: v for k, v in row.items() if k != "study_auc"},
-                     "readers_below_curve": below.get(label),
-                     "readers_below_pr_curve": below_pr.get(label)})
+                     "readers_below_curve": report.radiologists_below_curve.get(label),
+                     "readers_below_pr_curve": report.radiologists_below_pr_curve.get(label)})
     return rows
 
 
-def write_documents(result: dict, plots: dict[str, str], out_dir: Path) -> None:
-    write_text_atomic(json.dumps({**result, "plots": plots}, indent=2) + "\n",
+def write_documents(report: ScoreReport | LabelerReport, plots: dict[str, str], out_dir: Path
+                    ) -> None:
+    write_text_atomic(json.dumps({**report.as_dict(), "plots": plots}, indent=2) + "\n",
                       out_dir / "score.json")
-    write_text_atomic(markdown_document(result, plots), out_dir / "score.md")
-    if result.get("report_card") is not None:
-        table = pd.DataFrame(csv_rows(result)).astype({"positives": "Int64",
+    write_text_atomic(markdown_document(report, plots), out_dir / "score.md")
+    if isinstance(report, ScoreReport):
+        table = pd.DataFrame(csv_rows(report)).astype({"positives": "Int64",
                                                         "readers_below_curve": "Int64",
                                                         "readers_below_pr_curve": "Int64"})
         write_csv_atomic(table, out_dir / "score.csv")

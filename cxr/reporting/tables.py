@@ -2,7 +2,8 @@
 
 A table is a header and rows of cells, each cell a string already written (number_text,
 interval_text). The columns named in `left` are left-aligned (names, free text), the others
-right-aligned (numbers). report.py and ablate.py build the cells; only this module lays them out.
+right-aligned (numbers). evaluation_report.py, score_report.py and ablation_report.py build
+the cells; only this module lays them out.
 """
 
 from __future__ import annotations

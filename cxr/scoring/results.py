@@ -3,8 +3,8 @@
 The report card is evaluate.py's, from the same code (metrics.summarise_level: AUC with its
 interval, intervals.py, AUPRC, positives, the means over labels and over the
 competition five); readers.py compares readers' operating points with the model's curve;
-compare.py gives the paired differences of AUC. This module lines the files up (score_files.py
-reads them) and gathers the results into one dict, the contents of score.json.
+compare.py gives the paired differences of AUC. This module lines the files up (files.py reads
+them) and gathers the results into one ScoreReport (report.py), the contents of score.json.
 """
 
 from __future__ import annotations
@@ -21,11 +21,14 @@ from cxr.errors import PipelineError
 from cxr.evaluation.compare import paired_auc_differences
 from cxr.evaluation.intervals import interval_methods
 from cxr.evaluation.metrics import summarise_level
+from cxr.evaluation.report import LevelSummary
 from cxr.evaluation.subgroups import subgroup_table
 from cxr.scoring.files import PLURAL, LabelFile, by_study, match_keys, patient_of, read_labeler, \
     read_reads, read_scores, same_unit, shared_labels, study_of
 from cxr.scoring.labelers import labeler_table
 from cxr.scoring.readers import compare_readers
+from cxr.scoring.report import FileEnsemble, LabelerResult, LeaderboardRow, ReadersBootstrap, \
+    ScoreReport
 
 if TYPE_CHECKING:
     from config import Config
@@ -98,9 +101,10 @@ def restrict(scored: Scored, keys: pd.Index) -> Scored:
                   scored.targets[rows], scored.unit, scored.skipped, scored.study_views)
 
 
-def report_card(scored: Scored, cfg: Config) -> dict:
+def report_card(scored: Scored, cfg: Config) -> LevelSummary:
     """evaluate.py's report card of one file's predictions (metrics.summarise_level)."""
-    return summarise_level(scored.scores, scored.targets, scored.patient_ids, scored.labels, cfg)
+    return LevelSummary.from_dict(summarise_level(scored.scores, scored.targets,
+                                                  scored.patient_ids, scored.labels, cfg))
 
 
 # ---- readers ----------------------------------------------------------------------------------
@@ -135,16 +139,19 @@ def reader_arrays(readers: dict[str, LabelFile], scored: Scored) -> dict[str, di
             for name, reads in readers.items()}
 
 
-def reader_summary(comparisons: dict[str, dict]) -> tuple[dict, dict, dict]:
-    """score.json's "radiologists" ({reader: {label: point}}), "radiologists_below_curve"
-    (the ROC curve: {label: count}) and "radiologists_below_pr_curve" (the PR curve)."""
+def reader_fields(comparisons: dict[str, dict]) -> dict:
+    """The report's readers: "readers_by_label" (readers.compare_readers), and as views of it
+    "radiologists" ({reader: {label: point}}), "radiologists_below_curve" (the ROC curve:
+    {label: count}) and "radiologists_below_pr_curve" (the PR curve)."""
     by_reader: dict[str, dict] = {}
     for label, comparison in comparisons.items():
         for name, point in comparison["readers"].items():
             by_reader.setdefault(name, {})[label] = point
-    below = {label: comparison["below_curve"] for label, comparison in comparisons.items()}
-    below_pr = {label: comparison["below_pr_curve"] for label, comparison in comparisons.items()}
-    return by_reader, below, below_pr
+    return {"readers_by_label": comparisons, "radiologists": by_reader,
+            "radiologists_below_curve": {label: comparison["below_curve"]
+                                         for label, comparison in comparisons.items()},
+            "radiologists_below_pr_curve": {label: comparison["below_pr_curve"]
+                                            for label, comparison in comparisons.items()}}
 
 
 # ---- other models -------------------------------------------------------------------------------
@@ -178,27 +185,36 @@ def differences(rows: list[dict]) -> dict[str, float | None]:
     return {row["pathology"]: row["difference"] for row in rows}
 
 
-def leaderboard(entries: list[tuple[Scored, dict]]) -> list[dict]:
+def mean_auc(card: LevelSummary, key: str) -> float | None:
+    """A mean's AUC ("all" or "competition": metrics.MEANS), None when it is not scored."""
+    mean = card.means.get(key)
+    return None if mean is None else mean.auc
+
+
+def class_aucs(card: LevelSummary) -> dict[str, float | None]:
+    return {label: values.auc for label, values in card.classes.items()}
+
+
+def leaderboard_row(scored: Scored, card: LevelSummary) -> LeaderboardRow:
+    competition = card.means.get("competition")
+    return LeaderboardRow(
+        scored.name, str(scored.path), len(scored.keys), mean_auc(card, "competition"),
+        [None, None] if competition is None else [competition.ci.low, competition.ci.high],
+        0 if competition is None else len(competition.classes), mean_auc(card, "all"),
+        class_aucs(card))
+
+
+def leaderboard(entries: list[tuple[Scored, LevelSummary]]) -> list[LeaderboardRow]:
     """Every model scored, best competition-five mean first (n/a last), with its interval."""
-    rows = []
-    for scored, card in entries:
-        competition = card["means"].get("competition", {})
-        overall = card["means"].get("all", {})
-        rows.append({
-            "model": scored.name, "file": str(scored.path), "n": len(scored.keys),
-            "competition5_auc": competition.get("auc"),
-            "competition5_ci": [competition.get("ci", {}).get("low"),
-                                competition.get("ci", {}).get("high")],
-            "competition5_classes": len(competition.get("classes", [])),
-            "mean_auc": overall.get("auc"),
-            "auc": {label: values["auc"] for label, values in card["classes"].items()}})
-    return sorted(rows, key=lambda row: (row["competition5_auc"] is None,
-                                         -(row["competition5_auc"] or 0.0)))
+    rows = [leaderboard_row(scored, card) for scored, card in entries]
+    return sorted(rows, key=lambda row: (row.competition5_auc is None,
+                                         -(row.competition5_auc or 0.0)))
 
 
 # ---- labelers -----------------------------------------------------------------------------------
 
-def labeler_results(paths: tuple[str, ...], reference: LabelFile, cfg: Config) -> dict:
+def labeler_results(paths: tuple[str, ...], reference: LabelFile, cfg: Config
+                    ) -> dict[str, LabelerResult]:
     """{labeler: labeler_check rows} against the reference, on the studies both hold."""
     results, seen = {}, {}
     for name, path in zip(file_names(paths), paths):
@@ -213,16 +229,14 @@ def labeler_results(paths: tuple[str, ...], reference: LabelFile, cfg: Config) -
                                 f"{PLURAL[reference.unit]}")
         keys = match_keys(labeler, reference, cfg.unmatched).keys
         labels = shared_labels(labeler, reference)
-        results[name] = {"file": str(path), "n": len(keys), "rows": labeler_table(
+        results[name] = LabelerResult(str(path), len(keys), labeler_table(
             labeler.values.loc[keys, list(labels)].to_numpy(dtype=float),
             reference.values.loc[keys, list(labels)].to_numpy(dtype=float), labels,
-            cfg.ci_level)}
+            cfg.ci_level))
     return results
 
 
-# ---- everything ---------------------------------------------------------------------------------
-
-# ---- an ensemble of predictions files ---------------------------------------------------------------
+# ---- an ensemble of predictions files ------------------------------------------------------------
 
 def prediction_paths(cfg: Config) -> tuple[str, ...]:
     """--predictions: one file, or a comma list of files whose probabilities are averaged."""
@@ -260,62 +274,85 @@ def mean_of_files(paths: tuple[str, ...], cfg: Config) -> LabelFile:
                      files[0].unit, views=views)
 
 
-def score(cfg: Config, reference: LabelFile) -> tuple[dict, Scored, dict]:
+# ---- everything ---------------------------------------------------------------------------------
+
+def scored_predictions(cfg: Config, reference: LabelFile) -> tuple[Scored, tuple[str, ...]]:
+    """--predictions lined up with the reference, and the files of an ensemble (none for one
+    file): several files are scored as their ensemble."""
+    members = prediction_paths(cfg)
+    if len(members) > 1:
+        return line_up(mean_of_files(members, cfg), reference, cfg, name="ensemble"), members
+    return line_up(read_scores(Path(cfg.predictions), cfg.score_scale), reference, cfg), ()
+
+
+def read_by_every_reader(model: Scored, readers: dict[str, LabelFile]) -> Scored:
+    """The predictions on the rows every reader read (--unmatched skip left the others)."""
+    keys = readers_keys(model.keys, readers)
+    if len(keys) == len(model.keys):
+        return model
+    print(f"score: {len(model.keys) - len(keys)} {PLURAL[model.unit]} not read by every "
+          "reader are left out (--unmatched skip)")
+    return restrict(model, keys)
+
+
+def rows_fields(cfg: Config, model: Scored, members: tuple[str, ...], reference: LabelFile
+                ) -> dict:
+    """The report's files and the rows scored."""
+    return {"predictions": str(cfg.predictions), "labels_file": str(cfg.labels),
+            "ensemble": FileEnsemble(list(members), "mean of the files' probabilities")
+            if members else None,
+            "reference": reference_text(reference), "unit": model.unit,
+            "n_studies": len(set(model.keys.map(study_of))), "n_rows": len(model.keys),
+            "n_patients": int(model.patient_ids.nunique()), "skipped": model.skipped,
+            "labels": list(model.labels), "masked": masked_counts(model.targets, model.labels),
+            "study_views": model.study_views or None}
+
+
+def card_fields(card: LevelSummary) -> dict:
+    """The report card, and its AUCs: each label's, the means."""
+    return {"auc": class_aucs(card), "mean_auc": mean_auc(card, "all"),
+            "competition5_auc": mean_auc(card, "competition"), "report_card": card}
+
+
+def comparison_fields(compared: dict[str, list[dict]], others: list[Scored]) -> dict:
+    """The --compare files (and an ensemble's members) against the predictions."""
+    return {"compare": {path: differences(rows) for path, rows in compared.items()},
+            "compare_rows": compared,
+            "compare_n": {path: len(other.keys) for path, other in zip(compared, others)}}
+
+
+def settings_fields(cfg: Config) -> dict:
+    """How the intervals and the readers' bootstrap were made, and the settings scored with."""
+    return {"intervals": interval_methods(cfg.ci_level),
+            "bootstrap": ReadersBootstrap(cfg.bootstrap_resamples, cfg.ci_level, cfg.seed,
+                                          "patient", "the readers against the curves "
+                                          "(stratified by the label's positive patients)"),
+            "study_aggregation": cfg.study_aggregation, "min_positives": cfg.min_positives}
+
+
+def score(cfg: Config, reference: LabelFile) -> tuple[ScoreReport, Scored, dict]:
     """score.json's contents, the scored predictions (for the figures), and the readers'
     comparisons by label (their points are drawn on the ROC curves). Several --predictions
     files are scored as their ensemble, with each file compared against it."""
-    members = prediction_paths(cfg)
-    if len(members) > 1:
-        model = line_up(mean_of_files(members, cfg), reference, cfg, name="ensemble")
-    else:
-        members = ()
-        model = line_up(read_scores(Path(cfg.predictions), cfg.score_scale), reference, cfg)
+    model, members = scored_predictions(cfg, reference)
     if reference.unit != model.unit:  # per-image labels, study predictions: score studies
         reference = by_study(reference, "max")
     readers = read_readers(cfg.radiologists, reference, cfg)
-    if readers:
-        keys = readers_keys(model.keys, readers)
-        if len(keys) < len(model.keys):
-            print(f"score: {len(model.keys) - len(keys)} {PLURAL[model.unit]} not read by every "
-                  "reader are left out (--unmatched skip)")
-            model = restrict(model, keys)
+    model = read_by_every_reader(model, readers)
     card = report_card(model, cfg)
     comparisons = compare_readers(model.targets, model.scores, reader_arrays(readers, model),
                                   model.labels, model.patient_ids, cfg.bootstrap_resamples,
                                   cfg.ci_level, cfg.seed)
-    by_reader, below, below_pr = reader_summary(comparisons)
     compared, others = compare_files(model, reference, cfg, (*members, *cfg.compare))
     audit = subgroup_table(model.scores, model.targets, audit_frame(model, reference),
                            model.labels, cfg.ci_level, cfg.min_positives, cfg.age_bands)
     board = leaderboard([(model, card)] + [(other, report_card(other, cfg)) for other in others])
-    result = {
-        "predictions": str(cfg.predictions), "labels_file": str(cfg.labels),
-        **({"ensemble": {"members": list(members),
-                         "combination": "mean of the files' probabilities"}} if members else {}),
-        "reference": reference_text(reference), "unit": model.unit,
-        "n_studies": len(set(model.keys.map(study_of))), "n_rows": len(model.keys),
-        "n_patients": int(model.patient_ids.nunique()), "skipped": model.skipped,
-        "labels": list(model.labels), "masked": masked_counts(model.targets, model.labels),
-        "auc": {label: values["auc"] for label, values in card["classes"].items()},
-        "mean_auc": card["means"].get("all", {}).get("auc"),
-        "competition5_auc": card["means"].get("competition", {}).get("auc"),
-        "report_card": card,
-        "radiologists": by_reader, "radiologists_below_curve": below,
-        "radiologists_below_pr_curve": below_pr,
-        "readers_by_label": comparisons,
-        "compare": {path: differences(rows) for path, rows in compared.items()},
-        "subgroups": audit.table, "subgroup_comparisons": audit.multiplicity(cfg.ci_level),
-        "compare_rows": compared, "compare_n": {path: len(other.keys) for path, other
-                                                in zip(compared, others)},
-        "leaderboard": board,
-        "intervals": interval_methods(cfg.ci_level),
-        "bootstrap": {"resamples": cfg.bootstrap_resamples, "level": cfg.ci_level,
-                      "seed": cfg.seed, "unit": "patient",
-                      "for": "the readers against the curves (stratified by the label's "
-                             "positive patients)"},
-        "study_aggregation": cfg.study_aggregation, "min_positives": cfg.min_positives,
-        **({"study_views": model.study_views} if model.study_views else {})}
-    return result, model, comparisons
+    report = ScoreReport(**rows_fields(cfg, model, members, reference), **card_fields(card),
+                         **reader_fields(comparisons), **comparison_fields(compared, others),
+                         subgroups=audit.table,
+                         subgroup_comparisons=audit.multiplicity(cfg.ci_level),
+                         leaderboard=board, **settings_fields(cfg))
+    return report, model, comparisons
 
 
 def audit_frame(model: Scored, reference: LabelFile) -> pd.DataFrame:

@@ -1,31 +1,44 @@
-"""One checkpoint format, written atomically and loaded without executing code.
+"""One checkpoint format, written atomically and loaded without executing code. Every key is
+written here, by training_payload (member_payload for a top_k/ member), and what a resumed run
+needs is read back here, by saved_training.
 
 A checkpoint is a dict of plain types and tensors, so torch.load(weights_only=True) reads it:
+    format_version                           FORMAT_VERSION (save_checkpoint adds it)
     model, optimizer, scheduler, scaler      state dicts
-    epoch, global_step, best_metric          ints / float
+    epoch, global_step, best_metric          ints / float: the epochs completed, the optimizer
+                                             steps attempted, the best val mean AUC so far
+    in_epoch                                 {"epoch", "batches_done", "loss_sum", "seen"}:
+                                             where an interrupted epoch stood; None at an
+                                             epoch's end
+    nonfinite_total                          optimizer steps skipped for NaN/inf so far
+    epochs_without_improvement, history      early stopping's count; the metrics.csv rows
+    rng, world_size                          every process's random generators
+                                             (runtime.rng_state), and how many processes wrote it
     config                                   the run's resolved Config as a dict
     labels                                   the 14 label names, in output order
+    val_auc                                  {label: AUC or None} of that epoch
     normalization                            {"mean": float, "std": float} of the pixels (a
                                              readable copy: the model's buffers hold them too)
-    pos_weight                               {label: BCE positive weight} of the training split;
-                                             the model's logit_offset buffer holds log of it
     data                                     what the data were built with (stats.json and
                                              splits.json settings), not the command line
-    trained_labels                           the labels with a labelled value in the training
-                                             split (labels.trained_labels); absent in older
-                                             checkpoints: every label counts as trained
-    val_auc                                  {label: AUC or None} of that epoch
+    pos_weight                               {label: BCE positive weight} of the training split;
+                                             the model's logit_offset buffer holds log of it
     warmup                                   {"head": steps, "backbone": steps}: the warm-up
                                              the run began with (cxr/training/schedule.py)
+    trained_labels                           the labels with a labelled value in the training
+                                             split (labels.trained_labels)
     epoch_selection                          how best.pth is chosen: by val mean AUC, or the
                                              last epoch when val is too small to rank epochs
     online_model, ema                        with --ema_decay: model is the weights' moving
                                              average (what was validated; every consumer loads
                                              it), online_model the weights that train (a resumed
                                              run continues them), ema {"decay", "updates"}
-A top_k/ member (--keep_top_k) holds the same without what only resuming needs (optimizer,
-scheduler, scaler, rng, online_model). config["backbone"] names the network (absent in
-checkpoints from before --backbone: DenseNet121).
+                                             (cxr/training/ema.py)
+A top_k/ member (--keep_top_k) holds the same without what only resuming needs (RESUME_ONLY:
+optimizer, scheduler, scaler, rng, online_model). Checkpoints from older versions lack some keys:
+in_epoch, nonfinite_total, epochs_without_improvement, history, rng, world_size, warmup (then
+read as their defaults), trained_labels (every label counts as trained) and config["backbone"]
+(DenseNet121).
 """
 
 from __future__ import annotations
@@ -34,6 +47,7 @@ import dataclasses
 import hashlib
 import pickle
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -41,7 +55,10 @@ import torch
 from torch import nn
 
 from cxr.atomic import write_atomic
+from cxr.data.labels import LABELS
 from cxr.errors import PipelineError
+from cxr.training.ema import ema_record
+from cxr.training.state import Progress, RunState, Trainer
 
 if TYPE_CHECKING:
     from config import Config
@@ -54,7 +71,10 @@ Rebuild = Callable[[dict], tuple[nn.Module, Any]]
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("model", "config", "labels", "normalization")
+RESUME_ONLY = ("optimizer", "scheduler", "scaler", "rng", "online_model")  # not in top_k/ files
 
+
+# ---- the file ----------------------------------------------------------------------------------
 
 def save_checkpoint(payload: dict, path: Path) -> None:
     write_atomic(path, lambda tmp: torch.save({"format_version": FORMAT_VERSION, **payload}, tmp))
@@ -83,6 +103,112 @@ def recorded_config(record: dict, cls: type[C]) -> C:
               for k, v in record.items() if k in names}
     return cls(**values)
 
+
+# ---- what a training run writes ----------------------------------------------------------------
+
+def training_payload(trainer: Trainer, progress: Progress, epochs_done: int, rng: list) -> dict:
+    """Everything a run resumes from, as plain types: weights, optimizer, schedule and scaler,
+    the progress (at an epoch's end `progress` is the next epoch's, with no batch done), the
+    run state, every process's RNG state (`rng`), the config and labels, and the trainer's
+    records: the run's fixed facts (normalization, pos_weight, data settings...)."""
+    state, records = trainer.state, trainer.records
+    return {
+        "model": trainer.validated.state_dict(), **ema_payload(trainer),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict(), "scaler": trainer.scaler.state_dict(),
+        "epoch": epochs_done, "in_epoch": position_payload(progress),
+        "global_step": progress.global_step, "nonfinite_total": progress.nonfinite_total,
+        "best_metric": state.best, "epochs_without_improvement": state.epochs_without_improvement,
+        "history": state.history, "rng": rng, "world_size": trainer.world.size,
+        "config": dataclasses.asdict(trainer.cfg), "labels": list(LABELS),
+        "val_auc": state.val_auc, "normalization": records.normalization, "data": records.data,
+        "pos_weight": records.pos_weight, "warmup": records.warmup,
+        "trained_labels": records.trained_labels, "epoch_selection": records.epoch_selection}
+
+
+def ema_payload(trainer: Trainer) -> dict:
+    """With --ema_decay the checkpoint's model is the average (what was validated, what every
+    consumer loads); the weights that train, which a resumed run continues, are online_model."""
+    if trainer.ema is None:
+        return {}
+    return {"online_model": trainer.model.state_dict(),
+            "ema": ema_record(trainer.ema, trainer.cfg.ema_decay)}
+
+
+def position_payload(progress: Progress) -> dict | None:
+    """Where an interrupted epoch stands ("in_epoch"); None at an epoch's end."""
+    if not progress.batches_done:
+        return None
+    return {"epoch": progress.epoch, "batches_done": progress.batches_done,
+            "loss_sum": progress.loss_sum, "seen": progress.seen}
+
+
+def member_payload(payload: dict) -> dict:
+    """A top_k/ member (--keep_top_k): a training payload without what only resuming needs."""
+    return {key: value for key, value in payload.items() if key not in RESUME_ONLY}
+
+
+# ---- what a resumed run reads back -------------------------------------------------------------
+
+@dataclass
+class SavedTraining:
+    """What a checkpoint holds for resuming, as training_payload wrote it."""
+    normalization: dict  # the pixel statistics the run trains with
+    warmup: dict | None  # each parameter group's warm-up steps (None: not recorded)
+    weights: dict  # the weights that train: online_model with --ema_decay, else model
+    ema: tuple[dict, dict] | None  # with --ema_decay: (the average's weights, its record)
+    optimizer: dict
+    scheduler: dict
+    scaler: dict  # {} when it was disabled
+    state: RunState
+    next_epoch: Progress  # the start of the epoch after the last one completed
+    in_epoch: Progress | None  # where an interrupted epoch stood; None at an epoch's end
+    world_size: int  # the processes that wrote it
+    rng: list  # their random generators, by rank
+
+
+def saved_training(checkpoint: dict, path: Path) -> SavedTraining:
+    """The resumable state of a loaded checkpoint; an error for a top_k/ member, which holds the
+    weights only. Keys older versions did not write take the defaults of a fresh run."""
+    ema = "ema" in checkpoint
+    require_resumable(checkpoint, path)
+    next_epoch, in_epoch = saved_progress(checkpoint)
+    return SavedTraining(
+        normalization=checkpoint["normalization"], warmup=checkpoint.get("warmup"),
+        weights=checkpoint["online_model" if ema else "model"],
+        ema=(checkpoint["model"], checkpoint["ema"]) if ema else None,
+        optimizer=checkpoint["optimizer"], scheduler=checkpoint["scheduler"],
+        scaler=checkpoint["scaler"],
+        state=RunState(checkpoint.get("history") or [], checkpoint["best_metric"],
+                       checkpoint.get("epochs_without_improvement", 0), checkpoint["val_auc"]),
+        next_epoch=next_epoch, in_epoch=in_epoch, world_size=checkpoint.get("world_size", 1),
+        rng=checkpoint.get("rng") or [])
+
+
+def require_resumable(checkpoint: dict, path: Path) -> None:
+    """What resuming cannot do without (rng may be absent: the generators then run on)."""
+    needed = ("optimizer", "scheduler", "scaler", *(("online_model",) if "ema" in checkpoint
+                                                    else ()))
+    missing = [key for key in needed if key not in checkpoint]
+    if missing:
+        raise PipelineError(f"{path} cannot be resumed: it lacks {missing} (a top_k/ member "
+                            "holds the weights only); resume its run's last.pth")
+
+
+def saved_progress(checkpoint: dict) -> tuple[Progress, Progress | None]:
+    """(the start of the next epoch, where the interrupted epoch stood or None)."""
+    next_epoch = Progress(epoch=checkpoint["epoch"] + 1,
+                          global_step=checkpoint["global_step"] or 0,
+                          nonfinite_total=checkpoint.get("nonfinite_total") or 0)
+    position = checkpoint.get("in_epoch")
+    if not position:
+        return next_epoch, None
+    return next_epoch, dataclasses.replace(
+        next_epoch, epoch=position["epoch"], batches_done=position["batches_done"],
+        loss_sum=position["loss_sum"], seen=position["seen"])
+
+
+# ---- what evaluation and inference read --------------------------------------------------------
 
 def model_id(checkpoint: dict) -> str:
     """A fingerprint of the weights (every tensor of the model's state, by name): what

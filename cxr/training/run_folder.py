@@ -1,6 +1,7 @@
 """A run folder's records, written and read here: config.json (the resolved config),
 run_info.json (what launched the run and each resume: command, versions, git commit, device)
-and metrics.csv (one row per epoch). The checkpoints beside them are cxr/training/checkpoint.py's."""
+and metrics.csv (one row per epoch). The checkpoints beside them are
+cxr/training/checkpoint.py's."""
 
 from __future__ import annotations
 

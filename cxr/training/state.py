@@ -1,6 +1,7 @@
 """What a training run is made of: the objects a step updates (Trainer), where it stands inside
-the epoch under way (Progress), and what carries over between epochs (RunState). Every
-checkpoint saves all three, and a resumed run continues from them (cxr/training/resume.py)."""
+the epoch under way (Progress), what carries over between epochs (RunState) and its fixed facts
+(RunRecords). Every checkpoint saves them all (cxr/training/checkpoint.py), and a resumed run
+continues from them (cxr/training/resume.py)."""
 
 from __future__ import annotations
 
@@ -44,13 +45,24 @@ class Progress:
 
 
 @dataclass
+class RunRecords:
+    """The run's fixed facts, which every checkpoint carries (cxr/training/checkpoint.py)."""
+    normalization: dict  # {"mean", "std"} of the pixels: stats.json, or the resumed checkpoint's
+    data: dict  # what the data were built with (dataset.data_settings)
+    pos_weight: dict  # {label: BCE positive weight} of the training split
+    warmup: dict  # {"head": steps, "backbone": steps}: the warm-up the run began with
+    trained_labels: list  # the labels the training split labels (labels.trained_labels)
+    epoch_selection: dict  # how best.pth is chosen (schedule.ValRanking.record)
+
+
+@dataclass
 class Trainer:
     """What a training step touches. `net` runs the forward pass: the model itself, or the model
     wrapped in DistributedDataParallel (or compiled); checkpoints and validation use the plain
     `model`, or its moving average `ema`.
     `state` lives here, not in a variable of the epoch loop, so that a mid-epoch checkpoint
     (`on_step`) always saves the current one; `records` are the run's fixed facts
-    (normalization, pos_weight, data settings)."""
+    (normalization, pos_weight, data settings...; None where no checkpoint is written)."""
     model: nn.Module  # model_architecture.CheXpertNet
     net: nn.Module
     criterion: nn.Module
@@ -64,9 +76,10 @@ class Trainer:
     stop: StopSignals | None = None
     on_step: Callable[[Progress], None] | None = None  # called every cfg.checkpoint_every_steps
     state: RunState = field(default_factory=lambda: RunState(history=[]))
-    records: dict = field(default_factory=dict)  # the run's fixed facts every checkpoint carries
+    records: RunRecords | None = None  # the run's fixed facts every checkpoint carries
     ema: AveragedModel | None = None  # the weights' moving average (--ema_decay), else None
-    events: SummaryWriter | None = None  # TensorBoard events, rank 0 (cxr/training/tensorboard_log.py)
+    # TensorBoard events, rank 0 (cxr/training/tensorboard_log.py)
+    events: SummaryWriter | None = None
 
     @property
     def validated(self) -> nn.Module:
