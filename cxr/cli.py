@@ -395,9 +395,9 @@ def config_reference(cls: type) -> str:
     needs a default."""
     docs, defaults = field_docs(cls), cls()
     hints, readers, taken = typing.get_type_hints(cls), read_by(cls), accepts(cls)
-    lines = [f"<!-- Generated from {cls.__module__}.py by cxr/cli.py's config_reference: do not "
-             "edit; edit the fields, then run `make docs`. -->",
-             f"# Configuration reference: `{cls.__module__}.py`", "",
+    lines = [f"# Configuration reference: `{cls.__module__}.py`", "",
+             f"Every field of `{cls.__module__}.py`, as `--help` describes it (`make docs` writes "
+             "this page from the fields' declarations).", "",
              inspect.cleandoc(sys.modules[cls.__module__].__doc__ or ""), "", _REFERENCE_LEGEND]
     section = None
     for f in dataclasses.fields(cls):

@@ -22,9 +22,9 @@ from config import Config
 from conftest import ROOT, tiny_checkpoint
 from cxr.cli import command_line_options, given_options, parse_args
 from cxr.errors import ConfigError, PipelineError
+from cxr.evaluation.operating_points import choose_thresholds
 from cxr.evaluation.predictions import Predictions, evaluate_predictions
 from cxr.evaluation.report import EvaluationReport
-from cxr.evaluation.thresholds import choose_thresholds
 from cxr.reporting.ablation_report import format_summary, markdown_report, split_text
 from cxr.training.checkpoint import load_checkpoint, save_checkpoint
 

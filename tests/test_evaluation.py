@@ -28,9 +28,10 @@ from cxr.evaluation.calibration import calibrated_logits, calibrated_probs, \
     expected_calibration_error, fit_calibration, reliability_bins, sigmoid
 from cxr.evaluation.compare import paired_auc_differences
 from cxr.evaluation.metrics import COMPETITION_LABELS, aggregate_studies, summarise
+from cxr.evaluation.operating_points import choose_thresholds, metrics_at, operating_point_table, \
+    sensitivity_threshold, youden_threshold
 from cxr.evaluation.predictions import Predictions, evaluate_predictions
-from cxr.evaluation.thresholds import choose_thresholds, metrics_at, operating_point_table, \
-    sensitivity_threshold, thresholds_payload, write_thresholds, youden_threshold
+from cxr.evaluation.thresholds import thresholds_payload, write_thresholds
 from cxr.reporting.evaluation_report import comparison_text, read_report, write_reports
 from cxr.reporting.plots import pr_grid, reliability_grid, roc_grid
 from cxr.training.checkpoint import require_finite

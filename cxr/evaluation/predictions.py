@@ -31,11 +31,11 @@ from cxr.evaluation.compare import paired_auc_differences, verdict
 from cxr.evaluation.ensemble import ensemble_logits
 from cxr.evaluation.intervals import interval_methods
 from cxr.evaluation.metrics import MEANS, STUDY_KEYS, aggregate_studies, summarise_level
+from cxr.evaluation.operating_points import choose_thresholds, operating_point_table
 from cxr.evaluation.report import CalibrationSummary, EnsembleMember, EnsembleSummary, \
     EvaluationReport, LevelSummary, MemberMean, OperatingPoint
 from cxr.evaluation.subgroups import subgroup_table
-from cxr.evaluation.thresholds import choose_thresholds, operating_point_table, \
-    thresholds_payload, write_thresholds
+from cxr.evaluation.thresholds import thresholds_payload, write_thresholds
 from cxr.training.checkpoint import Rebuild, checkpoint_warnings, load_checkpoint, model_id, \
     require_finite
 from cxr.training.runtime import autocast, autocast_dtype, prepare_model, to_device

@@ -31,10 +31,21 @@ def interval_from_dict(data: dict) -> Interval:
     return Interval(data["low"], data["high"], data["method"], data["note"])
 
 
+class WithInterval:
+    """A summary whose `ci` is an Interval: its JSON holds the interval's as_dict()."""
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        return cls(**{**data, "ci": interval_from_dict(data["ci"])})
+
+    def as_dict(self) -> dict:
+        return field_dict(self, ci=self.ci.as_dict())
+
+
 # ---- one level: images or studies ----------------------------------------------------------------
 
 @dataclass(frozen=True)
-class ClassSummary:
+class ClassSummary(WithInterval):
     """One class of a level (metrics.summarise's "classes" entry)."""
 
     auc: float | None
@@ -48,16 +59,9 @@ class ClassSummary:
     in_means: bool
     status: str  # the report card's word ("Good", "n/a: ...")
 
-    @classmethod
-    def from_dict(cls, data: dict) -> ClassSummary:
-        return cls(**{**data, "ci": interval_from_dict(data["ci"])})
-
-    def as_dict(self) -> dict:
-        return field_dict(self, ci=self.ci.as_dict())
-
 
 @dataclass(frozen=True)
-class MeanSummary:
+class MeanSummary(WithInterval):
     """A mean of the classes' AUCs (metrics.MEANS: all classes, the competition five)."""
 
     name: str  # "AVERAGE"
@@ -69,13 +73,6 @@ class MeanSummary:
     prevalence: float | None
     ci: Interval
     ci_note: str
-
-    @classmethod
-    def from_dict(cls, data: dict) -> MeanSummary:
-        return cls(**{**data, "ci": interval_from_dict(data["ci"])})
-
-    def as_dict(self) -> dict:
-        return field_dict(self, ci=self.ci.as_dict())
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from sklearn.metrics import roc_curve
 from cxr.data.labels import has_both_values
 from cxr.evaluation.bootstrap import class_resamples, no_interval, percentile_interval
 from cxr.evaluation.intervals import patient_codes, rate_interval
-from cxr.evaluation.thresholds import metrics_at
+from cxr.evaluation.operating_points import metrics_at
 
 # ---- the model's curve and a reader's point, in counts -----------------------------------------
 
