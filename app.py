@@ -8,7 +8,9 @@ environment variable CHEXPERT_CHECKPOINT (or --checkpoint after `--`) fills that
 thresholds.json must have been fitted for these weights and with the test-time augmentation the
 sidebar asks for (--tta sets its default), else the app refuses and names evaluate.py
 (--allow_threshold_mismatch true goes on with a warning). A frontal-only model warns about uploads
-that look lateral (DICOM header or file name). Uploads (JPEG, PNG, DICOM) are decoded in memory
+that look lateral (DICOM header or file name), and shows a banner above the findings of a film
+the input gate puts outside the training distribution (cxr/evaluation/ood.py; --thresholds FILE
+after `--` reads a site's thresholds instead). Uploads (JPEG, PNG, DICOM) are decoded in memory
 and predicted exactly as predict.py predicts files (cxr/inference/predictor.py): one image gets
 its findings, most probable first (all 14 in view, without scrolling), with confidence
 bars and decisions, and a Grad-CAM overlay for the finding chosen; a batch also gets a results
@@ -36,8 +38,8 @@ from cxr.cli import parse_args
 from cxr.errors import ConfigError, PipelineError
 from cxr.evaluation.ensemble import checkpoint_paths, predictor_files
 from cxr.inference.predictor import NOT_TRAINED, PredictedFiles, Predictor, Upload, film_view, \
-    findings_of, frontal_first, lateral_warning, load_predictor, overlay_of, predict_sources, \
-    predict_studies
+    findings_of, frontal_first, lateral_warning, load_predictor, outside_count, overlay_of, \
+    predict_sources, predict_studies
 from model_architecture import model_from_checkpoint
 
 CHECKPOINT_ENV = "CHEXPERT_CHECKPOINT"  # a checkpoint path to start with
@@ -61,7 +63,7 @@ def app_options() -> Config:
 def predictor_key(path: str, tta: bool, allow_mismatch: bool) -> tuple:
     """The modification times of the checkpoint(s) and of the files read beside them (None for
     one that is absent), TTA and the mismatch option."""
-    files = predictor_files(path, Config())
+    files = predictor_files(path, Config(thresholds=OPTIONS.thresholds))
     return (tuple(f.stat().st_mtime if f.is_file() else None for f in files), tta,
             allow_mismatch)
 
@@ -70,7 +72,8 @@ def predictor_key(path: str, tta: bool, allow_mismatch: bool) -> tuple:
 def cached_predictor(path: str, key: tuple) -> Predictor:
     _, tta, allow_mismatch = key
     return load_predictor(path, Config(num_workers=0, device=OPTIONS.device, tta=tta,
-                                       allow_threshold_mismatch=allow_mismatch),
+                                       allow_threshold_mismatch=allow_mismatch,
+                                       thresholds=OPTIONS.thresholds),
                           rebuild=model_from_checkpoint)
 
 
@@ -155,7 +158,9 @@ def describe_model(predictor: Predictor) -> None:
 def show_batch(table: pd.DataFrame, predictor: Predictor) -> None:
     """Every image's probabilities as bars, its positive findings, and the CSV to download."""
     st.subheader(f"{len(table)} radiographs")
-    shown = table[["path", *(["view"] if "view" in table else []), *predictor.labels]].copy()
+    shown = table[["path", *(["view"] if "view" in table else []),
+                   *(["in_distribution"] if predictor.gate is not None else []),
+                   *predictor.labels]].copy()
     trained = predictor.trained
     flags = table[[f"{label} positive" for label in trained]].to_numpy()
     shown.insert(1, "positive findings", ["; ".join(l for l, f in zip(trained, row) if f)
@@ -168,6 +173,18 @@ def show_batch(table: pd.DataFrame, predictor: Predictor) -> None:
                        file_name="predictions.csv", mime="text/csv")
 
 
+def outside_banner(row: pd.Series, predictor: Predictor) -> None:
+    """Above a film's findings: a banner when the input gate says it is unlike the films the
+    model was trained on (a photograph, a CT slice, an inverted or rotated radiograph ...)."""
+    if row.get("in_distribution") != "false":
+        return
+    gate = predictor.thresholds.gate
+    st.error(f"**Outside the training distribution.** This image is unlike the radiographs the "
+             f"model was trained on (ood_score {float(row['ood_score']):.3g}, above the input "
+             f"gate's threshold {gate.threshold:.3g}, the {gate.quantile:.0%} quantile of the "
+             f"validation films). Its findings below are not reliable.", icon=":material/block:")
+
+
 def show_image(predictor: Predictor, row: pd.Series, upload: Upload, path: str,
                key: tuple) -> None:
     """One radiograph: its findings as a sorted table, and the heatmap of the finding chosen."""
@@ -175,6 +192,7 @@ def show_image(predictor: Predictor, row: pd.Series, upload: Upload, path: str,
     left, right = st.columns([3, 2])
     with left:
         st.subheader(upload.name)
+        outside_banner(row, predictor)
         st.dataframe(findings, hide_index=True, **unscrolled(findings), column_config={
             "probability": PROBABILITY,
             "threshold": st.column_config.NumberColumn("threshold", format="%.3f"),
@@ -199,6 +217,7 @@ def show_study(path: str, key: tuple, uploads: list[Upload], predictor: Predicto
     st.caption(f"This model fuses a study's views ({predictor.max_views} at most, frontal first): "
                f"{row['views']}." + (f" Left out: {', '.join(left_out)}." if left_out else "")
                + " The findings of each radiograph on its own are below.")
+    outside_banner(row, predictor)
     findings = findings_of(row, predictor)
     st.dataframe(findings, hide_index=True, **unscrolled(findings), column_config={
         "probability": PROBABILITY,
@@ -238,6 +257,11 @@ def main() -> None:
     warning = lateral_warning(result.table, predictor)
     if warning:
         st.warning(warning)
+    outside = outside_count(result.table)
+    if outside and len(result.table) > 1:
+        st.error(f"{outside} of {len(result.table)} uploads lie outside the model's training "
+                 "distribution (in_distribution false in the table): their findings are not "
+                 "reliable.")
     if predictor.view_mode == "study" and len(result.table) > 1:
         show_study(path, key, uploads, predictor)
     if len(result.table) > 1:

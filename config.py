@@ -104,9 +104,10 @@ class Config:
     # ---- patient-level split (make_splits.py) ------------------------------------------------
     # fraction of training *patients* held out for model selection
     val_fraction: float = setting(0.1, data="make_splits.py")
-    # seeds the split, the stats sample, weight init and data order
-    seed: int = setting(42, "preprocess.py", "make_splits.py", "train.py", "score.py",
-                        fixed_on_resume=True)
+    # seeds the split, the stats sample, weight init and data order (and evaluate.py
+    # --recalibrate's split of a site's patients)
+    seed: int = setting(42, "preprocess.py", "make_splits.py", "train.py", "evaluate.py",
+                        "score.py", fixed_on_resume=True)
 
     # ---- model (model_architecture.py) ----------------------------------------------------------
     # torchvision network under the GeM + dropout + linear head (model_architecture.BACKBONES)
@@ -244,6 +245,15 @@ class Config:
     compare: tuple[str, ...] = setting((), "evaluate.py", "score.py")
     # split of evaluate.py --compare
     compare_split: Literal["val", "test"] = setting("test", "evaluate.py")
+    # the input gate (cxr/evaluation/ood.py), fitted on val's pooled features: films scoring
+    # above this quantile of val's (cross-fitted) out-of-distribution scores are flagged
+    ood_quantile: float = setting(0.99, "evaluate.py")
+    # evaluate.py --dataset: fit the calibration and the thresholds on a share of the site's
+    # patients and report them on the rest, before and after (cxr/evaluation/recalibration.py);
+    # writes thresholds_<dataset>.json beside the checkpoint (predict.py --thresholds FILE)
+    recalibrate: bool = setting(False, "evaluate.py")
+    # --recalibrate: the share of the site's patients the fit takes (the rest are scored)
+    recalibration_share: float = setting(0.5, "evaluate.py")
 
     # ---- scoring predictions CSVs against a reference standard (score.py) ----------------------
     # CSV of probabilities, keyed by Study or Path (predict.py's output too); several (a comma
@@ -286,6 +296,15 @@ class Config:
     # predict.py, app.py, export.py: go on (with a warning) when thresholds.json was made for
     # other weights or with other --tta; false = refuse and say to run evaluate.py
     allow_threshold_mismatch: bool = setting(False, "predict.py", "export.py", "app.py")
+    # predict.py, app.py: a thresholds.json to use instead of the one beside the checkpoint (a
+    # site's, from evaluate.py --recalibrate); it must be bound to the same weights
+    thresholds: str = setting("", "predict.py", "app.py")
+    # predict.py: a film outside the training distribution (the input gate, ood_score above its
+    # threshold): score = predict it, flagged in_distribution false | skip = leave it out, counted
+    ood_action: Literal["score", "skip"] = setting("score", "predict.py")
+    # predict.py: a folder for a DICOM Structured Report (TID 1500) per DICOM input, and with
+    # --gradcam each overlay as a Secondary Capture image in the source's study
+    dicom_out: str = setting("", "predict.py")
 
     @property
     def processed_dir(self) -> Path:
@@ -360,6 +379,12 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"--frozen_epochs must be between 0 and --epochs ({cfg.epochs})")
     if not 0.0 < cfg.ci_level < 1.0:
         raise ConfigError(f"--ci_level must be between 0 and 1, got {cfg.ci_level}")
+    if not 0.5 <= cfg.ood_quantile < 1.0:
+        raise ConfigError(f"--ood_quantile must be at least 0.5 and below 1, got "
+                          f"{cfg.ood_quantile} (0.99 flags about 1 % of in-distribution films)")
+    if not 0.0 < cfg.recalibration_share < 1.0:
+        raise ConfigError(f"--recalibration_share must be between 0 and 1 (the share of the "
+                          f"site's patients that fit), got {cfg.recalibration_share}")
     if not 0.0 < cfg.target_sensitivity <= 1.0:
         raise ConfigError(f"--target_sensitivity must be in (0, 1], got {cfg.target_sensitivity}")
     if cfg.bootstrap_resamples < 0:

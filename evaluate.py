@@ -3,6 +3,8 @@
     python evaluate.py [--checkpoint models/RUN/best.pth] [--calibration platt] [--tta true]
     python evaluate.py --compare RUN_A RUN_B [--compare_split test]
     python evaluate.py --checkpoint CKPT --dataset nih --data_root DIR [--split test]
+    python evaluate.py --checkpoint CKPT --dataset nih --data_root DIR --recalibrate true
+                       [--recalibration_share 0.5] [--seed 42]
     python evaluate.py --checkpoint models/a/best.pth,models/b/best.pth   (or models/RUN/top_k)
 
 Reads  the checkpoint (default: --run_name's best.pth, else the newest models/*/best.pth) and
@@ -41,6 +43,11 @@ calibration and thresholds fitted on the checkpoint's own val split; the referen
 who labelled the rows; writes eval_<dataset>.{json,md,csv} (with
 --split test eval_<dataset>_test.*) and its figures beside the checkpoint, never over its own
 reports. The JSON is shaped like eval_test.json, plus "dataset".
+With --recalibrate true as well (recalibration for that site, cxr/evaluation/recalibration.py): the
+site's patients split by --seed, --recalibration_share of them fitting each class's calibration
+and thresholds, the others scored with val's and with the site's; writes thresholds_<dataset>.json
+(thresholds.json's contract, for predict.py --thresholds FILE) and eval_<dataset>_recalibrated.*
+(the scoring half after, with "recalibration": before and after) beside the checkpoint.
 """
 
 from __future__ import annotations
@@ -59,12 +66,16 @@ from cxr.evaluation.calibration import calibrated_logits, sigmoid
 from cxr.evaluation.ensemble import check_members, checkpoint_paths, ensemble_folder, ensemble_id, \
     is_ensemble, write_ensemble_file
 from cxr.evaluation.external import dataset_record, external_rows, report_name
+from cxr.evaluation.ood import InputGate
 from cxr.evaluation.predictions import Predictions, combined_predictions, evaluate_predictions, \
     fit_and_write_thresholds, fit_on_val, load_model, members_beside, paired_differences, \
     predict_frame, predict_split, resolve_run, run_label, val_calibration
+from cxr.evaluation.recalibration import fit_site, read_val_payload, recalibrated_report, \
+    recalibration_summary, site_payload, split_predictions, write_site_thresholds
 from cxr.evaluation.report import EvaluationReport
 from cxr.reporting.evaluation_report import comparison_description, comparison_report, \
-    comparison_text, ensemble_text, print_report, reference_text, write_reports
+    comparison_text, ensemble_text, print_report, recalibration_text, reference_text, \
+    write_reports
 from cxr.reporting.plots import forest_plot, pr_grid, reliability_grid, roc_grid
 from cxr.training.checkpoint import model_id, resolve_checkpoint
 from cxr.training.runtime import choose_device
@@ -103,14 +114,15 @@ def evaluate_checkpoint(cfg: Config) -> None:
     path = resolve_checkpoint(cfg)
     device = choose_device(cfg.device)
     model, checkpoint, trained = load_model(path, cfg, device, rebuild=model_from_checkpoint)
-    thresholds, calibration = None, None
+    thresholds = calibration = gate = None
     for split in SPLITS:
         preds = predict_split(model, split, path, checkpoint, trained, cfg, device,
                               make_dataset=make_dataset)
         if thresholds is None:  # the val split, first
-            thresholds, calibration = fit_on_val(preds, path, checkpoint, trained, cfg)
+            thresholds, calibration, gate = fit_on_val(preds, path, checkpoint, trained, cfg)
         result = evaluate_predictions(preds, thresholds, calibration, cfg, split=split,
-                                      checkpoint=str(path), epoch=checkpoint.get("epoch"))
+                                      checkpoint=str(path), epoch=checkpoint.get("epoch"),
+                                      gate=gate)
         plots = draw_plots(preds, result, cfg, path.parent)
         write_reports(result, plots, cfg, path.parent)
         print_report(result, path, cfg)
@@ -139,15 +151,15 @@ def evaluate_ensemble(cfg: Config) -> None:
     handle = write_ensemble_file(folder, paths, member_ids, calibrations)
     scores = {"tta": cfg.tta, "view_mode": members[0][2].view_mode, "ensemble": len(paths),
               "logit_offset_removed": all("logit_offset" in c["model"] for c in checkpoints)}
-    thresholds = calibration = None
+    thresholds = calibration = gate = None
     for split in SPLITS:
         preds = combined_predictions(predictions[split], calibrations)
         if thresholds is None:  # the val split, first
-            thresholds, calibration = fit_and_write_thresholds(
+            thresholds, calibration, gate = fit_and_write_thresholds(
                 preds, handle, ensemble_id(member_ids), scores, cfg)
         result = dataclasses.replace(
             evaluate_predictions(preds, thresholds, calibration, cfg, split=split,
-                                 checkpoint=str(folder), epoch=None),
+                                 checkpoint=str(folder), epoch=None, gate=gate),
             ensemble=members_beside(predictions[split], preds, paths, member_ids, cfg))
         plots = draw_plots(preds, result, cfg, folder)
         write_reports(result, plots, cfg, folder)
@@ -167,13 +179,13 @@ def external_validation(cfg: Config) -> None:
     name = report_name(cfg)
     val = predict_split(model, "val", path, checkpoint, trained, cfg, device,
                         make_dataset=make_dataset)
-    thresholds, calibration = fit_on_val(val, path, checkpoint, trained, cfg)
+    thresholds, calibration, gate = fit_on_val(val, path, checkpoint, trained, cfg)
     not_labelled = {label: adapted.not_labelled_note() for label in adapted.not_labelled}
     preds = predict_frame(model, frame, name, path, checkpoint, trained, cfg, device,
                           use_cache=False, not_labelled=not_labelled, make_dataset=make_dataset)
     result = dataclasses.replace(
         evaluate_predictions(preds, thresholds, calibration, cfg, split=name,
-                             checkpoint=str(path), epoch=checkpoint.get("epoch")),
+                             checkpoint=str(path), epoch=checkpoint.get("epoch"), gate=gate),
         reference=reference_text(cfg, adapted), dataset=dataset_record(cfg, adapted, n_missing))
     plots = draw_plots(preds, result, cfg, path.parent)
     write_reports(result, plots, cfg, path.parent)
@@ -181,6 +193,41 @@ def external_validation(cfg: Config) -> None:
     print(f"\nevaluate: wrote {path.parent}/eval_{name}.{{json,md,csv}}, "
           f"{{roc,pr,reliability}}_{name}.png ({adapted.title}, {result.n_images} images; "
           "calibration and thresholds fitted on the checkpoint's val split)")
+    if cfg.recalibrate:
+        recalibrate_for_site(preds, frame, (thresholds, calibration), gate, result, path,
+                             checkpoint, cfg)
+
+
+def recalibrate_for_site(preds: Predictions, images: pd.DataFrame, val: tuple[dict, dict],
+                         gate: InputGate | None, site: EvaluationReport, path: Path,
+                         checkpoint: dict, cfg: Config) -> None:
+    """--recalibrate: the site's patients split in two (--recalibration_share, --seed); the
+    calibration and thresholds refitted on the fitting half and written to
+    thresholds_<name>.json; the scoring half evaluated with val's (`val`: thresholds,
+    calibration) and with the site's, its report eval_<name>_recalibrated.* saying both
+    (cxr/evaluation/recalibration.py). `site` is the whole site's report (its reference)."""
+    name = report_name(cfg)
+    halves = split_predictions(preds, images, cfg.recalibration_share, cfg.seed)
+    fitted = fit_site(halves.fit, val, cfg)
+    payload = site_payload(read_val_payload(path), path, model_id(checkpoint), halves, fitted,
+                           {"dataset": name, "data_root": str(cfg.data_root)}, cfg)
+    site_file = write_site_thresholds(payload, path, name)
+    before, after = (evaluate_predictions(halves.score, thresholds, calibration, cfg, split=name,
+                                          checkpoint=str(path), epoch=checkpoint.get("epoch"),
+                                          gate=gate)
+                     for thresholds, calibration in (val, fitted[:2]))
+    summary = recalibration_summary(before, after, halves, fitted[2], site_file, name, cfg)
+    result = recalibrated_report(
+        dataclasses.replace(after, reference=site.reference, dataset=site.dataset), summary)
+    plots = draw_plots(halves.score, result, cfg, path.parent)
+    write_reports(result, plots, cfg, path.parent)
+    print_report(result, path, cfg)
+    print(recalibration_text(summary, cfg.target_sensitivity))
+    print(f"\nevaluate: wrote {site_file} (calibration and thresholds fitted on "
+          f"{summary.fitted_on}) and {path.parent}/eval_{result.split}.{{json,md,csv}}, "
+          f"{{roc,pr,reliability}}_{result.split}.png (the scoring half, before and after); "
+          f"use the site's file with python predict.py --checkpoint {path} --thresholds "
+          f"{site_file} IMAGES")
 
 
 def compare_runs(cfg: Config) -> None:
@@ -215,6 +262,10 @@ def write_comparison(rows: list[dict], description: list[str], paths: list[Path]
 def main(cfg: Config, given: set[str] = frozenset()) -> None:
     """`given`: the options set on the command line (data-building ones are checked against the
     data, dataset.check_data_options)."""
+    if cfg.recalibrate and cfg.dataset == "chexpert":
+        raise ConfigError("--recalibrate refits the calibration and thresholds for another "
+                          "site's images: it needs --dataset nih|mimic|padchest (with "
+                          "--data_root); on CheXpert's own splits they are fitted on val")
     if cfg.dataset != "chexpert" and is_ensemble(cfg.checkpoint):
         raise ConfigError("--dataset scores one checkpoint on another dataset; an ensemble is "
                           "not supported there yet: validate each member with its own "

@@ -13,7 +13,9 @@ image_size, built like predict.py builds them (imaging.decode_square to the stor
 dataset.centre_view); pixel normalisation happens inside. They return "probabilities" (float32
 N x labels: sigmoid of the calibrated logits) and "logits" (calibrated: scale x logit + bias per
 class from thresholds.json, after the positive-weight offset of training is removed; without
-thresholds.json the model's own logits). The batch size N is free. The graph is the single-image,
+thresholds.json the model's own logits), and with the input gate stored with the thresholds
+(cxr/evaluation/ood.py) "ood_score" (float32 N) and "in_distribution" (bool N: ood_score <= the
+gate's threshold), as predict.py computes them. The batch size N is free. The graph is the single-image,
 single-pass model: a thresholds.json fitted with --tta is refused (--allow_threshold_mismatch
 true exports anyway, with a warning). The export runs in fp32 on the CPU, and is checked: the
 summary line gives the largest difference between onnxruntime's and PyTorch's probabilities.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import warnings
 from pathlib import Path
 
@@ -36,27 +39,37 @@ from cxr.cli import run_cli
 from cxr.errors import PipelineError
 from cxr.evaluation.calibration import calibration_arrays
 from cxr.evaluation.ensemble import checkpoint_paths, is_ensemble
+from cxr.evaluation.ood import FeatureTap, GateScores
 from cxr.inference.predictor import load_predictor
 from cxr.training.checkpoint import resolve_checkpoint
 from model_architecture import model_from_checkpoint
 
 OPSET = 17
 INPUT, OUTPUTS = "images", ("probabilities", "logits")
+GATE_OUTPUTS = ("ood_score", "in_distribution")  # with an input gate
 
 
 class ServingModel(nn.Module):
     """The trained model plus each class's calibration map: uint8 images -> (probabilities,
-    calibrated logits)."""
+    calibrated logits), and with an input gate (its scorer and threshold) (..., ood_score,
+    in_distribution) from the same pass."""
 
-    def __init__(self, model: nn.Module, scales, biases):
+    def __init__(self, model: nn.Module, scales, biases, gate: GateScores | None = None,
+                 threshold: float = math.inf):
         super().__init__()
-        self.model = model
+        self.model, self.gate = model, gate
         self.register_buffer("scale", torch.as_tensor(scales, dtype=torch.float32))
         self.register_buffer("bias", torch.as_tensor(biases, dtype=torch.float32))
+        self.register_buffer("threshold", torch.tensor(threshold, dtype=torch.float32))
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(images) * self.scale + self.bias
-        return torch.sigmoid(logits), logits
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.gate is None:
+            logits = self.model(images) * self.scale + self.bias
+            return torch.sigmoid(logits), logits
+        with FeatureTap(self.model) as tap:
+            logits = self.model(images) * self.scale + self.bias
+            scores = self.gate(tap.take())
+        return torch.sigmoid(logits), logits, scores, scores <= self.threshold
 
 
 def example_input(image_size: int, batch: int = 2, seed: int = 0) -> torch.Tensor:
@@ -78,12 +91,17 @@ def quiet_tracing():
         yield
 
 
+def output_names(model: ServingModel) -> tuple[str, ...]:
+    return OUTPUTS if model.gate is None else (*OUTPUTS, *GATE_OUTPUTS)
+
+
 def export_onnx(model: ServingModel, example: torch.Tensor, path: Path) -> None:
     # dynamo=False: the TorchScript-based exporter works offline with what requirements.txt
     # installs; torch's newer default (dynamo) needs the onnxscript package as well.
+    names = output_names(model)
     write_atomic(path, lambda tmp: torch.onnx.export(
-        model, (example,), str(tmp), input_names=[INPUT], output_names=list(OUTPUTS),
-        dynamic_axes={name: {0: "batch"} for name in (INPUT, *OUTPUTS)}, opset_version=OPSET,
+        model, (example,), str(tmp), input_names=[INPUT], output_names=list(names),
+        dynamic_axes={name: {0: "batch"} for name in (INPUT, *names)}, opset_version=OPSET,
         dynamo=False))
 
 
@@ -93,16 +111,18 @@ def export_torchscript(model: ServingModel, example: torch.Tensor, path: Path) -
 
 
 def onnx_difference(model: ServingModel, path: Path, image_size: int) -> float:
-    """Largest |onnxruntime - PyTorch| probability on fresh random images (another batch size
-    than the traced one, so the free batch axis is checked too)."""
+    """Largest |onnxruntime - PyTorch| probability (and ood_score) on fresh random images
+    (another batch size than the traced one, so the free batch axis is checked too)."""
     import onnxruntime
 
     images = example_input(image_size, batch=3, seed=1)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    exported = session.run([OUTPUTS[0]], {INPUT: images.numpy()})[0]
+    names = [OUTPUTS[0]] + ([] if model.gate is None else [GATE_OUTPUTS[0]])
+    exported = session.run(names, {INPUT: images.numpy()})
     with torch.no_grad():
-        expected = model(images)[0].numpy()
-    return float(np.abs(exported - expected).max())
+        outputs = model(images)
+    expected = [outputs[0]] + ([] if model.gate is None else [outputs[2]])
+    return max(float(np.abs(got - want.numpy()).max()) for got, want in zip(exported, expected))
 
 
 def main(cfg: Config) -> None:
@@ -115,8 +135,10 @@ def main(cfg: Config) -> None:
     labels, thresholds = list(predictor.labels), predictor.thresholds
     for warning in predictor.warnings:
         print(f"warning: {warning}")
+    gate = thresholds.gate
     serving = ServingModel(predictor.model,
-                           *calibration_arrays(thresholds.calibration, tuple(labels))).eval()
+                           *calibration_arrays(thresholds.calibration, tuple(labels)),
+                           predictor.gate, gate.threshold if gate else math.inf).eval()
     output = Path(cfg.output or "model.onnx")
     if output.suffix.lower() != ".onnx":
         raise PipelineError(f"--output {output} should end in .onnx (the TorchScript and JSON "
@@ -134,7 +156,11 @@ def main(cfg: Config) -> None:
             "view_mode": predictor.view_mode,
             "views": "frontal films only" if predictor.view_mode == "frontal" else
                      "one view of a study (the single-image path of a study-mode model)",
-            "model_id": predictor.model_id, "outputs": list(OUTPUTS),
+            "model_id": predictor.model_id, "outputs": list(output_names(serving)),
+            "input_gate": None if gate is None else {
+                "method": gate.method, "threshold": gate.threshold, "quantile": gate.quantile,
+                "fitted_on": f"val ({gate.n_films} films)",
+                "outputs": "ood_score, and in_distribution = ood_score <= threshold"},
             "thresholds": {label: None if label in predictor.untrained else value
                            for label, value in thresholds.values.items()},
             "not_trained": list(predictor.untrained),

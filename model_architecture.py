@@ -49,6 +49,9 @@ class Backbone:
     weights: tv.WeightsEnum  # its ImageNet weights (the best torchvision publishes for it)
     channels: int  # channels of the last feature map: the head's input
     features: Callable[[nn.Module], nn.Module]  # the whole network -> the part we keep
+    # the first stage at 1/4 of the input's side, within the part kept: its channel means are
+    # the input gate's low-level features (cxr/evaluation/ood.py)
+    early: str
 
 
 def _named_children_until(network: nn.Module, stop: str) -> nn.Module:
@@ -71,17 +74,17 @@ def _convnext_features(network: nn.Module) -> nn.Module:
 
 BACKBONES: dict[str, Backbone] = {
     "densenet121": Backbone(tv.densenet121, tv.DenseNet121_Weights.IMAGENET1K_V1, 1024,
-                            lambda network: network.features),
+                            lambda network: network.features, "denseblock1"),
     "densenet169": Backbone(tv.densenet169, tv.DenseNet169_Weights.IMAGENET1K_V1, 1664,
-                            lambda network: network.features),
+                            lambda network: network.features, "denseblock1"),
     "resnet50": Backbone(tv.resnet50, tv.ResNet50_Weights.IMAGENET1K_V2, 2048,
-                         lambda network: _named_children_until(network, "avgpool")),
+                         lambda network: _named_children_until(network, "avgpool"), "layer1"),
     "efficientnet_b0": Backbone(tv.efficientnet_b0, tv.EfficientNet_B0_Weights.IMAGENET1K_V1,
-                                1280, lambda network: network.features),
+                                1280, lambda network: network.features, "2"),
     "efficientnet_b3": Backbone(tv.efficientnet_b3, tv.EfficientNet_B3_Weights.IMAGENET1K_V1,
-                                1536, lambda network: network.features),
+                                1536, lambda network: network.features, "2"),
     "convnext_tiny": Backbone(tv.convnext_tiny, tv.ConvNeXt_Tiny_Weights.IMAGENET1K_V1, 768,
-                              _convnext_features),
+                              _convnext_features, "features.1"),
 }
 
 
@@ -140,6 +143,7 @@ class CheXpertNet(nn.Module):
         spec = BACKBONES[backbone]
         self.backbone_name = backbone
         self.backbone = spec.features(backbone_network(backbone, memory_efficient))
+        self.early_stage = spec.early  # a path in self.backbone (Backbone.early)
         self.pool = GeM(gem_p)
         self.dropout = nn.Dropout(dropout)
         multiclass = tuple(multiclass or (False,) * num_classes)

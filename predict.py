@@ -19,7 +19,12 @@ Writes --output (default predictions.csv): path, view (frontal / lateral / unkno
        StudyDate as written there; blank when absent or not a DICOM), header_warning (blank,
        or why the header says the film is not a chest radiograph: a Modality other than CR/DX
        or a BodyPartExamined other than CHEST; such films are still scored, with a warning
-       counting them), the calibrated probability of each of the checkpoint's labels and a 0/1
+       counting them), ood_score and in_distribution (the input gate stored with the thresholds,
+       cxr/evaluation/ood.py: the film's distance from the val split's films in the model's
+       features, and "false" above the gate's threshold, the 99 % quantile of val's; a warning
+       counts such films, which are still scored unless --ood_action skip leaves them out,
+       listed in the errors file; blank when the thresholds file has no gate), the calibrated
+       probability of each of the checkpoint's labels and a 0/1
        "<label> positive" column per label (probability >= its threshold); both cells say "not
        trained" for a label the checkpoint's training split never labelled (its record
        trained_labels; an NIH model's Enlarged Cardiomediastinum, Fracture, Support Devices),
@@ -40,7 +45,14 @@ Writes --output (default predictions.csv): path, view (frontal / lateral / unkno
        DICOM, or one whose transfer syntax no installed decoder handles, with what to do), the
        others are still predicted;
        with --gradcam, one Grad-CAM overlay PNG per image and label in --gradcam_dir (default
-       <output stem>_gradcam/).
+       <output stem>_gradcam/);
+       with --dicom_out DIR, for each DICOM input a DICOM Structured Report (Comprehensive SR,
+       TID 1500: each finding's probability, threshold and decision, whether the film is within
+       the training distribution, the model's name, version and model_id, references to the
+       source's study, series and instance; cxr/inference/dicom_out.py), and with --gradcam each
+       overlay as a Secondary Capture image in the source's study; other inputs get none.
+--thresholds FILE uses a site's thresholds (evaluate.py --dataset ... --recalibrate) instead of
+the thresholds.json beside the checkpoint; it must be bound to the same weights.
 """
 
 from __future__ import annotations
@@ -57,7 +69,7 @@ from cxr.atomic import write_csv_atomic
 from cxr.cli import run_cli
 from cxr.data.chexpert import RELEASE_PREFIX
 from cxr.data.imaging import DICOM_MAGIC, DICOM_MAGIC_OFFSET, IMAGE_SUFFIXES, DicomHeader, \
-    ImageReadError, not_chest_reason
+    ImageReadError, is_dicom, not_chest_reason
 from cxr.errors import PipelineError
 from cxr.inference.predictor import Predictor, film_header, film_view, find_label, frontal_first, \
     lateral_warning, load_predictor, predict_sources, predict_studies, radiograph, study_table
@@ -74,6 +86,16 @@ def has_dicom_marker(path: Path) -> bool:
     """DICOM files from a PACS export often have no suffix: recognise them by their marker."""
     with open(path, "rb") as handle:
         return handle.read(DICOM_MAGIC_OFFSET + 4)[DICOM_MAGIC_OFFSET:] == DICOM_MAGIC
+
+
+def is_dicom_file(path: Path) -> bool:
+    """A DICOM input (by its marker, or its suffix): --dicom_out writes results for these. A
+    file that cannot be opened is not (the decoder lists it with its reason)."""
+    try:
+        with open(path, "rb") as handle:
+            return is_dicom(handle.read(DICOM_MAGIC_OFFSET + 4), path)
+    except OSError:
+        return False
 
 
 def images_in_folder(folder: Path) -> tuple[list[str], int]:
@@ -192,14 +214,16 @@ def group_studies(paths: list[str], grouping: str, max_views: int, views: list[s
 
 
 def run_studies(predictor: Predictor, paths: list[str], views: list[str], cfg: Config,
-                labels: list[str], gradcam_dir: Path):
+                labels: list[str], gradcam_dir: Path, dicom: list[bool],
+                dicom_out: Path | None):
     """predict_studies over the inputs grouped by --study_grouping; says what it left out."""
     studies, names, left_out = group_studies(paths, cfg.study_grouping, predictor.max_views,
                                              views)
     if left_out:
         print(f"left out {len(left_out)} view(s) beyond the model's max_views "
               f"{predictor.max_views} per study (laterals first), e.g. {left_out[0]}")
-    on_heatmap = overlay_writer(predictor, paths, gradcam_dir) if labels else None
+    on_heatmap = overlay_writer(predictor, paths, gradcam_dir, dicom, dicom_out) \
+        if labels else None
     return predict_studies(predictor, paths, studies, names, cfg.batch_size, cfg.num_workers,
                            heatmap_labels=labels, on_heatmap=on_heatmap)
 
@@ -288,8 +312,10 @@ def overlay_name(path: str, root: str, label: str) -> str:
     return f"{stem}_{label.replace(' ', '-')}.png"
 
 
-def overlay_writer(predictor: Predictor, paths: list[str], folder: Path):
-    """on_heatmap callback of predict_sources: saves each overlay as a PNG in `folder`."""
+def overlay_writer(predictor: Predictor, paths: list[str], folder: Path, dicom: list[bool],
+                   dicom_out: Path | None = None):
+    """on_heatmap callback of predict_sources: saves each overlay as a PNG in `folder`, and with
+    `dicom_out` a DICOM input's also as a Secondary Capture image there."""
     from cxr.inference.gradcam import \
         overlay  # imported here: only --gradcam needs pytorch_grad_cam
 
@@ -306,8 +332,89 @@ def overlay_writer(predictor: Predictor, paths: list[str], folder: Path):
         target = folder / overlay_name(paths[position], root, label)
         if not cv2.imwrite(str(target), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
             raise PipelineError(f"could not write {target}")
+        if dicom_out is not None and dicom[position]:
+            from cxr.inference.dicom_out import write_secondary_capture
+
+            write_secondary_capture(Path(paths[position]), picture, label,
+                                    model_identity(predictor), dicom_out)
 
     return write
+
+
+# ---- the input gate ------------------------------------------------------------------------------
+
+def gate_warning(table: pd.DataFrame, predictor: Predictor) -> str | None:
+    """One line counting the rows outside the training distribution (in_distribution false)."""
+    outside = table.loc[table["in_distribution"] == "false", table.columns[0]].tolist()
+    if not outside:
+        return None
+    gate = predictor.thresholds.gate
+    rows = "study(ies)" if predictor.view_mode == "study" else "film(s)"
+    return (f"{len(outside)} of {len(table)} {rows} lie outside the model's training "
+            f"distribution ({', '.join(map(str, outside[:3]))}{', ...' if len(outside) > 3 else ''}"
+            f"): ood_score above the input gate's threshold {gate.threshold:.4g} (the "
+            f"{gate.quantile:.0%} quantile of val's), so their findings are not reliable; they "
+            "are marked in_distribution false")
+
+
+def leave_out_outside(table: pd.DataFrame, errors: pd.DataFrame, predictor: Predictor
+                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """--ood_action skip: the rows outside the training distribution move to the errors table,
+    with the reason."""
+    outside = table["in_distribution"] == "false"
+    threshold = predictor.thresholds.gate.threshold
+    reasons = [f"{name}: left out (--ood_action skip): outside the model's training distribution "
+               f"(ood_score {score:.4g} > {threshold:.4g})"
+               for name, score in zip(table.loc[outside, table.columns[0]],
+                                      table.loc[outside, "ood_score"])]
+    skipped = pd.DataFrame({"path": table.loc[outside, table.columns[0]], "reason": reasons})
+    return (table[~outside].reset_index(drop=True),
+            pd.concat([errors, skipped], ignore_index=True))
+
+
+def check_ood_action(cfg: Config, predictor: Predictor) -> None:
+    if cfg.ood_action == "skip" and predictor.gate is None:
+        raise PipelineError(f"--ood_action skip needs the input gate, and "
+                            f"{predictor.thresholds.source} has none: re-run evaluate.py to fit "
+                            "it (or leave --ood_action at score)")
+
+
+# ---- DICOM results ---------------------------------------------------------------------------------
+
+def model_identity(predictor: Predictor):
+    """The model's name, version and model_id, as the DICOM objects carry them."""
+    from cxr.inference.dicom_out import ModelIdentity
+
+    backbone = getattr(predictor.model, "backbone_name", "ensemble")
+    checkpoint = predictor.checkpoint
+    return ModelIdentity(f"CheXpertNet {backbone}", f"{checkpoint.parent.name}/{checkpoint.name}",
+                         predictor.model_id)
+
+
+def findings_for_dicom(row: pd.Series, predictor: Predictor) -> list:
+    """A row's trained findings as dicom_out.Finding (probability, threshold, decision)."""
+    from cxr.inference.dicom_out import Finding
+
+    return [Finding(label, float(row[label]), predictor.thresholds.values[label],
+                    bool(row[f"{label} positive"])) for label in predictor.trained]
+
+
+def write_dicom_results(table: pd.DataFrame, members, paths: list[str], dicom: list[bool],
+                        predictor: Predictor, folder: Path) -> int:
+    """A Structured Report for each DICOM input that was predicted (a study row's for each of
+    its DICOM views); returns how many were written."""
+    from cxr.inference.dicom_out import write_structured_report
+
+    model, written = model_identity(predictor), 0
+    for (_, row), sources in zip(table.iterrows(), members):
+        inside = None if row["in_distribution"] == "" else row["in_distribution"] == "true"
+        score = None if inside is None else float(row["ood_score"])
+        for position in sources:
+            if dicom[position]:
+                write_structured_report(Path(paths[position]), findings_for_dicom(row, predictor),
+                                        model, folder, in_distribution=inside, ood_score=score)
+                written += 1
+    return written
 
 
 def main(cfg: Config) -> None:
@@ -319,33 +426,48 @@ def main(cfg: Config) -> None:
     predictor = load_predictor(checkpoint, cfg, rebuild=model_from_checkpoint)
     for warning in predictor.warnings:
         print(f"warning: {warning}")
+    check_ood_action(cfg, predictor)
     labels = [find_label(name, predictor.labels, predictor.untrained) for name in cfg.gradcam]
     output, errors_path, gradcam_dir = output_paths(cfg)
     output.parent.mkdir(parents=True, exist_ok=True)
+    dicom = [bool(cfg.dicom_out) and is_dicom_file(Path(path)) for path in paths]
+    dicom_out = Path(cfg.dicom_out) if cfg.dicom_out else None
     if predictor.view_mode == "study":
-        result = run_studies(predictor, paths, views, cfg, labels, gradcam_dir)
+        result = run_studies(predictor, paths, views, cfg, labels, gradcam_dir, dicom, dicom_out)
     else:
-        on_heatmap = overlay_writer(predictor, paths, gradcam_dir) if labels else None
+        on_heatmap = overlay_writer(predictor, paths, gradcam_dir, dicom, dicom_out) \
+            if labels else None
         result = predict_sources(predictor, paths, cfg.batch_size, cfg.num_workers,
                                  heatmap_labels=labels, on_heatmap=on_heatmap, views=views)
         warning = lateral_warning(result.table, predictor)
         if warning:
             print(f"warning: {warning}")
     table = with_header_columns(result.table, result.members, headers)
-    warning = not_chest_warning(table, predictor.view_mode)
-    if warning:
-        print(f"warning: {warning}")
+    for warning in (not_chest_warning(table, predictor.view_mode), gate_warning(table, predictor)):
+        if warning:
+            print(f"warning: {warning}")
+    members, errors = result.members, result.errors
+    if cfg.ood_action == "skip":
+        members = [m for m, inside in zip(members, table["in_distribution"] != "false") if inside]
+        table, errors = leave_out_outside(table, errors, predictor)
     studies = image_studies(table, predictor, cfg)
     write_csv_atomic(table, output)
     if studies is not None:
         write_csv_atomic(studies, studies_path(output))
-    write_csv_atomic(result.errors, errors_path)
-    for reason in result.errors["reason"]:
+    write_csv_atomic(errors, errors_path)
+    for reason in errors["reason"]:
         print(f"skipped: {reason}")
+    if dicom_out is not None:
+        from cxr.inference.dicom_out import dicom_outputs_note
+
+        written = write_dicom_results(table, members, paths, dicom, predictor, dicom_out)
+        print(dicom_outputs_note(written, len(paths) - sum(dicom), dicom_out))
     if table.empty:
         raise PipelineError(f"none of the {len(paths)} images could be read; reasons in "
                             f"{errors_path}")
     heatmaps = f", Grad-CAM overlays of {', '.join(labels)} in {gradcam_dir}/" if labels else ""
+    skipped = len(errors) - len(result.errors)
+    left_out = f" and {skipped} left out outside the training distribution" if skipped else ""
     unit = "study predictions" if predictor.view_mode == "study" else "predictions"
     films = "frontal films" if predictor.frontal_only else "films"
     by_study = "" if studies is None else (f", {len(studies)} studies ({cfg.study_aggregation} "
@@ -353,8 +475,7 @@ def main(cfg: Config) -> None:
     print(f"predict: wrote {len(table)} {unit} of {checkpoint} to {output} "
           f"(thresholds: {predictor.thresholds.source}; calibration: "
           f"{predictor.thresholds.method}{'; TTA' if predictor.tta else ''}){by_study}, "
-          f"{len(result.errors)} unreadable "
-          f"file(s) to {errors_path}{heatmaps}")
+          f"{len(result.errors)} unreadable file(s){left_out} to {errors_path}{heatmaps}")
 
 
 if __name__ == "__main__":

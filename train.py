@@ -369,8 +369,9 @@ def validation_metrics(trainer: Trainer, loader, desc: str) -> dict | None:
     positive-weight offset removed) on the observed labels: the log-loss of what users read.
     """
     sync_buffers(trainer.world, trainer.validated)
-    logits, targets = predict_logits(trainer.validated, loader, trainer.device, trainer.dtype,
-                                     trainer.cfg.channels_last, desc, show=trainer.world.is_main)
+    logits, targets, _ = predict_logits(trainer.validated, loader, trainer.device, trainer.dtype,
+                                        trainer.cfg.channels_last, desc,
+                                        show=trainer.world.is_main)
     shards = gather_to_main(trainer.world, (logits, targets))
     if not trainer.world.is_main:
         return None

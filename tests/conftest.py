@@ -193,3 +193,55 @@ def keep_main_module():
     main = sys.modules["__main__"]
     yield
     sys.modules["__main__"] = main
+
+
+# ---- an input gate that separates given films by construction ---------------------------------
+
+def add_input_gate(checkpoint: Path, inside: list, outside: list) -> float:
+    """An input gate in the thresholds.json beside `checkpoint` (write_thresholds_json first):
+    kNN with k = 1 on the features of the `inside` sources (paths or Uploads), its threshold
+    halfway between their scores (0: each is its own neighbour) and the lowest of the `outside`
+    sources'. A stand-in for evaluate.py's gate that separates them by construction, to test what
+    predict.py, app.py and export.py do with a gate. Returns the threshold."""
+    import json
+
+    import torch
+
+    from config import Config
+    from cxr.evaluation.ood import FeatureTap, InputGate, fit_parts, score_with, write_gate
+    from cxr.inference.predictor import RadiographFiles, load_predictor
+    from model_architecture import model_from_checkpoint
+
+    predictor = load_predictor(checkpoint, Config(device="cpu", num_workers=0),
+                               rebuild=model_from_checkpoint)
+
+    def features(sources: list) -> np.ndarray:
+        batch = RadiographFiles(sources, predictor.image_size, predictor.side).__getitems__(
+            list(range(len(sources))))
+        assert not batch.errors, batch.errors
+        with torch.no_grad(), FeatureTap(predictor.model) as tap:
+            predictor.model(batch.images)
+            values = tap.take(len(sources)).numpy()
+        sizes[:] = tap.sizes
+        return values
+
+    sizes = []
+
+    arrays = fit_parts(features(inside), sizes, "knn")
+    threshold = float(score_with(arrays, "knn", features(outside), neighbours=1).min()) / 2
+    assert threshold > 0, "the outside films' features equal an inside film's"
+    gate = InputGate("knn", arrays, threshold, 0.99, len(inside), len(inside), neighbours=1)
+    path = checkpoint.parent / "thresholds.json"
+    payload = json.loads(path.read_text())
+    payload["input_gate"] = write_gate(gate, checkpoint.parent)
+    path.write_text(json.dumps(payload))
+    return threshold
+
+
+def photograph(path: Path, name: str = "camera") -> Path:
+    """One of scikit-image's bundled photographs (camera, astronaut, coffee, ...) as a PNG."""
+    import skimage.data
+
+    image = np.asarray(getattr(skimage.data, name)())
+    Image.fromarray(image).save(path)
+    return path

@@ -23,7 +23,8 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from conftest import ROOT, SHARED_DATA, shared, tiny_checkpoint, write_thresholds_json
+from conftest import ROOT, SHARED_DATA, add_input_gate, photograph, shared, tiny_checkpoint, \
+    write_thresholds_json
 from cxr.data.labels import LABELS
 
 APP = str(ROOT / "app.py")
@@ -198,15 +199,38 @@ def test_a_lateral_upload_is_flagged_for_a_frontal_model(tmp_path, monkeypatch):
     assert at.dataframe[0].value["view"].tolist() == ["lateral", "frontal"]  # the batch table
 
 
+def test_a_film_outside_the_training_distribution_gets_a_banner(tmp_path, monkeypatch):
+    """The input gate's verdict above the findings: a photograph gets the banner, a radiograph
+    does not; in a batch, the table says which."""
+    checkpoint = tiny_checkpoint(tmp_path / "run" / "best.pth")
+    write_thresholds_json(checkpoint)
+    xray = shared("bad-inputs/images/gray16_xray.png")
+    camera = photograph(tmp_path / "camera.png")
+    add_input_gate(checkpoint, [xray, shared("bad-inputs/images/xray_monochrome2.dcm")],
+                   [camera])
+    at = start(checkpoint, monkeypatch)
+    at.file_uploader[0].set_value([("camera.png", camera.read_bytes(), "image/png")]).run()
+    assert not at.exception, at.exception
+    assert any("Outside the training distribution" in e.value for e in at.error)
+    at.file_uploader[0].set_value([("xray.png", xray.read_bytes(), "image/png")]).run()
+    assert not any("Outside the training distribution" in e.value for e in at.error)
+    at.file_uploader[0].set_value([("xray.png", xray.read_bytes(), "image/png"),
+                                   ("camera.png", camera.read_bytes(), "image/png")]).run()
+    assert any("1 of 2 uploads lie outside" in e.value for e in at.error)
+    assert at.dataframe[0].value["in_distribution"].tolist() == ["true", "false"]
+
+
 # ---- a real browser --------------------------------------------------------------------------------
 # `streamlit run app.py` driven by headless Chromium through Playwright. Skipped without the
 # `playwright` package or a `chromium` executable, except under CXR_REQUIRE_BROWSER=1 (.ci/run
 # sets it), where that is a failure. The screenshot goes to tmp_path, and also to
-# $CXR_SCREENSHOT_DIR when set: CXR_SCREENSHOT_DIR=docs makes docs/inference.md's docs/app_browser.png.
+# $CXR_SCREENSHOT_DIR when set: CXR_SCREENSHOT_DIR=docs makes docs/inference.md's docs/app_browser.png
+# and docs/app_outside.png.
 
 REQUIRE_BROWSER = "CXR_REQUIRE_BROWSER"
 SCREENSHOT_DIR = "CXR_SCREENSHOT_DIR"
 SCREENSHOT = "app_browser.png"
+OUTSIDE_SCREENSHOT = "app_outside.png"  # a photograph, under the input gate's banner
 VIEWPORT = {"width": 1280, "height": 1440}  # a batch page fits without scrolling
 ROW_PX = 35  # app.py's ROW_PX: the findings table's row height, in pixels
 BROWSER_THRESHOLDS = {label: 0.3 if i % 2 else 0.7 for i, label in enumerate(LABELS)}
@@ -353,6 +377,8 @@ def test_in_a_real_browser(tmp_path):
     else:  # without ../shared/data, the test goes on without its DICOM
         Image.fromarray(chest_like()[::-1]).save(tmp_path / "other.jpg")
         singles, batch = [jpeg], [tmp_path / "other.jpg", jpeg, png]
+    camera = photograph(tmp_path / "camera.png")
+    add_input_gate(checkpoint, list(dict.fromkeys([*singles, *batch])), [camera])
     # the checkpoint path as a user types it, from the folder the app runs in
     with streamlit_server(tmp_path, "models/random-weights/best.pth") as url, \
             sync_api.sync_playwright() as driver:
@@ -387,8 +413,24 @@ def test_in_a_real_browser(tmp_path):
             assert table[finding][0] == pytest.approx(float(probability))
             assert table[f"{finding} positive"][0] == (decision == "positive")
         page.screenshot(path=str(tmp_path / SCREENSHOT))
+        page.close()
+
+        page = open_app(browser, url)  # a photograph: the banner above its findings
+        page.locator("input[type=file]").set_input_files(str(camera))
+        page.locator("h3").filter(has_text=camera.name).wait_for()
+        banner = page.get_by_test_id("stAlertContentError")
+        banner.wait_for()
+        assert "Outside the training distribution. This image is unlike" in banner.inner_text()
+        findings = page.get_by_test_id("stDataFrame").filter(
+            has=page.locator("th", has_text="decision"))
+        assert banner.bounding_box()["y"] < findings.bounding_box()["y"]
+        overlay = page.get_by_test_id("stImage").locator("img")
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                               arg=overlay.element_handle())
+        page.screenshot(path=str(tmp_path / OUTSIDE_SCREENSHOT))
         if os.environ.get(SCREENSHOT_DIR):
             folder = Path(os.environ[SCREENSHOT_DIR])
             folder.mkdir(parents=True, exist_ok=True)
-            shutil.copy(tmp_path / SCREENSHOT, folder / SCREENSHOT)
+            for name in (SCREENSHOT, OUTSIDE_SCREENSHOT):
+                shutil.copy(tmp_path / name, folder / name)
         browser.close()

@@ -45,7 +45,7 @@ def test_two_gloo_processes_train_and_validate_on_the_whole_val_split(data_args)
                  channels_last=False)
     loader = make_loader(make_dataset(frame, trained, cfg.data_dir, False, "val"), cfg,
                          train=False, device=torch.device("cpu"))
-    logits, targets = predict_logits(model, loader, torch.device("cpu"), None, False, "val")
+    logits, targets, _ = predict_logits(model, loader, torch.device("cpu"), None, False, "val")
     single = per_class_auc(targets.numpy(), torch.sigmoid(logits).numpy(), LABELS)
     assert checkpoint["history"][-1]["n_val"] == len(frame)
     evaluable = [label for label, auc in single.items() if auc is not None]

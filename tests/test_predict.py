@@ -67,7 +67,8 @@ def test_folder_of_good_and_bad_files(checkpoint, tmp_path):
     assert "6 unreadable file(s)" in last and "Traceback" not in result.stderr
 
     table = pd.read_csv(output)
-    assert list(table.columns) == ["path", "view", *HEADER_COLUMNS, "header_warning", *LABELS,
+    assert list(table.columns) == ["path", "view", *HEADER_COLUMNS, "header_warning",
+                                   "ood_score", "in_distribution", *LABELS,
                                    *[f"{label} positive" for label in LABELS]]
     assert sorted(table["path"].map(lambda p: p.rsplit("/", 1)[-1])) == sorted(GOOD)
     probabilities = table[list(LABELS)].to_numpy()

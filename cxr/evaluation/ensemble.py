@@ -38,6 +38,7 @@ from torch import nn
 from cxr.atomic import write_text_atomic
 from cxr.errors import PipelineError
 from cxr.evaluation.calibration import calibrated_logits, calibration_arrays
+from cxr.evaluation.ood import GATE_FILE
 from cxr.evaluation.thresholds import THRESHOLDS_FILE
 from cxr.settings import same_for_members
 
@@ -105,12 +106,16 @@ def ensemble_folder(spec: str, paths: Sequence[Path], cfg: Config) -> Path:
 
 def predictor_files(spec: str, cfg: Config) -> list[Path]:
     """The files a predictor of --checkpoint reads: its checkpoint(s), then the thresholds.json
-    (and an ensemble's ensemble.json) used when present."""
+    (or --thresholds) and the input gate's file beside it (and an ensemble's ensemble.json) used
+    when present."""
     if not is_ensemble(spec):
-        return [Path(spec), Path(spec).parent / THRESHOLDS_FILE]
-    paths = checkpoint_paths(spec)
-    folder = ensemble_folder(spec, paths, cfg)
-    return [*paths, folder / ENSEMBLE_FILE, folder / THRESHOLDS_FILE]
+        folder, paths, extra = Path(spec).parent, [Path(spec)], []
+    else:
+        paths = checkpoint_paths(spec)
+        folder = ensemble_folder(spec, paths, cfg)
+        extra = [folder / ENSEMBLE_FILE]
+    thresholds = Path(cfg.thresholds) if cfg.thresholds else folder / THRESHOLDS_FILE
+    return [*paths, *extra, thresholds, thresholds.parent / GATE_FILE]
 
 
 def check_members(paths: Sequence[Path], labels: Sequence[tuple[str, ...]],

@@ -6,12 +6,13 @@ whatever the training policy; the val split fits each class's calibration map an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -29,11 +30,12 @@ from cxr.evaluation.calibration import calibrated_logits, fit_calibration, mean_
     per_class_ece, sigmoid
 from cxr.evaluation.compare import paired_auc_differences, verdict
 from cxr.evaluation.ensemble import ensemble_logits
-from cxr.evaluation.intervals import interval_methods
+from cxr.evaluation.intervals import interval_methods, patient_codes, rate_interval
 from cxr.evaluation.metrics import MEANS, STUDY_KEYS, aggregate_studies, summarise_level
+from cxr.evaluation.ood import MIN_FILMS, FeatureTap, InputGate, fit_gate, write_gate
 from cxr.evaluation.operating_points import choose_thresholds, operating_point_table
 from cxr.evaluation.report import CalibrationSummary, EnsembleMember, EnsembleSummary, \
-    EvaluationReport, LevelSummary, MemberMean, OperatingPoint
+    EvaluationReport, InputGateSummary, LevelSummary, MemberMean, OperatingPoint
 from cxr.evaluation.subgroups import subgroup_table
 from cxr.evaluation.thresholds import thresholds_payload, write_thresholds
 from cxr.training.checkpoint import Rebuild, checkpoint_warnings, load_checkpoint, model_id, \
@@ -65,6 +67,10 @@ class Predictions:
     n_images: int | None = None  # the images behind the rows (None: one image per row)
     # labels the dataset does not annotate (all masked), with the note reports show for them
     not_labelled: dict[str, str] = field(default_factory=dict)
+    # (rows, D) float32: the input gate's features (ood.FeatureTap), parts of feature_sizes
+    # columns, each of length 1
+    features: np.ndarray | None = None
+    feature_sizes: tuple[int, ...] = ()
 
     @property
     def image_count(self) -> int:
@@ -74,19 +80,31 @@ class Predictions:
 @torch.no_grad()
 def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device,
                    dtype: torch.dtype | None, channels_last: bool, desc: str, show: bool = True,
-                   model_name: str = "the model") -> tuple[torch.Tensor, torch.Tensor]:
-    """float32 logits and targets (on the CPU) for every image of a loader, in loader order;
-    NaN/inf outputs are an error naming `model_name`."""
+                   model_name: str = "the model", features: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor, GateFeatures | None]:
+    """float32 logits and targets (on the CPU) for every image of a loader, in loader order,
+    and with `features` the input gate's features (ood.FeatureTap; else None); NaN/inf outputs
+    are an error naming `model_name`."""
     model.eval()
-    outputs, targets = [], []
-    for images, labels in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not show):
-        with autocast(device, dtype):
-            logits = model(to_device(images, device, channels_last))
-        outputs.append(logits.float().cpu())
-        targets.append(labels)
+    outputs, targets, pooled = [], [], []
+    with FeatureTap(model) if features else contextlib.nullcontext() as tap:
+        for images, labels in tqdm(loader, desc=desc, unit="batch", leave=False,
+                                   disable=not show):
+            with autocast(device, dtype):
+                logits = model(to_device(images, device, channels_last))
+            outputs.append(logits.float().cpu())
+            if tap is not None:
+                pooled.append(tap.take(len(logits)).cpu())
+            targets.append(labels)
     logits = torch.cat(outputs)
     require_finite(logits, model_name)
-    return logits, torch.cat(targets)
+    return logits, torch.cat(targets), \
+        GateFeatures(torch.cat(pooled), tap.sizes) if features else None
+
+
+class GateFeatures(NamedTuple):
+    values: torch.Tensor  # rows x D
+    sizes: tuple[int, ...]  # the widths of its parts (ood.FeatureTap.sizes)
 
 
 # ---- predictions of a split -------------------------------------------------------------------
@@ -126,17 +144,17 @@ def predict_frame(model, frame: pd.DataFrame, name: str, path: Path, checkpoint:
     frame = frame.iloc[pd.Index(frame["image_path"]).get_indexer(data.paths)].reset_index(drop=True)
     loader = make_loader(data, cfg, train=False, device=device)
     try:
-        logits, targets = predict_logits(model, loader, device,
-                                         autocast_dtype(cfg.precision, device),
-                                         cfg.channels_last, desc=f"evaluate {name}",
-                                         model_name="the checkpoint")
+        logits, targets, features = predict_logits(
+            model, loader, device, autocast_dtype(cfg.precision, device), cfg.channels_last,
+            desc=f"evaluate {name}", model_name="the checkpoint", features=True)
     except PipelineError as err:  # add which checkpoint was being evaluated
         raise PipelineError(f"evaluating {path} on {name}: {err}") from None
     per_study = trained.view_mode == "study"
     return Predictions(frame, logits.double().numpy(), targets.double().numpy(), labels,
                        per_study=per_study,
                        n_images=sum(map(len, data.studies)) if per_study else None,
-                       not_labelled=not_labelled or {})
+                       not_labelled=not_labelled or {}, features=features.values.numpy(),
+                       feature_sizes=features.sizes)
 
 
 def recorded_not_labelled(cfg: Config, labels: tuple[str, ...]) -> dict[str, str]:
@@ -176,11 +194,13 @@ def level_summaries(preds: Predictions, scores: np.ndarray, probs: np.ndarray, c
 
 
 def evaluate_predictions(preds: Predictions, thresholds: dict, calibration: dict, cfg: Config,
-                         *, split: str, checkpoint: str, epoch: int | None) -> EvaluationReport:
+                         *, split: str, checkpoint: str, epoch: int | None,
+                         gate: InputGate | None = None) -> EvaluationReport:
     """Image- and study-level metrics, calibration and operating points of one split, the
     predictions of `checkpoint` (a path, or an ensemble's folder) at `epoch`.
 
-    `calibration` is {"method", "parameters"} fitted on val. AUCs rank the calibrated logits
+    `calibration` is {"method", "parameters"} fitted on val, `gate` the input gate (the share
+    of the rows it flags is reported, except on val). AUCs rank the calibrated logits
     (float64: no sigmoid saturating into ties), which order the images as the probabilities do.
     """
     labels, targets, unlabelled = preds.labels, preds.targets, preds.not_labelled
@@ -205,7 +225,8 @@ def evaluate_predictions(preds: Predictions, thresholds: dict, calibration: dict
         operating_points=[OperatingPoint.from_dict(point) for point in points],
         intervals=interval_methods(cfg.ci_level), min_positives=cfg.min_positives, tta=cfg.tta,
         not_labelled=unlabelled, subgroups=audit.table,
-        subgroup_comparisons=audit.multiplicity(cfg.ci_level))
+        subgroup_comparisons=audit.multiplicity(cfg.ci_level),
+        input_gate=None if split == "val" else gate_summary(preds, gate, cfg.ci_level))
 
 
 def val_calibration(val: Predictions, cfg: Config) -> dict:
@@ -215,26 +236,59 @@ def val_calibration(val: Predictions, cfg: Config) -> dict:
 
 
 def fit_on_val(val: Predictions, path: Path, checkpoint: dict, trained: Config, cfg: Config
-               ) -> tuple[dict, dict]:
-    """Each class's calibration map and its thresholds from the val split (uncertain masked);
-    thresholds.json, bound to these weights and saying how the scores were made."""
+               ) -> tuple[dict, dict, InputGate | None]:
+    """Each class's calibration map and its thresholds from the val split (uncertain masked),
+    and the input gate from its features; thresholds.json (and the gate's ood.npz), bound to
+    these weights and saying how the scores were made."""
     scores = {"tta": cfg.tta, "view_mode": trained.view_mode,
               "logit_offset_removed": "logit_offset" in checkpoint["model"]}
     return fit_and_write_thresholds(val, path, model_id(checkpoint), scores, cfg)
 
 
 def fit_and_write_thresholds(val: Predictions, path: Path, weights_id: str, scores: dict,
-                             cfg: Config) -> tuple[dict, dict]:
+                             cfg: Config) -> tuple[dict, dict, InputGate | None]:
     """fit_on_val for any predictor (a checkpoint, an ensemble): thresholds.json beside `path`,
     bound to `weights_id`."""
     calibration = val_calibration(val, cfg)
     probs = sigmoid(calibrated_logits(val.logits, calibration["parameters"], val.labels))
     thresholds = choose_thresholds(val.targets, probs, val.labels, cfg.target_sensitivity)
-    write_thresholds(thresholds_payload(path, weights_id, val.labels, thresholds,
-                                        cfg.target_sensitivity, calibration, scores,
-                                        masked_counts(val.targets, val.labels)),
-                     path.parent / "thresholds.json")
-    return thresholds, calibration
+    payload = thresholds_payload(path, weights_id, val.labels, thresholds,
+                                 cfg.target_sensitivity, calibration, scores,
+                                 masked_counts(val.targets, val.labels))
+    gate = val_gate(val, cfg)
+    if gate is not None:
+        payload["input_gate"] = write_gate(gate, path.parent)
+    write_thresholds(payload, path.parent / "thresholds.json")
+    return thresholds, calibration, gate
+
+
+def val_gate(val: Predictions, cfg: Config) -> InputGate | None:
+    """The input gate of val's pooled features (ood.fit_gate), None (with a warning) when val is
+    too small for one."""
+    gate = None
+    if val.features is not None:
+        gate = fit_gate(val.features, val.frame["patient_id"].to_numpy(), cfg.ood_quantile,
+                        sizes=val.feature_sizes)
+    if gate is None:
+        print("warning: no input gate: the val split is too small to fit one (fewer than "
+              f"{MIN_FILMS} films or one patient); predict.py will not flag films outside the "
+              "training distribution", file=sys.stderr)
+    return gate
+
+
+def gate_summary(preds: Predictions, gate: InputGate | None, level: float
+                 ) -> InputGateSummary | None:
+    """How many of the split's rows the gate flags as outside the training distribution, with
+    the share's interval (clustered by patient): measured on test and on another dataset (val,
+    where the gate is fitted, gets none: its threshold is val's own held-out quantile)."""
+    if gate is None or preds.features is None:
+        return None
+    outside = ~gate.inside(gate.scores(preds.features))
+    codes, n_patients = patient_codes(preds.frame["patient_id"])
+    everyone = np.ones(len(outside), dtype=bool)
+    return InputGateSummary(gate.method, gate.threshold, gate.quantile, gate.n_films,
+                            len(outside), int(outside.sum()), float(outside.mean()),
+                            rate_interval(everyone, outside, codes, n_patients, level))
 
 
 # ---- two runs on the same rows --------------------------------------------------------------------
@@ -325,8 +379,12 @@ def combined_predictions(members: list[Predictions], calibrations: list[dict]) -
                                 "(trained on other data?)")
     logits = ensemble_logits([m.logits for m in members],
                              [c["parameters"] for c in calibrations], first.labels)
+    features, sizes = None, ()  # the members', as ood.FeatureTap taps an EnsembleModel
+    if all(m.features is not None for m in members):
+        features = np.concatenate([m.features for m in members], axis=1)
+        sizes = tuple(size for m in members for size in m.feature_sizes)
     return Predictions(first.frame, logits, first.targets, first.labels, first.per_study,
-                       first.n_images, first.not_labelled)
+                       first.n_images, first.not_labelled, features, sizes)
 
 
 def member_means(differences: list[dict]) -> dict[str, MemberMean]:

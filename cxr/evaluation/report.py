@@ -8,6 +8,9 @@
     OperatingPoint      a val threshold applied to this split (thresholds.operating_point_table)
     EnsembleSummary     an ensemble's members beside it (predictions.members_beside)
     ExternalDataset     what another dataset's rows are (external.dataset_record)
+    InputGateSummary    the share of the rows the input gate flags (predictions.gate_summary)
+    Recalibration       a site's calibration and thresholds refitted on half its patients, the
+                        other half scored before and after (recalibration.recalibration_summary)
 
 Each type's as_dict() gives its part of eval_<split>.json, its keys in the file's order, and
 from_dict() reads it back. The subgroup audit (subgroups.subgroup_table) and the interval methods
@@ -237,7 +240,69 @@ class ExternalDataset:
         return field_dict(self)
 
 
+@dataclass(frozen=True)
+class InputGateSummary(WithInterval):
+    """The share of a split's rows the input gate flags as outside the training distribution
+    (predictions.gate_summary; the gate is ood.InputGate, fitted on val)."""
+
+    method: str  # "knn" or "mahalanobis"
+    threshold: float
+    quantile: float  # the val quantile the threshold is: 1 - quantile is the share expected
+    n_fit: int  # val films the gate was fitted on
+    n: int  # rows of this split
+    flagged: int  # rows above the threshold
+    rate: float
+    ci: Interval  # the rate's, clustered by patient
+
+
+@dataclass(frozen=True)
+class Recalibration:
+    """evaluate.py --dataset ... --recalibrate: each class's calibration map and thresholds refitted
+    on the fitting half of the site's patients; the scoring half (the other patients) evaluated
+    with val's ("before") and with the site's ("after"). The maps are monotone, so each class's
+    AUC is the same before and after; the ECE and the operating points move."""
+
+    dataset: str  # the report's name: "nih", "nih_test"
+    fitted_on: str  # "nih: fitting half (202 images, 202 patients)"
+    thresholds_file: str  # the site's thresholds file written (predict.py --thresholds FILE)
+    method: str  # the calibration refitted ("none": only the thresholds are)
+    kept_from_val: list[str]  # classes the fitting half cannot fit (one label value): val's
+    share: float  # of the site's patients in the fitting half (--recalibration_share)
+    seed: int  # seeds the split of the patients (--seed)
+    n_fit: int  # images of the fitting half
+    n_score: int  # images of the scoring half
+    n_fit_patients: int
+    n_score_patients: int
+    bins: int  # the ECE's equal-width bins (--calibration_bins)
+    ece_before: float | None  # mean ECE over the classes on the scoring half, val's maps
+    ece_after: float | None  # the same with the site's maps
+    mean_auc_before: float | None  # the report card's mean AUC of the scoring half
+    mean_auc_after: float | None  # the same (equal up to rounding: the maps are monotone)
+    ece_per_class: dict[str, dict[str, float | None]]  # class -> {"before", "after"}
+    auc_per_class: dict[str, dict[str, float | None]]  # class -> {"before", "after"}
+    # method -> {"classes", "sensitivity_before", "sensitivity_after", "specificity_before",
+    # "specificity_after"}: means over the classes scored both before and after
+    mean_rates: dict[str, dict]
+    # {"before": val's thresholds, "after": the site's}, each applied to the scoring half
+    operating_points: dict[str, list[OperatingPoint]]
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Recalibration:
+        return cls(**{**data, "operating_points": {
+            when: [OperatingPoint.from_dict(point) for point in points]
+            for when, points in data["operating_points"].items()}})
+
+    def as_dict(self) -> dict:
+        return field_dict(self, operating_points={
+            when: [point.as_dict() for point in points]
+            for when, points in self.operating_points.items()})
+
+
 # ---- the report of one split ---------------------------------------------------------------------
+
+# parts a report may lack: no key in its JSON
+OPTIONAL = ("ensemble", "dataset", "input_gate", "recalibration")
+
 
 @dataclass(frozen=True)
 class EvaluationReport:
@@ -266,6 +331,8 @@ class EvaluationReport:
     subgroup_comparisons: dict  # subgroups.Audit.multiplicity: the family Holm adjusts over
     ensemble: EnsembleSummary | None = None  # an ensemble's members beside it
     dataset: ExternalDataset | None = None  # evaluate.py --dataset: the other dataset
+    input_gate: InputGateSummary | None = None  # the share flagged outside the distribution
+    recalibration: Recalibration | None = None  # --recalibrate: the site's refit, before/after
 
     @property
     def per_study(self) -> bool:
@@ -283,9 +350,11 @@ class EvaluationReport:
                         calibration=self.calibration.as_dict(),
                         operating_points=[point.as_dict() for point in self.operating_points],
                         ensemble=self.ensemble and self.ensemble.as_dict(),
-                        dataset=self.dataset and self.dataset.as_dict())
+                        dataset=self.dataset and self.dataset.as_dict(),
+                        input_gate=self.input_gate and self.input_gate.as_dict(),
+                        recalibration=self.recalibration and self.recalibration.as_dict())
         return {key: value for key, value in every.items()
-                if key not in ("ensemble", "dataset") or value is not None}
+                if key not in OPTIONAL or value is not None}
 
     @classmethod
     def from_dict(cls, data: dict) -> EvaluationReport:
@@ -300,4 +369,8 @@ class EvaluationReport:
                       "ensemble": data.get("ensemble") and
                       EnsembleSummary.from_dict(data["ensemble"]),
                       "dataset": data.get("dataset") and
-                      ExternalDataset.from_dict(data["dataset"])})
+                      ExternalDataset.from_dict(data["dataset"]),
+                      "input_gate": data.get("input_gate") and
+                      InputGateSummary.from_dict(data["input_gate"]),
+                      "recalibration": data.get("recalibration") and
+                      Recalibration.from_dict(data["recalibration"])})

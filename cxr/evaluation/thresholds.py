@@ -10,9 +10,13 @@ predict.py, app.py and export.py read it. The contract:
                 "logit_offset_removed": bool},
      "calibration": {"method": "platt" | "temperature" | "none", "fitted_on": "val",
                      "parameters": {label: {"scale": float, "bias": float} or null}},
-     "masked_uncertain": {label: int}}
-null marks a class that cannot be evaluated on val (one label value).
+     "masked_uncertain": {label: int},
+     "input_gate": {"method", "threshold", "quantile", "file": "ood.npz", "sha256", ...}}
+null marks a class that cannot be evaluated on val (one label value). "input_gate" is the
+out-of-distribution gate (cxr/evaluation/ood.py; absent when val was too small to fit one).
 A missing file gives the model's own probabilities and 0.5 for every class, with a warning.
+A site's file (evaluate.py --dataset ... --recalibrate: thresholds_<dataset>.json, given to
+predict.py and app.py as --thresholds FILE) has the same contract, its "scores" naming the site.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Sequence
 
 from cxr.atomic import write_text_atomic
 from cxr.errors import PipelineError
+from cxr.evaluation.ood import InputGate, read_gate
 
 DEFAULT_THRESHOLD = 0.5  # probability at which a class is flagged when no threshold is stored
 THRESHOLDS_FILE = "thresholds.json"  # beside the checkpoint; written by evaluate.py
@@ -40,6 +45,7 @@ class Thresholds:
     method: str  # the calibration method ("none" when there is none)
     source: str  # the file they come from, or a note that they are the 0.5 default
     warnings: list[str]  # what the user should know (a missing file, classes left at 0.5)
+    gate: InputGate | None = None  # the input gate (ood.py); None: films are not checked
 
 
 def default_thresholds(labels: Sequence[str], why: str) -> Thresholds:
@@ -100,16 +106,21 @@ def binding_problems(stored: dict, path: Path, checkpoint_path: Path, weights_id
 
 
 def read_thresholds(checkpoint_path: str | Path, labels: Sequence[str], weights_id: str,
-                    tta: bool = False, allow_mismatch: bool = False) -> Thresholds:
-    """thresholds.json beside the checkpoint (evaluate.py's calibration and Youden thresholds on
-    val; the contract is this module's docstring).
+                    tta: bool = False, allow_mismatch: bool = False, file: str | Path = ""
+                    ) -> Thresholds:
+    """thresholds.json beside the checkpoint, or `file` (a site's, --thresholds): evaluate.py's
+    calibration, Youden thresholds and input gate (the contract is this module's docstring).
 
-    A missing file or a null threshold gives 0.5 for those classes, with a warning; a malformed
-    file is an error; a file fitted for other weights (`weights_id`) or other `tta` is refused,
-    or with `allow_mismatch` used with a warning.
+    A missing thresholds.json or a null threshold gives 0.5 for those classes, with a warning (a
+    missing `file` is an error); a malformed file is an error; a file fitted for other weights
+    (`weights_id`) or other `tta` is refused, or with `allow_mismatch` used with a warning.
     """
     checkpoint_path = Path(checkpoint_path)
-    path = checkpoint_path.parent / THRESHOLDS_FILE
+    path = Path(file) if file else checkpoint_path.parent / THRESHOLDS_FILE
+    if file and not path.is_file():
+        raise PipelineError(f"--thresholds {path}: no such file (evaluate.py --dataset ... "
+                            "--recalibrate writes a site's thresholds_<dataset>.json beside the "
+                            "checkpoint)")
     if not path.is_file():
         return default_thresholds(labels, f"{path} not found (evaluate.py writes it): "
                                           "probabilities are not calibrated and positives are "
@@ -143,7 +154,12 @@ def read_thresholds(checkpoint_path: str | Path, labels: Sequence[str], weights_
         warnings.append(f"{path} has no threshold for {', '.join(unset)} (one label value in the "
                         f"val split?): {DEFAULT_THRESHOLD} is used for them")
     calibration, method = _calibration(stored, path, labels)
-    return Thresholds(values, calibration, method, str(path), warnings)
+    gate = read_gate(stored["input_gate"], path) if stored.get("input_gate") else None
+    if gate is None:
+        warnings.append(f"{path} has no input gate (written by an older evaluate.py, or val was "
+                        "too small): films outside the training distribution are not flagged; "
+                        "re-run evaluate.py to fit one")
+    return Thresholds(values, calibration, method, str(path), warnings, gate)
 
 
 # ---- writing ---------------------------------------------------------------------------------------

@@ -5,9 +5,12 @@ offset) comes from the checkpoint; each class's calibration map and decision thr
 thresholds.json beside it (evaluate.py writes it), else probabilities are the model's own and
 every class is flagged at 0.5, with a warning. thresholds.json is bound to the weights it was
 fitted for (checkpoint.model_id) and to test-time augmentation on or off: a mismatch is refused
-(evaluate.py makes a new one), or with --allow_threshold_mismatch used with a warning. Images go
-through the decoding and centre view of evaluation (imaging.decode_square, then
-dataset.centre_view), so a file gets the probabilities evaluate.py would give it.
+(evaluate.py makes a new one), or with --allow_threshold_mismatch used with a warning. --thresholds
+FILE reads a site's file instead (evaluate.py --recalibrate). Images go through the decoding and
+centre view of evaluation (imaging.decode_square, then dataset.centre_view), so a file gets the
+probabilities evaluate.py would give it. The input gate stored with the thresholds
+(cxr/evaluation/ood.py) scores each film from the same forward pass: ood_score, and
+in_distribution (false above the gate's threshold).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NamedTuple, Sequence, Union
@@ -35,6 +39,7 @@ from cxr.errors import PipelineError
 from cxr.evaluation.calibration import calibrated_probs
 from cxr.evaluation.ensemble import ENSEMBLE_FILE, EnsembleModel, check_members, checkpoint_paths, \
     ensemble_folder, ensemble_id, is_ensemble, read_ensemble_file
+from cxr.evaluation.ood import FeatureTap, GateScores
 from cxr.evaluation.thresholds import Thresholds, read_thresholds
 from cxr.training.checkpoint import Rebuild, checkpoint_warnings, load_checkpoint, model_id, \
     require_finite, untrained_labels
@@ -68,6 +73,11 @@ class Predictor:
     # labels its training split never labelled (checkpoint.untrained_labels): no probability
     # or decision is given for them, only NOT_TRAINED
     untrained: tuple[str, ...] = ()
+    gate: GateScores | None = None  # the input gate's scorer (thresholds.gate), on the device
+
+    def __post_init__(self):
+        if self.thresholds.gate is not None and self.gate is None:
+            self.gate = self.thresholds.gate.module().to(self.device)
 
     @property
     def trained(self) -> tuple[str, ...]:
@@ -96,7 +106,8 @@ def load_predictor(path: str | Path, cfg: Config, *, rebuild: Rebuild) -> Predic
     device = choose_device(cfg.device)
     labels = tuple(checkpoint["labels"])
     weights_id = model_id(checkpoint)
-    thresholds = read_thresholds(path, labels, weights_id, cfg.tta, cfg.allow_threshold_mismatch)
+    thresholds = read_thresholds(path, labels, weights_id, cfg.tta, cfg.allow_threshold_mismatch,
+                                 cfg.thresholds)
     model = prepare_model(model, device, cfg)
     untrained = untrained_labels(checkpoint)
     return Predictor(model, TTAModel(model) if cfg.tta else model, labels, trained.image_size,
@@ -128,7 +139,7 @@ def load_ensemble_predictor(spec: str, cfg: Config, *, rebuild: Rebuild) -> Pred
     handle = folder / ENSEMBLE_FILE
     weights_id = ensemble_id(member_ids)
     thresholds = read_thresholds(handle, labels, weights_id, cfg.tta,
-                                 cfg.allow_threshold_mismatch)
+                                 cfg.allow_threshold_mismatch, cfg.thresholds)
     trained = built[0][1]
     notes = [f"{path}: {w}" for path, c in zip(paths, checkpoints) for w in checkpoint_warnings(c)]
     # a label any member did not train: the members' mean would include its meaningless output
@@ -307,12 +318,21 @@ def flag_column(label: str) -> str:
 
 
 @torch.no_grad()
-def batch_logits(predictor: Predictor, images) -> torch.Tensor:
+def batch_outputs(predictor: Predictor, images) -> tuple[torch.Tensor, torch.Tensor | None]:
     """float32 logits (on the CPU) of a uint8 batch, or of a study batch (views, present), with
-    the predictor's device and precision."""
-    with autocast(predictor.device, predictor.dtype):
-        logits = predictor.scorer(to_device(images, predictor.device, predictor.channels_last))
-    return logits.float().cpu()
+    the predictor's device and precision; and the input gate's scores from the same pass (None
+    without a gate)."""
+    with FeatureTap(predictor.scorer) if predictor.gate else nullcontext() as tap:
+        with autocast(predictor.device, predictor.dtype):
+            logits = predictor.scorer(to_device(images, predictor.device,
+                                                predictor.channels_last))
+        scores = None if tap is None else predictor.gate(tap.take(len(logits))).double().cpu()
+    return logits.float().cpu(), scores
+
+
+def batch_logits(predictor: Predictor, images) -> torch.Tensor:
+    """batch_outputs' logits."""
+    return batch_outputs(predictor, images)[0]
 
 
 def to_probabilities(logits: torch.Tensor, thresholds: Thresholds, labels: Sequence[str]
@@ -322,12 +342,33 @@ def to_probabilities(logits: torch.Tensor, thresholds: Thresholds, labels: Seque
     return calibrated_probs(logits.double().numpy(), thresholds.calibration, tuple(labels))
 
 
-def results_table(names: list[str], probabilities: np.ndarray, predictor: Predictor
-                  ) -> pd.DataFrame:
-    """One row per image: path, the probability of each label, and its 0/1 decision; both
-    NOT_TRAINED for a label the checkpoint was not trained on."""
+OOD_COLUMNS = ("ood_score", "in_distribution")  # the input gate's, in predictions.csv
+
+
+def gate_columns(scores: list[torch.Tensor], n: int, predictor: Predictor) -> pd.DataFrame:
+    """ood_score and in_distribution ("true"/"false") of n rows; blank without a gate."""
+    if predictor.gate is None:
+        return pd.DataFrame({name: [""] * n for name in OOD_COLUMNS})
+    values = torch.cat(scores).numpy() if scores else np.zeros(0)
+    inside = predictor.thresholds.gate.inside(values)
+    return pd.DataFrame({"ood_score": values,
+                         "in_distribution": np.where(inside, "true", "false")})
+
+
+def outside_count(table: pd.DataFrame) -> int:
+    """The rows the input gate flags (in_distribution "false")."""
+    return int((table["in_distribution"] == "false").sum()) if "in_distribution" in table else 0
+
+
+def results_table(names: list[str], probabilities: np.ndarray, predictor: Predictor,
+                  gate: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per image: path, the input gate's ood_score and in_distribution (`gate`,
+    gate_columns), the probability of each label, and its 0/1 decision; both NOT_TRAINED for a
+    label the checkpoint was not trained on."""
     table = pd.DataFrame(probabilities.astype(np.float64).reshape(len(names), -1),
                          columns=list(predictor.labels))
+    if gate is not None:
+        table = pd.concat([gate.reset_index(drop=True), table], axis=1)
     table.insert(0, "path", names)
     for label in predictor.labels:
         threshold = predictor.thresholds.values[label]
@@ -370,12 +411,14 @@ def predict_sources(predictor: Predictor, sources: Sequence[Source], batch_size:
     on_heatmap(position, label, map over the model view, values 0..1)."""
     views = list(views) if views is not None else [film_view(source) for source in sources]
     data = RadiographFiles(sources, predictor.image_size, predictor.side)
-    positions, rows, errors = [], [], []
+    positions, rows, scores, errors = [], [], [], []
     bar = tqdm(total=len(data), desc="predict", unit="img", disable=not progress)
     for batch in make_loader(data, batch_size, num_workers, predictor.device):
         errors += [(source_name(sources[i]), reason) for i, reason in batch.errors]
         if batch.indices:
-            rows.append(batch_logits(predictor, batch.images))
+            logits, gate_scores = batch_outputs(predictor, batch.images)
+            rows.append(logits)
+            scores += [] if gate_scores is None else [gate_scores]
             positions += batch.indices
             for label in heatmap_labels:
                 maps = heatmaps(predictor, batch.images, label)
@@ -384,7 +427,8 @@ def predict_sources(predictor: Predictor, sources: Sequence[Source], batch_size:
         bar.update(len(batch.indices) + len(batch.errors))
     bar.close()
     names = [source_name(sources[i]) for i in positions]
-    table = results_table(names, finite_probabilities(rows, predictor), predictor)
+    table = results_table(names, finite_probabilities(rows, predictor), predictor,
+                          gate_columns(scores, len(names), predictor))
     table.insert(1, "view", [views[i] for i in positions])
     return PredictedFiles(table, pd.DataFrame(errors, columns=["path", "reason"]), positions,
                           [[position] for position in positions])
@@ -412,12 +456,14 @@ def predict_studies(predictor: Predictor, sources: Sequence[Source],
     """
     data = StudyFiles(sources, studies, predictor.image_size, predictor.side,
                       predictor.max_views)
-    done, rows, errors, used = [], [], [], []
+    done, rows, scores, errors, used = [], [], [], [], []
     bar = tqdm(total=sum(map(len, studies)), desc="predict", unit="img", disable=not progress)
     for batch in make_loader(data, batch_size, num_workers, predictor.device):
         errors += [(source_name(sources[i]), reason) for i, reason in batch.errors]
         if batch.indices:
-            rows.append(batch_logits(predictor, batch.views))
+            logits, gate_scores = batch_outputs(predictor, batch.views)
+            rows.append(logits)
+            scores += [] if gate_scores is None else [gate_scores]
             done += batch.indices
             used += batch.sources
             for label in heatmap_labels:
@@ -428,7 +474,7 @@ def predict_studies(predictor: Predictor, sources: Sequence[Source],
         bar.update(sum(map(len, batch.sources)) + len(batch.errors))
     bar.close()
     table = results_table([names[i] for i in done], finite_probabilities(rows, predictor),
-                          predictor)
+                          predictor, gate_columns(scores, len(done), predictor))
     table = table.rename(columns={"path": "study"})
     table.insert(1, "views", ["; ".join(source_name(sources[i]) for i in views) for views in used])
     table.insert(2, "n_views", [len(views) for views in used])

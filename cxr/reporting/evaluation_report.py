@@ -25,7 +25,7 @@ from cxr.data.adapters import Adapted, counts_text
 from cxr.errors import PipelineError
 from cxr.evaluation.metrics import MEANS
 from cxr.evaluation.report import CalibrationSummary, EnsembleMember, EnsembleSummary, \
-    EvaluationReport, LevelSummary, OperatingPoint
+    EvaluationReport, InputGateSummary, LevelSummary, OperatingPoint, Recalibration
 from cxr.reporting.tables import interval_text, markdown_table, number_text, text_table
 
 if TYPE_CHECKING:
@@ -130,9 +130,11 @@ def report_card_markdown(rows: list[dict], ci_level: float = 0.95, study_column:
 
 # ---- operating points and calibration -----------------------------------------------------------
 
-def operating_points_markdown(points: list[OperatingPoint], target: float) -> str:
+def operating_points_markdown(points: list[OperatingPoint], target: float, source: str = "val"
+                              ) -> str:
+    """`source`: where the thresholds were chosen: "val", or "site" (a site's fitting half)."""
     names = {"youden": "Youden", "target_sensitivity": f"sensitivity >= {target:g}"}
-    header = ["Pathology", "Threshold (val)", "Method", "Sensitivity", "Specificity", "PPV",
+    header = ["Pathology", f"Threshold ({source})", "Method", "Sensitivity", "Specificity", "PPV",
               "NPV", "F1"]
     cells = []
     for point in sorted(points, key=lambda p: p.pathology):
@@ -166,7 +168,8 @@ def calibration_text(calibration: CalibrationSummary) -> str:
     method = calibration.method
     if method == "none":
         return "Calibration: none (the model's probabilities, positive-weight offset removed)."
-    return (f"Calibration: {method} per class, fitted on the val split (uncertain labels masked); "
+    fitted_on = "the val split" if calibration.fitted_on == "val" else calibration.fitted_on
+    return (f"Calibration: {method} per class, fitted on {fitted_on} (uncertain labels masked); "
             "the positive-weight offset of training is removed before it.")
 
 
@@ -208,6 +211,9 @@ def title_of(result: EvaluationReport) -> str:
     if dataset is None:
         return f"{result.split} split"
     part = "every image" if dataset.split == "all" else f"its official {dataset.split} split"
+    if result.recalibration is not None:  # evaluate.py --recalibrate: the scoring half only
+        part += (f", the scoring half ({result.recalibration.n_score_patients} patients) "
+                 "recalibrated for the site")
     return f"{dataset.title}, {part} (external validation)"
 
 
@@ -292,19 +298,33 @@ def markdown_report(result: EvaluationReport, plots: dict[str, str], cfg: Config
         approximate_text(rows), "",
         left_out_text(result.image), "",
         *ensemble_markdown(result, cfg.ci_level),
+        *recalibration_markdown(result, cfg),
         f"## Study level ({result.n_studies} studies, {study_unit_text(result)})", "",
         report_card_markdown(report_rows(study), cfg.ci_level, study_column=False), "",
-        "## Operating points (thresholds chosen on the val split)", "",
-        operating_points_markdown(result.operating_points, cfg.target_sensitivity), "",
+        f"## Operating points (thresholds chosen on {thresholds_source(result)})", "",
+        operating_points_markdown(result.operating_points, cfg.target_sensitivity,
+                                  "val" if result.recalibration is None else "site"), "",
         f"## Calibration ({calibration.bins} bins)", "",
         calibration_markdown(calibration), "",
         f"![Reliability diagrams]({plots['reliability']})", "",
+        *([] if result.input_gate is None else
+          ["## Input gate", "", input_gate_text(result.input_gate, result.split), ""]),
         *subgroup_markdown(result.subgroups, result.subgroup_comparisons,
                            plots.get("subgroups")),
         "## ROC and precision-recall curves", "",
         f"![ROC curves]({plots['roc']})", "",
         f"![Precision-recall curves]({plots['pr']})", ""]
     return "\n".join(lines)
+
+
+def input_gate_text(gate: InputGateSummary, split: str) -> str:
+    """One sentence: the share of the split's rows the input gate flags, with its interval."""
+    share = f"{gate.rate:.1%} [{gate.ci.low:.1%}, {gate.ci.high:.1%}]"
+    return (f"input gate: {gate.flagged} of {gate.n} {split} rows outside the training "
+            f"distribution, {share} ({1 - gate.quantile:.0%} expected of films like val's); "
+            f"{gate.method} distance on the model's features, threshold "
+            f"{gate.threshold:.4g} = the {gate.quantile:.0%} quantile of val's held-out scores "
+            f"({gate.n_fit} val films)")
 
 
 def p_text(p: float | None) -> str:
@@ -515,8 +535,10 @@ def print_report(result: EvaluationReport, path: Path, cfg: Config) -> None:
             print(text)
     calibration = result.calibration
     print(f"mean ECE {number_text(calibration.mean_ece)} ({calibration.bins} bins, "
-          f"{calibration.method} calibration fitted on val; "
+          f"{calibration.method} calibration fitted on {calibration.fitted_on}; "
           f"{number_text(calibration.mean_ece_uncalibrated)} before it)")
+    if result.input_gate is not None:
+        print(input_gate_text(result.input_gate, result.split))
 
 
 # ---- a paired comparison of two runs (evaluate.py --compare; compare.py computes the rows) ----
@@ -588,3 +610,124 @@ def reference_text(cfg: Config, adapted: Adapted) -> str:
     return (f"{adapted.title}'s labels mapped onto CheXpert's (cxr/data/{cfg.dataset}.py), "
             f"uncertain (-1) masked; labelled by (rows read): "
             f"{counts_text(adapted.label_sources)}; --label_hierarchy {adapted.hierarchy}")
+
+
+# ---- recalibration for a site (evaluate.py --dataset ... --recalibrate) --------------------------
+
+def thresholds_source(result: EvaluationReport) -> str:
+    """Where the report's thresholds were chosen: "the val split", or the site's fitting half."""
+    if result.recalibration is None:
+        return "the val split"
+    rec = result.recalibration
+    return f"the site's fitting half, {rec.n_fit} images of {rec.n_fit_patients} patients"
+
+
+def method_title(method: str, target: float) -> str:
+    return {"youden": "Youden", "target_sensitivity": f"sensitivity >= {target:g}"}[method]
+
+
+def change_text(before: float | None, after: float | None, digits: int = 4) -> str:
+    """'0.1671 -> 0.0512'."""
+    return f"{number_text(before, digits)} -> {number_text(after, digits)}"
+
+
+def auc_change_text(rec: Recalibration) -> str:
+    """"mean AUC unchanged (0.4929)": the maps are monotone, so it should always say so."""
+    before, after = rec.mean_auc_before, rec.mean_auc_after
+    if before is not None and after is not None and abs(before - after) < 1e-9:
+        return f"mean AUC unchanged ({number_text(after)})"
+    return f"mean AUC {change_text(before, after)}"
+
+
+def recalibration_notes(rec: Recalibration) -> list[str]:
+    """What the refit could not do: no map with --calibration none; classes kept from val."""
+    notes = []
+    if rec.method == "none":
+        notes.append("--calibration none: only the thresholds were refitted (no calibration "
+                     "map), so the probabilities and their ECE are the model's own before and "
+                     "after")
+    if rec.kept_from_val:
+        notes.append("val's map and thresholds kept (one label value in the fitting half, or "
+                     "not labelled by the site): " + ", ".join(rec.kept_from_val))
+    return notes
+
+
+def recalibration_text(rec: Recalibration, target: float) -> str:
+    """The terminal's lines after the recalibrated report card: the ECE and the operating
+    points' mean rates before -> after on the scoring half."""
+    lines = [f"recalibration on {rec.dataset}: fitted on {rec.n_fit} images "
+             f"({rec.n_fit_patients} patients), scored on {rec.n_score} images "
+             f"({rec.n_score_patients} patients): mean ECE {number_text(rec.ece_before)} before "
+             f"-> {number_text(rec.ece_after)} after; {auc_change_text(rec)}"]
+    for method, means in rec.mean_rates.items():
+        lines.append(f"  {method_title(method, target)}: mean sensitivity "
+                     f"{change_text(means['sensitivity_before'], means['sensitivity_after'], 3)}, "
+                     "specificity "
+                     f"{change_text(means['specificity_before'], means['specificity_after'], 3)} "
+                     f"(over the {means['classes']} classes scored)")
+    return "\n".join([*lines, *(f"  {note}" for note in recalibration_notes(rec))])
+
+
+def rate_cell(point: OperatingPoint, rate: str) -> str:
+    """'0.812 [0.701, 0.889]', or n/a."""
+    value = getattr(point, rate)
+    if value is None:
+        return "n/a"
+    return f"{number_text(value, 3)} {interval_text(*getattr(point, f'{rate}_ci'))}"
+
+
+def recalibration_rows(rec: Recalibration, method: str, with_ece: bool) -> list[list[str]]:
+    """Per class: (ECE before, after,) the threshold of val and of the site, sensitivity and
+    specificity before and after; then the means."""
+    points = {when: {p.pathology: p for p in rec.operating_points[when] if p.method == method}
+              for when in ("before", "after")}
+    rows = []
+    for label, ece in rec.ece_per_class.items():
+        before, after = points["before"][label], points["after"][label]
+        rows.append([label, *([number_text(ece["before"]), number_text(ece["after"])]
+                              if with_ece else []),
+                     number_text(before.threshold), number_text(after.threshold),
+                     rate_cell(before, "sensitivity"), rate_cell(after, "sensitivity"),
+                     rate_cell(before, "specificity"), rate_cell(after, "specificity")])
+    means = rec.mean_rates[method]
+    rows.append([f"**mean** ({means['classes']} classes)",
+                 *([number_text(rec.ece_before), number_text(rec.ece_after)] if with_ece else []),
+                 "", "", *(number_text(means[f"{rate}_{when}"], 3)
+                           for rate in ("sensitivity", "specificity")
+                           for when in ("before", "after"))])
+    return rows
+
+
+def recalibration_table(rec: Recalibration, method: str, with_ece: bool, level: float) -> str:
+    header = ["Pathology", *(["ECE before", "ECE after"] if with_ece else []),
+              "Threshold (val)", "Threshold (site)",
+              *(f"{rate} {when} [{level:.0%} CI]" for rate in ("Sensitivity", "Specificity")
+                for when in ("before", "after"))]
+    return markdown_table(header, recalibration_rows(rec, method, with_ece))
+
+
+def recalibration_markdown(result: EvaluationReport, cfg: Config) -> list[str]:
+    """The section "Recalibration for this site" of eval_<name>_recalibrated.md (none in
+    another report)."""
+    rec = result.recalibration
+    if rec is None:
+        return []
+    method = "no map (--calibration none)" if rec.method == "none" else f"{rec.method} maps"
+    return ["## Recalibration for this site", "",
+            f"The calibration ({method}) and the thresholds were refitted on the site's fitting "
+            f"half, {rec.n_fit} images of {rec.n_fit_patients} patients ({rec.share:.0%} of its "
+            f"patients, drawn with seed {rec.seed}; every image of a patient on one side). "
+            f"Everything here is measured on the other {rec.n_score_patients} patients "
+            f"({rec.n_score} images), the scoring half: *before* with the checkpoint's val maps "
+            f"and thresholds, *after* with the site's (`{rec.thresholds_file}`). The maps are "
+            f"monotone, so each class's AUC is the same before and after: "
+            f"{auc_change_text(rec)}. Mean ECE over {rec.bins} bins "
+            f"{change_text(rec.ece_before, rec.ece_after)}.", "",
+            f"### {method_title('youden', cfg.target_sensitivity)} and calibration", "",
+            recalibration_table(rec, "youden", True, cfg.ci_level), "",
+            f"### {method_title('target_sensitivity', cfg.target_sensitivity)}", "",
+            recalibration_table(rec, "target_sensitivity", False, cfg.ci_level), "",
+            *(f"- {note}" for note in recalibration_notes(rec)),
+            *([""] if recalibration_notes(rec) else []),
+            f"Use the site's file: `python predict.py --checkpoint {result.checkpoint} "
+            f"--thresholds {rec.thresholds_file} IMAGES`.", ""]
