@@ -158,13 +158,13 @@ def describe_model(predictor: Predictor) -> None:
 def show_batch(table: pd.DataFrame, predictor: Predictor) -> None:
     """Every image's probabilities as bars, its positive findings, and the CSV to download."""
     st.subheader(f"{len(table)} radiographs")
-    shown = table[["path", *(["view"] if "view" in table else []),
-                   *(["in_distribution"] if predictor.gate is not None else []),
+    gate = ["in_distribution"] if predictor.gate is not None else []  # first: in view
+    shown = table[["path", *gate, *(["view"] if "view" in table else []),
                    *predictor.labels]].copy()
     trained = predictor.trained
     flags = table[[f"{label} positive" for label in trained]].to_numpy()
-    shown.insert(1, "positive findings", ["; ".join(l for l, f in zip(trained, row) if f)
-                                          for row in flags])
+    shown.insert(1 + len(gate), "positive findings",
+                 ["; ".join(l for l, f in zip(trained, row) if f) for row in flags])
     columns = {label: st.column_config.ProgressColumn(label, min_value=0.0, max_value=1.0,
                                                       format="percent")
                for label in trained}  # an untrained label's column says NOT_TRAINED

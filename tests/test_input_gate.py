@@ -315,7 +315,8 @@ def test_evaluate_fits_the_gate_and_it_sees_foreign_inputs(demo_model, tmp_path)
     assert (run / GATE_FILE).is_file()
     report = json.loads((run / "eval_test.json").read_text())["input_gate"]
     assert report["n"] == json.loads((run / "eval_test.json").read_text())["n_images"]
-    assert 0 <= report["ci"]["low"] <= report["rate"] <= report["ci"]["high"] <= 0.1
+    assert 0 <= report["ci"]["low"] <= report["rate"] <= report["ci"]["high"]
+    assert report["rate"] <= 0.1  # about 1 % expected
     assert "input gate:" in output and "rows outside the training distribution" in output
     # foreign inputs of each kind
     test_films = sorted(str(p) for p in (demo / "CheXpert-v1.0" / "test").rglob("*frontal*.jpg"))

@@ -40,10 +40,11 @@ from cxr.data.labels import LABELS, NOT_TRAINED, RAW_VALUES, UNCERTAIN
 from cxr.errors import PipelineError
 
 KEY_COLUMNS = ("Study", "Path", "study", "path", "image_path")  # a file's key: the first found
-# Columns that are neither a key nor a label: CheXpert's metadata, predict.py's view columns and
-# what it copies from the DICOM header (predict.HEADER_COLUMNS, header_warning).
+# Columns that are neither a key nor a label: CheXpert's metadata, predict.py's view columns,
+# what it copies from the DICOM header (predict.HEADER_COLUMNS, header_warning) and the input
+# gate's (predictor.OOD_COLUMNS).
 OTHER_COLUMNS = (*META_COLUMNS[1:], "view", "views", "n_views", "ViewPosition", "PatientSex",
-                 "PatientAge", "StudyDate", "header_warning")
+                 "PatientAge", "StudyDate", "header_warning", "ood_score", "in_distribution")
 VIEW_COLUMNS = ("view", "Frontal/Lateral")  # a film's view, as predict.py reads and writes it
 VIEWS = ("frontal", "lateral", "unknown")
 FLAG_SUFFIX = " positive"  # predict.py's 0/1 decision columns, "<label> positive": not scores
