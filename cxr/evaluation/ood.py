@@ -213,32 +213,48 @@ class GateScores(nn.Module):
 
 # ---- fitting -------------------------------------------------------------------------------------
 
-def fit_arrays(features: np.ndarray, method: str, seed: int = 0) -> dict[str, np.ndarray]:
+def fit_arrays(features: np.ndarray, method: str, seed: int = 0,
+               shrinkage: float | None = None) -> dict[str, np.ndarray]:
     """What a gate keeps of one part's fitting films: kNN their features (at most MAX_REFERENCE,
-    a seeded sample), Mahalanobis their mean and the inverse of their Ledoit-Wolf shrunk
-    covariance."""
+    a seeded sample), Mahalanobis their mean and the inverse of their covariance shrunk by
+    `shrinkage` (None: Ledoit-Wolf's own for these films)."""
     if method == "knn":
         if len(features) > MAX_REFERENCE:
             keep = np.random.default_rng(seed).choice(len(features), MAX_REFERENCE, replace=False)
             features = features[np.sort(keep)]
         return {"reference": features.astype(np.float32)}
-    from sklearn.covariance import LedoitWolf  # imported here: evaluate.py alone fits
+    from sklearn.covariance import LedoitWolf, ShrunkCovariance  # evaluate.py alone fits
 
-    shrunk = LedoitWolf().fit(features.astype(np.float64))
+    shrunk = (LedoitWolf() if shrinkage is None else ShrunkCovariance(shrinkage=shrinkage)
+              ).fit(features.astype(np.float64))
     return {"mean": shrunk.location_.astype(np.float32),
             "precision": shrunk.precision_.astype(np.float32)}
 
 
 def fit_parts(features: np.ndarray, sizes: Sequence[int], method: str, scales=None,
-              seed: int = 0) -> dict[str, np.ndarray]:
-    """GateScores' arrays: each part's fit_arrays, suffixed by its index, its size and scale
-    (1 unless given)."""
+              seed: int = 0, shrinkages: Sequence[float] | None = None
+              ) -> dict[str, np.ndarray]:
+    """GateScores' arrays: each part's fit_arrays (Mahalanobis: shrunk by `shrinkages`, each
+    part's Ledoit-Wolf intensity unless given), suffixed by its index, its size and scale (1
+    unless given)."""
     arrays = {"sizes": np.asarray(sizes, dtype=np.int64),
               "scales": np.ones(len(sizes)) if scales is None else np.asarray(scales)}
     for i, part in enumerate(np.split(features, np.cumsum(sizes)[:-1], axis=1)):
+        shrinkage = None if shrinkages is None else shrinkages[i]
         arrays.update({f"{name}_{i}": value
-                       for name, value in fit_arrays(part, method, seed).items()})
+                       for name, value in fit_arrays(part, method, seed, shrinkage).items()})
     return arrays
+
+
+def ledoit_wolf_shrinkages(features: np.ndarray, sizes: Sequence[int]) -> list[float]:
+    """Each part's Ledoit-Wolf shrinkage intensity on every val film. The held-out gates and
+    the final one use these same intensities: Ledoit-Wolf shrinks less the more films it sees,
+    so a gate fitted on 9/10 of val with its own would score new films lower than the final one
+    does, and its quantile would flag several times 1 - quantile of them."""
+    from sklearn.covariance import ledoit_wolf_shrinkage
+
+    return [float(ledoit_wolf_shrinkage(part.astype(np.float64)))
+            for part in np.split(features, np.cumsum(sizes)[:-1], axis=1)]
 
 
 def part_scores(arrays: dict[str, np.ndarray], method: str, features: np.ndarray,
@@ -269,8 +285,9 @@ def held_out_scores(features: np.ndarray, patient_ids: np.ndarray, sizes: Sequen
     folds = min(FOLDS, int(groups.max()) + 1)
     scores = np.empty((len(features), len(sizes)))
     splitter = GroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    shrinkages = ledoit_wolf_shrinkages(features, sizes)
     for fit, held in splitter.split(features, groups=groups):
-        arrays = fit_parts(features[fit], sizes, method, seed=seed)
+        arrays = fit_parts(features[fit], sizes, method, seed=seed, shrinkages=shrinkages)
         scores[held] = part_scores(arrays, method, features[held], neighbours)
     return scores
 
@@ -324,7 +341,8 @@ def fit_gate(features: np.ndarray, patient_ids, quantile: float, method: str = M
     sizes = [features.shape[1]] if sizes is None else list(sizes)
     held = held_out_scores(features, patient_ids, sizes, method, NEIGHBOURS, seed)
     scales = np.quantile(held, quantile, axis=0)
-    return InputGate(method, fit_parts(features, sizes, method, scales, seed),
+    shrinkages = ledoit_wolf_shrinkages(features, sizes) if method == "mahalanobis" else None
+    return InputGate(method, fit_parts(features, sizes, method, scales, seed, shrinkages),
                      float(np.quantile((held / scales).max(axis=1), quantile)), quantile,
                      len(features), int(len(np.unique(patient_ids))))
 
