@@ -32,9 +32,10 @@ SHARED_OPTIONS = PIPELINE_OPTIONS=$(call quote,$(ARGS))
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-libauc.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps -r requirements-libauc.txt
 	touch $@
 
 demo: install

@@ -2,7 +2,7 @@ r"""Several configurations trained on the same data, seeds and budget, in one co
 
     python ablate.py --data_dir data/demo --ablation "u-ones: --uncertainty_policy U-Ones" \
         "u-zeros: --uncertainty_policy U-Zeros" "lsr: --uncertainty_policy U-Ones-LSR" \
-        [--ablation_name NAME] [--seeds N] \
+        [--ablation_name NAME] [--seeds N] [--train_fraction 0.01,0.1,1.0] \
         [any train.py / evaluate.py --field value, shared by all]
 
 A configuration is "NAME: --field value ...": a name (letters, digits, . _ -) and the options in
@@ -28,6 +28,18 @@ resampled (one draw shared by every run) and, independently for each configurati
 resampled (cxr/evaluation/seeds.py). With --seeds 1 (the default) the runs, files and table are
 as above.
 
+--train_fraction 0.01,0.1,1.0 (a label-efficiency curve): every configuration is also trained on
+each share of the training split's patients, a seeded subset nested across shares
+(cxr.data.splits.patient_subset, drawn by train.py from the run's --seed), as
+models/<ablation_name>-<NAME>-f<share>[-s<seed>]/ (log <NAME>-f<share>[-s<seed>].log); train.py
+gets --train_fraction <share>. The runs go seed by seed, and within a seed share by share
+(smallest first), each skipped or resumed as above. A configuration may not set --train_fraction
+(the shares are crossed with every configuration), and with --train_fraction one configuration
+is enough. The table compares each configuration with the baseline at each share, one block
+per share (the share in ablation.csv's train_fraction column). The default, 1.0 alone, trains on
+the whole split and names the runs as above; given at all (even as 1.0), --train_fraction also
+writes the curve.
+
 Reads  <data_dir>/splits/*.csv (through train.py and evaluate.py), each run's eval_test.json.
 Writes models/ablation-<name>/ablation.csv   one row per configuration: test mean AUC over all
                                              evaluable observations and over the competition
@@ -43,6 +55,22 @@ With --seeds N the CSV's row holds, for mean_auc and competition_auc: the mean o
 intervals); per observation "auc <label>" (mean over seeds), "auc <label> sd",
 "auc <label> s<seed>" and "diff <label>" with its two-level interval; "runs" and "seeds" list
 the runs. ablation.md shows the same, and says what the intervals cover.
+With --train_fraction (cxr/evaluation/label_efficiency.py, cxr/reporting/
+label_efficiency_report.py):
+       models/ablation-<name>/label_efficiency.csv   one row per configuration and share:
+                                             train_fraction, patients (the labelled training
+                                             patients: equal for every seed, each seed drawing
+                                             other ones; _min/_max), images (mean over seeds,
+                                             _min/_max), mean_auc with ci_low/ci_high,
+                                             competition_auc with competition_ci_low/_high
+                                             (one seed: the run's report's interval over the
+                                             test patients; several: the two-level bootstrap
+                                             over test patients and seeds), seeds,
+                                             test_patients, the runs
+       models/ablation-<name>/label_efficiency.md    the same as a table, the setup, what the
+                                             intervals cover and how many runs
+       models/ablation-<name>/label_efficiency.png   both AUCs against labelled training patients
+                                             (log scale), an interval band per configuration
 """
 
 from __future__ import annotations
@@ -66,7 +94,9 @@ from config import ACCEPTS, DATA_FIELDS, FIXED_ON_RESUME, READS, Config, validat
 from cxr.atomic import write_csv_atomic, write_text_atomic
 from cxr.cli import PIPELINE_ENV, Options, apply_options, command_line_options, given_options, \
     option_tokens, run_cli
+from cxr.data.splits import read_split
 from cxr.errors import ConfigError, PipelineError
+from cxr.evaluation.label_efficiency import CurvePoint, TrainingShare, curve_point, training_share
 from cxr.evaluation.metrics import MEANS
 from cxr.evaluation.predictions import Predictions, load_model, paired_differences, predict_split
 from cxr.evaluation.report import EvaluationReport, MeanSummary
@@ -75,6 +105,8 @@ from cxr.evaluation.seeds import SeedRuns, align_runs, mean_members, score_runs,
 from cxr.reporting.ablation_report import AblationSetup, ConfigurationRuns, markdown_report, \
     seed_markdown_report, summary_text
 from cxr.reporting.evaluation_report import read_report
+from cxr.reporting.label_efficiency_report import curve_figure, curve_markdown, curve_rows, \
+    curve_text, figure_title, ordered
 from cxr.training.checkpoint import load_checkpoint
 from cxr.training.run_folder import read_run_config
 from cxr.training.runtime import choose_device
@@ -124,11 +156,14 @@ def parse_configuration(spec: str) -> Configuration:
     return Configuration(name, words)
 
 
-def resolve_configurations(shared: Config, given: Options) -> list[Configuration]:
+def resolve_configurations(shared: Config, given: Options, curve: bool = False
+                           ) -> list[Configuration]:
     """Parse and check every configuration of shared.ablation before anything trains; the first
-    is the baseline. `given`: the shared options, by field (those ablate.py was given)."""
-    if len(shared.ablation) < 2:
-        raise ConfigError("ablate.py compares at least two configurations: --ablation "
+    is the baseline. `given`: the shared options, by field (those ablate.py was given); `curve`:
+    --train_fraction was given, and one configuration's label-efficiency curve is enough."""
+    if len(shared.ablation) < (1 if curve else 2):
+        raise ConfigError("ablate.py compares at least two configurations (with --train_fraction, "
+                          "one is enough for its label-efficiency curve): --ablation "
                           "\"NAME: --field value ...\" \"NAME2: --field value ...\"")
     taken = sorted(set(given) & set(SET_BY_ABLATE))
     if taken:
@@ -148,6 +183,10 @@ def resolve_configurations(shared: Config, given: Options) -> list[Configuration
         except ConfigError as err:
             raise ConfigError(f"{where}: {err}") from None
         own = set(configuration.given)
+        if "train_fraction" in own:
+            raise ConfigError(f"{where} sets --train_fraction: ablate.py trains every "
+                              "configuration on every share; give the shares once, outside "
+                              "--ablation (e.g. --train_fraction 0.1,1.0)")
         owned = sorted(own & set(SET_BY_ABLATE))
         if owned:
             raise ConfigError(f"{where} sets --{owned[0]}: ablate.py sets it for every run")
@@ -190,28 +229,34 @@ def ablation_name(cfg: Config) -> str:
     return name
 
 
-def run_dir_of(configuration: Configuration, name: str, seed: int | None = None) -> Path:
-    """models/<name>-<NAME>, or models/<name>-<NAME>-s<seed> for one seed of several."""
-    suffix = "" if seed is None else f"-s{seed}"
+def run_dir_of(configuration: Configuration, name: str, seed: int | None = None,
+               fraction: float | None = None) -> Path:
+    """models/<name>-<NAME>, with -f<share> for one --train_fraction share of several (or of one
+    below 1) and -s<seed> for one seed of several: models/<name>-<NAME>-f0.1-s43."""
+    suffix = ("" if fraction is None else f"-f{fraction}") + ("" if seed is None else f"-s{seed}")
     return Path(configuration.cfg.models_dir) / f"{name}-{configuration.name}{suffix}"
 
 
-# ---- the runs: one per configuration and seed ----------------------------------------------------
+# ---- the runs: one per configuration, training share and seed ------------------------------------
 
 @dataclass
 class Run:
     """One training of a configuration: its only one (--seeds 1, named as before), or one of
-    several seeds (named -s<seed>, trained with --seed <seed>)."""
+    several seeds (named -s<seed>, trained with --seed <seed>); on the whole training split (as
+    before), or on one --train_fraction share (named -f<share>, trained with --train_fraction)."""
 
-    configuration: Configuration  # its cfg holds this run's seed
+    configuration: Configuration  # its cfg holds this run's seed and training share
     seed: int
     run_dir: Path
     seeded: bool  # one of --seeds N > 1
+    fraction: float | None = None  # its --train_fraction share; None: the whole split, as before
 
     @property
     def title(self) -> str:
-        """'base' or 'base-s43': how the progress lines and the log file name it."""
-        return f"{self.configuration.name}-s{self.seed}" if self.seeded else self.configuration.name
+        """'base', 'base-s43', 'base-f0.1' or 'base-f0.1-s43': how the progress lines and the
+        log file name it."""
+        return (self.configuration.name + ("" if self.fraction is None else f"-f{self.fraction}")
+                + (f"-s{self.seed}" if self.seeded else ""))
 
 
 def seed_list(cfg: Config) -> list[int]:
@@ -219,20 +264,36 @@ def seed_list(cfg: Config) -> list[int]:
     return [cfg.seed + offset for offset in range(cfg.seeds)]
 
 
-def runs_of(configuration: Configuration, name: str, seeds: list[int]) -> list[Run]:
-    """The configuration's runs, one per seed; with one seed, its run as without --seeds."""
-    if len(seeds) == 1:
-        return [Run(configuration, seeds[0], run_dir_of(configuration, name), seeded=False)]
-    return [Run(dataclasses.replace(configuration,
-                                    cfg=dataclasses.replace(configuration.cfg, seed=seed)),
-                seed, run_dir_of(configuration, name, seed), seeded=True) for seed in seeds]
+def fraction_list(cfg: Config) -> list[float | None]:
+    """The --train_fraction shares every configuration is trained on, smallest first; [None]
+    for the whole split alone (the default, 1.0): its runs are named and trained as before."""
+    fractions = cfg.train_fraction
+    repeated = sorted({f for f in fractions if fractions.count(f) > 1})
+    if repeated:
+        raise ConfigError(f"--train_fraction names {repeated[0]:g} twice: give each share once")
+    return [None] if fractions == (1.0,) else sorted(fractions)
 
 
-def training_order(configurations: list[Configuration], runs: dict[str, list[Run]]
+def runs_of(configuration: Configuration, name: str, seeds: list[int],
+            fraction: float | None = None) -> list[Run]:
+    """The configuration's runs on one training share (None: the whole split, named as before),
+    one per seed; with one seed, its run as without --seeds."""
+    cfg = configuration.cfg
+    if fraction is not None:
+        cfg = dataclasses.replace(cfg, train_fraction=(fraction,))
+    seeded = len(seeds) > 1
+    return [Run(dataclasses.replace(configuration, cfg=dataclasses.replace(cfg, seed=seed)),
+                seed, run_dir_of(configuration, name, seed if seeded else None, fraction),
+                seeded, fraction) for seed in seeds]
+
+
+def training_order(configurations: list[Configuration], blocks: list[dict[str, list[Run]]]
                    ) -> list[Run]:
-    """Seed by seed: every configuration's first seed, then the next. A long ablation stopped
-    part-way has as many seeds of every configuration (give or take one)."""
-    return [runs[c.name][index] for index in range(len(runs[configurations[0].name]))
+    """Seed by seed, and within a seed share by share (smallest first): every configuration's
+    first seed on each share, then the next seed. A long ablation stopped part-way has a whole
+    curve of its first seeds, and as many seeds of every configuration (give or take one)."""
+    n_seeds = len(blocks[0][configurations[0].name])
+    return [runs[c.name][index] for index in range(n_seeds) for runs in blocks
             for c in configurations]
 
 
@@ -274,12 +335,15 @@ def stream(command: list[str], log_path: Path) -> int:
 
 
 def stage_options(script: str, shared: Options, configuration: Configuration,
-                  seed: int | None = None) -> list[str]:
+                  seed: int | None = None, fraction: float | None = None) -> list[str]:
     """The shared options, then the configuration's own, that `script` reads (config.ACCEPTS).
-    `seed`: a run's seed of several, given to train.py (evaluate.py reads no seed)."""
+    `seed`: a run's seed of several, `fraction`: its --train_fraction share, given to train.py
+    (evaluate.py reads neither: it scores the whole test split)."""
     merged = {**shared, **configuration.given}
     if seed is not None and script == "train.py":
         merged["seed"] = [str(seed)]
+    if fraction is not None and script == "train.py":
+        merged["train_fraction"] = [str(fraction)]
     return option_tokens({name: tokens for name, tokens in merged.items()
                           if name in ACCEPTS[script]})
 
@@ -350,7 +414,8 @@ def train_and_evaluate(run: Run, shared: Options, out_dir: Path, position: str) 
         print(f"{title}: {configuration.options_text} -> {run_dir}"
               + (" (resuming its interrupted run)" if resume else ""), flush=True)
         seed = run.seed if run.seeded else None
-        run_step("train.py", [*stage_options("train.py", shared, configuration, seed),
+        run_step("train.py", [*stage_options("train.py", shared, configuration, seed,
+                                             run.fraction),
                               "--run_name", run_dir.name,
                               *(["--resume", "auto"] if resume else [])],
                  configuration, log_path)
@@ -415,25 +480,26 @@ def table_row(configuration: Configuration, run_dir: Path, report: EvaluationRep
     return row
 
 
-def build_table(configurations: list[Configuration], name: str
+def build_table(configurations: list[Configuration], runs: dict[str, list[Run]]
                 ) -> tuple[list[dict], dict[str, MeanSummary], tuple[str, ...]]:
-    """(rows, the baseline's means at the table's level, labels) from the runs' eval_test.json
-    and predictions."""
-    reports = {c.name: read_report(run_dir_of(c, name) / f"eval_{SPLIT}.json")
-               for c in configurations}
+    """(rows, the baseline's means at the table's level, labels) from the runs' (one per
+    configuration) eval_test.json and predictions."""
+    only = {c.name: runs[c.name][0] for c in configurations}
+    reports = {name: read_report(run.run_dir / f"eval_{SPLIT}.json") for name, run in only.items()}
     baseline, *others = configurations
     print(f"ablate: paired differences to {baseline.name} on the {SPLIT} split", flush=True)
     level = table_level(configurations)
-    base_preds = test_predictions(baseline, run_dir_of(baseline, name))
+    base = only[baseline.name]
+    base_preds = test_predictions(base.configuration, base.run_dir)
     labels = base_preds.labels
-    rows = [table_row(baseline, run_dir_of(baseline, name), reports[baseline.name], None, labels,
-                      level)]
+    rows = [table_row(baseline, base.run_dir, reports[baseline.name], None, labels, level)]
     for configuration in others:
-        preds = test_predictions(configuration, run_dir_of(configuration, name))
+        run = only[configuration.name]
+        preds = test_predictions(run.configuration, run.run_dir)
         differences, _ = paired_differences(base_preds, preds, baseline.cfg,
                                             per_study=level == "study")
-        rows.append(table_row(configuration, run_dir_of(configuration, name),
-                              reports[configuration.name], differences, labels, level))
+        rows.append(table_row(configuration, run.run_dir, reports[configuration.name],
+                              differences, labels, level))
     return rows, reports[baseline.name].level(level).means, labels
 
 
@@ -505,62 +571,110 @@ def build_seed_table(configurations: list[Configuration], runs: dict[str, list[R
     return rows, aligned.labels
 
 
+# ---- the label-efficiency curve (--train_fraction) ----------------------------------------------
+
+def training_shares(cfg: Config, fractions: list[float | None], seeds: list[int]
+                    ) -> dict[float, TrainingShare]:
+    """{share: what it holds for each seed}, drawn from <data_dir>/splits/train.csv as train.py
+    draws it (cxr.data.splits.patient_subset with the run's share and seed)."""
+    train = read_split(cfg.splits_dir / "train.csv")
+    shares = [1.0 if fraction is None else fraction for fraction in fractions]
+    return {share: training_share(train, share, seeds) for share in shares}
+
+
+def curve_points(tables: list[tuple[float, list[dict]]], shares: dict[float, TrainingShare],
+                 configurations: list[Configuration]) -> list[CurvePoint]:
+    """One point per configuration and share, from each share's table rows: configuration by
+    configuration, each from the smallest share."""
+    points = [curve_point(row, shares[share]) for share, rows in tables for row in rows]
+    return ordered(points, [c.name for c in configurations])
+
+
+def write_curve(points: list[CurvePoint], shares: dict[float, TrainingShare],
+                setup: AblationSetup, out_dir: Path) -> None:
+    """label_efficiency.csv, .md and .png in out_dir."""
+    names = [c.name for c in setup.configurations]
+    write_csv_atomic(pd.DataFrame(curve_rows(points)), out_dir / "label_efficiency.csv")
+    curve_figure(points, names, out_dir / "label_efficiency.png", figure_title(points, setup))
+    write_text_atomic(curve_markdown(points, list(shares.values()), setup,
+                                     "label_efficiency.png"), out_dir / "label_efficiency.md")
+
+
 # ---- main ----------------------------------------------------------------------------------------
 
 def ablation_command(shared: Options, configurations: list[Configuration], name: str,
-                     cfg: Config) -> str:
+                     cfg: Config, curve: bool = False) -> str:
     """The command that runs this ablation, and continues it when re-run."""
     return shlex.join(["python", "ablate.py", *option_tokens(shared), "--ablation",
                        *[f"{c.name}: {shlex.join(c.options)}".rstrip() for c in configurations],
                        "--ablation_name", name,
+                       *(["--train_fraction", ",".join(map(str, cfg.train_fraction))]
+                         if curve else []),
                        *(["--seeds", str(cfg.seeds)] if cfg.seeds > 1 else [])])
 
 
-def announce(configurations: list[Configuration], order: list[Run], seeds: list[int], name: str,
-             cfg: Config) -> None:
+def announce(configurations: list[Configuration], order: list[Run], seeds: list[int],
+             shares: dict[float, TrainingShare], crossed: bool, name: str, cfg: Config) -> None:
+    runs = (f"{cfg.models_dir}/{name}-<configuration>" + ("-f<share>" if crossed else "")
+            + ("-s<seed>" if cfg.seeds > 1 else ""))
+    crossing = [f"{len(configurations)} configuration{'s' * (len(configurations) != 1)}"]
+    if crossed:
+        crossing.append(f"{len(shares)} training shares ("
+                        + ", ".join(f"{share:g}: {count.mean_patients:g} patients"
+                                    for share, count in shares.items()) + ")")
     if cfg.seeds > 1:
-        print(f"ablate: {len(configurations)} configurations x {cfg.seeds} seeds "
-              f"({', '.join(map(str, seeds))}) = {len(order)} runs, {cfg.epochs} epochs, data "
-              f"{cfg.data_dir}; runs {cfg.models_dir}/{name}-<configuration>-s<seed>", flush=True)
-    else:
-        print(f"ablate: {len(configurations)} configurations, seed {cfg.seed}, {cfg.epochs} "
-              f"epochs, data {cfg.data_dir}; runs {cfg.models_dir}/{name}-<configuration>",
-              flush=True)
+        crossing.append(f"{cfg.seeds} seeds ({', '.join(map(str, seeds))})")
+    what = (" x ".join(crossing) + f" = {len(order)} runs" if len(crossing) > 1
+            else f"{len(configurations)} configurations, seed {cfg.seed}")
+    print(f"ablate: {what}, {cfg.epochs} epochs, data {cfg.data_dir}; runs {runs}", flush=True)
 
 
 def setup_of(configurations: list[Configuration], runs: dict[str, list[Run]], name: str,
-             command: str, cfg: Config) -> AblationSetup:
-    """What the documents say of how the ablation was run."""
+             command: str, cfg: Config, share: TrainingShare | None = None) -> AblationSetup:
+    """What the documents say of how the ablation was run (`share`: the runs' training share,
+    when they train on one of --train_fraction's)."""
     return AblationSetup(name, command, SPLIT,
                          [ConfigurationRuns(c.name, c.options_text,
                                             [run.run_dir for run in runs[c.name]],
                                             [run.seed for run in runs[c.name]])
-                          for c in configurations], cfg)
+                          for c in configurations], cfg, share)
 
 
 def tabulate(configurations: list[Configuration], runs: dict[str, list[Run]],
              setup: AblationSetup) -> tuple[list[dict], str]:
-    """ablation.csv's rows and ablation.md: across the seeds with --seeds N > 1."""
+    """ablation.csv's rows and ablation.md of one training share: across the seeds with
+    --seeds N > 1."""
     if setup.cfg.seeds > 1:
         rows, labels = build_seed_table(configurations, runs)
         return rows, seed_markdown_report(rows, setup, labels)
-    rows, means, labels = build_table(configurations, setup.name)
+    rows, means, labels = build_table(configurations, runs)
     return rows, markdown_report(rows, setup, means, labels)
+
+
+def with_share(rows: list[dict], fraction: float) -> list[dict]:
+    """The rows of one share of several, the share in a column after the configuration's."""
+    return [{"configuration": row["configuration"], "train_fraction": fraction, **row}
+            for row in rows]
 
 
 def main(cfg: Config, given: Options) -> None:
     """`given`: the options ablate.py was given (its command line and PIPELINE_OPTIONS), by
     field (cli.given_options); each stage gets those it reads."""
     shared = {key: tokens for key, tokens in given.items() if key not in OWN}
-    configurations = resolve_configurations(cfg, shared)
+    curve = "train_fraction" in given  # label_efficiency.* are written
+    configurations = resolve_configurations(cfg, shared, curve)
     name = ablation_name(cfg)
     seeds = seed_list(cfg)
-    command = ablation_command(shared, configurations, name, cfg)
+    fractions = fraction_list(cfg)  # [None]: the whole split, runs as without --train_fraction
+    crossed = fractions != [None]
+    shares = training_shares(cfg, fractions, seeds) if curve else {}
+    command = ablation_command(shared, configurations, name, cfg, curve)
     out_dir = Path(cfg.models_dir) / f"ablation-{name}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs = {c.name: runs_of(c, name, seeds) for c in configurations}
-    order = training_order(configurations, runs)
-    announce(configurations, order, seeds, name, cfg)
+    blocks = {fraction: {c.name: runs_of(c, name, seeds, fraction) for c in configurations}
+              for fraction in fractions}
+    order = training_order(configurations, list(blocks.values()))
+    announce(configurations, order, seeds, shares, crossed, name, cfg)
     try:
         for index, run in enumerate(order, 1):
             train_and_evaluate(run, shared, out_dir, f"{index}/{len(order)}")
@@ -568,14 +682,31 @@ def main(cfg: Config, given: Options) -> None:
         print(f"\nablate: stopped; finished runs are kept and an interrupted run resumes from "
               f"its last.pth. Continue with:\n  {command}", flush=True)
         raise SystemExit(stopped.code) from None
-    setup = setup_of(configurations, runs, name, command, cfg)
-    rows, markdown = tabulate(configurations, runs, setup)
+    rows, markdowns, tables = [], [], []
+    for fraction, runs in blocks.items():
+        setup = setup_of(configurations, runs, name, command, cfg,
+                         None if fraction is None else shares[fraction])
+        block_rows, markdown = tabulate(configurations, runs, setup)
+        print(summary_text(block_rows, setup))
+        rows += block_rows if fraction is None else with_share(block_rows, fraction)
+        markdowns.append(markdown)
+        tables.append((1.0 if fraction is None else fraction, block_rows))
     write_csv_atomic(pd.DataFrame(rows), out_dir / "ablation.csv")
-    write_text_atomic(markdown, out_dir / "ablation.md")
-    print(summary_text(rows, setup))
-    logs = "<configuration>-s<seed>.log" if cfg.seeds > 1 else "<configuration>.log"
-    print(f"\nablate: wrote {out_dir}/ablation.csv, ablation.md ({len(rows)} configurations; "
-          f"per-observation AUCs in both, logs in {out_dir}/{logs})")
+    write_text_atomic("\n".join(markdowns), out_dir / "ablation.md")
+    wrote = "ablation.csv, ablation.md"
+    if curve:
+        setup = setup_of(configurations, blocks[fractions[0]], name, command, cfg)
+        points = curve_points(tables, shares, configurations)
+        write_curve(points, shares, setup, out_dir)
+        print(f"\nLabel efficiency {name}: {SPLIT} AUC against labelled training patients\n"
+              + curve_text(points, cfg.ci_level))
+        wrote += ", label_efficiency.csv, .md, .png"
+    logs = (f"<configuration>{'-f<share>' if crossed else ''}"
+            f"{'-s<seed>' if cfg.seeds > 1 else ''}.log")
+    per_share = f" x {len(fractions)} shares" if crossed else ""
+    print(f"\nablate: wrote {out_dir}/{wrote} ({len(configurations)} configuration"
+          f"{'s' * (len(configurations) != 1)}{per_share}; "
+          f"per-observation AUCs in ablation.*, logs in {out_dir}/{logs})")
 
 
 if __name__ == "__main__":

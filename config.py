@@ -116,6 +116,15 @@ class Config:
     pretrained: bool = setting(True, "train.py")
     # optional local file with those weights (densenet121-a639ec97.pth)
     pretrained_path: str = setting("", "train.py")
+    # start the backbone from these weights instead of ImageNet's (whatever --pretrained says): a
+    # file (torchxrayvision, LibAUC or CheXNet DenseNet121, a torchvision state dict of
+    # --backbone, or a checkpoint of this pipeline), or a torchxrayvision weights name
+    # (densenet121-res224-all); their input convention (channels, pixel scaling) goes with them
+    # into the checkpoint (model_architecture.INIT_FORMATS, docs/training.md)
+    init: str = setting("", "train.py", fixed_on_resume=True)
+    # what --init holds; auto: told from its keys
+    init_format: Literal["auto", "torchxrayvision", "libauc", "chexnet", "torchvision",
+                         "checkpoint"] = setting("auto", "train.py", fixed_on_resume=True)
     # initial GeM exponent (learnable); 1 = average pooling
     gem_p: float = setting(3.0, "train.py", fixed_on_resume=True)
     # DenseNet's dense layers recomputed in the backward pass instead of kept (torch.utils.
@@ -126,6 +135,25 @@ class Config:
     dropout: float = setting(0.2, "train.py", fixed_on_resume=True)
 
     # ---- training (train.py) ------------------------------------------------------------------
+    # the training loss: bce (masked, positive-weighted), focal (the same, down-weighting easy
+    # labels by (1 - p_t)^focal_gamma) or aucm (LibAUC's AUC-margin loss, trained with its PESG
+    # optimizer; fine-tune a BCE run with --init RUN/best.pth, LibAUC's two-stage recipe)
+    loss: Literal["bce", "focal", "aucm"] = setting("bce", "train.py", fixed_on_resume=True)
+    # --loss focal: the focusing exponent (0 = BCE)
+    focal_gamma: float = setting(2.0, "train.py", fixed_on_resume=True)
+    # --loss aucm: the margin of the AUC-margin loss
+    aucm_margin: float = setting(1.0, "train.py", fixed_on_resume=True)
+    # --loss aucm: PESG's learning rate (LibAUC's CheXpert recipe: 0.1), in place of lr_head and
+    # lr_backbone
+    aucm_lr: float = setting(0.1, "train.py", fixed_on_resume=True)
+    # --loss aucm: PESG's epoch_decay, the pull towards its reference point: the average weights
+    # of the previous epoch (0 in the first, as LibAUC's; cxr/training/aucm.py)
+    aucm_epoch_decay: float = setting(2e-3, "train.py", fixed_on_resume=True)
+    # train.py: train on this share of the training split's patients (a seeded subset, nested:
+    # each smaller share's patients are within the larger's); ablate.py: several shares, each
+    # crossed with every configuration and seed (a label-efficiency curve)
+    train_fraction: tuple[float, ...] = setting((1.0,), "train.py", "ablate.py",
+                                                fixed_on_resume=True)
     # how uncertain (-1) labels train; labels.py
     uncertainty_policy: UncertaintyPolicy = setting("U-Ones", "train.py", fixed_on_resume=True)
     # exceptions: Edema=U-Ones,Atelectasis=U-Ignore
@@ -382,6 +410,19 @@ def validate(cfg: Config) -> Config:
     if not 0.5 <= cfg.ood_quantile < 1.0:
         raise ConfigError(f"--ood_quantile must be at least 0.5 and below 1, got "
                           f"{cfg.ood_quantile} (0.99 flags about 1 % of in-distribution films)")
+    if not cfg.train_fraction or not all(0.0 < f <= 1.0 for f in cfg.train_fraction):
+        raise ConfigError(f"--train_fraction must be shares in (0, 1], e.g. 0.1 or "
+                          f"0.01,0.1,1.0 (ablate.py); got {cfg.train_fraction}")
+    if cfg.focal_gamma < 0 or cfg.aucm_margin <= 0 or cfg.aucm_lr <= 0 or cfg.aucm_epoch_decay < 0:
+        raise ConfigError("--focal_gamma and --aucm_epoch_decay must be 0 or more, --aucm_margin "
+                          "and --aucm_lr above 0")
+    multiclass = [entry for entry in (f"every label={cfg.uncertainty_policy}",
+                                      *cfg.uncertainty_policy_by_class)
+                  if entry.partition("=")[2].strip() == "U-MultiClass"]
+    if cfg.loss != "bce" and multiclass:
+        raise ConfigError(f"--loss {cfg.loss} needs binary labels, but U-MultiClass gives "
+                          f"{', '.join(entry.partition('=')[0] for entry in multiclass)} three "
+                          "classes: use --loss bce, or another --uncertainty_policy")
     if not 0.0 < cfg.recalibration_share < 1.0:
         raise ConfigError(f"--recalibration_share must be between 0 and 1 (the share of the "
                           f"site's patients that fit), got {cfg.recalibration_share}")

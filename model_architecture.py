@@ -1,4 +1,5 @@
-"""A torchvision backbone + GeM pooling + dropout + linear head, and loading ImageNet weights.
+"""A torchvision backbone + GeM pooling + dropout + linear head, and loading its starting weights
+(torchvision's ImageNet weights, or --init's chest X-ray weights with their input convention).
 
     backbone (last feature map, C x H/32 x W/32) -> ReLU -> GeM -> Dropout -> Linear(C, 14)
 
@@ -17,17 +18,17 @@ restricted to positive and negative, as the CheXpert paper scores U-MultiClass.
 Training's BCE with positive weight w drives a label's logit to the calibrated one + log w; the
 model's label logits (forward without raw) subtract that offset (the logit_offset buffer, set by
 train.py from the training split and saved in every checkpoint), so every consumer gets logits
-whose sigmoid estimates the probability.
+whose sigmoid estimates the probability. --loss focal and aucm move the logits by no known
+amount: their offset is 0, and evaluate.py's calibration fitted on val maps their scores.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 from urllib.error import URLError
 
 import torch
@@ -39,6 +40,8 @@ from config import Config
 from cxr.data.labels import LABELS
 from cxr.errors import PipelineError
 from cxr.training.checkpoint import load_weights, recorded_config
+from cxr.training.losses import output_starts
+from cxr.training.starting_weights import StartingWeights, starting_weights, torchvision_layout
 
 # ---- backbones -------------------------------------------------------------------------------------
 
@@ -88,12 +91,19 @@ BACKBONES: dict[str, Backbone] = {
 }
 
 
-def backbone_network(name: str, memory_efficient: bool = False) -> nn.Module:
-    """The whole torchvision network of a backbone, randomly initialised."""
+def backbone_network(name: str, memory_efficient: bool = False, channels: int = 3) -> nn.Module:
+    """The whole torchvision network of a backbone, randomly initialised; its first convolution
+    takes `channels` (torchxrayvision's DenseNet121 takes the grey film as one)."""
     spec = BACKBONES[name]
-    if memory_efficient:  # config.validate allows it for the DenseNets only
-        return spec.build(weights=None, memory_efficient=True)
-    return spec.build(weights=None)
+    # config.validate allows memory_efficient for the DenseNets only
+    network = spec.build(weights=None, **({"memory_efficient": True} if memory_efficient else {}))
+    if channels != 3:
+        name_of_first = next(key for key, m in network.named_modules() if isinstance(m, nn.Conv2d))
+        conv = network.get_submodule(name_of_first)
+        network.set_submodule(name_of_first, nn.Conv2d(
+            channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+            bias=conv.bias is not None))
+    return network
 
 
 def first_conv(module: nn.Module) -> nn.Conv2d:
@@ -118,31 +128,30 @@ class GeM(nn.Module):
         return F.adaptive_avg_pool2d(x, 1).flatten(1).pow(1.0 / self.p)
 
 
-def output_starts(multiclass: tuple[bool, ...]) -> torch.Tensor:
-    """Index of each label's first output: one logit per binary label, three (negative,
-    positive, uncertain) per U-MultiClass label, in label order."""
-    widths = torch.tensor([3 if flag else 1 for flag in multiclass])
-    return torch.cumsum(widths, 0) - widths
-
-
 class CheXpertNet(nn.Module):
     """Takes grayscale radiographs as they come from the loader: B x 1 x H x W uint8 (0-255).
 
-    Normalisation with the training set's pixel mean/std (stored as buffers, so they travel in
-    every checkpoint) and the copy to 3 channels for the ImageNet backbone happen here, on the
-    device. Float input in [0, 1] with 1 or 3 channels is accepted too.
+    The input convention of its weights is applied here, on the device: the film copied to the
+    backbone's `in_channels` (3 for ImageNet weights, 1 for torchxrayvision's), then each channel
+    standardised with its pixel mean/std (the training split's, or the source's own: cxr/training/
+    starting_weights.py). Both are buffers, so they travel in every checkpoint. Float input in
+    [0, 1] with 1 or 3 channels is accepted too.
     """
 
     def __init__(self, num_classes: int = len(LABELS), gem_p: float = 3.0, dropout: float = 0.2,
-                 pixel_mean: float = 0.5, pixel_std: float = 0.25,
+                 pixel_mean: float | Sequence[float] = 0.5,
+                 pixel_std: float | Sequence[float] = 0.25,
                  multiclass: tuple[bool, ...] | None = None, fusion: str = "mean",
-                 memory_efficient: bool = False, backbone: str = "densenet121"):
+                 memory_efficient: bool = False, backbone: str = "densenet121",
+                 in_channels: int = 3):
         super().__init__()
-        self.register_buffer("pixel_mean", torch.tensor(float(pixel_mean)))
-        self.register_buffer("pixel_std", torch.tensor(float(pixel_std)))
+        # one value for every channel, or one per channel
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1))
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1))
+        self.in_channels = in_channels
         spec = BACKBONES[backbone]
         self.backbone_name = backbone
-        self.backbone = spec.features(backbone_network(backbone, memory_efficient))
+        self.backbone = spec.features(backbone_network(backbone, memory_efficient, in_channels))
         self.early_stage = spec.early  # a path in self.backbone (Backbone.early)
         self.pool = GeM(gem_p)
         self.dropout = nn.Dropout(dropout)
@@ -158,8 +167,16 @@ class CheXpertNet(nn.Module):
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        x = (x - self.pixel_mean) / self.pixel_std
-        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        if x.shape[1] != self.in_channels:  # the grey film copied, or 3 equal channels averaged
+            x = x.expand(-1, 3, -1, -1) if self.in_channels == 3 else x.mean(1, keepdim=True)
+        return (x - self.pixel_mean.view(1, -1, 1, 1)) / self.pixel_std.view(1, -1, 1, 1)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("pixel_mean", "pixel_std"):  # checkpoints before --init: 0-d buffers
+            key = prefix + name
+            if key in state_dict and state_dict[key].ndim == 0:
+                state_dict[key] = state_dict[key].view(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, images, raw: bool = False) -> torch.Tensor:
         """One logit per label, the positive-weight offset removed; `raw` gives the head's
@@ -236,17 +253,30 @@ def fusion_of(cfg: Config) -> str:
 
 
 def build_model(cfg: Config, normalization: dict | None = None,
-                num_classes: int = len(LABELS)) -> CheXpertNet:
-    """The model for a config; ImageNet weights in the backbone when cfg.pretrained.
+                num_classes: int = len(LABELS), start: StartingWeights | None = None
+                ) -> CheXpertNet:
+    """The model for a config. Its backbone starts from `start` (--init: starting_weights_of)
+    when given, else from ImageNet's weights when cfg.pretrained, else at random.
 
-    `normalization` is the {"mean", "std"} of the training pixels (stats.json).
+    `normalization` is the checkpoint's record of the input convention: the pixel "mean" and
+    "std" (one value, or one per channel) and the backbone's input "channels" (3 if absent);
+    the training split's stats.json, or start.normalization(stats) with --init.
     """
     norm = normalization or {"mean": cfg.fallback_mean, "std": cfg.fallback_std}
     model = CheXpertNet(num_classes, cfg.gem_p, cfg.dropout, norm["mean"], norm["std"],
-                        multiclass_of(cfg), fusion_of(cfg), cfg.memory_efficient, cfg.backbone)
-    if cfg.pretrained:
+                        multiclass_of(cfg), fusion_of(cfg), cfg.memory_efficient, cfg.backbone,
+                        norm.get("channels", 3))
+    if start is not None:
+        model.backbone.load_state_dict(backbone_state_from_start(start, cfg.backbone,
+                                                                 model.in_channels))
+    elif cfg.pretrained:
         model.backbone.load_state_dict(imagenet_backbone_state(cfg.backbone, cfg.pretrained_path))
     return model
+
+
+def starting_weights_of(cfg: Config) -> StartingWeights | None:
+    """What --init gives a fresh run (cxr/training/starting_weights.py); None without it."""
+    return starting_weights(cfg.init, cfg.init_format, cfg.backbone) if cfg.init else None
 
 
 def model_from_checkpoint(checkpoint: dict) -> tuple[CheXpertNet, Config]:
@@ -257,17 +287,12 @@ def model_from_checkpoint(checkpoint: dict) -> tuple[CheXpertNet, Config]:
     defaults, so evaluate.py, predict.py, export.py and app.py all see the model that was trained.
     """
     trained = recorded_config(checkpoint["config"], Config)
-    built = dataclasses.replace(trained, pretrained=False, memory_efficient=False)
+    built = dataclasses.replace(trained, pretrained=False, init="", memory_efficient=False)
     model = build_model(built, checkpoint["normalization"], len(checkpoint["labels"]))
     return load_weights(model, checkpoint), trained
 
 
 # ---- ImageNet weights ------------------------------------------------------------------------------
-
-# DenseNet files saved by old torchvision name layers "norm.1"; current modules are "norm1".
-# torchvision remaps them the same way when it loads these weights itself.
-_OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
-
 
 def weights_url(backbone: str) -> str:
     return BACKBONES[backbone].weights.url
@@ -310,11 +335,51 @@ def backbone_state_from_imagenet(state: dict[str, torch.Tensor], backbone: str =
     names) -> our backbone's keys. The whole network loads it strictly first, so a file of
     another network is refused, not half-loaded."""
     network = backbone_network(backbone)
-    renamed = {_OLD_KEY.sub(r"\1\2", key): value for key, value in state.items()}
+    # DenseNet files saved by old torchvision name layers "norm.1"; torchvision remaps them the
+    # same way when it loads these weights itself
     try:
-        network.load_state_dict(renamed)
+        network.load_state_dict(torchvision_layout(state, "torchvision"))
     except RuntimeError as err:
         expected = Path(weights_url(backbone)).name
         raise PipelineError(f"{source} does not hold torchvision's ImageNet {backbone} weights "
                             f"(expected {expected}): {str(err).splitlines()[0][:200]}") from None
+    return BACKBONES[backbone].features(network).state_dict()
+
+
+# ---- --init: a source's weights (cxr/training/starting_weights.py) -------------------------------
+
+def head_keys(network: nn.Module, backbone: str) -> set[str]:
+    """The whole network's state-dict keys outside the part kept as our backbone (its
+    classifier): a source's own head, dropped."""
+    kept = {id(t) for t in
+            BACKBONES[backbone].features(network).state_dict(keep_vars=True).values()}
+    return {key for key, t in network.state_dict(keep_vars=True).items() if id(t) not in kept}
+
+
+def backbone_state_from_start(start: StartingWeights, backbone: str, channels: int
+                              ) -> dict[str, torch.Tensor]:
+    """--init's weights under our backbone's keys: the source's whole network loaded strictly
+    but for its classifier (dropped, whatever its size), so weights of another network are
+    refused, not half-loaded."""
+    if start.backbone_keys:
+        if start.backbone != backbone:
+            raise PipelineError(f"--init: the checkpoint's backbone is {start.backbone}; train it "
+                                f"with --backbone {start.backbone}, not {backbone}")
+        return start.state
+    network = backbone_network(backbone, channels=channels)
+    head = head_keys(network, backbone)
+    state = {key: value for key, value in start.state.items()
+             if key not in head and not key.startswith(("classifier.", "fc."))}
+    try:
+        missing, unexpected = network.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # a tensor of another shape: another network
+        raise PipelineError(f"--init: the {start.format} weights do not fit {backbone} "
+                            f"({str(err).splitlines()[-1].strip()[:200]}); check --init_format "
+                            "and --backbone") from None
+    missing = sorted(set(missing) - head)
+    if missing or unexpected:
+        raise PipelineError(
+            f"--init: the {start.format} weights do not fit {backbone} (missing "
+            f"{missing[:3]}, unexpected {sorted(unexpected)[:3]}); check --init_format and "
+            "--backbone")
     return BACKBONES[backbone].features(network).state_dict()

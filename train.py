@@ -47,16 +47,18 @@ from tqdm import tqdm
 
 from config import Config
 from cxr.cli import given_fields, run_cli
-from cxr.data.labels import LABELS, class_policies, evaluation_targets, logit_offsets, \
-    masked_counts, multiclass_flags, positive_class_weights, trained_labels
+from cxr.data.labels import LABELS, class_policies, evaluation_targets, masked_counts, \
+    multiclass_flags, positive_class_weights, trained_labels
 from cxr.data.loading import make_loader
-from cxr.data.splits import read_split
-from cxr.errors import PipelineError
+from cxr.data.splits import patient_subset, read_split
+from cxr.errors import ConfigError, PipelineError
 from cxr.evaluation.metrics import mean_auc, mean_exclusions, per_class_auc
 from cxr.evaluation.predictions import predict_logits
 from cxr.reporting.plots import training_curves
 from cxr.training.checkpoint import member_payload, save_checkpoint, training_payload
 from cxr.training.ema import make_ema
+from cxr.training.losses import LOSS_GROUP, MaskedBCE, loss_offsets, make_criterion, masked_bce, \
+    pesg_optimizer
 from cxr.training.resume import config_for_launch, resume_command, resume_training
 from cxr.training.run_folder import epoch_row, prepare_run_dir, write_metrics
 from cxr.training.runtime import StopSignals, TrainingStopped, World, all_gather, any_rank, \
@@ -68,7 +70,10 @@ from cxr.training.state import Progress, RunRecords, RunState, Trainer
 from cxr.training.tensorboard_log import event_log, flush_events, learning_rates, log_epoch, \
     log_step, log_training_images
 from dataset import EpochSampler, ShardSampler, check_data_options, data_settings, make_dataset
-from model_architecture import CheXpertNet, build_model, output_starts
+from model_architecture import CheXpertNet, build_model, starting_weights_of
+
+# The losses moved to cxr/training/losses.py; their names stay importable from here.
+__all__ = ["MaskedBCE", "masked_bce", "main"]
 
 # ---- setup -------------------------------------------------------------------------------------
 
@@ -78,6 +83,15 @@ def read_stats(cfg: Config) -> dict:
         raise PipelineError(f"{path} not found: run preprocess.py first (with the same --data_dir)")
     stats = json.loads(path.read_text())
     return {"mean": float(stats["mean"]), "std": float(stats["std"])}
+
+
+def training_share(frame, cfg: Config):
+    """The training split, or its --train_fraction share of patients (a seeded, nested subset:
+    cxr.data.splits.patient_subset)."""
+    if len(cfg.train_fraction) != 1:
+        raise ConfigError(f"train.py trains on one --train_fraction, got "
+                          f"{','.join(map(str, cfg.train_fraction))} (ablate.py crosses several)")
+    return patient_subset(frame, cfg.train_fraction[0], cfg.seed)
 
 
 def make_loaders(cfg: Config, train_frame, val_frame, policies: dict[str, str], world: World,
@@ -99,17 +113,22 @@ def make_trainer(cfg: Config, stats: dict, train_loader: DataLoader, policies: d
                  device: torch.device, dtype: torch.dtype | None, world: World,
                  stop: StopSignals) -> Trainer:
     """The model (pretrained weights only for a fresh run: a resumed one loads its own), the
-    loss with the training split's positive-class weights, AdamW and its schedule (`warmup`:
+    --loss with the training split's positive-class weights or class priors, AdamW (PESG for
+    --loss aucm) and its schedule (`warmup`:
     each parameter group's warm-up steps), the GradScaler (enabled for fp16 only), and the
     records every checkpoint carries (`epoch_selection`: how best.pth is chosen)."""
-    model = build_model(dataclasses.replace(cfg, pretrained=cfg.pretrained and fresh), stats)
+    start = starting_weights_of(cfg) if fresh else None  # --init
+    stats = start.normalization(stats) if start is not None else stats
+    model = build_model(dataclasses.replace(cfg, pretrained=cfg.pretrained and fresh), stats,
+                        start=start)
     model = prepare_model(model, device, cfg)
     pos_weight = positive_class_weights(train_loader.dataset.targets.numpy(), cfg.max_pos_weight)
-    model.set_logit_offset(logit_offsets(pos_weight, multiclass_flags(policies)))
-    optimizer = make_optimizer(model, cfg)
+    model.set_logit_offset(loss_offsets(cfg.loss, pos_weight, multiclass_flags(policies)))
+    criterion = make_criterion(cfg, torch.from_numpy(pos_weight), multiclass_flags(policies),
+                               train_loader.dataset.targets.numpy(), device)
+    optimizer = make_optimizer(model, cfg, criterion)
     steps_per_epoch = optimizer_steps(train_loader.sampler.num_samples, cfg)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch, warmup)
-    criterion = MaskedBCE(torch.from_numpy(pos_weight), multiclass_flags(policies)).to(device)
     records = RunRecords(normalization=stats, data=data_settings(cfg),
                          pos_weight=dict(zip(LABELS, pos_weight.tolist())), warmup=warmup,
                          trained_labels=trained_labels(train_loader.dataset.targets.numpy()),
@@ -122,8 +141,15 @@ def make_trainer(cfg: Config, stats: dict, train_loader: DataLoader, policies: d
 
 # ---- optimizer, learning-rate schedule, gradient accumulation ----------------------------------
 
-def make_optimizer(model: CheXpertNet, cfg: Config) -> torch.optim.AdamW:
-    """AdamW with its own learning rate for the pretrained backbone and for the new head."""
+def make_optimizer(model: CheXpertNet, cfg: Config, criterion: nn.Module | None = None
+                   ) -> torch.optim.Optimizer:
+    """AdamW with its own learning rate for the pretrained backbone and for the new head; with
+    --loss aucm LibAUC's PESG over the same groups at --aucm_lr, plus the `criterion`'s a and b
+    (a group of their own, LOSS_GROUP: cxr/training/aucm.py)."""
+    if cfg.loss == "aucm":
+        return pesg_optimizer([{"params": list(model.backbone.parameters()), "name": "backbone"},
+                               {"params": model.head_parameters(), "name": "head"}],
+                              criterion, cfg)
     return torch.optim.AdamW([
         {"params": list(model.backbone.parameters()), "lr": cfg.lr_backbone, "name": "backbone"},
         {"params": model.head_parameters(), "lr": cfg.lr_head, "name": "head"},
@@ -156,7 +182,8 @@ def make_scheduler(optimizer: torch.optim.AdamW, cfg: Config, steps_per_epoch: i
     starts = {"head": 0, "backbone": cfg.frozen_epochs * steps_per_epoch}
     warmup = warmup or warmup_plan(cfg, steps_per_epoch)
 
-    def multiplier(group: str):
+    def multiplier(name: str):
+        group = "head" if name == LOSS_GROUP else name  # a, b, alpha train from the first step
         return lambda step: lr_multiplier(step, warmup[group], total, cfg.lr_schedule,
                                           starts[group])
 
@@ -189,58 +216,6 @@ def optimizer_steps(n_images: int, cfg: Config) -> int:
                                                      cfg.accumulation_steps))
 
 
-# ---- the loss ----------------------------------------------------------------------------------
-
-def masked_bce(logits: torch.Tensor, targets: torch.Tensor,
-               pos_weight: torch.Tensor | None = None) -> torch.Tensor:
-    """BCE with positive-class weights; a NaN target is a masked label and adds nothing.
-
-    The sum is divided by images x classes, not by the number of unmasked labels, so the loss of
-    a group of micro-batches is the size-weighted mean of theirs: gradient accumulation stays
-    exact wherever the masks fall. Without masks this equals BCEWithLogitsLoss's mean.
-    """
-    observed = ~torch.isnan(targets)
-    losses = F.binary_cross_entropy_with_logits(logits, torch.where(observed, targets, 0.0),
-                                                pos_weight=pos_weight, reduction="none")
-    return torch.where(observed, losses, 0.0).sum() / targets.numel()
-
-
-def multiclass_loss(outputs: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None,
-                    starts: torch.Tensor, multiclass: torch.Tensor) -> torch.Tensor:
-    """masked_bce for the binary labels plus cross-entropy over (negative, positive, uncertain)
-    for the U-MultiClass ones (target 0, 1 or 2), both summed and divided by images x labels."""
-    observed = ~torch.isnan(targets)
-    safe = torch.where(observed, targets, 0.0)
-    bce = F.binary_cross_entropy_with_logits(outputs[:, starts], safe, pos_weight=pos_weight,
-                                             reduction="none")
-    total = torch.where(observed & ~multiclass, bce, 0.0).sum()
-    three = outputs[:, starts[multiclass, None] + torch.arange(3, device=outputs.device)]
-    cross = F.cross_entropy(three.reshape(-1, 3), safe[:, multiclass].long().reshape(-1),
-                            reduction="none").reshape(len(outputs), -1)
-    total = total + torch.where(observed[:, multiclass], cross, 0.0).sum()
-    return total / targets.numel()
-
-
-class MaskedBCE(nn.Module):
-    """The training loss: masked_bce, or multiclass_loss when some labels are U-MultiClass (then
-    it takes the model's raw outputs, CheXpertNet.forward(images, raw=True))."""
-
-    def __init__(self, pos_weight: torch.Tensor | None = None,
-                 multiclass: tuple[bool, ...] | None = None):
-        super().__init__()
-        self.register_buffer("pos_weight", pos_weight)
-        self.multiclass = multiclass if multiclass and any(multiclass) else None
-        if self.multiclass:
-            self.register_buffer("starts", output_starts(multiclass))
-            self.register_buffer("multiclass_mask", torch.tensor(multiclass))
-
-    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.multiclass is None:
-            return masked_bce(outputs, targets, self.pos_weight)
-        return multiclass_loss(outputs, targets, self.pos_weight, self.starts,
-                               self.multiclass_mask)
-
-
 # ---- one epoch ---------------------------------------------------------------------------------
 
 def optimizer_step(trainer: Trainer, loss_finite: bool) -> str:
@@ -249,24 +224,33 @@ def optimizer_step(trainer: Trainer, loss_finite: bool) -> str:
     optimizer, scaler, cfg = trainer.optimizer, trainer.scaler, trainer.cfg
     if scaler.is_enabled():
         scaler.unscale_(optimizer)
-    parameters = [p for group in optimizer.param_groups for p in group["params"]
-                  if p.grad is not None]
+    # the network's gradients, which DDP has averaged; --loss aucm's a and b are PESG's to
+    # average over the processes and clamp (cxr/training/aucm.py)
+    parameters = [p for group in optimizer.param_groups if group.get("name") != LOSS_GROUP
+                  for p in group["params"] if p.grad is not None]
     norm = nn.utils.clip_grad_norm_(parameters, cfg.grad_clip_norm or float("inf"))
     if not loss_finite or (not scaler.is_enabled() and not torch.isfinite(norm)):
-        optimizer.zero_grad(set_to_none=True)
+        clear_gradients(trainer)
         if scaler.is_enabled():
             scaler.update(scaler.get_scale() / 2)  # as GradScaler does on an overflow
         return "nonfinite"
     scale = scaler.get_scale() if scaler.is_enabled() else None
     scaler.step(optimizer)  # skipped by an enabled scaler when fp16 gradients overflowed
     scaler.update()
-    optimizer.zero_grad(set_to_none=True)
+    clear_gradients(trainer)
     if scale is not None and scaler.get_scale() < scale:
         return "overflow"
     trainer.scheduler.step()  # the schedule advances only on optimizer steps actually taken
     if trainer.ema is not None:
         trainer.ema.update_parameters(trainer.model)
     return "taken"
+
+
+def clear_gradients(trainer: Trainer) -> None:
+    """The optimizer's gradients, and the loss's own: --loss aucm's alpha, which no group holds
+    (PESG moves it by its closed form once its gradient exists)."""
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.criterion.zero_grad(set_to_none=True)
 
 
 def record_nonfinite(progress: Progress, cfg: Config, world: World) -> None:
@@ -520,7 +504,7 @@ def run(cfg: Config, given: set[str], world: World, stop: StopSignals) -> None:
     device = device_for(world, choose_device(cfg.device))
     dtype = autocast_dtype(cfg.precision, device)
     stats = resumed.normalization if resumed else read_stats(cfg)
-    train_frame = read_split(cfg.splits_dir / "train.csv")
+    train_frame = training_share(read_split(cfg.splits_dir / "train.csv"), cfg)
     val_frame = read_split(cfg.splits_dir / "val.csv")
     policies = class_policies(cfg.uncertainty_policy, cfg.uncertainty_policy_by_class)
     train_loader, val_loader = make_loaders(cfg, train_frame, val_frame, policies, world, device)
@@ -548,8 +532,10 @@ def run(cfg: Config, given: set[str], world: World, stop: StopSignals) -> None:
         where = (f"resuming {resume_from} at epoch {progress.epoch}, batch {progress.batches_done}"
                  if resumed is not None else f"run folder {cfg.run_dir}")
         print(start_line(trainer, train_loader, val_loader, where), flush=True)
+        for line in input_lines(trainer.records.normalization, cfg):
+            print(line, flush=True)
         print(offsets_line(trainer.records.pos_weight.values(),
-                           trainer.model.logit_offset.tolist()), flush=True)
+                           trainer.model.logit_offset.tolist(), cfg.loss), flush=True)
         for line in (warmup_line(warmup, cfg, steps_per_epoch), rules.ranking.line()):
             if line:
                 print(line, flush=True)
@@ -558,7 +544,7 @@ def run(cfg: Config, given: set[str], world: World, stop: StopSignals) -> None:
             as events:
         trainer.events = events
         if resumed is None:
-            log_training_images(trainer.events, train_loader, trainer.model, stats)
+            log_training_images(trainer.events, train_loader, trainer.model)
         stopped_early = fit(trainer, train_loader, val_loader, progress, rules)
     if world.is_main:
         best = trainer.state.best
@@ -594,6 +580,8 @@ def fit(trainer: Trainer, train_loader: DataLoader, val_loader: DataLoader,
             raise TrainingStopped(progress.stopped_by)
         seconds = time.perf_counter() - start
         images_per_s = (progress.seen - done_before) * world.size / seconds
+        if cfg.loss == "aucm":
+            trainer.optimizer.next_reference_point()  # PESG's epoch decay: cxr/training/aucm.py
         is_best, stopped_early = end_of_epoch(trainer, val_loader, progress, frozen, rules,
                                               images_per_s, seconds)
         paths = [last, best] if is_best or not best.exists() else [last]
@@ -649,9 +637,34 @@ def start_line(trainer: Trainer, train_loader: DataLoader, val_loader: DataLoade
             f"optimizer steps per epoch; {where}")
 
 
-def offsets_line(pos_weight, offsets) -> str:
+def input_lines(normalization: dict, cfg: Config) -> list[str]:
+    """What --init's source expects of the pixels, as the model will apply it, and a warning
+    when the run's side is not the one the weights were trained at."""
+    source = normalization.get("source")
+    if source is None:
+        return []
+    channels = normalization.get("channels", 3)
+    lines = [f"train: --init {cfg.init} ({source}): {channels} input channel(s), pixels in [0, 1] "
+             f"standardised with mean {normalization['mean']} and std {normalization['std']}"]
+    size = normalization.get("source_size")
+    if size and size != cfg.image_size:
+        lines.append(f"warning: {source}'s weights were trained at {size} px and this run trains "
+                     f"at --image_size {cfg.image_size}: fine-tuning adapts them, but --image_size "
+                     f"{size} (cache.py and train.py) is the input they expect")
+    return lines
+
+
+def offsets_line(pos_weight, offsets, loss: str = "bce") -> str:
     """The positive weights of the training split and the logit offset each leaves (log w),
-    which the model's label logits subtract."""
+    which the model's label logits subtract; focal and aucm leave none (cxr/training/losses.py:
+    loss_offsets)."""
+    if loss != "bce":
+        weights = ", ".join(f"{label} {w:.1f}" for label, w in zip(LABELS, pos_weight))
+        used = "unused by aucm, which weighs each class by its prior" if loss == "aucm" else \
+            "focal's weights of positive targets"
+        return (f"train: --loss {loss}: no logit offset (it is weighted BCE's alone); "
+                f"evaluate.py's per-class calibration, fitted on val, maps the scores to "
+                f"probabilities. pos_weight ({used}): {weights}")
     pairs = ", ".join(f"{label} {w:.1f} ({offset:+.2f})"
                       for label, w, offset in zip(LABELS, pos_weight, offsets))
     return f"train: pos_weight (logit offset removed from the probabilities): {pairs}"

@@ -400,7 +400,8 @@ def test_the_derived_tables_hold_what_the_scripts_rely_on():
         "gem_p", "dropout", "image_size", "crop_margin", "batch_size", "accumulation_steps",
         "frozen_epochs", "lr_head", "lr_backbone", "weight_decay", "warmup_steps", "warmup_share",
         "lr_schedule", "grad_clip_norm", "max_pos_weight", "augment", "precision", "view_mode",
-        "view_fusion", "max_views", "ema_decay", "keep_top_k"}
+        "view_fusion", "max_views", "ema_decay", "keep_top_k", "init", "init_format", "loss",
+        "focal_gamma", "aucm_margin", "aucm_lr", "aucm_epoch_decay", "train_fraction"}
     assert POSITIONAL == {"predict.py": "inputs"}
 
 

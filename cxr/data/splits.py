@@ -70,3 +70,17 @@ def read_split(path: Path, labels: tuple[str, ...] = LABELS) -> pd.DataFrame:
     if frame.empty:
         raise PipelineError(f"{path} has no rows")
     return frame
+
+
+def patient_subset(frame: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
+    """The rows of a seeded share of the split's patients (at least one patient).
+
+    The patients are put in one order drawn from `seed`, and a share takes the first
+    ceil(fraction x patients) of them: for one seed, each smaller share's patients are within
+    every larger share's (nested subsets, as a label-efficiency curve needs)."""
+    if fraction >= 1.0:
+        return frame
+    patients = np.sort(frame["patient_id"].astype(str).unique())
+    order = np.random.default_rng(seed).permutation(len(patients))
+    keep = set(patients[order[:max(1, math.ceil(fraction * len(patients)))]])
+    return frame[frame["patient_id"].astype(str).isin(keep)].reset_index(drop=True)

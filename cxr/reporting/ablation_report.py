@@ -7,7 +7,9 @@
 ablate.py trains, evaluates and collects one row per configuration (the columns of
 ablation.csv: table_row, seed_row); this module chooses the rows, columns and words, and
 tables.py lays the cells out as text or Markdown. A table across seeds (--seeds N > 1) has rows
-with "seeds", and its own columns (the spread over the seeds).
+with "seeds", and its own columns (the spread over the seeds). With several --train_fraction
+shares, ablate.py makes one table per share (its setup's `share`) and puts them one after the
+other.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cxr.evaluation.label_efficiency import TrainingShare
 from cxr.evaluation.report import MeanSummary
 from cxr.reporting.tables import interval_text, markdown_table, number_text, text_table
 
@@ -42,6 +45,7 @@ class AblationSetup:
     split: str  # the split every configuration is scored on
     configurations: list[ConfigurationRuns]  # the baseline first
     cfg: Config  # the shared options: data, seed, epochs, intervals, study aggregation
+    share: TrainingShare | None = None  # the share of the training patients (--train_fraction)
 
 
 # ---- cells ---------------------------------------------------------------------------------------
@@ -138,7 +142,7 @@ def summary_text(rows: list[dict], setup: AblationSetup) -> str:
     """What the terminal shows at the end: the split, the baseline, the summary table."""
     cfg = setup.cfg
     across = f", means over {cfg.seeds} seeds" if cfg.seeds > 1 else ""
-    return (f"\nAblation {setup.name}: {setup.split} split "
+    return (f"\nAblation {setup.name}{share_title(setup)}: {setup.split} split "
             f"({split_text(rows[0], rows[0]['level'])}), "
             f"baseline {setup.configurations[0].name}{across}\n"
             + format_summary(rows, cfg.ci_level))
@@ -176,6 +180,25 @@ def epochs_text(cfg: Config) -> str:
     return f"{cfg.epochs} epoch{'s' * (cfg.epochs != 1)}"
 
 
+def share_title(setup: AblationSetup) -> str:
+    """', training share 0.1' in a title; '' without --train_fraction's shares."""
+    return "" if setup.share is None else f", training share {setup.share.fraction:g}"
+
+
+def share_words(setup: AblationSetup) -> str:
+    """' on a seeded share 0.1 of its training patients (54 of 540, ...)'; '' without one."""
+    share = setup.share
+    if share is None:
+        return ""
+    low, high = min(share.patients), max(share.patients)
+    patients = f"{low}" if low == high else f"{low}-{high}"
+    images = (f"{share.images[0]} images" if len(set(share.images)) == 1
+              else f"{min(share.images)}-{max(share.images)} images by seed")
+    return (f" on a seeded share {share.fraction:g} of its training patients "
+            f"(`--train_fraction {share.fraction:g}`: {patients} of {share.split_patients} "
+            f"patients, {images})")
+
+
 def markdown_report(rows: list[dict], setup: AblationSetup, means: dict[str, MeanSummary],
                     labels: tuple[str, ...]) -> str:
     """ablation.md of one seed; `means` are the baseline's means at the table's level."""
@@ -184,8 +207,9 @@ def markdown_report(rows: list[dict], setup: AblationSetup, means: dict[str, Mea
                         for m in means.values())
     level = f"{cfg.ci_level:.0%}"
     lines = [
-        f"# Ablation {setup.name}", "",
-        f"Every configuration was trained on `{cfg.data_dir}` with seed {cfg.seed} for "
+        f"# Ablation {setup.name}{share_title(setup)}", "",
+        f"Every configuration was trained on `{cfg.data_dir}`{share_words(setup)} with seed "
+        f"{cfg.seed} for "
         f"{epochs_text(cfg)} and evaluated on the {split} split "
         f"({split_text(rows[0], level_name)}; {counted}). The first configuration is the "
         "baseline." + study_level_text(level_name, cfg),
@@ -242,9 +266,9 @@ def seed_markdown_report(rows: list[dict], setup: AblationSetup, labels: tuple[s
     counted = (f"all: {rows[0]['mean_auc_classes']} evaluable observations; competition 5: "
                f"{rows[0]['competition_auc_classes']}")
     lines = [
-        f"# Ablation {setup.name}", "",
+        f"# Ablation {setup.name}{share_title(setup)}", "",
         f"Every configuration was trained {n_seeds} times, with seeds {seeds}, on "
-        f"`{cfg.data_dir}` for {epochs_text(cfg)} and evaluated on the "
+        f"`{cfg.data_dir}`{share_words(setup)} for {epochs_text(cfg)} and evaluated on the "
         f"{split} split ({split_text(rows[0], level_name)}; {counted}). The first configuration "
         "is the baseline. A configuration's AUC is the mean over its runs of each run's AUC; SD "
         "is the sample standard deviation across its runs, min-max their range, and each run's "

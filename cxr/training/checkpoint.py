@@ -4,7 +4,12 @@ needs is read back here, by saved_training.
 
 A checkpoint is a dict of plain types and tensors, so torch.load(weights_only=True) reads it:
     format_version                           FORMAT_VERSION (save_checkpoint adds it)
-    model, optimizer, scheduler, scaler      state dicts
+    model, optimizer, scheduler, scaler      state dicts (--loss aucm: optimizer is LibAUC's
+                                             PESG's, with its reference point and running sum
+                                             of the weights: cxr/training/aucm.py)
+    loss                                     the training loss's own parameters (state dict),
+                                             written only when it has any: --loss aucm's a, b
+                                             and alpha
     epoch, global_step, best_metric          ints / float: the epochs completed, the optimizer
                                              steps attempted, the best val mean AUC so far
     in_epoch                                 {"epoch", "batches_done", "loss_sum", "seen"}:
@@ -17,12 +22,17 @@ A checkpoint is a dict of plain types and tensors, so torch.load(weights_only=Tr
     config                                   the run's resolved Config as a dict
     labels                                   the 14 label names, in output order
     val_auc                                  {label: AUC or None} of that epoch
-    normalization                            {"mean": float, "std": float} of the pixels (a
-                                             readable copy: the model's buffers hold them too)
+    normalization                            the input convention (a readable copy: the
+                                             model's buffers hold it too): "mean" and "std" of
+                                             the pixels (one value, or one per channel); with
+                                             --init also "channels", "source", "source_size"
+                                             (cxr/training/starting_weights.py)
     data                                     what the data were built with (stats.json and
                                              splits.json settings), not the command line
     pos_weight                               {label: BCE positive weight} of the training split;
                                              the model's logit_offset buffer holds log of it
+                                             (--loss bce; 0 for focal and aucm: cxr/training/
+                                             losses.py, loss_offsets)
     warmup                                   {"head": steps, "backbone": steps}: the warm-up
                                              the run began with (cxr/training/schedule.py)
     trained_labels                           the labels with a labelled value in the training
@@ -35,10 +45,10 @@ A checkpoint is a dict of plain types and tensors, so torch.load(weights_only=Tr
                                              run continues them), ema {"decay", "updates"}
                                              (cxr/training/ema.py)
 A top_k/ member (--keep_top_k) holds the same without what only resuming needs (RESUME_ONLY:
-optimizer, scheduler, scaler, rng, online_model). Checkpoints from older versions lack some keys:
-in_epoch, nonfinite_total, epochs_without_improvement, history, rng, world_size, warmup (then
-read as their defaults), trained_labels (every label counts as trained) and config["backbone"]
-(DenseNet121).
+optimizer, scheduler, scaler, rng, online_model, loss). Checkpoints from older versions lack some
+keys: in_epoch, nonfinite_total, epochs_without_improvement, history, rng, world_size, warmup
+(then read as their defaults), trained_labels (every label counts as trained) and
+config["backbone"] (DenseNet121).
 """
 
 from __future__ import annotations
@@ -71,7 +81,8 @@ Rebuild = Callable[[dict], tuple[nn.Module, Any]]
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("model", "config", "labels", "normalization")
-RESUME_ONLY = ("optimizer", "scheduler", "scaler", "rng", "online_model")  # not in top_k/ files
+RESUME_ONLY = ("optimizer", "scheduler", "scaler", "rng", "online_model",  # not in top_k/ files
+               "loss")
 
 
 # ---- the file ----------------------------------------------------------------------------------
@@ -113,7 +124,7 @@ def training_payload(trainer: Trainer, progress: Progress, epochs_done: int, rng
     records: the run's fixed facts (normalization, pos_weight, data settings...)."""
     state, records = trainer.state, trainer.records
     return {
-        "model": trainer.validated.state_dict(), **ema_payload(trainer),
+        "model": trainer.validated.state_dict(), **ema_payload(trainer), **loss_payload(trainer),
         "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict(), "scaler": trainer.scaler.state_dict(),
         "epoch": epochs_done, "in_epoch": position_payload(progress),
@@ -133,6 +144,16 @@ def ema_payload(trainer: Trainer) -> dict:
         return {}
     return {"online_model": trainer.model.state_dict(),
             "ema": ema_record(trainer.ema, trainer.cfg.ema_decay)}
+
+
+def loss_payload(trainer: Trainer) -> dict:
+    """{"loss": the criterion's state dict} when the loss has parameters of its own (--loss
+    aucm's a, b, alpha, which a resumed run continues); {} for the others (bce's and focal's
+    positive weights are recomputed from the training split)."""
+    criterion = trainer.criterion
+    if criterion is None or not any(True for _ in criterion.parameters()):
+        return {}
+    return {"loss": criterion.state_dict()}
 
 
 def position_payload(progress: Progress) -> dict | None:
@@ -160,6 +181,7 @@ class SavedTraining:
     optimizer: dict
     scheduler: dict
     scaler: dict  # {} when it was disabled
+    loss: dict  # the loss's own parameters (--loss aucm's a, b, alpha); {} for the others
     state: RunState
     next_epoch: Progress  # the start of the epoch after the last one completed
     in_epoch: Progress | None  # where an interrupted epoch stood; None at an epoch's end
@@ -178,7 +200,7 @@ def saved_training(checkpoint: dict, path: Path) -> SavedTraining:
         weights=checkpoint["online_model" if ema else "model"],
         ema=(checkpoint["model"], checkpoint["ema"]) if ema else None,
         optimizer=checkpoint["optimizer"], scheduler=checkpoint["scheduler"],
-        scaler=checkpoint["scaler"],
+        scaler=checkpoint["scaler"], loss=checkpoint.get("loss") or {},
         state=RunState(checkpoint.get("history") or [], checkpoint["best_metric"],
                        checkpoint.get("epochs_without_improvement", 0), checkpoint["val_auc"]),
         next_epoch=next_epoch, in_epoch=in_epoch, world_size=checkpoint.get("world_size", 1),

@@ -90,6 +90,8 @@ def load_training_state(trainer: Trainer, saved: SavedTraining, path: Path) -> N
     state.setdefault("logit_offset", trainer.model.logit_offset)
     try:
         trainer.model.load_state_dict(state)
+        if saved.loss:
+            trainer.criterion.load_state_dict(saved.loss)
         trainer.optimizer.load_state_dict(saved.optimizer)
         if trainer.ema is not None:
             load_ema(trainer.ema, *saved.ema)

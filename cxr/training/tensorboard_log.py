@@ -135,11 +135,11 @@ def log_pr_curves(events: SummaryWriter, step: int, targets: np.ndarray, probabi
             events.add_pr_curve(f"val_pr/{label}", y.astype(bool), p, step)
 
 
-def log_training_images(events: SummaryWriter | None, loader: DataLoader, model: torch.nn.Module,
-                        stats: dict) -> None:
+def log_training_images(events: SummaryWriter | None, loader: DataLoader, model: torch.nn.Module
+                        ) -> None:
     """A grid of the epoch's first training images (this process's share of its order) at step
     0, as the model sees them: the backbone's normalised input (model.normalize, one of its
-    three equal channels), un-normalised with the run's pixel mean/std for display. A study
+    channels), un-normalised with its pixel mean/std for display. A study
     batch shows the views present. Reads the items straight from the dataset: the augmentation
     comes from (seed, epoch, image), so this draws no random number of the run."""
     if events is None:
@@ -151,6 +151,7 @@ def log_training_images(events: SummaryWriter | None, loader: DataLoader, model:
         images = views[present][:GRID_IMAGES]
     with torch.no_grad():
         seen = model.normalize(images.to(model.pixel_mean.device))[:, :1].float().cpu()
-    shown = (seen * stats["std"] + stats["mean"]).clamp(0.0, 1.0)
+    mean, std = model.pixel_mean[0].item(), model.pixel_std[0].item()  # the first channel's
+    shown = (seen * std + mean).clamp(0.0, 1.0)
     events.add_image("train/augmented_images", make_grid(shown, nrow=GRID_COLUMNS, pad_value=1.0),
                      0)
