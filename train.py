@@ -638,15 +638,19 @@ def start_line(trainer: Trainer, train_loader: DataLoader, val_loader: DataLoade
 
 
 def input_lines(normalization: dict, cfg: Config) -> list[str]:
-    """What --init's source expects of the pixels, as the model will apply it, and a warning
-    when the run's side is not the one the weights were trained at."""
+    """What --init's source expects of the pixels, as the model will apply it; a warning when
+    the run's side is not the one the weights were trained at, and one for the AUC-margin loss
+    without a trained model to fine-tune."""
     source = normalization.get("source")
-    if source is None:
-        return []
     channels = normalization.get("channels", 3)
-    lines = [f"train: --init {cfg.init} ({source}): {channels} input channel(s), pixels in [0, 1] "
-             f"standardised with mean {normalization['mean']} and std {normalization['std']}"]
+    lines = [] if source is None else [
+        f"train: --init {cfg.init} ({source}): {channels} input channel(s), pixels in [0, 1] "
+        f"standardised with mean {normalization['mean']} and std {normalization['std']}"]
     size = normalization.get("source_size")
+    if cfg.loss == "aucm" and not cfg.init:
+        lines.append("warning: --loss aucm from ImageNet's or random weights: LibAUC's recipe "
+                     "fine-tunes a model trained with BCE (--init RUN/best.pth); on the demo's "
+                     "phantoms from random weights it stayed at chance (docs/training.md)")
     if size and size != cfg.image_size:
         lines.append(f"warning: {source}'s weights were trained at {size} px and this run trains "
                      f"at --image_size {cfg.image_size}: fine-tuning adapts them, but --image_size "
