@@ -12,10 +12,11 @@ RUN := $(shell date +%Y%m%d-%H%M%S)
 endif
 
 # The demo: synthetic phantoms in DEMO_DIR, trained with the recipe in configs/demo.options
-# (random initialisation, no downloads, sized for a CPU).
+# (random initialisation, no downloads, sized for a CPU); evaluate.py and score.py audit them by
+# the phantoms' demographics.csv (CheXpert's CHEXPERT DEMO.xlsx layout).
 DEMO_DIR ?= data/demo
 DEMO_ARGS := --data_root $(DEMO_DIR)/CheXpert-v1.0-small --data_dir $(DEMO_DIR) \
-	--models_dir models @configs/demo.options
+	--models_dir models --demographics $(DEMO_DIR)/demographics.csv @configs/demo.options
 
 # The demo's test set (CheXpert's test layout) is scored against three synthetic readers.
 DEMO_READERS = $(subst $() ,$(comma),$(foreach n,1 2 3,$(DEMO_DIR)/test_readers/reader$(n).csv))
@@ -49,7 +50,7 @@ demo: install
 		--output models/demo-$(RUN)/test_set.csv
 	$(DEMO_OPTIONS) $(PY) score.py --predictions models/demo-$(RUN)/test_set_studies.csv \
 		--labels $(DEMO_DIR)/test_groundtruth.csv --output_dir models/demo-$(RUN)/score \
-		--radiologists $(DEMO_READERS)
+		--radiologists $(DEMO_READERS) --thresholds models/demo-$(RUN)/thresholds.json
 
 pipeline: install
 	@test -n "$(DATA_ROOT)" || { echo "usage: make pipeline DATA_ROOT=/path/to/CheXpert-v1.0-small [ARGS='--epochs 3']"; exit 2; }

@@ -48,7 +48,7 @@ class Config:
     # model's or training's fields.
     SCRIPTS: ClassVar[tuple[str, ...]] = (
         "preprocess.py", "make_splits.py", "cache.py", "train.py", "evaluate.py", "ablate.py",
-        "predict.py", "score.py", "export.py", "app.py")
+        "predict.py", "score.py", "export.py", "app.py", "localize.py")
     # A script that runs others (with the options each reads) takes their fields too.
     STAGES: ClassVar[dict[str, tuple[str, ...]]] = {"ablate.py": ("train.py", "evaluate.py")}
     # These (and ablate.py, through them) also take the fields built into the data (data=...), to
@@ -73,7 +73,8 @@ class Config:
     data_dir: str = setting("data", "preprocess.py", "make_splits.py", "cache.py", "train.py",
                             "evaluate.py")
     # each run writes models/<run_name>/
-    models_dir: str = setting("models", "train.py", "evaluate.py", "predict.py", "export.py")
+    models_dir: str = setting("models", "train.py", "evaluate.py", "predict.py", "export.py",
+                            "localize.py")
     # run folder name; empty: train.py uses a timestamp (20261122-153000)
     run_name: str = setting("", "train.py", "evaluate.py", "predict.py", "export.py")
 
@@ -107,7 +108,7 @@ class Config:
     # seeds the split, the stats sample, weight init and data order (and evaluate.py
     # --recalibrate's split of a site's patients)
     seed: int = setting(42, "preprocess.py", "make_splits.py", "train.py", "evaluate.py",
-                        "score.py", fixed_on_resume=True)
+                        "score.py", "localize.py", fixed_on_resume=True)
 
     # ---- model (model_architecture.py) ----------------------------------------------------------
     # torchvision network under the GeM + dropout + linear head (model_architecture.BACKBONES)
@@ -199,13 +200,15 @@ class Config:
     max_views: int = setting(3, "train.py", fixed_on_resume=True, same_for_members=True)
     # auto: cuda, then mps, then cpu
     device: Literal["auto", "cpu", "cuda", "mps"] = setting("auto", "train.py", "evaluate.py",
-                                                            "predict.py", "app.py")
+                                                            "predict.py", "app.py",
+                                                            "localize.py")
     # auto: fp16 + GradScaler on cuda; on a CPU bf16 where it computes bf16 natively (AVX512-BF16,
     # AMX, Arm BF16), else fp32 (emulated bf16 is several times slower than fp32)
     precision: Literal["auto", "fp16", "bf16", "fp32"] = setting("auto", "train.py", "evaluate.py",
-                                                                 "predict.py", fixed_on_resume=True)
+                                                                 "predict.py", "localize.py",
+                                                                 fixed_on_resume=True)
     # NHWC memory format: faster convolutions on CPU and tensor cores
-    channels_last: bool = setting(True, "train.py", "evaluate.py", "predict.py")
+    channels_last: bool = setting(True, "train.py", "evaluate.py", "predict.py", "localize.py")
     # DataLoader worker processes; -1 = one per CPU core but one, at most 8
     num_workers: int = setting(-1, "train.py", "evaluate.py", "predict.py")
     # stop after this many optimizer steps in a row skipped for NaN/inf
@@ -245,12 +248,14 @@ class Config:
     # checkpoint to evaluate; empty = run_name's best.pth, else the newest; several (a comma list,
     # a folder such as a run's top_k/, an ensemble's folder): an ensemble
     # (cxr/evaluation/ensemble.py)
-    checkpoint: str = setting("", "evaluate.py", "predict.py", "export.py", "app.py")
-    # patient bootstrap resamples of score.py's readers against the curves and of ablate.py
-    # --seeds' two-level intervals; 0 = none (AUC intervals need none: cxr/evaluation/intervals.py)
-    bootstrap_resamples: int = setting(1000, "ablate.py", "score.py")
+    checkpoint: str = setting("", "evaluate.py", "predict.py", "export.py", "app.py",
+                              "localize.py")
+    # patient bootstrap resamples of score.py's readers against the curves, of ablate.py
+    # --seeds' two-level intervals and of localize.py's intervals; 0 = none (AUC intervals need
+    # none: cxr/evaluation/intervals.py)
+    bootstrap_resamples: int = setting(1000, "ablate.py", "score.py", "localize.py")
     # coverage of every interval (0.95 = 95 %)
-    ci_level: float = setting(0.95, "evaluate.py", "score.py")
+    ci_level: float = setting(0.95, "evaluate.py", "score.py", "localize.py")
     # second operating point: highest val threshold reaching it
     target_sensitivity: float = setting(0.9, "evaluate.py")
     # a study's prediction from its images' (evaluate.py, predict.py's _studies.csv, score.py)
@@ -265,9 +270,17 @@ class Config:
     # negatives in the split (fewer: its AUC is shown, but left out of the means)
     min_positives: int = setting(10, "train.py", "evaluate.py", "score.py")
     # test-time augmentation: mean logits of 4 views (shifts, zoom; no flips)
-    tta: bool = setting(False, "evaluate.py", "predict.py", "app.py")
+    tta: bool = setting(False, "evaluate.py", "predict.py", "app.py", "localize.py")
     # years: the subgroup audit's age bands start at these (18-39, 40-59, 60-79, 80+)
     age_bands: tuple[int, ...] = setting((18, 40, 60, 80), "evaluate.py", "score.py")
+    # CSV or XLSX of the patients' demographics, audited beside the split's own Sex and Age
+    # (cxr/data/demographics.py): CheXpert's CHEXPERT DEMO.xlsx read as is, or any table with a
+    # patient column and categorical columns
+    demographics: str = setting("", "evaluate.py", "score.py")
+    # --demographics: the patient column; empty = PATIENT, patient_id, Patient ID, ...
+    demographics_patient: str = setting("", "evaluate.py", "score.py")
+    # --demographics: the columns to audit; empty = every column but the patient's
+    demographics_columns: tuple[str, ...] = setting((), "evaluate.py", "score.py")
     # evaluate.py --compare RUN_A RUN_B (folders or checkpoints): AUC of B - A on compare_split;
     # score.py --compare X.csv,Y.csv: other models' predictions, each paired with --predictions
     compare: tuple[str, ...] = setting((), "evaluate.py", "score.py")
@@ -293,8 +306,9 @@ class Config:
     radiologists: tuple[str, ...] = setting((), "score.py")
     # report labelers' output (1/0/-1/blank): uncertain vs --labels
     labeler: tuple[str, ...] = setting((), "score.py")
-    # score.py's reports; empty = scores/<predictions file stem>/
-    output_dir: str = setting("", "score.py")
+    # score.py's reports; empty = scores/<predictions file stem>/; localize.py's: empty =
+    # <checkpoint folder>/localization_<saliency>/, with --maps localization/<maps folder>/
+    output_dir: str = setting("", "score.py", "localize.py")
     # a study in one file and not the other: error (list the first few) | skip (count, list)
     unmatched: Literal["error", "skip"] = setting("error", "score.py")
     # probability: every score in [0, 1] | any: finite scores that only rank (logits, sums)
@@ -323,16 +337,46 @@ class Config:
     study_grouping: Literal["folder", "image"] = setting("folder", "predict.py")
     # predict.py, app.py, export.py: go on (with a warning) when thresholds.json was made for
     # other weights or with other --tta; false = refuse and say to run evaluate.py
-    allow_threshold_mismatch: bool = setting(False, "predict.py", "export.py", "app.py")
+    allow_threshold_mismatch: bool = setting(False, "predict.py", "export.py", "app.py",
+                                             "localize.py")
     # predict.py, app.py: a thresholds.json to use instead of the one beside the checkpoint (a
-    # site's, from evaluate.py --recalibrate); it must be bound to the same weights
-    thresholds: str = setting("", "predict.py", "app.py")
+    # site's, from evaluate.py --recalibrate); it must be bound to the same weights. score.py:
+    # the thresholds.json of the model that wrote --predictions, whose Youden thresholds are the
+    # underdiagnosis audit's operating points
+    thresholds: str = setting("", "predict.py", "app.py", "score.py", "localize.py")
     # predict.py: a film outside the training distribution (the input gate, ood_score above its
     # threshold): score = predict it, flagged in_distribution false | skip = leave it out, counted
     ood_action: Literal["score", "skip"] = setting("score", "predict.py")
     # predict.py: a folder for a DICOM Structured Report (TID 1500) per DICOM input, and with
     # --gradcam each overlay as a Secondary Capture image in the source's study
     dicom_out: str = setting("", "predict.py")
+
+    # ---- localization (localize.py) ----------------------------------------------------------
+    # the films whose maps are scored: a folder of images (searched recursively) or a CSV of
+    # paths (image_path, or CheXpert's Path relative to the CSV's folder)
+    images: str = setting("", "localize.py")
+    # the reference standard of finding locations: cheXlocalize's gt_segmentations_*.json or
+    # gt_annotations_*.json, NIH's BBox_List_2017.csv, the demo's annotations.csv
+    ground_truth: str = setting("", "localize.py")
+    # a folder of saliency maps already made, <film id>_<pathology>_map.npz (map, prob,
+    # cxr_dims), scored instead of a checkpoint's
+    maps: str = setting("", "localize.py")
+    # the checkpoint's saliency method on its backbone's last feature map (pytorch_grad_cam):
+    # gradcam | gradcampp (Grad-CAM++) | hirescam | eigencam (the same map for every class)
+    saliency: Literal["gradcam", "gradcampp", "hirescam", "eigencam"] = setting("gradcam",
+                                                                                "localize.py")
+    # CSV threshold,task: a threshold per pathology of the map scaled to 0..1 (cheXlocalize's
+    # tuning_results.csv, --tune's output); empty = Otsu's threshold of each map
+    saliency_thresholds: str = setting("", "localize.py")
+    # CSV prob_threshold,mIoU,task (cheXlocalize's probability_tuning_results.csv): a film whose
+    # probability is below its pathology's best cut-off gets an empty segmentation; empty = none
+    probability_cutoffs: str = setting("", "localize.py")
+    # also tune a threshold per pathology (0.2 ... 0.7) for the highest true-positive mIoU on
+    # --ground_truth (a val set) and write tuning_results.csv
+    tune: bool = setting(False, "localize.py")
+    # a second reader's segmentations (a --ground_truth format) and/or cheXlocalize's
+    # most-representative points (JSON): the human benchmark and the model's decrease from it
+    human: tuple[str, ...] = setting((), "localize.py")
 
     @property
     def processed_dir(self) -> Path:

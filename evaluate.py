@@ -61,6 +61,7 @@ import pandas as pd
 from config import Config
 from cxr.atomic import write_csv_atomic, write_text_atomic
 from cxr.cli import given_fields, run_cli
+from cxr.data.demographics import check_demographics
 from cxr.errors import ConfigError
 from cxr.evaluation.calibration import calibrated_logits, sigmoid
 from cxr.evaluation.ensemble import check_members, checkpoint_paths, ensemble_folder, ensemble_id, \
@@ -270,6 +271,7 @@ def main(cfg: Config, given: set[str] = frozenset()) -> None:
         raise ConfigError("--dataset scores one checkpoint on another dataset; an ensemble is "
                           "not supported there yet: validate each member with its own "
                           "--checkpoint")
+    check_demographics(cfg)
     if cfg.dataset != "chexpert":  # --data_root, --missing_images: of the other dataset
         external = {name: getattr(cfg, name) for name in EXTERNAL_FIELDS}
         cfg = check_data_options(cfg, set(given) - set(EXTERNAL_FIELDS), "evaluate.py")

@@ -13,6 +13,8 @@ Writes, in CheXpert's own layout and CSV schema:
     <out>/CheXpert-v1.0-small/train.csv, valid.csv   Path,Sex,Age,Frontal/Lateral,AP/PA + 14 labels
     <out>/CheXpert-v1.0-small/{train,valid}/patientNNNNN/studyN/view1_frontal.jpg, view2_lateral.jpg
     <out>/annotations.csv   Path,label,x0,y0,x1,y1: pixel box of every drawn finding (for Grad-CAM)
+    <out>/demographics.csv  PATIENT,GENDER,AGE_AT_CXR,PRIMARY_RACE,ETHNICITY of every patient
+                            (train, valid and test): the layout of CheXpert's CHEXPERT DEMO.xlsx
 and, in the layout of CheXpert's test set (unless --test_patients 0):
     <out>/CheXpert-v1.0/test/patientNNNNN/study1/view1_frontal.jpg, view2_lateral.jpg
     <out>/test_groundtruth.csv   Study + 14 labels as 0/1, one row per study: groundtruth.csv's
@@ -29,6 +31,19 @@ its strength plus the reader's noise passes the reader's threshold, and a findin
 there at the reader's small false-positive rate, with CheXpert's Lung Opacity and No Finding rules
 applied to the reads. The test set is drawn from a random stream of its own, after the train and
 valid ones: the train and valid files are the same whatever --test_patients.
+
+A planted bias, to show that an underdiagnosis audit finds it (and nothing else):
+    python make_demo_data.py --out data/demo-biased --bias Sex=Female:0.5 Race=Black:0.7
+draws every finding of the patients in a group (COLUMN=VALUE: Sex=Male|Female, or Race= one of
+race_group's groups) at FACTOR (0 < FACTOR <= 1) of its contrast, in train, valid and test: each
+finding's added density is scaled (Film.trace), and a finding that changes the anatomy changes it
+by FACTOR of its change from normal (heart and mediastinum width, diaphragm lift, rib step;
+apply_findings). A patient in several groups gets the product of their factors. The labels, the
+ground truth and the readers' reads are those of the finding as drawn (its strength), not of its
+contrast: the finding is there, only fainter, and the readers still see it (they are the unbiased
+reference), so only a model trained on the films learns the bias. Patients outside the groups get
+byte-identical films; without --bias every file is the same as before the option existed.
+Race and ethnicity (demographics.csv) come from a random stream of their own.
 Next step: python preprocess.py --data_root data/demo/CheXpert-v1.0-small
 The test set, with a trained model (predict.py writes test_studies.csv beside test.csv):
     python predict.py data/demo/CheXpert-v1.0/test --output test.csv
@@ -49,6 +64,7 @@ from tqdm import tqdm
 
 from cxr.cli import run_cli
 from cxr.data.chexpert import META_COLUMNS
+from cxr.data.demographics import RACE_GROUPS, race_group
 from cxr.data.labels import LABELS
 from cxr.errors import ConfigError, PipelineError
 
@@ -70,6 +86,10 @@ class DemoConfig:
     # patients (one study each) of a test set in CheXpert's test layout, with ground truth and
     # three readers; numbered after the valid ones; 0 = no test set
     test_patients: int = 100
+    # planted bias: COLUMN=VALUE:FACTOR, e.g. Sex=Female:0.5 or Race=Black:0.7 (race_group's
+    # groups); the findings of that group's patients are drawn at FACTOR (0 < FACTOR <= 1) of
+    # their contrast, labels unchanged; several allowed
+    bias: tuple[str, ...] = ()
 
 
 FINDINGS = tuple(label for label in LABELS if label != "No Finding")
@@ -107,7 +127,8 @@ class Anatomy:
     mediastinum: float  # half width of the upper mediastinum
     lung_dark: float  # how much darker aerated lung is than soft tissue, in [0, 1] intensity
     dome_raise: tuple = (0.0, 0.0)  # volume loss (atelectasis), indexed by side > 0
-    broken_rib: tuple | None = None  # (side, rib number, strength) of a rib fracture
+    broken_rib: tuple | None = None  # (side, rib number, strength, step) of a rib fracture;
+    # step: how far the lateral fragment is displaced downwards, as a fraction of the height
 
 
 class Study(NamedTuple):
@@ -121,6 +142,73 @@ class Study(NamedTuple):
     anatomy: Anatomy  # the patient's chest as changed by this study's findings
     findings: dict  # label -> Finding: the traces drawn in this study's images
     labels: dict  # label -> CSV value: 1.0, 0.0, -1.0 or NaN (blank)
+    race: str = "Unknown"  # PRIMARY_RACE, as CHEXPERT DEMO.xlsx writes it
+    ethnicity: str = "Unknown"  # ETHNICITY, as CHEXPERT DEMO.xlsx writes it
+    contrast: float = 1.0  # factor of the findings' contrast in the films (--bias), 1 = as drawn
+
+
+# ---- demographics and the planted bias ----------------------------------------------------------
+
+# (PRIMARY_RACE, ETHNICITY, share in %) as CHEXPERT DEMO.xlsx writes them, in CheXpert-like
+# shares (grouped: White 53, Hispanic 15, Asian 14, unknown 6, Black 5, Other 5, Native
+# American 2).
+ORIGINS = (
+    ("White", "Non-Hispanic/Non-Latino", 30.0), ("White, non-Hispanic", "Not Hispanic", 20.0),
+    ("White", "Unknown", 3.0), ("White", "Hispanic/Latino", 3.0),
+    ("White, Hispanic", "Hispanic/Latino", 2.0), ("Other, Hispanic", "Hispanic/Latino", 4.0),
+    ("Other", "Hispanic/Latino", 6.0), ("Other", "Non-Hispanic/Non-Latino", 5.0),
+    ("Asian", "Non-Hispanic/Non-Latino", 9.0), ("Asian, non-Hispanic", "Not Hispanic", 5.0),
+    ("Black or African American", "Non-Hispanic/Non-Latino", 3.0),
+    ("Black, non-Hispanic", "Not Hispanic", 2.0),
+    ("Native Hawaiian or Other Pacific Islander", "Non-Hispanic/Non-Latino", 1.5),
+    ("American Indian or Alaska Native", "Non-Hispanic/Non-Latino", 0.5),
+    ("Unknown", "Unknown", 5.0), ("Patient Refused", "Patient Refused", 1.0),
+)
+BIAS_GROUPS = {"Sex": ("Male", "Female"), "Race": RACE_GROUPS}  # --bias COLUMN=VALUE
+
+
+def patient_origin(seed: int, patient: int) -> tuple[str, str]:
+    """A patient's (PRIMARY_RACE, ETHNICITY), from a random stream of its own (seed, 3, patient):
+    the other streams, and so every other file, are the same as without it."""
+    shares = np.array([share for *_, share in ORIGINS])
+    race, ethnicity, _ = ORIGINS[np.random.default_rng([seed, 3, patient]).choice(
+        len(ORIGINS), p=shares / shares.sum())]
+    return race, ethnicity
+
+
+class Bias(NamedTuple):
+    column: str  # Sex or Race
+    value: str  # Male/Female, or a race group
+    factor: float  # of the findings' contrast, in (0, 1]
+
+
+def parse_bias(spec: str) -> Bias:
+    """COLUMN=VALUE:FACTOR (Sex=Female:0.5) as a Bias; ConfigError naming the spec if bad."""
+    column, _, rest = spec.partition("=")
+    value, _, factor_text = rest.rpartition(":")
+    allowed = " or ".join(f"{name}={'|'.join(values)}" for name, values in BIAS_GROUPS.items())
+    if column not in BIAS_GROUPS or value not in BIAS_GROUPS[column]:
+        raise ConfigError(f"--bias {spec!r}: expected COLUMN=VALUE:FACTOR with COLUMN=VALUE one "
+                          f"of {allowed}")
+    try:
+        factor = float(factor_text)
+    except ValueError:
+        factor = float("nan")
+    if not 0.0 < factor <= 1.0:  # nan fails too
+        raise ConfigError(f"--bias {spec!r}: FACTOR must be a number in (0, 1], e.g. "
+                          f"{column}={value}:0.5")
+    return Bias(column, value, factor)
+
+
+def contrast_of(biases: tuple[str, ...], sex: str, race: str, ethnicity: str) -> float:
+    """The factor of a patient's findings' contrast: the product of the factors of the --bias
+    groups the patient is in; 1.0 (exactly) in none."""
+    groups = {"Sex": sex, "Race": race_group(race, ethnicity)}
+    contrast = 1.0
+    for bias in map(parse_bias, biases):
+        if groups[bias.column] == bias.value:
+            contrast *= bias.factor
+    return contrast
 
 
 # ---- drawing helpers ----------------------------------------------------------------------------
@@ -128,8 +216,9 @@ class Study(NamedTuple):
 class Film:
     """A float density image (brighter = denser) drawn in fractions of width (x) and height (y)."""
 
-    def __init__(self, width: int, height: int):
+    def __init__(self, width: int, height: int, contrast: float = 1.0):
         self.w, self.h = width, height
+        self.contrast = contrast  # factor of every finding's density (trace), not the anatomy's
         self.img = np.full((height, width), 0.04, np.float32)  # air around the body
         self.lungs = {}  # side -> aerated-lung mask, set by the anatomy, used to clip findings
         self.markings = None  # lung vessel texture as added, removed again by a pneumothorax
@@ -170,6 +259,10 @@ class Film:
         layer = self.blur(layer, blur) if blur else layer
         self.img += density * layer
         return layer
+
+    def trace(self, layer, density: float, blur: float = 0.003) -> np.ndarray:
+        """add() a finding's trace: its density scaled by the film's contrast (--bias)."""
+        return self.add(layer, density * self.contrast, blur)
 
 
 def smooth_noise(rng, film: Film, cells: int) -> np.ndarray:
@@ -220,18 +313,23 @@ def sample_anatomy(rng) -> Anatomy:
                    mediastinum=u(0.065, 0.085), lung_dark=u(0.26, 0.34))
 
 
-def apply_findings(anat: Anatomy, findings: dict, rng) -> Anatomy:
-    """The anatomy as changed by the findings whose trace is anatomical."""
+def apply_findings(anat: Anatomy, findings: dict, rng, contrast: float = 1.0) -> Anatomy:
+    """The anatomy as changed by the findings whose trace is anatomical; contrast (--bias)
+    scales each change from normal: heart and mediastinum width, diaphragm lift, rib step."""
+    def toward(normal: float, changed: float) -> float:  # exactly `changed` at contrast 1
+        return changed if contrast == 1.0 else normal + contrast * (changed - normal)
+
     changes = {}
     if f := findings.get("Cardiomegaly"):
-        changes["ctr"] = 0.55 + 0.1 * f.strength
+        changes["ctr"] = toward(anat.ctr, 0.55 + 0.1 * f.strength)
     if f := findings.get("Enlarged Cardiomediastinum"):
-        changes["mediastinum"] = 0.115 + 0.05 * f.strength
+        changes["mediastinum"] = toward(anat.mediastinum, 0.115 + 0.05 * f.strength)
     if f := findings.get("Atelectasis"):  # volume loss pulls that hemidiaphragm up
-        lift = 0.02 + 0.025 * f.strength
+        lift = toward(0.0, 0.02 + 0.025 * f.strength)
         changes["dome_raise"] = (lift, 0.0) if f.side < 0 else (0.0, lift)
-    if f := findings.get("Fracture"):
-        changes["broken_rib"] = (f.side, int(rng.integers(2, 7)), f.strength)
+    if f := findings.get("Fracture"):  # the lateral fragment is displaced downwards by a step
+        step = toward(0.0, 0.02 + 0.015 * f.strength)
+        changes["broken_rib"] = (f.side, int(rng.integers(2, 7)), f.strength, step)
     return replace(anat, **changes)
 
 
@@ -287,8 +385,7 @@ def draw_bones(film: Film, anat: Anatomy, rng) -> dict:
             x = 0.5 + side * (0.04 + u * anat.half_width)
             pts = np.stack([x, y0 - 0.03 * np.sin(np.pi * u) + 0.08 * u**2], 1)
             if anat.broken_rib and anat.broken_rib[:2] == (side, rib):
-                strength, k = anat.broken_rib[2], int(rng.integers(9, 15))
-                step = 0.02 + 0.015 * strength  # the lateral fragment is displaced downwards
+                (*_, strength, step), k = anat.broken_rib, int(rng.integers(9, 15))
                 film.poly(bones, pts[:k], thickness=width)
                 film.poly(bones, pts[k + 1:] + (0, step), thickness=width)
                 dx, dy = (pts[k + 1] - pts[k - 1]) * (film.w, film.h)  # callus along the rib
@@ -299,7 +396,7 @@ def draw_bones(film: Film, anat: Anatomy, rng) -> dict:
     film.add(bones, 0.08)
     if not anat.broken_rib:
         return {}
-    return {"fracture": film.add(fracture, 0.15 + 0.1 * anat.broken_rib[2], blur=0.005)}
+    return {"fracture": film.trace(fracture, 0.15 + 0.1 * anat.broken_rib[2], blur=0.005)}
 
 
 # ---- one drawing function per finding (frontal view) --------------------------------------------
@@ -310,7 +407,7 @@ def lung_opacity(film: Film, anat: Anatomy, rng, f: Finding) -> np.ndarray:
     for _ in range(rng.integers(1, 3)):
         x, y = lung_point(anat, rng, f.side, 0.25, 0.6)
         film.ellipse(haze, x, y, rng.uniform(0.06, 0.09), rng.uniform(0.05, 0.08))
-    return film.add(film.blur(haze, 0.03) * film.lungs[f.side], 0.14 + 0.1 * f.strength, blur=0)
+    return film.trace(film.blur(haze, 0.03) * film.lungs[f.side], 0.14 + 0.1 * f.strength, blur=0)
 
 
 def lung_lesion(film: Film, anat: Anatomy, rng, f: Finding) -> np.ndarray:
@@ -318,7 +415,7 @@ def lung_lesion(film: Film, anat: Anatomy, rng, f: Finding) -> np.ndarray:
     nodules = film.layer()
     for _ in range(rng.integers(1, 3)):
         film.circle(nodules, *lung_point(anat, rng, f.side, 0.22, 0.62), 0.028 + 0.02 * f.strength)
-    return film.add(nodules, 0.22 + 0.15 * f.strength, blur=0.004)
+    return film.trace(nodules, 0.22 + 0.15 * f.strength, blur=0.004)
 
 
 def edema(film: Film, anat: Anatomy, rng, f: Finding) -> np.ndarray:
@@ -331,7 +428,7 @@ def edema(film: Film, anat: Anatomy, rng, f: Finding) -> np.ndarray:
             x = lateral_x(anat, side, y) - side * 0.008
             film.poly(lines, [(x, y), (x - side * 0.05, y)], thickness=film.thick(0.008))
     trace = film.blur(haze, 0.04) * (0.1 + 0.1 * f.strength) + lines * (0.12 + 0.1 * f.strength)
-    return film.add(trace * (film.lungs[-1] + film.lungs[1]), 1.0, blur=0.002)
+    return film.trace(trace * (film.lungs[-1] + film.lungs[1]), 1.0, blur=0.002)
 
 
 def consolidation(film: Film, anat: Anatomy, rng, f: Finding) -> np.ndarray:
@@ -346,7 +443,7 @@ def consolidation(film: Film, anat: Anatomy, rng, f: Finding) -> np.ndarray:
         film.poly(bronchi, [(x, y - 0.05), (x + dx, y + 0.06)], thickness=film.thick(0.008))
     patch = film.blur(patch, 0.006) * film.lungs[f.side]
     density = anat.lung_dark * (0.75 + 0.25 * f.strength)  # fills the air spaces: near soft tissue
-    return film.add(patch * (density - 0.1 * film.blur(bronchi, 0.003)), 1.0, blur=0)
+    return film.trace(patch * (density - 0.1 * film.blur(bronchi, 0.003)), 1.0, blur=0)
 
 
 def pneumonia(film: Film, anat: Anatomy, rng, f: Finding) -> np.ndarray:
@@ -357,7 +454,7 @@ def pneumonia(film: Film, anat: Anatomy, rng, f: Finding) -> np.ndarray:
         film.circle(blotches, x + rng.normal(0, 0.04), y + rng.normal(0, 0.05),
                     rng.uniform(0.025, 0.04))
     blotches = film.blur(blotches, 0.006) * film.lungs[f.side]
-    return film.add(blotches, 0.2 + 0.12 * f.strength, blur=0)
+    return film.trace(blotches, 0.2 + 0.12 * f.strength, blur=0)
 
 
 def atelectasis(film: Film, anat: Anatomy, rng, f: Finding) -> np.ndarray:
@@ -367,7 +464,7 @@ def atelectasis(film: Film, anat: Anatomy, rng, f: Finding) -> np.ndarray:
     x1 = x0 - f.side * rng.uniform(0.14, 0.2)
     band = film.poly(film.layer(), [(x0, y), (x1, y + rng.uniform(-0.025, 0.025))],
                      thickness=film.thick(0.014 + 0.008 * f.strength))
-    return film.add(band * film.lungs[f.side], 0.25 + 0.12 * f.strength)
+    return film.trace(band * film.lungs[f.side], 0.25 + 0.12 * f.strength)
 
 
 def pneumothorax(film: Film, anat: Anatomy, rng, f: Finding) -> np.ndarray:
@@ -380,9 +477,9 @@ def pneumothorax(film: Film, anat: Anatomy, rng, f: Finding) -> np.ndarray:
     pocket[round(hilum[1] * film.h):] = 0  # only the apex and the upper lateral part
     line = film.poly(film.layer(), collapsed, thickness=film.thick(0.008))
     line *= cv2.dilate(pocket, np.ones((5, 5), np.uint8))  # the pleural line borders the pocket
-    film.img -= film.blur(pocket, 0.003) * film.markings  # no lung markings beyond the line
-    film.add(pocket, -0.04 - 0.05 * f.strength)
-    film.add(line, 0.14 + 0.1 * f.strength)
+    film.img -= film.blur(pocket, 0.003) * film.markings * film.contrast  # none beyond the line
+    film.trace(pocket, -0.04 - 0.05 * f.strength)
+    film.trace(line, 0.14 + 0.1 * f.strength)
     return np.maximum(pocket, line)
 
 
@@ -394,7 +491,7 @@ def pleural_effusion(film: Film, anat: Anatomy, rng, f: Finding) -> np.ndarray:
     wall = lateral + f.side * 0.02
     fluid = film.poly(film.layer(), [(wall, level - 0.05), *meniscus, (medial, 1), (wall, 1)])
     density = anat.lung_dark * (0.7 + 0.25 * f.strength)  # replaces the air: near soft tissue
-    return film.add(fluid * film.lungs[f.side], density, blur=0.004)
+    return film.trace(fluid * film.lungs[f.side], density, blur=0.004)
 
 
 def pleural_other(film: Film, anat: Anatomy, rng, f: Finding) -> np.ndarray:
@@ -403,7 +500,7 @@ def pleural_other(film: Film, anat: Anatomy, rng, f: Finding) -> np.ndarray:
     for y in rng.uniform(0.3, 0.6, rng.integers(1, 3)):
         x = lateral_x(anat, f.side, y) - f.side * 0.008
         film.ellipse(plaques, x, y, 0.02 + 0.012 * f.strength, 0.07 + 0.04 * f.strength)
-    return film.add(plaques, 0.25 + 0.12 * f.strength)
+    return film.trace(plaques, 0.25 + 0.12 * f.strength)
 
 
 def support_devices(film: Film, anat: Anatomy, rng, f: Finding) -> np.ndarray:
@@ -419,7 +516,7 @@ def support_devices(film: Film, anat: Anatomy, rng, f: Finding) -> np.ndarray:
         film.rect(metal, x - 0.05, y - 0.03, x + 0.05, y + 0.03)
         lead = [(x - 0.03, y), (0.6, 0.27), (0.52, 0.38), (0.56, anat.cp_y - 0.08)]
         film.poly(metal, lead, thickness=film.thick(0.008))
-    return film.add(metal, 0.35 + 0.25 * f.strength, blur=0.002)
+    return film.trace(metal, 0.35 + 0.25 * f.strength, blur=0.002)
 
 
 FRONTAL_TRACES = {
@@ -468,12 +565,12 @@ def render_lateral(film: Film, anat: Anatomy, findings: dict, rng) -> dict:
         fluid = film.poly(film.layer(), [(0.5, 1), (0.5, level + 0.04), (0.65, level + 0.01),
                                          (0.85, level - 0.03), (0.85, 1)])
         density = anat.lung_dark * (0.7 + 0.25 * f.strength)
-        traces["Pleural Effusion"] = film.add(fluid * lung, density)
+        traces["Pleural Effusion"] = film.trace(fluid * lung, density)
     if f := findings.get("Support Devices"):
         tube = [(0.45, 0), (0.44, 0.15), (0.42, 0.3)]
         metal = film.poly(film.layer(), tube, thickness=film.thick(0.01))
         film.rect(metal, 0.18, 0.2, 0.26, 0.25)  # pacemaker
-        traces["Support Devices"] = film.add(metal, 0.35 + 0.25 * f.strength, blur=0.002)
+        traces["Support Devices"] = film.trace(metal, 0.35 + 0.25 * f.strength, blur=0.002)
     return traces
 
 
@@ -550,12 +647,17 @@ def with_hierarchy(values: dict, split: str) -> dict:
 
 def plan_patient(cfg: DemoConfig, rng, split: str, patient: int, max_studies: int
                  ) -> list[Study]:
-    """One patient's studies (1 to max_studies): demographics, anatomy, findings and labels."""
+    """One patient's studies (1 to max_studies): demographics, anatomy, findings and labels.
+
+    The findings' contrast (--bias) changes the films only; the labels are the findings'."""
     acute = [label for label in FINDINGS if label not in CHRONIC]
     labelled_as = "train" if split == "train" else "valid"  # test: radiologists' 0/1, as valid
     sex, age = str(rng.choice(["Male", "Female"])), int(rng.integers(18, 89))
+    race, ethnicity = patient_origin(cfg.seed, patient)  # a stream of its own
+    contrast = contrast_of(cfg.bias, sex, race, ethnicity)
     chronic = draw_findings(rng, CHRONIC, {})
-    anat = apply_findings(sample_anatomy(rng), chronic, rng)  # same heart, rib, ... each study
+    # same heart, rib, ... in each study
+    anat = apply_findings(sample_anatomy(rng), chronic, rng, contrast)
     studies = []
     for study in range(1, int(rng.integers(1, max_studies + 1)) + 1):
         findings = draw_findings(rng, acute, chronic)
@@ -565,8 +667,9 @@ def plan_patient(cfg: DemoConfig, rng, split: str, patient: int, max_studies: in
         ap_pa = "AP" if rng.random() < p_ap else "PA"
         lateral = bool(rng.random() < cfg.lateral_fraction)
         studies.append(Study(split, patient, study, sex, min(90, age + study - 1), ap_pa,
-                             lateral, apply_findings(anat, new, rng), findings,
-                             csv_labels(findings, labelled_as, cfg, rng)))
+                             lateral, apply_findings(anat, new, rng, contrast), findings,
+                             csv_labels(findings, labelled_as, cfg, rng), race, ethnicity,
+                             contrast))
     return studies
 
 
@@ -621,6 +724,9 @@ def check_config(cfg: DemoConfig) -> None:
             raise ConfigError(f"--{name} must be between 0 and 1, got {getattr(cfg, name)}")
     if cfg.uncertain_negatives + cfg.blank_fraction > 1.0:
         raise ConfigError("--uncertain_negatives + --blank_fraction must be at most 1")
+    groups = [parse_bias(spec)[:2] for spec in cfg.bias]
+    if len(set(groups)) < len(groups):
+        raise ConfigError(f"--bias names a group twice: {', '.join(cfg.bias)}")
 
 
 # ---- main ---------------------------------------------------------------------------------------
@@ -641,7 +747,7 @@ def frontal_findings(s: Study) -> dict:
 
 def make_image(s: Study, view: str, cfg: DemoConfig, rng) -> tuple[np.ndarray, dict]:
     """One 8-bit film of a study, and the pixel box of each finding drawn on it."""
-    film = Film(cfg.width, cfg.height)
+    film = Film(cfg.width, cfg.height, s.contrast)
     if view == "Frontal":
         traces = render_frontal(film, s.anatomy, frontal_findings(s), rng)
     else:
@@ -673,9 +779,9 @@ def write_jpeg(path: Path, img: np.ndarray, cfg: DemoConfig) -> None:
         raise PipelineError(f"could not write {path}")
 
 
-def write_test_set(cfg: DemoConfig, out: Path) -> int:
+def write_test_set(cfg: DemoConfig, out: Path) -> list[Study]:
     """The test patients' films in CheXpert's test layout (<out>/CheXpert-v1.0/test/), their
-    ground truth as groundtruth.csv and three readers' reads; returns the number of films.
+    ground truth as groundtruth.csv and three readers' reads; returns the test studies.
 
     Everything here comes from random streams of its own, seeded by --seed: the train and valid
     files do not change with --test_patients.
@@ -700,7 +806,15 @@ def write_test_set(cfg: DemoConfig, out: Path) -> int:
         reader_rng = np.random.default_rng([cfg.seed, 2, number])
         reads = [reader_reads(s, reader, reader_rng) for s in studies]
         table(reads).to_csv(out / "test_readers" / f"reader{number}.csv", index=False)
-    return len(views)
+    return studies
+
+
+def demographics(studies: list[Study]) -> pd.DataFrame:
+    """CHEXPERT DEMO.xlsx's table: one row per patient, the age at the first study."""
+    first = {s.patient: s for s in studies if s.study == 1}
+    return pd.DataFrame([(f"patient{p:05d}", s.sex, s.age, s.race, s.ethnicity)
+                         for p, s in sorted(first.items())],
+                        columns=["PATIENT", "GENDER", "AGE_AT_CXR", "PRIMARY_RACE", "ETHNICITY"])
 
 
 def main(cfg: DemoConfig) -> None:
@@ -716,7 +830,8 @@ def main(cfg: DemoConfig) -> None:
                             "write it (the real CheXpert test set?); choose another --out")
     rng = np.random.default_rng(cfg.seed)
     rows, annotations = {"train": [], "valid": []}, []
-    for s, view in tqdm(views_of(plan_studies(cfg, rng)), desc="make_demo_data", unit="img"):
+    studies = plan_studies(cfg, rng)
+    for s, view in tqdm(views_of(studies), desc="make_demo_data", unit="img"):
         path = film_path(s, view)
         img, boxes = make_image(s, view, cfg, rng)
         write_jpeg(out / path, img, cfg)
@@ -730,7 +845,9 @@ def main(cfg: DemoConfig) -> None:
         frame.to_csv(root / f"{split}.csv", index=False)
     pd.DataFrame(annotations, columns=["Path", "label", "x0", "y0", "x1", "y1"]).to_csv(
         out / "annotations.csv", index=False)
-    n_test = write_test_set(cfg, out) if cfg.test_patients else 0
+    test_studies = write_test_set(cfg, out) if cfg.test_patients else []
+    demographics(studies + test_studies).to_csv(out / "demographics.csv", index=False)
+    n_test = len(views_of(test_studies))
     test = (f", {n_test:,} test images ({cfg.test_patients:,} patients, one study each) to "
             f"{out / 'CheXpert-v1.0' / 'test'} with their labels in "
             f"{out / 'test_groundtruth.csv'} and {len(READERS)} readers' reads in "
@@ -738,7 +855,9 @@ def main(cfg: DemoConfig) -> None:
     n_train, n_valid = len(rows["train"]), len(rows["valid"])
     print(f"make_demo_data: wrote {n_train:,} train + {n_valid:,} valid images "
           f"({cfg.patients:,} + {cfg.valid_patients:,} patients) to {root}, "
-          f"finding boxes to {out / 'annotations.csv'}{test}")
+          f"finding boxes to {out / 'annotations.csv'}{test}, every patient's sex, age, race and "
+          f"ethnicity to {out / 'demographics.csv'}"
+          + (f"; findings fainter for {', '.join(cfg.bias)}" if cfg.bias else ""))
 
 
 if __name__ == "__main__":

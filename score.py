@@ -44,6 +44,7 @@ from pathlib import Path
 
 from config import Config
 from cxr.cli import run_cli
+from cxr.data.demographics import check_demographics
 from cxr.errors import ConfigError
 from cxr.reporting.plots import forest_plot, pr_grid, roc_grid
 from cxr.reporting.score_report import print_labelers, print_score, write_documents
@@ -99,6 +100,7 @@ def draw_figures(model: Scored, comparisons: dict, subgroups: dict, out_dir: Pat
 
 def main(cfg: Config) -> None:
     check_options(cfg)
+    check_demographics(cfg)
     out_dir = output_dir(cfg)
     reference = read_reference(Path(cfg.labels))
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ import predict  # noqa: E402
 from config import Config
 from conftest import tiny_checkpoint  # noqa: E402
 from cxr.cli import parse_args  # noqa: E402
+from cxr.data.inputs import images_in_folder  # noqa: E402
 from cxr.inference.predictor import RadiographFiles, batch_logits, load_predictor  # noqa: E402
 from model_architecture import model_from_checkpoint
 
@@ -59,7 +60,7 @@ def compute_rate(cfg: Config, paths: list[str]) -> float:
 def main(cfg: Config) -> None:
     if not NIH.is_dir():
         raise SystemExit(f"{NIH} not found: this benchmark needs ../shared/data")
-    paths, _ = predict.images_in_folder(NIH)
+    paths, _ = images_in_folder(NIH)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = tiny_checkpoint(Path(tmp) / "run" / "best.pth", image_size=cfg.image_size)
         run = Config(**{**cfg.__dict__, "checkpoint": str(checkpoint), "inputs": (str(NIH),),

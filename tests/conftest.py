@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -151,6 +152,21 @@ def run_script(script: str, *args: str) -> str:
                             text=True, timeout=900)
     assert result.returncode == 0, f"{script} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout
+
+
+def run_in_process(capsys, script: str, *args: str) -> tuple[int, str, str]:
+    """A script's command line without a new interpreter: (exit code, stdout, stderr)."""
+    from config import Config
+    from cxr.cli import run_cli
+
+    module = importlib.import_module(script.removesuffix(".py"))
+    try:
+        run_cli(module.main, script=script, argv=list(args), defaults=Config())
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,8 @@ from pathlib import Path
 from conftest import ROOT
 
 SCRIPTS = ("preprocess.py", "make_splits.py", "cache.py", "train.py", "evaluate.py",
-           "predict.py", "score.py", "export.py", "ablate.py", "app.py", "make_demo_data.py")
+           "predict.py", "score.py", "export.py", "ablate.py", "app.py", "make_demo_data.py",
+           "localize.py")
 DESIGN_CARD = ("config.py", "dataset.py", "model_architecture.py")
 PACKAGE = "cxr"
 # Top to bottom: a module imports modules of its own layer or of the layers below it. A layer

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+import conftest
 from config import Config
 from conftest import ROOT, shared, tiny_checkpoint, write_thresholds_json
 from cxr.data.labels import LABELS
@@ -150,17 +151,8 @@ def test_thresholds_malformed_are_an_error(checkpoint, tmp_path):
 
 
 def run_in_process(capsys, *args: str) -> tuple[int, str, str]:
-    """predict.py's command line without a new interpreter: (exit code, stdout, stderr)."""
-    import predict
-    from cxr.cli import run_cli
-
-    try:
-        run_cli(predict.main, script="predict.py", argv=list(args), defaults=Config())
-        code = 0
-    except SystemExit as stop:
-        code = stop.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    """predict.py's command line in this process: (exit code, stdout, stderr)."""
+    return conftest.run_in_process(capsys, "predict.py", *args)
 
 
 def test_csv_of_paths_and_clear_errors(checkpoint, tmp_path, capsys):

@@ -304,7 +304,8 @@ def test_score_json_keys_in_their_order(scored):
         "radiologists", "radiologists_below_curve", "radiologists_below_pr_curve",
         "readers_by_label", "compare", "subgroups", "subgroup_comparisons", "compare_rows",
         "compare_n", "leaderboard", "intervals", "bootstrap", "study_aggregation",
-        "min_positives"]
+        "min_positives", "underdiagnosis", "underdiagnosis_comparisons", "false_negative_rates",
+        "false_negative_comparisons"]
     assert list(saved["bootstrap"]) == ["resamples", "level", "seed", "unit", "for"]
 
 

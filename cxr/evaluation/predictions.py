@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from cxr.data.augment import TTAModel
+from cxr.data.demographics import join_demographics
 from cxr.data.labels import masked_counts
 from cxr.data.loading import make_loader
 from cxr.data.splits import read_split
@@ -38,6 +39,7 @@ from cxr.evaluation.report import CalibrationSummary, EnsembleMember, EnsembleSu
     EvaluationReport, InputGateSummary, LevelSummary, MemberMean, OperatingPoint
 from cxr.evaluation.subgroups import subgroup_table
 from cxr.evaluation.thresholds import thresholds_payload, write_thresholds
+from cxr.evaluation.underdiagnosis import missed_audit
 from cxr.training.checkpoint import Rebuild, checkpoint_warnings, load_checkpoint, model_id, \
     require_finite
 from cxr.training.runtime import autocast, autocast_dtype, prepare_model, to_device
@@ -208,9 +210,12 @@ def evaluate_predictions(preds: Predictions, thresholds: dict, calibration: dict
     probs = sigmoid(scores)
     image, study, studies = level_summaries(preds, scores, probs, cfg)
     audited = [c for c, label in enumerate(labels) if label not in unlabelled]
-    audit = subgroup_table(scores[:, audited], targets[:, audited], preds.frame,
+    frame, demographic, read = join_demographics(preds.frame, cfg)
+    audit = subgroup_table(scores[:, audited], targets[:, audited], frame,
                            tuple(labels[c] for c in audited), cfg.ci_level, cfg.min_positives,
-                           cfg.age_bands)
+                           cfg.age_bands, demographic)
+    missed = missed_audit(probs, targets, labels, thresholds["youden"], frame, demographic, cfg,
+                          "thresholds.json: the Youden thresholds fitted on val")
     points = operating_point_table(targets, probs, labels, thresholds, preds.frame["patient_id"],
                                    cfg.ci_level)
     return EvaluationReport(
@@ -225,7 +230,9 @@ def evaluate_predictions(preds: Predictions, thresholds: dict, calibration: dict
         operating_points=[OperatingPoint.from_dict(point) for point in points],
         intervals=interval_methods(cfg.ci_level), min_positives=cfg.min_positives, tta=cfg.tta,
         not_labelled=unlabelled, subgroups=audit.table,
-        subgroup_comparisons=audit.multiplicity(cfg.ci_level),
+        subgroup_comparisons={**audit.multiplicity(cfg.ci_level),
+                              **({"demographics": read} if read else {})},
+        **missed.report_fields(),
         input_gate=None if split == "val" else gate_summary(preds, gate, cfg.ci_level))
 
 

@@ -19,7 +19,7 @@ from_dict() reads it back. The subgroup audit (subgroups.subgroup_table) and the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from cxr.evaluation.intervals import Interval
 
@@ -329,6 +329,12 @@ class EvaluationReport:
     not_labelled: dict[str, str]  # labels the dataset does not annotate -> the note shown
     subgroups: dict  # subgroups.subgroup_table: {audit: {stratum: entry}}
     subgroup_comparisons: dict  # subgroups.Audit.multiplicity: the family Holm adjusts over
+    # underdiagnosis.py: No Finding called among films with a finding, by stratum, and each
+    # finding's false-negative rate by stratum, with their operating points and families
+    underdiagnosis: dict = field(default_factory=dict)
+    underdiagnosis_comparisons: dict = field(default_factory=dict)
+    false_negative_rates: dict = field(default_factory=dict)
+    false_negative_comparisons: dict = field(default_factory=dict)
     ensemble: EnsembleSummary | None = None  # an ensemble's members beside it
     dataset: ExternalDataset | None = None  # evaluate.py --dataset: the other dataset
     input_gate: InputGateSummary | None = None  # the share flagged outside the distribution

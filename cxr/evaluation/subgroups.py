@@ -53,11 +53,13 @@ def age_band(age: float, bounds: tuple[int, ...] = AGE_BANDS) -> str:
 
 
 def strata(frame: pd.DataFrame, targets: np.ndarray, labels: tuple[str, ...],
-           age_bounds: tuple[int, ...] = AGE_BANDS) -> dict[str, pd.Series]:
+           age_bounds: tuple[int, ...] = AGE_BANDS, demographic: tuple[str, ...] = ()
+           ) -> dict[str, pd.Series]:
     """Each row's stratum under every audit that the split can support: {audit: labels}.
 
     Sex and AP/PA as written (blank: unknown; AP/PA only for frontal films, where it is defined),
-    age bands from Age, Support Devices from the scored label (masked: unknown), else from a
+    age bands from Age, the `demographic` columns (a --demographics file's: Race, ...) as
+    written, Support Devices from the scored label (masked: unknown), else from a
     0/1 "Support Devices" column of `frame` (score.py: the reference's label when the
     predictions do not score it).
     """
@@ -68,6 +70,9 @@ def strata(frame: pd.DataFrame, targets: np.ndarray, labels: tuple[str, ...],
         ages = pd.to_numeric(frame["Age"], errors="coerce").to_numpy(dtype=float)
         audits["Age"] = pd.Series([age_band(age, age_bounds) for age in ages],
                                   index=frame.index)
+    for name in demographic:
+        if name not in audits:
+            audits[name] = frame[name].astype(str).str.strip().replace("", UNKNOWN)
     if "AP/PA" in frame:
         view = frame["AP/PA"].fillna("").astype(str).str.strip().replace("", UNKNOWN)
         if "Frontal/Lateral" in frame:
@@ -80,9 +85,10 @@ def strata(frame: pd.DataFrame, targets: np.ndarray, labels: tuple[str, ...],
         audits["Support Devices"] = pd.Series(
             np.where(np.isnan(devices), UNKNOWN, np.where(devices > 0.5, "present", "absent")),
             index=frame.index)
-    # an audit the data cannot support at all (MIMIC-CXR-JPG has no sex or age) is left out
+    # an audit the data cannot support (MIMIC-CXR-JPG has no sex or age; every row one value:
+    # nothing to compare) is left out
     return {name: values.reset_index(drop=True) for name, values in audits.items()
-            if not (values == UNKNOWN).all()}
+            if values.nunique() > 1}
 
 
 def audit_reason(targets: np.ndarray, influence: Influence | None, min_positives: int) -> str:
@@ -193,11 +199,11 @@ def comparisons(table: dict[str, dict[str, dict]]) -> dict[tuple, list[dict]]:
     return family
 
 
-def adjust(table: dict[str, dict[str, dict]], level: float) -> int:
-    """Holm-adjust every comparison of the audit in place (p_adjusted, verdict); returns how
-    many comparisons the family holds. A comparison without a p-value (a side ranks perfectly,
-    intervals.difference_interval) counts with p = 1."""
-    family = comparisons(table)
+def holm_verdicts(family: dict[tuple, list[dict]], level: float) -> int:
+    """Holm-adjust a family of comparisons in place (p_adjusted, verdict), each key one
+    comparison (its members: the same comparison seen from both sides); returns how many the
+    family holds. A comparison without a p-value (a side ranks perfectly,
+    intervals.difference_interval; nobody called, underdiagnosis.score_test) counts with p = 1."""
     p_values = [min((v["p_value"] if v["p_value"] is not None else 1.0) for v in members)
                 for members in family.values()]
     for members, adjusted in zip(family.values(), holm(p_values) if p_values else []):
@@ -207,6 +213,12 @@ def adjust(table: dict[str, dict[str, dict]], level: float) -> int:
             values["verdict"] = (LOWER if values["difference"] < 0 else HIGHER) if significant \
                 else "no clear difference"
     return len(family)
+
+
+def adjust(table: dict[str, dict[str, dict]], level: float) -> int:
+    """Holm-adjust every comparison of the audit in place (p_adjusted, verdict); returns how
+    many comparisons the family holds."""
+    return holm_verdicts(comparisons(table), level)
 
 
 @dataclass
@@ -223,13 +235,15 @@ class Audit:
 
 def subgroup_table(scores: np.ndarray, targets: np.ndarray, frame: pd.DataFrame,
                    labels: tuple[str, ...], level: float, min_positives: int = 10,
-                   age_bounds: tuple[int, ...] = AGE_BANDS) -> Audit:
+                   age_bounds: tuple[int, ...] = AGE_BANDS, demographic: tuple[str, ...] = ()
+                   ) -> Audit:
     """The audit of one split: its table {audit: {stratum: {"auc": {label: AUC}, "mean_auc",
     "n_images", "n_patients", "labels": {label: cell}, "means": {key: mean}}}} (a mean per
     metrics.MEANS key that the labels hold: stratum_means; "mean_auc" is the all-labels one),
     Holm-adjusted over all its comparisons.
 
-    `frame` holds the rows' patient_id and the columns strata() reads; `scores` rank the rows
+    `frame` holds the rows' patient_id and the columns strata() reads (`demographic`: a
+    --demographics file's columns); `scores` rank the rows
     (logits will do); `targets` are 0/1 with NaN masked.
     """
     patients = frame["patient_id"].astype(str).reset_index(drop=True)
@@ -237,7 +251,7 @@ def subgroup_table(scores: np.ndarray, targets: np.ndarray, frame: pd.DataFrame,
     overall = {label: None if influence is None else influence.auc for label, influence
                in class_influences(scores, targets, patients, labels).items()}
     table = {}
-    for audit, groups in strata(frame, targets, labels, age_bounds).items():
+    for audit, groups in strata(frame, targets, labels, age_bounds, demographic).items():
         table[audit] = {}
         for stratum in sorted(groups.unique()):
             inside = (groups == stratum).to_numpy()

@@ -162,6 +162,24 @@ def read_thresholds(checkpoint_path: str | Path, labels: Sequence[str], weights_
     return Thresholds(values, calibration, method, str(path), warnings, gate)
 
 
+def read_operating_points(file: str | Path, labels: Sequence[str]) -> dict[str, float | None]:
+    """score.py --thresholds: the Youden thresholds of a thresholds.json, {label: threshold or
+    None}, for the labels scored (the file need not be bound to any checkpoint here)."""
+    path = Path(file)
+    if not path.is_file():
+        raise PipelineError(f"--thresholds {path}: no such file (evaluate.py writes "
+                            f"{THRESHOLDS_FILE} beside the checkpoint)")
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PipelineError(f"{path} is not valid JSON ({err}); re-run evaluate.py") from None
+    if not isinstance(stored, dict) or not isinstance(stored.get("thresholds"), dict):
+        raise PipelineError(f"{path} lacks a 'thresholds' object of label -> probability; "
+                            "re-run evaluate.py")
+    return {label: _probability(stored["thresholds"].get(label), path, f"thresholds[{label!r}]")
+            for label in labels}
+
+
 # ---- writing ---------------------------------------------------------------------------------------
 
 def thresholds_payload(checkpoint: Path, model_id: str, labels: tuple[str, ...],

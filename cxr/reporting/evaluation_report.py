@@ -27,6 +27,7 @@ from cxr.evaluation.metrics import MEANS
 from cxr.evaluation.report import CalibrationSummary, EnsembleMember, EnsembleSummary, \
     EvaluationReport, InputGateSummary, LevelSummary, OperatingPoint, Recalibration
 from cxr.reporting.tables import interval_text, markdown_table, number_text, text_table
+from cxr.reporting.underdiagnosis_report import underdiagnosis_line, underdiagnosis_markdown
 
 if TYPE_CHECKING:
     from config import Config
@@ -311,6 +312,9 @@ def markdown_report(result: EvaluationReport, plots: dict[str, str], cfg: Config
           ["## Input gate", "", input_gate_text(result.input_gate, result.split), ""]),
         *subgroup_markdown(result.subgroups, result.subgroup_comparisons,
                            plots.get("subgroups")),
+        *underdiagnosis_markdown(result.underdiagnosis, result.underdiagnosis_comparisons,
+                                 result.false_negative_rates, result.false_negative_comparisons,
+                                 "studies" if result.per_study else "images"),
         "## ROC and precision-recall curves", "",
         f"![ROC curves]({plots['roc']})", "",
         f"![Precision-recall curves]({plots['pr']})", ""]
@@ -530,7 +534,8 @@ def print_report(result: EvaluationReport, path: Path, cfg: Config) -> None:
     print(f"study level ({result.n_studies} studies, {study_unit_text(result)}): "
           f"{', '.join(means)}")
     for text in (approximate_text(rows), left_out_text(result.image), masked_text(result),
-                 subgroup_line(result.subgroups, result.subgroup_comparisons)):
+                 subgroup_line(result.subgroups, result.subgroup_comparisons),
+                 underdiagnosis_line(result.underdiagnosis, result.underdiagnosis_comparisons)):
         if text:
             print(text)
     calibration = result.calibration

@@ -20,6 +20,7 @@ from cxr.reporting.evaluation_report import approximate_text, comparison_markdow
     comparison_text, intervals_text, left_out_text, report_card_markdown, report_card_text, \
     report_rows, subgroup_line, subgroup_markdown
 from cxr.reporting.tables import interval_text, markdown_table, number_text, text_table
+from cxr.reporting.underdiagnosis_report import underdiagnosis_line, underdiagnosis_markdown
 from cxr.scoring.report import LabelerReport, LabelerResult, LeaderboardRow, ScoreReport
 
 
@@ -185,7 +186,8 @@ def print_score(report: ScoreReport) -> None:
     print(f"\nReport card: {described(report)}")
     print(report_card_text(report_rows(card), level, study_column=False))
     for text in (left_out_text(card), approximate_text(report_rows(card)),
-                 subgroup_line(report.subgroups, report.subgroup_comparisons)):
+                 subgroup_line(report.subgroups, report.subgroup_comparisons),
+                 underdiagnosis_line(report.underdiagnosis, report.underdiagnosis_comparisons)):
         if text:
             print(text)
     print_readers(report.readers_by_label)
@@ -268,6 +270,10 @@ def score_markdown(report: ScoreReport, plots: dict[str, str]) -> list[str]:
             *readers_markdown(report.readers_by_label),
             *subgroup_markdown(report.subgroups, report.subgroup_comparisons,
                                plots.get("subgroups")),
+            *underdiagnosis_markdown(report.underdiagnosis, report.underdiagnosis_comparisons,
+                                     report.false_negative_rates,
+                                     report.false_negative_comparisons,
+                                     "studies" if report.per_study else "images"),
             *comparisons_markdown(report), *leaderboard_markdown(report)]
 
 

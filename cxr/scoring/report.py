@@ -18,7 +18,7 @@ labeler rows (labelers.labeler_table) and the study views (files.scores_by_study
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cxr.evaluation.report import LevelSummary, field_dict
 
@@ -132,6 +132,11 @@ class ScoreReport:
     min_positives: int
     study_views: dict | None = None  # image predictions aggregated: the films left out
     labeler: dict[str, LabelerResult] | None = None  # --labeler: by the file's short name
+    # underdiagnosis.py (with --thresholds): as in eval_<split>.json
+    underdiagnosis: dict = field(default_factory=dict)
+    underdiagnosis_comparisons: dict = field(default_factory=dict)
+    false_negative_rates: dict = field(default_factory=dict)
+    false_negative_comparisons: dict = field(default_factory=dict)
 
     @property
     def per_study(self) -> bool:

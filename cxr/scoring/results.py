@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from cxr.data.demographics import join_demographics
 from cxr.data.labels import masked_counts
 from cxr.errors import PipelineError
 from cxr.evaluation.compare import paired_auc_differences
@@ -23,6 +24,8 @@ from cxr.evaluation.intervals import interval_methods
 from cxr.evaluation.metrics import summarise_level
 from cxr.evaluation.report import LevelSummary
 from cxr.evaluation.subgroups import subgroup_table
+from cxr.evaluation.thresholds import read_operating_points
+from cxr.evaluation.underdiagnosis import UnderdiagnosisAudit, missed_audit, not_audited
 from cxr.scoring.files import PLURAL, LabelFile, by_study, match_keys, patient_of, read_labeler, \
     read_reads, read_scores, same_unit, shared_labels, study_of
 from cxr.scoring.labelers import labeler_table
@@ -344,15 +347,35 @@ def score(cfg: Config, reference: LabelFile) -> tuple[ScoreReport, Scored, dict]
                                   model.labels, model.patient_ids, cfg.bootstrap_resamples,
                                   cfg.ci_level, cfg.seed)
     compared, others = compare_files(model, reference, cfg, (*members, *cfg.compare))
-    audit = subgroup_table(model.scores, model.targets, audit_frame(model, reference),
-                           model.labels, cfg.ci_level, cfg.min_positives, cfg.age_bands)
+    frame, demographic, read = join_demographics(audit_frame(model, reference), cfg)
+    audit = subgroup_table(model.scores, model.targets, frame, model.labels, cfg.ci_level,
+                           cfg.min_positives, cfg.age_bands, demographic)
     board = leaderboard([(model, card)] + [(other, report_card(other, cfg)) for other in others])
     report = ScoreReport(**rows_fields(cfg, model, members, reference), **card_fields(card),
                          **reader_fields(comparisons), **comparison_fields(compared, others),
                          subgroups=audit.table,
-                         subgroup_comparisons=audit.multiplicity(cfg.ci_level),
+                         subgroup_comparisons={**audit.multiplicity(cfg.ci_level),
+                                               **({"demographics": read} if read else {})},
+                         **scored_missed(model, frame, demographic, cfg).report_fields(),
                          leaderboard=board, **settings_fields(cfg))
     return report, model, comparisons
+
+
+def scored_missed(model: Scored, frame: pd.DataFrame, demographic: tuple[str, ...], cfg: Config
+                  ) -> UnderdiagnosisAudit:
+    """The underdiagnosis audit of the scored rows at the Youden thresholds of --thresholds
+    (the thresholds.json of the model that wrote the predictions: its probabilities are
+    calibrated as the thresholds assume); none without it, or for scores that only rank."""
+    if not cfg.thresholds:
+        return not_audited("n/a: no operating point; give --thresholds with the model's "
+                           "thresholds.json (evaluate.py writes it beside the checkpoint)")
+    if cfg.score_scale != "probability":
+        return not_audited("n/a: --score_scale any: the scores are not probabilities, so a "
+                           "thresholds.json's operating points do not apply")
+    thresholds = read_operating_points(cfg.thresholds, model.labels)
+    return missed_audit(model.scores, model.targets, model.labels, thresholds, frame,
+                        demographic, cfg, f"{cfg.thresholds}: the Youden thresholds fitted on "
+                                          "the model's val split")
 
 
 def audit_frame(model: Scored, reference: LabelFile) -> pd.DataFrame:
