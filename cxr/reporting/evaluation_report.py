@@ -535,7 +535,8 @@ def print_report(result: EvaluationReport, path: Path, cfg: Config) -> None:
           f"{', '.join(means)}")
     for text in (approximate_text(rows), left_out_text(result.image), masked_text(result),
                  subgroup_line(result.subgroups, result.subgroup_comparisons),
-                 underdiagnosis_line(result.underdiagnosis, result.underdiagnosis_comparisons)):
+                 underdiagnosis_line(result.underdiagnosis, result.underdiagnosis_comparisons,
+                                     "studies" if result.per_study else "images")):
         if text:
             print(text)
     calibration = result.calibration

@@ -187,7 +187,8 @@ def print_score(report: ScoreReport) -> None:
     print(report_card_text(report_rows(card), level, study_column=False))
     for text in (left_out_text(card), approximate_text(report_rows(card)),
                  subgroup_line(report.subgroups, report.subgroup_comparisons),
-                 underdiagnosis_line(report.underdiagnosis, report.underdiagnosis_comparisons)):
+                 underdiagnosis_line(report.underdiagnosis, report.underdiagnosis_comparisons,
+                                     "studies" if report.per_study else "images")):
         if text:
             print(text)
     print_readers(report.readers_by_label)

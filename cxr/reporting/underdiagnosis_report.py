@@ -47,13 +47,14 @@ def negative_flags(table: dict) -> list[str]:
             if cell["rate"] is not None and cell["verdict"] in FLAGGED]
 
 
-def underdiagnosis_line(table: dict, summary: dict) -> str:
-    """The terminal's line: the overall rate, the family, what was flagged."""
+def underdiagnosis_line(table: dict, summary: dict, unit: str = "films") -> str:
+    """The terminal's line: the overall rate, the family, what was flagged; `unit` what a row
+    is (images, studies)."""
     if not summary or "note" in summary:
         return f"underdiagnosis audit: {summary['note']}" if summary else ""
     found = flags(table)
     return (f"underdiagnosis: {percent(summary['rate'])} {percent_interval(summary['ci'])} of "
-            f"{summary['n']} films with a finding called No Finding (threshold "
+            f"{summary['n']} {unit} with a finding called No Finding (threshold "
             f"{summary['operating_point']['threshold']:.3g}); {summary['comparisons']} "
             f"comparisons, Holm-adjusted; "
             + ("flagged: " + "; ".join(found) if found else "no stratum flagged"))
