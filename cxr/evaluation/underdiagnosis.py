@@ -49,8 +49,8 @@ NO_FINDING = "No Finding"
 DEMOGRAPHIC = ("Sex", "Age")  # besides a --demographics file's columns: intersected in pairs
 RATE_DIFFERENCE = ("Newcombe's MOVER from the two sides' Wilson intervals (patients' effective "
                    "n); p-value: Fisher's exact test on the sides' effective counts")
-DEFINITION = ("films whose reference has a finding (No Finding = 0) that the model calls No "
-              "Finding at its operating point, as a share of those films")
+DEFINITION = ("of the rows (films or studies) whose reference has a finding (No Finding = 0), "
+              "the share the model calls No Finding at its operating point")
 
 
 @dataclass

@@ -14,6 +14,11 @@ def percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
 
+def sentence(text: str) -> str:
+    """The text with its first letter capitalised (str.capitalize lowers the rest)."""
+    return text[:1].upper() + text[1:]
+
+
 def percent_interval(bounds: list[float | None]) -> str:
     return "n/a" if bounds[0] is None else f"[{bounds[0]:.1%}, {bounds[1]:.1%}]"
 
@@ -62,8 +67,8 @@ def underdiagnosis_line(table: dict, summary: dict, unit: str = "films") -> str:
 
 def intro(summary: dict, unit: str) -> str:
     point = summary["operating_point"]
-    return (f"The underdiagnosis rate (Seyyed-Kalantari et al., Nature Medicine 2021): "
-            f"{unit} {summary['definition'].removeprefix('films ')}. Operating point: No "
+    return (f"The underdiagnosis rate (Seyyed-Kalantari et al., Nature Medicine 2021), "
+            f"{summary['definition']} (here the rows are {unit}). Operating point: No "
             f"Finding's Youden threshold {point['threshold']:.4g} ({point['source']}). Over "
             f"the split: {percent(summary['rate'])} {percent_interval(summary['ci'])} of "
             f"{summary['n']} ({summary['events']} called). Each stratum is compared with the "
@@ -84,7 +89,7 @@ def negatives_markdown(table: dict, summary: dict) -> list[str]:
     header = ["Audit", "Stratum", "Pathology", "Positives", "Patients", "Missed", *HEADER[5:]]
     found = negative_flags(table)
     return ["### False-negative rate of each finding by subgroup", "",
-            f"{summary['definition'].capitalize()}, by stratum of the single audits; "
+            f"{sentence(summary['definition'])}, by stratum of the single audits; "
             f"{summary['comparisons']} comparisons, Holm-adjusted as a family of their own.", "",
             markdown_table(header, rows, left=(0, 1, 2, 12)), "",
             ("Flagged: " + "; ".join(found) + "." if found
