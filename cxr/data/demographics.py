@@ -179,6 +179,19 @@ def other_layout(frame: pd.DataFrame, path: Path, patients: pd.Series, patient: 
     return pd.DataFrame(out, index=frame.index)
 
 
+def one_row_per_patient(table: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """The table with a patient's repeated identical rows dropped; rows that differ are an
+    error naming the first two (file rows: header 1, so position + 2)."""
+    distinct = table.reset_index(names="patient").drop_duplicates()
+    clash = distinct["patient"].duplicated(keep=False)
+    if clash.any():
+        first = distinct.loc[clash, "patient"].iloc[0]
+        rows = (distinct.index[distinct["patient"] == first] + 2).tolist()
+        raise PipelineError(f"--demographics {path}: patient {first} has rows {rows[0]} and "
+                            f"{rows[1]} with different values; keep one")
+    return table[~table.index.duplicated()]
+
+
 def read_demographics(path: str | Path, patient: str = "", columns: tuple[str, ...] = ()
                       ) -> Demographics:
     """The file's audit columns by patient key (module docstring). A patient listed twice with
@@ -196,15 +209,7 @@ def read_demographics(path: str | Path, patient: str = "", columns: tuple[str, .
     table = chexpert_layout(frame, path, ids) if chexpert else \
         other_layout(frame, path, ids, name, columns)
     table.index = keys.to_numpy()
-    twice = table.index.duplicated(keep=False)
-    if twice.any():
-        rows = np.flatnonzero(twice)
-        first = table.iloc[rows].groupby(level=0).filter(lambda g: len(g.drop_duplicates()) > 1)
-        if len(first):
-            clash = [int(i) + 2 for i in rows if table.index[i] == first.index[0]][:2]
-            raise PipelineError(f"--demographics {path}: patient {first.index[0]} has rows "
-                                f"{clash[0]} and {clash[1]} with different values; keep one")
-        table = table[~table.index.duplicated()]
+    table = one_row_per_patient(table, path)
     layout = "CHEXPERT DEMO" if chexpert else f"columns {', '.join(table.columns)}"
     return Demographics(str(path), table, layout)
 

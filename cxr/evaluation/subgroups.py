@@ -203,7 +203,7 @@ def holm_verdicts(family: dict[tuple, list[dict]], level: float) -> int:
     """Holm-adjust a family of comparisons in place (p_adjusted, verdict), each key one
     comparison (its members: the same comparison seen from both sides); returns how many the
     family holds. A comparison without a p-value (a side ranks perfectly,
-    intervals.difference_interval; nobody called, underdiagnosis.score_test) counts with p = 1."""
+    intervals.difference_interval) counts with p = 1."""
     p_values = [min((v["p_value"] if v["p_value"] is not None else 1.0) for v in members)
                 for members in family.values()]
     for members, adjusted in zip(family.values(), holm(p_values) if p_values else []):
@@ -229,8 +229,13 @@ class Audit:
 
     def multiplicity(self, level: float) -> dict:
         """score.json / eval_<split>.json "subgroup_comparisons"."""
-        return {"comparisons": self.comparisons, "method": self.method,
-                "family_wise_error_rate": round(1.0 - level, 10)}
+        return multiplicity(self.comparisons, level, self.method)
+
+
+def multiplicity(comparisons: int, level: float, method: str = HOLM) -> dict:
+    """A family's size, its adjustment and the family-wise error rate it holds."""
+    return {"comparisons": comparisons, "method": method,
+            "family_wise_error_rate": round(1.0 - level, 10)}
 
 
 def subgroup_table(scores: np.ndarray, targets: np.ndarray, frame: pd.DataFrame,

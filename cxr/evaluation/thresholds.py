@@ -105,6 +105,19 @@ def binding_problems(stored: dict, path: Path, checkpoint_path: Path, weights_id
     return problems
 
 
+def load_stored(path: Path) -> dict:
+    """A thresholds file's JSON, checked to hold a 'thresholds' object."""
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PipelineError(f"{path} is not valid JSON ({err}); re-run evaluate.py or delete "
+                            "it") from None
+    if not isinstance(stored, dict) or not isinstance(stored.get("thresholds"), dict):
+        raise PipelineError(f"{path} lacks a 'thresholds' object of label -> probability; "
+                            "re-run evaluate.py")
+    return stored
+
+
 def read_thresholds(checkpoint_path: str | Path, labels: Sequence[str], weights_id: str,
                     tta: bool = False, allow_mismatch: bool = False, file: str | Path = ""
                     ) -> Thresholds:
@@ -125,14 +138,7 @@ def read_thresholds(checkpoint_path: str | Path, labels: Sequence[str], weights_
         return default_thresholds(labels, f"{path} not found (evaluate.py writes it): "
                                           "probabilities are not calibrated and positives are "
                                           f"flagged at probability >= {DEFAULT_THRESHOLD}")
-    try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise PipelineError(f"{path} is not valid JSON ({err}); re-run evaluate.py or delete "
-                            "it") from None
-    if not isinstance(stored, dict) or not isinstance(stored.get("thresholds"), dict):
-        raise PipelineError(f"{path} lacks a 'thresholds' object of label -> probability; "
-                            "re-run evaluate.py")
+    stored = load_stored(path)
     unknown = sorted(set(stored["thresholds"]) - set(labels))
     if unknown:
         raise PipelineError(f"{path} holds thresholds for {unknown}, which checkpoint "
@@ -169,13 +175,7 @@ def read_operating_points(file: str | Path, labels: Sequence[str]) -> dict[str, 
     if not path.is_file():
         raise PipelineError(f"--thresholds {path}: no such file (evaluate.py writes "
                             f"{THRESHOLDS_FILE} beside the checkpoint)")
-    try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise PipelineError(f"{path} is not valid JSON ({err}); re-run evaluate.py") from None
-    if not isinstance(stored, dict) or not isinstance(stored.get("thresholds"), dict):
-        raise PipelineError(f"{path} lacks a 'thresholds' object of label -> probability; "
-                            "re-run evaluate.py")
+    stored = load_stored(path)
     return {label: _probability(stored["thresholds"].get(label), path, f"thresholds[{label!r}]")
             for label in labels}
 

@@ -40,7 +40,7 @@ import pandas as pd
 from scipy import stats
 
 from cxr.evaluation.intervals import effective_n, patient_codes, proportion_interval
-from cxr.evaluation.subgroups import HIGHER, HOLM, LOWER, UNKNOWN, holm_verdicts, strata
+from cxr.evaluation.subgroups import HIGHER, LOWER, UNKNOWN, holm_verdicts, multiplicity, strata
 
 if TYPE_CHECKING:
     from config import Config
@@ -168,18 +168,12 @@ def family(table: dict[str, dict[str, dict]], nested: bool = False) -> dict[tupl
     return out
 
 
-def multiplicity(comparisons: int, level: float) -> dict:
-    return {"comparisons": comparisons, "method": HOLM,
-            "family_wise_error_rate": round(1.0 - level, 10)}
-
-
 @dataclass
 class UnderdiagnosisAudit:
     table: dict[str, dict[str, dict]]  # {audit: {stratum: cell}}, intersections included
     summary: dict  # the operating point, the overall rate, the family
     false_negatives: dict[str, dict[str, dict[str, dict]]]  # {audit: {stratum: {label: cell}}}
     false_negative_summary: dict
-
 
     def report_fields(self) -> dict:
         """The fields of eval_<split>.json and score.json."""
