@@ -98,16 +98,16 @@ def backbone_network(name: str, memory_efficient: bool = False, channels: int = 
     # config.validate allows memory_efficient for the DenseNets only
     network = spec.build(weights=None, **({"memory_efficient": True} if memory_efficient else {}))
     if channels != 3:
-        name_of_first = next(key for key, m in network.named_modules() if isinstance(m, nn.Conv2d))
-        conv = network.get_submodule(name_of_first)
+        name_of_first, conv = first_conv(network)
         network.set_submodule(name_of_first, nn.Conv2d(
             channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
             bias=conv.bias is not None))
     return network
 
 
-def first_conv(module: nn.Module) -> nn.Conv2d:
-    return next(m for m in module.modules() if isinstance(m, nn.Conv2d))
+def first_conv(module: nn.Module) -> tuple[str, nn.Conv2d]:
+    """The first convolution of a network, and its name."""
+    return next((name, m) for name, m in module.named_modules() if isinstance(m, nn.Conv2d))
 
 
 class GeM(nn.Module):
@@ -153,6 +153,8 @@ class CheXpertNet(nn.Module):
         self.backbone_name = backbone
         self.backbone = spec.features(backbone_network(backbone, memory_efficient, in_channels))
         self.early_stage = spec.early  # a path in self.backbone (Backbone.early)
+        # a path in self.backbone: its weight's memory format sets the input's (channels_last)
+        self.first_conv_path = first_conv(self.backbone)[0]
         self.pool = GeM(gem_p)
         self.dropout = nn.Dropout(dropout)
         multiclass = tuple(multiclass or (False,) * num_classes)
@@ -167,9 +169,12 @@ class CheXpertNet(nn.Module):
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        if x.shape[1] != self.in_channels:  # the grey film copied, or 3 equal channels averaged
-            x = x.expand(-1, 3, -1, -1) if self.in_channels == 3 else x.mean(1, keepdim=True)
-        return (x - self.pixel_mean.view(1, -1, 1, 1)) / self.pixel_std.view(1, -1, 1, 1)
+        if x.shape[1] != self.in_channels and self.in_channels == 1:  # 3 equal channels
+            x = x.mean(1, keepdim=True)
+        # a grey film against 3 channels' statistics broadcasts to 3 channels here, without
+        # copying it first
+        x = (x - self.pixel_mean.view(1, -1, 1, 1)) / self.pixel_std.view(1, -1, 1, 1)
+        return x.expand(-1, 3, -1, -1) if x.shape[1] != self.in_channels else x
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name in ("pixel_mean", "pixel_std"):  # checkpoints before --init: 0-d buffers
@@ -194,7 +199,8 @@ class CheXpertNet(nn.Module):
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """GeM-pooled backbone features, B x C."""
         x = self.normalize(images)
-        if first_conv(self.backbone).weight.is_contiguous(memory_format=torch.channels_last):
+        first = self.backbone.get_submodule(self.first_conv_path)
+        if first.weight.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)
         # DenseNet's map ends in a BatchNorm (torchvision applies this ReLU too); for the others
         # it changes what GeM's clamp at eps would do anyway: only positive evidence is pooled
@@ -287,7 +293,7 @@ def model_from_checkpoint(checkpoint: dict) -> tuple[CheXpertNet, Config]:
     defaults, so evaluate.py, predict.py, export.py and app.py all see the model that was trained.
     """
     trained = recorded_config(checkpoint["config"], Config)
-    built = dataclasses.replace(trained, pretrained=False, init="", memory_efficient=False)
+    built = dataclasses.replace(trained, pretrained=False, memory_efficient=False)
     model = build_model(built, checkpoint["normalization"], len(checkpoint["labels"]))
     return load_weights(model, checkpoint), trained
 
@@ -361,15 +367,17 @@ def backbone_state_from_start(start: StartingWeights, backbone: str, channels: i
     """--init's weights under our backbone's keys: the source's whole network loaded strictly
     but for its classifier (dropped, whatever its size), so weights of another network are
     refused, not half-loaded."""
-    if start.backbone_keys:
+    if start.format == "checkpoint":  # already our backbone's keys
         if start.backbone != backbone:
             raise PipelineError(f"--init: the checkpoint's backbone is {start.backbone}; train it "
                                 f"with --backbone {start.backbone}, not {backbone}")
         return start.state
     network = backbone_network(backbone, channels=channels)
-    head = head_keys(network, backbone)
-    state = {key: value for key, value in start.state.items()
-             if key not in head and not key.startswith(("classifier.", "fc."))}
+    head, keys = head_keys(network, backbone), set(network.state_dict())
+    # the network's own head is dropped; so is another head layout (CheXNet's classifier.0, a
+    # Linear in a Sequential), while ConvNeXt's classifier.0, a LayerNorm of our backbone, stays
+    state = {key: value for key, value in start.state.items() if key not in head
+             and (key in keys or not key.startswith(("classifier.", "fc.")))}
     try:
         missing, unexpected = network.load_state_dict(state, strict=False)
     except RuntimeError as err:  # a tensor of another shape: another network

@@ -57,8 +57,7 @@ from cxr.evaluation.predictions import predict_logits
 from cxr.reporting.plots import training_curves
 from cxr.training.checkpoint import member_payload, save_checkpoint, training_payload
 from cxr.training.ema import make_ema
-from cxr.training.losses import LOSS_GROUP, MaskedBCE, loss_offsets, make_criterion, masked_bce, \
-    pesg_optimizer
+from cxr.training.losses import LOSS_GROUP, loss_offsets, make_criterion, pesg_optimizer
 from cxr.training.resume import config_for_launch, resume_command, resume_training
 from cxr.training.run_folder import epoch_row, prepare_run_dir, write_metrics
 from cxr.training.runtime import StopSignals, TrainingStopped, World, all_gather, any_rank, \
@@ -71,9 +70,6 @@ from cxr.training.tensorboard_log import event_log, flush_events, learning_rates
     log_step, log_training_images
 from dataset import EpochSampler, ShardSampler, check_data_options, data_settings, make_dataset
 from model_architecture import CheXpertNet, build_model, starting_weights_of
-
-# The losses moved to cxr/training/losses.py; their names stay importable from here.
-__all__ = ["MaskedBCE", "masked_bce", "main"]
 
 # ---- setup -------------------------------------------------------------------------------------
 
@@ -122,16 +118,16 @@ def make_trainer(cfg: Config, stats: dict, train_loader: DataLoader, policies: d
     model = build_model(dataclasses.replace(cfg, pretrained=cfg.pretrained and fresh), stats,
                         start=start)
     model = prepare_model(model, device, cfg)
-    pos_weight = positive_class_weights(train_loader.dataset.targets.numpy(), cfg.max_pos_weight)
-    model.set_logit_offset(loss_offsets(cfg.loss, pos_weight, multiclass_flags(policies)))
-    criterion = make_criterion(cfg, torch.from_numpy(pos_weight), multiclass_flags(policies),
-                               train_loader.dataset.targets.numpy(), device)
+    targets, multiclass = train_loader.dataset.targets.numpy(), multiclass_flags(policies)
+    pos_weight = positive_class_weights(targets, cfg.max_pos_weight)
+    model.set_logit_offset(loss_offsets(cfg.loss, pos_weight, multiclass))
+    criterion = make_criterion(cfg, torch.from_numpy(pos_weight), multiclass, targets, device)
     optimizer = make_optimizer(model, cfg, criterion)
     steps_per_epoch = optimizer_steps(train_loader.sampler.num_samples, cfg)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch, warmup)
     records = RunRecords(normalization=stats, data=data_settings(cfg),
                          pos_weight=dict(zip(LABELS, pos_weight.tolist())), warmup=warmup,
-                         trained_labels=trained_labels(train_loader.dataset.targets.numpy()),
+                         trained_labels=trained_labels(targets),
                          epoch_selection=epoch_selection)
     return Trainer(model, model, criterion, optimizer, scheduler,
                    torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
@@ -146,14 +142,12 @@ def make_optimizer(model: CheXpertNet, cfg: Config, criterion: nn.Module | None 
     """AdamW with its own learning rate for the pretrained backbone and for the new head; with
     --loss aucm LibAUC's PESG over the same groups at --aucm_lr, plus the `criterion`'s a and b
     (a group of their own, LOSS_GROUP: cxr/training/aucm.py)."""
+    groups = [{"params": list(model.backbone.parameters()), "name": "backbone"},
+              {"params": model.head_parameters(), "name": "head"}]
     if cfg.loss == "aucm":
-        return pesg_optimizer([{"params": list(model.backbone.parameters()), "name": "backbone"},
-                               {"params": model.head_parameters(), "name": "head"}],
-                              criterion, cfg)
-    return torch.optim.AdamW([
-        {"params": list(model.backbone.parameters()), "lr": cfg.lr_backbone, "name": "backbone"},
-        {"params": model.head_parameters(), "lr": cfg.lr_head, "name": "head"},
-    ], weight_decay=cfg.weight_decay)
+        return pesg_optimizer(groups, criterion, cfg)
+    groups[0]["lr"], groups[1]["lr"] = cfg.lr_backbone, cfg.lr_head
+    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
 
 
 def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str = "cosine",

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import platform
 import statistics
 import sys
 import time
@@ -30,6 +29,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from common import machine, pop_option  # noqa: E402
 
 from config import Config  # noqa: E402
 from cxr.cli import apply_overrides  # noqa: E402
@@ -63,23 +64,6 @@ def time_steps(trainer: Trainer, images: torch.Tensor, targets: torch.Tensor, st
         forward_backward(trainer, images, targets, 1.0, sync=True)
         optimizer_step(trainer, loss_finite=True)
     return steps * len(images) / (time.perf_counter() - start)
-
-
-def pop_option(argv: list[str], name: str, default: str) -> tuple[str, list[str]]:
-    """The value of this script's own `--name value` option, and the Config options left."""
-    if f"--{name}" not in argv:
-        return default, argv
-    at = argv.index(f"--{name}")
-    return argv[at + 1], argv[:at] + argv[at + 2:]
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-               platform.processor() or platform.machine()) if Path("/proc/cpuinfo").is_file() \
-        else platform.processor() or platform.machine()
-    return (f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-            f"{platform.system()}")
 
 
 def main() -> None:

@@ -38,7 +38,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -56,6 +55,8 @@ from sklearn.metrics import roc_auc_score
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+
+from common import machine
 
 from config import Config
 from conftest import DEMO_TRAINING  # the tests' demo recipe: 96 px, 6 epochs
@@ -467,15 +468,6 @@ def parts_table(rows: list[dict]) -> tuple[list[str], list[list[str]]] | None:
 def thresholds_text(rows: list[dict]) -> str:
     return ", ".join(f"{r['method']} {r['threshold']:.4f}" for r in rows
                      if r["kind"] == IN_DISTRIBUTION and r["features"] == GATE)
-
-
-def machine() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def notes(kinds: list[Kind]) -> list[str]:

@@ -40,6 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from common import pop_option  # noqa: E402
+
 from config import Config
 from cxr.cli import apply_overrides  # noqa: E402
 from cxr.data.labels import LABELS
@@ -58,7 +60,8 @@ def peak_memory_mb() -> float:
 
 def compute_only(cfg: Config, batches: int) -> float:
     """Images/s of the training step on batches already in memory."""
-    from train import MaskedBCE, make_optimizer
+    from cxr.training.losses import MaskedBCE
+    from train import make_optimizer
     model = prepare_model(build_model(cfg), torch.device("cpu"), cfg).train()
     optimizer, criterion = make_optimizer(model, cfg), MaskedBCE()
     net = torch.compile(model) if cfg.compile else model
@@ -80,9 +83,10 @@ def compute_only(cfg: Config, batches: int) -> float:
 def real_loop(cfg: Config, batches: int) -> float:
     """Images/s of train.py's epoch loop, cached real JPEGs, default workers."""
     from cxr.data.loading import make_loader
+    from cxr.training.losses import MaskedBCE
     from cxr.training.state import Progress, Trainer
     from dataset import EpochSampler, make_dataset
-    from train import MaskedBCE, make_optimizer, train_one_epoch
+    from train import make_optimizer, train_one_epoch
     device = torch.device("cpu")
     frame = pd.read_csv(cfg.splits_dir / "train.csv")
     model = prepare_model(build_model(cfg), device, cfg)
@@ -153,14 +157,6 @@ def run_mode(mode: str, argv: list[str], compiled: bool = False) -> dict:
         row["mode"] = f"{mode} compiled"
         row["seconds"] = time.perf_counter() - start  # compiling included
     return row
-
-
-def pop_option(argv: list[str], name: str, default: str | None) -> tuple[str | None, list[str]]:
-    """The value of this script's own `--name value` option, and the Config options left."""
-    if f"--{name}" not in argv:
-        return default, argv
-    at = argv.index(f"--{name}")
-    return argv[at + 1], argv[:at] + argv[at + 2:]
 
 
 def main() -> None:

@@ -14,9 +14,9 @@ from cxr.data.labels import LABELS, UNCERTAINTY_POLICIES, class_policies, multic
     parse_raw_labels, positive_class_weights, raw_column, training_targets
 from cxr.data.splits import read_split
 from cxr.errors import ConfigError
+from cxr.training.losses import MaskedBCE, masked_bce
 from dataset import make_dataset
 from model_architecture import CheXpertNet, model_from_checkpoint
-from train import MaskedBCE, masked_bce
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,7 @@ from cxr.errors import ConfigError, PipelineError
 from cxr.evaluation.calibration import calibrated_probs
 from cxr.inference.predictor import load_predictor, predict_sources
 from cxr.training.checkpoint import checkpoint_warnings, load_checkpoint, model_id
+from cxr.training.losses import MaskedBCE
 from dataset import check_data_options, make_dataset
 from model_architecture import model_from_checkpoint
 
@@ -164,7 +165,7 @@ def test_val_auc_ranks_float64_logits_without_false_ties():
     targets = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1], dtype=torch.float32)[:, None]
     targets = targets.repeat(1, len(LABELS))
     model = BigLogits()
-    trainer = train.Trainer(model, model, train.MaskedBCE(), None, None,
+    trainer = train.Trainer(model, model, MaskedBCE(), None, None,
                             torch.amp.GradScaler("cpu", enabled=False),
                             Config(min_positives=1, channels_last=False), torch.device("cpu"),
                             None)

@@ -26,7 +26,8 @@ from config import Config
 from conftest import LABELS, run_script, shared
 from cxr.errors import PipelineError
 from cxr.training.checkpoint import load_checkpoint, save_checkpoint
-from cxr.training.starting_weights import IMAGENET_MEAN, IMAGENET_STD, starting_weights
+from cxr.training.starting_weights import IMAGENET_MEAN, IMAGENET_STD, import_torchxrayvision, \
+    starting_weights
 from model_architecture import build_model, model_from_checkpoint, starting_weights_of
 
 FILMS = [f"nih-cxr-small/CheXpert-v1.0-small/valid/{p}/view1_frontal.jpg"
@@ -99,14 +100,17 @@ def saved_source(network: nn.Module, features: nn.Module, inputs: torch.Tensor, 
 def xrv_input(films: np.ndarray) -> torch.Tensor:
     """torchxrayvision's documented preprocessing of 224 px films: xrv.utils.normalize(img,
     255, reshape=True) -> 1 x H x W in [-1024, 1024]."""
-    import torchxrayvision as xrv
+    xrv = import_torchxrayvision()
     return torch.from_numpy(np.stack([xrv.utils.normalize(f, 255, reshape=True) for f in films]))
 
 
 @pytest.fixture(scope="module")
 def xrv_source(films, tmp_path_factory):
     """(state dict file, its features) of a seeded torchxrayvision DenseNet."""
-    xrv = pytest.importorskip("torchxrayvision")
+    try:  # not pytest.importorskip: its import would leave torchxrayvision's folders on sys.path
+        xrv = import_torchxrayvision()
+    except ImportError:
+        pytest.skip("torchxrayvision is not installed")
     torch.manual_seed(0)
     source = xrv.models.DenseNet(weights=None)
     return saved_source(source, source.features, xrv_input(films),
@@ -235,6 +239,22 @@ def test_torchvision_parity(films, tmp_path, backbone):
     with torch.no_grad():
         ours = model.backbone(model.normalize(torch.from_numpy(films)[:, None]))
     assert_parity(f"torchvision {backbone}", ours, theirs)
+
+
+def test_torchvision_convnext_keeps_the_layernorm_of_its_classifier(tmp_path):
+    """ConvNeXt's classifier.0 is a LayerNorm our backbone keeps (norm); only classifier.2, the
+    Linear, is the head dropped."""
+    torch.manual_seed(4)
+    source = torchvision.models.convnext_tiny(weights=None, num_classes=14)
+    nn.init.normal_(source.classifier[0].weight)  # not LayerNorm's default ones
+    path = tmp_path / "convnext_tiny.pth"
+    torch.save(source.state_dict(), path)
+    cfg = Config(init=str(path), init_format="torchvision", backbone="convnext_tiny",
+                 pretrained=False, image_size=64)
+    start = starting_weights_of(cfg)
+    model = build_model(cfg, start.normalization(STATS), start=start)
+    assert torch.equal(model.backbone.norm.weight, source.classifier[0].weight)
+    assert torch.equal(model.backbone.features[0][0].weight, source.features[0][0].weight)
 
 
 def test_a_checkpoint_starts_the_next_stage_with_its_convention(xrv_source, films, tmp_path):

@@ -13,10 +13,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from config import Config
 from cxr.data.labels import positive_class_weights
 from cxr.errors import PipelineError
+from cxr.training.losses import MaskedBCE, masked_bce
 from cxr.training.state import Progress, Trainer
 from model_architecture import CheXpertNet
-from train import MaskedBCE, accumulation_plan, lr_multiplier, masked_bce, set_backbone_frozen, \
-    train_one_epoch
+from train import accumulation_plan, lr_multiplier, set_backbone_frozen, train_one_epoch
 
 
 def test_accumulation_plan_weights_groups_including_the_last_partial_one():

@@ -17,10 +17,9 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from cxr.atomic import write_atomic
 from cxr.evaluation.label_efficiency import CurvePoint, TrainingShare
 from cxr.reporting.ablation_report import AblationSetup, auc_cell, epochs_text
-from cxr.reporting.plots import DPI, PANEL_INCHES
+from cxr.reporting.plots import PANEL_INCHES, _save
 from cxr.reporting.tables import markdown_table, text_table
 
 # The two panels: (title, the point's AUC, interval low, interval high)
@@ -188,8 +187,7 @@ def curve_figure(points: list[CurvePoint], configurations: list[str], path: Path
         ax.grid(color="0.92")
         ax.set_axisbelow(True)
         ax.legend(fontsize=8, loc="lower right")
-    figure.tight_layout()
-    write_atomic(path, lambda tmp: figure.savefig(tmp, dpi=DPI, format="png"))
+    _save(figure, path)
 
 
 def figure_title(points: list[CurvePoint], setup: AblationSetup) -> str:

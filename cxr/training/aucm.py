@@ -12,6 +12,10 @@ and why:
   travel in its state_dict (the checkpoint's "loss"), and follow .to() and zero_grad();
 - PESG gets train.py's parameter groups (GroupedPESG), so LambdaLR, the frozen epochs and the
   backbone's own warm-up work as with AdamW.
+LibAUC 2.0.1's MultiLabelAUCMLoss v1 writes its margin term as p(1 - p), without the margin: the
+loss value logged is the one at margin 1 whatever --aucm_margin. Training follows the margin
+all the same: PESG's closed-form step of alpha, the only place the margin acts on the weights,
+reads it from its own parameter group (--aucm_margin).
 """
 
 from __future__ import annotations

@@ -91,13 +91,27 @@ def save_checkpoint(payload: dict, path: Path) -> None:
     write_atomic(path, lambda tmp: torch.save({"format_version": FORMAT_VERSION, **payload}, tmp))
 
 
+UNSAFE_LOAD = (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError)
+
+
+def load_tensors(path: Path):
+    """A file's tensors (and the plain types around them), loaded without executing code;
+    torch.load's errors pass on (UNSAFE_LOAD) for the caller to word."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def is_checkpoint(loaded) -> bool:
+    """Whether a loaded file is a checkpoint of this pipeline (it holds REQUIRED_KEYS)."""
+    return isinstance(loaded, dict) and all(key in loaded for key in REQUIRED_KEYS)
+
+
 def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"checkpoint {path} not found")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+        checkpoint = load_tensors(path)
+    except UNSAFE_LOAD as err:
         raise PipelineError(f"cannot load checkpoint {path} safely (weights_only=True): {err}") \
             from None
     missing = [key for key in REQUIRED_KEYS if key not in checkpoint]

@@ -26,18 +26,18 @@ tell apart: that one must be named with --init_format.
 
 from __future__ import annotations
 
-import pickle
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from cxr.errors import PipelineError
+from cxr.training.checkpoint import REQUIRED_KEYS, UNSAFE_LOAD, is_checkpoint, load_tensors
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, of pixels in [0, 1]
 IMAGENET_STD = (0.229, 0.224, 0.225)
-FORMATS = ("torchxrayvision", "libauc", "chexnet", "torchvision", "checkpoint")
 # DenseNet files saved by old torchvision (CheXNet's) name layers "norm.1"; current ones "norm1"
 _OLD_DENSE_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|"
                             r"running_mean|running_var|num_batches_tracked))$")
@@ -76,14 +76,13 @@ CONVENTIONS: dict[str, InputConvention] = {
 @dataclass(frozen=True)
 class StartingWeights:
     """What --init gives the model: a state dict in torchvision's whole-network layout (format
-    checkpoint: already the model's backbone's keys, `backbone_keys`), its classifier dropped,
+    checkpoint: already the model's backbone's keys), its classifier dropped,
     and the input convention, or a checkpoint's own normalization record."""
     format: str
     state: dict[str, torch.Tensor]
     convention: InputConvention | None
     recorded: dict | None = None  # format checkpoint: its "normalization" record
     backbone: str | None = None  # format checkpoint: the backbone it was trained with
-    backbone_keys: bool = False
 
     def normalization(self, stats: dict) -> dict:
         if self.recorded is not None:
@@ -96,8 +95,8 @@ class StartingWeights:
 def read_weights_file(path: Path) -> dict:
     """The file's dict of tensors (or of dicts of them), loaded without executing code."""
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+        loaded = load_tensors(path)
+    except UNSAFE_LOAD as err:
         raise PipelineError(
             f"--init {path} cannot be loaded safely (weights_only=True): {str(err)[:200]}. It "
             "probably holds a pickled model, which this pipeline never unpickles: save its weights "
@@ -121,15 +120,23 @@ def unwrap(loaded: dict) -> dict[str, torch.Tensor]:
     return {key.removeprefix("module."): value for key, value in state.items()}
 
 
-def is_pipeline_checkpoint(loaded: dict) -> bool:
-    return all(key in loaded for key in ("model", "config", "normalization"))
+def import_torchxrayvision():
+    """The optional torchxrayvision package, imported without the folders its import puts at
+    the front of sys.path (baseline_models/jfhealthcare holds a `config` package, which would
+    shadow this project's config.py in every process started afterwards)."""
+    saved = list(sys.path)
+    try:
+        import torchxrayvision
+    finally:
+        sys.path[:] = saved
+    return torchxrayvision
 
 
 def torchxrayvision_state(name: str) -> dict[str, torch.Tensor]:
     """torchxrayvision's DenseNet121 weights `name`, through its package (which downloads them
     once into ~/.torchxrayvision/)."""
     try:
-        import torchxrayvision as xrv  # optional: only this path needs it
+        xrv = import_torchxrayvision()
     except ImportError:
         raise PipelineError(
             f"--init {name} names torchxrayvision weights, which its package downloads: pip "
@@ -191,14 +198,14 @@ def starting_weights(init: str, init_format: str, backbone: str) -> StartingWeig
             raise PipelineError(f"--init {init} not found")
         return source_state(torchxrayvision_state(init), "torchxrayvision", backbone)
     loaded = read_weights_file(path)
-    if is_pipeline_checkpoint(loaded):
+    if is_checkpoint(loaded):
         if init_format not in ("auto", "checkpoint"):
             raise PipelineError(f"--init {init} is a checkpoint of this pipeline, not "
                                 f"{init_format} weights: pass --init_format checkpoint (or auto)")
         return checkpoint_weights(loaded, path)
     if init_format == "checkpoint":
         raise PipelineError(f"--init {init} is not a checkpoint of this pipeline (it lacks "
-                            "model, config and normalization)")
+                            f"one of {', '.join(REQUIRED_KEYS)})")
     state = unwrap(loaded)
     fmt = detect_format(state, backbone) if init_format == "auto" else init_format
     return source_state(state, fmt, backbone)
@@ -217,8 +224,8 @@ def checkpoint_weights(checkpoint: dict, path: Path) -> StartingWeights:
     prefix = "backbone."
     state = {key[len(prefix):]: value for key, value in checkpoint["model"].items()
              if key.startswith(prefix)}
-    backbone = checkpoint["config"].get("backbone", "densenet121")
     recorded = {"channels": 3, "source": f"checkpoint {path}",
                 "source_size": checkpoint["config"].get("image_size"),
                 **checkpoint["normalization"]}  # older checkpoints record mean and std only
-    return StartingWeights("checkpoint", state, None, recorded, backbone, backbone_keys=True)
+    return StartingWeights("checkpoint", state, None, recorded,
+                           checkpoint["config"].get("backbone", "densenet121"))

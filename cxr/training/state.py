@@ -47,7 +47,9 @@ class Progress:
 @dataclass
 class RunRecords:
     """The run's fixed facts, which every checkpoint carries (cxr/training/checkpoint.py)."""
-    normalization: dict  # {"mean", "std"} of the pixels: stats.json, or the resumed checkpoint's
+    # {"mean", "std"} of the pixels (per channel with --init), "channels", "source",
+    # "source_size": stats.json or --init's convention, or the resumed checkpoint's
+    normalization: dict
     data: dict  # what the data were built with (dataset.data_settings)
     pos_weight: dict  # {label: BCE positive weight} of the training split
     warmup: dict  # {"head": steps, "backbone": steps}: the warm-up the run began with
