@@ -121,7 +121,7 @@ class Config:
     # file (torchxrayvision, LibAUC or CheXNet DenseNet121, a torchvision state dict of
     # --backbone, or a checkpoint of this pipeline), or a torchxrayvision weights name
     # (densenet121-res224-all); their input convention (channels, pixel scaling) goes with them
-    # into the checkpoint (model_architecture.INIT_FORMATS, docs/training.md)
+    # into the checkpoint (cxr/training/starting_weights.py CONVENTIONS, docs/configuration.md)
     init: str = setting("", "train.py", fixed_on_resume=True)
     # what --init holds; auto: told from its keys
     init_format: Literal["auto", "torchxrayvision", "libauc", "chexnet", "torchvision",
@@ -163,7 +163,8 @@ class Config:
     image_size: int = setting(320, "cache.py", "train.py", fixed_on_resume=True,
                               same_for_members=True)
     # images per forward pass (micro-batch)
-    batch_size: int = setting(16, "train.py", "evaluate.py", "predict.py", fixed_on_resume=True)
+    batch_size: int = setting(16, "train.py", "evaluate.py", "predict.py", "localize.py",
+                              fixed_on_resume=True)
     # micro-batches per optimizer step: effective batch 16 x 2 = 32
     accumulation_steps: int = setting(2, "train.py", fixed_on_resume=True)
     # total epochs, including the frozen warm-up
@@ -210,7 +211,7 @@ class Config:
     # NHWC memory format: faster convolutions on CPU and tensor cores
     channels_last: bool = setting(True, "train.py", "evaluate.py", "predict.py", "localize.py")
     # DataLoader worker processes; -1 = one per CPU core but one, at most 8
-    num_workers: int = setting(-1, "train.py", "evaluate.py", "predict.py")
+    num_workers: int = setting(-1, "train.py", "evaluate.py", "predict.py", "localize.py")
     # stop after this many optimizer steps in a row skipped for NaN/inf
     max_nonfinite_steps: int = setting(5, "train.py")
     # also write last.pth every N optimizer steps; 0 = epochs only
@@ -457,6 +458,9 @@ def validate(cfg: Config) -> Config:
     if not cfg.train_fraction or not all(0.0 < f <= 1.0 for f in cfg.train_fraction):
         raise ConfigError(f"--train_fraction must be shares in (0, 1], e.g. 0.1 or "
                           f"0.01,0.1,1.0 (ablate.py); got {cfg.train_fraction}")
+    repeated = sorted({f for f in cfg.train_fraction if cfg.train_fraction.count(f) > 1})
+    if repeated:
+        raise ConfigError(f"--train_fraction names {repeated[0]:g} twice: give each share once")
     if cfg.focal_gamma < 0 or cfg.aucm_margin <= 0 or cfg.aucm_lr <= 0 or cfg.aucm_epoch_decay < 0:
         raise ConfigError("--focal_gamma and --aucm_epoch_decay must be 0 or more, --aucm_margin "
                           "and --aucm_lr above 0")

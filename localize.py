@@ -42,7 +42,7 @@ Writes to --output_dir (default: <checkpoint folder>/localization_<saliency>/, w
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import datetime
 from pathlib import Path
 from typing import Iterator
@@ -52,21 +52,17 @@ from tqdm import tqdm
 from config import Config
 from cxr.atomic import write_csv_atomic
 from cxr.cli import run_cli
-from cxr.data.imaging import read_grayscale
 from cxr.data.labels import LABELS
 from cxr.errors import ConfigError, PipelineError
-from cxr.evaluation.ground_truth import GroundTruth, describe, detect_format, film_id, patient_of, \
-    read_ground_truth, read_points, to_label
+from cxr.evaluation.ground_truth import GroundTruth, describe, film_id, parse_reference, \
+    patient_of, read_ground_truth, read_points, to_label
 from cxr.evaluation.localization import Film, FilmResult, SegmentationRule, percentage_decrease, \
     read_cutoffs_csv, read_thresholds_csv, score_film, summarise, thresholds_frame, \
     tuned_thresholds
-from cxr.evaluation.saliency_files import image_paths, map_files, read_map
+from cxr.evaluation.saliency_files import MapFile, film_size, image_paths, map_files, read_map
 from cxr.reporting.localization_report import LocalizationReport, examples_figure, print_report, \
     write_documents
 from model_architecture import model_from_checkpoint
-
-BATCH_SIZE = 8  # films per saliency batch: one backward pass per pathology each
-EXHAUSTIVE_ONLY = ("chexlocalize-segmentations", "chexlocalize-polygons")  # per-set files
 
 
 def check_options(cfg: Config) -> None:
@@ -94,38 +90,40 @@ def output_dir(cfg: Config) -> Path:
 
 def films_to_score(sources: list[str], truth: GroundTruth, what: str) -> tuple[set[str], dict]:
     """The film ids scored, and the counts of those left out (see the docstring above)."""
-    repeated = sorted({film for film in sources if sources.count(film) > 1})
+    repeated = sorted(film for film, count in Counter(sources).items() if count > 1)
     if repeated:
         raise PipelineError(f"the {what} hold film {repeated[0]!r} twice (ids as cheXlocalize "
                             "makes them: patientN_studyN_viewN_frontal, else the file's stem)")
-    missing = sorted(set(truth.films) - set(sources))
-    if missing and truth.format in EXHAUSTIVE_ONLY:
+    given = set(sources)
+    missing = sorted(set(truth.films) - given)
+    if missing and truth.complete_set:
         raise PipelineError(f"{truth.path}: film {missing[0]!r} ({len(missing)} in all) is not "
                             f"among the {what}: give every film of the reference standard")
     unlisted = [film for film in sources if film not in truth.films]
-    scored = set(sources) if truth.exhaustive else set(sources) & set(truth.films)
+    scored = given if truth.exhaustive else given & set(truth.films)
     return scored, {"reference_films_not_among_them": len(missing),
                     "films_without_reference" if not truth.exhaustive
                     else "films_unlisted_counted_without_findings": len(unlisted)}
 
 
-def checkpoint_films(cfg: Config, paths: list[str], labels: list[str], predictor
-                     ) -> Iterator[Film]:
+def checkpoint_films(cfg: Config, paths: list[str], films: list[str], labels: list[str],
+                     predictor) -> Iterator[Film]:
+    """The films at `paths` (their ids `films`) with their maps from the checkpoint."""
     from cxr.inference.saliency import FilmMaps, film_maps  # only this path needs the model
-    for item in film_maps(predictor, paths, labels, cfg.saliency, BATCH_SIZE):
+    for item in film_maps(predictor, paths, labels, cfg.saliency, cfg.batch_size,
+                          cfg.num_workers):
         if not isinstance(item, FilmMaps):
             position, reason = item
             raise PipelineError(f"{paths[position]}: {reason}")
-        image = read_grayscale(paths[item.position])
-        yield Film(film_id(paths[item.position]), *image.shape, item.maps, item.probabilities,
-                   image)
+        path = paths[item.position]
+        yield Film(films[item.position], *film_size(path), item.maps, item.probabilities, path)
 
 
-def map_films(cfg: Config, scored: set[str], labels: list[str], images: dict[str, str]
-              ) -> Iterator[Film]:
+def map_films(cfg: Config, files: list[MapFile], scored: set[str], labels: list[str],
+              images: dict[str, str]) -> Iterator[Film]:
     """The --maps files of the scored films, a film at a time; every label must have its map."""
     by_film = defaultdict(list)
-    for file in map_files(cfg.maps):
+    for file in files:
         if file.film in scored:
             by_film[file.film].append(file)
     for film in tqdm(sorted(by_film), desc="maps", unit="film"):
@@ -143,8 +141,7 @@ def map_films(cfg: Config, scored: set[str], labels: list[str], images: dict[str
         absent = [label for label in labels if label not in maps]
         if absent:
             raise PipelineError(f"--maps {cfg.maps}: no map of {absent[0]} for film {film!r}")
-        image = read_grayscale(images[film]) if film in images else None
-        yield Film(film, *size, maps, probabilities, image)
+        yield Film(film, *size, maps, probabilities, images.get(film))
 
 
 # ---- the rules and the human benchmark -----------------------------------------------------------
@@ -160,24 +157,27 @@ def segmentation_rule(cfg: Config, labels: list[str]) -> SegmentationRule:
     return SegmentationRule(thresholds, cutoffs)
 
 
-def read_human(cfg: Config, labels: list[str]) -> tuple[GroundTruth | None, dict | None]:
-    """The second reader's segmentations and points (either may be None)."""
+def read_human(cfg: Config, labels: list[str]
+               ) -> tuple[GroundTruth | None, dict | None, str]:
+    """The second reader's segmentations and points (either may be None), and the points' file."""
     regions = points = None
+    points_file = ""
     for name in cfg.human:
         if not Path(name).is_file():
             raise PipelineError(f"--human {name}: no such file")
-        if Path(name).suffix.lower() == ".json" and \
-                detect_format(Path(name)) == "chexlocalize-points":
-            points = read_points(name, labels)
+        kind, data = parse_reference(Path(name))
+        if kind == "chexlocalize-points":
+            points, points_file = read_points(name, labels, data), name
         else:
-            regions = read_ground_truth(name, labels)
-    return regions, points
+            regions = read_ground_truth(name, labels, (kind, data))
+    return regions, points, points_file
 
 
 # ---- scoring -------------------------------------------------------------------------------------
 
 def score_all(films: Iterator[Film], truth: GroundTruth, rule: SegmentationRule, cfg: Config,
-              human: GroundTruth | None, points: dict | None, labels: list[str]) -> tuple:
+              human: GroundTruth | None, points: dict | None, points_file: str,
+              labels: list[str]) -> tuple:
     """Every film's scores, the human reader's, and the figure's examples."""
     scores, human_scores, examples = {}, {}, {}
     for film in films:
@@ -189,9 +189,9 @@ def score_all(films: Iterator[Film], truth: GroundTruth, rule: SegmentationRule,
         result: FilmResult = score_film(
             film, truths, rule, cfg.tune, humans,
             points.get(film.film, {}) if points is not None else None,
-            frozenset(label for label in labels if label not in examples))
+            frozenset(label for label in labels if label not in examples), points_file)
         scores[film.film], human_scores[film.film] = result.scores, result.human
-        examples.update({k: v for k, v in result.examples.items() if k not in examples})
+        examples.update(result.examples)  # only the labels without one were asked for
     return scores, human_scores, [examples[label] for label in labels if label in examples]
 
 
@@ -239,19 +239,21 @@ def main(cfg: Config) -> None:
     if not labels:
         raise PipelineError(f"{truth.path}: localizes none of the labels the model was trained on")
     rule = segmentation_rule(cfg, model_labels)
-    human, points = read_human(cfg, model_labels)
+    human, points, points_file = read_human(cfg, model_labels)
     paths = image_paths(cfg.images) if cfg.images else []
-    images = {film_id(path): path for path in paths}
+    ids = [film_id(path) for path in paths]
     if predictor:
-        scored, left_out = films_to_score([film_id(p) for p in paths], truth, "images")
-        films = checkpoint_films(cfg, [p for p in paths if film_id(p) in scored], labels,
-                                 predictor)
+        scored, left_out = films_to_score(ids, truth, "images")
+        chosen = [(path, film) for path, film in zip(paths, ids) if film in scored]
+        films = checkpoint_films(cfg, [path for path, _ in chosen], [film for _, film in chosen],
+                                 labels, predictor)
     else:
-        scored, left_out = films_to_score(sorted({f.film for f in map_files(cfg.maps)}), truth,
-                                          "maps")
-        films = map_films(cfg, scored, labels, images)
-    scores, human_scores, examples = score_all(films, truth, rule, cfg, human, points, labels)
-    patients = {film: truth.patients.get(film, patient_of(film)) for film in scores}
+        files = map_files(cfg.maps)
+        scored, left_out = films_to_score(sorted({f.film for f in files}), truth, "maps")
+        films = map_films(cfg, files, scored, labels, dict(zip(ids, paths)))
+    scores, human_scores, examples = score_all(films, truth, rule, cfg, human, points,
+                                               points_file, labels)
+    patients = {film: patient_of(film) for film in scores}
     summary = summarise(scores, labels, patients, cfg.bootstrap_resamples, cfg.seed,
                         cfg.ci_level)
     report = LocalizationReport(context_of(cfg, truth, scores, patients, left_out, rule, labels),

@@ -450,3 +450,96 @@ def test_nih_boxes_of_the_real_list_fall_on_its_320_px_films():
         for region in truth.films[film].values():
             area = sum((x1 - x0 + 1) * (y1 - y0 + 1) for x0, y0, x1, y1 in region.shapes)
             assert region.mask(*size).sum() == pytest.approx(area * (320 / 1024) ** 2, rel=0.2)
+
+
+# ---- points, sizes, the figure's films and the report's header ------------------------------
+
+def test_a_human_point_outside_its_film_is_one_line_naming_the_file_and_film():
+    """cheXlocalize indexes truth[y, x]: a negative point would wrap, one too large fail."""
+    truth = np.zeros((8, 10), np.uint8)
+    truth[1:4, 2:6] = 1
+    from cxr.evaluation.ground_truth import Region
+    region = Region("rle", (encode(truth),), (8, 10), "t")
+    film = Film("patient00001_study1_view1_frontal", 8, 10, {"Edema": np.ones((4, 4))},
+                {"Edema": None})
+    inside = score_film(film, {"Edema": region}, SegmentationRule(), False, {},
+                        {"Edema": ((3, 2),)}, points_file="points.json")
+    assert inside.human["Edema"].hit == 1.0
+    for point in ((10, 2), (3, -1)):
+        with pytest.raises(PipelineError) as caught:
+            score_film(film, {"Edema": region}, SegmentationRule(), False, {},
+                       {"Edema": (point,)}, points_file="points.json")
+        message = str(caught.value)
+        assert message.startswith("points.json, film 'patient00001_study1_view1_frontal', Edema:")
+        assert "not inside the 10 x 8 film" in message and "\n" not in message
+
+
+def test_each_format_says_whether_it_lists_its_whole_set_and_json_is_parsed_once(
+        tmp_path, monkeypatch):
+    from cxr.evaluation import ground_truth
+
+    files = write_formats(tmp_path)
+    complete = {kind: read_ground_truth(files[kind], LABELS).complete_set
+                for kind in ("segmentations", "polygons", "demo", "nih")}
+    assert complete == {"segmentations": True, "polygons": True, "demo": False, "nih": False}
+    loads = []
+    original = ground_truth.load_json
+    monkeypatch.setattr(ground_truth, "load_json", lambda path: loads.append(path) or
+                        original(path))
+    for kind in ("segmentations", "polygons"):
+        read_ground_truth(files[kind], LABELS)
+    kind, data = ground_truth.parse_reference(files["points"])
+    assert read_points(files["points"], LABELS, data) == read_points(files["points"], LABELS)
+    assert loads == [files["segmentations"], files["polygons"], files["points"],
+                     files["points"]]
+
+
+def test_a_film_s_size_from_its_header_is_the_size_it_decodes_to(tmp_path):
+    """A JPEG whose EXIF orientation turns it a quarter decodes turned (OpenCV applies it):
+    film_size decodes such a file rather than trust the header."""
+    from cxr.data.imaging import read_grayscale
+    from cxr.evaluation.saliency_files import film_size
+
+    pixels = np.random.default_rng(0).integers(0, 255, (100, 60), dtype=np.uint8)
+    turned = Image.Exif()
+    turned[0x0112] = 6
+    Image.fromarray(pixels).save(tmp_path / "upright.png")
+    Image.fromarray(pixels).save(tmp_path / "upright.jpg")
+    Image.fromarray(pixels).save(tmp_path / "turned.jpg", exif=turned)
+    for name in ("upright.png", "upright.jpg", "turned.jpg"):
+        assert film_size(tmp_path / name) == read_grayscale(tmp_path / name).shape, name
+    assert film_size(tmp_path / "upright.png") == (100, 60)
+
+
+def test_the_figure_s_film_is_read_only_for_a_panel(tmp_path):
+    saliency = np.tile(np.linspace(0, 1, 10, dtype=np.float32), (8, 1))
+    truth = np.zeros((8, 10), np.uint8)
+    truth[:, 6:] = 1
+    from cxr.evaluation.ground_truth import Region
+    region = {"Edema": Region("rle", (encode(truth),), (8, 10), "t")}
+    film = Film("f", 8, 10, {"Edema": saliency}, {"Edema": float("nan")},
+                str(tmp_path / "missing.png"))
+    result = score_film(film, region, SegmentationRule(), False)  # no panel: never read
+    assert result.scores["Edema"].as_dict()["probability"] is None  # NaN is no number in JSON
+    with pytest.raises(PipelineError, match="missing.png"):
+        score_film(film, region, SegmentationRule(), False, example_labels=frozenset({"Edema"}))
+    Image.fromarray(np.full((80, 100), 200, np.uint8)).save(tmp_path / "film.png")
+    film = Film("f", 8, 10, {"Edema": saliency}, {"Edema": None}, str(tmp_path / "film.png"))
+    example = score_film(film, region, SegmentationRule(), False,
+                         example_labels=frozenset({"Edema"})).examples["Edema"]
+    assert example.image.shape == (8, 10) and (example.image == 200).all()  # the file, shrunk
+    assert example.peak == (9, 0)
+    assert np.array_equal(example.scaled, unit_scaled(resize_map(saliency, 8, 10)))
+
+
+def test_the_table_s_interval_column_names_the_level_asked_for():
+    from cxr.reporting.localization_report import LocalizationReport, table_rows
+
+    scores = {f"patient{p}_study1_view1_frontal": {"Edema": score(p / 10, 1.0)}
+              for p in range(5)}
+    patients = {film: patient_of(film) for film in scores}
+    for level, name in ((0.95, "95% CI"), (0.9, "90% CI"), (0.975, "97.5% CI")):
+        summary = summarise(scores, ["Edema"], patients, 20, 1, level)
+        report = LocalizationReport({"bootstrap": {"ci_level": level}}, summary, scores)
+        header, rows = table_rows(report)
+        assert header[:4] == ["Pathology", "mIoU", name, "n"] and rows[0][0] == "Edema"

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -37,7 +37,6 @@ import pandas as pd
 from PIL import Image, ImageDraw
 from pycocotools import mask as coco_mask
 
-from cxr.data.chexpert import RELEASE_PREFIX
 from cxr.data.nih import MAPPING as NIH_MAPPING
 from cxr.errors import PipelineError
 
@@ -88,7 +87,12 @@ class GroundTruth:
     films: dict[str, dict[str, Region]]  # film id -> label -> its region (only those given)
     labels: tuple[str, ...]  # the labels it localizes, in the model's order
     exhaustive: bool  # a label without a region on a listed film is absent (else unknown)
-    patients: dict[str, str] = field(default_factory=dict)  # film id -> patient id
+    complete_set: bool = False  # lists every film of its set: each must be among those scored
+
+    @property
+    def patients(self) -> dict[str, str]:
+        """film id -> patient id."""
+        return {film: patient_of(film) for film in self.films}
 
     def region(self, film: str, label: str) -> Region | None | str:
         """The film's region of a label, "absent", or None when unknown."""
@@ -215,29 +219,43 @@ def checked_rle(item, where: str) -> dict:
 
 # ---- the formats --------------------------------------------------------------------------------
 
-def read_ground_truth(path: str | Path, labels: Sequence[str]) -> GroundTruth:
-    """A reference standard from its file, its format told by its content."""
+def read_ground_truth(path: str | Path, labels: Sequence[str],
+                      parsed: tuple[str, object] | None = None) -> GroundTruth:
+    """A reference standard from its file, its format told by its content; `parsed`: what
+    parse_reference already made of the file (else it is read here)."""
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"--ground_truth {path}: no such file")
-    kind = detect_format(path)
-    reader = {"chexlocalize-segmentations": read_segmentations,
-              "chexlocalize-polygons": read_polygons, "nih-boxes": read_nih_boxes,
-              "demo-boxes": read_demo_boxes}.get(kind)
-    if reader is None:
+    kind, data = parsed or parse_reference(path)
+    if kind == "chexlocalize-points":
         raise PipelineError(f"{path}: {FORMAT_NAMES[kind]} serve the human benchmark's pointing "
                             "game (--human), not as the reference standard")
-    truth = reader(path, labels)
+    if kind == "chexlocalize-segmentations":
+        truth = read_segmentations(path, labels, data)
+    elif kind == "chexlocalize-polygons":
+        truth = read_polygons(path, labels, data)
+    else:
+        truth = (read_nih_boxes if kind == "nih-boxes" else read_demo_boxes)(path, labels)
     if not truth.films:
         raise PipelineError(f"{path}: holds no film")
-    truth.patients = {film: patient_of(film) for film in truth.films}
     return truth
+
+
+def parse_reference(path: Path) -> tuple[str, object]:
+    """The file's format (one of FORMAT_NAMES, from its content) and, for a JSON file, its
+    parsed content (None for a CSV, which its reader reads); anything else is an error."""
+    if path.suffix.lower() == ".json":
+        data = load_json(path)
+        return json_format(data, path), data
+    return csv_format(path), None
 
 
 def detect_format(path: Path) -> str:
     """One of FORMAT_NAMES, from the file's content; anything else is an error."""
-    if path.suffix.lower() == ".json":
-        return json_format(load_json(path), path)
+    return parse_reference(path)[0]
+
+
+def csv_format(path: Path) -> str:
     if path.name.lower().endswith((".csv", ".csv.gz")):
         columns = csv_header(path)
         if all(name in columns for name in NIH_COLUMNS):
@@ -291,9 +309,10 @@ def csv_header(path: Path) -> list[str]:
         raise PipelineError(f"{path}: cannot read it as a CSV ({err})") from None
 
 
-def read_segmentations(path: Path, labels: Sequence[str]) -> GroundTruth:
+def read_segmentations(path: Path, labels: Sequence[str], data=None) -> GroundTruth:
+    """`data`: the file's parsed JSON, if already loaded."""
     films: dict[str, dict[str, Region]] = {}
-    for film, entry in dict_of(load_json(path), path).items():
+    for film, entry in dict_of(load_json(path) if data is None else data, path).items():
         regions = {}
         for name, item in dict_of(entry, f"{path}, film {film!r}").items():
             where = f"{path}, film {film!r}, {name!r}"
@@ -301,12 +320,14 @@ def read_segmentations(path: Path, labels: Sequence[str]) -> GroundTruth:
             rle = checked_rle(item, where)
             regions[label] = Region("rle", (rle,), tuple(rle["size"]), where)
         films[film] = regions
-    return GroundTruth(path, "chexlocalize-segmentations", films, labels_of(films, labels), True)
+    return GroundTruth(path, "chexlocalize-segmentations", films, labels_of(films, labels), True,
+                       complete_set=True)
 
 
-def read_polygons(path: Path, labels: Sequence[str]) -> GroundTruth:
+def read_polygons(path: Path, labels: Sequence[str], data=None) -> GroundTruth:
+    """`data`: the file's parsed JSON, if already loaded."""
     films: dict[str, dict[str, Region]] = {}
-    for film, entry in dict_of(load_json(path), path).items():
+    for film, entry in dict_of(load_json(path) if data is None else data, path).items():
         where = f"{path}, film {film!r}"
         entry = dict_of(entry, where)
         size = entry.get("img_size")
@@ -327,7 +348,7 @@ def read_polygons(path: Path, labels: Sequence[str]) -> GroundTruth:
     tasks = {to_label(task, labels, f"{path}: cheXlocalize's {task}") for task in
              CHEXLOCALIZE_TASKS}
     return GroundTruth(path, "chexlocalize-polygons", films,
-                       tuple(label for label in labels if label in tasks), True)
+                       tuple(label for label in labels if label in tasks), True, complete_set=True)
 
 
 def checked_polygons(polygons, size: tuple[int, int], where: str) -> tuple:
@@ -374,8 +395,7 @@ def read_demo_boxes(path: Path, labels: Sequence[str]) -> GroundTruth:
         if not np.isfinite(box).all():
             raise PipelineError(f"{where}: x0, y0, x1, y1 must be numbers, got {box.tolist()}")
         label = to_label(finding, labels, f"{where}, label")
-        film = film_id(RELEASE_PREFIX.sub("", str(name)))
-        boxes.setdefault(film, {}).setdefault(label, []).append((tuple(box), where))
+        boxes.setdefault(film_id(str(name)), {}).setdefault(label, []).append((tuple(box), where))
     return GroundTruth(path, "demo-boxes", box_regions(boxes, None), labels_of(boxes, labels),
                        True)
 
@@ -388,10 +408,13 @@ def box_regions(boxes: dict[str, dict[str, list]], frame: tuple[int, int] | None
             for film, by_label in boxes.items()}
 
 
-def read_points(path: str | Path, labels: Sequence[str]) -> dict[str, dict[str, tuple]]:
-    """cheXlocalize's most-representative points: film id -> label -> ((x, y), ...)."""
+def read_points(path: str | Path, labels: Sequence[str], data=None
+                ) -> dict[str, dict[str, tuple]]:
+    """cheXlocalize's most-representative points: film id -> label -> ((x, y), ...); `data`: the
+    file's parsed JSON, if already loaded. Whether a point lies on its film is checked when it is
+    scored (localization.point_hit), where the film's size is known."""
     path = Path(path)
-    data = load_json(path)
+    data = load_json(path) if data is None else data
     if json_format(data, path) != "chexlocalize-points":
         raise PipelineError(f"{path}: not most-representative points")
     points = {}

@@ -30,7 +30,8 @@ the means of the paired bootstrap resamples, its interval from the resamples' ow
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from functools import cached_property
+from typing import Mapping, NamedTuple, Sequence
 
 import cv2
 import numpy as np
@@ -39,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from cxr.data.imaging import read_grayscale
 from cxr.errors import PipelineError
 from cxr.evaluation.bootstrap import draw_resamples
 
@@ -122,9 +124,15 @@ def iou(predicted: np.ndarray, truth: np.ndarray, true_positive_only: bool) -> f
 def hit(full: np.ndarray, truth: np.ndarray) -> float:
     """The pointing game: 1 if the map's largest pixel (the first, in row order) lies in the
     truth, 0 if not, NaN when the truth is empty."""
+    return peak_hit(peak_of(full), truth)
+
+
+def peak_hit(peak: tuple[int, int], truth: np.ndarray) -> float:
+    """hit for the map's peak (x, y) already found."""
     if not truth.any():
         return float("nan")
-    return float(truth.flat[int(np.argmax(full))] == 1)
+    x, y = peak
+    return float(truth[y, x] == 1)
 
 
 def peak_of(full: np.ndarray) -> tuple[int, int]:
@@ -150,21 +158,31 @@ class FilmScore:
         return {"iou": finite_or_none(self.iou),
                 "iou_true_positive": finite_or_none(self.iou_true_positive),
                 "hit": finite_or_none(self.hit), "truth_pixels": self.truth_pixels,
-                "predicted_pixels": self.predicted_pixels, "probability": self.probability}
+                "predicted_pixels": self.predicted_pixels,
+                "probability": finite_or_none(self.probability)}
+
+
+class ScoredMap(NamedTuple):
+    """A map's score, and what was computed on the way (the figure draws it)."""
+
+    score: FilmScore
+    scaled: np.ndarray  # the map at the film's size, 0..1
+    predicted: np.ndarray  # its segmentation
+    peak: tuple[int, int]  # (x, y) of its largest pixel, the pointing game's point
 
 
 def score_map(full: np.ndarray, truth: np.ndarray, label: str, rule: SegmentationRule,
-              probability: float | None = None, tune: bool = False
-              ) -> tuple[FilmScore, np.ndarray]:
+              probability: float | None = None, tune: bool = False) -> ScoredMap:
     """A map at the film's size against the truth's mask: its score and its segmentation."""
     scaled = unit_scaled(full)
+    peak = peak_of(full)
     predicted = rule.segment(scaled, label, probability)
     tuning = {t: iou(threshold_segmentation(scaled, t), truth, True)
               for t in TUNING_CANDIDATES} if tune else {}
-    score = FilmScore(iou(predicted, truth, False), iou(predicted, truth, True), hit(full, truth),
-                      int(np.count_nonzero(truth)), int(np.count_nonzero(predicted)), probability,
-                      tuning)
-    return score, predicted
+    score = FilmScore(iou(predicted, truth, False), iou(predicted, truth, True),
+                      peak_hit(peak, truth), int(np.count_nonzero(truth)),
+                      int(np.count_nonzero(predicted)), probability, tuning)
+    return ScoredMap(score, scaled, predicted, peak)
 
 
 def score_segmentation(predicted: np.ndarray, truth: np.ndarray) -> FilmScore:
@@ -173,9 +191,16 @@ def score_segmentation(predicted: np.ndarray, truth: np.ndarray) -> FilmScore:
                      int(np.count_nonzero(truth)), int(np.count_nonzero(predicted)))
 
 
-def point_hit(points: Sequence[tuple[float, float]], truth: np.ndarray) -> float:
+def point_hit(points: Sequence[tuple[float, float]], truth: np.ndarray,
+              where: str = "a reader's point") -> float:
     """eval.py's get_hb_hitrates: a reader's points, a hit if any lies in the truth; NaN when the
-    truth is empty, 0 when the reader marked no point."""
+    truth is empty, 0 when the reader marked no point. A point outside the film is an error
+    naming `where` (numpy would wrap a negative one, or fail on one too large)."""
+    height, width = truth.shape
+    for x, y in points:
+        if not (0 <= x < width and 0 <= y < height):
+            raise PipelineError(f"{where}: the point ({x:g}, {y:g}) is not inside the {width} x "
+                                f"{height} film (w x h): is it this film's?")
     if not truth.any():
         return float("nan")
     return float(any(truth[int(y), int(x)] for x, y in points))
@@ -192,14 +217,19 @@ THUMBNAIL_SIDE = 320  # px: the longer side of a figure's panel
 
 @dataclass
 class Film:
-    """One film's maps to score, and its picture for the figure."""
+    """One film's maps to score, and where its picture is for the figure."""
 
     film: str
     height: int
     width: int
     maps: dict[str, np.ndarray]  # label -> 2-D map over the film (any size: resized here)
     probabilities: dict[str, float | None]
-    image: np.ndarray | None = None  # 8-bit grayscale film, for the figure
+    image_path: str | None = None  # the film's file: read only if the figure draws the film
+
+    @cached_property
+    def image(self) -> np.ndarray | None:
+        """The 8-bit grayscale film (None without its file), read on first use."""
+        return read_grayscale(self.image_path) if self.image_path else None
 
 
 @dataclass
@@ -226,22 +256,24 @@ class FilmResult:
 def score_film(film: Film, truths: Mapping[str, object], rule: SegmentationRule, tune: bool,
                humans: Mapping[str, object] | None = None,
                points: Mapping[str, Sequence] | None = None,
-               example_labels: frozenset = frozenset()) -> FilmResult:
+               example_labels: frozenset = frozenset(), points_file: str = "the points"
+               ) -> FilmResult:
     """Every label's map of the film against its truth (a region, "absent", or None: unknown,
-    not scored); with a human reader's regions and points, theirs too."""
+    not scored); with a human reader's regions and points (read from `points_file`, which
+    errors name), theirs too."""
     result = FilmResult({}, {}, {})
     for label, saliency in film.maps.items():
         if truths.get(label) is None:
             continue
         truth = mask_of(truths[label], film)
         full = resize_map(saliency, film.height, film.width)
-        score, predicted = score_map(full, truth, label, rule, film.probabilities.get(label),
-                                     tune)
-        result.scores[label] = score
+        scored = score_map(full, truth, label, rule, film.probabilities.get(label), tune)
+        result.scores[label] = scored.score
         if humans is not None:
-            result.human[label] = human_score(humans.get(label), points, label, truth, film)
+            result.human[label] = human_score(humans.get(label), points, label, truth, film,
+                                              points_file)
         if label in example_labels and truth.any():
-            result.examples[label] = thumbnail(film, label, full, truth, predicted, score)
+            result.examples[label] = thumbnail(film, label, scored, truth)
     return result
 
 
@@ -253,7 +285,7 @@ def mask_of(region, film: Film) -> np.ndarray:
 
 
 def human_score(region, points: Mapping[str, Sequence] | None, label: str, truth: np.ndarray,
-                film: Film) -> FilmScore:
+                film: Film, points_file: str = "the points") -> FilmScore:
     """The second reader's IoUs (NaN without their segmentations) and hit (NaN without their
     points; a film or label they gave no point for is a miss, as get_hb_hitrates counts it)."""
     if region is None:
@@ -261,12 +293,12 @@ def human_score(region, points: Mapping[str, Sequence] | None, label: str, truth
     else:
         score = score_segmentation(mask_of(region, film), truth)
     if points is not None:
-        score.hit = point_hit(points.get(label, ()), truth)
+        score.hit = point_hit(points.get(label, ()), truth,
+                              f"{points_file}, film {film.film!r}, {label}")
     return score
 
 
-def thumbnail(film: Film, label: str, full: np.ndarray, truth: np.ndarray,
-              predicted: np.ndarray, score: FilmScore) -> Example:
+def thumbnail(film: Film, label: str, scored: ScoredMap, truth: np.ndarray) -> Example:
     """A figure panel's arrays, the longer side THUMBNAIL_SIDE px at most."""
     scale = min(1.0, THUMBNAIL_SIDE / max(film.height, film.width))
     size = (max(1, round(film.width * scale)), max(1, round(film.height * scale)))
@@ -276,9 +308,9 @@ def thumbnail(film: Film, label: str, full: np.ndarray, truth: np.ndarray,
         return cv2.resize(array, size, interpolation=method)
 
     image = shrink(film.image) if film.image is not None else None
-    x, y = peak_of(full)
-    return Example(label, film.film, image, shrink(unit_scaled(full)), shrink(truth, True),
-                   shrink(predicted, True), (x * scale, y * scale), score)
+    x, y = scored.peak
+    return Example(label, film.film, image, shrink(scored.scaled), shrink(truth, True),
+                   shrink(scored.predicted, True), (x * scale, y * scale), scored.score)
 
 
 # ---- over films: point estimates and patient-bootstrap intervals ------------------------------
@@ -332,8 +364,12 @@ class Estimate:
     high: float | None
     n: int
 
+    @property
+    def ci(self) -> list[float | None]:
+        return [self.low, self.high]
+
     def as_dict(self) -> dict:
-        return {"value": self.value, "ci": [self.low, self.high], "n": self.n}
+        return {"value": self.value, "ci": self.ci, "n": self.n}
 
 
 def estimates(table: pd.DataFrame, replicates: np.ndarray, level: float) -> dict[str, Estimate]:
@@ -359,12 +395,11 @@ class Summary:
 
 
 def summarise(scores: Mapping[str, Mapping[str, FilmScore]], labels: Sequence[str],
-              patients: Mapping[str, str], resamples: int, seed: int, level: float,
-              metrics: Sequence[str] = METRICS) -> Summary:
+              patients: Mapping[str, str], resamples: int, seed: int, level: float) -> Summary:
     """mIoU (all films, true positives only) and hit rate per label, with intervals; every
     metric on the same patient resamples (paired)."""
     found, replicates = {}, {}
-    for metric in metrics:
+    for metric in METRICS:
         table = score_table(scores, labels, metric)
         replicates[metric] = bootstrap_means(table, patients, resamples, seed)
         found[metric] = estimates(table, replicates[metric], level)

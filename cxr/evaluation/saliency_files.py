@@ -6,6 +6,8 @@ A map file is cheXlocalize's per film and pathology, as numpy's .npz (its pickle
 input), `prob` (the model's probability), `task`, `gt` and `cxr_dims` (the film's (width,
 height)). The film id and pathology come from the name as cheXlocalize splits it: the pathology
 is the last "_" part before "_map", the film id what precedes it.
+
+A film's size comes from its header where that is the size read_grayscale decodes (film_size).
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
+from cxr.data.imaging import DICOM_MAGIC, DICOM_MAGIC_OFFSET, is_dicom, read_grayscale
 from cxr.data.inputs import collect_inputs
 from cxr.errors import PipelineError
 
 MAP_SUFFIX = "_map.npz"
+EXIF_ORIENTATION = 0x0112  # values 5..8 turn the picture a quarter: width and height swap
 
 
 @dataclass(frozen=True)
@@ -85,3 +90,19 @@ def image_paths(source: str | Path) -> list[str]:
     if not Path(source).exists():
         raise PipelineError(f"--images {source}: no such folder or CSV")
     return collect_inputs((str(source),))[0]
+
+
+def film_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of a film as read_grayscale reads it: from its header where PIL reads
+    one, else (DICOM, or a JPEG that OpenCV's decoder turns upright by its EXIF orientation)
+    by decoding it."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(DICOM_MAGIC_OFFSET + len(DICOM_MAGIC))
+        if not is_dicom(head, path):
+            with Image.open(path) as img:
+                if img.format != "JPEG" or img.getexif().get(EXIF_ORIENTATION, 1) < 5:
+                    return img.height, img.width
+    except (UnidentifiedImageError, OSError):
+        pass  # read_grayscale names the problem
+    return read_grayscale(path).shape

@@ -29,6 +29,7 @@ IMAGE_WEIGHT = 0.55  # share of the radiograph in the overlay; the rest is the c
 # localize.py --saliency: its name -> the pytorch_grad_cam class
 SALIENCY_METHODS = {"gradcam": GradCAM, "gradcampp": GradCAMPlusPlus, "hirescam": HiResCAM,
                     "eigencam": EigenCAM}
+CLASS_AGNOSTIC = {"eigencam"}  # methods whose map is the same for every class (no gradient)
 
 
 def grad_cam(model: nn.Module, images: torch.Tensor, class_index: int) -> np.ndarray:

@@ -3,7 +3,8 @@
 Each film is read as prediction reads it (the centre view of its square, predictor.RadiographFiles)
 and each label's map (gradcam.saliency_maps) is placed back in the square the view was cut from
 (gradcam.in_square): a map over the whole film, squeezed square, which localize.py stretches to
-the film's own size. The probabilities are the calibrated ones predict.py gives.
+the film's own size. The probabilities are the calibrated ones predict.py gives (a NaN/inf logit
+is an error naming the checkpoint, as there).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from typing import Iterator, NamedTuple, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from cxr.inference.gradcam import in_square, saliency_maps
-from cxr.inference.predictor import Predictor, RadiographFiles, batch_logits, make_loader, \
-    to_probabilities
+from cxr.inference.gradcam import CLASS_AGNOSTIC, in_square, saliency_maps
+from cxr.inference.predictor import Predictor, RadiographFiles, batch_logits, \
+    finite_probabilities, make_loader
 from cxr.training.runtime import to_device
 
 
@@ -36,15 +37,15 @@ def film_maps(predictor: Predictor, sources: Sequence[str], labels: Sequence[str
     for batch in make_loader(data, batch_size, num_workers, predictor.device):
         yield from batch.errors
         if batch.indices:
-            probabilities = to_probabilities(batch_logits(predictor, batch.images),
-                                             predictor.thresholds, predictor.labels)
+            probabilities = finite_probabilities([batch_logits(predictor, batch.images)],
+                                                 predictor)
             images = to_device(batch.images, predictor.device, predictor.channels_last)
-            maps = {}
-            for label, index in zip(labels, indices):
-                # EigenCAM's map is the same for every class: computed once
-                reuse = method == "eigencam" and maps
-                maps[label] = next(iter(maps.values())) if reuse else \
-                    saliency_maps(predictor.model, images, index, method)
+            if method in CLASS_AGNOSTIC and indices:  # the same map for every class: once
+                same = saliency_maps(predictor.model, images, indices[0], method)
+                maps = {label: same for label in labels}
+            else:
+                maps = {label: saliency_maps(predictor.model, images, index, method)
+                        for label, index in zip(labels, indices)}
             for row, position in enumerate(batch.indices):
                 yield FilmMaps(position,
                                {label: in_square(maps[label][row], predictor.side)

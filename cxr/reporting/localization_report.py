@@ -5,22 +5,23 @@ outlined in green, the segmentation in white, the pointing game's point as a cro
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from matplotlib.figure import Figure
 
-from cxr.atomic import write_atomic, write_text_atomic
-from cxr.evaluation.localization import Estimate, Example, FilmScore, Summary
+from cxr.atomic import write_text_atomic
+from cxr.evaluation.localization import Example, FilmScore, Summary
+from cxr.reporting.plots import _grid, _save
 from cxr.reporting.tables import interval_text, markdown_table, number_text, text_table
 
 COLUMNS = 4  # panels per row
 PANEL_INCHES = 2.6
 DPI = 72
+TITLE_INCHES = 0.4  # above the panels, for the title
 METRIC_NAMES = {"miou": "mIoU", "miou_true_positive": "mIoU (TP)", "hit_rate": "Hit rate"}
+HUMAN_COLUMNS = {"miou": "Human mIoU", "hit_rate": "Human hit rate"}  # compared with the model
 
 
 @dataclass
@@ -37,14 +38,13 @@ class LocalizationReport:
     def label_summary(self, label: str) -> dict:
         """summary[label] of localization.json."""
         found = self.summary.estimates
-        entry = {"miou": found["miou"][label].value, "ci": interval_of(found["miou"][label]),
+        entry = {"miou": found["miou"][label].value, "ci": found["miou"][label].ci,
                  "n": found["miou"][label].n,
                  "threshold": self.context["segmentation"]["thresholds"].get(label)}
-        for metric, short in (("miou_true_positive", "miou_true_positive"),
-                              ("hit_rate", "hit_rate")):
-            entry.update({short: found[metric][label].value,
-                          f"{short}_ci": interval_of(found[metric][label]),
-                          f"{short}_n": found[metric][label].n})
+        for metric in ("miou_true_positive", "hit_rate"):
+            entry.update({metric: found[metric][label].value,
+                          f"{metric}_ci": found[metric][label].ci,
+                          f"{metric}_n": found[metric][label].n})
         if self.human is not None:
             entry["human"] = {metric: self.human.estimates[metric][label].as_dict()
                               for metric in self.human.estimates}
@@ -65,22 +65,18 @@ class LocalizationReport:
         return payload
 
 
-def interval_of(estimate: Estimate) -> list[float | None]:
-    return [estimate.low, estimate.high]
-
-
 # ---- tables --------------------------------------------------------------------------------------
 
 def table_rows(report: LocalizationReport) -> tuple[list[str], list[list[str]]]:
     """Pathology, then per metric its value, interval and n; with a human benchmark its mIoU
     and hit rate and the model's percentage decrease from them."""
+    level = report.context["bootstrap"]["ci_level"]
     header = ["Pathology"]
     for name in METRIC_NAMES.values():
-        header += [name, "95% CI" if name == "mIoU" else "CI", "n"]
-    compared = [metric for metric in ("miou", "hit_rate") if metric in report.decreases]
+        header += [name, f"{level * 100:g}% CI" if name == "mIoU" else "CI", "n"]
+    compared = [metric for metric in HUMAN_COLUMNS if metric in report.decreases]
     for metric in compared:
-        header += [f"Human {METRIC_NAMES[metric].lower() if metric == 'hit_rate' else 'mIoU'}",
-                   "Decrease %"]
+        header += [HUMAN_COLUMNS[metric], "Decrease %"]
     rows = []
     for label in report.summary.labels:
         row = [label]
@@ -133,17 +129,11 @@ def examples_figure(examples: Sequence[Example], path: Path, title: str) -> bool
     """localization.png; False (nothing written) without an example."""
     if not examples:
         return False
-    rows = math.ceil(len(examples) / COLUMNS)
-    columns = min(COLUMNS, len(examples))
-    figure = Figure(figsize=(columns * PANEL_INCHES, rows * PANEL_INCHES + 0.4))
-    axes = figure.subplots(rows, columns, squeeze=False)
-    figure.suptitle(title, fontsize=9)
-    for ax in axes.flat[len(examples):]:
-        ax.set_visible(False)
-    for ax, example in zip(axes.flat, examples):
+    figure, axes = _grid(len(examples), title, min(COLUMNS, len(examples)), PANEL_INCHES,
+                         TITLE_INCHES, fontsize=9)
+    for ax, example in zip(axes, examples):
         draw_example(ax, example)
-    figure.tight_layout(rect=(0, 0, 1, 0.97))
-    write_atomic(path, lambda tmp: figure.savefig(tmp, dpi=DPI, format="png"))
+    _save(figure, path, top=0.97, dpi=DPI)
     return True
 
 

@@ -32,11 +32,14 @@ PANEL_INCHES = 3.4
 DPI = 90
 
 
-def _grid(n_panels: int, title: str):
-    rows = math.ceil(n_panels / COLUMNS)
-    figure = Figure(figsize=(COLUMNS * PANEL_INCHES, rows * PANEL_INCHES))
-    axes = figure.subplots(rows, COLUMNS, squeeze=False)
-    figure.suptitle(title)
+def _grid(n_panels: int, title: str, columns: int = COLUMNS, panel_inches: float = PANEL_INCHES,
+          title_inches: float = 0.0, **title_style):
+    """A figure of n_panels panels, `columns` a row, the unused ones hidden: (figure, panels).
+    `title_inches`: extra height for the title; `title_style`: suptitle's keywords."""
+    rows = math.ceil(n_panels / columns)
+    figure = Figure(figsize=(columns * panel_inches, rows * panel_inches + title_inches))
+    axes = figure.subplots(rows, columns, squeeze=False)
+    figure.suptitle(title, **title_style)
     for ax in axes.flat[n_panels:]:
         ax.set_visible(False)
     return figure, axes.flat
@@ -50,11 +53,11 @@ def _not_evaluable(ax, label: str) -> None:
     ax.set_yticks([])
 
 
-def _save(figure, path: Path, bottom: float = 0.0) -> None:
-    """Lay the panels out (leaving `bottom`, a fraction of the height, for a figure legend) and
-    write the PNG atomically."""
-    figure.tight_layout(rect=(0, bottom, 1, 1))
-    write_atomic(path, lambda tmp: figure.savefig(tmp, dpi=DPI, format="png"))
+def _save(figure, path: Path, bottom: float = 0.0, top: float = 1.0, dpi: int = DPI) -> None:
+    """Lay the panels out (leaving `bottom`, a fraction of the height, for a figure legend, and
+    the panels' tops at `top`) and write the PNG atomically."""
+    figure.tight_layout(rect=(0, bottom, 1, top))
+    write_atomic(path, lambda tmp: figure.savefig(tmp, dpi=dpi, format="png"))
 
 
 def _curve_panels(targets: np.ndarray, probs: np.ndarray, labels: tuple[str, ...], title: str):
